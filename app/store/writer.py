@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from diffusers import DDPMPipeline
 
 from app.store.card import CARD_FILE, WEIGHTS_FILE, ModelCard
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from app.store.hashing import sha256_file
 
 
 def save_model(folder: Path, *, unet, scheduler, card: ModelCard | None) -> Path:

@@ -1,0 +1,88 @@
+"""The FastAPI application: routes, error handling, offline docs, and the queue opened in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import docs, errors
+from app.api.routes import generate, health, images, jobs, models
+from app.settings import Settings, get_settings
+from app.store.catalog import scan_store
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Generate and denoise images with diffusion models.
+
+`/v1` is the canonical API. `POST /generate` and `POST /denoise` answer exactly as their `/v1` twins.
+Requests are sync by default; send `Prefer: respond-async` for a job ID, then poll `/v1/jobs/{id}`,
+stream `/v1/jobs/{id}/events`, or cancel with `DELETE /v1/jobs/{id}`.
+"""
+
+
+class NoModels(RuntimeError):
+    """The store holds no model that can be served."""
+
+
+def _no_models_message(settings: Settings, entries) -> str:
+    lines = [f"no loadable model in the model store {settings.model_store.resolve()}."]
+    for entry in entries.values():
+        lines.append(f"  {entry.name}: {entry.error}")
+    lines.append(
+        "Point DIFFUSION_MODEL_STORE at a folder of diffusers UNet2DModel models (config + safetensors), "
+        "or train the shipped ones: python scripts/train_digits.py"
+    )
+    return "\n".join(lines)
+
+
+async def open_backend(settings: Settings):
+    """Scan the store and start the queue + worker; refuse to start when nothing can be served."""
+    from app.queue.factory import open_queue
+
+    entries = scan_store(settings.model_store)
+    queue = open_queue(settings, entries)
+    if not any(e.status == "ready" for e in entries.values()):
+        await queue.close()
+        raise NoModels(_no_models_message(settings, entries))
+    return queue
+
+
+def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        backend = queue if queue is not None else await open_backend(settings)
+        if hasattr(backend, "attach_loop"):
+            backend.attach_loop()
+        app.state.queue = backend
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    app = FastAPI(
+        title="Diffusion service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    docs.install(app)
+    v1 = "/v1"
+    app.include_router(generate.router, prefix=v1)
+    app.include_router(images.router, prefix=v1)
+    app.include_router(images.noise_router, prefix=v1)
+    app.include_router(jobs.router, prefix=v1)
+    app.include_router(models.router, prefix=v1)
+    app.include_router(health.router)
+    # The names users know, answering exactly as their /v1 twins (documented once, under /v1).
+    app.include_router(generate.router, include_in_schema=False)
+    app.include_router(images.router, include_in_schema=False)
+    return app

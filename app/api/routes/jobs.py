@@ -1,0 +1,64 @@
+"""Jobs: poll, stream (Server-Sent Events), fetch an image, cancel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable
+
+from fastapi import APIRouter, Path, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import QueueDep
+from app.api.errors import ApiError
+from app.api.results import job_body
+from app.queue.jobs import JobRecord, JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the job ID returned on submission")
+
+
+async def _record(queue, job_id: str) -> JobRecord:
+    record = await queue.get(job_id)
+    if record is None:
+        raise ApiError(404, ["path", "job_id"], f"no job {job_id!r} (unknown, or finished and forgotten)", type="not_found")
+    return record
+
+
+@router.get("/{job_id}")
+async def get_job(queue: QueueDep, job_id: str = JobId) -> dict:
+    """Status (`queued|running|succeeded|failed|canceled`), progress `{step, total}`, result or error."""
+    return job_body(await _record(queue, job_id))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(queue: QueueDep, job_id: str = JobId) -> AsyncIterable[ServerSentEvent]:
+    """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`."""
+    await _record(queue, job_id)
+    async for kind, data in queue.events(job_id):
+        yield ServerSentEvent(event=kind, data=json.dumps(data))
+
+
+@router.get(
+    "/{job_id}/images/{index}",
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, 409: {"description": "not finished"}},
+)
+async def get_image(queue: QueueDep, job_id: str = JobId, index: int = Path(ge=0, le=63)) -> Response:
+    """One result image as raw bytes."""
+    record = await _record(queue, job_id)
+    if record.status != JobStatus.succeeded or record.result is None:
+        raise ApiError(409, ["path", "job_id"], f"job is {record.status.value}: it has no images", type="not_ready")
+    if index >= len(record.result.images):
+        raise ApiError(404, ["path", "index"], f"job has {len(record.result.images)} image(s)", type="not_found")
+    image = record.result.images[index]
+    headers = {"X-Seed": str(image.seed)} if image.seed is not None else {}
+    return Response(image.data, media_type=image.media_type, headers=headers)
+
+
+@router.delete("/{job_id}", responses={409: {"description": "already finished"}})
+async def cancel_job(queue: QueueDep, job_id: str = JobId) -> dict:
+    """Cancel a queued or running job: its rows leave the batch at the next step."""
+    record = await _record(queue, job_id)
+    if record.status.finished:
+        raise ApiError(409, ["path", "job_id"], f"job already {record.status.value}", type="finished")
+    record = await queue.cancel(job_id)
+    return job_body(record, include_data=False)

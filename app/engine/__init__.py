@@ -1,0 +1,1 @@
+"""The worker: one scheduler owns the batch, one runner executes it on the device."""

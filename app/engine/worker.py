@@ -1,0 +1,224 @@
+"""The engine: one thread that owns the loaded models, the scheduler and the runner.
+
+Everything reaches it through one inbox (submit, cancel, stop), so its state has a single owner and
+needs no locks. Each loop: drain the inbox, ``schedule()`` a batch, ``runner.step()`` it, ``update()``
+the scheduler, report progress and finished jobs through ``emit``. The event loop never runs torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+
+from app.engine.device import pick_device, pick_dtype
+from app.engine.runner import Row, Runner
+from app.engine.scheduler import Scheduler, Ticket
+from app.engine.tasks import Assembly, plan_denoise, plan_generate, run_noise
+from app.queue.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
+from app.settings import Settings
+from app.store.catalog import ModelEntry, ModelRefused
+from app.store.loader import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+Emit = Callable[[EngineEvent], None]
+
+
+@dataclass
+class _Job:
+    id: str
+    spec: JobSpec
+    assembly: Assembly
+    started: bool = False
+    began: float = 0.0
+
+
+class Engine:
+    def __init__(self, settings: Settings, entries: dict[str, ModelEntry], emit: Emit) -> None:
+        self.settings = settings
+        self.entries = entries
+        self.emit = emit
+        self.device = pick_device(settings.device)
+        self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
+        self.scheduler = Scheduler(settings.batch_cap(self.device.type))
+        self.models: dict[str, LoadedModel] = {}
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: dict[str, _Job] = {}
+        self._rows: dict[int, Row] = {}
+        self._row_ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._alive = False
+        self.passes = 0  # forward passes run; a figure for tests and benchmarks
+
+    # -- called from other threads ---------------------------------------------------------------
+    def load(self) -> None:
+        """Load every checked model; a model that fails is marked with its reason and not served."""
+        for entry in self.entries.values():
+            if entry.status != "ready":
+                continue
+            try:
+                self.models[entry.name] = load_model(entry, self.device)
+                log.info("loaded model %s on %s", entry.name, self.device)
+            except ModelRefused as exc:
+                entry.fail(str(exc))
+
+    def start(self) -> None:
+        self._alive = True
+        self._thread = threading.Thread(target=self._loop, name="diffusion-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job_id: str, spec: JobSpec) -> None:
+        self._inbox.put(("submit", job_id, spec))
+
+    def cancel(self, job_id: str) -> None:
+        self._inbox.put(("cancel", job_id, None))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._inbox.put(("stop", None, None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._alive and self._thread is not None and self._thread.is_alive()
+
+    # -- the loop (engine thread only) ------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                block = self.scheduler.idle
+                if not self._drain(block=block):
+                    return
+                batch, admitted = self.scheduler.schedule()
+                self._mark_started(admitted)
+                if batch:
+                    self._run(batch)
+        except Exception:  # a bug in the loop itself: say so loudly; readiness turns false
+            log.critical("engine loop died:\n%s", traceback.format_exc())
+        finally:
+            self._alive = False
+
+    def _drain(self, *, block: bool) -> bool:
+        while True:
+            try:
+                command, job_id, spec = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command == "stop":
+                return False
+            if command == "submit":
+                self._accept(job_id, spec)
+            elif command == "cancel":
+                self._cancel(job_id)
+
+    def _accept(self, job_id: str, spec: JobSpec) -> None:
+        try:
+            if isinstance(spec, NoiseSpec):
+                model = self.models.get(spec.model) if spec.model else None
+                began = time.time()
+                self.emit(EngineEvent(job_id=job_id, type="started"))
+                result = run_noise(spec, model.schedule if model else None)
+                result.run_ms = round((time.time() - began) * 1000, 2)
+                self.emit(EngineEvent(job_id=job_id, type="succeeded", result=result))
+                return
+            model = self.models.get(spec.model)
+            if model is None:
+                raise ValueError(f"model {spec.model!r} is not loaded on this worker")
+            if isinstance(spec, GenerateSpec):
+                assembly = plan_generate(spec, model, self._new_row_for(job_id), self.device)
+            elif isinstance(spec, DenoiseSpec):
+                assembly = plan_denoise(
+                    spec, model, self._new_row_for(job_id), self.device,
+                    tile=self.settings.denoise_tile, overlap=self.settings.denoise_overlap,
+                )
+            else:
+                raise ValueError(f"unknown job kind {spec.kind!r}")
+        except Exception as exc:
+            log.warning("job %s failed before running: %s", job_id, exc)
+            self.emit(EngineEvent(job_id=job_id, type="failed", error=f"{type(exc).__name__}: {exc}"))
+            return
+        self._jobs[job_id] = _Job(id=job_id, spec=spec, assembly=assembly)
+        for row in assembly.rows:
+            self._rows[row.id] = row
+        self.scheduler.add([Ticket(r.id, job_id, r.group, 2 if r.guided else 1) for r in assembly.rows])
+
+    def _new_row_for(self, job_id: str) -> Callable[..., Row]:
+        def new_row(**fields) -> Row:
+            return Row(id=next(self._row_ids), job_id=job_id, **fields)
+
+        return new_row
+
+    def _cancel(self, job_id: str) -> None:
+        if job_id not in self._jobs:
+            return
+        for row_id in self.scheduler.cancel(job_id):
+            self._rows.pop(row_id, None)
+        del self._jobs[job_id]
+        self.emit(EngineEvent(job_id=job_id, type="canceled"))
+
+    def _mark_started(self, admitted: list[Ticket]) -> None:
+        for job_id in dict.fromkeys(t.job_id for t in admitted):
+            job = self._jobs.get(job_id)
+            if job and not job.started:
+                job.started, job.began = True, time.time()
+                self.emit(EngineEvent(job_id=job_id, type="started", progress=Progress(step=0, total=job.spec.total_steps)))
+
+    def _run(self, batch: list[Ticket]) -> None:
+        rows = [self._rows[t.row_id] for t in batch]
+        try:
+            finished = self.runner.step(rows)
+        except Exception as exc:
+            finished = self._isolate_failure(rows, exc)
+        self.passes += 1
+        self.scheduler.update([r.id for r in finished])
+        for job_id in dict.fromkeys(r.job_id for r in rows):
+            if job_id in self._jobs:
+                self._report(self._jobs[job_id])
+
+    def _isolate_failure(self, rows: list[Row], exc: Exception) -> list[Row]:
+        """A batch raised: retry it job by job so only the job at fault fails."""
+        log.warning("batch of %d rows failed (%s); retrying job by job", len(rows), exc)
+        finished: list[Row] = []
+        by_job: dict[str, list[Row]] = {}
+        for row in rows:
+            by_job.setdefault(row.job_id, []).append(row)
+        for job_id, job_rows in by_job.items():
+            try:
+                finished += self.runner.step(job_rows)
+            except Exception as job_exc:
+                log.error("job %s failed: %s", job_id, job_exc)
+                self._fail(job_id, f"{type(job_exc).__name__}: {job_exc}")
+        return finished
+
+    def _fail(self, job_id: str, error: str) -> None:
+        for row_id in self.scheduler.cancel(job_id):
+            self._rows.pop(row_id, None)
+        self._jobs.pop(job_id, None)
+        self.emit(EngineEvent(job_id=job_id, type="failed", error=error))
+
+    def _report(self, job: _Job) -> None:
+        rows = job.assembly.rows
+        step = min(r.index for r in rows)
+        self.emit(EngineEvent(job_id=job.id, type="progress", progress=Progress(step=step, total=job.spec.total_steps)))
+        if not all(r.done for r in rows):
+            return
+        for row in rows:
+            self._rows.pop(row.id, None)
+        del self._jobs[job.id]
+        try:
+            result = job.assembly.finish(rows)
+        except Exception as exc:
+            log.error("job %s failed while assembling its result: %s", job.id, exc)
+            self.emit(EngineEvent(job_id=job.id, type="failed", error=f"{type(exc).__name__}: {exc}"))
+            return
+        result.run_ms = round((time.time() - job.began) * 1000, 2)
+        self.emit(EngineEvent(job_id=job.id, type="succeeded", result=result))
+
+

@@ -1,0 +1,145 @@
+"""Jobs as the queue carries them: fully resolved specs (every default filled in by the API), records
+and results. Plain pydantic, JSON-serialisable (bytes as base64), so any backend can store them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Sampler = Literal["ddpm", "ddim", "dpmpp_2m"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), ser_json_bytes="base64", val_json_bytes="base64")
+
+
+class ImageData(_Model):
+    """A decoded upload: uint8 pixels, row-major [height, width, channels]."""
+
+    width: int
+    height: int
+    channels: Literal[1, 3]
+    pixels: bytes
+    alpha_dropped: bool = False
+
+
+class GenerateSpec(_Model):
+    kind: Literal["generate"] = "generate"
+    model: str
+    steps: int
+    sampler: Sampler
+    eta: float = 0.0
+    seeds: list[int]
+    class_label: int | None = None
+    guidance_scale: float = 0.0
+    output_format: OutputFormat = "png"
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+
+class DenoiseSpec(_Model):
+    kind: Literal["denoise"] = "denoise"
+    model: str
+    image: ImageData
+    sigma: float | None = Field(None, description="noise std on the 0-255 scale; None: estimate it")
+    mode: Literal["mmse", "sample"] = "mmse"
+    steps: int = 1
+    sampler: Sampler = "ddim"
+    eta: float = 0.0
+    seed: int = 0
+    output_format: OutputFormat = "png"
+
+    @property
+    def total_steps(self) -> int:
+        return 1 if self.mode == "mmse" else self.steps
+
+
+class NoiseSpec(_Model):
+    kind: Literal["noise"] = "noise"
+    model: str | None = None
+    image: ImageData
+    sigma: float | None = None
+    timestep: int | None = None
+    seed: int = 0
+    output_format: OutputFormat = "png"
+
+    @property
+    def total_steps(self) -> int:
+        return 0
+
+
+JobSpec = Annotated[Union[GenerateSpec, DenoiseSpec, NoiseSpec], Field(discriminator="kind")]
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class Progress(_Model):
+    step: int = 0
+    total: int = 0
+
+
+class ResultImage(_Model):
+    index: int
+    seed: int | None
+    media_type: str
+    data: bytes
+
+
+class JobResult(_Model):
+    images: list[ResultImage]
+    info: dict[str, Any] = Field(default_factory=dict)
+    run_ms: float = 0.0
+
+
+class JobRecord(_Model):
+    id: str
+    kind: str
+    model: str | None
+    status: JobStatus = JobStatus.queued
+    progress: Progress = Field(default_factory=Progress)
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: JobResult | None = None
+
+    def timings(self) -> dict[str, float]:
+        now = self.finished_at or time.time()
+        started = self.started_at or now
+        return {
+            "queued_ms": round((started - self.created_at) * 1000, 2),
+            "run_ms": round((now - started) * 1000, 2),
+            "total_ms": round((now - self.created_at) * 1000, 2),
+        }
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class EngineEvent(_Model):
+    """What the worker reports about a job; the queue backend turns these into record updates."""
+
+    job_id: str
+    type: Literal["started", "progress", "succeeded", "failed", "canceled"]
+    progress: Progress | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    at: float = Field(default_factory=time.time)

@@ -1,0 +1,41 @@
+"""What the HTTP layer needs from a job queue. The in-memory and Redis backends both implement it;
+routes depend on this protocol only, so they never see torch or a worker."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Protocol
+
+from app.queue.jobs import JobRecord, JobSpec
+from app.store.catalog import ModelEntry
+
+
+class QueueFull(Exception):
+    """Too many jobs queued or running; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__("the job queue is full")
+        self.retry_after = retry_after
+
+
+class JobQueue(Protocol):
+    models: dict[str, ModelEntry]
+
+    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobRecord:
+        """Accept a job (or raise QueueFull). An accepted job is never dropped."""
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job; a finished job is returned unchanged."""
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The record once finished, or as it stands when ``timeout`` seconds have passed."""
+
+    def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+        """(event type, data) pairs for the job: its current state first, then changes, ending at a
+        terminal status."""
+
+    async def ready(self) -> bool:
+        """Models loaded and a worker alive."""
+
+    async def close(self) -> None: ...

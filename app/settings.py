@@ -1,0 +1,50 @@
+"""The service's one settings class: environment variables with the ``DIFFUSION_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Measured by bench/bench_service.py (docs/benchmarks.md): on 2 CPU cores, batches past 64 rows got
+# slower; a GPU keeps gaining far beyond that.
+DEFAULT_MAX_BATCH = {"cpu": 64, "cuda": 256}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFUSION_", env_file=None, protected_namespaces=())
+
+    model_store: Path = Field(Path("./model_store"), description="folder holding one sub-folder per model")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="network precision; auto: bfloat16 autocast on CUDA, float32 on CPU"
+    )
+    max_batch: int | None = Field(None, ge=1, le=4096, description="rows per forward pass; default per device")
+    queue_limit: int = Field(256, ge=1, description="jobs queued or running before new ones get 503")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
+    max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) accepted")
+    job_retention_s: float = Field(600.0, gt=0, description="how long finished jobs stay fetchable")
+    sync_timeout_s: float = Field(300.0, gt=0, description="a sync request still running after this gets 202")
+    default_generator: str | None = Field(None, description="model used by /v1/generate without 'model'")
+    default_denoiser: str | None = Field(None, description="model used by /v1/denoise without 'model'")
+    denoise_tile: int = Field(256, ge=32, le=2048, description="tile edge for denoising large images")
+    denoise_overlap: int = Field(32, ge=0, le=512, description="overlap between neighbouring tiles")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> "Settings":
+        if 2 * self.denoise_overlap >= self.denoise_tile:
+            raise ValueError("denoise_overlap must be less than half of denoise_tile")
+        return self
+
+    def batch_cap(self, device_type: str) -> int:
+        return self.max_batch or DEFAULT_MAX_BATCH.get(device_type, DEFAULT_MAX_BATCH["cpu"])
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

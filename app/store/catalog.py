@@ -1,0 +1,168 @@
+"""Find the models in the store and check them before any weight is loaded (no torch here).
+
+Each sub-folder is a candidate: its name must match ``NAME_PATTERN``, it must resolve inside the store
+(no symlink escapes), hold a diffusers ``UNet2DModel`` config, a scheduler config, safetensors weights
+and no pickle files; the card's sha256 must match. A folder that fails is kept with its reason, so
+``GET /v1/models/{name}`` can say why it is not served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from app.store.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+from app.store.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+Status = Literal["ready", "error"]
+
+
+class ModelRefused(ValueError):
+    """A model folder that must not be served, with the reason."""
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path
+    status: Status = "ready"
+    error: str | None = None
+    card: ModelCard = field(default_factory=ModelCard)
+    has_card: bool = False
+    unet_config: dict[str, Any] = field(default_factory=dict)
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, reason: str) -> None:
+        self.status, self.error = "error", reason
+        log.error("model %r is not served: %s", self.name, reason)
+
+    # What the API needs to validate requests, inferred from the configs where the card is silent.
+    @property
+    def channels(self) -> int:
+        return self.card.channels or int(self.unet_config.get("in_channels", 3))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        if self.card.image_size:
+            return tuple(self.card.image_size)
+        size = self.unet_config.get("sample_size", 32)
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def num_classes(self) -> int:
+        """Label embeddings the network has (the null class included), 0 when unconditional."""
+        return int(self.unet_config.get("num_class_embeds") or 0)
+
+    @property
+    def train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** max(0, len(self.unet_config.get("block_out_channels", [0])) - 1)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shown by ``GET /v1/models``."""
+        body: dict[str, Any] = {"name": self.name, "status": self.status}
+        if self.error:
+            body["error"] = self.error
+        if self.status == "ready" or self.has_card:
+            card = self.card.model_dump(mode="json")
+            card.update(
+                image_size=list(self.image_size),
+                channels=self.channels,
+                prediction_type=self.scheduler_config.get("prediction_type", "epsilon"),
+                train_timesteps=self.train_timesteps,
+                guidance=self.card.null_class is not None,
+            )
+            body["card"] = card
+        return body
+
+
+def safe_model_path(store: Path, name: str) -> Path:
+    """The folder of model ``name``, refusing names that are not plain or paths that leave the store."""
+    if not _NAME.fullmatch(name):
+        raise ModelRefused(f"invalid model name {name!r}: must match {NAME_PATTERN}")
+    root = store.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path.parent != root:
+        raise ModelRefused(f"model {name!r} resolves outside the model store")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelRefused(f"missing {path.parent.name}/{path.name}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelRefused(f"unreadable {path.parent.name}/{path.name}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelRefused(f"{path.parent.name}/{path.name} is not a JSON object")
+    return data
+
+
+def _check(entry: ModelEntry) -> None:
+    folder = entry.path
+    pickles = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelRefused(f"pickle weights are refused ({', '.join(pickles)}): save with safetensors")
+    entry.unet_config = _read_json(folder / "unet" / "config.json")
+    if entry.unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ModelRefused(f"unet is a {entry.unet_config.get('_class_name')}: only UNet2DModel is served")
+    entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelRefused(f"missing {WEIGHTS_FILE}")
+    if (folder / CARD_FILE).exists():
+        try:
+            entry.card = ModelCard.model_validate(_read_json(folder / CARD_FILE))
+        except ValidationError as exc:
+            raise ModelRefused(f"invalid {CARD_FILE}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+        entry.has_card = True
+    else:
+        entry.card = ModelCard(null_class=None)
+    if entry.card.null_class is not None and entry.card.null_class >= entry.num_classes:
+        raise ModelRefused(f"null_class {entry.card.null_class} is not below num_class_embeds {entry.num_classes}")
+    for rel, expected in entry.card.sha256.items():
+        target = safe_relative(folder, rel)
+        if not target.is_file():
+            raise ModelRefused(f"card lists {rel} which does not exist")
+        if sha256_file(target) != expected.lower():
+            raise ModelRefused(f"sha256 of {rel} does not match the card")
+
+
+def safe_relative(folder: Path, rel: str) -> Path:
+    target = (folder / rel).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ModelRefused(f"card path {rel!r} leaves the model folder")
+    return target
+
+
+def scan_store(store: Path) -> dict[str, ModelEntry]:
+    """Every model folder in ``store``, checked; sorted by name."""
+    entries: dict[str, ModelEntry] = {}
+    if not store.is_dir():
+        return entries
+    for child in sorted(store.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        entry = ModelEntry(name=child.name, path=child)
+        try:
+            entry.path = safe_model_path(store, child.name)
+            _check(entry)
+        except ModelRefused as exc:
+            entry.fail(str(exc))
+        entries[entry.name] = entry
+    return entries
