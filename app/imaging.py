@@ -36,6 +36,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode an upload to grey or RGB uint8; refuse images over ``max_pixels`` before decoding them."""
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice its default limit
+        raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageUndecodable("not a decodable image (PNG, JPEG, WebP, BMP, TIFF, ...)") from exc
     width, height = image.size

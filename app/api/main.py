@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import docs, errors
+from app.api.limits import BodyLimit
 from app.api.routes import generate, health, images, jobs, models
 from app.settings import Settings, get_settings
 from app.store.catalog import scan_store
@@ -70,9 +71,9 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     docs.install(app)
     v1 = "/v1"

@@ -37,7 +37,9 @@ def load_model(entry: ModelEntry, device: torch.device) -> LoadedModel:
         state = load_file(entry.path / WEIGHTS_FILE)
     except Exception as exc:
         raise ModelRefused(f"unreadable safetensors weights: {exc}") from exc
-    missing, unexpected = unet.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelRefused(f"weights do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ModelRefused(f"weights do not fit the unet config: {first}") from exc
     return LoadedModel(entry=entry, unet=unet.to(device).eval().requires_grad_(False), schedule=schedule)

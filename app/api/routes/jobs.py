@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterable
 
 from fastapi import APIRouter, Path, Response
@@ -35,7 +34,7 @@ async def job_events(queue: QueueDep, job_id: str = JobId) -> AsyncIterable[Serv
     """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`."""
     await _record(queue, job_id)
     async for kind, data in queue.events(job_id):
-        yield ServerSentEvent(event=kind, data=json.dumps(data))
+        yield ServerSentEvent(event=kind, data=data)
 
 
 @router.get(

@@ -1,0 +1,178 @@
+"""Every bad request gets a 4xx whose body names what is wrong; the service keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.api.helpers import errors_at, photo, png_bytes
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"num_images": 0}, "num_images"),
+        ({"num_images": 17}, "num_images"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1001}, "steps"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"eta": 2}, "eta"),
+        ({"seed": -1}, "seed"),
+        ({"guidance_scale": -1}, "guidance_scale"),
+        ({"output_format": "gif"}, "output_format"),
+        ({"model": "../../etc/passwd"}, "model"),
+        ({"class_label": 1, "colour": "red"}, "colour"),
+        ({"class_label": [1]}, "class_label"),
+    ],
+)
+def test_invalid_generate_fields_are_422_naming_the_field(client, body, field):
+    r = client.post("/v1/generate", json={"class_label": 0, **body})
+    assert r.status_code == 422, r.text
+    assert any(field in loc for loc in errors_at(r))
+
+
+@pytest.mark.parametrize(
+    "body,field,status",
+    [
+        ({"model": "nope"}, "model", 404),
+        ({"class_label": "zebra"}, "class_label", 422),
+        ({"class_label": 3}, "class_label", 422),
+        ({"model": "tiny-rgb", "class_label": 1}, "class_label", 422),
+        ({"model": "tiny-rgb", "guidance_scale": 2.0}, "guidance_scale", 422),
+        ({"guidance_scale": 1.0}, "guidance_scale", 422),
+    ],
+)
+def test_requests_the_model_cannot_serve(client, body, field, status):
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == status, r.text
+    assert any(field in loc for loc in errors_at(r))
+
+
+def test_a_model_that_only_generates_refuses_denoise(client):
+    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"model": "tiny-gen", "sigma": "5"})
+    assert r.status_code == 422 and ["body", "model"] in errors_at(r)
+
+
+def test_malformed_json_is_422(client):
+    r = client.post("/v1/generate", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_wrong_media_types_are_415(client):
+    r = client.post("/v1/generate", content=b"class_label=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and ["header", "content-type"] in errors_at(r)
+    r = client.post("/v1/denoise", content=b"raw", headers={"content-type": "image/png"})
+    assert r.status_code == 415
+
+
+def test_raw_bytes_of_several_images_are_406(client):
+    r = client.post("/v1/generate", json={"class_label": 0, "num_images": 2}, headers={"Accept": "image/png"})
+    assert r.status_code == 406 and ["body", "num_images"] in errors_at(r)
+    r = client.post("/v1/generate", json={"class_label": 0, "output_format": "jpeg"}, headers={"Accept": "image/png"})
+    assert r.status_code == 406
+
+
+def test_undecodable_image_is_422(client):
+    r = client.post("/v1/denoise", files={"file": ("x.png", b"definitely not an image", "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 422 and ["body", "file"] in errors_at(r)
+    r = client.post("/v1/denoise", json={"image": "%%%not-base64", "model": "tiny-rgb"})
+    assert r.status_code == 422 and ["body", "image"] in errors_at(r)
+    truncated = png_bytes(photo())[:60]
+    r = client.post("/v1/denoise", files={"file": ("t.png", truncated, "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 422
+
+
+def test_missing_file_and_tiny_images_are_422(client):
+    r = client.post("/v1/denoise", files={"other": ("p.png", b"x", "image/png")}, data={"sigma": "5"})
+    assert r.status_code == 422 and ["body", "file"] in errors_at(r)
+    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo(4, 4)), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("data,field", [({"sigma": "-3"}, "sigma"), ({"sigma": "300"}, "sigma"), ({"sigma": "loud"}, "sigma"),
+                                        ({"mode": "magic"}, "mode"), ({"mode": "mmse", "steps": "5"}, "mode")])
+def test_invalid_denoise_options_are_422(client, data, field):
+    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"model": "tiny-rgb", **data})
+    assert r.status_code == 422, r.text
+    assert any(field in loc for loc in errors_at(r))
+
+
+def test_noise_needs_exactly_one_of_sigma_and_timestep(client):
+    files = {"file": ("p.png", png_bytes(photo()), "image/png")}
+    assert client.post("/v1/noise", files=files, data={}).status_code == 422
+    assert client.post("/v1/noise", files=files, data={"sigma": "5", "timestep": "3"}).status_code == 422
+    assert client.post("/v1/noise", files=files, data={"timestep": "5000", "model": "tiny-gen"}).status_code == 422
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims a huge image (the IDAT is a few bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bombs_are_413_before_decoding(client):
+    r = client.post("/v1/denoise", files={"file": ("bomb.png", _bomb_png(50000, 50000), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 413 and ["body", "file"] in errors_at(r)
+    assert "pixels" in r.json()["detail"][0]["msg"]
+
+
+def test_too_many_pixels_is_413(make_client):
+    client = make_client(max_pixels=1000)
+    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo(40, 48)), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 413
+
+
+def test_body_too_large_is_413(make_client):
+    client = make_client(max_body_bytes=4096)
+    big = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(big), "image/png")}, data={"sigma": "5"})
+    assert r.status_code == 413 and ["body"] in errors_at(r)
+    r = client.post("/v1/denoise", json={"image": base64.b64encode(png_bytes(big)).decode()})
+    assert r.status_code == 413
+
+
+def test_queue_full_is_503_with_retry_after(make_client):
+    client = make_client(queue_limit=2)
+    headers = {"Prefer": "respond-async"}
+    ids = [client.post("/v1/generate", json={"class_label": 0, "steps": 1000}, headers=headers).json()["job_id"] for _ in range(2)]
+    r = client.post("/v1/generate", json={"class_label": 0}, headers=headers)
+    assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+    for job_id in ids:
+        client.delete(f"/v1/jobs/{job_id}")
+    assert client.post("/v1/generate", json={"class_label": 0, "steps": 2}).status_code == 200
+
+
+def test_the_service_keeps_serving_after_bad_input(client):
+    client.post("/v1/denoise", files={"file": ("x.png", b"junk", "image/png")})
+    client.post("/v1/generate", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert client.post("/v1/generate", json={"class_label": 0, "steps": 2}).status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_palette_image_with_transparency_is_accepted_and_alpha_reported(client):
+    image = Image.fromarray(photo()).convert("P")
+    image.info["transparency"] = 0
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)
+    r = client.post("/v1/denoise", files={"file": ("p.png", buffer.getvalue(), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 200 and r.json()["info"]["alpha_dropped"] is True
+
+
+def test_a_chunked_body_over_the_limit_is_413(make_client):
+    client = make_client(max_body_bytes=4096)
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1024
+
+    r = client.post("/v1/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and ["body"] in errors_at(r)

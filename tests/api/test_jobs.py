@@ -1,0 +1,90 @@
+"""Jobs: polling, Server-Sent Events, image fetch, cancel, retention."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.api.helpers import decode
+
+
+def submit(client, **body):
+    r = client.post("/v1/generate", json={"class_label": 0, **body}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 202
+    return r.json()["job_id"]
+
+
+def poll(client, job_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(job_id)
+
+
+def test_poll_until_succeeded_then_fetch_each_image(client):
+    job_id = submit(client, num_images=2, steps=5)
+    body = poll(client, job_id)
+    assert body["status"] == "succeeded" and body["progress"] == {"step": 5, "total": 5}
+    for image in body["images"]:
+        r = client.get(image["url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert decode(r.content).shape == (16, 16)
+    assert client.get(f"/v1/jobs/{job_id}/images/2").status_code == 404
+
+
+def test_events_stream_progress_then_completion(client):
+    job_id = submit(client, steps=30)
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "succeeded" and set(kinds[:-1]) == {"progress"}
+    steps = [d["progress"]["step"] for k, d in events if k == "progress"]
+    assert steps == sorted(steps) and len(steps) >= 2
+
+
+def test_events_of_a_finished_job_give_its_outcome_at_once(client):
+    job_id = submit(client, steps=2)
+    poll(client, job_id)
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        lines = [line for line in stream.iter_lines() if line.startswith("event: ")]
+    assert lines == ["event: succeeded"]
+
+
+def test_cancel_a_running_job(client):
+    job_id = submit(client, steps=1000)
+    r = client.delete(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 409
+    assert client.get(f"/v1/jobs/{job_id}/images/0").status_code == 409
+
+
+def test_unknown_jobs_are_404(client):
+    assert client.get("/v1/jobs/" + "0" * 32).status_code == 404
+    assert client.delete("/v1/jobs/" + "0" * 32).status_code == 404
+    assert client.get("/v1/jobs/not-an-id").status_code == 422
+
+
+def test_finished_jobs_are_forgotten_after_the_retention_time(make_client):
+    client = make_client(job_retention_s=0.2)
+    job_id = submit(client, steps=2)
+    poll(client, job_id)
+    time.sleep(0.3)
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+
+
+def test_sync_request_still_running_after_the_timeout_gets_202(make_client):
+    client = make_client(sync_timeout_s=0.05)
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 1000})
+    assert r.status_code == 202 and r.headers["location"].startswith("/v1/jobs/")
+    client.delete(r.headers["location"])

@@ -1,0 +1,88 @@
+"""Models, health, offline docs, start-up refusals, and the HTTP layer's independence from torch."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.api.main import NoModels, create_app
+from tests.conftest import make_settings
+from tests.tiny_models import write_bare, write_generator
+
+
+def test_models_list_cards_and_status(client):
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models["tiny-gen"]["card"]["class_names"] == ["a", "b", "c"]
+    assert models["tiny-gen"]["card"]["guidance"] is True
+    assert models["tiny-rgb"]["card"]["guidance"] is False
+    assert client.get("/v1/models/tiny-gen").json()["status"] == "ready"
+    assert client.get("/v1/models/absent").status_code == 404
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["models"] == ["tiny-gen", "tiny-rgb"]
+
+
+def test_readiness_is_503_when_the_worker_is_gone(make_client):
+    client = make_client()
+    client.app.state.queue.engine.stop()
+    assert client.get("/readyz").status_code == 503
+
+
+def test_a_broken_model_is_shown_with_its_reason_and_the_others_are_served(tmp_path):
+    write_generator(tmp_path / "good")
+    broken = write_bare(tmp_path / "broken")
+    torch.save({}, broken / "unet" / "weights.ckpt")
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        body = client.get("/v1/models/broken").json()
+        assert body["status"] == "error" and "pickle" in body["error"]
+        r = client.post("/v1/generate", json={"model": "broken"})
+        assert r.status_code == 503 and "pickle" in r.json()["detail"][0]["msg"]
+        assert client.post("/v1/generate", json={"model": "good", "class_label": 0}).status_code == 200
+
+
+def test_the_service_refuses_to_start_without_a_loadable_model(tmp_path):
+    broken = write_bare(tmp_path / "only")
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(NoModels, match="scripts/train_digits.py"):
+        with TestClient(create_app(make_settings(tmp_path))):
+            pass
+
+
+def test_the_cli_exits_with_a_message_on_an_empty_store(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--model-store", str(tmp_path), "--port", "8765"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "no loadable model" in out.stderr
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_docs_pages_reference_no_external_host(client, path):
+    page = client.get(path)
+    assert page.status_code == 200
+    urls = re.findall(r'(?:src|href)=["\']([^"\']+)', page.text) + re.findall(r"url:\s*['\"]([^'\"]+)", page.text)
+    assert urls, "the page loads its assets from somewhere"
+    assert not [u for u in urls if u.startswith(("http:", "https:", "//"))]
+    assert "googleapis" not in page.text and "cdn." not in page.text
+    for url in urls:
+        if url.startswith("/docs-assets/"):
+            assert client.get(url).status_code == 200
+
+
+def test_openapi_documents_v1_only(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/generate" in paths and "/v1/denoise" in paths and "/generate" not in paths
+    assert set(paths["/v1/denoise"]["post"]["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+
+
+def test_the_http_layer_imports_no_torch():
+    code = "import sys, app.api.main, app.api.routes.jobs; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

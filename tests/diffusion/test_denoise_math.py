@@ -1,0 +1,69 @@
+"""Tiling, the noise-level estimator, the forward process and the sigma <-> timestep map."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from app.diffusion.forward import q_sample, start_for_restoration
+from app.diffusion.noise_level import estimate_sigma
+from app.diffusion.schedule import NoiseSchedule, restoration_plan
+from app.diffusion.tiling import blend, blend_window, pad_to_multiple, tile_boxes
+
+
+def smooth_image(h=96, w=120, c=3):
+    yy, xx = torch.meshgrid(torch.linspace(0, 3, h), torch.linspace(0, 4, w), indexing="ij")
+    return torch.stack([torch.sin(xx + k) * torch.cos(yy) * 0.8 for k in range(c)])
+
+
+def test_tiles_cover_the_image_and_blend_back_exactly():
+    image = smooth_image()
+    boxes = tile_boxes(96, 120, tile=40, overlap=10)
+    assert all(h == 40 and w == 40 for _, _, h, w in boxes)
+    tiles = [image[:, y : y + h, x : x + w] for y, x, h, w in boxes]
+    assert torch.allclose(blend(tiles, boxes, 96, 120, 10), image, atol=1e-6)
+
+
+def test_blend_window_ramps_to_a_floor_not_to_zero():
+    window = blend_window(40, 40, 10)
+    assert window.min() > 0 and window[20, 20] == 1
+
+
+def test_pad_to_multiple_reflects_and_keeps_the_original_size():
+    padded, size = pad_to_multiple(smooth_image(30, 45), 8)
+    assert padded.shape[1:] == (32, 48) and size == (30, 45)
+
+
+@pytest.mark.parametrize("sigma_255", [5, 15, 25, 50])
+def test_noise_level_estimate_is_close_on_a_smooth_image(sigma_255):
+    image = smooth_image(256, 256)
+    noisy = image + (2 * sigma_255 / 255) * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    estimate = estimate_sigma(noisy) * 127.5
+    assert abs(estimate - sigma_255) < 0.1 * sigma_255 + 1
+
+
+def test_sigma_maps_to_the_timestep_with_that_noise_level():
+    schedule = NoiseSchedule.from_config({"beta_schedule": "linear"})
+    for sigma in (0.05, 0.2, 0.5, 1.0, 3.0):
+        t = schedule.sigma_to_t(sigma)
+        assert math.isclose(schedule.t_to_sigma(t), sigma, rel_tol=1e-2)
+    assert schedule.sigma_to_t(0.2) != round(schedule.sigma_to_t(0.2))  # between grid points
+
+
+def test_restoration_start_is_a_sample_of_q_at_the_matched_step():
+    schedule = NoiseSchedule.from_config({"beta_schedule": "linear"})
+    x0 = smooth_image(64, 64)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    sigma = 0.3
+    t, x_t = start_for_restoration(x0 + sigma * noise, schedule, sigma)
+    expected = q_sample(x0, ab=schedule.alpha_bar(t), noise=noise)
+    assert torch.allclose(x_t, expected, atol=1e-4)
+
+
+def test_restoration_plan_ends_at_the_clean_image():
+    schedule = NoiseSchedule.from_config({})
+    plan = restoration_plan(schedule, 123.4, 5)
+    assert len(plan) == 5 and plan[0].t == pytest.approx(123.4) and plan[-1].ab_prev == 1.0
+    assert all(a.ab < b.ab for a, b in zip(plan, plan[1:]))

@@ -1,0 +1,117 @@
+"""The engine with a real (tiny) network: continuous batching, cancellation, failure isolation, seeds."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.queue.jobs import GenerateSpec
+from tests.engine.harness import EngineHarness
+
+
+@pytest.fixture
+def harness(store):
+    h = EngineHarness(store)
+    yield h
+    h.close()
+
+
+def spec(steps=4, seed=0, label=0, **kw) -> GenerateSpec:
+    return GenerateSpec(model="tiny-gen", steps=steps, sampler=kw.pop("sampler", "ddim"), seeds=[seed], class_label=label, **kw)
+
+
+def pixels(event) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(event.result.images[0].data))).astype(int)
+
+
+def test_request_joins_a_batch_already_running(harness):
+    harness.submit("long", spec(steps=300))
+    harness.wait_for_step("long", 5)
+    harness.submit("short", spec(steps=5, seed=1))
+    assert harness.outcome("short").type == "succeeded"
+    long_steps = [e.progress.step for e in harness.events["long"] if e.type == "progress"]
+    assert max(long_steps) < 300  # the short job finished while the long one was still running
+    assert harness.outcome("long").type == "succeeded"
+    # Shared forward passes: both jobs together took the long job's 300 passes, not 305.
+    assert harness.engine.passes == 300
+
+
+def test_cancelled_job_leaves_at_the_next_step(harness):
+    harness.submit("doomed", spec(steps=1000))
+    harness.submit("other", spec(steps=40, seed=5))
+    harness.wait_for_step("doomed", 3)
+    harness.engine.cancel("doomed")
+    assert harness.outcome("doomed").type == "canceled"
+    events = harness.events["doomed"]
+    after = events[[e.type for e in events].index("canceled") + 1 :]
+    assert after == []
+    assert harness.outcome("other").type == "succeeded"
+    assert not any(r.job_id == "doomed" for r in harness.engine._rows.values())
+
+
+def test_a_failing_job_fails_alone_and_the_worker_keeps_serving(harness):
+    unet = harness.engine.models["tiny-gen"].unet
+    original = unet.forward
+
+    def forward(x, t, class_labels=None, **kw):
+        if class_labels is not None and (class_labels == 2).any():
+            raise RuntimeError("poisoned label")
+        return original(x, t, class_labels=class_labels, **kw)
+
+    unet.forward = forward
+    for label in (0, 1, 2):
+        harness.submit(f"job{label}", spec(steps=20, seed=label, label=label))
+    assert harness.outcome("job2").type == "failed"
+    assert "poisoned label" in harness.outcome("job2").error
+    assert harness.outcome("job0").type == "succeeded"
+    assert harness.outcome("job1").type == "succeeded"
+    harness.submit("after", spec(steps=3, seed=9, label=1))
+    assert harness.outcome("after").type == "succeeded"
+
+
+def test_a_job_that_cannot_be_planned_fails_without_stopping_the_engine(harness):
+    harness.submit("bad", GenerateSpec(model="missing", steps=3, sampler="ddim", seeds=[1]))
+    assert harness.outcome("bad").type == "failed"
+    harness.submit("good", spec())
+    assert harness.outcome("good").type == "succeeded"
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddpm", 0.0), ("dpmpp_2m", 0.0), ("ddim", 1.0)])
+def test_same_seed_same_image_alone_or_beside_63_others(store, sampler, eta):
+    h = EngineHarness(store, max_batch=64)
+    try:
+        h.submit("alone", spec(steps=10, seed=1234, label=1, sampler=sampler, eta=eta, guidance_scale=1.5))
+        alone = pixels(h.outcome("alone"))
+        for i in range(63):
+            h.submit(f"other{i}", spec(steps=10 + i % 7, seed=i, label=i % 3, sampler=("ddim", "ddpm", "dpmpp_2m")[i % 3]))
+        h.submit("crowd", spec(steps=10, seed=1234, label=1, sampler=sampler, eta=eta, guidance_scale=1.5))
+        crowd = pixels(h.outcome("crowd"))
+        diff = np.abs(alone - crowd)
+        assert (diff <= 1).mean() >= 0.999
+        assert diff.max() <= 4
+        for i in range(63):
+            assert h.outcome(f"other{i}").type == "succeeded"
+    finally:
+        h.close()
+
+
+def test_accepted_jobs_are_never_dropped_under_a_small_batch_cap(store):
+    h = EngineHarness(store, max_batch=3)
+    try:
+        for i in range(40):
+            h.submit(f"j{i}", spec(steps=2 + i % 5, seed=i, label=i % 3, guidance_scale=1.0 if i % 2 else 0.0))
+        assert all(h.outcome(f"j{i}").type == "succeeded" for i in range(40))
+    finally:
+        h.close()
+
+
+def test_models_of_different_shapes_share_the_worker(harness):
+    harness.submit("grey", spec(steps=20))
+    harness.submit("rgb", GenerateSpec(model="tiny-rgb", steps=20, sampler="ddim", seeds=[3]))
+    assert harness.outcome("grey").type == "succeeded"
+    assert harness.outcome("rgb").type == "succeeded"
+    assert pixels(harness.outcome("rgb")).shape == (16, 16, 3)
+    assert harness.engine.passes == 40  # two groups cannot share a pass: they take turns

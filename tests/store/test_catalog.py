@@ -1,0 +1,91 @@
+"""The model store: diffusers' own layout loads, bad folders are refused with their reason."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+
+from app.store.catalog import ModelRefused, safe_model_path, scan_store
+from app.store.loader import load_model
+from tests.tiny_models import tiny_scheduler, tiny_unet, write_bare, write_generator
+
+
+def test_what_ddpm_pipeline_save_pretrained_writes_loads_unchanged(tmp_path):
+    unet = tiny_unet(channels=3)
+    DDPMPipeline(unet=unet, scheduler=tiny_scheduler()).save_pretrained(tmp_path / "plain")
+    entry = scan_store(tmp_path)["plain"]
+    assert entry.status == "ready", entry.error
+    assert entry.card.tasks == ["generate", "denoise"] and entry.card.null_class is None
+    assert entry.channels == 3 and entry.image_size == (16, 16)
+    loaded = load_model(entry, torch.device("cpu"))
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    assert torch.equal(loaded.unet(x, t).sample, unet(x, t).sample)
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    folder = write_bare(tmp_path / "pickled")
+    torch.save({"w": torch.zeros(1)}, folder / "unet" / "diffusion_pytorch_model.bin")
+    entry = scan_store(tmp_path)["pickled"]
+    assert entry.status == "error" and "pickle" in entry.error
+
+
+def test_missing_safetensors_is_refused(tmp_path):
+    folder = write_bare(tmp_path / "noweights")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    entry = scan_store(tmp_path)["noweights"]
+    assert entry.status == "error" and "safetensors" in entry.error
+
+
+def test_wrong_sha256_is_refused(tmp_path):
+    folder = write_generator(tmp_path / "tampered")
+    card = json.loads((folder / "model_card.json").read_text())
+    card["sha256"]["unet/diffusion_pytorch_model.safetensors"] = "0" * 64
+    (folder / "model_card.json").write_text(json.dumps(card))
+    entry = scan_store(tmp_path)["tampered"]
+    assert entry.status == "error" and "sha256" in entry.error
+
+
+def test_bad_config_is_refused_and_other_models_still_load(tmp_path):
+    write_generator(tmp_path / "good")
+    folder = write_bare(tmp_path / "broken")
+    (folder / "unet" / "config.json").write_text("{not json")
+    entries = scan_store(tmp_path)
+    assert entries["broken"].status == "error" and "config.json" in entries["broken"].error
+    assert entries["good"].status == "ready"
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    folder = write_bare(tmp_path / "mismatch")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["block_out_channels"] = [16, 32]
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    entry = scan_store(tmp_path)["mismatch"]
+    with pytest.raises(ModelRefused):
+        load_model(entry, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["../etc", "..", "a/b", "UPPER", ".hidden", "", "x" * 65, "a\x00b"])
+def test_names_that_could_escape_the_store_are_refused(tmp_path, name):
+    with pytest.raises(ModelRefused):
+        safe_model_path(tmp_path, name)
+
+
+def test_a_symlink_leading_out_of_the_store_is_refused(tmp_path):
+    outside = write_bare(tmp_path / "outside" / "model")
+    store = tmp_path / "store"
+    store.mkdir()
+    os.symlink(outside, store / "sneaky")
+    entry = scan_store(store)["sneaky"]
+    assert entry.status == "error" and "outside" in entry.error
+
+
+def test_card_with_null_class_beyond_the_embeddings_is_refused(tmp_path):
+    folder = write_generator(tmp_path / "badcard")
+    card = json.loads((folder / "model_card.json").read_text())
+    card["null_class"] = 99
+    (folder / "model_card.json").write_text(json.dumps(card))
+    assert scan_store(tmp_path)["badcard"].status == "error"
