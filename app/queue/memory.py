@@ -43,7 +43,6 @@ class MemoryJobQueue:
 
         queue = cls(settings, models, engine=None)
         queue.engine = Engine(settings, models, queue._from_engine)
-        queue.engine.load()
         queue.engine.start()
         return queue
 
@@ -51,10 +50,14 @@ class MemoryJobQueue:
         self._loop = asyncio.get_running_loop()
 
     # -- engine side -------------------------------------------------------------------------------
-    def _from_engine(self, event: EngineEvent) -> None:
+    def _from_engine(self, events: list[EngineEvent]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._apply, event)
+            loop.call_soon_threadsafe(self._apply_all, events)
+
+    def _apply_all(self, events: list[EngineEvent]) -> None:
+        for event in events:
+            self._apply(event)
 
     def _apply(self, event: EngineEvent) -> None:
         record = self._records.get(event.job_id)

@@ -19,12 +19,12 @@ class EngineHarness:
         self.events: dict[str, list[EngineEvent]] = defaultdict(list)
         self._cond = threading.Condition()
         self.engine = Engine(make_settings(store, **overrides), scan_store(store), self._emit)
-        self.engine.load()
         self.engine.start()
 
-    def _emit(self, event: EngineEvent) -> None:
+    def _emit(self, events: list[EngineEvent]) -> None:
         with self._cond:
-            self.events[event.job_id].append(event)
+            for event in events:
+                self.events[event.job_id].append(event)
             self._cond.notify_all()
 
     def submit(self, job_id, spec):
