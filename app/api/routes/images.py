@@ -65,6 +65,8 @@ async def denoise(
     `info.alpha_dropped` says so). `sigma` is the noise std on the 0-255 scale, or `auto`."""
     options, image = await read_image_request(request, DenoiseParams, DenoiseJSON, max_pixels=settings.max_pixels)
     entry = pick_model(queue.models, options.model, task="denoise", settings=settings)
+    if entry.channels not in (1, 3):
+        raise ApiError(422, ["body", "model"], f"model {entry.name!r} has {entry.channels} channels: denoising needs a grey or RGB model", type="unsupported")
     if options.mode == "mmse" and (options.steps or options.sampler):
         raise ApiError(422, ["body", "mode"], "steps and sampler apply to mode 'sample'; mmse is one network evaluation", type="conflict")
     if isinstance(options.sigma, float) and not 0 < options.sigma <= 255:

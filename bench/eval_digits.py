@@ -1,0 +1,130 @@
+"""Evaluate the digits model: classifier accuracy and FID (classifier features) per sampler, steps and
+guidance, against the held-out real digits, with the real-vs-real floor at the same sample size.
+
+    python bench/eval_digits.py                                   # the table in docs/digits.md
+    python bench/eval_digits.py --configs dpmpp_2m:20:1 --per-class 20
+    python bench/eval_digits.py --grid docs/digits_grid.png       # also the 10 x 10 sample grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from app.diffusion.samplers import cfg_combine, sample_loop  # noqa: E402
+from app.diffusion.schedule import generation_plan  # noqa: E402
+from app.store.catalog import scan_store  # noqa: E402
+from app.store.loader import LoadedModel, load_model  # noqa: E402
+from digits_classifier import classify, frechet_distance, load_classifier  # noqa: E402
+from fetch_mnist import load as load_mnist  # noqa: E402
+
+DEFAULT_CONFIGS = [
+    "dpmpp_2m:20:0", "dpmpp_2m:20:0.5", "dpmpp_2m:20:1", "dpmpp_2m:20:2", "dpmpp_2m:20:3",
+    "dpmpp_2m:10:1", "ddim:25:1", "ddim:50:1",
+]
+
+
+def load(store: Path, name: str) -> LoadedModel:
+    return load_model(scan_store(store)[name], torch.device("cpu"))
+
+
+@torch.no_grad()
+def generate(model: LoadedModel, labels: np.ndarray, *, sampler: str, steps: int, guidance: float, seed: int, chunk: int = 125) -> np.ndarray:
+    """uint8 [N, 28, 28] samples for ``labels``, in chunks; each chunk seeded from ``seed``."""
+    plan = generation_plan(model.schedule, sampler, steps)
+    null = model.entry.card.null_class
+    out = []
+    for start in range(0, len(labels), chunk):
+        y = torch.from_numpy(labels[start : start + chunk])
+        gen = torch.Generator().manual_seed(seed + start)
+        x = torch.randn((len(y), 1, 28, 28), generator=gen)
+
+        def denoiser(x, t, y=y):
+            if guidance == 0:
+                return model.unet(x, t, class_labels=y).sample
+            both = model.unet(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([y, torch.full_like(y, null)])).sample
+            cond, uncond = both.chunk(2)
+            return cfg_combine(cond, uncond, torch.full((len(y),), guidance))
+
+        x = sample_loop(denoiser, x, plan, sampler=sampler, schedule=model.schedule,
+                        noise=lambda shape, g=gen: torch.randn(shape, generator=g))
+        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def grid(images: np.ndarray, rows: int, cols: int) -> Image.Image:
+    canvas = np.zeros((rows * 30, cols * 30), dtype=np.uint8)
+    for i, img in enumerate(images[: rows * cols]):
+        r, c = divmod(i, cols)
+        canvas[r * 30 + 1 : r * 30 + 29, c * 30 + 1 : c * 30 + 29] = img
+    return Image.fromarray(canvas).resize((cols * 60, rows * 60), Image.NEAREST)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help="sampler:steps:guidance")
+    parser.add_argument("--ddpm-per-class", type=int, default=0, help="also ddpm 1000 steps with this many per class")
+    parser.add_argument("--grid", type=Path, help="write a 10 classes x 10 seeds grid at the card's defaults")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = load(args.store, args.model)
+    net = load_classifier()
+    data = load_mnist()
+    _, real = classify(net, data["heldout_x"])
+    n = 10 * args.per_class
+    rng = np.random.default_rng(0)
+    floor = frechet_distance(classify(net, data["train_x"][rng.choice(len(data["train_x"]), n, replace=False)])[1], real)
+    print(f"real-vs-real floor (n={n}): FID {floor:.3f}", flush=True)
+    rows = []
+    configs = [c.split(":") for c in args.configs]
+    if args.ddpm_per_class:
+        configs.append(["ddpm", "1000", configs[0][2] if configs else "1", str(args.ddpm_per_class)])
+    for config in configs:
+        sampler, steps, guidance = config[0], int(config[1]), float(config[2])
+        per_class = int(config[3]) if len(config) > 3 else args.per_class
+        labels = np.repeat(np.arange(10), per_class)
+        began = time.time()
+        images = generate(model, labels, sampler=sampler, steps=steps, guidance=guidance, seed=1)
+        pred, feats = classify(net, images)
+        row = {"sampler": sampler, "steps": steps, "guidance": guidance, "samples": len(labels),
+               "accuracy": float((pred == labels).mean()), "fid": frechet_distance(feats, real), "seconds": round(time.time() - began, 1)}
+        if len(labels) != n:
+            sub = rng.choice(len(data["train_x"]), len(labels), replace=False)
+            row["floor_same_n"] = frechet_distance(classify(net, data["train_x"][sub])[1], real)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print()
+    print(f"| sampler | steps | guidance | samples | accuracy | FID | FID / floor ({floor:.2f}) | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        f = r.get("floor_same_n", floor)
+        print(f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['samples']} | {r['accuracy']:.3f} | {r['fid']:.2f} | {r['fid'] / f:.2f} | {r['seconds']} |")
+    if args.grid:
+        d = model.entry.card.defaults
+        labels = np.repeat(np.arange(10), 10)
+        images = generate(model, labels, sampler=d.sampler, steps=d.steps, guidance=d.guidance_scale, seed=7, chunk=100)
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        grid(images, 10, 10).save(args.grid)
+        print(f"wrote {args.grid}")
+    if args.json:
+        args.json.write_text(json.dumps({"floor": floor, "n": n, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
