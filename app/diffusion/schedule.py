@@ -158,7 +158,9 @@ def dpm_timesteps(num_train: int, num_steps: int, spacing: str, *, steps_offset:
         ts = np.arange(num_train, 0, -num_train / num_steps).round() - 1
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}")
-    return [int(t) for t in ts]
+    # Near num_train steps, rounding repeats timesteps (leading spacing even collapses to 0); a repeated
+    # timestep makes the 2M step size h zero. Repeats are merged, so such a request takes fewer steps.
+    return list(dict.fromkeys(int(t) for t in ts))
 
 
 def generation_plan(schedule: NoiseSchedule, sampler: str, num_steps: int) -> list[Step]:

@@ -72,6 +72,8 @@ def test_cancel_a_running_job(client):
 def test_unknown_jobs_are_404(client):
     assert client.get("/v1/jobs/" + "0" * 32).status_code == 404
     assert client.delete("/v1/jobs/" + "0" * 32).status_code == 404
+    assert client.get("/v1/jobs/" + "0" * 32 + "/events").status_code == 404
+    assert client.get("/v1/jobs/" + "0" * 32 + "/images/0").status_code == 404
     assert client.get("/v1/jobs/not-an-id").status_code == 422
 
 

@@ -105,3 +105,13 @@ def test_unknown_schedule_options_are_refused():
         NoiseSchedule.from_config({"beta_schedule": "sigmoid"})
     with pytest.raises(ValueError, match="prediction_type"):
         NoiseSchedule.from_config({"prediction_type": "flow"})
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+def test_dpmpp_2m_with_as_many_steps_as_timesteps_stays_finite(unet, spacing):
+    schedule = NoiseSchedule.from_config({"timestep_spacing": spacing, "num_train_timesteps": 50})
+    plan = generation_plan(schedule, "dpmpp_2m", 50)
+    assert len({s.t for s in plan[:-1]}) == len(plan) - 1
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    out = sample_loop(_denoiser(unet), x, plan, sampler="dpmpp_2m", schedule=schedule)
+    assert torch.isfinite(out).all()
