@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import QueueDep
@@ -29,11 +30,15 @@ async def get_job(queue: QueueDep, job_id: str = JobId) -> dict:
     return job_body(await _record(queue, job_id))
 
 
+async def existing_job(queue: QueueDep, job_id: str = JobId) -> JobRecord:
+    """Resolved before a streaming response starts, so an unknown job is a plain 404."""
+    return await _record(queue, job_id)
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
-async def job_events(queue: QueueDep, job_id: str = JobId) -> AsyncIterable[ServerSentEvent]:
+async def job_events(queue: QueueDep, record: Annotated[JobRecord, Depends(existing_job)]) -> AsyncIterable[ServerSentEvent]:
     """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`."""
-    await _record(queue, job_id)
-    async for kind, data in queue.events(job_id):
+    async for kind, data in queue.events(record.id):
         yield ServerSentEvent(event=kind, data=data)
 
 
