@@ -143,3 +143,32 @@ class EngineEvent(_Model):
     result: JobResult | None = None
     error: str | None = None
     at: float = Field(default_factory=time.time)
+
+
+def apply_event(record: JobRecord, event: EngineEvent) -> bool:
+    """Apply a worker's event to a job record; False (and no change) once the record is final."""
+    if record.status.finished:
+        return False
+    if event.type == "started":
+        record.status, record.started_at = JobStatus.running, record.started_at or event.at
+    elif event.type == "progress" and event.progress is not None:
+        record.progress = event.progress
+        if record.status == JobStatus.queued:
+            record.status, record.started_at = JobStatus.running, event.at
+    else:
+        record.status = JobStatus(event.type)
+        record.finished_at = event.at
+        record.started_at = record.started_at or event.at
+        record.result, record.error = event.result, event.error
+        if record.status == JobStatus.succeeded:
+            record.progress = Progress(step=record.progress.total, total=record.progress.total)
+    return True
+
+
+def event_payload(record: JobRecord) -> tuple[str, dict]:
+    """The (SSE event, data) pair describing a record's current state: ``progress`` until it is final,
+    then its final status."""
+    data = {"job_id": record.id, "status": record.status.value, "progress": record.progress.model_dump()}
+    if record.error:
+        data["error"] = record.error
+    return (record.status.value if record.status.finished else "progress"), data

@@ -10,20 +10,11 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from app.queue.jobs import EngineEvent, JobRecord, JobSpec, JobStatus, Progress, new_job_id
+from app.queue.jobs import EngineEvent, JobRecord, JobSpec, Progress, apply_event, event_payload, new_job_id
 from app.queue.protocol import QueueFull
+from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
-
-
-def event_payload(record: JobRecord) -> tuple[str, dict]:
-    """The SSE event that describes a record's current state."""
-    if record.status.finished:
-        data = {"job_id": record.id, "status": record.status.value, "progress": record.progress.model_dump()}
-        if record.error:
-            data["error"] = record.error
-        return record.status.value, data
-    return "progress", {"job_id": record.id, "status": record.status.value, "progress": record.progress.model_dump()}
 
 
 class MemoryJobQueue:
@@ -32,8 +23,7 @@ class MemoryJobQueue:
         self.models = models
         self.engine = engine
         self._records: dict[str, JobRecord] = {}
-        self._done: dict[str, asyncio.Event] = {}
-        self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self._watchers = Watchers()
         self._idempotency: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -61,35 +51,14 @@ class MemoryJobQueue:
 
     def _apply(self, event: EngineEvent) -> None:
         record = self._records.get(event.job_id)
-        if record is None or record.status.finished:
-            return
-        if event.type == "started":
-            record.status, record.started_at = JobStatus.running, event.at
-        elif event.type == "progress" and event.progress is not None:
-            record.progress = event.progress
-            if record.status == JobStatus.queued:
-                record.status, record.started_at = JobStatus.running, event.at
-        elif event.type in ("succeeded", "failed", "canceled"):
-            record.status = JobStatus(event.type)
-            record.finished_at = event.at
-            record.started_at = record.started_at or event.at
-            record.result, record.error = event.result, event.error
-            if record.status == JobStatus.succeeded:
-                record.progress = Progress(step=record.progress.total, total=record.progress.total)
-            self._done[record.id].set()
-        self._notify(record)
-
-    def _notify(self, record: JobRecord) -> None:
-        payload = event_payload(record)
-        for watcher in self._watchers.get(record.id, ()):
-            watcher.put_nowait(payload)
+        if record is not None and apply_event(record, event):
+            self._watchers.notify(record.id, event_payload(record))
 
     # -- protocol ----------------------------------------------------------------------------------
     def _purge(self) -> None:
         horizon = time.time() - self.settings.job_retention_s
         for job_id in [j for j, r in self._records.items() if r.finished_at and r.finished_at < horizon]:
             del self._records[job_id]
-            self._done.pop(job_id, None)
         live = set(self._records)
         self._idempotency = {k: v for k, v in self._idempotency.items() if v in live}
 
@@ -106,7 +75,6 @@ class MemoryJobQueue:
             id=new_job_id(), kind=spec.kind, model=spec.model, progress=Progress(step=0, total=spec.total_steps)
         )
         self._records[record.id] = record
-        self._done[record.id] = asyncio.Event()
         if idempotency_key:
             self._idempotency[idempotency_key] = record.id
         self.engine.submit(record.id, spec)
@@ -126,33 +94,14 @@ class MemoryJobQueue:
         self._apply(EngineEvent(job_id=job_id, type="canceled"))
         return record
 
-    async def wait(self, job_id: str, timeout: float) -> JobRecord | None:
-        done = self._done.get(job_id)
-        if done is None:
-            return self._records.get(job_id)
-        try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    async def _current(self, job_id: str) -> JobRecord | None:
         return self._records.get(job_id)
 
-    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
-        record = self._records.get(job_id)
-        if record is None:
-            return
-        watcher: asyncio.Queue = asyncio.Queue()
-        self._watchers.setdefault(job_id, set()).add(watcher)
-        try:
-            kind, data = event_payload(record)  # after the watcher is registered: no change is missed
-            yield kind, data
-            while kind == "progress":
-                kind, data = await watcher.get()
-                yield kind, data
-        finally:
-            watchers = self._watchers.get(job_id, set())
-            watchers.discard(watcher)
-            if not watchers:
-                self._watchers.pop(job_id, None)
+    async def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        return await self._watchers.wait(job_id, lambda: self._current(job_id), timeout)
+
+    def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+        return self._watchers.follow(job_id, lambda: self._current(job_id))
 
     async def ready(self) -> bool:
         return self.engine is not None and self.engine.alive and any(e.status == "ready" for e in self.models.values())
