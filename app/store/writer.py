@@ -18,6 +18,8 @@ def save_model(folder: Path, *, unet, scheduler, card: ModelCard | None) -> Path
     """
     folder = Path(folder)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    for path in folder.rglob("*"):  # safetensors writes 0600; the store must be readable by the service user
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if card is not None:
         card = card.model_copy(update={"sha256": {WEIGHTS_FILE: sha256_file(folder / WEIGHTS_FILE)}})
         (folder / CARD_FILE).write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
