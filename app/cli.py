@@ -1,37 +1,99 @@
-"""Console scripts: ``diffusion-serve`` runs the API with the embedded worker."""
+"""Console scripts: ``diffusion-serve`` (the API, with the embedded worker unless Redis is used) and
+``diffusion-worker`` (a worker pulling jobs from Redis)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-
-import uvicorn
 
 from app.settings import Settings
 
 
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--model-store", help="model folder (default: DIFFUSION_MODEL_STORE or ./model_store)")
+    parser.add_argument("--queue-url", help="redis://... to use Redis (default: DIFFUSION_QUEUE_URL; none: in-process)")
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def _settings(args: argparse.Namespace, **extra) -> Settings:
+    values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
+    settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
 def serve(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="diffusion-serve", description="Serve the models in the model store over HTTP.")
+    parser = _parser("diffusion-serve", "Serve the models in the model store over HTTP.")
     parser.add_argument("--host", help="bind address (default: DIFFUSION_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: DIFFUSION_PORT or 8000)")
-    parser.add_argument("--model-store", help="model folder (default: DIFFUSION_MODEL_STORE or ./model_store)")
-    parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "model_store": args.model_store}.items() if v is not None}
-    settings = Settings(**overrides)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args, host=args.host, port=args.port)
 
-    from app.api.main import NoModels, create_app, open_backend
+    import uvicorn
+
+    from app.api.main import create_app, open_backend
+    from app.queue.protocol import NoModels
 
     try:
-        backend = asyncio.run(open_backend(settings))  # fail fast, before binding the port, when nothing can be served
-    except NoModels as exc:
+        backend = asyncio.run(open_backend(settings)) if settings.queue_url is None else None
+    except NoModels as exc:  # fail fast, before binding the port, when nothing can be served
         print(f"diffusion-serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(create_app(settings, queue=backend), host=settings.host, port=settings.port, log_level=args.log_level)
+    # With Redis the backend holds connections bound to an event loop: it opens in uvicorn's lifespan.
+    # On SIGTERM uvicorn stops accepting and lets waiting clients finish (up to the grace time).
+    uvicorn.run(
+        create_app(settings, queue=backend), host=settings.host, port=settings.port, log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+    )
+
+
+def worker(argv: list[str] | None = None) -> None:
+    parser = _parser("diffusion-worker", "Run the models in the model store on jobs taken from Redis.")
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    if settings.queue_url is None:
+        print("diffusion-worker: set DIFFUSION_QUEUE_URL (or --queue-url) to a redis:// URL", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(asyncio.run(_run_worker(settings)))
+
+
+async def _run_worker(settings: Settings) -> int:
+    from redis.asyncio import Redis
+
+    from app.queue.factory import no_models_message
+    from app.queue.redis_worker import RedisWorker
+
+    redis = Redis.from_url(settings.queue_url)
+    node = RedisWorker(settings, redis)
+    await node.start()
+    if not node.serves_anything:
+        print(f"diffusion-worker: {no_models_message(settings, node.entries)}", file=sys.stderr)
+        await node.stop(grace=0)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger(__name__).info("stopping: finishing held jobs for up to %.0fs", settings.shutdown_grace_s)
+    await node.stop()
+    await redis.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m app.cli [serve|worker] ...``: the console scripts without installing them."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        worker(argv[1:])
+    else:
+        serve(argv[1:] if argv[:1] == ["serve"] else argv)
 
 
 if __name__ == "__main__":
-    serve()
+    main()

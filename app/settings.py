@@ -34,12 +34,26 @@ class Settings(BaseSettings):
     denoise_overlap: int = Field(32, ge=0, le=512, description="overlap between neighbouring tiles")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # -- scale-out on Redis (see README "Scaling out"); without queue_url, the in-process queue --------
+    queue_url: str | None = Field(None, description="redis://host:port/db: use Redis Streams and separate workers")
+    redis_prefix: str = Field("diffusion", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="key prefix in Redis")
+    embedded_worker: bool | None = Field(None, description="run a worker inside the API process; default: only without Redis")
+    lease_s: float = Field(15.0, gt=0.1, description="a worker silent this long loses its jobs to live workers")
+    max_attempts: int = Field(3, ge=1, description="workers a job may crash before it is failed")
+    worker_jobs: int | None = Field(None, ge=1, description="jobs a worker holds at once; default 2 x max batch")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long a worker finishes its jobs before handing them back")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":
         if 2 * self.denoise_overlap >= self.denoise_tile:
             raise ValueError("denoise_overlap must be less than half of denoise_tile")
+        if self.queue_url is not None and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("queue_url must be a redis://, rediss:// or unix:// URL")
         return self
+
+    @property
+    def runs_embedded_worker(self) -> bool:
+        return self.queue_url is None if self.embedded_worker is None else self.embedded_worker
 
     def batch_cap(self, device_type: str) -> int:
         return self.max_batch or DEFAULT_MAX_BATCH.get(device_type, DEFAULT_MAX_BATCH["cpu"])

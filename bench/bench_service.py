@@ -83,14 +83,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_process(role: str, store: Path, max_batch: int, port: int | None = None, **env: str) -> subprocess.Popen:
+    """``python -m app.cli serve|worker`` with benchmark settings."""
+    full_env = {**os.environ, "DIFFUSION_MAX_BATCH": str(max_batch), "DIFFUSION_QUEUE_LIMIT": "4096", "DIFFUSION_DEVICE": "cpu", **env}
+    args = [sys.executable, "-m", "app.cli", role, "--model-store", str(store), "--log-level", "warning"]
+    if port is not None:
+        args += ["--port", str(port)]
+    return subprocess.Popen(args, cwd=ROOT, env=full_env)
+
+
 class Server:
-    def __init__(self, store: Path, max_batch: int) -> None:
+    def __init__(self, store: Path, max_batch: int, **env: str) -> None:
         self.port = free_port()
-        env = {**os.environ, "DIFFUSION_MAX_BATCH": str(max_batch), "DIFFUSION_QUEUE_LIMIT": "4096", "DIFFUSION_DEVICE": "cpu"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "--model-store", str(store), "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env=env,
-        )
+        self.proc = start_process("serve", store, max_batch, self.port, **env)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -42,3 +42,13 @@ def test_compose_files_parse_and_build_this_dockerfile():
 def test_ci_runs_the_readme_test_command():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] in (ROOT / "README.md").read_text()
+
+
+def test_scale_out_compose_runs_redis_api_replicas_and_gpu_workers():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.scale.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    assert services["api"]["environment"]["DIFFUSION_QUEUE_URL"].startswith("redis://")
+    assert services["worker"]["command"][-1].endswith("diffusion-worker")
+    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["api"]["deploy"]["replicas"] >= 2 and services["worker"]["deploy"]["replicas"] >= 2

@@ -11,7 +11,7 @@ from app.api import docs, errors
 from app.api.limits import BodyLimit
 from app.api.routes import generate, health, images, jobs, models
 from app.settings import Settings, get_settings
-from app.store.catalog import scan_store
+from app.queue.protocol import NoModels  # noqa: F401  (re-exported for the CLI and tests)
 
 log = logging.getLogger(__name__)
 
@@ -23,31 +23,11 @@ stream `/v1/jobs/{id}/events`, or cancel with `DELETE /v1/jobs/{id}`.
 """
 
 
-class NoModels(RuntimeError):
-    """The store holds no model that can be served."""
-
-
-def _no_models_message(settings: Settings, entries) -> str:
-    lines = [f"no loadable model in the model store {settings.model_store.resolve()}."]
-    for entry in entries.values():
-        lines.append(f"  {entry.name}: {entry.error}")
-    lines.append(
-        "Point DIFFUSION_MODEL_STORE at a folder of diffusers UNet2DModel models (config + safetensors), "
-        "or train the shipped ones: python scripts/train_digits.py"
-    )
-    return "\n".join(lines)
-
-
 async def open_backend(settings: Settings):
-    """Scan the store and start the queue + worker; refuse to start when nothing can be served."""
+    """Start the queue backend (and its worker where this node runs one)."""
     from app.queue.factory import open_queue
 
-    entries = scan_store(settings.model_store)
-    queue = open_queue(settings, entries)
-    if not any(e.status == "ready" for e in entries.values()):
-        await queue.close()
-        raise NoModels(_no_models_message(settings, entries))
-    return queue
+    return await open_queue(settings)
 
 
 def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:

@@ -17,6 +17,10 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class NoModels(RuntimeError):
+    """The store holds no model that can be served."""
+
+
 class JobQueue(Protocol):
     models: dict[str, ModelEntry]
 

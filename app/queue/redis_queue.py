@@ -1,0 +1,145 @@
+"""The Redis backend, API side: stateless nodes that put jobs on a Redis Stream and read records back.
+
+Any node can answer for any job: records live in Redis, and every change is published on one channel
+that each node follows with a single subscription, handing changes to its local watchers (SSE streams,
+sync waits). The model catalog is what the workers publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import AsyncIterator
+
+from redis.asyncio import Redis
+
+from app.queue.jobs import JobRecord, JobSpec, JobStatus, Progress, new_job_id
+from app.queue.protocol import QueueFull
+from app.queue.redis_keys import Keys
+from app.queue.redis_records import RecordStore
+from app.queue.watch import Watchers
+from app.settings import Settings
+from app.store.catalog import ModelEntry
+
+log = logging.getLogger(__name__)
+CATALOG_REFRESH_S = 1.0
+
+
+class RedisJobQueue:
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.redis_prefix)
+        self.records = RecordStore(redis, self.keys, settings.job_retention_s)
+        self.models: dict[str, ModelEntry] = {}
+        self._watchers = Watchers()
+        self._tasks: list[asyncio.Task] = []
+        self._workers_seen = 0.0
+        self.embedded = None  # a RedisWorker running in this process, when settings ask for one
+
+    @classmethod
+    async def open(cls, settings: Settings) -> "RedisJobQueue":
+        queue = cls(settings, Redis.from_url(settings.queue_url))
+        await queue.redis.ping()
+        await queue.refresh_catalog()
+        queue._tasks = [asyncio.create_task(queue._follow_events()), asyncio.create_task(queue._refresh_loop())]
+        return queue
+
+    # -- background ---------------------------------------------------------------------------------
+    async def refresh_catalog(self) -> None:
+        raw = await self.redis.hgetall(self.keys.models)
+        self.models = dict(sorted((k.decode(), ModelEntry.from_dict(json.loads(v))) for k, v in raw.items()))
+        beats = await self.redis.hvals(self.keys.workers)
+        self._workers_seen = max((float(b) for b in beats), default=0.0)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CATALOG_REFRESH_S)
+            try:
+                await self.refresh_catalog()
+            except Exception as exc:  # Redis away for a moment: keep the last catalog
+                log.warning("catalog refresh failed: %s", exc)
+
+    async def _follow_events(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.events)
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    event = json.loads(message["data"])
+                    if self._watchers.watching(event["job_id"]):
+                        self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event subscription lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # -- protocol ----------------------------------------------------------------------------------
+    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobRecord:
+        record = JobRecord(id=new_job_id(), kind=spec.kind, model=spec.model, progress=Progress(step=0, total=spec.total_steps))
+        if idempotency_key:
+            key = self.keys.idempotency(idempotency_key)
+            ttl = int(self.settings.job_retention_s) + 3600
+            if not await self.redis.set(key, record.id, nx=True, ex=ttl):
+                existing = await self.get((await self.redis.get(key)).decode())
+                if existing is not None:
+                    return existing
+                await self.redis.set(key, record.id, ex=ttl)
+        if await self.redis.scard(self.keys.active) >= self.settings.queue_limit:
+            if idempotency_key:
+                await self.redis.delete(self.keys.idempotency(idempotency_key))
+            raise QueueFull(retry_after=max(1, int(self.settings.lease_s // 3)))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(record.id), mapping={
+                "record": record.model_dump_json(), "status": record.status.value, "spec": spec.model_dump_json(),
+            })
+            pipe.sadd(self.keys.active, record.id)
+            pipe.xadd(self.keys.stream, {"job": record.id})
+            await pipe.execute()
+        return record
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self.records.get(job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        record = await self.get(job_id)
+        if record is None or record.status.finished:
+            return record
+        record.status, record.finished_at = JobStatus.canceled, time.time()
+        await self.records.update(record)
+        await self.redis.publish(self.keys.cancel, job_id)  # the worker holding it drops its rows
+        return await self.get(job_id)
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        return await self._watchers.wait(job_id, lambda: self.get(job_id), timeout)
+
+    def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+        return self._watchers.follow(job_id, lambda: self.get(job_id))
+
+    async def ready(self) -> bool:
+        fresh = time.time() - self._workers_seen < max(3 * heartbeat_s(self.settings), 5.0)
+        return fresh and any(e.status == "ready" for e in self.models.values())
+
+    async def close(self) -> None:
+        if self.embedded is not None:
+            await self.embedded.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.redis.aclose()
+
+
+def heartbeat_s(settings: Settings) -> float:
+    """Workers beat three times per lease."""
+    return settings.lease_s / 3

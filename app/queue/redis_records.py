@@ -1,0 +1,28 @@
+"""Reading and writing job records in Redis, shared by API nodes and workers."""
+
+from __future__ import annotations
+
+import json
+
+from redis.asyncio import Redis
+
+from app.queue.jobs import JobRecord, event_payload
+from app.queue.redis_keys import UPDATE_RECORD, Keys
+
+
+class RecordStore:
+    def __init__(self, redis: Redis, keys: Keys, retention_s: float) -> None:
+        self.redis, self.keys, self.retention_s = redis, keys, retention_s
+        self._update = redis.register_script(UPDATE_RECORD)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.hget(self.keys.job(job_id), "record")
+        return None if raw is None else JobRecord.model_validate_json(raw)
+
+    async def update(self, record: JobRecord, pipe=None) -> None:
+        """Write ``record`` and announce it, unless the stored record is already final."""
+        kind, data = event_payload(record)
+        message = json.dumps({"job_id": record.id, "kind": kind, "data": data})
+        keys = [self.keys.job(record.id), self.keys.active, self.keys.events]
+        args = [record.model_dump_json(), record.status.value, message, self.retention_s, record.id]
+        await self._update(keys=keys, args=args, client=pipe or self.redis)

@@ -1,0 +1,240 @@
+"""The Redis backend, worker side: a process (or a task beside an API node) that pulls jobs from the
+Redis Stream through the consumer group and runs them on its engine with continuous batching.
+
+Leases: every entry a worker holds stays in the group's pending list; the worker renews it (XCLAIM to
+itself, which resets its idle time) three times per lease. Entries idle longer than a lease belong to a
+dead worker and are taken over (XAUTOCLAIM) by live ones; the seed is in the spec, so the re-run draws
+the same image. A job delivered more than ``max_attempts`` times has crashed that many workers and is
+failed instead. On SIGTERM a worker stops reading, finishes what it holds within the grace time, and
+puts the rest back on the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from pydantic import TypeAdapter
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from app.queue.jobs import EngineEvent, JobRecord, JobSpec, JobStatus, apply_event
+from app.queue.redis_keys import GROUP, Keys
+from app.queue.redis_queue import heartbeat_s
+from app.queue.redis_records import RecordStore
+from app.settings import Settings
+from app.store.catalog import ModelEntry, scan_store
+
+log = logging.getLogger(__name__)
+SPEC = TypeAdapter(JobSpec)
+
+
+@dataclass
+class _Held:
+    entry_id: str
+    record: JobRecord
+
+
+class RedisWorker:
+    def __init__(self, settings: Settings, redis: Redis, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.redis_prefix)
+        self.records = RecordStore(redis, self.keys, settings.job_retention_s)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.entries: dict[str, ModelEntry] = {}
+        self.engine = None
+        self.held: dict[str, _Held] = {}
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._intake: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def capacity(self) -> int:
+        if self.settings.worker_jobs:
+            return self.settings.worker_jobs
+        return 2 * (self.engine.scheduler.max_batch if self.engine else self.settings.batch_cap("cpu"))
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_s * 1000)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from app.engine.worker import Engine  # torch lives behind this import
+
+        self._loop = asyncio.get_running_loop()
+        self.entries = scan_store(self.settings.model_store)
+        self.engine = Engine(self.settings, self.entries, self._from_engine)
+        await asyncio.to_thread(self.engine.start)
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        await self._beat()
+        self._tasks = [asyncio.create_task(c) for c in (self._write_loop(), self._renew_loop(), self._cancel_loop(), self._beat_loop())]
+        self._intake = [asyncio.create_task(c) for c in (self._read_loop(), self._reclaim_loop())]
+        log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.status == "ready"))
+
+    @property
+    def serves_anything(self) -> bool:
+        return any(e.status == "ready" for e in self.entries.values())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking work, finish what is held within ``grace`` seconds, hand back the rest."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await _cancel_all(self._intake)
+        deadline = time.monotonic() + grace
+        while self.held and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for job_id in list(self.held):
+            held = self.held.pop(job_id)
+            self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(self.keys.stream, {"job": job_id})
+                pipe.xack(self.keys.stream, GROUP, held.entry_id)
+                pipe.xdel(self.keys.stream, held.entry_id)
+                await pipe.execute()
+            log.info("handed job %s back to the queue", job_id)
+        await asyncio.sleep(0)  # let the last events be written
+        while not self._events.empty():
+            await asyncio.sleep(0.01)
+        await _cancel_all(self._tasks)
+        await self.redis.hdel(self.keys.workers, self.worker_id)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+
+    # -- taking jobs --------------------------------------------------------------------------------
+    def _free(self) -> int:
+        return max(0, self.capacity - len(self.held))
+
+    async def _wait_for_room(self) -> None:
+        while self._free() == 0:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _read_loop(self) -> None:
+        while True:
+            await self._wait_for_room()
+            try:
+                reply = await self.redis.xreadgroup(GROUP, self.worker_id, {self.keys.stream: ">"}, count=self._free(), block=1000)
+            except ResponseError as exc:  # the stream or group was deleted under us: recreate
+                log.warning("xreadgroup: %s", exc)
+                with contextlib.suppress(ResponseError):
+                    await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+                continue
+            for _, messages in reply or []:
+                for entry_id, fields in messages:
+                    await self._take(entry_id.decode(), fields[b"job"].decode(), delivered=1)
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 2)
+            if self._free() == 0:
+                continue
+            _, claimed, *_ = await self.redis.xautoclaim(
+                self.keys.stream, GROUP, self.worker_id, min_idle_time=self.lease_ms, start_id="0-0", count=self._free()
+            )
+            for entry_id, fields in claimed:
+                entry_id = entry_id.decode()
+                pending = await self.redis.xpending_range(self.keys.stream, GROUP, min=entry_id, max=entry_id, count=1)
+                delivered = pending[0]["times_delivered"] if pending else 1
+                log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
+                await self._take(entry_id, fields[b"job"].decode(), delivered=delivered)
+
+    async def _take(self, entry_id: str, job_id: str, *, delivered: int) -> None:
+        raw_record, status, raw_spec = await self.redis.hmget(self.keys.job(job_id), "record", "status", "spec")
+        if raw_record is None or status is None or status.decode() in ("succeeded", "failed", "canceled"):
+            await self._retire(entry_id)  # expired, or canceled while it waited
+            return
+        record = JobRecord.model_validate_json(raw_record)
+        if delivered - 1 >= self.settings.max_attempts:
+            record.status, record.finished_at = JobStatus.failed, time.time()
+            record.error = f"job crashed workers {delivered - 1} times (max_attempts {self.settings.max_attempts}); not retried"
+            await self.records.update(record)
+            await self._retire(entry_id)
+            return
+        self.held[job_id] = _Held(entry_id=entry_id, record=record)
+        self.engine.submit(job_id, SPEC.validate_json(raw_spec))
+
+    async def _retire(self, entry_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.stream, GROUP, entry_id)
+            pipe.xdel(self.keys.stream, entry_id)
+            await pipe.execute()
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def _from_engine(self, events: list[EngineEvent]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._events.put_nowait, events)
+
+    async def _write_loop(self) -> None:
+        while True:
+            events = await self._events.get()
+            finished: list[tuple[str, str]] = []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    held = self.held.get(event.job_id)
+                    if held is None or not apply_event(held.record, event):
+                        continue
+                    await self.records.update(held.record, pipe)
+                    if held.record.status.finished:
+                        finished.append((event.job_id, held.entry_id))
+                        pipe.xack(self.keys.stream, GROUP, held.entry_id)
+                        pipe.xdel(self.keys.stream, held.entry_id)
+                await pipe.execute()
+            for job_id, _ in finished:
+                self.held.pop(job_id, None)
+            if finished:
+                self._room.set()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            ids = [h.entry_id for h in self.held.values()]
+            if ids:
+                await self.redis.xclaim(self.keys.stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
+
+    async def _cancel_loop(self) -> None:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.cancel)
+        try:
+            async for message in pubsub.listen():
+                if message["type"] == "message" and message["data"].decode() in self.held:
+                    self.engine.cancel(message["data"].decode())
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _beat(self) -> None:
+        catalog = {name: json.dumps(entry.to_dict()) for name, entry in self.entries.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if catalog:
+                pipe.hset(self.keys.models, mapping=catalog)
+            pipe.hset(self.keys.workers, self.worker_id, time.time())
+            await pipe.execute()
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(heartbeat_s(self.settings))
+            try:
+                await self._beat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+
+async def _cancel_all(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    tasks.clear()

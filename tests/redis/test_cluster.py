@@ -1,0 +1,114 @@
+"""Stateless API nodes and separate workers on a real Redis: jobs cross nodes, survive dead workers and
+restarted API nodes; poison jobs stop; cancel, backpressure and idempotency work across nodes."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.redis.conftest import poll, submit, worker_pids_holding
+from tests.tiny_models import write_generator
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("redis-store")
+    write_generator(root / "tiny-gen")
+    return root
+
+
+def test_a_job_submitted_to_one_node_is_seen_and_fetched_from_the_other(prefix, procs, store):
+    a, b = procs("serve", prefix, store), procs("serve", prefix, store)
+    procs("worker", prefix, store), procs("worker", prefix, store)
+    a.wait_ready(), b.wait_ready()
+    job_id = submit(a.url, steps=10, seed=3)
+    body = poll(b.url, job_id)
+    assert body["status"] == "succeeded"
+    image = httpx.get(b.url + body["images"][0]["url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    # sync on one node, the same seed as the other node's job: the same image
+    sync = httpx.post(b.url + "/v1/generate", json={"class_label": 0, "steps": 10, "seed": 3}, timeout=60)
+    assert sync.status_code == 200 and sync.json()["images"][0]["data"] == body["images"][0]["data"]
+    # events stream from the node that did not take the job
+    job_id = submit(a.url, steps=40)
+    with httpx.stream("GET", f"{b.url}/v1/jobs/{job_id}/events", timeout=60) as stream:
+        kinds = [line[7:] for line in stream.iter_lines() if line.startswith("event: ")]
+    assert kinds[-1] == "succeeded"
+
+
+def test_killing_a_worker_mid_batch_loses_no_accepted_job(prefix, procs, store):
+    api = procs("serve", prefix, store)
+    first = procs("worker", prefix, store)
+    api.wait_ready()
+    jobs = [submit(api.url, steps=150, seed=i) for i in range(6)]
+    poll(api.url, jobs[0], until=("running",))
+    held = worker_pids_holding(prefix)
+    assert held.get(first.proc.pid, 0) > 0
+    first.kill()
+    procs("worker", prefix, store)
+    outcomes = [poll(api.url, j, timeout=180)["status"] for j in jobs]
+    assert outcomes == ["succeeded"] * len(jobs)
+
+
+def test_results_survive_an_api_node_restart(prefix, procs, store):
+    api = procs("serve", prefix, store)
+    procs("worker", prefix, store)
+    api.wait_ready()
+    job_id = submit(api.url, steps=5, seed=9)
+    before = poll(api.url, job_id)
+    api.stop()
+    again = procs("serve", prefix, store).wait_ready()
+    after = httpx.get(f"{again.url}/v1/jobs/{job_id}").json()
+    assert after["status"] == "succeeded" and after["images"] == before["images"]
+
+
+def test_a_job_that_keeps_crashing_workers_is_failed(prefix, procs, store):
+    api = procs("serve", prefix, store, DIFFUSION_MAX_ATTEMPTS=2)
+    api_ready = False
+    job_id = None
+    for attempt in range(2):
+        worker = procs("worker", prefix, store, DIFFUSION_MAX_ATTEMPTS=2)
+        if not api_ready:
+            api.wait_ready()
+            api_ready = True
+            job_id = submit(api.url, steps=1000, seed=1)
+        deadline = time.monotonic() + 60
+        while worker_pids_holding(prefix).get(worker.proc.pid, 0) == 0:
+            assert time.monotonic() < deadline, "the worker never took the job"
+            time.sleep(0.05)
+        worker.kill()  # the job "crashes" this worker
+    procs("worker", prefix, store, DIFFUSION_MAX_ATTEMPTS=2)
+    body = poll(api.url, job_id, timeout=60)
+    assert body["status"] == "failed" and "crashed workers 2 times" in body["error"]
+
+
+def test_cancel_from_another_node_and_idempotency_across_nodes(prefix, procs, store):
+    a, b = procs("serve", prefix, store), procs("serve", prefix, store)
+    worker = procs("worker", prefix, store)
+    a.wait_ready(), b.wait_ready()
+    job_id = submit(a.url, steps=1000)
+    poll(a.url, job_id, until=("running",))
+    r = httpx.delete(f"{b.url}/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    assert poll(a.url, job_id)["status"] == "canceled"
+    deadline = time.monotonic() + 10
+    while worker_pids_holding(prefix).get(worker.proc.pid, 0):
+        assert time.monotonic() < deadline, "the worker kept the canceled job"
+        time.sleep(0.05)
+    headers = {"Prefer": "respond-async", "Idempotency-Key": "same-key"}
+    first = httpx.post(f"{a.url}/v1/generate", json={"class_label": 1, "steps": 3}, headers=headers).json()
+    second = httpx.post(f"{b.url}/v1/generate", json={"class_label": 1, "steps": 3}, headers=headers).json()
+    assert first["job_id"] == second["job_id"]
+
+
+def test_sigterm_makes_a_worker_hand_back_its_jobs(prefix, procs, store):
+    api = procs("serve", prefix, store)
+    first = procs("worker", prefix, store, DIFFUSION_SHUTDOWN_GRACE_S=0.5)
+    api.wait_ready()
+    jobs = [submit(api.url, steps=300, seed=i) for i in range(3)]
+    poll(api.url, jobs[0], until=("running",))
+    assert first.stop() == 0  # graceful: exits by itself after handing back
+    procs("worker", prefix, store)
+    assert [poll(api.url, j, timeout=180)["status"] for j in jobs] == ["succeeded"] * 3

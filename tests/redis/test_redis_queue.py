@@ -1,0 +1,46 @@
+"""The Redis backend in-process (TestClient): the HTTP layer unchanged, backpressure, the embedded worker."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from tests.conftest import make_settings
+from tests.redis.conftest import REDIS_URL
+from tests.tiny_models import write_generator
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("redis-inproc")
+    write_generator(root / "tiny-gen")
+    return root
+
+
+def client_for(store, prefix, **overrides):
+    settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=1.5, shutdown_grace_s=1, **overrides)
+    return TestClient(create_app(settings))
+
+
+def test_embedded_worker_serves_sync_async_and_sse(store, prefix):
+    with client_for(store, prefix, embedded_worker=True) as client:
+        assert client.get("/readyz").status_code == 200
+        r = client.post("/v1/generate", json={"class_label": "b", "num_images": 2, "seed": 4, "steps": 4})
+        assert r.status_code == 200 and [i["seed"] for i in r.json()["images"]] == [4, 5]
+        job = client.post("/v1/generate", json={"class_label": 0, "steps": 20}, headers={"Prefer": "respond-async"}).json()
+        with client.stream("GET", f"/v1/jobs/{job['job_id']}/events") as stream:
+            kinds = [line[7:] for line in stream.iter_lines() if line.startswith("event: ")]
+        assert kinds[-1] == "succeeded"
+        assert client.get("/v1/models/tiny-gen").json()["status"] == "ready"
+
+
+def test_a_node_without_workers_still_accepts_jobs_and_caps_them(store, prefix):
+    with client_for(store, prefix, embedded_worker=True, queue_limit=2) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # keep the catalog, stop serving
+        with client_for(store, prefix, embedded_worker=False, queue_limit=2) as client:
+            headers = {"Prefer": "respond-async"}
+            codes = [client.post("/v1/generate", json={"class_label": 0, "steps": 5}, headers=headers).status_code for _ in range(3)]
+            assert codes[:2] == [202, 202]
+            r = client.post("/v1/generate", json={"class_label": 0}, headers=headers)
+            assert codes[2] == 503 and r.status_code == 503 and r.headers["retry-after"].isdigit()
