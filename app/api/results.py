@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import base64
 
-from fastapi import Response
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Response
 from fastapi.responses import JSONResponse
 
+from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import ApiError
+from app.api.negotiation import choose_format, prefers_async, wants_raw_image
 from app.queue.jobs import JobRecord, JobSpec, JobStatus
 from app.queue.protocol import JobQueue, QueueFull
+from app.settings import Settings
+
+RESPONSES = {
+    200: {"description": "the images: JSON with base64 data, or raw bytes with `Accept: image/png` (one image)",
+          "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+    202: {"description": "accepted (`Prefer: respond-async`, or still running after the sync timeout)"},
+    404: {"description": "unknown model"},
+    406: {"description": "`Accept` cannot be satisfied"},
+    413: {"description": "body too large, or too many pixels"},
+    415: {"description": "unsupported content type"},
+    422: {"description": "invalid field or undecodable image (named in `detail[].loc`)"},
+    503: {"description": "queue full (see `Retry-After`) or model not served"},
+}
 
 
 def job_url(job_id: str) -> str:
@@ -78,3 +96,40 @@ async def run_job(
         return Response(image.data, media_type=image.media_type, headers=headers)
     status = {JobStatus.succeeded: 200, JobStatus.canceled: 409, JobStatus.failed: 500}[record.status]
     return JSONResponse(job_body(record), status_code=status, headers={"Location": job_url(record.id)})
+
+
+@dataclass
+class Submission:
+    """What every job-creating route needs: the queue, the settings and the negotiation headers."""
+
+    queue: JobQueue
+    settings: Settings
+    accept: str | None
+    prefer: str | None
+    idempotency_key: str | None
+
+    @property
+    def raw(self) -> bool:
+        return wants_raw_image(self.accept)
+
+    def output_format(self, requested: str | None) -> str:
+        return choose_format(requested, self.accept)
+
+    async def run(self, spec: JobSpec) -> Response:
+        return await run_job(
+            self.queue, spec, idempotency_key=self.idempotency_key, prefer_async=prefers_async(self.prefer),
+            raw=self.raw, timeout=self.settings.sync_timeout_s,
+        )
+
+
+def submission(
+    queue: QueueDep,
+    settings: SettingsDep,
+    accept: Annotated[str | None, Header()] = None,
+    prefer: Annotated[str | None, Header(description="`respond-async` for 202 and a job ID")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="the same key returns the same job")] = None,
+) -> Submission:
+    return Submission(queue, settings, accept, prefer, idempotency_key)
+
+
+SubmissionDep = Annotated[Submission, Depends(submission)]
