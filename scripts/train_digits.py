@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--default-sampler", default="dpmpp_2m")
     parser.add_argument("--default-steps", type=int, default=20)
-    parser.add_argument("--default-guidance", type=float, default=1.0)
+    parser.add_argument("--default-guidance", type=float, default=0.5)
     return parser.parse_args(argv)
 
 
