@@ -3,6 +3,7 @@ restarted API nodes; poison jobs stop; cancel, backpressure and idempotency work
 
 from __future__ import annotations
 
+import signal
 import time
 
 import httpx
@@ -112,3 +113,24 @@ def test_sigterm_makes_a_worker_hand_back_its_jobs(prefix, procs, store):
     assert first.stop() == 0  # graceful: exits by itself after handing back
     procs("worker", prefix, store)
     assert [poll(api.url, j, timeout=180)["status"] for j in jobs] == ["succeeded"] * 3
+
+
+def test_sigterm_on_an_api_node_lets_waiting_clients_finish(prefix, procs, store):
+    import threading
+
+    api = procs("serve", prefix, store)
+    procs("worker", prefix, store)
+    api.wait_ready()
+    answers = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{api.url}/v1/generate", json={"class_label": 2, "steps": 200}, timeout=120))
+    )
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not worker_pids_holding(prefix):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    api.proc.send_signal(signal.SIGTERM)
+    waiting.join(120)
+    assert answers and answers[0].status_code == 200 and answers[0].json()["status"] == "succeeded"
+    assert api.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down cleanly
