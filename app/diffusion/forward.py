@@ -15,10 +15,6 @@ def sigma_255_to_unit(sigma_255: float) -> float:
     return 2.0 * sigma_255 / 255.0
 
 
-def sigma_unit_to_255(sigma: float) -> float:
-    return sigma * 255.0 / 2.0
-
-
 def q_sample(x0: torch.Tensor, *, ab: float, noise: torch.Tensor) -> torch.Tensor:
     """q(x_t | x_0) = N(sqrt(ab) x_0, (1 - ab) I)  (Ho et al. 2020, eq. 4)."""
     return ab**0.5 * x0 + (1 - ab) ** 0.5 * noise

@@ -39,9 +39,6 @@ class Scheduler:
     def running_cost(self) -> int:
         return sum(t.cost for t in self._running.values())
 
-    def counts(self) -> tuple[int, int]:
-        return len(self._waiting), len(self._running)
-
     # -- changes ------------------------------------------------------------------------------
     def add(self, tickets: list[Ticket]) -> None:
         self._waiting.extend(tickets)

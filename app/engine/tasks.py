@@ -10,7 +10,7 @@ noise:    no network at all: the forward process, applied at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -34,7 +34,6 @@ class Assembly:
 
     rows: list[Row]
     finish: Callable[[list[Row]], JobResult]
-    info: dict = field(default_factory=dict)
 
 
 # -- pixels <-> tensors -------------------------------------------------------------------------------
@@ -140,7 +139,7 @@ def plan_denoise(
             result = result.mean(dim=0, keepdim=True)
         return JobResult(images=[_result_image(0, spec.seed if spec.mode == "sample" else None, result, spec.output_format)], info=info)
 
-    return Assembly(rows=rows, finish=finish, info=info)
+    return Assembly(rows=rows, finish=finish)
 
 
 # -- noise (forward process) ----------------------------------------------------------------------------
