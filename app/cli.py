@@ -79,11 +79,14 @@ async def _run_worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(node.dead.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
     logging.getLogger(__name__).info("stopping: finishing held jobs for up to %.0fs", settings.shutdown_grace_s)
     await node.stop()
     await redis.aclose()
-    return 0
+    return 1 if node.dead.is_set() else 0
 
 
 def main(argv: list[str] | None = None) -> None:

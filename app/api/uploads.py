@@ -34,12 +34,15 @@ async def read_image_request(request: Request, params: type[P], json_model: type
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
-        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
-        options = _validate(params, fields, "body")
-        raw = await upload.read()
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
+            fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
+            options = _validate(params, fields, "body")
+            raw = await upload.read()
+        finally:
+            await form.close()
         loc = ["body", "file"]
     elif content_type == "application/json":
         try:

@@ -90,7 +90,7 @@ class RedisJobQueue:
             key = self.keys.idempotency(idempotency_key)
             ttl = int(self.settings.job_retention_s) + 3600
             if not await self.redis.set(key, record.id, nx=True, ex=ttl):
-                existing = await self.get((await self.redis.get(key)).decode())
+                existing = await self._claimed_job(key)
                 if existing is not None:
                     return existing
                 await self.redis.set(key, record.id, ex=ttl)
@@ -106,6 +106,19 @@ class RedisJobQueue:
             pipe.xadd(self.keys.stream, {"job": record.id})
             await pipe.execute()
         return record
+
+    async def _claimed_job(self, key: str) -> JobRecord | None:
+        """The job an Idempotency-Key names; a request that claimed the key a moment ago may still be
+        writing its record, so wait for it briefly."""
+        for _ in range(20):
+            job_id = await self.redis.get(key)
+            if job_id is None:
+                return None
+            record = await self.get(job_id.decode())
+            if record is not None:
+                return record
+            await asyncio.sleep(0.05)
+        return None
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self.records.get(job_id)

@@ -57,6 +57,25 @@ class RedisWorker:
         self._tasks: list[asyncio.Task] = []
         self._intake: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty: dict[str, _Held] = {}  # records changed by engine events, not yet written
+        self._reclaim_cursor = "0-0"
+        self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
+
+    def _forever(self, step) -> asyncio.Task:
+        """Run ``step`` again and again; an error (Redis away for a moment) is logged and retried, so no
+        background duty silently stops."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("%s failed (%s: %s); retrying", step.__name__, type(exc).__name__, exc)
+                    await asyncio.sleep(0.5)
+
+        return asyncio.create_task(loop(), name=step.__name__)
 
     @property
     def capacity(self) -> int:
@@ -79,8 +98,8 @@ class RedisWorker:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
             await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
         await self._beat()
-        self._tasks = [asyncio.create_task(c) for c in (self._write_loop(), self._renew_loop(), self._cancel_loop(), self._beat_loop())]
-        self._intake = [asyncio.create_task(c) for c in (self._read_loop(), self._reclaim_loop())]
+        self._tasks = [self._forever(step) for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)]
+        self._intake = [self._forever(step) for step in (self._read_once, self._reclaim_once)]
         log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.status == "ready"))
 
     @property
@@ -92,7 +111,7 @@ class RedisWorker:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await _cancel_all(self._intake)
         deadline = time.monotonic() + grace
-        while self.held and time.monotonic() < deadline:
+        while self.held and time.monotonic() < deadline and not self.dead.is_set():
             await asyncio.sleep(0.05)
         for job_id in list(self.held):
             held = self.held.pop(job_id)
@@ -104,7 +123,8 @@ class RedisWorker:
                 await pipe.execute()
             log.info("handed job %s back to the queue", job_id)
         await asyncio.sleep(0)  # let the last events be written
-        while not self._events.empty():
+        deadline = time.monotonic() + 5
+        while (not self._events.empty() or self._dirty) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await _cancel_all(self._tasks)
         await self.redis.hdel(self.keys.workers, self.worker_id)
@@ -120,36 +140,50 @@ class RedisWorker:
             self._room.clear()
             await self._room.wait()
 
-    async def _read_loop(self) -> None:
-        while True:
-            await self._wait_for_room()
-            try:
-                reply = await self.redis.xreadgroup(GROUP, self.worker_id, {self.keys.stream: ">"}, count=self._free(), block=1000)
-            except ResponseError as exc:  # the stream or group was deleted under us: recreate
-                log.warning("xreadgroup: %s", exc)
-                with contextlib.suppress(ResponseError):
-                    await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-                continue
-            for _, messages in reply or []:
-                for entry_id, fields in messages:
-                    await self._take(entry_id.decode(), fields[b"job"].decode(), delivered=1)
+    async def _read_once(self) -> None:
+        await self._wait_for_room()
+        try:
+            reply = await self.redis.xreadgroup(GROUP, self.worker_id, {self.keys.stream: ">"}, count=self._free(), block=1000)
+        except ResponseError as exc:  # the stream or group was deleted under us: recreate
+            log.warning("xreadgroup: %s", exc)
+            with contextlib.suppress(ResponseError):
+                await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+            return
+        for _, messages in reply or []:
+            for entry_id, fields in messages:
+                await self._take(entry_id.decode(), fields.get(b"job", b"").decode(), delivered=1)
 
-    async def _reclaim_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 2)
-            if self._free() == 0:
-                continue
-            _, claimed, *_ = await self.redis.xautoclaim(
-                self.keys.stream, GROUP, self.worker_id, min_idle_time=self.lease_ms, start_id="0-0", count=self._free()
-            )
-            for entry_id, fields in claimed:
-                entry_id = entry_id.decode()
-                pending = await self.redis.xpending_range(self.keys.stream, GROUP, min=entry_id, max=entry_id, count=1)
-                delivered = pending[0]["times_delivered"] if pending else 1
-                log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
-                await self._take(entry_id, fields[b"job"].decode(), delivered=delivered)
+    async def _reclaim_once(self) -> None:
+        await asyncio.sleep(self.settings.lease_s / 2)
+        if self._free() == 0:
+            return
+        cursor, claimed, *_ = await self.redis.xautoclaim(
+            self.keys.stream, GROUP, self.worker_id, min_idle_time=self.lease_ms, start_id=self._reclaim_cursor, count=self._free()
+        )
+        self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        for entry_id, fields in claimed:
+            entry_id = entry_id.decode()
+            pending = await self.redis.xpending_range(self.keys.stream, GROUP, min=entry_id, max=entry_id, count=1)
+            delivered = pending[0]["times_delivered"] if pending else 1
+            log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
+            await self._take(entry_id, fields.get(b"job", b"").decode(), delivered=delivered)
 
     async def _take(self, entry_id: str, job_id: str, *, delivered: int) -> None:
+        if job_id in self.held:  # our own entry, reclaimed while a renewal lagged: we still run it
+            return
+        try:
+            await self._start(entry_id, job_id, delivered=delivered)
+        except Exception as exc:  # a malformed entry or record must not crash every worker in turn
+            log.error("job entry %s (%r) is unusable: %s", entry_id, job_id, exc)
+            self.held.pop(job_id, None)
+            with contextlib.suppress(Exception):  # the record itself may be what is broken
+                record = await self.records.get(job_id) if job_id else None
+                if record is not None:
+                    record.status, record.finished_at, record.error = JobStatus.failed, time.time(), f"unusable job: {exc}"
+                    await self.records.update(record)
+            await self._retire(entry_id)
+
+    async def _start(self, entry_id: str, job_id: str, *, delivered: int) -> None:
         raw_record, status, raw_spec = await self.redis.hmget(self.keys.job(job_id), "record", "status", "spec")
         if raw_record is None or status is None or status.decode() in ("succeeded", "failed", "canceled"):
             await self._retire(entry_id)  # expired, or canceled while it waited
@@ -161,8 +195,11 @@ class RedisWorker:
             await self.records.update(record)
             await self._retire(entry_id)
             return
+        spec = SPEC.validate_json(raw_spec)
         self.held[job_id] = _Held(entry_id=entry_id, record=record)
-        self.engine.submit(job_id, SPEC.validate_json(raw_spec))
+        self.engine.submit(job_id, spec)
+        if (await self.redis.hget(self.keys.job(job_id), "status") or b"").decode() == "canceled":
+            self.engine.cancel(job_id)  # canceled while we were picking it up: the broadcast came too early
 
     async def _retire(self, entry_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -176,37 +213,43 @@ class RedisWorker:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._events.put_nowait, events)
 
-    async def _write_loop(self) -> None:
-        while True:
-            events = await self._events.get()
-            finished: list[tuple[str, str]] = []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    held = self.held.get(event.job_id)
-                    if held is None or not apply_event(held.record, event):
-                        continue
-                    await self.records.update(held.record, pipe)
-                    if held.record.status.finished:
-                        finished.append((event.job_id, held.entry_id))
-                        pipe.xack(self.keys.stream, GROUP, held.entry_id)
-                        pipe.xdel(self.keys.stream, held.entry_id)
-                await pipe.execute()
-            for job_id, _ in finished:
-                self.held.pop(job_id, None)
-            if finished:
-                self._room.set()
+    async def _write_once(self) -> None:
+        """Write the records the engine's events changed; on failure they stay dirty and are retried."""
+        if not self._dirty:
+            for event in await self._events.get():
+                held = self.held.get(event.job_id)
+                if held is not None and apply_event(held.record, event):
+                    self._dirty[event.job_id] = held
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for held in self._dirty.values():
+                await self.records.update(held.record, pipe)
+                if held.record.status.finished:
+                    pipe.xack(self.keys.stream, GROUP, held.entry_id)
+                    pipe.xdel(self.keys.stream, held.entry_id)
+            await pipe.execute()
+        finished = [job_id for job_id, held in self._dirty.items() if held.record.status.finished]
+        self._dirty.clear()
+        for job_id in finished:
+            self.held.pop(job_id, None)
+        if finished:
+            self._room.set()
 
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            ids = [h.entry_id for h in self.held.values()]
-            if ids:
-                await self.redis.xclaim(self.keys.stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
+    def _engine_alive(self) -> bool:
+        if self.engine is not None and not self.engine.alive and not self.dead.is_set():
+            log.critical("the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over")
+            self.dead.set()
+        return not self.dead.is_set()
 
-    async def _cancel_loop(self) -> None:
+    async def _renew_once(self) -> None:
+        await asyncio.sleep(self.settings.lease_s / 3)
+        ids = [h.entry_id for h in self.held.values()]
+        if ids and self._engine_alive():
+            await self.redis.xclaim(self.keys.stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
+
+    async def _listen_for_cancels(self) -> None:
         pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.keys.cancel)
         try:
+            await pubsub.subscribe(self.keys.cancel)
             async for message in pubsub.listen():
                 if message["type"] == "message" and message["data"].decode() in self.held:
                     self.engine.cancel(message["data"].decode())
@@ -222,13 +265,10 @@ class RedisWorker:
             pipe.hset(self.keys.workers, self.worker_id, time.time())
             await pipe.execute()
 
-    async def _beat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(heartbeat_s(self.settings))
-            try:
-                await self._beat()
-            except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
+    async def _beat_once(self) -> None:
+        await asyncio.sleep(heartbeat_s(self.settings))
+        if self._engine_alive():
+            await self._beat()
 
 
 async def _cancel_all(tasks: list[asyncio.Task]) -> None:

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from app.queue.jobs import JobRecord, event_payload
 
 Current = Callable[[], Awaitable[JobRecord | None]]
+RECHECK_S = 5.0
 
 
 class Watchers:
@@ -47,7 +48,14 @@ class Watchers:
             kind, data = event_payload(record)
             yield kind, data
             while kind == "progress":
-                kind, data = await queue.get()
+                try:
+                    kind, data = await asyncio.wait_for(queue.get(), RECHECK_S)
+                except asyncio.TimeoutError:
+                    # No word for a while (a lost pub/sub message, a dead worker): look at the record itself.
+                    record = await current()
+                    if record is None:
+                        return
+                    kind, data = event_payload(record)
                 yield kind, data
         finally:
             self._unregister(job_id, queue)
@@ -63,9 +71,9 @@ class Watchers:
                 if left <= 0:
                     break
                 try:
-                    kind, _ = await asyncio.wait_for(queue.get(), left)
+                    kind, _ = await asyncio.wait_for(queue.get(), min(left, RECHECK_S))
                 except asyncio.TimeoutError:
-                    break
+                    kind = "recheck"
                 if kind != "progress":
                     record = await current()
             return record

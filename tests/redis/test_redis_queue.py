@@ -44,3 +44,33 @@ def test_a_node_without_workers_still_accepts_jobs_and_caps_them(store, prefix):
             assert codes[:2] == [202, 202]
             r = client.post("/v1/generate", json={"class_label": 0}, headers=headers)
             assert codes[2] == 503 and r.status_code == 503 and r.headers["retry-after"].isdigit()
+
+
+def test_an_unusable_job_entry_fails_that_job_and_the_worker_keeps_serving(store, prefix):
+    import redis as sync_redis
+
+    with client_for(store, prefix, embedded_worker=True) as client:
+        raw = sync_redis.Redis.from_url(REDIS_URL)
+        try:
+            raw.hset(f"{prefix}:job:{'f' * 32}", mapping={"record": "not a record", "status": "queued", "spec": "{}"})
+            raw.hset(f"{prefix}:job:{'e' * 32}", mapping={
+                "record": '{"id": "' + "e" * 32 + '", "kind": "generate", "model": "tiny-gen"}', "status": "queued", "spec": "{not json",
+            })
+            raw.xadd(f"{prefix}:jobs", {"job": "f" * 32})
+            raw.xadd(f"{prefix}:jobs", {"job": "e" * 32})
+            raw.xadd(f"{prefix}:jobs", {"nothing": "here"})
+        finally:
+            raw.close()
+        import time
+
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/jobs/{'e' * 32}").json()["status"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "unusable job" in client.get(f"/v1/jobs/{'e' * 32}").json()["error"]
+        assert client.post("/v1/generate", json={"class_label": 0, "steps": 3}).status_code == 200
+        check = sync_redis.Redis.from_url(REDIS_URL)
+        try:
+            assert check.xpending(f"{prefix}:jobs", "workers")["pending"] == 0  # every bad entry retired
+        finally:
+            check.close()

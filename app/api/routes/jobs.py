@@ -65,4 +65,7 @@ async def cancel_job(queue: QueueDep, job_id: str = JobId) -> dict:
     if record.status.finished:
         raise ApiError(409, ["path", "job_id"], f"job already {record.status.value}", type="finished")
     record = await queue.cancel(job_id)
+    if record is None or record.status != JobStatus.canceled:  # it finished a moment before the cancel
+        status = record.status.value if record else "gone"
+        raise ApiError(409, ["path", "job_id"], f"job already {status}", type="finished")
     return job_body(record, include_data=False)
