@@ -36,11 +36,12 @@ def serve(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from app.api.main import create_app, open_backend
+    from app.api.main import create_app
+    from app.queue.factory import open_queue
     from app.queue.protocol import NoModels
 
     try:
-        backend = asyncio.run(open_backend(settings)) if settings.queue_url is None else None
+        backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
     except NoModels as exc:  # fail fast, before binding the port, when nothing can be served
         print(f"diffusion-serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.engine.runner import Row, Runner  # noqa: E402
 from app.engine.tasks import plan_generate  # noqa: E402
-from app.queue.jobs import GenerateSpec  # noqa: E402
+from app.jobs import GenerateSpec  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 

@@ -3,7 +3,7 @@
 import asyncio
 
 from app.queue import watch
-from app.queue.jobs import JobRecord, JobStatus
+from app.jobs import JobRecord, JobStatus
 
 
 def test_a_missed_notification_is_caught_by_rechecking_the_record(monkeypatch):

@@ -11,7 +11,8 @@ from app.api import docs, errors
 from app.api.limits import BodyLimit
 from app.api.routes import generate, health, images, jobs, models
 from app.settings import Settings, get_settings
-from app.queue.protocol import NoModels  # noqa: F401  (re-exported for the CLI and tests)
+from app.queue.factory import open_queue
+from app.queue.protocol import NoModels  # noqa: F401  (re-exported for tests)
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +24,12 @@ stream `/v1/jobs/{id}/events`, or cancel with `DELETE /v1/jobs/{id}`.
 """
 
 
-async def open_backend(settings: Settings):
-    """Start the queue backend (and its worker where this node runs one)."""
-    from app.queue.factory import open_queue
-
-    return await open_queue(settings)
-
-
 def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        backend = queue if queue is not None else await open_backend(settings)
+        backend = queue if queue is not None else await open_queue(settings)
         if hasattr(backend, "attach_loop"):
             backend.attach_loop()
         app.state.queue = backend

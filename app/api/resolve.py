@@ -7,7 +7,7 @@ import secrets
 
 from app.api.errors import ApiError
 from app.api.schemas import SEED_MAX, GenerateRequest
-from app.queue.jobs import GenerateSpec
+from app.jobs import GenerateSpec
 from app.settings import Settings
 from app.store.catalog import ModelEntry
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import ApiError
 from app.api.negotiation import choose_format, prefers_async, wants_raw_image
-from app.queue.jobs import JobRecord, JobSpec, JobStatus
+from app.jobs import JobRecord, JobSpec, JobStatus
 from app.queue.protocol import JobQueue, QueueFull
 from app.settings import Settings
 

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.errors import ApiError
 from app.imaging import ImageTooLarge, ImageUndecodable, decode_image
-from app.queue.jobs import ImageData
+from app.jobs import ImageData
 
 P = TypeVar("P", bound=BaseModel)
 MIN_SIDE = 8

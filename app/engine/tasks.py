@@ -21,7 +21,7 @@ from app.diffusion.noise_level import estimate_sigma
 from app.diffusion.schedule import NoiseSchedule, Step, generation_plan, restoration_plan
 from app.diffusion.tiling import blend, pad_to_multiple, tile_boxes
 from app.imaging import MEDIA_TYPES, encode_image
-from app.queue.jobs import DenoiseSpec, GenerateSpec, ImageData, JobResult, NoiseSpec, ResultImage
+from app.jobs import DenoiseSpec, GenerateSpec, ImageData, JobResult, NoiseSpec, ResultImage
 from app.engine.runner import Row
 from app.store.loader import LoadedModel
 

@@ -22,7 +22,7 @@ from app.engine.device import pick_device, pick_dtype
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
 from app.engine.tasks import Assembly, plan_denoise, plan_generate, run_noise
-from app.queue.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
+from app.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
 from app.settings import Settings
 from app.store.catalog import ModelEntry, ModelRefused
 from app.store.loader import LoadedModel, load_model

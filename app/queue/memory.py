@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from app.queue.jobs import EngineEvent, JobRecord, JobSpec, Progress, apply_event, event_payload, new_job_id
+from app.jobs import EngineEvent, JobRecord, JobSpec, Progress, apply_event, event_payload, new_job_id
 from app.queue.protocol import QueueFull
 from app.queue.watch import Watchers
 from app.settings import Settings

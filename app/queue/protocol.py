@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Protocol
 
-from app.queue.jobs import JobRecord, JobSpec
+from app.jobs import JobRecord, JobSpec
 from app.store.catalog import ModelEntry
 
 

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 from redis.asyncio import Redis
 
-from app.queue.jobs import JobRecord, JobSpec, JobStatus, Progress, new_job_id
+from app.jobs import EngineEvent, JobRecord, JobSpec, Progress, apply_event, new_job_id
 from app.queue.protocol import QueueFull
 from app.queue.redis_keys import Keys
 from app.queue.redis_records import RecordStore
@@ -127,7 +127,7 @@ class RedisJobQueue:
         record = await self.get(job_id)
         if record is None or record.status.finished:
             return record
-        record.status, record.finished_at = JobStatus.canceled, time.time()
+        apply_event(record, EngineEvent(job_id=job_id, type="canceled"))  # the same rule as the worker's events
         await self.records.update(record)
         await self.redis.publish(self.keys.cancel, job_id)  # the worker holding it drops its rows
         return await self.get(job_id)

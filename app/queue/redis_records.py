@@ -6,7 +6,7 @@ import json
 
 from redis.asyncio import Redis
 
-from app.queue.jobs import JobRecord, event_payload
+from app.jobs import JobRecord, event_payload
 from app.queue.redis_keys import UPDATE_RECORD, Keys
 
 

@@ -25,7 +25,7 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.queue.jobs import EngineEvent, JobRecord, JobSpec, JobStatus, apply_event
+from app.jobs import EngineEvent, JobRecord, JobSpec, JobStatus, apply_event
 from app.queue.redis_keys import GROUP, Keys
 from app.queue.redis_queue import heartbeat_s
 from app.queue.redis_records import RecordStore

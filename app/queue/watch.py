@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
-from app.queue.jobs import JobRecord, event_payload
+from app.jobs import JobRecord, event_payload
 
 Current = Callable[[], Awaitable[JobRecord | None]]
 RECHECK_S = 5.0

@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 
 from app.engine.worker import Engine
-from app.queue.jobs import EngineEvent
+from app.jobs import EngineEvent
 from app.store.catalog import scan_store
 from tests.conftest import make_settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.queue.jobs import DenoiseSpec, ImageData
+from app.jobs import DenoiseSpec, ImageData
 from tests.api.helpers import photo
 from tests.engine.harness import EngineHarness
 from tests.engine.test_engine import pixels

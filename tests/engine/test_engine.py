@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.queue.jobs import GenerateSpec
+from app.jobs import GenerateSpec
 from tests.engine.harness import EngineHarness
 
 

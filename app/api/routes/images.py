@@ -9,7 +9,7 @@ from app.api.resolve import check_steps, pick_model, random_seed
 from app.api.results import RESPONSES, SubmissionDep
 from app.api.schemas import DenoiseJSON, DenoiseParams, NoiseJSON, NoiseParams
 from app.api.uploads import read_image_request
-from app.queue.jobs import DenoiseSpec, NoiseSpec
+from app.jobs import DenoiseSpec, NoiseSpec
 
 router = APIRouter(tags=["denoise"])
 noise_router = APIRouter(tags=["noise"])

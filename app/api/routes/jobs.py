@@ -11,7 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from app.api.deps import QueueDep
 from app.api.errors import ApiError
 from app.api.results import job_body
-from app.queue.jobs import JobRecord, JobStatus
+from app.jobs import JobRecord, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the job ID returned on submission")

@@ -1,4 +1,4 @@
-"""Jobs as the queue carries them: fully resolved specs (every default filled in by the API), records
+"""Jobs as every layer sees them: fully resolved specs (every default filled in by the API), records,
 and results. Plain pydantic, JSON-serialisable (bytes as base64), so any backend can store them."""
 
 from __future__ import annotations
