@@ -53,6 +53,7 @@ class DenoiseSpec(_Model):
     steps: int = 1
     sampler: Sampler = "ddim"
     eta: float = 0.0
+    samples: int = Field(1, ge=1, description="sample mode: reverse-diffusion samples averaged")
     seed: int = 0
     output_format: OutputFormat = "png"
 

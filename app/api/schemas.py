@@ -45,9 +45,12 @@ class DenoiseParams(_Request):
         "auto", description="noise std on the 0-255 scale, or 'auto' to estimate it from the image"
     )
     mode: Literal["mmse", "sample"] = Field("mmse", description="mmse: posterior mean (one network call); sample: reverse diffusion")
-    steps: int | None = Field(None, ge=1, le=1000, description="sample mode: reverse steps from the matched timestep")
-    sampler: Sampler | None = Field(None, description="sample mode sampler (default ddim)")
-    eta: float = Field(0.0, ge=0.0, le=1.0)
+    steps: int | None = Field(None, ge=1, le=1000, description="sample mode: reverse steps from the matched timestep; default: the model card's")
+    sampler: Sampler | None = Field(None, description="sample mode sampler; default: the model card's")
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="sample mode, DDIM noise scale; default: the model card's")
+    samples: int = Field(
+        1, ge=1, le=16, description="sample mode: average this many reverse-diffusion samples (seeds seed, seed+1, ...)"
+    )
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     output_format: OutputFormat | None = None
 

@@ -1,9 +1,10 @@
 """Turn a job spec into rows for the runner, and finished rows back into a result.
 
 generate: one row per image, from noise drawn with the image's own seed.
-denoise:  one row per tile (per channel for an RGB image on a grey model); the chain starts at the
-          timestep whose noise level matches sigma (DMID); ``mmse`` is one step straight to the
-          posterior mean (Tweedie), ``sample`` walks the reverse chain from there.
+denoise:  one row per tile (per channel for an RGB image on a grey model, per sample when several
+          samples are averaged); the chain starts at the timestep whose noise level matches sigma
+          (DMID); ``mmse`` is one step straight to the posterior mean (Tweedie), ``sample`` walks the
+          reverse chain from there.
 noise:    no network at all: the forward process, applied at once.
 """
 
@@ -117,23 +118,33 @@ def plan_denoise(
     boxes = tile_boxes(height, width, tile=tile, overlap=overlap)
     info["tiles"] = len(boxes) * len(planes)
     ab0 = schedule.alpha_bar(t_start)
+    samples = spec.samples if spec.mode == "sample" else 1
+    if samples > 1:
+        info["samples"] = samples
+    per_sample = len(padded) * len(boxes)
     rows = []
-    for plane_index, plane in enumerate(padded):
-        for box_index, (y, x, h, w) in enumerate(boxes):
-            crop = plane[:, y : y + h, x : x + w]
-            seed = (spec.seed + plane_index * len(boxes) + box_index) % 2**63
-            rows.append(
-                new_row(
-                    model=model, x=(ab0**0.5 * crop)[None].to(device), plan=plan, sampler=sampler,
-                    generator=_generator(seed), eta=spec.eta,
+    for sample in range(samples):
+        for plane_index, plane in enumerate(padded):
+            for box_index, (y, x, h, w) in enumerate(boxes):
+                crop = plane[:, y : y + h, x : x + w]
+                seed = (spec.seed + sample * per_sample + plane_index * len(boxes) + box_index) % 2**63
+                rows.append(
+                    new_row(
+                        model=model, x=(ab0**0.5 * crop)[None].to(device), plan=plan, sampler=sampler,
+                        generator=_generator(seed), eta=spec.eta,
+                    )
                 )
-            )
 
     def finish(done: list[Row]) -> JobResult:
+        """Blend each plane's tiles; average the samples (sample mode with ``samples`` > 1)."""
         outputs = []
         for plane_index in range(len(padded)):
-            tiles = [r.x[0] for r in done[plane_index * len(boxes) : (plane_index + 1) * len(boxes)]]
-            outputs.append(blend(tiles, boxes, height, width, overlap)[:, : image.shape[1], : image.shape[2]])
+            blended = []
+            for sample in range(samples):
+                first = sample * per_sample + plane_index * len(boxes)
+                tiles = [r.x[0] for r in done[first : first + len(boxes)]]
+                blended.append(blend(tiles, boxes, height, width, overlap)[:, : image.shape[1], : image.shape[2]])
+            outputs.append(torch.stack(blended).mean(dim=0))
         result = torch.cat(outputs)
         if result.shape[0] == 3 and in_channels == 1:
             result = result.mean(dim=0, keepdim=True)

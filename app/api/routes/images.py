@@ -44,18 +44,20 @@ async def denoise(request: Request, job: SubmissionDep):
     entry = pick_model(job.queue.models, options.model, task="denoise", settings=job.settings)
     if entry.channels not in (1, 3):
         raise ApiError(422, ["body", "model"], f"model {entry.name!r} has {entry.channels} channels: denoising needs a grey or RGB model", type="unsupported")
-    if options.mode == "mmse" and (options.steps or options.sampler):
-        raise ApiError(422, ["body", "mode"], "steps and sampler apply to mode 'sample'; mmse is one network evaluation", type="conflict")
+    if options.mode == "mmse" and (options.steps or options.sampler or options.eta is not None or options.samples > 1):
+        raise ApiError(422, ["body", "mode"], "steps, sampler, eta and samples apply to mode 'sample'; mmse is one network evaluation", type="conflict")
     if isinstance(options.sigma, float) and not 0 < options.sigma <= 255:
         raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
+    defaults = entry.card.defaults
     spec = DenoiseSpec(
         model=entry.name,
         image=image,
         sigma=None if options.sigma == "auto" else options.sigma,
         mode=options.mode,
-        steps=check_steps(entry, options.steps or 20, ["body", "steps"]),
-        sampler=options.sampler or "ddim",
-        eta=options.eta,
+        steps=check_steps(entry, options.steps or defaults.steps, ["body", "steps"]),
+        sampler=options.sampler or defaults.sampler,
+        eta=options.eta if options.eta is not None else defaults.eta,
+        samples=options.samples,
         seed=options.seed if options.seed is not None else random_seed(),
         output_format=job.output_format(options.output_format),
     )

@@ -1,0 +1,121 @@
+"""Gather the photographs the denoiser trains and is evaluated on, all from package registries.
+
+Sources (nothing from a model or data hub):
+- scikit-image's sample photos whose files ship inside its wheel (``skimage/data/*.png|jpg``)
+- scikit-learn's ``load_sample_images()`` (china.jpg, flower.jpg)
+- the Debian package ``mate-backgrounds``: ``usr/share/backgrounds/mate/nature/*.jpg``, fetched with
+  ``apt-get download`` and unpacked with ``dpkg -x`` into the cache (nothing is installed)
+
+The large wallpapers (1280-2560 px JPEGs) are downscaled by 2 and by 4 (area filter), which also
+averages away most of their JPEG artefacts. Grey photos stay one-channel; the trainer replicates them.
+A fixed set of photos (``HELDOUT``) is kept apart for evaluation and never trained on.
+
+    python scripts/fetch_photos.py        # writes .cache/data/photos/{train,heldout}/*.png + manifest.json
+
+Needs the ``train`` extra: ``pip install -e '.[train]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_OUT = Path(".cache/data/photos")
+DEB_PACKAGE = "mate-backgrounds"
+MATE_NATURE = "usr/share/backgrounds/mate/nature"
+
+# Photos from skimage's wheel (no download): natural images only, not the synthetic or binary ones.
+SKIMAGE_PHOTOS = [
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
+    "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+    "motorcycle_right.png", "retina.jpg", "rocket.jpg",
+]
+
+# Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
+# (used at 1/4 scale only).
+HELDOUT = ["skimage-chelsea", "skimage-coffee", "sklearn-china", "mate-LadyBird-x4", "mate-Storm-x4"]
+
+
+def _skimage_photos() -> dict[str, Image.Image]:
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    return {f"skimage-{Path(name).stem}": Image.open(folder / name) for name in SKIMAGE_PHOTOS}
+
+
+def _sklearn_photos() -> dict[str, Image.Image]:
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    return {f"sklearn-{Path(name).stem}": Image.fromarray(pixels) for name, pixels in zip(bunch.filenames, bunch.images)}
+
+
+def _mate_photos(workdir: Path) -> dict[str, Image.Image]:
+    subprocess.run(["apt-get", "download", DEB_PACKAGE], cwd=workdir, check=True, capture_output=True)
+    (deb,) = workdir.glob(f"{DEB_PACKAGE}_*.deb")
+    subprocess.run(["dpkg", "-x", str(deb), str(workdir / "root")], check=True)
+    photos = {}
+    for path in sorted((workdir / "root" / MATE_NATURE).glob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        for factor in (2, 4):
+            size = (image.width // factor, image.height // factor)
+            photos[f"mate-{path.stem}-x{factor}"] = image.resize(size, Image.Resampling.BOX)
+    return photos
+
+
+def _normalise(image: Image.Image) -> Image.Image:
+    """8-bit grey stays grey (L); everything else becomes RGB."""
+    if image.mode in ("L", "I;16", "I", "F"):
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = (array.astype(np.float64) / max(1, array.max()) * 255).round().astype(np.uint8)
+        return Image.fromarray(array, mode="L")
+    return image.convert("RGB")
+
+
+def fetch(out: Path = DEFAULT_OUT) -> Path:
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = {**_skimage_photos(), **_sklearn_photos(), **_mate_photos(Path(tmp))}
+        entries = []
+        for name, image in sorted(photos.items()):
+            stem = name.rsplit("-x", 1)[0]
+            split = "heldout" if name in HELDOUT else ("skip" if f"{stem}-x4" in HELDOUT else "train")
+            if split == "skip":  # the other scale of a held-out wallpaper: neither trained on nor evaluated
+                continue
+            image = _normalise(image)
+            path = out / split / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            entries.append({"name": name, "split": split, "size": list(image.size), "mode": image.mode})
+    manifest.write_text(json.dumps({"heldout": HELDOUT, "photos": entries}, indent=2) + "\n")
+    return out
+
+
+def load(split: str, out: Path = DEFAULT_OUT) -> dict[str, np.ndarray]:
+    """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split, by name."""
+    folder = fetch(out) / split
+    return {path.stem: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    manifest = json.loads((fetch(args.out) / "manifest.json").read_text())
+    for split in ("train", "heldout"):
+        chosen = [p for p in manifest["photos"] if p["split"] == split]
+        pixels = sum(p["size"][0] * p["size"][1] for p in chosen)
+        print(f"{split}: {len(chosen)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(p["name"] for p in chosen))
+
+
+if __name__ == "__main__":
+    main()
