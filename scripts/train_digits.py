@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_mnist import load as load_mnist  # noqa: E402
+from trainkit import Checkpoints, autocast_for, lr_at, pick_device  # noqa: E402
 
 NULL_CLASS = 10
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -61,17 +61,10 @@ def build_scheduler() -> DDPMScheduler:
     )
 
 
-def lr_at(step: int, *, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     data = load_mnist()
     images = torch.from_numpy(data["train_x"]).float().div(127.5).sub(1.0).unsqueeze(1)
     labels = torch.from_numpy(data["train_y"])
@@ -80,23 +73,19 @@ def train(args: argparse.Namespace) -> Path:
     scheduler = build_scheduler()
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    ckpt_dir = Path(args.ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(args.ckpt_dir)
     start, elapsed_before = 0, 0.0
-    latest = ckpt_dir / "latest.pt"
-    if latest.exists() and not args.fresh:
-        state = torch.load(latest, map_location=device, weights_only=True)
+    state = None if args.fresh else checkpoints.load(device)
+    if state is not None:
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         start, elapsed_before = state["step"], state["elapsed_s"]
         rng = np.random.default_rng([args.seed, start])
         torch.manual_seed(args.seed + start)
-        print(f"resumed from {latest} at step {start}")
+        print(f"resumed from {checkpoints.latest} at step {start}")
     ema.to(device)
 
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     began = time.time()
     bar = tqdm(range(start, args.iters), initial=start, total=args.iters, desc="train digits")
     for step in bar:
@@ -110,7 +99,7 @@ def train(args: argparse.Namespace) -> Path:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
-        with autocast:
+        with autocast_for(device):
             pred = unet(x_t, t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
@@ -121,16 +110,10 @@ def train(args: argparse.Namespace) -> Path:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         if done % args.ckpt_every == 0 or done == args.iters:
-            state = {
-                "unet": unet.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict(),
-                "step": done,
-                "elapsed_s": elapsed_before + time.time() - began,
-            }
-            torch.save(state, ckpt_dir / "tmp.pt")
-            (ckpt_dir / "tmp.pt").replace(latest)
-    del alphas_cumprod
+            checkpoints.save({
+                "unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
+                "step": done, "elapsed_s": elapsed_before + time.time() - began,
+            })
     elapsed = elapsed_before + time.time() - began
 
     ema.copy_to(unet.parameters())
