@@ -54,6 +54,7 @@ class DenoiseSpec(_Model):
     sampler: Sampler = "ddim"
     eta: float = 0.0
     samples: int = Field(1, ge=1, description="sample mode: reverse-diffusion samples averaged")
+    ensemble: int = Field(1, ge=1, le=8, description="flipped/rotated copies of the image averaged")
     seed: int = 0
     output_format: OutputFormat = "png"
 

@@ -180,7 +180,7 @@ def train(args: argparse.Namespace) -> Path:
         description="Photo denoiser (RGB; grey photos replicated), trained by scripts/train_denoiser.py",
         tasks=["denoise"],
         channels=3,
-        defaults=SamplingDefaults(sampler="ddim", steps=args.default_steps),
+        defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps),
         training={
             "script": "scripts/train_denoiser.py",
             "data": "photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), held-out photos excluded",
@@ -209,16 +209,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ckpt-dir", default=".cache/ckpt/photos")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--iters", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--crop", type=int, default=96)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--default-steps", type=int, default=10)
+    parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
+    parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")
     return parser.parse_args(argv)
 
 

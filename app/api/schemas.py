@@ -51,6 +51,11 @@ class DenoiseParams(_Request):
     samples: int = Field(
         1, ge=1, le=16, description="sample mode: average this many reverse-diffusion samples (seeds seed, seed+1, ...)"
     )
+    ensemble: int = Field(
+        1, ge=1, le=8,
+        description="average over this many flips/rotations of the image (2: + mirror, 4: + quarter turn, 8: all); "
+        "a little better PSNR, that many times the compute",
+    )
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     output_format: OutputFormat | None = None
 

@@ -1,8 +1,8 @@
 """Turn a job spec into rows for the runner, and finished rows back into a result.
 
 generate: one row per image, from noise drawn with the image's own seed.
-denoise:  one row per tile (per channel for an RGB image on a grey model, per sample when several
-          samples are averaged); the chain starts at the timestep whose noise level matches sigma
+denoise:  one row per tile (per channel for an RGB image on a grey model, per view when several
+          samples or flipped/rotated copies are averaged); the chain starts at the timestep whose noise level matches sigma
           (DMID); ``mmse`` is one step straight to the posterior mean (Tweedie), ``sample`` walks the
           reverse chain from there.
 noise:    no network at all: the forward process, applied at once.
@@ -81,6 +81,23 @@ def plan_generate(spec: GenerateSpec, model: LoadedModel, new_row: NewRow, devic
 
 
 # -- denoise -------------------------------------------------------------------------------------------
+# Geometric self-ensemble (Lim et al. 2017, "EDSR", sec. 4.4): (quarter turns, mirrored) per view, in the
+# order views are added: 2 = identity + mirror, 4 = + a quarter turn, 8 = the whole dihedral group.
+ENSEMBLE_ORDER = [(0, False), (0, True), (1, False), (1, True), (2, False), (2, True), (3, False), (3, True)]
+
+
+def apply_transform(x: torch.Tensor, transform: tuple[int, bool]) -> torch.Tensor:
+    turns, mirrored = transform
+    x = torch.rot90(x, turns, dims=(-2, -1))
+    return x.flip(-1) if mirrored else x
+
+
+def invert_transform(x: torch.Tensor, transform: tuple[int, bool]) -> torch.Tensor:
+    turns, mirrored = transform
+    x = x.flip(-1) if mirrored else x
+    return torch.rot90(x, -turns, dims=(-2, -1))
+
+
 def plan_denoise(
     spec: DenoiseSpec, model: LoadedModel, new_row: NewRow, device: torch.device, *, tile: int, overlap: int
 ) -> Assembly:
@@ -118,16 +135,20 @@ def plan_denoise(
     boxes = tile_boxes(height, width, tile=tile, overlap=overlap)
     info["tiles"] = len(boxes) * len(planes)
     ab0 = schedule.alpha_bar(t_start)
+    # Views: every (sample, flip/rotation) pair is denoised on its own and the results are averaged.
     samples = spec.samples if spec.mode == "sample" else 1
+    views = [(sample, transform) for sample in range(samples) for transform in ENSEMBLE_ORDER[: spec.ensemble]]
     if samples > 1:
         info["samples"] = samples
-    per_sample = len(padded) * len(boxes)
+    if spec.ensemble > 1:
+        info["ensemble"] = spec.ensemble
+    per_view = len(padded) * len(boxes)
     rows = []
-    for sample in range(samples):
+    for view_index, (_, transform) in enumerate(views):
         for plane_index, plane in enumerate(padded):
             for box_index, (y, x, h, w) in enumerate(boxes):
-                crop = plane[:, y : y + h, x : x + w]
-                seed = (spec.seed + sample * per_sample + plane_index * len(boxes) + box_index) % 2**63
+                crop = apply_transform(plane[:, y : y + h, x : x + w], transform)
+                seed = (spec.seed + view_index * per_view + plane_index * len(boxes) + box_index) % 2**63
                 rows.append(
                     new_row(
                         model=model, x=(ab0**0.5 * crop)[None].to(device), plan=plan, sampler=sampler,
@@ -136,13 +157,13 @@ def plan_denoise(
                 )
 
     def finish(done: list[Row]) -> JobResult:
-        """Blend each plane's tiles; average the samples (sample mode with ``samples`` > 1)."""
+        """Blend each plane's tiles, undoing each view's transform; average the views."""
         outputs = []
         for plane_index in range(len(padded)):
             blended = []
-            for sample in range(samples):
-                first = sample * per_sample + plane_index * len(boxes)
-                tiles = [r.x[0] for r in done[first : first + len(boxes)]]
+            for view_index, (_, transform) in enumerate(views):
+                first = view_index * per_view + plane_index * len(boxes)
+                tiles = [invert_transform(r.x[0], transform) for r in done[first : first + len(boxes)]]
                 blended.append(blend(tiles, boxes, height, width, overlap)[:, : image.shape[1], : image.shape[2]])
             outputs.append(torch.stack(blended).mean(dim=0))
         result = torch.cat(outputs)

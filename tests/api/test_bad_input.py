@@ -98,7 +98,7 @@ def test_missing_file_and_tiny_images_are_422(client):
 @pytest.mark.parametrize("data,field", [({"sigma": "-3"}, "sigma"), ({"sigma": "300"}, "sigma"), ({"sigma": "loud"}, "sigma"),
                                         ({"mode": "magic"}, "mode"), ({"mode": "mmse", "steps": "5"}, "mode"),
                                         ({"samples": "3"}, "mode"), ({"mode": "sample", "samples": "17"}, "samples"),
-                                        ({"mode": "sample", "samples": "0"}, "samples")])
+                                        ({"mode": "sample", "samples": "0"}, "samples"), ({"ensemble": "9"}, "ensemble")])
 def test_invalid_denoise_options_are_422(client, data, field):
     r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"model": "tiny-rgb", **data})
     assert r.status_code == 422, r.text

@@ -58,6 +58,7 @@ async def denoise(request: Request, job: SubmissionDep):
         sampler=options.sampler or defaults.sampler,
         eta=options.eta if options.eta is not None else defaults.eta,
         samples=options.samples,
+        ensemble=options.ensemble,
         seed=options.seed if options.seed is not None else random_seed(),
         output_format=job.output_format(options.output_format),
     )
