@@ -11,7 +11,7 @@ clean + sigma * N(0, 1), rounded and clipped to uint8, as an uploaded PNG is. Me
   with sigma given;
 - ``ours_mmse`` / ``ours_sample``: the service's own denoising path (``plan_denoise`` + the engine's
   runner, the service's tile settings, PNG out and back), sigma given; ``sample`` uses the model
-  card's sampler and steps.
+  card's sampler and steps; ``ours_mmse_x8`` is mmse with ``ensemble: 8`` (all flips and rotations).
 PSNR and SSIM (scikit-image, data range 255) against the clean photo, and seconds per image.
 Also: the error of the ``sigma: "auto"`` estimator at sigma 5, 15, 25, 50, 75, and a comparison strip.
 
@@ -45,7 +45,8 @@ from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import LoadedModel, load_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
-METHODS = ["noisy", "nlmeans", "bm3d", "ours_mmse", "ours_sample"]
+METHODS = ["noisy", "nlmeans", "bm3d", "ours_mmse", "ours_mmse_x8", "ours_sample"]
+DEFAULT_METHODS = ["noisy", "nlmeans", "bm3d", "ours_mmse", "ours_sample"]
 
 
 def add_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
@@ -58,12 +59,14 @@ def image_data(pixels: np.ndarray) -> ImageData:
     return ImageData(width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2], pixels=pixels.tobytes())
 
 
-def run_ours(model: LoadedModel, runner: Runner, settings: Settings, noisy: np.ndarray, *, sigma: float | None, mode: str, seed: int) -> np.ndarray:
+def run_ours(
+    model: LoadedModel, runner: Runner, settings: Settings, noisy: np.ndarray, *, sigma: float | None, mode: str, seed: int, ensemble: int = 1
+) -> np.ndarray:
     """The service's path for one image: plan the tiles, run the rows to the end, blend, encode, decode."""
     defaults = model.entry.card.defaults
     spec = DenoiseSpec(
         model=model.name, image=image_data(noisy), sigma=sigma, mode=mode,
-        steps=defaults.steps, sampler=defaults.sampler, eta=defaults.eta, seed=seed,
+        steps=defaults.steps, sampler=defaults.sampler, eta=defaults.eta, seed=seed, ensemble=ensemble,
     )
     ids = itertools.count()
     assembly = plan_denoise(
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--model", default="photos")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS)
     parser.add_argument("--photos", nargs="+", default=None, help="held-out photo names (default: all)")
     parser.add_argument("--estimator-sigmas", type=float, nargs="*", default=[5, 15, 25, 50, 75])
     parser.add_argument("--strip", type=Path, default=None, help="write the comparison strip here")
@@ -171,7 +174,8 @@ def main() -> None:
                 if method == "noisy":
                     out = noisy
                 elif method.startswith("ours_"):
-                    out = run_ours(model, runner, settings, noisy, sigma=sigma, mode=method[5:], seed=i)
+                    mode, _, views = method[5:].partition("_x")
+                    out = run_ours(model, runner, settings, noisy, sigma=sigma, mode=mode, seed=i, ensemble=int(views or 1))
                 else:
                     out = classical(method, noisy, sigma)
                 seconds = time.perf_counter() - began
