@@ -38,7 +38,7 @@ from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
-from trainkit import TrainLoop, add_training_args, autocast_for, pick_device  # noqa: E402
+from trainkit import TrainLoop, add_training_args, pick_device  # noqa: E402
 
 LOSS_FLOOR_255 = 5.0
 
@@ -132,7 +132,7 @@ def train(args: argparse.Namespace) -> Path:
         abc = ab.view(-1, 1, 1, 1)
         x_t = abc.sqrt() * x0 + (1 - abc).sqrt() * noise
         x_t, noise, t, weights = x_t.to(device), noise.to(device), t.to(device), loss_weights(ab).to(device)
-        with autocast_for(device):
+        with loop.autocast():
             pred = unet(x_t, t).sample
         per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         loop.update(step, (per_sample * weights).mean())

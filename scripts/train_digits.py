@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_mnist import load as load_mnist  # noqa: E402
-from trainkit import TrainLoop, add_training_args, autocast_for, pick_device  # noqa: E402
+from trainkit import TrainLoop, add_training_args, pick_device  # noqa: E402
 
 NULL_CLASS = 10
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -76,7 +76,7 @@ def train(args: argparse.Namespace) -> Path:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
-        with autocast_for(device):
+        with loop.autocast():
             pred = unet(x_t, t, class_labels=y).sample
         loop.update(step, F.mse_loss(pred.float(), target))
 

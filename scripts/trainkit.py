@@ -19,11 +19,43 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; plain float32 on the CPU (bf16 is slower there, not faster)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it ("" where it does not), for the card's record of the run."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
+PRECISIONS = ("fp32", "cuda-bf16", "bf16")
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """The precision a run really uses: ``fp32`` or ``bf16`` (autocast; weights and optimiser stay float32).
+
+    ``cuda-bf16``: bf16 on CUDA only; ``bf16``: on CUDA and on a CPU with native bf16, float32 elsewhere."""
+    if choice not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {choice!r}")
+    if device.type == "cuda" and choice != "fp32":
+        return "bf16"
+    if device.type == "cpu" and choice == "bf16" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for a resolved ``precision`` on ``device``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def lr_at(step: int, *, total: int, peak: float, warmup: int) -> float:
@@ -53,7 +85,9 @@ class Checkpoints:
         tmp.replace(self.latest)
 
 
-def add_training_args(parser: argparse.ArgumentParser, *, name: str, iters: int, batch: int, lr: float, channels: list[int]) -> None:
+def add_training_args(
+    parser: argparse.ArgumentParser, *, name: str, iters: int, batch: int, lr: float, channels: list[int], precision: str = "cuda-bf16"
+) -> None:
     """The options every training script takes; ``name`` picks the default output and checkpoint folders."""
     parser.add_argument("--out", default=f"model_store/{name}")
     parser.add_argument("--ckpt-dir", default=f".cache/ckpt/{name}")
@@ -67,6 +101,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, name: str, iters: int,
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=precision,
+        help="bf16 autocast: cuda-bf16 = on CUDA only; bf16 = also on a CPU with native bf16 (AVX512-BF16/AMX)",
+    )
 
 
 class TrainLoop:
@@ -78,7 +116,8 @@ class TrainLoop:
     """
 
     def __init__(self, unet: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> None:
-        self.unet, self.args = unet, args
+        self.unet, self.args, self.device = unet, args, device
+        self.precision = resolve_precision(args.precision, device)
         self.ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
         self.optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
         self.checkpoints = Checkpoints(args.ckpt_dir)
@@ -113,6 +152,10 @@ class TrainLoop:
             yield step
         self.wall_clock = self.elapsed
 
+    def autocast(self):
+        """The forward pass's autocast context (see ``--precision``)."""
+        return autocast_for(self.device, self.precision)
+
     def update(self, step: int, loss: torch.Tensor) -> None:
         """One optimiser step on ``loss``, the EMA update, and a checkpoint when one is due."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -140,6 +183,7 @@ class TrainLoop:
             **extra,
             "iters": args.iters, "batch": args.batch, "lr": args.lr, "ema_decay": args.ema_decay,
             "channels": list(args.channels), "layers_per_block": args.layers_per_block, "seed": args.seed,
-            "device": device.type, "wall_clock_s": round(self.wall_clock, 1),
+            "device": device.type, "precision": self.precision, "wall_clock_s": round(self.wall_clock, 1),
+            "host": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads",
             "parameters": sum(p.numel() for p in self.unet.parameters()),
         }
