@@ -1,7 +1,7 @@
 """Train the photo denoiser (an RGB diffusion model on photo crops) into the model store.
 
     python scripts/train_denoiser.py                      # defaults: the shipped recipe
-    python scripts/train_denoiser.py --iters 100 --out /tmp/photos-smoke
+    python scripts/train_denoiser.py --iters 100 --decay-iters 80 --upload-from 80 --out /tmp/photos-smoke
 
 Recipe: a fully convolutional diffusers ``UNet2DModel`` (no attention anywhere, so any image size
 works), epsilon prediction, the standard linear DDPM schedule (1,000 steps), trained on random crops
@@ -15,8 +15,14 @@ mode's reverse chain and the model stay a valid diffusion model):
 Loss: the epsilon MSE times sigma^2 / (sigma^2 + c^2), c = 5 on the 0-255 scale, i.e. the x_0 error
 relative to the noise level, with the very lowest levels (where the noise cannot be told from grain)
 weighted down. Grey photos are replicated to three channels with the same noise in each, which is
-what the service does with a grey upload. EMA weights, AdamW with warm-up and cosine decay, a
-checkpoint every ``--ckpt-every`` iterations (resumed automatically), CUDA with bf16 autocast.
+what the service does with a grey upload. EMA weights, AdamW with warm-up and cosine decay over
+``--decay-iters``, a checkpoint every ``--ckpt-every`` iterations (resumed automatically), bf16
+autocast on CUDA and on a CPU with native bf16 (``--precision``).
+
+Upload phase (iterations ``--upload-from`` to ``--iters``, the learning rate at its floor): half of the
+denoising-range draws see the noisy photo as an upload carries it, rounded and clipped to uint8, with
+the noise it really carries as the target (``as_upload``). Clipping removes noise in dark and bright
+areas and biases their noisy mean; a model trained only on Gaussian noise lost 3.2 dB to it at sigma 50.
 """
 
 from __future__ import annotations
@@ -94,10 +100,12 @@ class CropSampler:
         return x0, torch.tensor(grey)
 
 
-def draw_timesteps(schedule: NoiseSchedule, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real-valued timesteps [B] and their alpha_bar [B], weighted toward sigma <= 100 (see the module doc)."""
-    ts = []
+def draw_timesteps(schedule: NoiseSchedule, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Real-valued timesteps [B], their alpha_bar [B], and a [B] bool mask of the draws made by sigma (the
+    denoising range), weighted toward sigma <= 100 (see the module doc)."""
+    ts, by_sigma = [], []
     for u in rng.random(size):
+        by_sigma.append(bool(u < 0.8))
         if u < 0.4:
             sigma_255 = float(np.exp(rng.uniform(np.log(1.0), np.log(100.0))))
         elif u < 0.8:
@@ -107,7 +115,17 @@ def draw_timesteps(schedule: NoiseSchedule, size: int, rng: np.random.Generator)
             continue
         ts.append(schedule.sigma_to_t(2.0 * sigma_255 / 255.0))
     ab = torch.tensor([schedule.alpha_bar(t) for t in ts], dtype=torch.float32)
-    return torch.tensor(ts, dtype=torch.float32), ab
+    return torch.tensor(ts, dtype=torch.float32), ab, torch.tensor(by_sigma)
+
+
+def as_upload(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t and its epsilon target when the noisy photo y = x_0 + s * noise arrives as an upload does: rounded
+    and clipped to uint8. x_t = sqrt(ab) * y as the service forms it; the target is the noise the upload
+    really carries, (y - x_0) / s, so Tweedie's formula gives the posterior mean under clipping."""
+    abc = ab.view(-1, 1, 1, 1)
+    s = ((1 - abc) / abc).sqrt()
+    y = ((x0 + s * noise + 1.0) * 127.5).round().clamp(0, 255) / 127.5 - 1.0
+    return abc.sqrt() * y, (y - x0) / s
 
 
 def loss_weights(ab: torch.Tensor) -> torch.Tensor:
@@ -126,11 +144,14 @@ def train(args: argparse.Namespace) -> Path:
     sampler = CropSampler(load_photos("train"), args.crop, loop.rng)
     for step in loop.steps("train denoiser"):
         x0, grey = sampler.batch(args.batch)
-        t, ab = draw_timesteps(schedule, args.batch, loop.rng)
+        t, ab, by_sigma = draw_timesteps(schedule, args.batch, loop.rng)
         noise = torch.randn_like(x0)
         noise[grey] = noise[grey][:, :1].expand(-1, 3, -1, -1)  # a grey upload's noise is the same in each channel
         abc = ab.view(-1, 1, 1, 1)
         x_t = abc.sqrt() * x0 + (1 - abc).sqrt() * noise
+        if step >= args.upload_from:
+            upload = by_sigma & torch.from_numpy(loop.rng.random(args.batch) < args.upload_frac)
+            x_t[upload], noise[upload] = as_upload(x0[upload], noise[upload], ab[upload])
         x_t, noise, t, weights = x_t.to(device), noise.to(device), t.to(device), loss_weights(ab).to(device)
         with loop.autocast():
             pred = unet(x_t, t).sample
@@ -147,7 +168,7 @@ def train(args: argparse.Namespace) -> Path:
             device,
             script="scripts/train_denoiser.py",
             data="photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), held-out photos excluded",
-            crop=args.crop,
+            crop=args.crop, upload_from=args.upload_from, upload_frac=args.upload_frac,
         ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
@@ -158,8 +179,15 @@ def train(args: argparse.Namespace) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_training_args(parser, name="photos", iters=4000, batch=12, lr=2e-3, channels=[16, 32, 64, 128])
+    add_training_args(
+        parser, name="photos", iters=28000, decay_iters=24000, batch=12, lr=2e-3, channels=[16, 32, 64, 128], precision="bf16"
+    )
     parser.add_argument("--crop", type=int, default=96)
+    parser.add_argument("--upload-from", type=int, default=24000, help="iteration from which the upload phase runs")
+    parser.add_argument(
+        "--upload-frac", type=float, default=0.5,
+        help="in the upload phase, the share of the denoising-range draws whose noisy photo is rounded and clipped to uint8",
+    )
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")
     return parser.parse_args(argv)

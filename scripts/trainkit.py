@@ -59,10 +59,10 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def lr_at(step: int, *, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to 10% of it at ``total``."""
+    """Linear warm-up to ``peak``, then cosine decay to 10% of it at ``total``, and 10% from there on."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -86,13 +86,18 @@ class Checkpoints:
 
 
 def add_training_args(
-    parser: argparse.ArgumentParser, *, name: str, iters: int, batch: int, lr: float, channels: list[int], precision: str = "cuda-bf16"
+    parser: argparse.ArgumentParser, *, name: str, iters: int, batch: int, lr: float, channels: list[int],
+    precision: str = "cuda-bf16", decay_iters: int | None = None,
 ) -> None:
     """The options every training script takes; ``name`` picks the default output and checkpoint folders."""
     parser.add_argument("--out", default=f"model_store/{name}")
     parser.add_argument("--ckpt-dir", default=f".cache/ckpt/{name}")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument(
+        "--decay-iters", type=int, default=decay_iters,
+        help="length of the cosine decay (default: --iters); the learning rate stays at its floor after it",
+    )
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--warmup", type=int, default=200)
@@ -118,6 +123,7 @@ class TrainLoop:
     def __init__(self, unet: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> None:
         self.unet, self.args, self.device = unet, args, device
         self.precision = resolve_precision(args.precision, device)
+        self.decay_iters = args.decay_iters or args.iters
         self.ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
         self.optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
         self.checkpoints = Checkpoints(args.ckpt_dir)
@@ -148,7 +154,7 @@ class TrainLoop:
         self.bar = tqdm(range(self.start, args.iters), initial=self.start, total=args.iters, desc=desc)
         for step in self.bar:
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(step, total=args.iters, peak=args.lr, warmup=args.warmup)
+                group["lr"] = lr_at(step, total=self.decay_iters, peak=args.lr, warmup=args.warmup)
             yield step
         self.wall_clock = self.elapsed
 
@@ -181,7 +187,7 @@ class TrainLoop:
         args = self.args
         return {
             **extra,
-            "iters": args.iters, "batch": args.batch, "lr": args.lr, "ema_decay": args.ema_decay,
+            "iters": args.iters, "decay_iters": self.decay_iters, "batch": args.batch, "lr": args.lr, "ema_decay": args.ema_decay,
             "channels": list(args.channels), "layers_per_block": args.layers_per_block, "seed": args.seed,
             "device": device.type, "precision": self.precision, "wall_clock_s": round(self.wall_clock, 1),
             "host": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads",

@@ -1,5 +1,5 @@
-"""The training scripts' shared kit: precision choice, and a tiny denoiser run that trains, saves a model the
-store accepts, and resumes from its checkpoint."""
+"""The training scripts' shared kit (precision, learning-rate curve), the denoiser's upload simulation, and a
+tiny denoiser run that trains, saves a model the store accepts, and resumes into its upload phase."""
 
 from __future__ import annotations
 
@@ -44,11 +44,26 @@ def test_autocast_runs_convolutions_in_the_resolved_precision(precision, dtype):
         assert conv(torch.randn(1, 3, 8, 8)).dtype == dtype
 
 
-def test_learning_rate_warms_up_then_decays_to_a_tenth():
-    lr = [trainkit.lr_at(s, total=100, peak=1.0, warmup=10) for s in range(101)]
+def test_learning_rate_warms_up_decays_to_a_tenth_and_stays_there():
+    lr = [trainkit.lr_at(s, total=100, peak=1.0, warmup=10) for s in range(151)]
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
-    assert lr[100] == pytest.approx(0.1)
+    assert lr[100] == pytest.approx(0.1) and lr[150] == pytest.approx(0.1)
+
+
+def test_an_upload_is_rounded_and_clipped_and_tweedie_recovers_x0_from_its_target():
+    torch.manual_seed(0)
+    x0 = torch.randint(0, 256, (4, 3, 16, 16)).float() / 127.5 - 1.0
+    noise = torch.randn_like(x0)
+    ab = torch.tensor([0.999, 0.99, 0.9, 0.5])
+    x_t, target = train_denoiser.as_upload(x0, noise, ab)
+    abc = ab.view(-1, 1, 1, 1)
+    pixels = (x_t / abc.sqrt() + 1.0) * 127.5
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+    assert torch.allclose(pixels, pixels.round(), atol=1e-3)
+    assert (pixels.round() == 255).any() and (pixels.round() == 0).any()  # clipping really happens
+    assert torch.allclose((x_t - (1 - abc).sqrt() * target) / abc.sqrt(), x0, atol=1e-5)
+    assert not torch.allclose(target, noise, atol=1e-2)  # clipped pixels carry less noise than drawn
 
 
 def _photos() -> dict[str, np.ndarray]:
@@ -78,7 +93,7 @@ def test_a_tiny_denoiser_trains_saves_and_resumes(tmp_path, monkeypatch):
     state = torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)
     assert state["step"] == 2
 
-    resumed = _run(tmp_path, "--iters", "3")
-    assert resumed["iters"] == 3
-    assert torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)["step"] == 3
+    resumed = _run(tmp_path, "--iters", "4", "--decay-iters", "2", "--upload-from", "2", "--upload-frac", "1")
+    assert (resumed["iters"], resumed["decay_iters"], resumed["upload_from"]) == (4, 2, 2)
+    assert torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)["step"] == 4
     assert resumed["wall_clock_s"] >= first["wall_clock_s"]
