@@ -6,6 +6,9 @@ Shared by the HTTP layer (decoding uploads) and the worker (encoding results); n
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +25,11 @@ class ImageTooLarge(ValueError):
 
 
 class ImageUndecodable(ValueError):
-    """Not an image Pillow can decode."""
+    """Not an image Pillow can decode, or one whose data is truncated or corrupt."""
+
+
+class ImageUnsupported(ImageUndecodable):
+    """A decodable image whose pixel mode has no faithful 8-bit grey/RGB reading (e.g. 32-bit float)."""
 
 
 @dataclass(frozen=True)
@@ -30,37 +37,221 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, [H, W, C] with C in (1, 3)
     alpha_dropped: bool
     source_mode: str
+    frames_dropped: int = 0  # frames (or pages) after the first, not decoded: GIF/APNG/WebP animations, TIFF, MPO
+
+
+# What Pillow raises for a broken file: OSError (truncated, decoder errors), SyntaxError (bad structure),
+# EOFError / struct.error (short reads while parsing), ValueError (bad values), and its own bomb check.
+_BROKEN = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode an upload to grey or RGB uint8; refuse images over ``max_pixels`` before decoding them."""
+    """Decode an upload to grey or RGB uint8; refuse images over ``max_pixels`` before decoding them.
+
+    Only the first frame of an animation (or page of a multi-page file) is decoded; the others are counted in
+    ``frames_dropped``. Raises ImageTooLarge, ImageUndecodable (truncated or corrupt data) or its subclass
+    ImageUnsupported (a mode such as 32-bit float, see ``image_to_pixels``).
+    """
+    image = _open(data, max_pixels)
+    if image.format == "PNG":
+        _check_png_complete(data)
+    # Not caught: a JPEG cut and closed with an EOI marker decodes with grey rows (libjpeg only warns, and Pillow
+    # does not report its warnings). A JPEG simply cut short fails in ``load``.
+    frames_dropped = _extra_frames(image)
+    try:
+        image.load()
+    except _BROKEN as exc:
+        raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
+    pixels = image_to_pixels(image)
+    return DecodedImage(
+        pixels=pixels, alpha_dropped=_has_alpha(image), source_mode=image.mode, frames_dropped=frames_dropped
+    )
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only, and check the pixel count before anything is decoded."""
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice its default limit
         raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, *_BROKEN) as exc:
         raise ImageUndecodable("not a decodable image (PNG, JPEG, WebP, BMP, TIFF, ...)") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels, more than the limit of {max_pixels}")
+    return image
+
+
+def _extra_frames(image: Image.Image) -> int:
+    """Frames after the first. Called before ``load``: counting seeks through the file and back to frame 0,
+    which throws away an already loaded frame (GIF)."""
     try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return max(getattr(image, "n_frames", 1) - 1, 0)
+    except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
+
+
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    """Alpha band, or a transparent palette index / colour key (PNG tRNS, GIF): both are dropped."""
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+# --- truncated PNG -------------------------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel by colour type: grey, RGB, palette, grey+A, RGBA
+# Adam7 passes: (first row, first column, row step, column step)
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+_INFLATE_STEP = 1 << 20  # bytes of inflated output held at a time while counting
+
+
+def _check_png_complete(data: bytes) -> None:
+    """Refuse a PNG whose pixel data ends before its last row.
+
+    Pillow's PNG decoder stops without an error where the zlib stream ends, even when rows are still missing
+    (they stay zero, black): a 4000x4000 header with one row of data decodes "fine". So inflate the IDAT data (the
+    first frame, also of an APNG) and compare its length with what the header needs. A file cut only after its
+    last row (no IEND, no checksum) keeps every pixel and still decodes, as in browsers.
+    """
+    header, idat = _png_header_and_idat(data)
+    width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
+    bits_per_pixel = depth * _PNG_SAMPLES.get(colour_type, 1)  # Pillow refuses unknown colour types on open
+    needed = _png_data_size(width, height, bits_per_pixel, interlaced=interlace == 1)
+    found = _inflated_size(idat, limit=needed)
+    if found < needed:
+        raise ImageUndecodable(f"image data is truncated: {found} of the {needed} bytes of pixel rows are present")
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
+    """(type, body) of each chunk; the body comes out short when the file is cut inside it."""
+    view = memoryview(data)
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", view[pos : pos + 8])
+        yield kind, view[pos + 8 : pos + 8 + length]
+        pos += 12 + length  # length, type, body, CRC
+
+
+def _png_header_and_idat(data: bytes) -> tuple[bytes, list[memoryview]]:
+    header, idat = b"", []
+    for kind, body in _png_chunks(data):
+        if kind == b"IHDR":
+            header = bytes(body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif idat:  # IDAT chunks are consecutive; later fdAT chunks are other APNG frames
+            break
+    if len(header) < 13 or not idat:
+        raise ImageUndecodable("PNG without a header or image data")
+    return header, idat
+
+
+def _png_data_size(width: int, height: int, bits_per_pixel: int, *, interlaced: bool) -> int:
+    """Bytes of filtered scanlines: a filter byte plus the packed pixels per row, per Adam7 pass if interlaced."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    total = 0
+    for first_row, first_col, row_step, col_step in passes:
+        rows = (height - first_row + row_step - 1) // row_step
+        cols = (width - first_col + col_step - 1) // col_step
+        if rows > 0 and cols > 0:  # an empty pass has no rows at all, not even filter bytes
+            total += rows * (1 + (cols * bits_per_pixel + 7) // 8)
+    return total
+
+
+def _inflated_size(parts: list[memoryview], *, limit: int) -> int:
+    """Length of the zlib stream split over ``parts`` once inflated, counted up to ``limit``, output discarded."""
+    inflater = zlib.decompressobj()
+    size = 0
+    try:
+        for part in parts:
+            pending = bytes(part)
+            while pending and size < limit and not inflater.eof:
+                size += len(inflater.decompress(pending, _INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+            if size >= limit or inflater.eof:
+                break
+    except zlib.error as exc:
+        raise ImageUndecodable(f"image data is corrupt: {exc}") from exc
+    return size
+
+
+# --- modes ---------------------------------------------------------------------------------------------------
+
+_REFUSED = {"F": "32-bit float images (mode F) are not supported: send 8- or 16-bit"}
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# Mode -> (Pillow mode to convert to, channels kept). Converting La/RGBa (premultiplied) to LA/RGBA divides the
+# alpha back out before it is dropped; LAB -> RGB goes through Pillow's littlecms (sRGB).
+_CONVERSIONS = {
+    "1": ("L", 1),
+    "L": ("L", 1),
+    "LA": ("LA", 1),
+    "La": ("LA", 1),
+    "RGB": ("RGB", 3),
+    "RGBA": ("RGBA", 3),
+    "RGBX": ("RGB", 3),
+    "RGBa": ("RGBA", 3),
+    "CMYK": ("RGB", 3),
+    "YCbCr": ("RGB", 3),
+    "HSV": ("RGB", 3),
+    "LAB": ("RGB", 3),
+}
+
+
+def image_to_pixels(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 1] (grey) or [H, W, 3] (colour) pixels of a Pillow image; alpha is dropped, not composited.
+
+    16-bit grey (I;16*, and I holding 0..65535) is scaled to 8 bits with rounding; palettes become grey if every
+    palette colour is grey, else RGB. Raises ImageUnsupported for F (float, unknown range), I outside 0..65535,
+    and modes this code does not know.
+    """
     mode = image.mode
-    alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
-    if mode in ("L", "1", "I;16", "I", "F", "LA") or (mode == "P" and _palette_is_grey(image)):
-        grey = image.convert("L")
-        pixels = np.asarray(grey, dtype=np.uint8)[:, :, None]
-    else:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return DecodedImage(pixels=np.ascontiguousarray(pixels), alpha_dropped=alpha, source_mode=mode)
+    if mode in _REFUSED:
+        raise ImageUnsupported(_REFUSED[mode])
+    if mode in _SIXTEEN_BIT:
+        return _sixteen_bit_pixels(image)
+    if mode in ("P", "PA"):
+        return _palette_pixels(image)
+    if mode in _CONVERSIONS:
+        return _converted_pixels(image, *_CONVERSIONS[mode])
+    raise ImageUnsupported(f"images in mode {mode} are not supported: send grey, RGB or RGBA, 8- or 16-bit")
 
 
-def _palette_is_grey(image: Image.Image) -> bool:
-    palette = image.getpalette() or []
-    triples = [palette[i : i + 3] for i in range(0, len(palette), 3)]
-    return all(r == g == b for r, g, b in triples)
+def _sixteen_bit_pixels(image: Image.Image) -> np.ndarray:
+    values = np.asarray(image)  # uint16 in the mode's byte order (>u2 for I;16B), int32 for I
+    if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageUnsupported(
+            "32-bit integer images (mode I) with values outside 0..65535 are not supported: send 8- or 16-bit"
+        )
+    # round(v / 257) maps 0..65535 onto 0..255 (257 * k -> k); v / 257 is never k + 0.5, so no ties to break.
+    eight = (values.astype(np.uint32) + 128) // 257
+    return np.ascontiguousarray(eight.astype(np.uint8)[:, :, None])
+
+
+def _palette_pixels(image: Image.Image) -> np.ndarray:
+    """P and PA through the palette as a lookup table (PA's second band is alpha)."""
+    indices = np.asarray(image)
+    if indices.ndim == 3:
+        indices = indices[:, :, 0]
+    palette = np.asarray(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)[:256]
+    table = np.zeros((256, 3), dtype=np.uint8)  # indices past a short palette read black
+    table[: len(palette)] = palette
+    rgb = table[indices]
+    grey = bool(np.all(palette[:, 0] == palette[:, 1]) and np.all(palette[:, 1] == palette[:, 2]))
+    return np.ascontiguousarray(rgb[:, :, :1] if grey else rgb)
+
+
+def _converted_pixels(image: Image.Image, target: str, channels: int) -> np.ndarray:
+    try:
+        converted = image if image.mode == target else image.convert(target)
+    except (ImportError, OSError, ValueError) as exc:  # LAB needs Pillow built with littlecms (ImageCms)
+        raise ImageUnsupported(f"images in mode {image.mode} could not be converted to {target}: {exc}") from exc
+    array = np.asarray(converted, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array[:, :, :channels])
 
 
 def encode_image(pixels: np.ndarray, fmt: str) -> bytes:

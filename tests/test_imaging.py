@@ -1,0 +1,436 @@
+"""app.imaging: decoding uploads (truncation, modes, 16-bit grey, animations) and encoding results.
+
+Every image is built in memory, with Pillow or by hand (PNG chunks, patched TIFF tags).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import (
+    FORMAT_OF_MEDIA_TYPE,
+    MEDIA_TYPES,
+    DecodedImage,
+    ImageTooLarge,
+    ImageUndecodable,
+    ImageUnsupported,
+    decode_image,
+    encode_image,
+    image_to_pixels,
+)
+
+LIMIT = 1_000_000
+
+
+def save(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def noise(height: int = 64, width: int = 64, channels: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+
+
+# --- hand-made PNGs ------------------------------------------------------------------------------------------
+
+SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel by PNG colour type
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png(width: int, height: int, rows: bytes, *, colour_type: int = 0, depth: int = 8, interlace: int = 0) -> bytes:
+    """A PNG around already filtered scanlines, whatever their length (so it can claim more rows than it holds)."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
+    palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour_type == 3 else b""  # 256 entries
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette
+        + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def row_bytes(width: int, colour_type: int, depth: int) -> int:
+    return (width * SAMPLES[colour_type] * depth + 7) // 8
+
+
+def adam7_rows(width: int, height: int) -> list[tuple[int, int]]:
+    """(rows, columns) of each non-empty Adam7 pass, by listing the pixels of each pass (independent of the code)."""
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    shapes = []
+    for row0, col0, row_step, col_step in passes:
+        rows = len(range(row0, height, row_step))
+        cols = len(range(col0, width, col_step))
+        if rows and cols:
+            shapes.append((rows, cols))
+    return shapes
+
+
+def scanlines(width: int, height: int, colour_type: int, depth: int, *, interlaced: bool, value: int) -> list[bytes]:
+    """Every filtered row (filter byte 0, then bytes of ``value``), all passes in order when interlaced."""
+    shapes = adam7_rows(width, height) if interlaced else [(height, width)]
+    return [
+        b"\x00" + bytes([value]) * row_bytes(cols, colour_type, depth) for rows, cols in shapes for _ in range(rows)
+    ]
+
+
+# --- 1. truncated images ---------------------------------------------------------------------------------------
+
+
+def one_row_of_4000x4000() -> bytes:
+    data = png(4000, 4000, b"\x00" + b"\x80" * 4000)
+    assert len(data) < 100
+    return data
+
+
+def test_png_holding_one_row_of_4000x4000_is_refused():
+    # Pillow alone decodes this: its zlib decoder stops at the end of the stream and leaves 3999 black rows.
+    with pytest.raises(ImageUndecodable, match="truncated"):
+        decode_image(one_row_of_4000x4000(), max_pixels=4000 * 4000)
+
+
+def test_pixel_limit_is_checked_before_truncation():
+    with pytest.raises(ImageTooLarge, match="4000x4000"):
+        decode_image(one_row_of_4000x4000(), max_pixels=4000 * 4000 - 1)
+
+
+# every sample depth PNG allows per colour type (grey, RGB, palette, grey + alpha, RGBA)
+PNG_LAYOUTS = [(0, 1), (0, 2), (0, 4), (0, 8), (0, 16), (2, 8), (2, 16), (3, 1), (3, 2), (3, 4), (3, 8)]
+PNG_LAYOUTS += [(4, 8), (4, 16), (6, 8), (6, 16)]
+
+
+@pytest.mark.parametrize("interlaced", [False, True], ids=["plain", "interlaced"])
+@pytest.mark.parametrize("colour_type, depth", PNG_LAYOUTS)
+def test_png_missing_its_last_row_is_refused_and_complete_one_decodes(colour_type, depth, interlaced):
+    width, height = 13, 11  # odd sizes: partial bytes per row, uneven Adam7 passes
+    rows = scanlines(width, height, colour_type, depth, interlaced=interlaced, value=0x11)
+    complete = png(width, height, b"".join(rows), colour_type=colour_type, depth=depth, interlace=int(interlaced))
+    decoded = decode_image(complete, max_pixels=LIMIT)
+    assert decoded.pixels.shape[:2] == (height, width)
+    short = png(width, height, b"".join(rows[:-1]), colour_type=colour_type, depth=depth, interlace=int(interlaced))
+    with pytest.raises(ImageUndecodable, match="truncated"):
+        decode_image(short, max_pixels=LIMIT)
+
+
+def test_png_with_corrupt_image_data_is_refused():
+    good = png(8, 8, b"".join(scanlines(8, 8, 0, 8, interlaced=False, value=0)))
+    idat = good.index(b"IDAT") + 4
+    broken = good[:idat] + b"\xff" * 8 + good[idat + 8 :]
+    with pytest.raises(ImageUndecodable):
+        decode_image(broken, max_pixels=LIMIT)
+
+
+def idat_chunks(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each IDAT chunk, length field to CRC."""
+    spans, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            spans.append((pos, pos + 12 + length))
+        pos += 12 + length
+    return spans
+
+
+def test_png_over_several_idat_chunks_decodes_and_refuses_one_missing():
+    array = noise(300, 300)
+    data = save(Image.fromarray(array), "PNG")
+    spans = idat_chunks(data)
+    assert len(spans) > 2
+    np.testing.assert_array_equal(decode_image(data, max_pixels=LIMIT).pixels, array)
+    start, end = spans[-1]
+    with pytest.raises(ImageUndecodable):
+        decode_image(data[:start] + data[end:], max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize(
+    "fmt, options",
+    [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}), ("GIF", {}), ("WEBP", {}), ("TIFF", {}), ("BMP", {})],
+    ids=["png", "jpeg", "jpeg-progressive", "gif", "webp", "tiff", "bmp"],
+)
+def test_file_cut_in_half_is_refused(fmt, options):
+    data = save(Image.fromarray(noise()), fmt, **options)
+    with pytest.raises(ImageUndecodable):
+        decode_image(data[: len(data) // 2], max_pixels=LIMIT)
+
+
+def test_png_cut_after_its_last_row_still_decodes():
+    # Only IEND and the chunk checksum are missing: every pixel is there (browsers show it too).
+    array = noise(16, 16)
+    data = save(Image.fromarray(array), "PNG")
+    decoded = decode_image(data[: -len(chunk(b"IEND", b"")) - 4], max_pixels=LIMIT)
+    np.testing.assert_array_equal(decoded.pixels, array)
+
+
+def test_global_truncated_images_switch_is_left_alone():
+    from PIL import ImageFile
+
+    decode_image(save(Image.new("RGB", (8, 8)), "PNG"), max_pixels=LIMIT)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+# --- 2. 16-bit grey ------------------------------------------------------------------------------------------
+
+
+def test_16_bit_grey_png_ramp_scales_to_8_bits():
+    ramp = np.arange(65536, dtype=np.uint32).reshape(256, 256).astype(np.uint16)
+    data = save(Image.fromarray(ramp), "PNG")
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert decoded.source_mode == "I;16"
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (256, 256, 1)
+    expected = np.round(ramp.astype(np.float64) / 257).astype(np.uint8)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], expected)
+    flat = decoded.pixels.ravel()
+    assert flat[0] == 0 and flat[65535] == 255 and flat[257 * 100] == 100 and flat[128] == 0 and flat[129] == 1
+    assert set(np.unique(flat)) == set(range(256))  # a ramp, not clipped to white
+
+
+# --- 3. every mode: converted with the right values, or refused ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeCase:
+    mode: str
+    label: str  # how the image is made, for the test id
+    make: Callable[[], bytes | Image.Image]  # file bytes for decode_image, or an Image for image_to_pixels
+    expected: dict[tuple[int, int], tuple[int, ...]] | None  # (x, y) -> values; None: ImageUnsupported
+    tolerance: int = 0
+    alpha: bool = False
+    match: str = ""
+
+
+def two_values(mode: str, size: tuple[int, int], first, second) -> Image.Image:
+    """``first`` everywhere but ``second`` at (2, 1)."""
+    image = Image.new(mode, size, first)
+    image.putpixel((2, 1), second)
+    return image
+
+
+def palette_image(mode: str, palette: list[int], transparency: int | None = None) -> Image.Image:
+    image = Image.new(mode, (8, 6), 1 if mode == "P" else (1, 255))
+    image.putpalette(palette)
+    image.putpixel((2, 1), 2 if mode == "P" else (2, 0))
+    if transparency is not None:
+        image.info["transparency"] = transparency
+    return image
+
+
+GREY_PALETTE = [0, 0, 0, 128, 128, 128, 255, 255, 255]
+COLOUR_PALETTE = [0, 0, 0, 255, 0, 0, 0, 255, 0]
+
+
+def tiff_extra_samples(data: bytes, value: int) -> bytes:
+    """Rewrite the ExtraSamples tag (338) of a little-endian TIFF: 1 = associated (premultiplied) alpha."""
+    assert data[:4] == b"II*\x00"
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack_from("<H", data, entry)[0] == 338:
+            return data[: entry + 8] + struct.pack("<H", value) + data[entry + 10 :]
+    raise AssertionError("no ExtraSamples tag")
+
+
+def premultiplied_grey_tiff() -> bytes:
+    straight = save(two_values("LA", (8, 6), (100, 128), (50, 255)), "TIFF")
+    return tiff_extra_samples(straight, 1)
+
+
+GREY, COLOUR = {(0, 0): (128,), (2, 1): (255,)}, {(0, 0): (255, 0, 0), (2, 1): (0, 255, 0)}  # palette pixels
+SIXTEEN = {(0, 0): (10,), (2, 1): (255,)}  # 257 * 10 and 65535
+RGB_PIXELS = {(0, 0): (1, 2, 3), (2, 1): (250, 128, 0)}
+
+
+def pillow_file(mode: str, fmt: str, first, second) -> Callable[[], bytes]:
+    return lambda: save(two_values(mode, (8, 6), first, second), fmt)
+
+
+def palette_file(mode: str, palette: list[int], fmt: str, transparency: int | None = None) -> Callable[[], bytes]:
+    return lambda: save(palette_image(mode, palette, transparency), fmt)
+
+
+MODE_CASES = [
+    ModeCase("1", "png", pillow_file("1", "PNG", 0, 1), {(0, 0): (0,), (2, 1): (255,)}),
+    ModeCase("L", "png", pillow_file("L", "PNG", 10, 200), {(0, 0): (10,), (2, 1): (200,)}),
+    ModeCase("LA", "png", pillow_file("LA", "PNG", (10, 0), (200, 255)), {(0, 0): (10,), (2, 1): (200,)}, alpha=True),
+    # premultiplied: 100 at alpha 128 is 199 straight
+    ModeCase("La", "tiff", premultiplied_grey_tiff, {(0, 0): (199,), (2, 1): (50,)}, tolerance=1, alpha=True),
+    ModeCase("P", "grey-png", palette_file("P", GREY_PALETTE, "PNG"), GREY),
+    ModeCase("P", "grey-png-transparent", palette_file("P", GREY_PALETTE, "PNG", 2), GREY, alpha=True),
+    ModeCase("P", "colour-png", palette_file("P", COLOUR_PALETTE, "PNG"), COLOUR),
+    ModeCase("P", "colour-png-transparent", palette_file("P", COLOUR_PALETTE, "PNG", 1), COLOUR, alpha=True),
+    ModeCase("P", "colour-gif-transparent", palette_file("P", COLOUR_PALETTE, "GIF", 2), COLOUR, alpha=True),
+    ModeCase("PA", "grey-tiff", palette_file("PA", GREY_PALETTE, "TIFF"), GREY, alpha=True),
+    ModeCase("PA", "colour-tiff", palette_file("PA", COLOUR_PALETTE, "TIFF"), COLOUR, alpha=True),
+    ModeCase("RGB", "png", pillow_file("RGB", "PNG", (1, 2, 3), (250, 128, 0)), RGB_PIXELS),
+    ModeCase(
+        "RGBA", "png", pillow_file("RGBA", "PNG", (1, 2, 3, 0), (250, 128, 0, 255)), RGB_PIXELS, alpha=True
+    ),
+    # no file format opens as RGBa, RGBX or HSV: their conversion is checked on the image itself
+    ModeCase(
+        "RGBa", "image", lambda: two_values("RGBa", (8, 6), (50, 25, 10, 128), (1, 2, 3, 255)),
+        {(0, 0): (99, 50, 20), (2, 1): (1, 2, 3)}, tolerance=1,
+    ),
+    ModeCase(
+        "RGBX", "image", lambda: two_values("RGBX", (8, 6), (10, 20, 30, 0), (40, 50, 60, 255)),
+        {(0, 0): (10, 20, 30), (2, 1): (40, 50, 60)},
+    ),
+    ModeCase("HSV", "image", lambda: two_values("HSV", (8, 6), (0, 255, 255), (85, 255, 255)), COLOUR),
+    ModeCase(
+        "CMYK", "tiff", pillow_file("CMYK", "TIFF", (0, 0, 0, 0), (255, 0, 0, 0)),
+        {(0, 0): (255, 255, 255), (2, 1): (0, 255, 255)},
+    ),
+    ModeCase(
+        "CMYK", "jpeg", lambda: save(Image.new("CMYK", (16, 16), (0, 255, 0, 0)), "JPEG"),
+        {(5, 5): (255, 0, 255)}, tolerance=8,
+    ),
+    ModeCase(
+        "YCbCr", "tiff", pillow_file("YCbCr", "TIFF", (128, 128, 128), (76, 85, 255)),
+        {(0, 0): (128, 128, 128), (2, 1): (255, 0, 0)}, tolerance=2,
+    ),
+    # CIE Lab (L* scaled to 0..255, a* b* offset by 128) through littlecms to sRGB: L* 53.6 is grey 128, L* 100
+    # white; (53.2, 80, 67) is sRGB red, within the rounding of 8-bit Lab and the D50 -> D65 adaptation
+    ModeCase(
+        "LAB", "tiff-grey", pillow_file("LAB", "TIFF", (137, 128, 128), (255, 128, 128)),
+        {(0, 0): (128, 128, 128), (2, 1): (255, 255, 255)}, tolerance=1,
+    ),
+    ModeCase(
+        "LAB", "tiff-colour", pillow_file("LAB", "TIFF", (136, 208, 195), (137, 128, 128)),
+        {(0, 0): (255, 0, 0)}, tolerance=12,
+    ),
+    ModeCase("I", "tiff-16-bit-range", pillow_file("I", "TIFF", 0, 65535), {(0, 0): (0,), (2, 1): (255,)}),
+    ModeCase("I", "tiff-mid-values", pillow_file("I", "TIFF", 257 * 7, 30000), {(0, 0): (7,), (2, 1): (117,)}),
+    ModeCase("I", "tiff-above-65535", pillow_file("I", "TIFF", 0, 65536), None, match="mode I.*0..65535"),
+    ModeCase("I", "tiff-negative", pillow_file("I", "TIFF", -1, 100), None, match="mode I.*0..65535"),
+    ModeCase("I;16", "png", pillow_file("I;16", "PNG", 257 * 10, 65535), SIXTEEN),
+    ModeCase("I;16", "tiff-rounding", pillow_file("I;16", "TIFF", 128, 129), {(0, 0): (0,), (2, 1): (1,)}),
+    ModeCase("I;16B", "tiff", pillow_file("I;16B", "TIFF", 257 * 10, 65535), SIXTEEN),
+    ModeCase("I;16L", "im", pillow_file("I;16L", "IM", 257 * 10, 65535), SIXTEEN),
+    ModeCase("F", "tiff", pillow_file("F", "TIFF", 0.5, 2.0), None, match=r"float images \(mode F\)"),
+]
+
+
+@pytest.mark.parametrize("case", MODE_CASES, ids=[f"{c.mode}-{c.label}" for c in MODE_CASES])
+def test_mode_is_converted_or_refused(case: ModeCase):
+    made = case.make()
+
+    def run() -> tuple[np.ndarray, bool]:
+        if isinstance(made, Image.Image):
+            assert made.mode == case.mode
+            return image_to_pixels(made), False
+        decoded = decode_image(made, max_pixels=LIMIT)
+        assert decoded.source_mode == case.mode  # the file really exercised this mode
+        return decoded.pixels, decoded.alpha_dropped
+
+    if case.expected is None:
+        with pytest.raises(ImageUnsupported, match=case.match):
+            run()
+        return
+    pixels, alpha_dropped = run()
+    channels = len(next(iter(case.expected.values())))
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == channels
+    assert pixels.flags["C_CONTIGUOUS"]
+    for (x, y), values in case.expected.items():
+        got = pixels[y, x].astype(int)
+        assert np.all(np.abs(got - np.array(values)) <= case.tolerance), f"pixel ({x}, {y}): {got} != {values}"
+    if not isinstance(made, Image.Image):
+        assert alpha_dropped is case.alpha
+
+
+def test_mode_cases_cover_the_modes_asked_for():
+    wanted = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
+              "I;16", "I;16B", "I;16L", "F"}
+    assert wanted <= {case.mode for case in MODE_CASES}
+
+
+def test_float_refusal_is_an_undecodable_image_with_a_clear_message():
+    data = save(Image.new("F", (8, 8), 1.0), "TIFF")
+    message = r"^32-bit float images \(mode F\) are not supported: send 8- or 16-bit$"
+    with pytest.raises(ImageUndecodable, match=message):
+        decode_image(data, max_pixels=LIMIT)
+
+
+def test_unknown_mode_is_refused_naming_it():
+    image = Image.new("L", (4, 4))
+    image._mode = "XYZ"  # stands for a mode a future Pillow might add
+    with pytest.raises(ImageUnsupported, match="mode XYZ"):
+        image_to_pixels(image)
+
+
+# --- 4. animations ---------------------------------------------------------------------------------------------
+
+FRAME_COLOURS = [(200, 10, 10), (10, 200, 10), (10, 10, 200)]
+
+
+def three_frames(fmt: str, **options) -> bytes:
+    frames = [Image.new("RGB", (16, 12), colour) for colour in FRAME_COLOURS]
+    frames[0].putpixel((3, 4), (250, 250, 0))
+    return save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **options)
+
+
+@pytest.mark.parametrize("fmt, options", [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True})])
+def test_animation_decodes_its_first_frame_and_counts_the_others(fmt, options):
+    decoded = decode_image(three_frames(fmt, **options), max_pixels=LIMIT)
+    assert decoded.frames_dropped == 2
+    assert decoded.pixels.shape == (12, 16, 3)
+    assert tuple(decoded.pixels[0, 0]) == FRAME_COLOURS[0]
+    assert tuple(decoded.pixels[4, 3]) == (250, 250, 0)
+
+
+def test_still_image_drops_no_frames():
+    decoded = decode_image(save(Image.new("RGB", (8, 8)), "GIF"), max_pixels=LIMIT)
+    assert decoded.frames_dropped == 0
+
+
+# --- 5. behaviour kept -----------------------------------------------------------------------------------------
+
+
+def test_grey_palette_decodes_to_one_channel_and_colour_to_three():
+    grey = decode_image(save(Image.fromarray(noise(8, 8, 1)[:, :, 0]).convert("P"), "GIF"), max_pixels=LIMIT)
+    assert grey.pixels.shape == (8, 8, 1)
+    colour = decode_image(save(Image.fromarray(noise()).quantize(16), "PNG"), max_pixels=LIMIT)
+    assert colour.pixels.shape == (64, 64, 3)
+
+
+def test_opaque_rgb_reports_no_alpha_and_rgba_does():
+    assert decode_image(save(Image.new("RGB", (8, 8)), "PNG"), max_pixels=LIMIT).alpha_dropped is False
+    assert decode_image(save(Image.new("RGBA", (8, 8)), "PNG"), max_pixels=LIMIT).alpha_dropped is True
+
+
+def test_not_an_image_is_undecodable():
+    with pytest.raises(ImageUndecodable, match="not a decodable image"):
+        decode_image(b"hello, world", max_pixels=LIMIT)
+
+
+def test_pixel_limit_before_decoding():
+    with pytest.raises(ImageTooLarge):
+        decode_image(save(Image.new("L", (100, 100)), "PNG"), max_pixels=100 * 100 - 1)
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lossless_encode_decode_round_trip(fmt, channels):
+    pixels = noise(16, 24, channels)
+    decoded = decode_image(encode_image(pixels, fmt), max_pixels=LIMIT)
+    assert isinstance(decoded, DecodedImage)
+    if fmt == "webp" and channels == 1:  # WebP has no grey: it comes back as RGB with equal channels
+        np.testing.assert_array_equal(decoded.pixels, np.repeat(pixels, 3, axis=2))
+    else:
+        np.testing.assert_array_equal(decoded.pixels, pixels)
+
+
+def test_jpeg_encoding_and_media_types():
+    pixels = np.full((16, 16, 3), 90, dtype=np.uint8)
+    decoded = decode_image(encode_image(pixels, "jpeg"), max_pixels=LIMIT)
+    assert np.abs(decoded.pixels.astype(int) - 90).max() <= 2
+    with pytest.raises(ValueError, match="unknown output format"):
+        encode_image(pixels, "gif")
+    assert MEDIA_TYPES == {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+    assert FORMAT_OF_MEDIA_TYPE == {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
