@@ -67,7 +67,7 @@ async def _run_worker(settings: Settings) -> int:
     from redis.asyncio import Redis
 
     from app.queue.factory import no_models_message
-    from app.queue.redis_worker import RedisWorker
+    from app.queue.redis.worker import RedisWorker
 
     redis = Redis.from_url(settings.queue_url)
     node = RedisWorker(settings, redis)

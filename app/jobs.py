@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Sampler = Literal["ddpm", "ddim", "dpmpp_2m"]
-OutputFormat = Literal["png", "jpeg", "webp"]
+from app.diffusion.layout import DenoiseLayout
+from app.diffusion.samplers import SamplerName  # the registry's names (no torch)
+from app.imaging import OutputFormat
 
 
 class _Model(BaseModel):
@@ -26,18 +27,24 @@ class ImageData(_Model):
     channels: Literal[1, 3]
     pixels: bytes
     alpha_dropped: bool = False
+    frames_dropped: int = Field(0, ge=0, description="frames of an animation beyond the first, ignored")
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
 
 
 class GenerateSpec(_Model):
     kind: Literal["generate"] = "generate"
     model: str
     steps: int
-    sampler: Sampler
+    sampler: SamplerName
     eta: float = 0.0
     seeds: list[int]
     class_label: int | None = None
     guidance_scale: float = 0.0
     output_format: OutputFormat = "png"
+    pixels: int = Field(0, ge=0, description="the images' pixels (admission counts them)")
 
     @property
     def total_steps(self) -> int:
@@ -51,7 +58,7 @@ class DenoiseSpec(_Model):
     sigma: float | None = Field(None, description="noise std on the 0-255 scale; None: estimate it")
     mode: Literal["mmse", "sample"] = "mmse"
     steps: int = 1
-    sampler: Sampler = "ddim"
+    sampler: SamplerName = "ddim"
     eta: float = 0.0
     samples: int = Field(1, ge=1, description="sample mode: reverse-diffusion samples averaged")
     ensemble: int = Field(1, ge=1, le=8, description="flipped/rotated copies of the image averaged")
@@ -61,6 +68,19 @@ class DenoiseSpec(_Model):
     @property
     def total_steps(self) -> int:
         return 1 if self.mode == "mmse" else self.steps
+
+    @property
+    def pixels(self) -> int:
+        return self.image.area
+
+    def layout(self, *, model_channels: int, factor: int, tile: int, overlap: int) -> DenoiseLayout:
+        """The job's rows (views x planes x tiles) on a model with ``model_channels`` and downsampling
+        ``factor``: the API prices the request with it, the engine builds the rows from it."""
+        return DenoiseLayout.of(
+            height=self.image.height, width=self.image.width, image_channels=self.image.channels,
+            model_channels=model_channels, factor=factor, tile=tile, overlap=overlap,
+            samples=self.samples if self.mode == "sample" else 1, ensemble=self.ensemble,
+        )
 
 
 class NoiseSpec(_Model):
@@ -75,6 +95,10 @@ class NoiseSpec(_Model):
     @property
     def total_steps(self) -> int:
         return 0
+
+    @property
+    def pixels(self) -> int:
+        return self.image.area
 
 
 JobSpec = Annotated[Union[GenerateSpec, DenoiseSpec, NoiseSpec], Field(discriminator="kind")]
@@ -116,11 +140,18 @@ class JobRecord(_Model):
     model: str | None
     status: JobStatus = JobStatus.queued
     progress: Progress = Field(default_factory=Progress)
+    pixels: int = Field(0, description="image pixels the job holds while queued or running (admission counts it)")
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
     result: JobResult | None = None
+
+    @classmethod
+    def new(cls, spec: "JobSpec") -> "JobRecord":
+        """The record of a job just accepted: queued, with its step count and its weight in pixels."""
+        return cls(id=new_job_id(), kind=spec.kind, model=spec.model, pixels=spec.pixels,
+                   progress=Progress(step=0, total=spec.total_steps))
 
     def timings(self) -> dict[str, float]:
         now = self.finished_at or time.time()

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Measured by bench/bench_service.py (docs/benchmarks.md): on 2 CPU cores, batches past 64 rows got
 # slower; a GPU keeps gaining far beyond that.
 DEFAULT_MAX_BATCH = {"cpu": 64, "cuda": 256}
+# Pixels per forward pass (rows x image area): on 2 CPU cores a pass of four 256x256 tiles already takes
+# about as long per tile as larger ones (bench/bench_fairness.py, docs/fairness.md); a GPU takes far more.
+DEFAULT_MAX_BATCH_PIXELS = {"cpu": 4 * 256 * 256, "cuda": 64 * 256 * 256}
 
 
 class Settings(BaseSettings):
@@ -23,7 +26,17 @@ class Settings(BaseSettings):
         "auto", description="network precision; auto: bfloat16 autocast on CUDA, float32 on CPU"
     )
     max_batch: int | None = Field(None, ge=1, le=4096, description="rows per forward pass; default per device")
+    max_batch_pixels: int | None = Field(
+        None, ge=1024, description="pixels per forward pass (rows x image area); default per device"
+    )
     queue_limit: int = Field(256, ge=1, description="jobs queued or running before new ones get 503")
+    queue_max_pixels: int = Field(
+        64 * 1024 * 1024, ge=64, description="image pixels held by queued or running jobs before new ones get 503"
+    )
+    max_job_megapixel_steps: float = Field(
+        2000.0, gt=0, description="largest job: network evaluations x pixels per evaluation, in megapixels; "
+        "above it a request gets 422"
+    )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
     max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) accepted")
     job_retention_s: float = Field(600.0, gt=0, description="how long finished jobs stay fetchable")
@@ -57,6 +70,14 @@ class Settings(BaseSettings):
 
     def batch_cap(self, device_type: str) -> int:
         return self.max_batch or DEFAULT_MAX_BATCH.get(device_type, DEFAULT_MAX_BATCH["cpu"])
+
+    def batch_pixel_cap(self, device_type: str) -> int:
+        return self.max_batch_pixels or DEFAULT_MAX_BATCH_PIXELS.get(device_type, DEFAULT_MAX_BATCH_PIXELS["cpu"])
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Redis workers beat, and renew their leases, three times per lease."""
+        return self.lease_s / 3
 
 
 @lru_cache

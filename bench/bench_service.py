@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from app.engine.runner import Row, Runner  # noqa: E402
-from app.engine.tasks import plan_generate  # noqa: E402
+from app.engine.plans import plan_generate  # noqa: E402
+from app.engine.runner import Runner  # noqa: E402
 from app.jobs import GenerateSpec  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
@@ -59,13 +59,10 @@ def raw_sampler(store: Path, name: str, steps: int, batch_sizes: list[int], seco
     runner = Runner(torch.device("cpu"), None)
     results = {}
     for batch in batch_sizes:
-        ids = iter(range(10**9))
-
-        def new_row(**fields):
-            return Row(id=next(ids), job_id="bench", **fields)
-
         spec = GenerateSpec(model=name, steps=10**3 - 1, sampler="dpmpp_2m", seeds=list(range(batch)), class_label=3, guidance_scale=0.0)
-        rows = plan_generate(spec, model, new_row, torch.device("cpu")).rows
+        rows = plan_generate("bench", spec, model).rows
+        for row in rows:
+            row.begin(runner.device)
         runner.step(rows)  # warm-up
         done, began = 0, time.perf_counter()
         while time.perf_counter() - began < seconds:

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from app.diffusion.pixels import from_uint8
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEIGHTS = ASSETS / "digits_classifier.safetensors"
 CARD = ASSETS / "digits_classifier.json"
@@ -35,7 +37,7 @@ class DigitsClassifier(nn.Module):
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, 28, 28] to the classifier's input: [N, 1, 28, 28] in [-1, 1]."""
-    return torch.from_numpy(images).float().div(127.5).sub(1.0).unsqueeze(1)
+    return from_uint8(images).unsqueeze(1)
 
 
 def load_classifier() -> DigitsClassifier:

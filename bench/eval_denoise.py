@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import sys
 import time
@@ -37,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.diffusion.noise_level import estimate_sigma  # noqa: E402
-from app.engine.runner import Row, Runner  # noqa: E402
-from app.engine.tasks import plan_denoise, to_tensor  # noqa: E402
+from app.diffusion.pixels import image_to_unit  # noqa: E402
+from app.engine.plans import image_pixels, plan_denoise  # noqa: E402
+from app.engine.runner import Runner, run_until_done  # noqa: E402
 from app.jobs import DenoiseSpec, ImageData  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -68,17 +68,9 @@ def run_ours(
         model=model.name, image=image_data(noisy), sigma=sigma, mode=mode,
         steps=defaults.steps, sampler=defaults.sampler, eta=defaults.eta, seed=seed, ensemble=ensemble,
     )
-    ids = itertools.count()
-    assembly = plan_denoise(
-        spec, model, lambda **fields: Row(id=next(ids), job_id="bench", **fields), runner.device,
-        tile=settings.denoise_tile, overlap=settings.denoise_overlap,
-    )
-    pending = list(assembly.rows)
-    while pending:
-        batch = pending[: settings.max_batch]
-        runner.step(batch)
-        pending = [r for r in pending if not r.done]
-    result = assembly.finish(assembly.rows)
+    plan = plan_denoise("bench", spec, model, tile=settings.denoise_tile, overlap=settings.denoise_overlap)
+    run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
+    result = plan.finish()
     return np.asarray(Image.open(io.BytesIO(result.images[0].data))).reshape(noisy.shape)
 
 
@@ -113,7 +105,7 @@ def estimator_errors(photos: dict[str, np.ndarray], sigmas: list[float]) -> list
         estimates = []
         for i, clean in enumerate(photos.values()):
             noisy = add_noise(clean, sigma, seed=1000 + i)
-            x = to_tensor(image_data(noisy))
+            x = image_to_unit(image_pixels(image_data(noisy)))
             estimates.append(estimate_sigma(x) * 127.5)
         err = np.array(estimates) - sigma
         rows.append({

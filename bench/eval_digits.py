@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from app.diffusion.pixels import to_uint8  # noqa: E402
 from app.diffusion.samplers import cfg_combine, sample_loop  # noqa: E402
 from app.diffusion.schedule import generation_plan  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -60,7 +61,7 @@ def generate(model: LoadedModel, labels: np.ndarray, *, sampler: str, steps: int
 
         x = sample_loop(denoiser, x, plan, sampler=sampler, schedule=model.schedule,
                         noise=lambda shape, g=gen: torch.randn(shape, generator=g))
-        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy())
+        out.append(to_uint8(x)[:, 0].numpy())
     return np.concatenate(out)
 
 

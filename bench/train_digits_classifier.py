@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
+sys.path.insert(0, str(HERE.parent))
 
 from digits_classifier import CARD, WEIGHTS, DigitsClassifier, classify, to_input  # noqa: E402
 from fetch_mnist import load as load_mnist  # noqa: E402

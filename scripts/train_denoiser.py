@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
-from app.engine.tasks import apply_transform  # noqa: E402
+from app.diffusion.pixels import apply_transform, from_uint8, quantize, sigma_255_to_unit  # noqa: E402
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
@@ -97,7 +97,7 @@ class CropSampler:
             crop = apply_transform(crop, (turns, bool(self.rng.random() < 0.5)))
             grey.append(crop.shape[0] == 1)
             crops.append(crop.expand(3, -1, -1))
-        x0 = torch.stack(crops).float().div(127.5).sub(1.0)
+        x0 = from_uint8(torch.stack(crops))
         return x0, torch.tensor(grey)
 
 
@@ -114,7 +114,7 @@ def draw_timesteps(schedule: NoiseSchedule, size: int, rng: np.random.Generator)
         else:
             ts.append(float(rng.integers(0, schedule.num_train_timesteps)))
             continue
-        ts.append(schedule.sigma_to_t(2.0 * sigma_255 / 255.0))
+        ts.append(schedule.sigma_to_t(sigma_255_to_unit(sigma_255)))
     ab = torch.tensor([schedule.alpha_bar(t) for t in ts], dtype=torch.float32)
     return torch.tensor(ts, dtype=torch.float32), ab, torch.tensor(by_sigma)
 
@@ -125,14 +125,14 @@ def as_upload(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor) -> tuple[
     really carries, (y - x_0) / s, so Tweedie's formula gives the posterior mean under clipping."""
     abc = ab.view(-1, 1, 1, 1)
     s = ((1 - abc) / abc).sqrt()
-    y = ((x0 + s * noise + 1.0) * 127.5).round().clamp(0, 255) / 127.5 - 1.0
+    y = quantize(x0 + s * noise)
     return abc.sqrt() * y, (y - x0) / s
 
 
 def loss_weights(ab: torch.Tensor) -> torch.Tensor:
     """sigma^2 / (sigma^2 + c^2) with sigma^2 = (1 - ab) / ab: the eps MSE -> relative x_0 error, floor c."""
     sigma2 = (1 - ab) / ab
-    c = 2.0 * LOSS_FLOOR_255 / 255.0
+    c = sigma_255_to_unit(LOSS_FLOOR_255)
     return sigma2 / (sigma2 + c**2)
 
 

@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from app.diffusion.pixels import from_uint8  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
 from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
@@ -62,7 +63,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = pick_device("auto")
     data = load_mnist()
-    images = torch.from_numpy(data["train_x"]).float().div(127.5).sub(1.0).unsqueeze(1)
+    images = from_uint8(data["train_x"]).unsqueeze(1)
     labels = torch.from_numpy(data["train_y"])
 
     unet = build_unet(tuple(args.channels), args.layers_per_block).to(device)

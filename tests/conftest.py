@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
-from app.settings import Settings
+from tests.helpers import make_settings
 from tests.tiny_models import write_bare, write_generator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,12 +22,6 @@ def store(tmp_path_factory) -> Path:
     write_generator(root / "tiny-gen")
     write_bare(root / "tiny-rgb")
     return root
-
-
-def make_settings(store: Path, **overrides) -> Settings:
-    values = dict(model_store=store, device="cpu", max_batch=64, denoise_tile=64, denoise_overlap=8)
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture

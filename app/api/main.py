@@ -30,8 +30,6 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         backend = queue if queue is not None else await open_queue(settings)
-        if hasattr(backend, "attach_loop"):
-            backend.attach_loop()
         app.state.queue = backend
         try:
             yield

@@ -1,7 +1,7 @@
 """The forward process and the link between an image's noise level and a timestep.
 
-Pixels live in [-1, 1] (x = 2 p / 255 - 1), so Gaussian noise of std sigma_255 on the 0-255 scale is
-std 2 sigma_255 / 255 here.
+Pixels live in [-1, 1] (``app.diffusion.pixels``), so Gaussian noise of std sigma_255 on the 0-255 scale
+is std 2 sigma_255 / 255 here.
 """
 
 from __future__ import annotations
@@ -9,10 +9,6 @@ from __future__ import annotations
 import torch
 
 from app.diffusion.schedule import NoiseSchedule
-
-
-def sigma_255_to_unit(sigma_255: float) -> float:
-    return 2.0 * sigma_255 / 255.0
 
 
 def q_sample(x0: torch.Tensor, *, ab: float, noise: torch.Tensor) -> torch.Tensor:

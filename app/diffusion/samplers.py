@@ -1,30 +1,47 @@
-"""Reverse-diffusion samplers as per-row step functions, plus a reference loop.
+"""Reverse-diffusion samplers: one registry, ``SAMPLERS``, each entry a per-row step plus its plan.
 
-Every function takes a batch whose rows may be at different timesteps: the coefficients ``ab`` (alpha_bar
-at the current step) and ``ab_prev`` (at the step being moved to) are tensors of shape [B]. Multi-step
-state (DPM-Solver++'s previous data prediction) is passed in per row, never held here. Noise is an
-argument, so the caller decides where it comes from (a per-request generator).
+Every step function takes a batch whose rows may be at different timesteps: the coefficients ``ab``
+(alpha_bar at the current step) and ``ab_prev`` (at the step being moved to) are tensors of shape [B].
+Multi-step state (DPM-Solver++'s previous data prediction) is passed in per row, never held here. Noise
+is an argument, so the caller decides where it comes from (a per-request generator).
+
+Adding a sampler is one ``Sampler`` entry in ``SAMPLERS`` plus its parity test against diffusers: the
+name type (``SamplerName``), the API's validation, the model card and the engine all read the registry.
+
+This module imports no torch (the math uses tensor methods only; timestep plans are numpy), so the HTTP
+layer can import the registry's names without loading torch.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Literal
 
-import torch
+import numpy as np
 
-from app.diffusion.schedule import NoiseSchedule, Step
+if TYPE_CHECKING:
+    from torch import Tensor
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+    from app.diffusion.schedule import NoiseSchedule
 
 
-def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Step:
+    """One sampler step: evaluate the network at ``t``, move from alpha_bar ``ab`` to ``ab_prev``."""
+
+    t: float
+    ab: float
+    ab_prev: float
+
+
+def _col(v: Tensor, like: Tensor) -> Tensor:
     """A [B] coefficient as [B, 1, 1, 1], in ``like``'s dtype and device."""
     return v.to(dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
 def predict_x0_eps(
-    model_output: torch.Tensor, x: torch.Tensor, ab: torch.Tensor, prediction_type: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model_output: Tensor, x: Tensor, ab: Tensor, prediction_type: str
+) -> tuple[Tensor, Tensor]:
     """The network's estimate of x_0 and of the noise eps, from x_t = sqrt(ab) x_0 + sqrt(1-ab) eps.
 
     1. epsilon (Ho et al. 2020, eq. 15):  x_0 = (x_t - sqrt(1-ab) eps) / sqrt(ab)
@@ -43,14 +60,14 @@ def predict_x0_eps(
 
 
 def ddpm_step(
-    x: torch.Tensor,
-    x0: torch.Tensor,
+    x: Tensor,
+    x0: Tensor,
     *,
-    ab: torch.Tensor,
-    ab_prev: torch.Tensor,
-    noise: torch.Tensor | None,
+    ab: Tensor,
+    ab_prev: Tensor,
+    noise: Tensor | None,
     variance_type: str = "fixed_small",
-) -> torch.Tensor:
+) -> Tensor:
     """Ancestral step of Ho et al. 2020 (eqs. 6-7), with the effective beta of a spaced schedule.
 
     1. alpha_t = ab / ab_prev, beta_t = 1 - alpha_t
@@ -64,7 +81,7 @@ def ddpm_step(
     if noise is None:
         return mean
     if variance_type == "fixed_small":
-        variance = torch.clamp((1 - ab_prev) / (1 - ab) * beta_t, min=1e-20)
+        variance = ((1 - ab_prev) / (1 - ab) * beta_t).clamp(min=1e-20)
     elif variance_type == "fixed_large":
         variance = beta_t
     else:
@@ -73,14 +90,14 @@ def ddpm_step(
 
 
 def ddim_step(
-    x0: torch.Tensor,
-    eps: torch.Tensor,
+    x0: Tensor,
+    eps: Tensor,
     *,
-    ab: torch.Tensor,
-    ab_prev: torch.Tensor,
-    eta: torch.Tensor,
-    noise: torch.Tensor | None,
-) -> torch.Tensor:
+    ab: Tensor,
+    ab_prev: Tensor,
+    eta: Tensor,
+    noise: Tensor | None,
+) -> Tensor:
     """Song et al. 2021, eq. 12.
 
     1. sigma_t = eta sqrt((1-ab_prev)/(1-ab)) sqrt(1 - ab/ab_prev)               (eq. 16)
@@ -95,15 +112,15 @@ def ddim_step(
 
 
 def dpmpp_2m_step(
-    x: torch.Tensor,
-    x0: torch.Tensor,
+    x: Tensor,
+    x0: Tensor,
     *,
-    ab: torch.Tensor,
-    ab_prev: torch.Tensor,
-    prev_x0: torch.Tensor | None,
-    prev_ab: torch.Tensor | None,
-    second_order: torch.Tensor,
-) -> torch.Tensor:
+    ab: Tensor,
+    ab_prev: Tensor,
+    prev_x0: Tensor | None,
+    prev_ab: Tensor | None,
+    second_order: Tensor,
+) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++"), Algorithm 2, midpoint form as in diffusers.
 
     With alpha = sqrt(ab), sigma = sqrt(1-ab), lambda = log(alpha / sigma):
@@ -114,27 +131,27 @@ def dpmpp_2m_step(
     4. x_next = (sigma_next / sigma_cur) x - alpha_next (exp(-h) - 1) D
     At the clean end (ab_prev = 1, sigma_next = 0) step 4 gives x_next = D.
     """
-    def lam(a: torch.Tensor) -> torch.Tensor:
+    def lam(a: Tensor) -> Tensor:
         # via the noise-to-signal ratio, in the order diffusers computes it, to agree to float32 rounding
         ratio = ((1 - a) / a).sqrt()
         alpha = 1 / (ratio**2 + 1).sqrt()
-        return torch.log(alpha) - torch.log(ratio * alpha)
+        return alpha.log() - (ratio * alpha).log()
 
     clean = ab_prev >= 1.0
-    safe_prev = torch.where(clean, torch.full_like(ab_prev, 0.5), ab_prev)
+    safe_prev = ab_prev.new_full(ab_prev.shape, 0.5).where(clean, ab_prev)
     h = lam(safe_prev) - lam(ab)
     data = x0
     if prev_x0 is not None and prev_ab is not None:
-        safe_last = torch.where(second_order, prev_ab, torch.full_like(prev_ab, 0.5))
+        safe_last = prev_ab.where(second_order, prev_ab.new_full(prev_ab.shape, 0.5))
         r = (lam(ab) - lam(safe_last)) / h
         correction = (x0 - prev_x0) / _col(2 * r, x0)
-        data = torch.where(second_order.to(x0.device).view(-1, *([1] * (x0.dim() - 1))), x0 + correction, x0)
-    sigma_ratio = torch.where(clean, torch.zeros_like(ab), ((1 - safe_prev) / (1 - ab)).sqrt())
-    decay = torch.where(clean, torch.full_like(ab, -1.0), torch.expm1(-h))
+        data = (x0 + correction).where(second_order.to(x0.device).view(-1, *([1] * (x0.dim() - 1))), x0)
+    sigma_ratio = ab.new_zeros(ab.shape).where(clean, ((1 - safe_prev) / (1 - ab)).sqrt())
+    decay = ab.new_full(ab.shape, -1.0).where(clean, (-h).expm1())
     return _col(sigma_ratio, x) * x - _col(ab_prev.sqrt() * decay, x) * data
 
 
-def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def cfg_combine(cond: Tensor, uncond: Tensor, scale: Tensor) -> Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = (1 + w) cond - w uncond.
 
     ``scale`` w is per row; w = 0 is the plain conditional model.
@@ -142,90 +159,187 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -
     return cond + _col(scale, cond) * (cond - uncond)
 
 
-def needs_noise(sampler: str, *, t: float, eta: float) -> bool:
-    """Whether a step draws fresh noise: DDPM for t > 0 (as diffusers), DDIM when eta > 0, 2M never."""
-    if sampler == "ddpm":
-        return t > 0
-    if sampler == "ddim":
-        return eta > 0
-    return False
-
-
-def sampler_step(
-    sampler: str,
-    model_output: torch.Tensor,
-    x: torch.Tensor,
-    *,
-    schedule: NoiseSchedule,
-    ab: torch.Tensor,
-    ab_prev: torch.Tensor,
-    eta: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-    prev_x0: torch.Tensor | None = None,
-    prev_ab: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of ``sampler`` for a batch of rows that all use it; returns (x_next, x_0 estimate).
-
-    ``ab``, ``ab_prev``, ``eta`` and ``prev_ab`` are per-row [B] tensors (float64 is fine; results come
-    back in ``x``'s dtype). For DPM-Solver++(2M), ``prev_ab`` is NaN on rows without a previous step.
-    """
-    x0, eps = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
-    if sampler == "dpmpp_2m":
-        second = torch.zeros_like(ab, dtype=torch.bool) if prev_ab is None else ~torch.isnan(prev_ab) & (ab_prev < 1.0)
-        prev_ab = None if prev_ab is None else torch.nan_to_num(prev_ab, nan=0.5)
-        out = dpmpp_2m_step(x, x0, ab=ab, ab_prev=ab_prev, prev_x0=prev_x0, prev_ab=prev_ab, second_order=second)
-        return out.to(x.dtype), x0
-    if schedule.clip_sample:
-        x0 = x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
-    if sampler == "ddpm":
-        out = ddpm_step(x, x0, ab=ab, ab_prev=ab_prev, noise=noise, variance_type=schedule.variance_type)
-    elif sampler == "ddim":
-        if schedule.clip_sample:
-            # DDIM's update mixes x_0 and eps; after clipping x_0 the noise estimate must be re-derived from
-            # it (GLIDE; diffusers' ``use_clipped_model_output=True``), or the step leaves the ODE it follows:
-            # eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)
-            eps = (x - _col(ab, x).sqrt() * x0) / _col(1 - ab, x).sqrt()
-        eta = torch.zeros_like(ab) if eta is None else eta
-        out = ddim_step(x0, eps, ab=ab, ab_prev=ab_prev, eta=eta, noise=noise)
+# -- the registry ---------------------------------------------------------------------------------------
+def spaced_timesteps(num_train: int, num_steps: int, spacing: str, *, steps_offset: int = 0) -> list[int]:
+    """Integer timesteps, high to low, as diffusers' DDPMScheduler/DDIMScheduler ``set_timesteps`` spaces them."""
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"steps must be between 1 and {num_train}")
+    if spacing == "linspace":
+        ts = np.linspace(0, num_train - 1, num_steps).round()[::-1]
+    elif spacing == "leading":
+        ts = (np.arange(0, num_steps) * (num_train // num_steps)).round()[::-1] + steps_offset
+    elif spacing == "trailing":
+        ts = np.round(np.arange(num_train, 0, -num_train / num_steps)) - 1
     else:
-        raise ValueError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
+        raise ValueError(f"unknown timestep spacing {spacing!r}")
+    return [int(t) for t in ts]
+
+
+def dpm_timesteps(num_train: int, num_steps: int, spacing: str, *, steps_offset: int = 0) -> list[int]:
+    """Timesteps as diffusers' DPMSolverMultistepScheduler spaces them: N+1 points, the last dropped,
+    because its final step goes to sigma = 0 rather than to a grid timestep."""
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"steps must be between 1 and {num_train}")
+    if spacing == "linspace":
+        ts = np.linspace(0, num_train - 1, num_steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ts = (np.arange(0, num_steps + 1) * (num_train // (num_steps + 1))).round()[::-1][:-1] + steps_offset
+    elif spacing == "trailing":
+        ts = np.arange(num_train, 0, -num_train / num_steps).round() - 1
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}")
+    # Near num_train steps, rounding repeats timesteps (leading spacing even collapses to 0); a repeated
+    # timestep makes the 2M step size h zero. Repeats are merged, so such a request takes fewer steps.
+    return list(dict.fromkeys(int(t) for t in ts))
+
+
+def _ab(schedule: NoiseSchedule, t: int) -> float:
+    return float(schedule.alphas_cumprod[t])
+
+
+def ddpm_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+    """DDPM: the next timestep in the list is the previous one; after the last comes alpha_bar = 1."""
+    ts = spaced_timesteps(schedule.num_train_timesteps, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
+    prevs = ts[1:] + [-1]
+    return [Step(t, _ab(schedule, t), _ab(schedule, p) if p >= 0 else 1.0) for t, p in zip(ts, prevs)]
+
+
+def ddim_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+    """DDIM: the previous timestep is t - T // N (diffusers' rule, even for linspace spacing); below 0 comes
+    alpha_bar = 1 (``set_alpha_to_one``) or alpha_bar_0."""
+    T = schedule.num_train_timesteps
+    final = 1.0 if schedule.set_alpha_to_one else _ab(schedule, 0)
+    ts = spaced_timesteps(T, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
+    return [Step(t, _ab(schedule, t), _ab(schedule, t - T // num_steps) if t - T // num_steps >= 0 else final) for t in ts]
+
+
+def dpmpp_2m_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+    """DPM-Solver++(2M): its own spacing (``dpm_timesteps``), ending at sigma = 0 (alpha_bar = 1)."""
+    ts = dpm_timesteps(schedule.num_train_timesteps, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
+    last = Step(ts[-1], _ab(schedule, ts[-1]), 1.0)
+    return [Step(t, _ab(schedule, t), _ab(schedule, p)) for t, p in zip(ts, ts[1:])] + [last]
+
+
+def _clipped_x0(x0: Tensor, schedule: NoiseSchedule) -> Tensor:
+    if schedule.clip_sample:
+        return x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
+    return x0
+
+
+def _ddpm(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab) -> tuple[Tensor, Tensor]:
+    x0, _ = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
+    x0 = _clipped_x0(x0, schedule)
+    out = ddpm_step(x, x0, ab=ab, ab_prev=ab_prev, noise=noise, variance_type=schedule.variance_type)
     return out.to(x.dtype), x0
 
 
+def _ddim(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab) -> tuple[Tensor, Tensor]:
+    x0, eps = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
+    if schedule.clip_sample:
+        x0 = _clipped_x0(x0, schedule)
+        # DDIM's update mixes x_0 and eps; after clipping x_0 the noise estimate must be re-derived from
+        # it (GLIDE; diffusers' ``use_clipped_model_output=True``), or the step leaves the ODE it follows:
+        # eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)
+        eps = (x - _col(ab, x).sqrt() * x0) / _col(1 - ab, x).sqrt()
+    eta = ab.new_zeros(ab.shape) if eta is None else eta
+    out = ddim_step(x0, eps, ab=ab, ab_prev=ab_prev, eta=eta, noise=noise)
+    return out.to(x.dtype), x0
+
+
+def _dpmpp_2m(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab) -> tuple[Tensor, Tensor]:
+    """``prev_ab`` is NaN on rows without a previous step (first order there)."""
+    x0, _ = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
+    second = ab.new_zeros(ab.shape).bool() if prev_ab is None else ~prev_ab.isnan() & (ab_prev < 1.0)
+    prev_ab = None if prev_ab is None else prev_ab.nan_to_num(nan=0.5)
+    out = dpmpp_2m_step(x, x0, ab=ab, ab_prev=ab_prev, prev_x0=prev_x0, prev_ab=prev_ab, second_order=second)
+    return out.to(x.dtype), x0
+
+
+StepFn = Callable[..., "tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler: its timestep plan, its step, whether a step draws noise, whether it keeps history.
+
+    ``step(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab)`` returns
+    (x_next, x_0 estimate) for a batch of rows; ``draws_noise(t, eta)`` says whether the step at ``t``
+    needs fresh noise; a sampler that ``keeps_history`` gets each row's previous x_0 estimate and its
+    alpha_bar back as ``prev_x0``/``prev_ab``.
+    """
+
+    name: str
+    plan: Callable[[NoiseSchedule, int], list[Step]]
+    step: StepFn
+    draws_noise: Callable[[float, float], bool]
+    keeps_history: bool = False
+    description: str = ""
+
+
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s
+    for s in (
+        # Ho et al. 2020; noise at every step but the last (t > 0), as diffusers
+        Sampler("ddpm", ddpm_plan, _ddpm, lambda t, eta: t > 0, description="DDPM ancestral sampling"),
+        # Song et al. 2021; noise only when eta > 0
+        Sampler("ddim", ddim_plan, _ddim, lambda t, eta: eta > 0, description="DDIM (eta: noise scale)"),
+        Sampler("dpmpp_2m", dpmpp_2m_plan, _dpmpp_2m, lambda t, eta: False, keeps_history=True,
+                description="DPM-Solver++(2M), deterministic"),
+    )
+}
+
+SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]  # the API's enum, read from the registry
+
+
+def get_sampler(name: str) -> Sampler:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}") from None
+
+
+def sampler_step(sampler: str, model_output: Tensor, x: Tensor, *, schedule: NoiseSchedule, ab: Tensor,
+                 ab_prev: Tensor, eta: Tensor | None = None, noise: Tensor | None = None,
+                 prev_x0: Tensor | None = None, prev_ab: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One step of ``sampler`` for a batch of rows that all use it; returns (x_next, x_0 estimate)."""
+    return get_sampler(sampler).step(model_output, x, schedule=schedule, ab=ab, ab_prev=ab_prev, eta=eta,
+                                     noise=noise, prev_x0=prev_x0, prev_ab=prev_ab)
+
+
 def sample_loop(
-    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
     plan: list[Step],
     *,
     sampler: str,
     schedule: NoiseSchedule,
     eta: float = 0.0,
-    noise: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
-) -> torch.Tensor:
+    noise: Callable[[tuple[int, ...]], Tensor] | None = None,
+) -> Tensor:
     """Reference loop: the whole batch walks ``plan`` together. The engine makes the same calls per row.
 
     ``denoiser(x, t)`` returns the raw network output for a [B] tensor of timesteps; ``noise(shape)``
     draws standard normal noise when a step needs it.
     """
+    entry = get_sampler(sampler)
     B = x.shape[0]
     prev_x0 = prev_ab = None
 
-    def per_row(value: float) -> torch.Tensor:
-        return torch.full((B,), value, dtype=torch.float32)
+    def per_row(value: float) -> Tensor:
+        return x.new_full((B,), value).float().cpu()
 
     for step in plan:
-        draw = noise is not None and needs_noise(sampler, t=step.t, eta=eta)
-        x, x0 = sampler_step(
-            sampler,
-            denoiser(x, torch.full((B,), float(step.t))),
+        draw = noise is not None and entry.draws_noise(step.t, eta)
+        x, x0 = entry.step(
+            denoiser(x, per_row(float(step.t))),
             x,
             schedule=schedule,
             ab=per_row(step.ab),
             ab_prev=per_row(step.ab_prev),
             eta=per_row(eta),
             noise=noise(tuple(x.shape)) if draw else None,
-            prev_x0=prev_x0,
-            prev_ab=prev_ab,
+            prev_x0=prev_x0 if entry.keeps_history else None,
+            prev_ab=prev_ab if entry.keeps_history else None,
         )
         prev_x0, prev_ab = x0, per_row(step.ab)
     return x

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from app.diffusion.samplers import Step, get_sampler
+
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 Spacing = Literal["linspace", "leading", "trailing"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -121,71 +123,10 @@ class NoiseSchedule:
         return math.sqrt((1 - ab) / ab)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One sampler step: evaluate the network at ``t``, move from alpha_bar ``ab`` to ``ab_prev``."""
-
-    t: float
-    ab: float
-    ab_prev: float
-
-
-def spaced_timesteps(num_train: int, num_steps: int, spacing: str, *, steps_offset: int = 0) -> list[int]:
-    """Integer timesteps, high to low, as diffusers' DDPMScheduler/DDIMScheduler ``set_timesteps`` spaces them."""
-    if not 1 <= num_steps <= num_train:
-        raise ValueError(f"steps must be between 1 and {num_train}")
-    if spacing == "linspace":
-        ts = np.linspace(0, num_train - 1, num_steps).round()[::-1]
-    elif spacing == "leading":
-        ts = (np.arange(0, num_steps) * (num_train // num_steps)).round()[::-1] + steps_offset
-    elif spacing == "trailing":
-        ts = np.round(np.arange(num_train, 0, -num_train / num_steps)) - 1
-    else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}")
-    return [int(t) for t in ts]
-
-
-def dpm_timesteps(num_train: int, num_steps: int, spacing: str, *, steps_offset: int = 0) -> list[int]:
-    """Timesteps as diffusers' DPMSolverMultistepScheduler spaces them: N+1 points, the last dropped,
-    because its final step goes to sigma = 0 rather than to a grid timestep."""
-    if not 1 <= num_steps <= num_train:
-        raise ValueError(f"steps must be between 1 and {num_train}")
-    if spacing == "linspace":
-        ts = np.linspace(0, num_train - 1, num_steps + 1).round()[::-1][:-1]
-    elif spacing == "leading":
-        ts = (np.arange(0, num_steps + 1) * (num_train // (num_steps + 1))).round()[::-1][:-1] + steps_offset
-    elif spacing == "trailing":
-        ts = np.arange(num_train, 0, -num_train / num_steps).round() - 1
-    else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}")
-    # Near num_train steps, rounding repeats timesteps (leading spacing even collapses to 0); a repeated
-    # timestep makes the 2M step size h zero. Repeats are merged, so such a request takes fewer steps.
-    return list(dict.fromkeys(int(t) for t in ts))
-
-
 def generation_plan(schedule: NoiseSchedule, sampler: str, num_steps: int) -> list[Step]:
-    """The steps a sampler walks from pure noise, matching the diffusers scheduler of the same name.
-
-    1. DDPM: the next timestep in the list is the previous one; after the last comes alpha_bar = 1.
-    2. DDIM: the previous timestep is t - T // N (diffusers' rule, even for linspace spacing); below 0
-       comes alpha_bar = 1 (``set_alpha_to_one``) or alpha_bar_0.
-    3. DPM-Solver++(2M): its own spacing (``dpm_timesteps``), ending at sigma = 0 (alpha_bar = 1).
-    """
-    T = schedule.num_train_timesteps
-    ab = schedule.alphas_cumprod
-    final = 1.0 if schedule.set_alpha_to_one else float(ab[0])
-    if sampler == "ddpm":
-        ts = spaced_timesteps(T, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
-        prevs = ts[1:] + [-1]
-        return [Step(t, float(ab[t]), float(ab[p]) if p >= 0 else 1.0) for t, p in zip(ts, prevs)]
-    if sampler == "ddim":
-        ts = spaced_timesteps(T, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
-        return [Step(t, float(ab[t]), float(ab[t - T // num_steps]) if t - T // num_steps >= 0 else final) for t in ts]
-    if sampler == "dpmpp_2m":
-        ts = dpm_timesteps(T, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
-        prevs = ts[1:]
-        return [Step(t, float(ab[t]), float(ab[p])) for t, p in zip(ts, prevs)] + [Step(ts[-1], float(ab[ts[-1]]), 1.0)]
-    raise ValueError(f"unknown sampler {sampler!r}: expected ddpm, ddim or dpmpp_2m")
+    """The steps the named sampler walks from pure noise, matching the diffusers scheduler of the same name
+    (each sampler's plan lives with it in ``SAMPLERS``)."""
+    return get_sampler(sampler).plan(schedule, num_steps)
 
 
 def restoration_plan(schedule: NoiseSchedule, t_start: float, num_steps: int) -> list[Step]:

@@ -1,13 +1,16 @@
-"""Split a large image into overlapping tiles and blend results back without seams (pure functions).
+"""Split a large image into overlapping tiles and blend results back without seams (pure numpy, no torch,
+so the HTTP layer can count a request's tiles before it becomes a job).
 
 Each tile's weight ramps linearly to a small floor across the overlap, so neighbouring tiles cross-fade;
-weights are normalised by their sum, so any layout (edges, corners, single tile) blends to 1.
+weights are normalised by their sum, so any layout (edges, corners, single tile) blends to 1. A ``Canvas``
+takes tiles one at a time as they finish, so a job never holds all its tiles at once.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+
+Box = tuple[int, int, int, int]  # top, left, height, width
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -18,41 +21,65 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
-def tile_boxes(height: int, width: int, *, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+def tile_boxes(height: int, width: int, *, tile: int, overlap: int) -> list[Box]:
     """(top, left, h, w) boxes covering the image; every box is tile x tile unless the image is smaller."""
     th, tw = min(tile, height), min(tile, width)
     return [(y, x, th, tw) for y in _starts(height, th, overlap) for x in _starts(width, tw, overlap)]
 
 
-def blend_window(h: int, w: int, overlap: int) -> torch.Tensor:
-    """[h, w] weights: 1 inside, ramping down over ``overlap`` pixels at each border."""
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    return height + (-height) % multiple, width + (-width) % multiple
 
-    def ramp(n: int) -> torch.Tensor:
+
+def fit_tile(tile: int, multiple: int) -> int:
+    """The tile edge rounded down to a multiple of the network's downsampling factor (at least one)."""
+    return max(multiple, tile // multiple * multiple)
+
+
+def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
+    """[h, w] float32 weights: 1 inside, ramping down over ``overlap`` pixels at each border."""
+
+    def ramp(n: int) -> np.ndarray:
         if overlap <= 0 or n <= 2 * overlap:
-            return torch.ones(n)
-        edge = torch.linspace(0.05, 1.0, overlap)
-        return torch.cat([edge, torch.ones(n - 2 * overlap), edge.flip(0)])
+            return np.ones(n, dtype=np.float32)
+        edge = np.linspace(0.05, 1.0, overlap, dtype=np.float32)
+        return np.concatenate([edge, np.ones(n - 2 * overlap, dtype=np.float32), edge[::-1]])
 
     return ramp(h)[:, None] * ramp(w)[None, :]
 
 
-def blend(tiles: list[torch.Tensor], boxes: list[tuple[int, int, int, int]], height: int, width: int, overlap: int) -> torch.Tensor:
+class Canvas:
+    """A weighted sum of [C, h, w] tiles into a [C, height, width] image, one tile at a time."""
+
+    def __init__(self, channels: int, height: int, width: int, overlap: int) -> None:
+        self.overlap = overlap
+        self._sum = np.zeros((channels, height, width), dtype=np.float32)
+        self._weight = np.zeros((1, height, width), dtype=np.float32)
+
+    def add(self, tile: np.ndarray, box: Box) -> None:
+        y, x, h, w = box
+        weight = blend_window(h, w, self.overlap)
+        self._sum[:, y : y + h, x : x + w] += np.asarray(tile, dtype=np.float32) * weight
+        self._weight[:, y : y + h, x : x + w] += weight
+
+    def result(self) -> np.ndarray:
+        return self._sum / self._weight
+
+
+def blend(tiles: list[np.ndarray], boxes: list[Box], height: int, width: int, overlap: int) -> np.ndarray:
     """Weighted sum of [C, h, w] tiles into a [C, height, width] image."""
-    channels = tiles[0].shape[0]
-    out = torch.zeros(channels, height, width, dtype=torch.float32)
-    total = torch.zeros(1, height, width, dtype=torch.float32)
-    for tile, (y, x, h, w) in zip(tiles, boxes):
-        weight = blend_window(h, w, overlap)
-        out[:, y : y + h, x : x + w] += tile.float().cpu() * weight
-        total[:, y : y + h, x : x + w] += weight
-    return out / total
+    canvas = Canvas(np.asarray(tiles[0]).shape[0], height, width, overlap)
+    for tile, box in zip(tiles, boxes):
+        canvas.add(tile, box)
+    return canvas.result()
 
 
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad a [C, H, W] image on the bottom/right so both sides are multiples of ``multiple``."""
-    _, h, w = image.shape
+def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad an [H, W, C] image on the bottom/right so both sides are multiples of ``multiple``
+    (edge-replicate where the image is too small to reflect)."""
+    h, w = image.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return image, (h, w)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(image[None], (0, pw, 0, ph), mode=mode)[0], (h, w)
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode), (h, w)

@@ -1,14 +1,14 @@
 """The engine: one thread that owns the loaded models, the scheduler and the runner.
 
-Everything reaches it through one inbox (submit, cancel, stop), so its state has a single owner and
-needs no locks. Each loop: drain the inbox, ``schedule()`` a batch, ``runner.step()`` it, ``update()``
-the scheduler, and hand the pass's events (progress, finished jobs) to ``publish`` in one call. The
-event loop never runs torch.
+Everything reaches it through one inbox (``Submit``, ``Cancel``, ``Stop``), so its state has a single
+owner and needs no locks. Each loop: drain the inbox, ``schedule()`` a batch, ``runner.step()`` it,
+``update()`` the scheduler with the rows that finished and the pass's time, hand finished rows to their
+plans, and hand the pass's events (progress, finished jobs) to ``publish`` in one call. The event loop
+never runs torch.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
@@ -19,9 +19,9 @@ from typing import Callable
 
 
 from app.engine.device import pick_device, pick_dtype
+from app.engine.plans import Plan, plan_denoise, plan_generate, run_noise
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
-from app.engine.tasks import Assembly, plan_denoise, plan_generate, run_noise
 from app.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
 from app.settings import Settings
 from app.store.catalog import ModelEntry, ModelRefused
@@ -31,11 +31,32 @@ log = logging.getLogger(__name__)
 Publish = Callable[[list[EngineEvent]], None]
 
 
+# -- the inbox: what other threads can ask of the engine ------------------------------------------------
+@dataclass(frozen=True)
+class Submit:
+    job_id: str
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+Message = Submit | Cancel | Stop
+
+
 @dataclass
 class _Job:
     id: str
     spec: JobSpec
-    assembly: Assembly
+    plan: Plan
+    pending: int  # rows not yet finished
     started: bool = False
     began: float = 0.0
 
@@ -48,12 +69,11 @@ class Engine:
         self._events: list[EngineEvent] = []  # published once per loop turn: one wake-up of the event loop
         self.device = pick_device(settings.device)
         self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
-        self.scheduler = Scheduler(settings.batch_cap(self.device.type))
+        self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.models: dict[str, LoadedModel] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, _Job] = {}
         self._rows: dict[int, Row] = {}
-        self._row_ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._alive = False
         self.passes = 0  # forward passes run; a figure for tests and benchmarks
@@ -74,13 +94,13 @@ class Engine:
             raise RuntimeError("the engine did not finish loading models in time")
 
     def submit(self, job_id: str, spec: JobSpec) -> None:
-        self._inbox.put(("submit", job_id, spec))
+        self._inbox.put(Submit(job_id, spec))
 
     def cancel(self, job_id: str) -> None:
-        self._inbox.put(("cancel", job_id, None))
+        self._inbox.put(Cancel(job_id))
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._inbox.put(("stop", None, None))
+        self._inbox.put(Stop())
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -92,7 +112,7 @@ class Engine:
     def _load(self) -> None:
         """Load every checked model; a model that fails is marked with its reason and not served."""
         for entry in self.entries.values():
-            if entry.status != "ready":
+            if not entry.ready:
                 continue
             try:
                 self.models[entry.name] = load_model(entry, self.device)
@@ -124,7 +144,7 @@ class Engine:
                 if not running:
                     return
                 batch, admitted = self.scheduler.schedule()
-                self._mark_started(admitted)
+                self._admit(admitted)
                 if batch:
                     self._run(batch)
                 self._flush()
@@ -136,16 +156,16 @@ class Engine:
     def _drain(self, *, block: bool) -> bool:
         while True:
             try:
-                command, job_id, spec = self._inbox.get(block=block)
+                message: Message = self._inbox.get(block=block)
             except queue.Empty:
                 return True
             block = False
-            if command == "stop":
+            if isinstance(message, Stop):
                 return False
-            if command == "submit":
-                self._accept(job_id, spec)
-            elif command == "cancel":
-                self._cancel(job_id)
+            if isinstance(message, Submit):
+                self._accept(message.job_id, message.spec)
+            else:
+                self._cancel(message.job_id)
 
     def _accept(self, job_id: str, spec: JobSpec) -> None:
         try:
@@ -161,11 +181,10 @@ class Engine:
             if model is None:
                 raise ValueError(f"model {spec.model!r} is not loaded on this worker")
             if isinstance(spec, GenerateSpec):
-                assembly = plan_generate(spec, model, self._new_row_for(job_id), self.device)
+                plan = plan_generate(job_id, spec, model)
             elif isinstance(spec, DenoiseSpec):
-                assembly = plan_denoise(
-                    spec, model, self._new_row_for(job_id), self.device,
-                    tile=self.settings.denoise_tile, overlap=self.settings.denoise_overlap,
+                plan = plan_denoise(
+                    job_id, spec, model, tile=self.settings.denoise_tile, overlap=self.settings.denoise_overlap
                 )
             else:
                 raise ValueError(f"unknown job kind {spec.kind!r}")
@@ -173,26 +192,29 @@ class Engine:
             log.warning("job %s failed before running: %s", job_id, exc)
             self._emit(EngineEvent(job_id=job_id, type="failed", error=f"{type(exc).__name__}: {exc}"))
             return
-        self._jobs[job_id] = _Job(id=job_id, spec=spec, assembly=assembly)
-        for row in assembly.rows:
+        self._jobs[job_id] = _Job(id=job_id, spec=spec, plan=plan, pending=len(plan.rows))
+        for row in plan.rows:
             self._rows[row.id] = row
-        self.scheduler.add([Ticket(r.id, job_id, r.group, 2 if r.guided else 1) for r in assembly.rows])
+        self.scheduler.add([Ticket(r.id, job_id, r.group, r.network_rows, r.pixels) for r in plan.rows])
 
-    def _new_row_for(self, job_id: str) -> Callable[..., Row]:
-        def new_row(**fields) -> Row:
-            return Row(id=next(self._row_ids), job_id=job_id, **fields)
-
-        return new_row
+    def _drop(self, job_id: str) -> None:
+        """Forget a job and free its rows' tensors and its plan's canvases at once."""
+        for row_id in self.scheduler.cancel(job_id):
+            row = self._rows.pop(row_id, None)
+            if row is not None:
+                row.release()
+        self._jobs.pop(job_id, None)
 
     def _cancel(self, job_id: str) -> None:
         if job_id not in self._jobs:
             return
-        for row_id in self.scheduler.cancel(job_id):
-            self._rows.pop(row_id, None)
-        del self._jobs[job_id]
+        self._drop(job_id)
         self._emit(EngineEvent(job_id=job_id, type="canceled"))
 
-    def _mark_started(self, admitted: list[Ticket]) -> None:
+    def _admit(self, admitted: list[Ticket]) -> None:
+        """Rows that joined the running set build their tensors now; their jobs have started."""
+        for ticket in admitted:
+            self._rows[ticket.row_id].begin(self.device)
         for job_id in dict.fromkeys(t.job_id for t in admitted):
             job = self._jobs.get(job_id)
             if job and not job.started:
@@ -201,15 +223,34 @@ class Engine:
 
     def _run(self, batch: list[Ticket]) -> None:
         rows = [self._rows[t.row_id] for t in batch]
+        began = time.perf_counter()
         try:
             finished = self.runner.step(rows)
         except Exception as exc:
             finished = self._isolate_failure(rows, exc)
         self.passes += 1
-        self.scheduler.update([r.id for r in finished])
+        self.scheduler.update([r.id for r in finished], seconds=time.perf_counter() - began)
+        for row in finished:
+            self._collect(row)
         for job_id in dict.fromkeys(r.job_id for r in rows):
             if job_id in self._jobs:
                 self._report(self._jobs[job_id])
+
+    def _collect(self, row: Row) -> None:
+        """Hand a finished row's output to its plan and free the row."""
+        job = self._jobs.get(row.job_id)
+        self._rows.pop(row.id, None)
+        if job is None:
+            return
+        try:
+            job.plan.collect(row)
+        except Exception as exc:
+            log.error("job %s failed while collecting a row: %s", job.id, exc)
+            self._fail(job.id, f"{type(exc).__name__}: {exc}")
+        else:
+            job.pending -= 1
+        finally:
+            row.release()
 
     def _isolate_failure(self, rows: list[Row], exc: Exception) -> list[Row]:
         """A batch raised: retry it job by job so only the job at fault fails."""
@@ -227,27 +268,21 @@ class Engine:
         return finished
 
     def _fail(self, job_id: str, error: str) -> None:
-        for row_id in self.scheduler.cancel(job_id):
-            self._rows.pop(row_id, None)
-        self._jobs.pop(job_id, None)
+        self._drop(job_id)
         self._emit(EngineEvent(job_id=job_id, type="failed", error=error))
 
     def _report(self, job: _Job) -> None:
-        rows = job.assembly.rows
+        rows = job.plan.rows
         step = min(r.index for r in rows)
         self._emit(EngineEvent(job_id=job.id, type="progress", progress=Progress(step=step, total=job.spec.total_steps)))
-        if not all(r.done for r in rows):
+        if job.pending:
             return
-        for row in rows:
-            self._rows.pop(row.id, None)
         del self._jobs[job.id]
         try:
-            result = job.assembly.finish(rows)
+            result = job.plan.finish()
         except Exception as exc:
             log.error("job %s failed while assembling its result: %s", job.id, exc)
             self._emit(EngineEvent(job_id=job.id, type="failed", error=f"{type(exc).__name__}: {exc}"))
             return
         result.run_ms = round((time.time() - job.began) * 1000, 2)
         self._emit(EngineEvent(job_id=job.id, type="succeeded", result=result))
-
-

@@ -4,34 +4,45 @@ a batch of rows chosen by the scheduler. It never decides who is admitted."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Hashable
 
 import torch
 
-from app.diffusion.samplers import cfg_combine, needs_noise, sampler_step
-from app.diffusion.schedule import Step
+from app.diffusion.samplers import Sampler, Step, cfg_combine
 from app.store.loader import LoadedModel
+
+
+_ROW_IDS = itertools.count()
 
 
 @dataclass(eq=False)
 class Row:
-    """One image (or one tile) walking its own plan, with its own noise generator and sampler state."""
+    """One image (or one tile) walking its own plan, with its own noise generator and sampler state.
 
-    id: int
+    A row is cheap until it is admitted: ``begin`` seeds its generator and builds its starting tensor, so
+    rows waiting their turn hold no image memory; ``release`` drops the tensors once its output is taken.
+    """
+
     job_id: str
     model: LoadedModel
-    x: torch.Tensor  # [1, C, H, W] on the device, float32
+    shape: tuple[int, int, int]  # C, H, W of x
     plan: list[Step]
-    sampler: str
-    generator: torch.Generator
+    sampler: Sampler
+    seed: int
+    init: Callable[[torch.Generator], torch.Tensor]  # the starting x, [1, C, H, W] on the CPU
+    key: Hashable = None  # where the row's output goes in its job's result
     eta: float = 0.0
     label: int | None = None
     guidance: float = 0.0
+    id: int = field(default_factory=lambda: next(_ROW_IDS))
     index: int = 0
-    prev_x0: torch.Tensor | None = None
+    x: torch.Tensor | None = field(default=None, repr=False)  # [1, C, H, W] on the device, float32
+    generator: torch.Generator | None = field(default=None, repr=False)
+    prev_x0: torch.Tensor | None = field(default=None, repr=False)
     prev_ab: float = math.nan
-    output: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -43,7 +54,24 @@ class Row:
 
     @property
     def group(self) -> tuple:
-        return (self.model.name, tuple(self.x.shape[1:]))
+        return (self.model.name, self.shape)
+
+    @property
+    def network_rows(self) -> int:
+        """Rows of the forward pass: a guided row also runs with the null label."""
+        return 2 if self.guided else 1
+
+    @property
+    def pixels(self) -> int:
+        return self.network_rows * self.shape[1] * self.shape[2]
+
+    def begin(self, device: torch.device) -> None:
+        # Noise is drawn on the CPU, so a seed gives the same draws on any device.
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.x = self.init(self.generator).to(device)
+
+    def release(self) -> None:
+        self.x = self.prev_x0 = self.generator = None
 
     def noise(self) -> torch.Tensor:
         """Standard normal noise from this row's own generator (CPU, so seeds give the same draws on any
@@ -93,23 +121,23 @@ class Runner:
         output = self.denoiser_output(rows)
         schedule = rows[0].model.schedule
         updates = []  # applied only once every sub-batch has succeeded, so a failed step changes no row
-        for sampler in dict.fromkeys(r.sampler for r in rows):
-            members = [i for i, r in enumerate(rows) if r.sampler == sampler]
+        for name in dict.fromkeys(r.sampler.name for r in rows):
+            members = [i for i, r in enumerate(rows) if r.sampler.name == name]
             subset = [rows[i] for i in members]
+            sampler = subset[0].sampler
             steps = [r.plan[r.index] for r in subset]
 
             def per_row(values: list[float]) -> torch.Tensor:
                 return torch.tensor(values, dtype=torch.float32, device=self.device)
 
-            draws = [needs_noise(sampler, t=s.t, eta=r.eta) for r, s in zip(subset, steps)]
+            draws = [sampler.draws_noise(s.t, r.eta) for r, s in zip(subset, steps)]
             noise = None
             if any(draws):
                 noise = torch.cat([r.noise() if d else torch.zeros_like(r.x) for r, d in zip(subset, draws)])
             prev = None
-            if sampler == "dpmpp_2m" and any(r.prev_x0 is not None for r in subset):
+            if sampler.keeps_history and any(r.prev_x0 is not None for r in subset):
                 prev = torch.cat([r.x * 0 if r.prev_x0 is None else r.prev_x0 for r in subset])
-            x_next, x0 = sampler_step(
-                sampler,
+            x_next, x0 = sampler.step(
                 output[members],
                 torch.cat([r.x for r in subset]),
                 schedule=schedule,
@@ -120,10 +148,29 @@ class Runner:
                 prev_x0=prev,
                 prev_ab=per_row([r.prev_ab for r in subset]),
             )
+            keep = sampler.keeps_history
             for j, (r, s) in enumerate(zip(subset, steps)):
-                keep = sampler == "dpmpp_2m"
                 updates.append((r, x_next[j : j + 1], x0[j : j + 1] if keep else None, s.ab if keep else math.nan))
         for row, x, prev_x0, prev_ab in updates:
             row.x, row.prev_x0, row.prev_ab = x, prev_x0, prev_ab
             row.index += 1
         return [r for r in rows if r.done]
+
+
+def run_until_done(
+    runner: Runner, rows: list[Row], max_batch: int, on_done: Callable[[Row], None] | None = None
+) -> list[Row]:
+    """Walk ``rows`` to the end of their plans, at most ``max_batch`` at a time, with no scheduler, no
+    threads and no queue: the engine's step for scripts and benchmarks. ``on_done`` gets each row as it
+    finishes (a plan's ``collect``). Returns the rows."""
+    pending = list(rows)
+    while pending:
+        batch = pending[:max_batch]
+        for row in batch:
+            if row.x is None:
+                row.begin(runner.device)
+        for row in runner.step(batch):
+            if on_done is not None:
+                on_done(row)
+        pending = [r for r in pending if not r.done]
+    return rows

@@ -24,16 +24,16 @@ async def open_queue(settings: Settings) -> JobQueue:
 
         entries = scan_store(settings.model_store)
         queue = MemoryJobQueue.start(settings, entries)
-        if not any(e.status == "ready" for e in entries.values()):
+        if not any(e.ready for e in entries.values()):
             await queue.close()
             raise NoModels(no_models_message(settings, entries))
         return queue
 
-    from app.queue.redis_queue import RedisJobQueue
+    from app.queue.redis.queue import RedisJobQueue
 
     queue = await RedisJobQueue.open(settings)
     if settings.runs_embedded_worker:
-        from app.queue.redis_worker import RedisWorker
+        from app.queue.redis.worker import RedisWorker
 
         worker = RedisWorker(settings, queue.redis)
         await worker.start()

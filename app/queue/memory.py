@@ -10,8 +10,8 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, Progress, apply_event, event_payload, new_job_id
-from app.queue.protocol import QueueFull
+from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload
+from app.queue.protocol import IdempotencyConflict, QueueFull
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -24,20 +24,17 @@ class MemoryJobQueue:
         self.engine = engine
         self._records: dict[str, JobRecord] = {}
         self._watchers = Watchers()
-        self._idempotency: dict[str, str] = {}
+        self._idempotency: dict[str, tuple[str, str]] = {}  # key -> (job ID, request fingerprint)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def start(cls, settings: Settings, models: dict[str, ModelEntry]) -> "MemoryJobQueue":
-        from app.engine.worker import Engine  # torch lives behind this import, outside the HTTP layer
+        from app.engine.engine import Engine  # torch lives behind this import, outside the HTTP layer
 
         queue = cls(settings, models, engine=None)
         queue.engine = Engine(settings, models, queue._from_engine)
         queue.engine.start()
         return queue
-
-    def attach_loop(self) -> None:
-        self._loop = asyncio.get_running_loop()
 
     # -- engine side -------------------------------------------------------------------------------
     def _from_engine(self, events: list[EngineEvent]) -> None:
@@ -60,23 +57,29 @@ class MemoryJobQueue:
         for job_id in [j for j, r in self._records.items() if r.finished_at and r.finished_at < horizon]:
             del self._records[job_id]
         live = set(self._records)
-        self._idempotency = {k: v for k, v in self._idempotency.items() if v in live}
+        self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] in live}
 
-    def _active(self) -> int:
-        return sum(1 for r in self._records.values() if not r.status.finished)
+    def _admits(self, record: JobRecord) -> bool:
+        active = [r for r in self._records.values() if not r.status.finished]
+        held = sum(r.pixels for r in active)
+        if len(active) >= self.settings.queue_limit:
+            return False
+        return held == 0 or held + record.pixels <= self.settings.queue_max_pixels
 
-    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobRecord:
+    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = "") -> JobRecord:
+        self._loop = asyncio.get_running_loop()  # the loop that serves requests; engine events go to it
         self._purge()
         if idempotency_key and idempotency_key in self._idempotency:
-            return self._records[self._idempotency[idempotency_key]]
-        if self._active() >= self.settings.queue_limit:
+            job_id, claimed_for = self._idempotency[idempotency_key]
+            if claimed_for != fingerprint:
+                raise IdempotencyConflict()
+            return self._records[job_id]
+        record = JobRecord.new(spec)
+        if not self._admits(record):
             raise QueueFull(retry_after=1)
-        record = JobRecord(
-            id=new_job_id(), kind=spec.kind, model=spec.model, progress=Progress(step=0, total=spec.total_steps)
-        )
         self._records[record.id] = record
         if idempotency_key:
-            self._idempotency[idempotency_key] = record.id
+            self._idempotency[idempotency_key] = (record.id, fingerprint)
         self.engine.submit(record.id, spec)
         return record
 
@@ -104,7 +107,7 @@ class MemoryJobQueue:
         return self._watchers.follow(job_id, lambda: self._current(job_id))
 
     async def ready(self) -> bool:
-        return self.engine is not None and self.engine.alive and any(e.status == "ready" for e in self.models.values())
+        return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())
 
     async def close(self) -> None:
         if self.engine is not None:

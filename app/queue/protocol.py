@@ -17,6 +17,10 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key already used for a request with a different body."""
+
+
 class NoModels(RuntimeError):
     """The store holds no model that can be served."""
 
@@ -24,8 +28,11 @@ class NoModels(RuntimeError):
 class JobQueue(Protocol):
     models: dict[str, ModelEntry]
 
-    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobRecord:
-        """Accept a job (or raise QueueFull). An accepted job is never dropped."""
+    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = "") -> JobRecord:
+        """Accept a job, or raise QueueFull (too many jobs, or too many image pixels, queued or running).
+        An accepted job is never dropped. The same ``idempotency_key`` returns the same job while it is
+        kept; with another ``fingerprint`` (a different request body) it raises IdempotencyConflict.
+        The backend captures the running event loop here if it needs one."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.diffusion.samplers import SamplerName
+
 Task = Literal["generate", "denoise"]
-SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "unet/diffusion_pytorch_model.safetensors"

@@ -47,6 +47,29 @@ class ModelEntry:
         self.status, self.error = "error", reason
         log.error("model %r is not served: %s", self.name, reason)
 
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    # -- what the model can do: the API checks every request against this before it becomes a job ------
+    def refusal(self, task: str) -> str | None:
+        """Why this model cannot serve ``task`` (None: it can)."""
+        if task not in self.card.tasks:
+            return f"its model card does not list {task}"
+        if task == "denoise":
+            if self.channels not in (1, 3):
+                return f"it has {self.channels} channels: denoising needs a grey or RGB model"
+            if self.num_classes and self.card.null_class is None:
+                # A class-conditional network needs a label at every step; denoising has none to give it
+                # unless the model was trained with a null (unconditional) class.
+                return "it is class-conditional without a null class, so it has no label for an unknown image"
+        return None
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this model really serves: the card's, less those it cannot do."""
+        return [task for task in self.card.tasks if self.refusal(task) is None]
+
     # What the API needs to validate requests, inferred from the configs where the card is silent.
     @property
     def channels(self) -> int:
@@ -92,7 +115,7 @@ class ModelEntry:
         body: dict[str, Any] = {"name": self.name, "status": self.status}
         if self.error:
             body["error"] = self.error
-        if self.status == "ready" or self.has_card:
+        if self.ready or self.has_card:
             card = self.card.model_dump(mode="json")
             card.update(
                 image_size=list(self.image_size),
@@ -101,6 +124,10 @@ class ModelEntry:
                 train_timesteps=self.train_timesteps,
                 guidance=self.card.null_class is not None,
             )
+            card["tasks"] = self.tasks
+            unavailable = {t: self.refusal(t) for t in self.card.tasks if self.refusal(t)}
+            if unavailable:
+                card["tasks_unavailable"] = unavailable
             body["card"] = card
         return body
 

@@ -11,7 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.api.main import NoModels, create_app
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from tests.tiny_models import write_bare, write_generator
 
 

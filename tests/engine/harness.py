@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections import defaultdict
 
-from app.engine.worker import Engine
+import numpy as np
+from PIL import Image
+
+from app.engine.engine import Engine
 from app.jobs import EngineEvent
 from app.store.catalog import scan_store
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -53,3 +57,8 @@ class EngineHarness:
 
     def close(self) -> None:
         self.engine.stop()
+
+
+def pixels(event) -> np.ndarray:
+    """The first result image of a finished job's event, as int pixels."""
+    return np.asarray(Image.open(io.BytesIO(event.result.images[0].data))).astype(int)

@@ -6,8 +6,7 @@ import numpy as np
 
 from app.jobs import DenoiseSpec, ImageData
 from tests.api.helpers import photo
-from tests.engine.harness import EngineHarness
-from tests.engine.test_engine import pixels
+from tests.engine.harness import EngineHarness, pixels
 
 
 def denoise(store, tile, overlap, image):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.tasks import ENSEMBLE_ORDER, apply_transform, invert_transform
+from app.diffusion.layout import ENSEMBLE_ORDER
+from app.diffusion.pixels import apply_transform, invert_transform
 from app.jobs import DenoiseSpec, ImageData
 from tests.api.helpers import photo
-from tests.engine.harness import EngineHarness
-from tests.engine.test_engine import pixels
+from tests.engine.harness import EngineHarness, pixels
 
 
 def run(harness, job_id, image, **options) -> tuple[np.ndarray, dict]:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from app.jobs import GenerateSpec
-from tests.engine.harness import EngineHarness
+from tests.engine.harness import EngineHarness, pixels
 
 
 @pytest.fixture
@@ -21,10 +21,6 @@ def harness(store):
 
 def spec(steps=4, seed=0, label=0, **kw) -> GenerateSpec:
     return GenerateSpec(model="tiny-gen", steps=steps, sampler=kw.pop("sampler", "ddim"), seeds=[seed], class_label=label, **kw)
-
-
-def pixels(event) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(event.result.images[0].data))).astype(int)
 
 
 def test_request_joins_a_batch_already_running(harness):

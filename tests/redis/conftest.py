@@ -1,23 +1,15 @@
-"""Redis fixtures: each test gets its own key prefix on the server at REDIS_URL and removes its keys after;
-process helpers start API nodes and workers as real processes."""
+"""Redis fixtures: each test gets its own key prefix on the server at REDIS_URL and removes its keys after,
+and a place to start processes that are stopped after it."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-ROOT = Path(__file__).resolve().parents[2]
+from tests.redis.helpers import REDIS_URL, Proc
 
 
 @pytest.fixture
@@ -29,57 +21,6 @@ def prefix():
     if keys:
         client.delete(*keys)
     client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """A diffusion-serve or diffusion-worker process."""
-
-    def __init__(self, role: str, prefix: str, store: Path, **env) -> None:
-        self.role = role
-        self.port = free_port() if role == "serve" else None
-        args = [sys.executable, "-m", "app.cli", role, "--queue-url", REDIS_URL, "--model-store", str(store), "--log-level", "warning"]
-        if self.port:
-            args += ["--port", str(self.port)]
-        full_env = {**os.environ, "DIFFUSION_REDIS_PREFIX": prefix, "DIFFUSION_DEVICE": "cpu", "DIFFUSION_LEASE_S": "1.5",
-                    "DIFFUSION_MAX_BATCH": "16", "DIFFUSION_SHUTDOWN_GRACE_S": "5", "HF_HUB_OFFLINE": "1",
-                    **{k: str(v) for k, v in env.items()}}
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, path="/readyz", timeout=60.0) -> "Proc":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.role} exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.role} not ready")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -95,33 +36,3 @@ def procs():
     for proc in started:
         if proc.proc.poll() is None:
             proc.kill()
-
-
-def worker_pids_holding(prefix: str) -> dict[int, int]:
-    """pid -> pending entries, for the workers that hold entries of the job stream."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        summary = client.xpending(f"{prefix}:jobs", "workers")
-        held = {}
-        for consumer in summary.get("consumers") or []:
-            name = consumer["name"].decode()
-            held[int(name.split("-")[-2])] = int(consumer["pending"])
-        return held
-    finally:
-        client.close()
-
-
-def poll(url: str, job_id: str, *, until=("succeeded", "failed", "canceled"), timeout=120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5)
-        if r.status_code == 200 and r.json()["status"] in until:
-            return r.json()
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} not {until}")
-
-
-def submit(url: str, **body) -> str:
-    r = httpx.post(f"{url}/v1/generate", json={"class_label": 0, **body}, headers={"Prefer": "respond-async"}, timeout=10)
-    assert r.status_code == 202, r.text
-    return r.json()["job_id"]

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.redis.conftest import poll, submit, worker_pids_holding
+from tests.redis.helpers import poll, submit, worker_pids_holding
 from tests.tiny_models import write_generator
 
 

@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
-from tests.conftest import make_settings
-from tests.redis.conftest import REDIS_URL
+from tests.helpers import make_settings
+from tests.redis.helpers import REDIS_URL
 from tests.tiny_models import write_generator
 
 

@@ -2,7 +2,7 @@
 
     {p}:jobs              stream of submitted job IDs, read by the consumer group "workers"
     {p}:job:{id}          hash: record (JSON), status, spec (JSON); expires once the job is final
-    {p}:active            set of job IDs queued or running (the backpressure count)
+    {p}:held              hash: job ID -> image pixels, for the jobs queued or running (backpressure)
     {p}:idem:{key}        job ID for an Idempotency-Key
     {p}:events            pub/sub channel: every change of every job (job_id, kind, data)
     {p}:cancel            pub/sub channel: job IDs to cancel, heard by every worker
@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUP = "workers"
-FINAL = ("succeeded", "failed", "canceled")
 
 # Change a record unless it is already final (so a late "succeeded" cannot undo a cancel, nor the
-# reverse). KEYS: job hash, active set, events channel. ARGV: record JSON, status, event JSON,
+# reverse). KEYS: job hash, active hash, events channel. ARGV: record JSON, status, event JSON,
 # retention seconds, job ID. Returns 1 if changed.
 UPDATE_RECORD = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -27,9 +26,25 @@ if current == 'succeeded' or current == 'failed' or current == 'canceled' then r
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled' then
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])))
-  redis.call('SREM', KEYS[2], ARGV[5])
+  redis.call('HDEL', KEYS[2], ARGV[5])
 end
 redis.call('PUBLISH', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+# Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
+# (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
+# stream. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel limit. Returns 1 if
+# admitted.
+ADMIT = """
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 0 end
+local held = 0
+for _, pixels in ipairs(redis.call('HVALS', KEYS[2])) do held = held + tonumber(pixels) end
+if held > 0 and held + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
 return 1
 """
 
@@ -46,8 +61,8 @@ class Keys:
         return f"{self.prefix}:job:{job_id}"
 
     @property
-    def active(self) -> str:
-        return f"{self.prefix}:active"
+    def held(self) -> str:
+        return f"{self.prefix}:held"
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"

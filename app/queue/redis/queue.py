@@ -16,10 +16,10 @@ from typing import AsyncIterator
 
 from redis.asyncio import Redis
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, Progress, apply_event, new_job_id
-from app.queue.protocol import QueueFull
-from app.queue.redis_keys import Keys
-from app.queue.redis_records import RecordStore
+from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.queue.protocol import IdempotencyConflict, QueueFull
+from app.queue.redis.keys import ADMIT, Keys
+from app.queue.redis.records import RecordStore
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -34,6 +34,7 @@ class RedisJobQueue:
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
         self.records = RecordStore(redis, self.keys, settings.job_retention_s)
+        self._admit = redis.register_script(ADMIT)
         self.models: dict[str, ModelEntry] = {}
         self._watchers = Watchers()
         self._tasks: list[asyncio.Task] = []
@@ -84,37 +85,41 @@ class RedisJobQueue:
                     await pubsub.aclose()
 
     # -- protocol ----------------------------------------------------------------------------------
-    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobRecord:
-        record = JobRecord(id=new_job_id(), kind=spec.kind, model=spec.model, progress=Progress(step=0, total=spec.total_steps))
+    async def submit(
+        self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> JobRecord:
+        record = JobRecord.new(spec)
         if idempotency_key:
             key = self.keys.idempotency(idempotency_key)
             ttl = int(self.settings.job_retention_s) + 3600
-            if not await self.redis.set(key, record.id, nx=True, ex=ttl):
-                existing = await self._claimed_job(key)
+            claim = f"{record.id}:{fingerprint}"
+            if not await self.redis.set(key, claim, nx=True, ex=ttl):
+                existing = await self._claimed_job(key, fingerprint)
                 if existing is not None:
                     return existing
-                await self.redis.set(key, record.id, ex=ttl)
-        if await self.redis.scard(self.keys.active) >= self.settings.queue_limit:
+                await self.redis.set(key, claim, ex=ttl)
+        admitted = await self._admit(
+            keys=[self.keys.job(record.id), self.keys.held, self.keys.stream],
+            args=[record.model_dump_json(), spec.model_dump_json(), record.id, self.settings.queue_limit,
+                  record.pixels, self.settings.queue_max_pixels],
+        )
+        if not admitted:
             if idempotency_key:
                 await self.redis.delete(self.keys.idempotency(idempotency_key))
-            raise QueueFull(retry_after=max(1, int(self.settings.lease_s // 3)))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(record.id), mapping={
-                "record": record.model_dump_json(), "status": record.status.value, "spec": spec.model_dump_json(),
-            })
-            pipe.sadd(self.keys.active, record.id)
-            pipe.xadd(self.keys.stream, {"job": record.id})
-            await pipe.execute()
+            raise QueueFull(retry_after=max(1, int(self.settings.heartbeat_s)))
         return record
 
-    async def _claimed_job(self, key: str) -> JobRecord | None:
-        """The job an Idempotency-Key names; a request that claimed the key a moment ago may still be
-        writing its record, so wait for it briefly."""
+    async def _claimed_job(self, key: str, fingerprint: str) -> JobRecord | None:
+        """The job an Idempotency-Key names (IdempotencyConflict if it was claimed for another request);
+        a request that claimed the key a moment ago may still be writing its record, so wait briefly."""
         for _ in range(20):
-            job_id = await self.redis.get(key)
-            if job_id is None:
+            claim = await self.redis.get(key)
+            if claim is None:
                 return None
-            record = await self.get(job_id.decode())
+            job_id, _, claimed_for = claim.decode().partition(":")
+            if claimed_for != fingerprint:
+                raise IdempotencyConflict()
+            record = await self.get(job_id)
             if record is not None:
                 return record
             await asyncio.sleep(0.05)
@@ -139,8 +144,8 @@ class RedisJobQueue:
         return self._watchers.follow(job_id, lambda: self.get(job_id))
 
     async def ready(self) -> bool:
-        fresh = time.time() - self._workers_seen < max(3 * heartbeat_s(self.settings), 5.0)
-        return fresh and any(e.status == "ready" for e in self.models.values())
+        fresh = time.time() - self._workers_seen < max(3 * self.settings.heartbeat_s, 5.0)
+        return fresh and any(e.ready for e in self.models.values())
 
     async def close(self) -> None:
         if self.embedded is not None:
@@ -151,8 +156,3 @@ class RedisJobQueue:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.redis.aclose()
-
-
-def heartbeat_s(settings: Settings) -> float:
-    """Workers beat three times per lease."""
-    return settings.lease_s / 3

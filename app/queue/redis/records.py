@@ -7,7 +7,7 @@ import json
 from redis.asyncio import Redis
 
 from app.jobs import JobRecord, event_payload
-from app.queue.redis_keys import UPDATE_RECORD, Keys
+from app.queue.redis.keys import UPDATE_RECORD, Keys
 
 
 class RecordStore:
@@ -23,6 +23,6 @@ class RecordStore:
         """Write ``record`` and announce it, unless the stored record is already final."""
         kind, data = event_payload(record)
         message = json.dumps({"job_id": record.id, "kind": kind, "data": data})
-        keys = [self.keys.job(record.id), self.keys.active, self.keys.events]
+        keys = [self.keys.job(record.id), self.keys.held, self.keys.events]
         args = [record.model_dump_json(), record.status.value, message, self.retention_s, record.id]
         await self._update(keys=keys, args=args, client=pipe or self.redis)

@@ -25,10 +25,9 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, JobStatus, apply_event
-from app.queue.redis_keys import GROUP, Keys
-from app.queue.redis_queue import heartbeat_s
-from app.queue.redis_records import RecordStore
+from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.queue.redis.keys import GROUP, Keys
+from app.queue.redis.records import RecordStore
 from app.settings import Settings
 from app.store.catalog import ModelEntry, scan_store
 
@@ -89,7 +88,7 @@ class RedisWorker:
 
     # -- life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        from app.engine.worker import Engine  # torch lives behind this import
+        from app.engine.engine import Engine  # torch lives behind this import
 
         self._loop = asyncio.get_running_loop()
         self.entries = scan_store(self.settings.model_store)
@@ -100,11 +99,11 @@ class RedisWorker:
         await self._beat()
         self._tasks = [self._forever(step) for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)]
         self._intake = [self._forever(step) for step in (self._read_once, self._reclaim_once)]
-        log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.status == "ready"))
+        log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.ready))
 
     @property
     def serves_anything(self) -> bool:
-        return any(e.status == "ready" for e in self.entries.values())
+        return any(e.ready for e in self.entries.values())
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, finish what is held within ``grace`` seconds, hand back the rest."""
@@ -179,8 +178,7 @@ class RedisWorker:
             with contextlib.suppress(Exception):  # the record itself may be what is broken
                 record = await self.records.get(job_id) if job_id else None
                 if record is not None:
-                    record.status, record.finished_at, record.error = JobStatus.failed, time.time(), f"unusable job: {exc}"
-                    await self.records.update(record)
+                    await self._fail_record(record, f"unusable job: {exc}")
             await self._retire(entry_id)
 
     async def _start(self, entry_id: str, job_id: str, *, delivered: int) -> None:
@@ -190,9 +188,8 @@ class RedisWorker:
             return
         record = JobRecord.model_validate_json(raw_record)
         if delivered - 1 >= self.settings.max_attempts:
-            record.status, record.finished_at = JobStatus.failed, time.time()
-            record.error = f"job crashed workers {delivered - 1} times (max_attempts {self.settings.max_attempts}); not retried"
-            await self.records.update(record)
+            attempts = self.settings.max_attempts
+            await self._fail_record(record, f"job crashed workers {delivered - 1} times (max_attempts {attempts}); not retried")
             await self._retire(entry_id)
             return
         spec = SPEC.validate_json(raw_spec)
@@ -200,6 +197,11 @@ class RedisWorker:
         self.engine.submit(job_id, spec)
         if (await self.redis.hget(self.keys.job(job_id), "status") or b"").decode() == "canceled":
             self.engine.cancel(job_id)  # canceled while we were picking it up: the broadcast came too early
+
+    async def _fail_record(self, record: JobRecord, error: str) -> None:
+        """Fail a job this worker cannot run, by the same rule as the engine's events."""
+        if apply_event(record, EngineEvent(job_id=record.id, type="failed", error=error)):
+            await self.records.update(record)
 
     async def _retire(self, entry_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -266,7 +268,7 @@ class RedisWorker:
             await pipe.execute()
 
     async def _beat_once(self) -> None:
-        await asyncio.sleep(heartbeat_s(self.settings))
+        await asyncio.sleep(self.settings.heartbeat_s)
         if self._engine_alive():
             await self._beat()
 

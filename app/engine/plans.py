@@ -1,0 +1,186 @@
+"""Plans: a job spec becomes rows for the runner, and finished rows become the job's result.
+
+generate: one row per image, from noise drawn with the image's own seed.
+denoise:  one row per (view, plane, tile): per tile of a large image, per channel for an RGB image on a
+          grey model, per view when several samples or flipped/rotated copies are averaged. The chain
+          starts at the timestep whose noise level matches sigma (DMID); ``mmse`` is one step straight to
+          the posterior mean (Tweedie), ``sample`` walks the reverse chain from there.
+noise:    no network at all: the forward process, applied at once.
+
+Rows build their tensors only when admitted, and a finished row's output is taken in at once
+(``collect``): a job waiting in the queue holds its upload, not its tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from app.diffusion.forward import add_gaussian_noise, q_sample
+from app.diffusion.noise_level import estimate_sigma
+from app.diffusion.pixels import apply_transform, image_to_unit, invert_transform, sigma_255_to_unit, unit_to_image
+from app.diffusion.samplers import Step, get_sampler
+from app.diffusion.schedule import NoiseSchedule, generation_plan, restoration_plan
+from app.diffusion.tiling import Canvas, pad_to_multiple
+from app.engine.runner import Row
+from app.imaging import MEDIA_TYPES, encode_image
+from app.jobs import DenoiseSpec, GenerateSpec, ImageData, JobResult, NoiseSpec, ResultImage
+from app.store.loader import LoadedModel
+
+
+@dataclass
+class Plan:
+    """A job's rows, where each finished row's output goes (``collect``), and the result (``finish``)."""
+
+    rows: list[Row]
+    collect: Callable[[Row], None]
+    finish: Callable[[], JobResult]
+    info: dict = field(default_factory=dict)
+
+
+def image_pixels(image: ImageData) -> np.ndarray:
+    """The upload's uint8 [H, W, C] pixels (a view of its bytes, no copy)."""
+    return np.frombuffer(image.pixels, dtype=np.uint8).reshape(image.height, image.width, image.channels)
+
+
+def upload_info(image: ImageData) -> dict:
+    """What the service changed about an upload before using it: an alpha channel dropped, the frames of an
+    animation after the first ignored."""
+    info: dict = {"alpha_dropped": image.alpha_dropped}
+    if image.frames_dropped:
+        info["frames_dropped"] = image.frames_dropped
+    return info
+
+
+def result_image(index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt: str) -> ResultImage:
+    return ResultImage(index=index, seed=seed, media_type=MEDIA_TYPES[fmt], data=encode_image(unit_to_image(x), fmt))
+
+
+# -- generate ------------------------------------------------------------------------------------------
+def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
+    plan = generation_plan(model.schedule, spec.sampler, spec.steps)
+    h, w = model.entry.image_size
+    shape = (model.entry.channels, h, w)
+
+    def noise(generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((1, *shape), generator=generator)
+
+    rows = [
+        Row(job_id=job_id, model=model, shape=shape, plan=plan, sampler=get_sampler(spec.sampler), seed=seed,
+            init=noise, key=i, eta=spec.eta, label=spec.class_label, guidance=spec.guidance_scale)
+        for i, seed in enumerate(spec.seeds)
+    ]
+    images: dict[int, ResultImage] = {}
+
+    def collect(row: Row) -> None:
+        images[row.key] = result_image(row.key, spec.seeds[row.key], row.x[0], spec.output_format)
+
+    def finish() -> JobResult:
+        return JobResult(images=[images[i] for i in range(len(spec.seeds))])
+
+    return Plan(rows=rows, collect=collect, finish=finish)
+
+
+# -- denoise -------------------------------------------------------------------------------------------
+def _noise_level(spec: DenoiseSpec, pixels: np.ndarray, info: dict) -> float:
+    """sigma on the 0-255 scale: given, or estimated from the image."""
+    if spec.sigma is None:
+        sigma_255 = estimate_sigma(image_to_unit(pixels)) * 127.5
+        info["sigma_estimated"] = round(sigma_255, 3)
+    else:
+        sigma_255 = spec.sigma
+    sigma_255 = max(sigma_255, 0.1)  # a clean image: the lowest noise level still maps to a timestep
+    info["sigma"] = round(sigma_255, 3)
+    return sigma_255
+
+
+def _chain(spec: DenoiseSpec, schedule: NoiseSchedule, t_start: float) -> tuple[list[Step], str]:
+    """mmse: one DDIM step from t_start to alpha_bar = 1, which is Tweedie's posterior mean; sample: the
+    reverse chain from t_start."""
+    if spec.mode == "mmse":
+        return [Step(t_start, schedule.alpha_bar(t_start), 1.0)], "ddim"
+    return restoration_plan(schedule, t_start, spec.steps), spec.sampler
+
+
+def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: int, overlap: int) -> Plan:
+    pixels = image_pixels(spec.image)
+    info = {**upload_info(spec.image), "mode": spec.mode}
+    sigma_255 = _noise_level(spec, pixels, info)
+    schedule = model.schedule
+    t_start = schedule.sigma_to_t(sigma_255_to_unit(sigma_255))
+    info["t_start"] = round(t_start, 3)
+    plan, sampler = _chain(spec, schedule, t_start)
+    scale = schedule.alpha_bar(t_start) ** 0.5  # x_t* = sqrt(ab) y (start_for_restoration)
+
+    model_channels = model.entry.channels
+    layout = spec.layout(model_channels=model_channels, factor=model.entry.downsample_factor, tile=tile, overlap=overlap)
+    padded, _ = pad_to_multiple(pixels, model.entry.downsample_factor)
+    boxes, plane_slices, view_list = layout.boxes, layout.planes, layout.views
+    info["tiles"] = len(boxes) * len(plane_slices)
+    if len(view_list) > spec.ensemble:
+        info["samples"] = len(view_list) // spec.ensemble
+    if spec.ensemble > 1:
+        info["ensemble"] = spec.ensemble
+
+    def crop(v: int, p: int, b: int) -> Callable[[torch.Generator], torch.Tensor]:
+        def start(_: torch.Generator) -> torch.Tensor:
+            y, x, h, w = boxes[b]
+            part = image_to_unit(padded[y : y + h, x : x + w])
+            part = part if plane_slices[p] is None else part[plane_slices[p]]
+            if part.shape[0] != model_channels:
+                part = part.expand(model_channels, -1, -1)  # grey image, RGB model
+            return (scale * apply_transform(part, view_list[v]))[None]
+
+        return start
+
+    th, tw = boxes[0][2:]
+    rows = []
+    for v in range(len(view_list)):
+        for p in range(len(plane_slices)):
+            for b in range(len(boxes)):
+                seed = (spec.seed + layout.index(v, p, b)) % 2**63
+                shape = (model_channels, tw, th) if view_list[v][0] % 2 else (model_channels, th, tw)
+                rows.append(Row(job_id=job_id, model=model, shape=shape, plan=plan, sampler=get_sampler(sampler),
+                                seed=seed, init=crop(v, p, b), key=(v, p, b), eta=spec.eta))
+    canvases: dict[int, Canvas] = {}
+
+    def collect(row: Row) -> None:
+        """Blend the finished tile into its plane's canvas, its view's transform undone; views add up on
+        the same canvas, so the blend is their average."""
+        v, p, b = row.key
+        canvas = canvases.get(p)
+        if canvas is None:
+            canvas = canvases[p] = Canvas(model_channels, layout.height, layout.width, overlap)
+        canvas.add(invert_transform(row.x[0], view_list[v]).float().cpu().numpy(), boxes[b])
+
+    def finish() -> JobResult:
+        h, w = spec.image.height, spec.image.width
+        result = np.concatenate([canvases[p].result()[:, :h, :w] for p in range(len(plane_slices))])
+        if result.shape[0] == 3 and spec.image.channels == 1:
+            result = result.mean(axis=0, keepdims=True)
+        seed = spec.seed if spec.mode == "sample" else None
+        return JobResult(images=[result_image(0, seed, result, spec.output_format)], info=info)
+
+    return Plan(rows=rows, collect=collect, finish=finish, info=info)
+
+
+# -- noise (forward process) ----------------------------------------------------------------------------
+def run_noise(spec: NoiseSpec, schedule: NoiseSchedule | None) -> JobResult:
+    image = image_to_unit(image_pixels(spec.image))
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(spec.seed))
+    info = upload_info(spec.image)
+    if spec.timestep is not None:
+        if schedule is None:
+            raise ValueError("a timestep needs a model's schedule")
+        ab = schedule.alpha_bar(spec.timestep)
+        noisy = q_sample(image, ab=ab, noise=noise)
+        info.update(timestep=spec.timestep, alpha_bar=ab, sigma=round(math.sqrt((1 - ab) / ab) * 127.5, 3))
+    else:
+        noisy = add_gaussian_noise(image, sigma=sigma_255_to_unit(spec.sigma), noise=noise)
+        info.update(sigma=spec.sigma)
+    return JobResult(images=[result_image(0, spec.seed, noisy, spec.output_format)], info=info)
+
