@@ -10,13 +10,33 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-OutputFormat = Literal["png", "jpeg", "webp"]
-MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """An output format: its name in requests, its media type, and how Pillow writes it."""
+
+    name: str
+    media_type: str
+    save: dict[str, Any]
+
+
+# The output formats, one entry each: the API's enum, content negotiation and encoding all read this.
+OUTPUT_FORMATS: dict[str, ImageFormat] = {
+    f.name: f
+    for f in (
+        ImageFormat("png", "image/png", {"format": "PNG"}),
+        ImageFormat("jpeg", "image/jpeg", {"format": "JPEG", "quality": 95}),
+        ImageFormat("webp", "image/webp", {"format": "WEBP", "lossless": True}),
+    )
+}
+OutputFormat = Literal[tuple(OUTPUT_FORMATS)]  # type: ignore[valid-type]
+MEDIA_TYPES: dict[str, str] = {name: f.media_type for name, f in OUTPUT_FORMATS.items()}
 FORMAT_OF_MEDIA_TYPE = {v: k for k, v in MEDIA_TYPES.items()}
 
 
@@ -255,16 +275,10 @@ def _converted_pixels(image: Image.Image, target: str, channels: int) -> np.ndar
 
 
 def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
-    """uint8 [H, W, C] (C = 1 or 3) to PNG, JPEG (quality 95) or lossless WebP bytes."""
-    if fmt not in MEDIA_TYPES:
-        raise ValueError(f"unknown output format {fmt!r}")
+    """uint8 [H, W, C] (C = 1 or 3) to the bytes of an output format (``OUTPUT_FORMATS``)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
     array = pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
     buffer = io.BytesIO()
-    image = Image.fromarray(np.ascontiguousarray(array))
-    if fmt == "png":
-        image.save(buffer, format="PNG")
-    elif fmt == "jpeg":
-        image.save(buffer, format="JPEG", quality=95)
-    else:
-        image.save(buffer, format="WEBP", lossless=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, **OUTPUT_FORMATS[fmt].save)
     return buffer.getvalue()

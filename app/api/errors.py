@@ -4,13 +4,31 @@ same as FastAPI's validation errors, so a client always finds the field at fault
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
+
+# An error names what is wrong without echoing a hostile input back whole: each message and each part of
+# ``loc`` is cut to these many characters, and at most MAX_ERRORS errors are listed.
+MAX_ECHO = 80
+MAX_MESSAGE = 1000
+MAX_ERRORS = 20
+
+
+def brief(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the length said: for messages that name an input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class ApiError(Exception):
@@ -21,8 +39,26 @@ class ApiError(Exception):
         self.status, self.loc, self.msg, self.type, self.headers = status, loc, msg, type, headers
 
 
+def error_item(loc: list, msg: str, type: str) -> dict:
+    loc = [part if isinstance(part, int) else _cut(str(part), MAX_ECHO) for part in loc]
+    return {"loc": loc, "msg": _cut(str(msg), MAX_MESSAGE), "type": type}
+
+
 def error_body(loc: list, msg: str, type: str) -> dict:
-    return {"detail": [{"loc": loc, "msg": msg, "type": type}]}
+    return {"detail": [error_item(loc, msg, type)]}
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's):
+    each method is tried against the routes, through their public ``matches``."""
+    routes = request.app.router.routes
+    return [
+        method for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def install(app: FastAPI) -> None:
@@ -33,18 +69,26 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", [])), "msg": e.get("msg", "invalid"), "type": e.get("type", "invalid")}
-            for e in exc.errors()
+            error_item(list(e.get("loc", [])), e.get("msg", "invalid"), e.get("type", "invalid"))
+            for e in exc.errors()[:MAX_ERRORS]
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        loc = ["body"] if exc.status_code == 413 else ["path"] if exc.status_code in (404, 405) else []
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code
+        loc = ["body"] if status in (400, 413) else ["path"] if status in (404, 405) else []
         msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 413:
+        headers = dict(exc.headers or {})
+        if status == 413:
             msg = f"request body too large: {msg}"
-        return JSONResponse(error_body(loc, msg, f"http_{exc.status_code}"), status_code=exc.status_code, headers=exc.headers)
+        elif status == 400:
+            msg = f"malformed request body: {msg}"
+        elif status == 405:
+            allowed = allowed_methods(request) or headers.get("Allow", "").split(", ")
+            headers["Allow"] = ", ".join(allowed)
+            msg = f"method {request.method} not allowed here; allowed: {headers['Allow']}"
+        return JSONResponse(error_body(loc, msg, f"http_{status}"), status_code=status, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from app.api import docs, errors
 from app.api.limits import BodyLimit
+from app.api.schemas import SEED_MAX
 from app.api.routes import generate, health, images, jobs, models
 from app.settings import Settings, get_settings
 from app.queue.factory import open_queue
@@ -22,6 +23,22 @@ DESCRIPTION = """Generate and denoise images with diffusion models.
 Requests are sync by default; send `Prefer: respond-async` for a job ID, then poll `/v1/jobs/{id}`,
 stream `/v1/jobs/{id}/events`, or cancel with `DELETE /v1/jobs/{id}`.
 """
+
+
+def exact_integer_bounds(node, exact: dict[float, int]) -> None:
+    """FastAPI's OpenAPI models hold ``minimum``/``maximum`` as floats, so integer bounds come out as 0.0 and
+    2**63 - 1 as 9.223372036854776e18 (= 2**63, which the API refuses): put integers back, exactly."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = exact.get(value, int(value))
+        for child in node.values():
+            exact_integer_bounds(child, exact)
+    elif isinstance(node, list):
+        for child in node:
+            exact_integer_bounds(child, exact)
 
 
 def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
@@ -45,6 +62,13 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            exact_integer_bounds(FastAPI.openapi(app), {float(SEED_MAX): SEED_MAX})
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     docs.install(app)

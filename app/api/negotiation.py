@@ -161,15 +161,5 @@ def require_acceptable(accept: str | None, media_type: str) -> None:
         raise not_acceptable([media_type])
 
 
-def wants_raw_image(accept: str | None) -> bool:
-    """Kept for callers being rewritten: use ``negotiate_result(accept, requested).raw``."""
-    return negotiate_result(accept, None).raw
-
-
-def choose_format(requested: str | None, accept: str | None) -> str:
-    """Kept for callers being rewritten: use ``negotiate_result(accept, requested).output_format``."""
-    return negotiate_result(accept, requested).output_format
-
-
 def prefers_async(prefer: str | None) -> bool:
     return any(p.strip().lower() == ASYNC_PREFERENCE for p in (prefer or "").split(","))

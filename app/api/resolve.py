@@ -1,15 +1,27 @@
 """Turn a validated request into a fully resolved job spec: pick the model, fill every default from its
-card, check the request against what the model can do. Errors name the field at fault."""
+card, and check the request against what the model can do and what the service allows, so that no
+input, for any model the store accepts, ends as a failed job. Errors name the field at fault."""
 
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING, TypeVar
 
-from app.api.errors import ApiError
-from app.api.schemas import SEED_MAX, GenerateRequest
-from app.jobs import GenerateSpec
+from app.api.errors import ApiError, brief
+from app.api.schemas import SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
+from app.jobs import DenoiseSpec, GenerateSpec, ImageData, NoiseSpec
 from app.settings import Settings
 from app.store.catalog import ModelEntry
+
+if TYPE_CHECKING:
+    from app.api.results import Submission
+
+T = TypeVar("T")
+
+
+def or_default(value: T | None, default: T) -> T:
+    """The request's value, else the card's default."""
+    return default if value is None else value
 
 
 def pick_model(models: dict[str, ModelEntry], name: str | None, *, task: str | None, settings: Settings) -> ModelEntry:
@@ -17,17 +29,18 @@ def pick_model(models: dict[str, ModelEntry], name: str | None, *, task: str | N
     if name is None:
         name = {"generate": settings.default_generator, "denoise": settings.default_denoiser}.get(task)
     if name is None:
-        candidates = [e for e in models.values() if e.status == "ready" and (task is None or task in e.card.tasks)]
+        candidates = [e for e in models.values() if e.ready and (task is None or task in e.tasks)]
         if not candidates:
             raise ApiError(404, ["body", "model"], f"no model in the store serves {task or 'requests'}", type="not_found")
         return candidates[0]
     entry = models.get(name)
     if entry is None:
-        raise ApiError(404, ["body", "model"], f"unknown model {name!r}; GET /v1/models lists them", type="not_found")
-    if entry.status != "ready":
+        raise ApiError(404, ["body", "model"], f"unknown model {brief(name)}; GET /v1/models lists them", type="not_found")
+    if not entry.ready:
         raise ApiError(503, ["body", "model"], f"model {name!r} is not served: {entry.error}", type="model_unavailable")
-    if task is not None and task not in entry.card.tasks:
-        raise ApiError(422, ["body", "model"], f"model {name!r} does not serve {task}", type="wrong_task")
+    why = entry.refusal(task) if task is not None else None
+    if why is not None:
+        raise ApiError(422, ["body", "model"], f"model {name!r} does not serve {task}: {why}", type="wrong_task")
     return entry
 
 
@@ -42,49 +55,139 @@ def seeds_for(seed: int | None, count: int) -> list[int]:
     return [(seed + i) % (SEED_MAX + 1) for i in range(count)]
 
 
-def _class_index(entry: ModelEntry, label: int | str | None) -> int | None:
-    named = entry.card.class_names
-    count = len(named) if named else entry.num_classes - (1 if entry.card.null_class is not None else 0)
-    if label is None:
-        if entry.num_classes and entry.card.null_class is None:
-            raise ApiError(422, ["body", "class_label"], f"model {entry.name!r} is class-conditional: class_label is required", type="missing")
-        return None
-    if not entry.num_classes:
-        raise ApiError(422, ["body", "class_label"], f"model {entry.name!r} is unconditional: it takes no class_label", type="unsupported")
-    if isinstance(label, str):
-        if named and label in named:
-            return named.index(label)
-        if label.isdigit():
-            label = int(label)
-        else:
-            valid = ", ".join(named) if named else f"0..{count - 1}"
-            raise ApiError(422, ["body", "class_label"], f"unknown class {label!r}; valid: {valid}", type="unknown_class")
-    if not 0 <= label < count:
-        raise ApiError(422, ["body", "class_label"], f"class_label must be between 0 and {count - 1}", type="out_of_range")
-    return label
-
-
 def check_steps(entry: ModelEntry, steps: int, loc: list) -> int:
     if steps > entry.train_timesteps:
         raise ApiError(422, loc, f"steps must be at most {entry.train_timesteps} for model {entry.name!r}", type="out_of_range")
     return steps
 
 
-def generate_spec(req: GenerateRequest, entry: ModelEntry, output_format: str) -> GenerateSpec:
+def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
+    """A request's compute (network evaluations x pixels per evaluation) against the configured cap."""
+    cap = settings.max_job_megapixel_steps
+    if megapixel_steps > cap:
+        raise ApiError(
+            422, ["body"],
+            f"this request costs {megapixel_steps:,.0f} megapixel-steps ({fields}), more than the limit of "
+            f"{cap:,.0f} (DIFFUSION_MAX_JOB_MEGAPIXEL_STEPS): ask for fewer",
+            type="too_expensive",
+        )
+
+
+def check_pixels(pixels: int, settings: Settings, loc: list) -> None:
+    """A job larger than everything the queue may hold could never be admitted: refuse it now."""
+    if pixels > settings.queue_max_pixels:
+        raise ApiError(
+            413, loc, f"the job holds {pixels:,} pixels, more than the queue's limit of {settings.queue_max_pixels:,}",
+            type="too_many_pixels",
+        )
+
+
+# -- generate ------------------------------------------------------------------------------------------
+def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
+    """The class index to condition on; None means unconditional (the model's null class)."""
+    named = entry.card.class_names
+    count = len(named) if named else entry.num_classes - (1 if entry.card.null_class is not None else 0)
+    if label is None:
+        if entry.num_classes and entry.card.null_class is None:
+            raise ApiError(
+                422, ["body", "class_label"],
+                f"model {entry.name!r} is class-conditional without a null class: class_label is required",
+                type="missing",
+            )
+        return None
+    if not entry.num_classes:
+        raise ApiError(422, ["body", "class_label"], f"model {entry.name!r} is unconditional: it takes no class_label", type="unsupported")
+    if isinstance(label, str):
+        if named and label in named:
+            return named.index(label)
+        if not label.isdigit():
+            valid = brief(", ".join(named), 200) if named else f"0..{count - 1}"
+            raise ApiError(422, ["body", "class_label"], f"unknown class {brief(label)}; valid: {valid}", type="unknown_class")
+        label = int(label)
+    if not 0 <= label < count:
+        raise ApiError(422, ["body", "class_label"], f"class_label must be between 0 and {count - 1}", type="out_of_range")
+    return label
+
+
+def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
+    settings = submission.settings
+    entry = pick_model(submission.models, req.model, task="generate", settings=settings)
+    negotiated = submission.negotiated(req.output_format)
+    if negotiated.raw and req.num_images != 1:
+        raise ApiError(
+            406, ["body", "num_images"],
+            "raw image bytes (Accept: image/...) carry one image: set num_images to 1 or accept JSON",
+            type="not_acceptable",
+        )
     defaults = entry.card.defaults
-    label = _class_index(entry, req.class_label)
-    guidance = req.guidance_scale if req.guidance_scale is not None else (defaults.guidance_scale if label is not None else 0.0)
+    label = class_index(entry, req.class_label)
+    guidance = or_default(req.guidance_scale, defaults.guidance_scale if label is not None else 0.0)
     if guidance > 0 and entry.card.null_class is None:
         raise ApiError(422, ["body", "guidance_scale"], f"model {entry.name!r} has no null class: guidance is not available", type="unsupported")
     if guidance > 0 and label is None:
         raise ApiError(422, ["body", "guidance_scale"], "guidance needs a class_label to guide towards", type="unsupported")
+    steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
+    height, width = entry.image_size
+    pixels = req.num_images * height * width
+    check_cost(pixels * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
+    check_pixels(pixels, settings, ["body", "num_images"])
     return GenerateSpec(
         model=entry.name,
-        steps=check_steps(entry, req.steps or defaults.steps, ["body", "steps"]),
-        sampler=req.sampler or defaults.sampler,
-        eta=req.eta if req.eta is not None else defaults.eta,
+        steps=steps,
+        sampler=or_default(req.sampler, defaults.sampler),
+        eta=or_default(req.eta, defaults.eta),
         seeds=seeds_for(req.seed, req.num_images),
         class_label=label,
         guidance_scale=guidance,
-        output_format=output_format,
+        output_format=negotiated.output_format,
+        pixels=pixels,
+    )
+
+
+# -- denoise -------------------------------------------------------------------------------------------
+def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submission) -> DenoiseSpec:
+    settings = submission.settings
+    entry = pick_model(submission.models, options.model, task="denoise", settings=settings)
+    if options.mode == "mmse" and (options.steps or options.sampler or options.eta is not None or options.samples > 1):
+        raise ApiError(422, ["body", "mode"], "steps, sampler, eta and samples apply to mode 'sample'; mmse is one network evaluation", type="conflict")
+    if isinstance(options.sigma, float) and not 0 < options.sigma <= 255:
+        raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
+    check_pixels(image.area, settings, ["body", "file"])
+    defaults = entry.card.defaults
+    spec = DenoiseSpec(
+        model=entry.name,
+        image=image,
+        sigma=None if options.sigma == "auto" else options.sigma,
+        mode=options.mode,
+        steps=check_steps(entry, or_default(options.steps, defaults.steps), ["body", "steps"]),
+        sampler=or_default(options.sampler, defaults.sampler),
+        eta=or_default(options.eta, defaults.eta),
+        samples=options.samples,
+        ensemble=options.ensemble,
+        seed=or_default(options.seed, random_seed()),
+        output_format=submission.negotiated(options.output_format).output_format,
+    )
+    layout = spec.layout(
+        model_channels=entry.channels, factor=entry.downsample_factor,
+        tile=settings.denoise_tile, overlap=settings.denoise_overlap,
+    )
+    check_cost(layout.megapixel_steps(spec.total_steps), settings, "tiles x views x steps")
+    return spec
+
+
+# -- noise ---------------------------------------------------------------------------------------------
+def noise_spec(options: NoiseParams, image: ImageData, submission: Submission) -> NoiseSpec:
+    if (options.sigma is None) == (options.timestep is None):
+        raise ApiError(422, ["body", "sigma"], "give exactly one of sigma and timestep", type="conflict")
+    check_pixels(image.area, submission.settings, ["body", "file"])
+    model = None
+    if options.timestep is not None:
+        entry = pick_model(submission.models, options.model, task=None, settings=submission.settings)
+        if options.timestep >= entry.train_timesteps:
+            raise ApiError(422, ["body", "timestep"], f"timestep must be below {entry.train_timesteps} for model {entry.name!r}", type="out_of_range")
+        model = entry.name
+    return NoiseSpec(
+        model=model, image=image, sigma=options.sigma, timestep=options.timestep,
+        seed=or_default(options.seed, random_seed()),
+        output_format=submission.negotiated(options.output_format).output_format,
     )

@@ -12,21 +12,47 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import ApiError
-from app.api.negotiation import choose_format, prefers_async, wants_raw_image
+from app.api.negotiation import Negotiated, negotiate_result, prefers_async
+from app.api.schemas import ErrorBody, JobAccepted, JobOut
+from app.imaging import MEDIA_TYPES
 from app.jobs import JobRecord, JobSpec, JobStatus
-from app.queue.protocol import JobQueue, QueueFull
+from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull
 from app.settings import Settings
+from app.store.catalog import ModelEntry
 
-RESPONSES = {
+def errors_for(*codes: int) -> dict[int | str, dict]:
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+def json_errors_for(*codes: int) -> dict[int | str, dict]:
+    """The same, for a route whose own answers are not JSON (an event stream): errors still are."""
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {code: {"description": ERROR_DESCRIPTIONS[code], "content": ref} for code in codes}
+
+
+ERROR_DESCRIPTIONS = {
+    400: "malformed body (e.g. broken multipart)",
+    401: "no or unknown API key",
+    404: "unknown model or job",
+    405: "method not allowed; `Allow` lists the methods",
+    406: "`Accept` cannot be satisfied",
+    409: "the job is already finished, or not finished yet",
+    413: "body too large, or too many pixels",
+    415: "unsupported content type",
+    422: "invalid field, undecodable image, request the model cannot serve, or too costly (named in `detail[].loc`)",
+    503: "queue full (see `Retry-After`) or model not served",
+}
+JOB_ERRORS = errors_for(404, 405, 406, 422)
+IMAGE_MEDIA = {media_type: {} for media_type in MEDIA_TYPES.values()}
+
+# Every job-creating route answers with these.
+RESPONSES: dict[int | str, dict] = {
     200: {"description": "the images: JSON with base64 data, or raw bytes with `Accept: image/png` (one image)",
-          "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
-    202: {"description": "accepted (`Prefer: respond-async`, or still running after the sync timeout)"},
-    404: {"description": "unknown model"},
-    406: {"description": "`Accept` cannot be satisfied"},
-    413: {"description": "body too large, or too many pixels"},
-    415: {"description": "unsupported content type"},
-    422: {"description": "invalid field or undecodable image (named in `detail[].loc`)"},
-    503: {"description": "queue full (see `Retry-After`) or model not served"},
+          "content": IMAGE_MEDIA},
+    202: {"model": JobAccepted, "description": "accepted (`Prefer: respond-async`, or still running after the sync timeout)"},
+    409: {"model": JobOut, "description": "the job was canceled while the request waited"},
+    500: {"model": JobOut, "description": "the job failed in the engine (not an input error)"},
+    **errors_for(400, 404, 405, 406, 413, 415, 422, 503),
 }
 
 
@@ -69,18 +95,29 @@ def accepted(record: JobRecord) -> JSONResponse:
     )
 
 
-async def submit(queue: JobQueue, spec: JobSpec, idempotency_key: str | None) -> JobRecord:
+async def submit(queue: JobQueue, spec: JobSpec, idempotency_key: str | None, fingerprint: str) -> JobRecord:
     try:
-        return await queue.submit(spec, idempotency_key=idempotency_key)
+        return await queue.submit(spec, idempotency_key=idempotency_key, fingerprint=fingerprint)
     except QueueFull as exc:
-        raise ApiError(503, [], "the job queue is full; retry later", type="queue_full", headers={"Retry-After": str(exc.retry_after)}) from exc
+        raise ApiError(
+            503, [], "the job queue is full (jobs or image pixels held); retry later", type="queue_full",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from exc
+    except IdempotencyConflict as exc:
+        # The IETF idempotency-key draft (sec. 2.7): a key reused with another payload is a 422.
+        raise ApiError(
+            422, ["header", "idempotency-key"],
+            "this Idempotency-Key was used for a different request; use a new key for a new request",
+            type="idempotency_key_reused",
+        ) from exc
 
 
 async def run_job(
-    queue: JobQueue, spec: JobSpec, *, idempotency_key: str | None, prefer_async: bool, raw: bool, timeout: float
+    queue: JobQueue, spec: JobSpec, *, idempotency_key: str | None, fingerprint: str, prefer_async: bool, raw: bool,
+    timeout: float,
 ) -> Response:
     """Submit, then answer 202 at once (async) or wait for the result (sync)."""
-    record = await submit(queue, spec, idempotency_key)
+    record = await submit(queue, spec, idempotency_key, fingerprint)
     if prefer_async:
         return accepted(record)
     record = await queue.wait(record.id, timeout)
@@ -109,16 +146,18 @@ class Submission:
     idempotency_key: str | None
 
     @property
-    def raw(self) -> bool:
-        return wants_raw_image(self.accept)
+    def models(self) -> dict[str, ModelEntry]:
+        return self.queue.models
 
-    def output_format(self, requested: str | None) -> str:
-        return choose_format(requested, self.accept)
+    def negotiated(self, requested_format: str | None) -> Negotiated:
+        """JSON or raw image bytes, and the output format (406 when Accept allows neither)."""
+        return negotiate_result(self.accept, requested_format)
 
-    async def run(self, spec: JobSpec) -> Response:
+    async def run(self, spec: JobSpec, *, fingerprint: str) -> Response:
         return await run_job(
-            self.queue, spec, idempotency_key=self.idempotency_key, prefer_async=prefers_async(self.prefer),
-            raw=self.raw, timeout=self.settings.sync_timeout_s,
+            self.queue, spec, idempotency_key=self.idempotency_key, fingerprint=fingerprint,
+            prefer_async=prefers_async(self.prefer), raw=self.negotiated(spec.output_format).raw,
+            timeout=self.settings.sync_timeout_s,
         )
 
 
@@ -127,7 +166,10 @@ def submission(
     settings: SettingsDep,
     accept: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(description="`respond-async` for 202 and a job ID")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200, description="the same key returns the same job")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="the same key returns the same job; reused with another body: 422"),
+    ] = None,
 ) -> Submission:
     return Submission(queue, settings, accept, prefer, idempotency_key)
 

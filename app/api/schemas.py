@@ -1,30 +1,37 @@
-"""Request and response bodies of the HTTP API (pydantic v2)."""
+"""Request and response bodies of the HTTP API (pydantic v2). Every route declares its response model and
+its error bodies from here, so ``/openapi.json`` describes every answer (snapshot: ``openapi.json``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.diffusion.samplers import SamplerName
+from app.imaging import OutputFormat
+from app.jobs import JobStatus
 from app.store.catalog import NAME_PATTERN
 
-Sampler = Literal["ddpm", "ddim", "dpmpp_2m"]
-OutputFormat = Literal["png", "jpeg", "webp"]
 SEED_MAX = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, json_schema_extra={"maximum": SEED_MAX})]  # an exact integer
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+# -- requests ------------------------------------------------------------------------------------------
 class GenerateRequest(_Request):
-    model: str | None = Field(None, pattern=NAME_PATTERN, description="model name; default: the store's default generator")
+    model: ModelName | None = Field(None, description="model name; default: the store's default generator")
     num_images: int = Field(1, ge=1, le=16)
     steps: int | None = Field(None, ge=1, le=1000, description="default: the model card's")
-    sampler: Sampler | None = Field(None, description="default: the model card's")
+    sampler: SamplerName | None = Field(None, description="default: the model card's")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM noise scale (0: deterministic)")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="image i uses seed + i; default: random")
-    class_label: int | str | None = Field(None, description="class index or class name")
+    seed: Seed | None = Field(None, description="image i uses seed + i; default: random")
+    class_label: int | str | None = Field(
+        None, description="class index or class name; omitted on a model with a null class: unconditional"
+    )
     guidance_scale: float | None = Field(
         None, ge=0.0, le=20.0, description="classifier-free guidance w: (1+w) cond - w uncond; 0 = off"
     )
@@ -40,14 +47,20 @@ class GenerateRequest(_Request):
 class DenoiseParams(_Request):
     """Denoising options; the image comes as a multipart ``file`` or as base64 in ``image`` (JSON)."""
 
-    model: str | None = Field(None, pattern=NAME_PATTERN, description="default: the store's default denoiser")
+    model: ModelName | None = Field(None, description="default: the store's default denoiser")
     sigma: float | Literal["auto"] = Field(
-        "auto", description="noise std on the 0-255 scale, or 'auto' to estimate it from the image"
+        "auto", description="noise std on the 0-255 scale, in (0, 255], or 'auto' to estimate it from the image"
     )
-    mode: Literal["mmse", "sample"] = Field("mmse", description="mmse: posterior mean (one network call); sample: reverse diffusion")
-    steps: int | None = Field(None, ge=1, le=1000, description="sample mode: reverse steps from the matched timestep; default: the model card's")
-    sampler: Sampler | None = Field(None, description="sample mode sampler; default: the model card's")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="sample mode, DDIM noise scale; default: the model card's")
+    mode: Literal["mmse", "sample"] = Field(
+        "mmse", description="mmse: posterior mean (one network call); sample: reverse diffusion"
+    )
+    steps: int | None = Field(
+        None, ge=1, le=1000, description="sample mode: reverse steps from the matched timestep; default: the card's"
+    )
+    sampler: SamplerName | None = Field(None, description="sample mode sampler; default: the model card's")
+    eta: float | None = Field(
+        None, ge=0.0, le=1.0, description="sample mode, DDIM noise scale; default: the model card's"
+    )
     samples: int = Field(
         1, ge=1, le=16, description="sample mode: average this many reverse-diffusion samples (seeds seed, seed+1, ...)"
     )
@@ -56,7 +69,7 @@ class DenoiseParams(_Request):
         description="average over this many flips/rotations of the image (2: + mirror, 4: + quarter turn, 8: all); "
         "a little better PSNR, that many times the compute",
     )
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    seed: Seed | None = None
     output_format: OutputFormat | None = None
 
 
@@ -67,10 +80,10 @@ class DenoiseJSON(DenoiseParams):
 class NoiseParams(_Request):
     """Forward process: add seeded Gaussian noise at ``sigma`` (0-255 scale), or q(x_t | x_0) at ``timestep``."""
 
-    model: str | None = Field(None, pattern=NAME_PATTERN, description="whose schedule a timestep refers to")
+    model: ModelName | None = Field(None, description="whose schedule a timestep refers to")
     sigma: float | None = Field(None, gt=0.0, le=1000.0)
     timestep: int | None = Field(None, ge=0, le=10000)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    seed: Seed | None = None
     output_format: OutputFormat | None = None
 
 
@@ -78,21 +91,71 @@ class NoiseJSON(NoiseParams):
     image: str = Field(..., description="the image file as base64")
 
 
+# -- responses -----------------------------------------------------------------------------------------
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(..., description="where the fault is: body/header/path/query, then the field")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    detail: list[ErrorItem]
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total: int
+
+
+class Timings(BaseModel):
+    queued_ms: float
+    run_ms: float
+    total_ms: float
+    compute_ms: float | None = Field(None, description="the engine's time on the job, once it has finished")
+
+
 class ImageOut(BaseModel):
     index: int
-    seed: int | None
+    seed: int | None = Field(..., description="the seed that drew this image (None for mmse denoising)")
     media_type: str
-    url: str
+    url: str = Field(..., description="the image as raw bytes")
     data: str | None = Field(None, description="base64 of the image file")
 
 
 class JobOut(BaseModel):
     job_id: str
-    status: str
-    kind: str | None = None
-    model: str | None = None
-    progress: dict | None = None
+    status: JobStatus
+    kind: str
+    model: str | None
+    progress: ProgressOut
+    timings: Timings
     images: list[ImageOut] | None = None
-    info: dict | None = None
-    timings: dict | None = None
+    info: dict[str, Any] | None = Field(None, description="what the job found or changed (sigma, tiles, alpha_dropped)")
     error: str | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+
+
+class ModelOut(BaseModel):
+    name: str
+    status: Literal["ready", "error"]
+    error: str | None = Field(None, description="why the model is not served")
+    card: dict[str, Any] | None = Field(
+        None, description="the model card with what the configs imply: tasks it really serves, image size, ..."
+    )
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    models: list[str]

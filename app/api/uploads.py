@@ -1,23 +1,51 @@
-"""Read the image of a denoise/noise request, from a multipart upload or base64 JSON, with its options."""
+"""Request bodies: the one content-type parser, and the image of a denoise/noise request read from a
+multipart upload or from base64 JSON, with its options and its fingerprint (for Idempotency-Key)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.errors import ApiError
-from app.imaging import ImageTooLarge, ImageUndecodable, decode_image
+from app.api.errors import ApiError, brief
+from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
 from app.jobs import ImageData
 
 P = TypeVar("P", bound=BaseModel)
 MIN_SIDE = 8
+
+
+def media_type(request: Request) -> str:
+    """The request's content type, lower case, without parameters ("" when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def unsupported_media_type(found: str, expected: str) -> ApiError:
+    return ApiError(
+        415, ["header", "content-type"], f"unsupported media type {brief(found or '(none)')}: send {expected}",
+        type="unsupported_media_type",
+    )
+
+
+def fingerprint(kind: str, options: BaseModel, image: bytes = b"") -> str:
+    """What makes two requests the same request: their kind, their options as validated, their image."""
+    body = json.dumps({"kind": kind, "options": options.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(body.encode() + hashlib.sha256(image).digest()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageRequest(Generic[P]):
+    options: P
+    image: ImageData
+    fingerprint: str
 
 
 def _validate(model: type[P], data: dict, prefix: str) -> P:
@@ -29,51 +57,67 @@ def _validate(model: type[P], data: dict, prefix: str) -> P:
         ) from exc
 
 
-async def read_image_request(request: Request, params: type[P], json_model: type[BaseModel], *, max_pixels: int) -> tuple[P, ImageData]:
-    """(options, decoded image) from ``multipart/form-data`` (field ``file``) or JSON (field ``image``)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def read_image_request(
+    request: Request, kind: str, params: type[P], json_model: type[BaseModel], *, max_pixels: int
+) -> ImageRequest[P]:
+    """Options and decoded image from ``multipart/form-data`` (field ``file``) or JSON (field ``image``)."""
+    content_type = media_type(request)
     if content_type == "multipart/form-data":
-        form = await request.form()
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
-            fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
-            options = _validate(params, fields, "body")
-            raw = await upload.read()
-        finally:
-            await form.close()
-        loc = ["body", "file"]
+        options, raw, loc = await _from_form(request, params)
     elif content_type == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(422, ["body"], f"invalid JSON: {exc}", type="json_invalid") from exc
-        if not isinstance(body, dict):
-            raise ApiError(422, ["body"], "the JSON body must be an object", type="model_attributes_type")
-        full = _validate(json_model, body, "body")
-        options = params.model_validate(full.model_dump(exclude={"image"}, exclude_unset=True))
-        try:
-            raw = base64.b64decode(full.image, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ApiError(422, ["body", "image"], "image is not valid base64", type="base64_invalid") from exc
-        loc = ["body", "image"]
+        options, raw, loc = await _from_json(request, params, json_model)
     else:
-        raise ApiError(
-            415, ["header", "content-type"],
-            f"unsupported media type {content_type or '(none)'!r}: send multipart/form-data (field 'file') or application/json (field 'image')",
-            type="unsupported_media_type",
+        raise unsupported_media_type(
+            content_type, "multipart/form-data (field 'file') or application/json (field 'image')"
         )
     if not raw:
         raise ApiError(422, loc, "the image is empty", type="missing")
+    return ImageRequest(options, _decode(raw, loc, max_pixels), fingerprint(kind, options, raw))
+
+
+async def _from_form(request: Request, params: type[P]) -> tuple[P, bytes, list]:
+    form = await request.form()
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
+        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
+        return _validate(params, fields, "body"), await upload.read(), ["body", "file"]
+    finally:
+        await form.close()
+
+
+async def _from_json(request: Request, params: type[P], json_model: type[BaseModel]) -> tuple[P, bytes, list]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, ["body"], f"invalid JSON: {exc}", type="json_invalid") from exc
+    if not isinstance(body, dict):
+        raise ApiError(422, ["body"], "the JSON body must be an object", type="model_attributes_type")
+    full = _validate(json_model, body, "body")
+    options = params.model_validate(full.model_dump(exclude={"image"}, exclude_unset=True))
+    try:
+        raw = base64.b64decode(full.image, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, ["body", "image"], "image is not valid base64", type="base64_invalid") from exc
+    return options, raw, ["body", "image"]
+
+
+def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
     try:
         decoded = decode_image(raw, max_pixels=max_pixels)
     except ImageTooLarge as exc:
         raise ApiError(413, loc, str(exc), type="too_many_pixels") from exc
+    except ImageUnsupported as exc:
+        raise ApiError(422, loc, str(exc), type="image_unsupported") from exc
     except ImageUndecodable as exc:
         raise ApiError(422, loc, str(exc), type="image_undecodable") from exc
     height, width, channels = decoded.pixels.shape
     if min(height, width) < MIN_SIDE:
-        raise ApiError(422, loc, f"image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels", type="too_small")
-    image = ImageData(width=width, height=height, channels=channels, pixels=decoded.pixels.tobytes(), alpha_dropped=decoded.alpha_dropped)
-    return options, image
+        raise ApiError(
+            422, loc, f"image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels", type="too_small"
+        )
+    return ImageData(
+        width=width, height=height, channels=channels, pixels=decoded.pixels.tobytes(),
+        alpha_dropped=decoded.alpha_dropped, frames_dropped=decoded.frames_dropped,
+    )

@@ -100,6 +100,8 @@ class Runner:
         labels = None
         if model.entry.num_classes:
             null = model.entry.card.null_class
+            if null is None and any(r.label is None for r in rows):  # the API refuses such requests first
+                raise ValueError(f"model {model.name!r} needs a class label on every row: it has no null class")
             labels = torch.tensor([null if r.label is None else r.label for r in rows], device=self.device)
         if guided:
             idx = torch.tensor(guided, device=self.device)

@@ -2,8 +2,9 @@
 
 1. Admission. Waiting rows join the running set while it has room, in rows (``max_batch``; a guided row
    costs two network rows: conditional and null label) and in pixels (``max_pixels``, the rows' image
-   area: a 256x256 tile weighs as much as 84 28x28 digits). Jobs take turns, one row each, so a job of
-   300 tiles cannot hold the door shut on a job of one image that arrived after it.
+   area: a 256x256 tile weighs as much as 84 28x28 digits). The next row comes from the waiting job with
+   the fewest rows running, the earliest on a tie: a job of 300 tiles cannot hold the door shut on a job
+   of one image that arrived after it, and nobody waits forever, since arrival order breaks every tie.
 2. The pass. Only rows of one group (same model, same image shape) can share a forward pass. Groups with
    running rows share the device by time (start-time fair queuing): the group that has had the least
    pass time runs next, ties in turn. A 20-step generate next to a huge denoise gets about half the
@@ -33,8 +34,9 @@ class Scheduler:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
         self.max_pixels = max_pixels
-        self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()  # job -> its rows, jobs in turn order
+        self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()  # job -> its rows, in arrival order
         self._running: OrderedDict[int, Ticket] = OrderedDict()
+        self._running_per_job: dict[str, int] = {}
         self._served: dict[Hashable, float] = {}  # group -> pass seconds, for the groups with running rows
         self._last_group: Hashable | None = None
 
@@ -63,6 +65,7 @@ class Scheduler:
             if ticket.job_id == job_id:
                 dropped.append(row_id)
                 del self._running[row_id]
+        self._running_per_job.pop(job_id, None)
         return dropped
 
     def _fits(self, ticket: Ticket, cost: int, pixels: int) -> bool:
@@ -76,15 +79,16 @@ class Scheduler:
         admitted = []
         cost, pixels = self.running_cost, self.running_pixels
         while self._waiting:
-            job_id, rows = next(iter(self._waiting.items()))
+            job_id = min(self._waiting, key=lambda job: self._running_per_job.get(job, 0))  # first among equals
+            rows = self._waiting[job_id]
             ticket = rows[0]
             if not self._fits(ticket, cost, pixels):
                 break
             rows.popleft()
-            self._waiting.move_to_end(job_id)  # the next row comes from the next job
             if not rows:
                 del self._waiting[job_id]
             self._running[ticket.row_id] = ticket
+            self._running_per_job[job_id] = self._running_per_job.get(job_id, 0) + 1
             admitted.append(ticket)
             cost, pixels = cost + ticket.cost, pixels + ticket.pixels
         return admitted
@@ -118,4 +122,10 @@ class Scheduler:
         if self._last_group in self._served:
             self._served[self._last_group] += seconds
         for row_id in finished:
-            self._running.pop(row_id, None)
+            ticket = self._running.pop(row_id, None)
+            if ticket is not None:
+                left = self._running_per_job.get(ticket.job_id, 1) - 1
+                if left > 0:
+                    self._running_per_job[ticket.job_id] = left
+                else:
+                    self._running_per_job.pop(ticket.job_id, None)

@@ -7,13 +7,11 @@ import pytest
 from app.api.errors import ApiError
 from app.api.negotiation import (
     Negotiated,
-    choose_format,
     negotiate,
     negotiate_result,
     parse_media_range,
     prefers_async,
     require_acceptable,
-    wants_raw_image,
 )
 
 RESULTS = ["application/json", "image/png", "image/jpeg", "image/webp"]
@@ -182,16 +180,6 @@ def test_require_acceptable_raises_406_otherwise(accept):
         require_acceptable(accept, "application/json")
     assert caught.value.status == 406 and caught.value.type == "not_acceptable"
     assert "application/json" in caught.value.msg
-
-
-def test_kept_wrappers_follow_negotiate_result():
-    assert wants_raw_image("image/png") is True
-    assert wants_raw_image(None) is False
-    assert wants_raw_image("image/png;q=0, */*") is False
-    assert choose_format("jpeg", "image/*") == "jpeg"
-    assert choose_format(None, "image/jpeg;q=0.5, image/webp") == "webp"
-    with pytest.raises(ApiError):
-        choose_format("jpeg", "image/png")
 
 
 def test_prefers_async():

@@ -111,3 +111,34 @@ def test_models_of_different_shapes_share_the_worker(harness):
     assert harness.outcome("rgb").type == "succeeded"
     assert pixels(harness.outcome("rgb")).shape == (16, 16, 3)
     assert harness.engine.passes == 40  # two groups cannot share a pass: they take turns
+
+
+def test_a_short_generate_finishes_while_a_huge_denoise_still_runs(store):
+    from app.jobs import DenoiseSpec, ImageData
+    from tests.api.helpers import photo
+
+    harness = EngineHarness(store, denoise_tile=32, denoise_overlap=8, max_batch_pixels=4 * 32 * 32)
+    try:
+        image = photo(512, 512, seed=1)  # 441 tiles of 32 x 32: over 100 passes of 4 tiles
+        data = ImageData(width=512, height=512, channels=3, pixels=image.tobytes())
+        harness.submit("huge", DenoiseSpec(model="tiny-rgb", image=data, sigma=20.0))
+        harness.wait_for_step("huge", 0)
+        harness.submit("short", spec(steps=4, seed=2))
+        assert harness.outcome("short").type == "succeeded"
+        done = [e for e in harness.events["huge"] if e.type == "succeeded"]
+        assert not done  # the short job did not wait for the huge one
+        # Rows build their tensors only when admitted: the waiting tiles hold no image memory.
+        holding = [r for r in harness.engine._rows.values() if r.job_id == "huge" and r.x is not None]
+        assert len(holding) <= 4
+        assert harness.outcome("huge").type == "succeeded"
+    finally:
+        harness.close()
+
+
+def test_a_cancelled_job_releases_its_rows_at_once(harness):
+    harness.submit("doomed", GenerateSpec(model="tiny-gen", steps=1000, sampler="ddim", seeds=list(range(8)), class_label=0))
+    harness.wait_for_step("doomed", 2)
+    rows = [r for r in harness.engine._rows.values() if r.job_id == "doomed"]
+    harness.engine.cancel("doomed")
+    assert harness.outcome("doomed").type == "canceled"
+    assert rows and all(r.x is None and r.prev_x0 is None for r in rows)

@@ -62,3 +62,50 @@ def test_fifo_admission_never_skips_an_accepted_row():
         s.update([t.row_id for t in batch])
         finished += [t.row_id for t in batch]
     assert finished == [0, 1, 2, 3, 4]
+
+
+def test_jobs_take_turns_at_admission_so_a_late_small_job_is_not_queued_behind_a_big_one():
+    s = Scheduler(max_batch=2)
+    s.add(tickets("big", 10))
+    s.schedule()  # rows 0, 1 of the big job run
+    s.add(tickets("small", 1, start=100))
+    s.update([0])
+    _, admitted = s.schedule()
+    assert [t.job_id for t in admitted] == ["small"]  # not row 2 of the big job
+
+
+def test_the_pixel_cap_bounds_a_pass_but_a_huge_row_still_runs_alone():
+    s = Scheduler(max_batch=64, max_pixels=1000)
+    s.add([Ticket(i, "a", "g", pixels=400) for i in range(5)])
+    batch, _ = s.schedule()
+    assert len(batch) == 2
+    t = Scheduler(max_batch=64, max_pixels=1000)
+    t.add([Ticket(0, "a", "g", pixels=5000)])
+    assert len(t.schedule()[0]) == 1
+
+
+def test_groups_share_the_device_by_pass_time_not_by_turns():
+    s = Scheduler(max_batch=8)
+    s.add(tickets("slow", 2, group="tiles") + tickets("fast", 2, group="digits", start=10))
+    seen = []
+    for _ in range(12):
+        batch, _ = s.schedule()
+        group = batch[0].group
+        seen.append(group)
+        s.update([], seconds=1.0 if group == "tiles" else 0.1)  # a tile pass costs ten digit passes
+    assert seen.count("digits") >= 10 and seen.count("tiles") <= 2
+
+
+def test_a_group_that_joins_late_starts_level_with_the_others():
+    s = Scheduler(max_batch=8)
+    s.add(tickets("old", 1, group="a"))
+    for _ in range(5):
+        s.schedule()
+        s.update([], seconds=1.0)
+    s.add(tickets("new", 1, group="b", start=10))
+    seen = []
+    for _ in range(4):
+        batch, _ = s.schedule()
+        seen.append(batch[0].group)
+        s.update([], seconds=1.0)
+    assert seen.count("a") == 2 and seen.count("b") == 2  # b gets its share, not five passes of catch-up

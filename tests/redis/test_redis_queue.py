@@ -46,6 +46,27 @@ def test_a_node_without_workers_still_accepts_jobs_and_caps_them(store, prefix):
             assert codes[2] == 503 and r.status_code == 503 and r.headers["retry-after"].isdigit()
 
 
+def test_queued_jobs_are_capped_in_image_pixels_across_nodes(store, prefix):
+    with client_for(store, prefix, embedded_worker=True) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # keep the catalog, stop serving
+        with client_for(store, prefix, embedded_worker=False, queue_max_pixels=600) as client:
+            headers = {"Prefer": "respond-async"}
+            first = client.post("/v1/generate", json={"class_label": 0, "num_images": 2}, headers=headers)
+            second = client.post("/v1/generate", json={"class_label": 0}, headers=headers)
+            assert first.status_code == 202  # 2 x 16 x 16 = 512 pixels held
+            assert second.status_code == 503 and second.headers["retry-after"].isdigit()  # 768 > 600
+
+
+def test_an_idempotency_key_reused_with_another_body_is_422_across_nodes(store, prefix):
+    with client_for(store, prefix, embedded_worker=True) as node_a, client_for(store, prefix, embedded_worker=False) as node_b:
+        headers = {"Prefer": "respond-async", "Idempotency-Key": "k1"}
+        first = node_a.post("/v1/generate", json={"class_label": 0, "seed": 1}, headers=headers)
+        same = node_b.post("/v1/generate", json={"class_label": 0, "seed": 1}, headers=headers)
+        other = node_b.post("/v1/generate", json={"class_label": 1, "seed": 1}, headers=headers)
+        assert same.json()["job_id"] == first.json()["job_id"]
+        assert other.status_code == 422 and other.json()["detail"][0]["type"] == "idempotency_key_reused"
+
+
 def test_an_unusable_job_entry_fails_that_job_and_the_worker_keeps_serving(store, prefix):
     import redis as sync_redis
 

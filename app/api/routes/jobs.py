@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Header, Path, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import QueueDep
 from app.api.errors import ApiError
-from app.api.results import job_body
+from app.api.negotiation import JSON_MEDIA_TYPE, require_acceptable
+from app.api.results import IMAGE_MEDIA, JOB_ERRORS, errors_for, job_body, json_errors_for
+from app.api.schemas import JobOut
 from app.jobs import JobRecord, JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=JOB_ERRORS)
+AcceptHeader = Annotated[str | None, Header(alias="accept", include_in_schema=False)]
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the job ID returned on submission")
 
 
@@ -24,9 +27,10 @@ async def _record(queue, job_id: str) -> JobRecord:
     return record
 
 
-@router.get("/{job_id}")
-async def get_job(queue: QueueDep, job_id: str = JobId) -> dict:
+@router.get("/{job_id}", response_model=JobOut)
+async def get_job(queue: QueueDep, accept: AcceptHeader = None, job_id: str = JobId) -> dict:
     """Status (`queued|running|succeeded|failed|canceled`), progress `{step, total}`, result or error."""
+    require_acceptable(accept, JSON_MEDIA_TYPE)
     return job_body(await _record(queue, job_id))
 
 
@@ -35,7 +39,7 @@ async def existing_job(queue: QueueDep, job_id: str = JobId) -> JobRecord:
     return await _record(queue, job_id)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=json_errors_for(404, 405, 406, 422))
 async def job_events(queue: QueueDep, record: Annotated[JobRecord, Depends(existing_job)]) -> AsyncIterable[ServerSentEvent]:
     """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`."""
     async for kind, data in queue.events(record.id):
@@ -44,9 +48,12 @@ async def job_events(queue: QueueDep, record: Annotated[JobRecord, Depends(exist
 
 @router.get(
     "/{job_id}/images/{index}",
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, 409: {"description": "not finished"}},
+    response_class=Response,
+    responses={200: {"content": IMAGE_MEDIA, "description": "the image file"}, **errors_for(409)},
 )
-async def get_image(queue: QueueDep, job_id: str = JobId, index: int = Path(ge=0, le=63)) -> Response:
+async def get_image(
+    queue: QueueDep, accept: AcceptHeader = None, job_id: str = JobId, index: int = Path(ge=0, le=63)
+) -> Response:
     """One result image as raw bytes."""
     record = await _record(queue, job_id)
     if record.status != JobStatus.succeeded or record.result is None:
@@ -54,11 +61,12 @@ async def get_image(queue: QueueDep, job_id: str = JobId, index: int = Path(ge=0
     if index >= len(record.result.images):
         raise ApiError(404, ["path", "index"], f"job has {len(record.result.images)} image(s)", type="not_found")
     image = record.result.images[index]
+    require_acceptable(accept, image.media_type)
     headers = {"X-Seed": str(image.seed)} if image.seed is not None else {}
     return Response(image.data, media_type=image.media_type, headers=headers)
 
 
-@router.delete("/{job_id}", responses={409: {"description": "already finished"}})
+@router.delete("/{job_id}", response_model=JobOut, responses=errors_for(409))
 async def cancel_job(queue: QueueDep, job_id: str = JobId) -> dict:
     """Cancel a queued or running job: its rows leave the batch at the next step."""
     record = await _record(queue, job_id)

@@ -5,19 +5,22 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from app.api.deps import QueueDep
-from app.api.errors import ApiError
+from app.api.errors import ApiError, brief
+from app.api.results import JOB_ERRORS
+from app.api.schemas import ModelList, ModelOut
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=JOB_ERRORS)
 
 
-@router.get("")
+@router.get("", response_model=ModelList)
 async def list_models(queue: QueueDep) -> dict:
+    """Every model folder: its card with the tasks it really serves, its status, and why if not served."""
     return {"models": [entry.public() for entry in queue.models.values()]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=ModelOut)
 async def get_model(queue: QueueDep, name: str = Path(max_length=64)) -> dict:
     entry = queue.models.get(name)
     if entry is None:
-        raise ApiError(404, ["path", "name"], f"unknown model {name!r}", type="not_found")
+        raise ApiError(404, ["path", "name"], f"unknown model {brief(name)}", type="not_found")
     return entry.public()

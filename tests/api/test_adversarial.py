@@ -1,0 +1,208 @@
+"""What an adversarial newcomer found, each as a behaviour: capabilities checked before a job exists,
+hostile uploads refused, bounded error echoes, idempotency conflicts, content negotiation, 405s, cost caps."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.api.main import create_app
+from tests.api.helpers import decode, decode_b64, photo, png_bytes
+from tests.helpers import make_settings
+from tests.tiny_models import write_conditional_bare, write_conditional_with_null
+
+
+@pytest.fixture(scope="module")
+def conditional_client(tmp_path_factory):
+    """'cond' is a class-conditional UNet2DModel with 4 classes, no null class and no card, as
+    DDPMPipeline.save_pretrained writes it; 'cond-null' has a card naming a null class and both tasks."""
+    root = tmp_path_factory.mktemp("store-conditional")
+    write_conditional_bare(root / "cond")
+    write_conditional_with_null(root / "cond-null")
+    with TestClient(create_app(make_settings(root))) as client:
+        yield client
+
+
+def upload(client, path="/v1/denoise", data=None, image=None, **kw):
+    image = photo(32, 32) if image is None else image
+    return client.post(path, files={"file": ("p.png", png_bytes(image), "image/png")}, data=data or {}, **kw)
+
+
+# -- the bug: a class-conditional model without a null class cannot denoise --------------------------------
+def test_models_list_only_the_tasks_a_model_really_serves(conditional_client):
+    card = conditional_client.get("/v1/models/cond").json()["card"]
+    assert card["tasks"] == ["generate"]
+    assert "null class" in card["tasks_unavailable"]["denoise"]
+    assert conditional_client.get("/v1/models/cond-null").json()["card"]["tasks"] == ["generate", "denoise"]
+
+
+@pytest.mark.parametrize("path", ["/v1/denoise", "/denoise"])
+@pytest.mark.parametrize("sigma", ["25", "auto"])
+def test_denoise_on_a_conditional_model_without_null_class_is_422_naming_why(conditional_client, path, sigma):
+    r = upload(conditional_client, path, data={"model": "cond", "sigma": sigma})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "model"] and "null class" in detail["msg"]
+
+
+def test_denoise_json_body_on_a_conditional_model_without_null_class_is_422(conditional_client):
+    import base64
+
+    body = {"model": "cond", "sigma": 25, "image": base64.b64encode(png_bytes(photo(32, 32))).decode()}
+    r = conditional_client.post("/v1/denoise", json=body)
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "wrong_task"
+
+
+def test_a_conditional_model_with_a_null_class_denoises_unconditionally(conditional_client):
+    r = upload(conditional_client, data={"model": "cond-null", "sigma": "25"})
+    assert r.status_code == 200, r.text
+    assert decode_b64(r.json()["images"][0]["data"]).shape == (32, 32, 3)
+
+
+def test_generate_without_class_label_samples_the_null_class(conditional_client):
+    unconditional = conditional_client.post("/v1/generate", json={"model": "cond-null", "seed": 3})
+    assert unconditional.status_code == 200, unconditional.text
+    labelled = conditional_client.post("/v1/generate", json={"model": "cond-null", "seed": 3, "class_label": 0})
+    a, b = (decode_b64(r.json()["images"][0]["data"]).astype(int) for r in (unconditional, labelled))
+    assert np.abs(a - b).max() > 0  # the null label is really a different condition
+
+
+def test_generate_without_class_label_and_no_null_class_stays_422(conditional_client):
+    r = conditional_client.post("/v1/generate", json={"model": "cond", "seed": 3})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "class_label"]
+
+
+# -- hostile uploads ---------------------------------------------------------------------------------------
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_a_tiny_png_claiming_16_megapixels_is_refused_before_any_work(client):
+    header = struct.pack(">IIBBBBB", 4000, 4000, 8, 0, 0, 0, 0)  # grey, 8 bit
+    row = zlib.compress(b"\x00" + b"\x80" * 4000)  # one row of the 4000 the header claims
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", row) + _chunk(b"IEND", b"")
+    assert len(png) < 120
+    r = client.post("/v1/denoise", files={"file": ("bomb.png", png, "image/png")}, data={"model": "tiny-rgb"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["type"] == "image_undecodable" and "truncated" in r.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("path", ["/v1/denoise", "/v1/noise"])
+def test_a_16_bit_grey_png_keeps_its_brightness(client, path):
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    data = {"model": "tiny-rgb", "sigma": "1", "seed": "0"}
+    r = client.post(path, files={"file": ("g16.png", buffer.getvalue(), "image/png")}, data=data,
+                    headers={"Accept": "image/png"})
+    assert r.status_code == 200, r.text
+    out = decode(r.content).astype(float)
+    expected = ramp / 257.0
+    assert abs(out.mean() - expected.mean()) < 20  # not all white (255)
+    assert out[:, :4].mean() < 60 and out[:, -4:].mean() > 190
+
+
+def test_an_animated_gif_says_its_other_frames_were_dropped(client):
+    frames = [Image.fromarray(np.full((24, 24), v, dtype=np.uint8)) for v in (40, 120, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    r = client.post("/v1/noise", files={"file": ("a.gif", buffer.getvalue(), "image/gif")}, data={"sigma": "1"})
+    assert r.status_code == 200, r.text
+    assert r.json()["info"]["frames_dropped"] == 2
+
+
+# -- what errors echo ----------------------------------------------------------------------------------------
+def test_a_huge_class_label_is_not_echoed_whole(client):
+    r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": "x" * 2_000_000})
+    assert r.status_code == 422
+    assert len(r.content) < 2000 and "2000002 characters" in r.text
+
+
+def test_a_huge_unknown_field_name_is_not_echoed_whole(client):
+    r = client.post("/v1/generate", json={"class_label": 0, "y" * 100_000: 1})
+    assert r.status_code == 422 and len(r.content) < 2000
+
+
+# -- Idempotency-Key ---------------------------------------------------------------------------------------
+def test_an_idempotency_key_reused_with_another_body_is_422(client):
+    headers = {"Idempotency-Key": "reuse-1", "Prefer": "respond-async"}
+    first = client.post("/v1/generate", json={"class_label": 0, "seed": 1}, headers=headers)
+    again = client.post("/v1/generate", json={"class_label": 0, "seed": 1}, headers=headers)
+    other = client.post("/v1/generate", json={"class_label": 1, "seed": 1}, headers=headers)
+    assert first.status_code == 202 and again.json()["job_id"] == first.json()["job_id"]
+    assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
+def test_the_same_upload_with_the_same_key_is_the_same_job(client):
+    headers = {"Idempotency-Key": "reuse-2", "Prefer": "respond-async"}
+    data = {"model": "tiny-rgb", "sigma": "10", "seed": "4"}
+    first, again = (upload(client, data=data, headers=headers) for _ in range(2))  # new multipart boundaries
+    assert first.status_code == 202 and again.json()["job_id"] == first.json()["job_id"]
+    other = upload(client, data=data, image=photo(32, 32, seed=9), headers=headers)
+    assert other.status_code == 422
+
+
+# -- content negotiation -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("accept", ["text/html", "image/png;q=0", "image/png;q=0, application/json;q=0"])
+def test_an_accept_nothing_produced_is_406(client, accept):
+    r = client.post("/v1/generate", json={"class_label": 0}, headers={"Accept": accept})
+    assert r.status_code == 406 and r.json()["detail"][0]["loc"] == ["header", "accept"]
+
+
+def test_q_values_choose_between_json_and_image(client):
+    raw = client.post("/v1/generate", json={"class_label": 0}, headers={"Accept": "application/json;q=0.5, image/webp"})
+    assert raw.headers["content-type"] == "image/webp"
+    as_json = client.post("/v1/generate", json={"class_label": 0}, headers={"Accept": "image/png;q=0, */*"})
+    assert as_json.headers["content-type"] == "application/json"
+
+
+def test_job_routes_negotiate_too(client):
+    job = client.post("/v1/generate", json={"class_label": 0}).json()
+    assert client.get(f"/v1/jobs/{job['job_id']}", headers={"Accept": "text/html"}).status_code == 406
+    image_url = job["images"][0]["url"]
+    assert client.get(image_url, headers={"Accept": "image/jpeg"}).status_code == 406
+    assert client.get(image_url, headers={"Accept": "image/*"}).status_code == 200
+
+
+# -- 405 ---------------------------------------------------------------------------------------------------
+def test_405_allow_lists_every_method_of_the_path(client):
+    r = client.post("/v1/jobs/" + "0" * 32)
+    assert r.status_code == 405
+    assert {"GET", "DELETE"} <= set(r.headers["allow"].split(", "))
+    assert r.json()["detail"][0]["type"] == "http_405"
+
+
+def test_a_malformed_multipart_body_is_400_with_the_error_shape(client):
+    r = client.post("/v1/denoise", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code in (400, 422)
+    assert r.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_a_seed_near_two_to_the_63_is_accepted(client):
+    r = client.post("/v1/generate", json={"class_label": 0, "seed": 2**63 - 1, "num_images": 2})
+    assert r.status_code == 200, r.text
+    assert [image["seed"] for image in r.json()["images"]] == [2**63 - 1, 0]
+
+
+# -- cost caps ---------------------------------------------------------------------------------------------
+def test_a_request_over_the_compute_cap_is_422_naming_the_cost(make_client):
+    client = make_client(max_job_megapixel_steps=0.5)
+    ok = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 4})
+    assert ok.status_code == 200  # 16 x 16 pixels x 4 steps = 0.001 megapixel-steps
+    r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 1000, "num_images": 16})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_expensive"
+    big = upload(client, data={"model": "tiny-rgb", "sigma": "10", "mode": "sample", "steps": "1000"},
+                 image=photo(256, 256))
+    assert big.status_code == 422 and "megapixel-steps" in big.json()["detail"][0]["msg"]
+
+
+def test_an_image_larger_than_the_queue_holds_is_413(make_client):
+    client = make_client(queue_max_pixels=500)
+    r = upload(client, data={"model": "tiny-rgb", "sigma": "10"})  # 32 x 32 = 1024 pixels
+    assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_many_pixels"
