@@ -34,8 +34,10 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=64, description="image pixels held by queued or running jobs before new ones get 503"
     )
     max_job_megapixel_steps: float = Field(
-        2000.0, gt=0, description="largest job: network evaluations x pixels per evaluation, in megapixels; "
-        "above it a request gets 422"
+        2000.0,
+        gt=0,
+        description="largest job: network evaluations x pixels per evaluation, in megapixels; "
+        "above it a request gets 422",
     )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
     max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) accepted")
@@ -50,11 +52,15 @@ class Settings(BaseSettings):
     # -- scale-out on Redis (see README "Scaling out"); without queue_url, the in-process queue --------
     queue_url: str | None = Field(None, description="redis://host:port/db: use Redis Streams and separate workers")
     redis_prefix: str = Field("diffusion", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="key prefix in Redis")
-    embedded_worker: bool | None = Field(None, description="run a worker inside the API process; default: only without Redis")
+    embedded_worker: bool | None = Field(
+        None, description="run a worker inside the API process; default: only without Redis"
+    )
     lease_s: float = Field(15.0, gt=0.1, description="a worker silent this long loses its jobs to live workers")
     max_attempts: int = Field(3, ge=1, description="workers a job may crash before it is failed")
     worker_jobs: int | None = Field(None, ge=1, description="jobs a worker holds at once; default 2 x max batch")
-    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long a worker finishes its jobs before handing them back")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long a worker finishes its jobs before handing them back"
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":

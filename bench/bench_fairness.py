@@ -43,8 +43,10 @@ def big_photo(side: int) -> bytes:
 
 def generate(http: httpx.Client, url: str, seed: int) -> float:
     began = time.perf_counter()
-    r = http.post(url + "/v1/generate", json={"model": "digits", "class_label": seed % 10, "seed": seed, "steps": 20,
-                                              "sampler": "dpmpp_2m"})
+    r = http.post(
+        url + "/v1/generate",
+        json={"model": "digits", "class_label": seed % 10, "seed": seed, "steps": 20, "sampler": "dpmpp_2m"},
+    )
     r.raise_for_status()
     return time.perf_counter() - began
 
@@ -56,7 +58,10 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=5)
     args = parser.parse_args()
     image = big_photo(args.side)
-    print(f"{args.side}x{args.side} JPEG, {len(image) / 1e6:.1f} MB; {platform.processor() or platform.machine()}", flush=True)
+    print(
+        f"{args.side}x{args.side} JPEG, {len(image) / 1e6:.1f} MB; {platform.processor() or platform.machine()}",
+        flush=True,
+    )
     server = Server(args.store, 64, DIFFUSION_MAX_BODY_BYTES=str(64 * 1024 * 1024), DIFFUSION_SYNC_TIMEOUT_S="3600")
     try:
         with httpx.Client(timeout=3600) as http:
@@ -64,8 +69,12 @@ def main() -> None:
             solo = statistics.median(generate(http, server.url, i) for i in range(args.probes))
             print(f"solo 20-step generate: {solo:.3f} s", flush=True)
             began = time.perf_counter()
-            r = http.post(server.url + "/v1/denoise", files={"file": ("big.jpg", image, "image/jpeg")},
-                          data={"sigma": "25", "model": "photos"}, headers={"Prefer": "respond-async"})
+            r = http.post(
+                server.url + "/v1/denoise",
+                files={"file": ("big.jpg", image, "image/jpeg")},
+                data={"sigma": "25", "model": "photos"},
+                headers={"Prefer": "respond-async"},
+            )
             r.raise_for_status()
             job = r.json()["job_id"]
             while http.get(f"{server.url}/v1/jobs/{job}").json()["status"] == "queued":
@@ -74,13 +83,21 @@ def main() -> None:
             while len(loaded) < args.probes and http.get(f"{server.url}/v1/jobs/{job}").json()["status"] == "running":
                 loaded.append(generate(http, server.url, 100 + len(loaded)))
                 print(f"  generate during the denoise: {loaded[-1]:.3f} s", flush=True)
-            while (status := http.get(f"{server.url}/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed", "canceled"):
+            while (status := http.get(f"{server.url}/v1/jobs/{job}").json())["status"] not in (
+                "succeeded",
+                "failed",
+                "canceled",
+            ):
                 time.sleep(0.2)
-            print(f"denoise {status['status']} after {time.perf_counter() - began:.1f} s "
-                  f"(tiles {status.get('info', {}).get('tiles')})")
+            print(
+                f"denoise {status['status']} after {time.perf_counter() - began:.1f} s "
+                f"(tiles {status.get('info', {}).get('tiles')})"
+            )
             under = statistics.median(loaded)
-            print(f"20-step generate while the denoise runs ({len(loaded)} sent): first {loaded[0]:.3f} s, "
-                  f"median {under:.3f} s, max {max(loaded):.3f} s; median {under / solo:.1f}x solo")
+            print(
+                f"20-step generate while the denoise runs ({len(loaded)} sent): first {loaded[0]:.3f} s, "
+                f"median {under:.3f} s, max {max(loaded):.3f} s; median {under / solo:.1f}x solo"
+            )
     finally:
         server.close()
 

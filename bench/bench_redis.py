@@ -73,7 +73,10 @@ def main() -> None:
             client.delete(*keys)
     m, r = report["memory"], report["redis"]
     print("| backend | 1-step request p50 ms | p99 ms |\n|---|---:|---:|")
-    print(f"| in-process | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} |\n| Redis, 1 worker process | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    print(
+        f"| in-process | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} |\n"
+        f"| Redis, 1 worker process | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+    )
     print(f"Redis overhead per job: p50 {r['p50_ms'] - m['p50_ms']:+.1f} ms, p99 {r['p99_ms'] - m['p99_ms']:+.1f} ms\n")
     print("| 32 clients, 20 steps | images/s | p50 s | p99 s |\n|---|---:|---:|---:|")
     for key in ("memory_32_clients", "redis_1_worker_32_clients", "redis_2_workers_32_clients"):

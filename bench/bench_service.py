@@ -48,7 +48,9 @@ def ensure_model(store: Path | None, name: str) -> tuple[Path, str]:
     from app.store.writer import save_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    card = ModelCard(tasks=["generate"], class_names=[str(i) for i in range(10)], null_class=10, image_size=(28, 28), channels=1)
+    card = ModelCard(
+        tasks=["generate"], class_names=[str(i) for i in range(10)], null_class=10, image_size=(28, 28), channels=1
+    )
     save_model(tmp / "digits-arch", unet=build_unet((32, 64, 64), 1), scheduler=build_scheduler(), card=card)
     return tmp, "digits-arch"
 
@@ -59,7 +61,9 @@ def raw_sampler(store: Path, name: str, steps: int, batch_sizes: list[int], seco
     runner = Runner(torch.device("cpu"), None)
     results = {}
     for batch in batch_sizes:
-        spec = GenerateSpec(model=name, steps=10**3 - 1, sampler="dpmpp_2m", seeds=list(range(batch)), class_label=3, guidance_scale=0.0)
+        spec = GenerateSpec(
+            model=name, steps=10**3 - 1, sampler="dpmpp_2m", seeds=list(range(batch)), class_label=3, guidance_scale=0.0
+        )
         rows = plan_generate("bench", spec, model).rows
         for row in rows:
             row.begin(runner.device)
@@ -82,7 +86,13 @@ def free_port() -> int:
 
 def start_process(role: str, store: Path, max_batch: int, port: int | None = None, **env: str) -> subprocess.Popen:
     """``python -m app.cli serve|worker`` with benchmark settings."""
-    full_env = {**os.environ, "DIFFUSION_MAX_BATCH": str(max_batch), "DIFFUSION_QUEUE_LIMIT": "4096", "DIFFUSION_DEVICE": "cpu", **env}
+    full_env = {
+        **os.environ,
+        "DIFFUSION_MAX_BATCH": str(max_batch),
+        "DIFFUSION_QUEUE_LIMIT": "4096",
+        "DIFFUSION_DEVICE": "cpu",
+        **env,
+    }
     args = [sys.executable, "-m", "app.cli", role, "--model-store", str(store), "--log-level", "warning"]
     if port is not None:
         args += ["--port", str(port)]
@@ -128,7 +138,14 @@ async def drive(url: str, clients: int, per_client: list[list[dict]]) -> tuple[f
 
 
 def body(name: str, steps: int, seed: int) -> dict:
-    return {"model": name, "steps": steps, "sampler": "dpmpp_2m", "class_label": seed % 10, "seed": seed, "guidance_scale": 0}
+    return {
+        "model": name,
+        "steps": steps,
+        "sampler": "dpmpp_2m",
+        "class_label": seed % 10,
+        "seed": seed,
+        "guidance_scale": 0,
+    }
 
 
 def load_level(url: str, name: str, clients: int, per_client: int, steps: int) -> dict:
@@ -138,20 +155,31 @@ def load_level(url: str, name: str, clients: int, per_client: int, steps: int) -
     seconds = sorted(s for _, s in lat)
     images = len(seconds)
     return {
-        "clients": clients, "images": images, "images_per_s": images / wall, "rows_per_s": images * steps / wall,
-        "p50_s": statistics.median(seconds), "p99_s": seconds[min(len(seconds) - 1, int(0.99 * len(seconds)))],
+        "clients": clients,
+        "images": images,
+        "images_per_s": images / wall,
+        "rows_per_s": images * steps / wall,
+        "p50_s": statistics.median(seconds),
+        "p99_s": seconds[min(len(seconds) - 1, int(0.99 * len(seconds)))],
     }
 
 
 def mixed(url: str, name: str, clients_per_kind: int, per_client: int) -> dict:
     solo_wall, solo = asyncio.run(drive(url, 1, [[body(name, 10, 7 + i) for i in range(10)]]))
     solo_p50 = statistics.median(s for _, s in solo)
-    plan = [[body(name, steps, k * 100 + i) for i in range(per_client * (100 // steps))]
-            for k, steps in enumerate([10, 50, 100] * clients_per_kind)]
+    plan = [
+        [body(name, steps, k * 100 + i) for i in range(per_client * (100 // steps))]
+        for k, steps in enumerate([10, 50, 100] * clients_per_kind)
+    ]
     _, lat = asyncio.run(drive(url, len(plan), plan))
     ten = sorted(s for steps, s in lat if steps == 10)
-    return {"clients": len(plan), "solo_p50_s": solo_p50, "mix_p50_s": statistics.median(ten),
-            "mix_p99_s": ten[min(len(ten) - 1, int(0.99 * len(ten)))], "ratio_p50": statistics.median(ten) / solo_p50}
+    return {
+        "clients": len(plan),
+        "solo_p50_s": solo_p50,
+        "mix_p50_s": statistics.median(ten),
+        "mix_p99_s": ten[min(len(ten) - 1, int(0.99 * len(ten)))],
+        "ratio_p50": statistics.median(ten) / solo_p50,
+    }
 
 
 def main() -> None:
@@ -164,8 +192,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     store, name = ensure_model(args.store, args.model)
-    print(f"model {name} in {store}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}", flush=True)
+    print(
+        f"model {name} in {store}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        flush=True,
+    )
     levels = [1, 8, 32, 64]
     seconds = 2.0 if args.quick else 6.0
     report: dict = {"model": name, "steps": args.steps, "sampler": "dpmpp_2m"}
@@ -181,17 +212,25 @@ def main() -> None:
         try:
             report[label] = []
             for c in levels:
-                row = load_level(server.url, name, c, per_client(c) if label == "batched" else max(1, per_client(c) // 2), args.steps)
+                row = load_level(
+                    server.url, name, c, per_client(c) if label == "batched" else max(1, per_client(c) // 2), args.steps
+                )
                 report[label].append(row)
-                print(f"  ({'b' if label == 'batched' else 'c'}) {c:3d} clients: {row['images_per_s']:6.2f} img/s "
-                      f"{row['rows_per_s']:7.1f} rows/s  p50 {row['p50_s']:.3f}s  p99 {row['p99_s']:.3f}s", flush=True)
+                print(
+                    f"  ({'b' if label == 'batched' else 'c'}) {c:3d} clients: {row['images_per_s']:6.2f} img/s "
+                    f"{row['rows_per_s']:7.1f} rows/s  p50 {row['p50_s']:.3f}s  p99 {row['p99_s']:.3f}s",
+                    flush=True,
+                )
             if label == "batched":
                 report["mixed_light"] = mixed(server.url, name, 1, 2 if args.quick else 4)
                 report["mixed_heavy"] = mixed(server.url, name, 4, 1 if args.quick else 2)
                 for key in ("mixed_light", "mixed_heavy"):
                     m = report[key]
-                    print(f"  (d) {key}: {m['clients']} clients, 10-step p50 {m['mix_p50_s']:.3f}s vs solo "
-                          f"{m['solo_p50_s']:.3f}s = {m['ratio_p50']:.2f}x", flush=True)
+                    print(
+                        f"  (d) {key}: {m['clients']} clients, 10-step p50 {m['mix_p50_s']:.3f}s vs solo "
+                        f"{m['solo_p50_s']:.3f}s = {m['ratio_p50']:.2f}x",
+                        flush=True,
+                    )
         finally:
             server.close()
 
@@ -207,13 +246,19 @@ def main() -> None:
         print(f"| (a) raw sampler, batch {batch} | {value:.1f} | {value / args.steps:.2f} | | |")
     for label, tag in (("batched", "b"), ("unbatched", "c")):
         for r in report[label]:
-            print(f"| ({tag}) HTTP, {r['clients']} clients{' (max batch 1)' if tag == 'c' else ''} | {r['rows_per_s']:.1f} | {r['images_per_s']:.2f} | {r['p50_s']:.3f} | {r['p99_s']:.3f} |")
+            print(
+                f"| ({tag}) HTTP, {r['clients']} clients{' (max batch 1)' if tag == 'c' else ''} "
+                f"| {r['rows_per_s']:.1f} | {r['images_per_s']:.2f} | {r['p50_s']:.3f} | {r['p99_s']:.3f} |"
+            )
     print()
     print(f"(b)/(a) at saturation (64 clients vs raw batch {best_batch}): {report['ratio_b_over_a']:.2f}")
     print(f"(b)/(c) at 32 clients: {report['ratio_b_over_c_at_32']:.2f}")
     for key in ("mixed_light", "mixed_heavy"):
         m = report[key]
-        print(f"(d) {key} ({m['clients']} clients, 10/50/100 steps): 10-step p50 {m['mix_p50_s']:.3f}s, solo {m['solo_p50_s']:.3f}s, ratio {m['ratio_p50']:.2f}")
+        print(
+            f"(d) {key} ({m['clients']} clients, 10/50/100 steps): 10-step p50 {m['mix_p50_s']:.3f}s, "
+            f"solo {m['solo_p50_s']:.3f}s, ratio {m['ratio_p50']:.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

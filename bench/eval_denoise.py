@@ -60,13 +60,28 @@ def image_data(pixels: np.ndarray) -> ImageData:
 
 
 def run_ours(
-    model: LoadedModel, runner: Runner, settings: Settings, noisy: np.ndarray, *, sigma: float | None, mode: str, seed: int, ensemble: int = 1
+    model: LoadedModel,
+    runner: Runner,
+    settings: Settings,
+    noisy: np.ndarray,
+    *,
+    sigma: float | None,
+    mode: str,
+    seed: int,
+    ensemble: int = 1,
 ) -> np.ndarray:
     """The service's path for one image: plan the tiles, run the rows to the end, blend, encode, decode."""
     defaults = model.entry.card.defaults
     spec = DenoiseSpec(
-        model=model.name, image=image_data(noisy), sigma=sigma, mode=mode,
-        steps=defaults.steps, sampler=defaults.sampler, eta=defaults.eta, seed=seed, ensemble=ensemble,
+        model=model.name,
+        image=image_data(noisy),
+        sigma=sigma,
+        mode=mode,
+        steps=defaults.steps,
+        sampler=defaults.sampler,
+        eta=defaults.eta,
+        seed=seed,
+        ensemble=ensemble,
     )
     plan = plan_denoise("bench", spec, model, tile=settings.denoise_tile, overlap=settings.denoise_overlap)
     run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
@@ -81,7 +96,9 @@ def classical(method: str, noisy: np.ndarray, sigma: float) -> np.ndarray:
         from skimage.restoration import denoise_nl_means
 
         s = sigma / 255.0
-        out = denoise_nl_means(z, h=0.6 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6, channel_axis=-1 if colour else None)
+        out = denoise_nl_means(
+            z, h=0.6 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6, channel_axis=-1 if colour else None
+        )
     elif method == "bm3d":
         import bm3d
 
@@ -108,16 +125,21 @@ def estimator_errors(photos: dict[str, np.ndarray], sigmas: list[float]) -> list
             x = image_to_unit(image_pixels(image_data(noisy)))
             estimates.append(estimate_sigma(x) * 127.5)
         err = np.array(estimates) - sigma
-        rows.append({
-            "sigma": sigma, "mean_estimate": round(float(np.mean(estimates)), 2),
-            "mean_error": round(float(err.mean()), 2), "mean_abs_error": round(float(np.abs(err).mean()), 2),
-            "max_abs_error": round(float(np.abs(err).max()), 2),
-        })
+        rows.append(
+            {
+                "sigma": sigma,
+                "mean_estimate": round(float(np.mean(estimates)), 2),
+                "mean_error": round(float(err.mean()), 2),
+                "mean_abs_error": round(float(np.abs(err).mean()), 2),
+                "max_abs_error": round(float(np.abs(err).max()), 2),
+            }
+        )
     return rows
 
 
 def strip(panels: list[list[np.ndarray]], path: Path, *, crop: int = 192, gap: int = 4) -> None:
     """Rows of equal-size centre crops, side by side, white gaps."""
+
     def centre(a: np.ndarray) -> np.ndarray:
         a = a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
         top, left = (a.shape[0] - crop) // 2, (a.shape[1] - crop) // 2
@@ -128,7 +150,9 @@ def strip(panels: list[list[np.ndarray]], path: Path, *, crop: int = 192, gap: i
     canvas = np.full((rows * crop + (rows - 1) * gap, cols * crop + (cols - 1) * gap, 3), 255, dtype=np.uint8)
     for r, row in enumerate(panels):
         for c, panel in enumerate(row):
-            canvas[r * (crop + gap) : r * (crop + gap) + crop, c * (crop + gap) : c * (crop + gap) + crop] = centre(panel)
+            canvas[r * (crop + gap) : r * (crop + gap) + crop, c * (crop + gap) : c * (crop + gap) + crop] = centre(
+                panel
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)
 
@@ -167,14 +191,28 @@ def main() -> None:
                     out = noisy
                 elif method.startswith("ours_"):
                     mode, _, views = method[5:].partition("_x")
-                    out = run_ours(model, runner, settings, noisy, sigma=sigma, mode=mode, seed=i, ensemble=int(views or 1))
+                    out = run_ours(
+                        model, runner, settings, noisy, sigma=sigma, mode=mode, seed=i, ensemble=int(views or 1)
+                    )
                 else:
                     out = classical(method, noisy, sigma)
                 seconds = time.perf_counter() - began
                 psnr, ssim = scores(clean, out)
                 outputs[(name, sigma, method)] = out
-                results.append({"photo": name, "sigma": sigma, "method": method, "psnr": psnr, "ssim": ssim, "seconds": 0.0 if method == "noisy" else seconds})
-                print(f"sigma {sigma:>4g} {name:<20} {method:<12} PSNR {psnr:6.2f}  SSIM {ssim:.4f}  {seconds:7.2f} s", flush=True)
+                results.append(
+                    {
+                        "photo": name,
+                        "sigma": sigma,
+                        "method": method,
+                        "psnr": psnr,
+                        "ssim": ssim,
+                        "seconds": 0.0 if method == "noisy" else seconds,
+                    }
+                )
+                print(
+                    f"sigma {sigma:>4g} {name:<20} {method:<12} PSNR {psnr:6.2f}  SSIM {ssim:.4f}  {seconds:7.2f} s",
+                    flush=True,
+                )
 
     summary = []
     print("\n| sigma | method | PSNR (dB) | SSIM | seconds / image |\n|---:|---|---:|---:|---:|")
@@ -182,7 +220,8 @@ def main() -> None:
         for method in args.methods:
             chosen = [r for r in results if r["sigma"] == sigma and r["method"] == method]
             row = {
-                "sigma": sigma, "method": method,
+                "sigma": sigma,
+                "method": method,
                 "psnr": round(float(np.mean([r["psnr"] for r in chosen])), 2),
                 "ssim": round(float(np.mean([r["ssim"] for r in chosen])), 4),
                 "seconds": round(float(np.mean([r["seconds"] for r in chosen])), 3),
@@ -192,9 +231,14 @@ def main() -> None:
 
     estimator = estimator_errors(photos, args.estimator_sigmas) if args.estimator_sigmas else []
     if estimator:
-        print("\n| true sigma | mean estimate | mean error | mean abs error | max abs error |\n|---:|---:|---:|---:|---:|")
+        print(
+            "\n| true sigma | mean estimate | mean error | mean abs error | max abs error |\n|---:|---:|---:|---:|---:|"
+        )
         for row in estimator:
-            print(f"| {row['sigma']:g} | {row['mean_estimate']:.2f} | {row['mean_error']:+.2f} | {row['mean_abs_error']:.2f} | {row['max_abs_error']:.2f} |")
+            print(
+                f"| {row['sigma']:g} | {row['mean_estimate']:.2f} | {row['mean_error']:+.2f} "
+                f"| {row['mean_abs_error']:.2f} | {row['max_abs_error']:.2f} |"
+            )
 
     if args.strip:
         panels = []
@@ -205,11 +249,22 @@ def main() -> None:
         print(f"\nwrote {args.strip}")
 
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": " ".join(sys.argv), "photos": list(photos), "tile": settings.denoise_tile,
-            "overlap": settings.denoise_overlap, "threads": torch.get_num_threads(),
-            "summary": summary, "estimator": estimator, "per_photo": results,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": " ".join(sys.argv),
+                    "photos": list(photos),
+                    "tile": settings.denoise_tile,
+                    "overlap": settings.denoise_overlap,
+                    "threads": torch.get_num_threads(),
+                    "summary": summary,
+                    "estimator": estimator,
+                    "per_photo": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

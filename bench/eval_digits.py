@@ -32,8 +32,14 @@ from digits_classifier import classify, frechet_distance, load_classifier  # noq
 from fetch_mnist import load as load_mnist  # noqa: E402
 
 DEFAULT_CONFIGS = [
-    "dpmpp_2m:20:0", "dpmpp_2m:20:0.5", "dpmpp_2m:20:1", "dpmpp_2m:20:2", "dpmpp_2m:20:3",
-    "dpmpp_2m:10:1", "ddim:25:1", "ddim:50:1",
+    "dpmpp_2m:20:0",
+    "dpmpp_2m:20:0.5",
+    "dpmpp_2m:20:1",
+    "dpmpp_2m:20:2",
+    "dpmpp_2m:20:3",
+    "dpmpp_2m:10:1",
+    "ddim:25:1",
+    "ddim:50:1",
 ]
 
 
@@ -42,7 +48,9 @@ def load(store: Path, name: str) -> LoadedModel:
 
 
 @torch.no_grad()
-def generate(model: LoadedModel, labels: np.ndarray, *, sampler: str, steps: int, guidance: float, seed: int, chunk: int = 125) -> np.ndarray:
+def generate(
+    model: LoadedModel, labels: np.ndarray, *, sampler: str, steps: int, guidance: float, seed: int, chunk: int = 125
+) -> np.ndarray:
     """uint8 [N, 28, 28] samples for ``labels``, in chunks; each chunk seeded from ``seed``."""
     plan = generation_plan(model.schedule, sampler, steps)
     null = model.entry.card.null_class
@@ -55,12 +63,20 @@ def generate(model: LoadedModel, labels: np.ndarray, *, sampler: str, steps: int
         def denoiser(x, t, y=y):
             if guidance == 0:
                 return model.unet(x, t, class_labels=y).sample
-            both = model.unet(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([y, torch.full_like(y, null)])).sample
+            both = model.unet(
+                torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([y, torch.full_like(y, null)])
+            ).sample
             cond, uncond = both.chunk(2)
             return cfg_combine(cond, uncond, torch.full((len(y),), guidance))
 
-        x = sample_loop(denoiser, x, plan, sampler=sampler, schedule=model.schedule,
-                        noise=lambda shape, g=gen: torch.randn(shape, generator=g))
+        x = sample_loop(
+            denoiser,
+            x,
+            plan,
+            sampler=sampler,
+            schedule=model.schedule,
+            noise=lambda shape, g=gen: torch.randn(shape, generator=g),
+        )
         out.append(to_uint8(x)[:, 0].numpy())
     return np.concatenate(out)
 
@@ -90,7 +106,9 @@ def main() -> None:
     _, real = classify(net, data["heldout_x"])
     n = 10 * args.per_class
     rng = np.random.default_rng(0)
-    floor = frechet_distance(classify(net, data["train_x"][rng.choice(len(data["train_x"]), n, replace=False)])[1], real)
+    floor = frechet_distance(
+        classify(net, data["train_x"][rng.choice(len(data["train_x"]), n, replace=False)])[1], real
+    )
     print(f"real-vs-real floor (n={n}): FID {floor:.3f}", flush=True)
     rows = []
     configs = [c.split(":") for c in args.configs]
@@ -103,8 +121,15 @@ def main() -> None:
         began = time.time()
         images = generate(model, labels, sampler=sampler, steps=steps, guidance=guidance, seed=1)
         pred, feats = classify(net, images)
-        row = {"sampler": sampler, "steps": steps, "guidance": guidance, "samples": len(labels),
-               "accuracy": float((pred == labels).mean()), "fid": frechet_distance(feats, real), "seconds": round(time.time() - began, 1)}
+        row = {
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": guidance,
+            "samples": len(labels),
+            "accuracy": float((pred == labels).mean()),
+            "fid": frechet_distance(feats, real),
+            "seconds": round(time.time() - began, 1),
+        }
         if len(labels) != n:
             sub = rng.choice(len(data["train_x"]), len(labels), replace=False)
             row["floor_same_n"] = frechet_distance(classify(net, data["train_x"][sub])[1], real)
@@ -115,7 +140,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         f = r.get("floor_same_n", floor)
-        print(f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['samples']} | {r['accuracy']:.3f} | {r['fid']:.2f} | {r['fid'] / f:.2f} | {r['seconds']} |")
+        print(
+            f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['samples']} | {r['accuracy']:.3f} "
+            f"| {r['fid']:.2f} | {r['fid'] / f:.2f} | {r['seconds']} |"
+        )
     if args.grid:
         d = model.entry.card.defaults
         labels = np.repeat(np.arange(10), 10)

@@ -32,9 +32,21 @@ MATE_NATURE = "usr/share/backgrounds/mate/nature"
 
 # Photos from skimage's wheel (no download): natural images only, not the synthetic or binary ones.
 SKIMAGE_PHOTOS = [
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
-    "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
-    "motorcycle_right.png", "retina.jpg", "rocket.jpg",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "retina.jpg",
+    "rocket.jpg",
 ]
 
 # Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
@@ -53,7 +65,9 @@ def _sklearn_photos() -> dict[str, Image.Image]:
     from sklearn.datasets import load_sample_images
 
     bunch = load_sample_images()
-    return {f"sklearn-{Path(name).stem}": Image.fromarray(pixels) for name, pixels in zip(bunch.filenames, bunch.images)}
+    return {
+        f"sklearn-{Path(name).stem}": Image.fromarray(pixels) for name, pixels in zip(bunch.filenames, bunch.images)
+    }
 
 
 def _mate_photos(workdir: Path) -> dict[str, Image.Image]:

@@ -79,7 +79,9 @@ class CropSampler:
     """Random crops of the training photos, uniform over pixels, with a random flip/rotation."""
 
     def __init__(self, photos: dict[str, np.ndarray], crop: int, rng: np.random.Generator) -> None:
-        self.photos = [torch.from_numpy(p if p.ndim == 3 else p[:, :, None]).permute(2, 0, 1).contiguous() for p in photos.values()]
+        self.photos = [
+            torch.from_numpy(p if p.ndim == 3 else p[:, :, None]).permute(2, 0, 1).contiguous() for p in photos.values()
+        ]
         self.photos = [p for p in self.photos if min(p.shape[1:]) >= crop]
         areas = np.array([p.shape[1] * p.shape[2] for p in self.photos], dtype=np.float64)
         self.weights = areas / areas.sum()
@@ -101,7 +103,9 @@ class CropSampler:
         return x0, torch.tensor(grey)
 
 
-def draw_timesteps(schedule: NoiseSchedule, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_timesteps(
+    schedule: NoiseSchedule, size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real-valued timesteps [B], their alpha_bar [B], and a [B] bool mask of the draws made by sigma (the
     denoising range), weighted toward sigma <= 100 (see the module doc)."""
     ts, by_sigma = [], []
@@ -167,8 +171,11 @@ def train(args: argparse.Namespace) -> Path:
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps),
         training=loop.record(
             script="scripts/train_denoiser.py",
-            data="photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), held-out photos excluded",
-            crop=args.crop, upload_from=args.upload_from, upload_frac=args.upload_frac,
+            data="photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), "
+            "held-out photos excluded",
+            crop=args.crop,
+            upload_from=args.upload_from,
+            upload_frac=args.upload_frac,
         ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
@@ -180,13 +187,23 @@ def train(args: argparse.Namespace) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_args(
-        parser, name="photos", iters=28000, decay_iters=24000, batch=12, lr=2e-3, channels=[16, 32, 64, 128], precision="bf16"
+        parser,
+        name="photos",
+        iters=28000,
+        decay_iters=24000,
+        batch=12,
+        lr=2e-3,
+        channels=[16, 32, 64, 128],
+        precision="bf16",
     )
     parser.add_argument("--crop", type=int, default=96)
     parser.add_argument("--upload-from", type=int, default=24000, help="iteration from which the upload phase runs")
     parser.add_argument(
-        "--upload-frac", type=float, default=0.5,
-        help="in the upload phase, the share of the denoising-range draws whose noisy photo is rounded and clipped to uint8",
+        "--upload-frac",
+        type=float,
+        default=0.5,
+        help="in the upload phase, the share of the denoising-range draws whose noisy photo is rounded and "
+        "clipped to uint8",
     )
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")

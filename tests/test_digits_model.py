@@ -35,6 +35,8 @@ def test_generated_digits_are_read_as_their_class():
     model = load_model(scan_store(STORE)["digits"], torch.device("cpu"))
     defaults = model.entry.card.defaults
     labels = np.repeat(np.array([0, 3, 7, 9]), 2)
-    images = generate(model, labels, sampler=defaults.sampler, steps=defaults.steps, guidance=defaults.guidance_scale, seed=11)
+    images = generate(
+        model, labels, sampler=defaults.sampler, steps=defaults.steps, guidance=defaults.guidance_scale, seed=11
+    )
     predicted, _ = classify(load_classifier(), images)
     assert (predicted == labels).all(), f"asked {labels.tolist()}, read {predicted.tolist()}"

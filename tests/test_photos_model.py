@@ -51,7 +51,9 @@ def test_default_denoiser_cleans_a_held_out_photo(service, sigma_field):
 
     clean = np.asarray(Image.open(CROP))
     noisy = noisy_upload(clean, 25.0, seed=3)
-    r = service.post("/v1/denoise", files={"file": ("n.png", png_bytes(noisy), "image/png")}, data={"sigma": sigma_field})
+    r = service.post(
+        "/v1/denoise", files={"file": ("n.png", png_bytes(noisy), "image/png")}, data={"sigma": sigma_field}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "photos"

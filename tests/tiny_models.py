@@ -49,7 +49,9 @@ def write_generator(folder: Path, *, classes: int = 3, size: int = 16, steps: in
 
 def write_bare(folder: Path, *, channels: int = 3, size: int = 16) -> Path:
     """A plain diffusers folder with no card: serves both tasks with defaults from its configs."""
-    return save_model(folder, unet=tiny_unet(channels=channels, size=size, seed=1), scheduler=tiny_scheduler(), card=None)
+    return save_model(
+        folder, unet=tiny_unet(channels=channels, size=size, seed=1), scheduler=tiny_scheduler(), card=None
+    )
 
 
 def write_conditional_bare(folder: Path, *, classes: int = 4, size: int = 16) -> Path:
@@ -60,7 +62,12 @@ def write_conditional_bare(folder: Path, *, classes: int = 4, size: int = 16) ->
 
 def write_conditional_with_null(folder: Path, *, classes: int = 3, size: int = 16) -> Path:
     """A class-conditional RGB model whose card names a null class and both tasks: it can denoise, unlabelled."""
-    card = ModelCard(tasks=["generate", "denoise"], null_class=classes, image_size=(size, size), channels=3,
-                     defaults=SamplingDefaults(sampler="ddim", steps=4))
+    card = ModelCard(
+        tasks=["generate", "denoise"],
+        null_class=classes,
+        image_size=(size, size),
+        channels=3,
+        defaults=SamplingDefaults(sampler="ddim", steps=4),
+    )
     unet = tiny_unet(channels=3, size=size, num_class_embeds=classes + 1, seed=3)
     return save_model(folder, unet=unet, scheduler=tiny_scheduler(), card=card)

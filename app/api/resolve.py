@@ -31,11 +31,15 @@ def pick_model(models: dict[str, ModelEntry], name: str | None, *, task: str | N
     if name is None:
         candidates = [e for e in models.values() if e.ready and (task is None or task in e.tasks)]
         if not candidates:
-            raise ApiError(404, ["body", "model"], f"no model in the store serves {task or 'requests'}", type="not_found")
+            raise ApiError(
+                404, ["body", "model"], f"no model in the store serves {task or 'requests'}", type="not_found"
+            )
         return candidates[0]
     entry = models.get(name)
     if entry is None:
-        raise ApiError(404, ["body", "model"], f"unknown model {brief(name)}; GET /v1/models lists them", type="not_found")
+        raise ApiError(
+            404, ["body", "model"], f"unknown model {brief(name)}; GET /v1/models lists them", type="not_found"
+        )
     if not entry.ready:
         raise ApiError(503, ["body", "model"], f"model {name!r} is not served: {entry.error}", type="model_unavailable")
     why = entry.refusal(task) if task is not None else None
@@ -57,7 +61,9 @@ def seeds_for(seed: int | None, count: int) -> list[int]:
 
 def check_steps(entry: ModelEntry, steps: int, loc: list) -> int:
     if steps > entry.train_timesteps:
-        raise ApiError(422, loc, f"steps must be at most {entry.train_timesteps} for model {entry.name!r}", type="out_of_range")
+        raise ApiError(
+            422, loc, f"steps must be at most {entry.train_timesteps} for model {entry.name!r}", type="out_of_range"
+        )
     return steps
 
 
@@ -66,7 +72,8 @@ def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
     cap = settings.max_job_megapixel_steps
     if megapixel_steps > cap:
         raise ApiError(
-            422, ["body"],
+            422,
+            ["body"],
             f"this request costs {megapixel_steps:,.0f} megapixel-steps ({fields}), more than the limit of "
             f"{cap:,.0f} (DIFFUSION_MAX_JOB_MEGAPIXEL_STEPS): ask for fewer",
             type="too_expensive",
@@ -77,7 +84,9 @@ def check_pixels(pixels: int, settings: Settings, loc: list) -> None:
     """A job larger than everything the queue may hold could never be admitted: refuse it now."""
     if pixels > settings.queue_max_pixels:
         raise ApiError(
-            413, loc, f"the job holds {pixels:,} pixels, more than the queue's limit of {settings.queue_max_pixels:,}",
+            413,
+            loc,
+            f"the job holds {pixels:,} pixels, more than the queue's limit of {settings.queue_max_pixels:,}",
             type="too_many_pixels",
         )
 
@@ -90,22 +99,32 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     if label is None:
         if entry.num_classes and entry.card.null_class is None:
             raise ApiError(
-                422, ["body", "class_label"],
+                422,
+                ["body", "class_label"],
                 f"model {entry.name!r} is class-conditional without a null class: class_label is required",
                 type="missing",
             )
         return None
     if not entry.num_classes:
-        raise ApiError(422, ["body", "class_label"], f"model {entry.name!r} is unconditional: it takes no class_label", type="unsupported")
+        raise ApiError(
+            422,
+            ["body", "class_label"],
+            f"model {entry.name!r} is unconditional: it takes no class_label",
+            type="unsupported",
+        )
     if isinstance(label, str):
         if named and label in named:
             return named.index(label)
         if not label.isdigit():
             valid = brief(", ".join(named), 200) if named else f"0..{count - 1}"
-            raise ApiError(422, ["body", "class_label"], f"unknown class {brief(label)}; valid: {valid}", type="unknown_class")
+            raise ApiError(
+                422, ["body", "class_label"], f"unknown class {brief(label)}; valid: {valid}", type="unknown_class"
+            )
         label = int(label)
     if not 0 <= label < count:
-        raise ApiError(422, ["body", "class_label"], f"class_label must be between 0 and {count - 1}", type="out_of_range")
+        raise ApiError(
+            422, ["body", "class_label"], f"class_label must be between 0 and {count - 1}", type="out_of_range"
+        )
     return label
 
 
@@ -115,7 +134,8 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
     negotiated = submission.negotiated(req.output_format)
     if negotiated.raw and req.num_images != 1:
         raise ApiError(
-            406, ["body", "num_images"],
+            406,
+            ["body", "num_images"],
             "raw image bytes (Accept: image/...) carry one image: set num_images to 1 or accept JSON",
             type="not_acceptable",
         )
@@ -123,9 +143,16 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
     label = class_index(entry, req.class_label)
     guidance = or_default(req.guidance_scale, defaults.guidance_scale if label is not None else 0.0)
     if guidance > 0 and entry.card.null_class is None:
-        raise ApiError(422, ["body", "guidance_scale"], f"model {entry.name!r} has no null class: guidance is not available", type="unsupported")
+        raise ApiError(
+            422,
+            ["body", "guidance_scale"],
+            f"model {entry.name!r} has no null class: guidance is not available",
+            type="unsupported",
+        )
     if guidance > 0 and label is None:
-        raise ApiError(422, ["body", "guidance_scale"], "guidance needs a class_label to guide towards", type="unsupported")
+        raise ApiError(
+            422, ["body", "guidance_scale"], "guidance needs a class_label to guide towards", type="unsupported"
+        )
     steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
     height, width = entry.image_size
     pixels = req.num_images * height * width
@@ -149,7 +176,12 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
     settings = submission.settings
     entry = pick_model(submission.models, options.model, task="denoise", settings=settings)
     if options.mode == "mmse" and (options.steps or options.sampler or options.eta is not None or options.samples > 1):
-        raise ApiError(422, ["body", "mode"], "steps, sampler, eta and samples apply to mode 'sample'; mmse is one network evaluation", type="conflict")
+        raise ApiError(
+            422,
+            ["body", "mode"],
+            "steps, sampler, eta and samples apply to mode 'sample'; mmse is one network evaluation",
+            type="conflict",
+        )
     if isinstance(options.sigma, float) and not 0 < options.sigma <= 255:
         raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
     check_pixels(image.area, settings, ["body", "file"])
@@ -168,8 +200,10 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
         output_format=submission.negotiated(options.output_format).output_format,
     )
     layout = spec.layout(
-        model_channels=entry.channels, factor=entry.downsample_factor,
-        tile=settings.denoise_tile, overlap=settings.denoise_overlap,
+        model_channels=entry.channels,
+        factor=entry.downsample_factor,
+        tile=settings.denoise_tile,
+        overlap=settings.denoise_overlap,
     )
     check_cost(layout.megapixel_steps(spec.total_steps), settings, "tiles x views x steps")
     return spec
@@ -184,10 +218,18 @@ def noise_spec(options: NoiseParams, image: ImageData, submission: Submission) -
     if options.timestep is not None:
         entry = pick_model(submission.models, options.model, task=None, settings=submission.settings)
         if options.timestep >= entry.train_timesteps:
-            raise ApiError(422, ["body", "timestep"], f"timestep must be below {entry.train_timesteps} for model {entry.name!r}", type="out_of_range")
+            raise ApiError(
+                422,
+                ["body", "timestep"],
+                f"timestep must be below {entry.train_timesteps} for model {entry.name!r}",
+                type="out_of_range",
+            )
         model = entry.name
     return NoiseSpec(
-        model=model, image=image, sigma=options.sigma, timestep=options.timestep,
+        model=model,
+        image=image,
+        sigma=options.sigma,
+        timestep=options.timestep,
         seed=or_default(options.seed, random_seed()),
         output_format=submission.negotiated(options.output_format).output_format,
     )

@@ -20,6 +20,7 @@ from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull
 from app.settings import Settings
 from app.store.catalog import ModelEntry
 
+
 def errors_for(*codes: int) -> dict[int | str, dict]:
     return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
 
@@ -47,9 +48,14 @@ IMAGE_MEDIA = {media_type: {} for media_type in MEDIA_TYPES.values()}
 
 # Every job-creating route answers with these.
 RESPONSES: dict[int | str, dict] = {
-    200: {"description": "the images: JSON with base64 data, or raw bytes with `Accept: image/png` (one image)",
-          "content": IMAGE_MEDIA},
-    202: {"model": JobAccepted, "description": "accepted (`Prefer: respond-async`, or still running after the sync timeout)"},
+    200: {
+        "description": "the images: JSON with base64 data, or raw bytes with `Accept: image/png` (one image)",
+        "content": IMAGE_MEDIA,
+    },
+    202: {
+        "model": JobAccepted,
+        "description": "accepted (`Prefer: respond-async`, or still running after the sync timeout)",
+    },
     409: {"model": JobOut, "description": "the job was canceled while the request waited"},
     500: {"model": JobOut, "description": "the job failed in the engine (not an input error)"},
     **errors_for(400, 404, 405, 406, 413, 415, 422, 503),
@@ -100,20 +106,30 @@ async def submit(queue: JobQueue, spec: JobSpec, idempotency_key: str | None, fi
         return await queue.submit(spec, idempotency_key=idempotency_key, fingerprint=fingerprint)
     except QueueFull as exc:
         raise ApiError(
-            503, [], "the job queue is full (jobs or image pixels held); retry later", type="queue_full",
+            503,
+            [],
+            "the job queue is full (jobs or image pixels held); retry later",
+            type="queue_full",
             headers={"Retry-After": str(exc.retry_after)},
         ) from exc
     except IdempotencyConflict as exc:
         # The IETF idempotency-key draft (sec. 2.7): a key reused with another payload is a 422.
         raise ApiError(
-            422, ["header", "idempotency-key"],
+            422,
+            ["header", "idempotency-key"],
             "this Idempotency-Key was used for a different request; use a new key for a new request",
             type="idempotency_key_reused",
         ) from exc
 
 
 async def run_job(
-    queue: JobQueue, spec: JobSpec, *, idempotency_key: str | None, fingerprint: str, prefer_async: bool, raw: bool,
+    queue: JobQueue,
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None,
+    fingerprint: str,
+    prefer_async: bool,
+    raw: bool,
     timeout: float,
 ) -> Response:
     """Submit, then answer 202 at once (async) or wait for the result (sync)."""
@@ -155,8 +171,12 @@ class Submission:
 
     async def run(self, spec: JobSpec, *, fingerprint: str) -> Response:
         return await run_job(
-            self.queue, spec, idempotency_key=self.idempotency_key, fingerprint=fingerprint,
-            prefer_async=prefers_async(self.prefer), raw=self.negotiated(spec.output_format).raw,
+            self.queue,
+            spec,
+            idempotency_key=self.idempotency_key,
+            fingerprint=fingerprint,
+            prefer_async=prefers_async(self.prefer),
+            raw=self.negotiated(spec.output_format).raw,
             timeout=self.settings.sync_timeout_s,
         )
 

@@ -39,9 +39,7 @@ def _col(v: Tensor, like: Tensor) -> Tensor:
     return v.to(dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
-def predict_x0_eps(
-    model_output: Tensor, x: Tensor, ab: Tensor, prediction_type: str
-) -> tuple[Tensor, Tensor]:
+def predict_x0_eps(model_output: Tensor, x: Tensor, ab: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
     """The network's estimate of x_0 and of the noise eps, from x_t = sqrt(ab) x_0 + sqrt(1-ab) eps.
 
     1. epsilon (Ho et al. 2020, eq. 15):  x_0 = (x_t - sqrt(1-ab) eps) / sqrt(ab)
@@ -131,6 +129,7 @@ def dpmpp_2m_step(
     4. x_next = (sigma_next / sigma_cur) x - alpha_next (exp(-h) - 1) D
     At the clean end (ab_prev = 1, sigma_next = 0) step 4 gives x_next = D.
     """
+
     def lam(a: Tensor) -> Tensor:
         # via the noise-to-signal ratio, in the order diffusers computes it, to agree to float32 rounding
         ratio = ((1 - a) / a).sqrt()
@@ -210,7 +209,9 @@ def ddim_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
     T = schedule.num_train_timesteps
     final = 1.0 if schedule.set_alpha_to_one else _ab(schedule, 0)
     ts = spaced_timesteps(T, num_steps, schedule.spacing, steps_offset=schedule.steps_offset)
-    return [Step(t, _ab(schedule, t), _ab(schedule, t - T // num_steps) if t - T // num_steps >= 0 else final) for t in ts]
+    return [
+        Step(t, _ab(schedule, t), _ab(schedule, t - T // num_steps) if t - T // num_steps >= 0 else final) for t in ts
+    ]
 
 
 def dpmpp_2m_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
@@ -283,8 +284,14 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("ddpm", ddpm_plan, _ddpm, lambda t, eta: t > 0, description="DDPM ancestral sampling"),
         # Song et al. 2021; noise only when eta > 0
         Sampler("ddim", ddim_plan, _ddim, lambda t, eta: eta > 0, description="DDIM (eta: noise scale)"),
-        Sampler("dpmpp_2m", dpmpp_2m_plan, _dpmpp_2m, lambda t, eta: False, keeps_history=True,
-                description="DPM-Solver++(2M), deterministic"),
+        Sampler(
+            "dpmpp_2m",
+            dpmpp_2m_plan,
+            _dpmpp_2m,
+            lambda t, eta: False,
+            keeps_history=True,
+            description="DPM-Solver++(2M), deterministic",
+        ),
     )
 }
 
@@ -298,12 +305,31 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}") from None
 
 
-def sampler_step(sampler: str, model_output: Tensor, x: Tensor, *, schedule: NoiseSchedule, ab: Tensor,
-                 ab_prev: Tensor, eta: Tensor | None = None, noise: Tensor | None = None,
-                 prev_x0: Tensor | None = None, prev_ab: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def sampler_step(
+    sampler: str,
+    model_output: Tensor,
+    x: Tensor,
+    *,
+    schedule: NoiseSchedule,
+    ab: Tensor,
+    ab_prev: Tensor,
+    eta: Tensor | None = None,
+    noise: Tensor | None = None,
+    prev_x0: Tensor | None = None,
+    prev_ab: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """One step of ``sampler`` for a batch of rows that all use it; returns (x_next, x_0 estimate)."""
-    return get_sampler(sampler).step(model_output, x, schedule=schedule, ab=ab, ab_prev=ab_prev, eta=eta,
-                                     noise=noise, prev_x0=prev_x0, prev_ab=prev_ab)
+    return get_sampler(sampler).step(
+        model_output,
+        x,
+        schedule=schedule,
+        ab=ab,
+        ab_prev=ab_prev,
+        eta=eta,
+        noise=noise,
+        prev_x0=prev_x0,
+        prev_ab=prev_ab,
+    )
 
 
 def sample_loop(

@@ -219,7 +219,9 @@ class Engine:
             job = self._jobs.get(job_id)
             if job and not job.started:
                 job.started, job.began = True, time.time()
-                self._emit(EngineEvent(job_id=job_id, type="started", progress=Progress(step=0, total=job.spec.total_steps)))
+                self._emit(
+                    EngineEvent(job_id=job_id, type="started", progress=Progress(step=0, total=job.spec.total_steps))
+                )
 
     def _run(self, batch: list[Ticket]) -> None:
         rows = [self._rows[t.row_id] for t in batch]
@@ -274,7 +276,9 @@ class Engine:
     def _report(self, job: _Job) -> None:
         rows = job.plan.rows
         step = min(r.index for r in rows)
-        self._emit(EngineEvent(job_id=job.id, type="progress", progress=Progress(step=step, total=job.spec.total_steps)))
+        self._emit(
+            EngineEvent(job_id=job.id, type="progress", progress=Progress(step=step, total=job.spec.total_steps))
+        )
         if job.pending:
             return
         del self._jobs[job.id]

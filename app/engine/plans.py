@@ -70,8 +70,19 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
         return torch.randn((1, *shape), generator=generator)
 
     rows = [
-        Row(job_id=job_id, model=model, shape=shape, plan=plan, sampler=get_sampler(spec.sampler), seed=seed,
-            init=noise, key=i, eta=spec.eta, label=spec.class_label, guidance=spec.guidance_scale)
+        Row(
+            job_id=job_id,
+            model=model,
+            shape=shape,
+            plan=plan,
+            sampler=get_sampler(spec.sampler),
+            seed=seed,
+            init=noise,
+            key=i,
+            eta=spec.eta,
+            label=spec.class_label,
+            guidance=spec.guidance_scale,
+        )
         for i, seed in enumerate(spec.seeds)
     ]
     images: dict[int, ResultImage] = {}
@@ -117,7 +128,9 @@ def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: in
     scale = schedule.alpha_bar(t_start) ** 0.5  # x_t* = sqrt(ab) y (start_for_restoration)
 
     model_channels = model.entry.channels
-    layout = spec.layout(model_channels=model_channels, factor=model.entry.downsample_factor, tile=tile, overlap=overlap)
+    layout = spec.layout(
+        model_channels=model_channels, factor=model.entry.downsample_factor, tile=tile, overlap=overlap
+    )
     padded, _ = pad_to_multiple(pixels, model.entry.downsample_factor)
     boxes, plane_slices, view_list = layout.boxes, layout.planes, layout.views
     info["tiles"] = len(boxes) * len(plane_slices)
@@ -144,8 +157,19 @@ def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: in
             for b in range(len(boxes)):
                 seed = (spec.seed + layout.index(v, p, b)) % 2**63
                 shape = (model_channels, tw, th) if view_list[v][0] % 2 else (model_channels, th, tw)
-                rows.append(Row(job_id=job_id, model=model, shape=shape, plan=plan, sampler=get_sampler(sampler),
-                                seed=seed, init=crop(v, p, b), key=(v, p, b), eta=spec.eta))
+                rows.append(
+                    Row(
+                        job_id=job_id,
+                        model=model,
+                        shape=shape,
+                        plan=plan,
+                        sampler=get_sampler(sampler),
+                        seed=seed,
+                        init=crop(v, p, b),
+                        key=(v, p, b),
+                        eta=spec.eta,
+                    )
+                )
     canvases: dict[int, Canvas] = {}
 
     def collect(row: Row) -> None:
@@ -183,4 +207,3 @@ def run_noise(spec: NoiseSpec, schedule: NoiseSchedule | None) -> JobResult:
         noisy = add_gaussian_noise(image, sigma=sigma_255_to_unit(spec.sigma), noise=noise)
         info.update(sigma=spec.sigma)
     return JobResult(images=[result_image(0, spec.seed, noisy, spec.output_format)], info=info)
-

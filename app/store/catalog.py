@@ -98,16 +98,26 @@ class ModelEntry:
     def to_dict(self) -> dict[str, Any]:
         """Everything an API node needs to validate requests, as published by workers through Redis."""
         return {
-            "name": self.name, "status": self.status, "error": self.error, "has_card": self.has_card,
-            "card": self.card.model_dump(mode="json"), "unet_config": self.unet_config, "scheduler_config": self.scheduler_config,
+            "name": self.name,
+            "status": self.status,
+            "error": self.error,
+            "has_card": self.has_card,
+            "card": self.card.model_dump(mode="json"),
+            "unet_config": self.unet_config,
+            "scheduler_config": self.scheduler_config,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelEntry":
         return cls(
-            name=data["name"], path=Path(data["name"]), status=data["status"], error=data.get("error"),
-            card=ModelCard.model_validate(data["card"]), has_card=data.get("has_card", False),
-            unet_config=data.get("unet_config", {}), scheduler_config=data.get("scheduler_config", {}),
+            name=data["name"],
+            path=Path(data["name"]),
+            status=data["status"],
+            error=data.get("error"),
+            card=ModelCard.model_validate(data["card"]),
+            has_card=data.get("has_card", False),
+            unet_config=data.get("unet_config", {}),
+            scheduler_config=data.get("scheduler_config", {}),
         )
 
     def public(self) -> dict[str, Any]:

@@ -99,8 +99,9 @@ def test_a_16_bit_grey_png_keeps_its_brightness(client, path):
     buffer = io.BytesIO()
     Image.fromarray(ramp).save(buffer, format="PNG")
     data = {"model": "tiny-rgb", "sigma": "1", "seed": "0"}
-    r = client.post(path, files={"file": ("g16.png", buffer.getvalue(), "image/png")}, data=data,
-                    headers={"Accept": "image/png"})
+    r = client.post(
+        path, files={"file": ("g16.png", buffer.getvalue(), "image/png")}, data=data, headers={"Accept": "image/png"}
+    )
     assert r.status_code == 200, r.text
     out = decode(r.content).astype(float)
     expected = ramp / 257.0
@@ -179,7 +180,9 @@ def test_405_allow_lists_every_method_of_the_path(client):
 
 
 def test_a_malformed_multipart_body_is_400_with_the_error_shape(client):
-    r = client.post("/v1/denoise", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    r = client.post(
+        "/v1/denoise", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert r.status_code in (400, 422)
     assert r.json()["detail"][0]["loc"][0] == "body"
 
@@ -197,8 +200,9 @@ def test_a_request_over_the_compute_cap_is_422_naming_the_cost(make_client):
     assert ok.status_code == 200  # 16 x 16 pixels x 4 steps = 0.001 megapixel-steps
     r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 1000, "num_images": 16})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_expensive"
-    big = upload(client, data={"model": "tiny-rgb", "sigma": "10", "mode": "sample", "steps": "1000"},
-                 image=photo(256, 256))
+    big = upload(
+        client, data={"model": "tiny-rgb", "sigma": "10", "mode": "sample", "steps": "1000"}, image=photo(256, 256)
+    )
     assert big.status_code == 422 and "megapixel-steps" in big.json()["detail"][0]["msg"]
 
 

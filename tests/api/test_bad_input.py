@@ -55,7 +55,11 @@ def test_requests_the_model_cannot_serve(client, body, field, status):
 
 
 def test_a_model_that_only_generates_refuses_denoise(client):
-    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"model": "tiny-gen", "sigma": "5"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo()), "image/png")},
+        data={"model": "tiny-gen", "sigma": "5"},
+    )
     assert r.status_code == 422 and ["body", "model"] in errors_at(r)
 
 
@@ -65,7 +69,9 @@ def test_malformed_json_is_422(client):
 
 
 def test_wrong_media_types_are_415(client):
-    r = client.post("/v1/generate", content=b"class_label=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/v1/generate", content=b"class_label=1", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 415 and ["header", "content-type"] in errors_at(r)
     r = client.post("/v1/denoise", content=b"raw", headers={"content-type": "image/png"})
     assert r.status_code == 415
@@ -79,28 +85,50 @@ def test_raw_bytes_of_several_images_are_406(client):
 
 
 def test_undecodable_image_is_422(client):
-    r = client.post("/v1/denoise", files={"file": ("x.png", b"definitely not an image", "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("x.png", b"definitely not an image", "image/png")},
+        data={"sigma": "5", "model": "tiny-rgb"},
+    )
     assert r.status_code == 422 and ["body", "file"] in errors_at(r)
     r = client.post("/v1/denoise", json={"image": "%%%not-base64", "model": "tiny-rgb"})
     assert r.status_code == 422 and ["body", "image"] in errors_at(r)
     truncated = png_bytes(photo())[:60]
-    r = client.post("/v1/denoise", files={"file": ("t.png", truncated, "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise", files={"file": ("t.png", truncated, "image/png")}, data={"sigma": "5", "model": "tiny-rgb"}
+    )
     assert r.status_code == 422
 
 
 def test_missing_file_and_tiny_images_are_422(client):
     r = client.post("/v1/denoise", files={"other": ("p.png", b"x", "image/png")}, data={"sigma": "5"})
     assert r.status_code == 422 and ["body", "file"] in errors_at(r)
-    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo(4, 4)), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo(4, 4)), "image/png")},
+        data={"sigma": "5", "model": "tiny-rgb"},
+    )
     assert r.status_code == 422
 
 
-@pytest.mark.parametrize("data,field", [({"sigma": "-3"}, "sigma"), ({"sigma": "300"}, "sigma"), ({"sigma": "loud"}, "sigma"),
-                                        ({"mode": "magic"}, "mode"), ({"mode": "mmse", "steps": "5"}, "mode"),
-                                        ({"samples": "3"}, "mode"), ({"mode": "sample", "samples": "17"}, "samples"),
-                                        ({"mode": "sample", "samples": "0"}, "samples"), ({"ensemble": "9"}, "ensemble")])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"sigma": "-3"}, "sigma"),
+        ({"sigma": "300"}, "sigma"),
+        ({"sigma": "loud"}, "sigma"),
+        ({"mode": "magic"}, "mode"),
+        ({"mode": "mmse", "steps": "5"}, "mode"),
+        ({"samples": "3"}, "mode"),
+        ({"mode": "sample", "samples": "17"}, "samples"),
+        ({"mode": "sample", "samples": "0"}, "samples"),
+        ({"ensemble": "9"}, "ensemble"),
+    ],
+)
 def test_invalid_denoise_options_are_422(client, data, field):
-    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"model": "tiny-rgb", **data})
+    r = client.post(
+        "/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"model": "tiny-rgb", **data}
+    )
     assert r.status_code == 422, r.text
     assert any(field in loc for loc in errors_at(r))
 
@@ -114,22 +142,36 @@ def test_noise_needs_exactly_one_of_sigma_and_timestep(client):
 
 def _bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG file whose header claims a huge image (the IDAT is a few bytes)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bombs_are_413_before_decoding(client):
-    r = client.post("/v1/denoise", files={"file": ("bomb.png", _bomb_png(50000, 50000), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("bomb.png", _bomb_png(50000, 50000), "image/png")},
+        data={"sigma": "5", "model": "tiny-rgb"},
+    )
     assert r.status_code == 413 and ["body", "file"] in errors_at(r)
     assert "pixels" in r.json()["detail"][0]["msg"]
 
 
 def test_too_many_pixels_is_413(make_client):
     client = make_client(max_pixels=1000)
-    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo(40, 48)), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo(40, 48)), "image/png")},
+        data={"sigma": "5", "model": "tiny-rgb"},
+    )
     assert r.status_code == 413
 
 
@@ -145,7 +187,10 @@ def test_body_too_large_is_413(make_client):
 def test_queue_full_is_503_with_retry_after(make_client):
     client = make_client(queue_limit=2)
     headers = {"Prefer": "respond-async"}
-    ids = [client.post("/v1/generate", json={"class_label": 0, "steps": 1000}, headers=headers).json()["job_id"] for _ in range(2)]
+    ids = [
+        client.post("/v1/generate", json={"class_label": 0, "steps": 1000}, headers=headers).json()["job_id"]
+        for _ in range(2)
+    ]
     r = client.post("/v1/generate", json={"class_label": 0}, headers=headers)
     assert r.status_code == 503 and r.headers["retry-after"].isdigit()
     for job_id in ids:
@@ -165,7 +210,11 @@ def test_palette_image_with_transparency_is_accepted_and_alpha_reported(client):
     image.info["transparency"] = 0
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", transparency=0)
-    r = client.post("/v1/denoise", files={"file": ("p.png", buffer.getvalue(), "image/png")}, data={"sigma": "5", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", buffer.getvalue(), "image/png")},
+        data={"sigma": "5", "model": "tiny-rgb"},
+    )
     assert r.status_code == 200 and r.json()["info"]["alpha_dropped"] is True
 
 

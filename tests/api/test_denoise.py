@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-import pytest
 
 from tests.api.helpers import decode, decode_b64, photo, png_bytes
 
 
 def test_denoise_multipart_with_sigma(client):
-    r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"sigma": "25", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo()), "image/png")},
+        data={"sigma": "25", "model": "tiny-rgb"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["info"]["sigma"] == 25.0 and body["info"]["mode"] == "mmse"
@@ -37,16 +40,28 @@ def test_denoise_sample_mode_walks_the_reverse_chain(client):
 
 
 def test_grey_input_stays_grey_and_alpha_is_dropped_and_said(client):
-    grey = client.post("/v1/denoise", files={"file": ("g.png", png_bytes(photo(channels=1)), "image/png")}, data={"sigma": "15", "model": "tiny-rgb"})
+    grey = client.post(
+        "/v1/denoise",
+        files={"file": ("g.png", png_bytes(photo(channels=1)), "image/png")},
+        data={"sigma": "15", "model": "tiny-rgb"},
+    )
     assert grey.status_code == 200 and decode_b64(grey.json()["images"][0]["data"]).shape == (40, 48)
     rgba = np.dstack([photo(), np.full((40, 48), 128, np.uint8)])
-    r = client.post("/v1/denoise", files={"file": ("a.png", png_bytes(rgba), "image/png")}, data={"sigma": "15", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("a.png", png_bytes(rgba), "image/png")},
+        data={"sigma": "15", "model": "tiny-rgb"},
+    )
     assert r.status_code == 200 and r.json()["info"]["alpha_dropped"] is True
 
 
 def test_large_images_are_tiled(client):
     # tile 64, overlap 8 in the test settings: a 150x130 image takes several tiles
-    r = client.post("/v1/denoise", files={"file": ("big.png", png_bytes(photo(130, 150)), "image/png")}, data={"sigma": "20", "model": "tiny-rgb"})
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("big.png", png_bytes(photo(130, 150)), "image/png")},
+        data={"sigma": "20", "model": "tiny-rgb"},
+    )
     assert r.status_code == 200
     assert r.json()["info"]["tiles"] > 1
     assert decode_b64(r.json()["images"][0]["data"]).shape == (130, 150, 3)
@@ -55,7 +70,9 @@ def test_large_images_are_tiled(client):
 def test_unprefixed_denoise_answers_as_v1(client):
     files = {"file": ("p.png", png_bytes(photo()), "image/png")}
     a = client.post("/denoise", files=files, data={"sigma": "10", "model": "tiny-rgb"}, headers={"Accept": "image/png"})
-    b = client.post("/v1/denoise", files=files, data={"sigma": "10", "model": "tiny-rgb"}, headers={"Accept": "image/png"})
+    b = client.post(
+        "/v1/denoise", files=files, data={"sigma": "10", "model": "tiny-rgb"}, headers={"Accept": "image/png"}
+    )
     assert a.status_code == b.status_code == 200
     assert a.content == b.content and a.headers["content-type"] == "image/png"
 

@@ -44,7 +44,9 @@ def test_output_formats(client, fmt, magic):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
 def test_every_sampler_and_guidance(client, sampler):
-    r = client.post("/v1/generate", json={"class_label": "c", "sampler": sampler, "steps": 6, "guidance_scale": 2.0, "eta": 0.3})
+    r = client.post(
+        "/v1/generate", json={"class_label": "c", "sampler": sampler, "steps": 6, "guidance_scale": 2.0, "eta": 0.3}
+    )
     assert r.status_code == 200 and r.json()["progress"] == {"step": 6, "total": 6}
 
 
@@ -65,7 +67,9 @@ def test_unprefixed_generate_answers_exactly_as_v1(client):
     a = client.post("/generate", json={"class_label": 2, "seed": 77})
     b = client.post("/v1/generate", json={"class_label": 2, "seed": 77})
     assert a.status_code == b.status_code == 200
-    assert a.json()["images"] == [{**i, "url": i["url"].replace(b.json()["job_id"], a.json()["job_id"])} for i in b.json()["images"]]
+    assert a.json()["images"] == [
+        {**i, "url": i["url"].replace(b.json()["job_id"], a.json()["job_id"])} for i in b.json()["images"]
+    ]
 
 
 def test_idempotency_key_returns_the_same_job(client):

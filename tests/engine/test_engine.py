@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from app.jobs import GenerateSpec
 from tests.engine.harness import EngineHarness, pixels
@@ -20,7 +18,9 @@ def harness(store):
 
 
 def spec(steps=4, seed=0, label=0, **kw) -> GenerateSpec:
-    return GenerateSpec(model="tiny-gen", steps=steps, sampler=kw.pop("sampler", "ddim"), seeds=[seed], class_label=label, **kw)
+    return GenerateSpec(
+        model="tiny-gen", steps=steps, sampler=kw.pop("sampler", "ddim"), seeds=[seed], class_label=label, **kw
+    )
 
 
 def test_request_joins_a_batch_already_running(harness):
@@ -82,7 +82,9 @@ def test_same_seed_same_image_alone_or_beside_63_others(store, sampler, eta):
         h.submit("alone", spec(steps=10, seed=1234, label=1, sampler=sampler, eta=eta, guidance_scale=1.5))
         alone = pixels(h.outcome("alone"))
         for i in range(63):
-            h.submit(f"other{i}", spec(steps=10 + i % 7, seed=i, label=i % 3, sampler=("ddim", "ddpm", "dpmpp_2m")[i % 3]))
+            h.submit(
+                f"other{i}", spec(steps=10 + i % 7, seed=i, label=i % 3, sampler=("ddim", "ddpm", "dpmpp_2m")[i % 3])
+            )
         h.submit("crowd", spec(steps=10, seed=1234, label=1, sampler=sampler, eta=eta, guidance_scale=1.5))
         crowd = pixels(h.outcome("crowd"))
         diff = np.abs(alone - crowd)
@@ -136,7 +138,9 @@ def test_a_short_generate_finishes_while_a_huge_denoise_still_runs(store):
 
 
 def test_a_cancelled_job_releases_its_rows_at_once(harness):
-    harness.submit("doomed", GenerateSpec(model="tiny-gen", steps=1000, sampler="ddim", seeds=list(range(8)), class_label=0))
+    harness.submit(
+        "doomed", GenerateSpec(model="tiny-gen", steps=1000, sampler="ddim", seeds=list(range(8)), class_label=0)
+    )
     harness.wait_for_step("doomed", 2)
     rows = [r for r in harness.engine._rows.values() if r.job_id == "doomed"]
     harness.engine.cancel("doomed")

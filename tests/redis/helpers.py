@@ -29,12 +29,30 @@ class Proc:
     def __init__(self, role: str, prefix: str, store: Path, **env) -> None:
         self.role = role
         self.port = free_port() if role == "serve" else None
-        args = [sys.executable, "-m", "app.cli", role, "--queue-url", REDIS_URL, "--model-store", str(store), "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            role,
+            "--queue-url",
+            REDIS_URL,
+            "--model-store",
+            str(store),
+            "--log-level",
+            "warning",
+        ]
         if self.port:
             args += ["--port", str(self.port)]
-        full_env = {**os.environ, "DIFFUSION_REDIS_PREFIX": prefix, "DIFFUSION_DEVICE": "cpu", "DIFFUSION_LEASE_S": "1.5",
-                    "DIFFUSION_MAX_BATCH": "16", "DIFFUSION_SHUTDOWN_GRACE_S": "5", "HF_HUB_OFFLINE": "1",
-                    **{k: str(v) for k, v in env.items()}}
+        full_env = {
+            **os.environ,
+            "DIFFUSION_REDIS_PREFIX": prefix,
+            "DIFFUSION_DEVICE": "cpu",
+            "DIFFUSION_LEASE_S": "1.5",
+            "DIFFUSION_MAX_BATCH": "16",
+            "DIFFUSION_SHUTDOWN_GRACE_S": "5",
+            "HF_HUB_OFFLINE": "1",
+            **{k: str(v) for k, v in env.items()},
+        }
         self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env)
 
     @property
@@ -93,6 +111,8 @@ def poll(url: str, job_id: str, *, until=("succeeded", "failed", "canceled"), ti
 
 
 def submit(url: str, **body) -> str:
-    r = httpx.post(f"{url}/v1/generate", json={"class_label": 0, **body}, headers={"Prefer": "respond-async"}, timeout=10)
+    r = httpx.post(
+        f"{url}/v1/generate", json={"class_label": 0, **body}, headers={"Prefer": "respond-async"}, timeout=10
+    )
     assert r.status_code == 202, r.text
     return r.json()["job_id"]

@@ -123,7 +123,9 @@ def test_sigterm_on_an_api_node_lets_waiting_clients_finish(prefix, procs, store
     api.wait_ready()
     answers = []
     waiting = threading.Thread(
-        target=lambda: answers.append(httpx.post(f"{api.url}/v1/generate", json={"class_label": 2, "steps": 200}, timeout=120))
+        target=lambda: answers.append(
+            httpx.post(f"{api.url}/v1/generate", json={"class_label": 2, "steps": 200}, timeout=120)
+        )
     )
     waiting.start()
     deadline = time.monotonic() + 30

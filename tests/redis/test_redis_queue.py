@@ -19,7 +19,9 @@ def store(tmp_path_factory):
 
 
 def client_for(store, prefix, **overrides):
-    settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=1.5, shutdown_grace_s=1, **overrides)
+    settings = make_settings(
+        store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=1.5, shutdown_grace_s=1, **overrides
+    )
     return TestClient(create_app(settings))
 
 
@@ -28,7 +30,9 @@ def test_embedded_worker_serves_sync_async_and_sse(store, prefix):
         assert client.get("/readyz").status_code == 200
         r = client.post("/v1/generate", json={"class_label": "b", "num_images": 2, "seed": 4, "steps": 4})
         assert r.status_code == 200 and [i["seed"] for i in r.json()["images"]] == [4, 5]
-        job = client.post("/v1/generate", json={"class_label": 0, "steps": 20}, headers={"Prefer": "respond-async"}).json()
+        job = client.post(
+            "/v1/generate", json={"class_label": 0, "steps": 20}, headers={"Prefer": "respond-async"}
+        ).json()
         with client.stream("GET", f"/v1/jobs/{job['job_id']}/events") as stream:
             kinds = [line[7:] for line in stream.iter_lines() if line.startswith("event: ")]
         assert kinds[-1] == "succeeded"
@@ -40,7 +44,10 @@ def test_a_node_without_workers_still_accepts_jobs_and_caps_them(store, prefix):
         worker_node.app.state.queue.embedded.engine.stop()  # keep the catalog, stop serving
         with client_for(store, prefix, embedded_worker=False, queue_limit=2) as client:
             headers = {"Prefer": "respond-async"}
-            codes = [client.post("/v1/generate", json={"class_label": 0, "steps": 5}, headers=headers).status_code for _ in range(3)]
+            codes = [
+                client.post("/v1/generate", json={"class_label": 0, "steps": 5}, headers=headers).status_code
+                for _ in range(3)
+            ]
             assert codes[:2] == [202, 202]
             r = client.post("/v1/generate", json={"class_label": 0}, headers=headers)
             assert codes[2] == 503 and r.status_code == 503 and r.headers["retry-after"].isdigit()
@@ -58,7 +65,10 @@ def test_queued_jobs_are_capped_in_image_pixels_across_nodes(store, prefix):
 
 
 def test_an_idempotency_key_reused_with_another_body_is_422_across_nodes(store, prefix):
-    with client_for(store, prefix, embedded_worker=True) as node_a, client_for(store, prefix, embedded_worker=False) as node_b:
+    with (
+        client_for(store, prefix, embedded_worker=True) as node_a,
+        client_for(store, prefix, embedded_worker=False) as node_b,
+    ):
         headers = {"Prefer": "respond-async", "Idempotency-Key": "k1"}
         first = node_a.post("/v1/generate", json={"class_label": 0, "seed": 1}, headers=headers)
         same = node_b.post("/v1/generate", json={"class_label": 0, "seed": 1}, headers=headers)
@@ -74,9 +84,14 @@ def test_an_unusable_job_entry_fails_that_job_and_the_worker_keeps_serving(store
         raw = sync_redis.Redis.from_url(REDIS_URL)
         try:
             raw.hset(f"{prefix}:job:{'f' * 32}", mapping={"record": "not a record", "status": "queued", "spec": "{}"})
-            raw.hset(f"{prefix}:job:{'e' * 32}", mapping={
-                "record": '{"id": "' + "e" * 32 + '", "kind": "generate", "model": "tiny-gen"}', "status": "queued", "spec": "{not json",
-            })
+            raw.hset(
+                f"{prefix}:job:{'e' * 32}",
+                mapping={
+                    "record": '{"id": "' + "e" * 32 + '", "kind": "generate", "model": "tiny-gen"}',
+                    "status": "queued",
+                    "spec": "{not json",
+                },
+            )
             raw.xadd(f"{prefix}:jobs", {"job": "f" * 32})
             raw.xadd(f"{prefix}:jobs", {"job": "e" * 32})
             raw.xadd(f"{prefix}:jobs", {"nothing": "here"})

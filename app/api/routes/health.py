@@ -22,4 +22,6 @@ async def readyz(queue: QueueDep) -> JSONResponse:
     """Models loaded and the worker alive; 503 otherwise."""
     ready = await queue.ready()
     models = sorted(n for n, e in queue.models.items() if e.ready)
-    return JSONResponse({"status": "ready" if ready else "not ready", "models": models}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "models": models}, status_code=200 if ready else 503
+    )

@@ -39,7 +39,9 @@ async def denoise(request: Request, submission: SubmissionDep):
     """Denoise an uploaded image (grey or RGB, any size up to the pixel limit; alpha is dropped and
     `info.alpha_dropped` says so, as `info.frames_dropped` does for the frames of an animation after the
     first). `sigma` is the noise std on the 0-255 scale, or `auto`."""
-    upload = await read_image_request(request, "denoise", DenoiseParams, DenoiseJSON, max_pixels=submission.settings.max_pixels)
+    upload = await read_image_request(
+        request, "denoise", DenoiseParams, DenoiseJSON, max_pixels=submission.settings.max_pixels
+    )
     spec = resolve.denoise_spec(upload.options, upload.image, submission)
     return await submission.run(spec, fingerprint=upload.fingerprint)
 
@@ -48,6 +50,8 @@ async def denoise(request: Request, submission: SubmissionDep):
 async def noise(request: Request, submission: SubmissionDep):
     """Add seeded Gaussian noise: `sigma` on the 0-255 scale (y = x + sigma n), or `timestep` of a model's
     schedule (x_t = sqrt(alpha_bar) x + sqrt(1 - alpha_bar) n). Give exactly one."""
-    upload = await read_image_request(request, "noise", NoiseParams, NoiseJSON, max_pixels=submission.settings.max_pixels)
+    upload = await read_image_request(
+        request, "noise", NoiseParams, NoiseJSON, max_pixels=submission.settings.max_pixels
+    )
     spec = resolve.noise_spec(upload.options, upload.image, submission)
     return await submission.run(spec, fingerprint=upload.fingerprint)

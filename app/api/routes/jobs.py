@@ -23,7 +23,9 @@ JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the job ID returned on subm
 async def _record(queue, job_id: str) -> JobRecord:
     record = await queue.get(job_id)
     if record is None:
-        raise ApiError(404, ["path", "job_id"], f"no job {job_id!r} (unknown, or finished and forgotten)", type="not_found")
+        raise ApiError(
+            404, ["path", "job_id"], f"no job {job_id!r} (unknown, or finished and forgotten)", type="not_found"
+        )
     return record
 
 
@@ -40,7 +42,9 @@ async def existing_job(queue: QueueDep, job_id: str = JobId) -> JobRecord:
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=json_errors_for(404, 405, 406, 422))
-async def job_events(queue: QueueDep, record: Annotated[JobRecord, Depends(existing_job)]) -> AsyncIterable[ServerSentEvent]:
+async def job_events(
+    queue: QueueDep, record: Annotated[JobRecord, Depends(existing_job)]
+) -> AsyncIterable[ServerSentEvent]:
     """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`."""
     async for kind, data in queue.events(record.id):
         yield ServerSentEvent(event=kind, data=data)

@@ -97,7 +97,10 @@ class RedisWorker:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
             await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
         await self._beat()
-        self._tasks = [self._forever(step) for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)]
+        self._tasks = [
+            self._forever(step)
+            for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
+        ]
         self._intake = [self._forever(step) for step in (self._read_once, self._reclaim_once)]
         log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.ready))
 
@@ -142,7 +145,9 @@ class RedisWorker:
     async def _read_once(self) -> None:
         await self._wait_for_room()
         try:
-            reply = await self.redis.xreadgroup(GROUP, self.worker_id, {self.keys.stream: ">"}, count=self._free(), block=1000)
+            reply = await self.redis.xreadgroup(
+                GROUP, self.worker_id, {self.keys.stream: ">"}, count=self._free(), block=1000
+            )
         except ResponseError as exc:  # the stream or group was deleted under us: recreate
             log.warning("xreadgroup: %s", exc)
             with contextlib.suppress(ResponseError):
@@ -157,7 +162,12 @@ class RedisWorker:
         if self._free() == 0:
             return
         cursor, claimed, *_ = await self.redis.xautoclaim(
-            self.keys.stream, GROUP, self.worker_id, min_idle_time=self.lease_ms, start_id=self._reclaim_cursor, count=self._free()
+            self.keys.stream,
+            GROUP,
+            self.worker_id,
+            min_idle_time=self.lease_ms,
+            start_id=self._reclaim_cursor,
+            count=self._free(),
         )
         self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         for entry_id, fields in claimed:
@@ -189,7 +199,9 @@ class RedisWorker:
         record = JobRecord.model_validate_json(raw_record)
         if delivered - 1 >= self.settings.max_attempts:
             attempts = self.settings.max_attempts
-            await self._fail_record(record, f"job crashed workers {delivered - 1} times (max_attempts {attempts}); not retried")
+            await self._fail_record(
+                record, f"job crashed workers {delivered - 1} times (max_attempts {attempts}); not retried"
+            )
             await self._retire(entry_id)
             return
         spec = SPEC.validate_json(raw_spec)
@@ -238,7 +250,9 @@ class RedisWorker:
 
     def _engine_alive(self) -> bool:
         if self.engine is not None and not self.engine.alive and not self.dead.is_set():
-            log.critical("the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over")
+            log.critical(
+                "the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over"
+            )
             self.dead.set()
         return not self.dead.is_set()
 
@@ -246,7 +260,9 @@ class RedisWorker:
         await asyncio.sleep(self.settings.lease_s / 3)
         ids = [h.entry_id for h in self.held.values()]
         if ids and self._engine_alive():
-            await self.redis.xclaim(self.keys.stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
+            await self.redis.xclaim(
+                self.keys.stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True
+            )
 
     async def _listen_for_cancels(self) -> None:
         pubsub = self.redis.pubsub()
