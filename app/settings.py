@@ -12,9 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Measured by bench/bench_service.py (docs/benchmarks.md): on 2 CPU cores, batches past 64 rows got
 # slower; a GPU keeps gaining far beyond that.
 DEFAULT_MAX_BATCH = {"cpu": 64, "cuda": 256}
-# Pixels per forward pass (rows x image area): on 2 CPU cores a pass of four 256x256 tiles already takes
-# about as long per tile as larger ones (bench/bench_fairness.py, docs/fairness.md); a GPU takes far more.
-DEFAULT_MAX_BATCH_PIXELS = {"cpu": 4 * 256 * 256, "cuda": 64 * 256 * 256}
+# Pixels per forward pass (rows x image area). On 2 CPU cores the photo denoiser runs 256x256 tiles fastest
+# in passes of 1-2 tiles (11.3 / 11.8 / 10.6 / 7.2 / 4.3 tiles/s at 1 / 2 / 4 / 8 / 64 tiles; bench/
+# bench_pass_pixels.py, docs/fairness.md), while 64 digits (28x28) fit in the same budget; short passes also
+# let other jobs in sooner. A GPU keeps gaining with batch size: 64 tiles there (not yet measured).
+DEFAULT_MAX_BATCH_PIXELS = {"cpu": 2 * 256 * 256, "cuda": 64 * 256 * 256}
 
 
 class Settings(BaseSettings):
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=64, description="image pixels held by queued or running jobs before new ones get 503"
     )
     max_job_megapixel_steps: float = Field(
-        2000.0,
+        1000.0,
         gt=0,
         description="largest job: network evaluations x pixels per evaluation, in megapixels; "
         "above it a request gets 422",

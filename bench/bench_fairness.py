@@ -7,7 +7,9 @@
 2. under load: a ``side`` x ``side`` RGB photo (16 Mpx at the default 4000) sent to /v1/denoise async, then,
    once it runs, the same 20-step generates one after another while it still runs (at most ``probes``);
    the first one's latency, their median, and how long the denoise took.
-Prints both latencies and their ratio.
+3. memory: ``uploads`` such photos sent async at once (how many the queue admits, how many get 503), then
+   all cancelled; the server's resident memory before, at its peak (VmHWM) and after.
+Prints the latencies, their ratio, and the memory figures.
 """
 
 from __future__ import annotations
@@ -51,11 +53,38 @@ def generate(http: httpx.Client, url: str, seed: int) -> float:
     return time.perf_counter() - began
 
 
+def rss_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_phase(http: httpx.Client, server: Server, image: bytes, uploads: int) -> None:
+    pid = server.proc.pid
+    before = rss_mb(pid, "VmRSS")
+    jobs, refused = [], 0
+    for i in range(uploads):
+        r = http.post(server.url + "/v1/denoise", files={"file": ("big.jpg", image, "image/jpeg")},
+                      data={"sigma": "25", "model": "photos", "seed": str(i)}, headers={"Prefer": "respond-async"})
+        if r.status_code == 202:
+            jobs.append(r.json()["job_id"])
+        else:
+            refused += 1
+    time.sleep(2.0)
+    for job in jobs:
+        http.delete(f"{server.url}/v1/jobs/{job}")
+    time.sleep(2.0)
+    print(f"{uploads} uploads sent async: {len(jobs)} admitted, {refused} refused (503); then cancelled. "
+          f"RSS before {before:.0f} MB, peak {rss_mb(pid, 'VmHWM'):.0f} MB, after {rss_mb(pid, 'VmRSS'):.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--side", type=int, default=4000)
     parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument("--uploads", type=int, default=8, help="big uploads sent at once in the memory phase")
     args = parser.parse_args()
     image = big_photo(args.side)
     print(
@@ -98,6 +127,7 @@ def main() -> None:
                 f"20-step generate while the denoise runs ({len(loaded)} sent): first {loaded[0]:.3f} s, "
                 f"median {under:.3f} s, max {max(loaded):.3f} s; median {under / solo:.1f}x solo"
             )
+            memory_phase(http, server, image, args.uploads)
     finally:
         server.close()
 

@@ -13,6 +13,7 @@ Rows build their tensors only when admitted, and a finished row's output is take
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from app.diffusion.forward import add_gaussian_noise, q_sample
+from app.diffusion.layout import DenoiseLayout
 from app.diffusion.noise_level import estimate_sigma
 from app.diffusion.pixels import apply_transform, image_to_unit, invert_transform, sigma_255_to_unit, unit_to_image
 from app.diffusion.samplers import Step, get_sampler
@@ -97,16 +99,17 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
 
 
 # -- denoise -------------------------------------------------------------------------------------------
-def _noise_level(spec: DenoiseSpec, pixels: np.ndarray, info: dict) -> float:
-    """sigma on the 0-255 scale: given, or estimated from the image."""
+def _start_timestep(spec: DenoiseSpec, pixels: np.ndarray, schedule: NoiseSchedule, info: dict) -> float:
+    """The timestep whose noise level matches the image's sigma (given, or estimated; 0-255 scale)."""
     if spec.sigma is None:
         sigma_255 = estimate_sigma(image_to_unit(pixels)) * 127.5
         info["sigma_estimated"] = round(sigma_255, 3)
     else:
         sigma_255 = spec.sigma
     sigma_255 = max(sigma_255, 0.1)  # a clean image: the lowest noise level still maps to a timestep
-    info["sigma"] = round(sigma_255, 3)
-    return sigma_255
+    t_start = schedule.sigma_to_t(sigma_255_to_unit(sigma_255))
+    info.update(sigma=round(sigma_255, 3), t_start=round(t_start, 3))
+    return t_start
 
 
 def _chain(spec: DenoiseSpec, schedule: NoiseSchedule, t_start: float) -> tuple[list[Step], str]:
@@ -117,79 +120,84 @@ def _chain(spec: DenoiseSpec, schedule: NoiseSchedule, t_start: float) -> tuple[
     return restoration_plan(schedule, t_start, spec.steps), spec.sampler
 
 
+def _layout_info(spec: DenoiseSpec, layout: DenoiseLayout) -> dict:
+    info = {"tiles": len(layout.boxes) * len(layout.planes)}
+    if len(layout.views) > spec.ensemble:
+        info["samples"] = len(layout.views) // spec.ensemble
+    if spec.ensemble > 1:
+        info["ensemble"] = spec.ensemble
+    return info
+
+
+def _tile_start(padded: np.ndarray, layout: DenoiseLayout, key: tuple[int, int, int], channels: int, scale: float):
+    """How row ``key`` = (view, plane, tile) builds its x_t* = sqrt(ab) y when admitted (DMID): crop the
+    tile from the padded uint8 image, take the plane, replicate grey for an RGB model, turn/flip the view."""
+    view, plane, box = key
+
+    def start(_: torch.Generator) -> torch.Tensor:
+        y, x, h, w = layout.boxes[box]
+        part = image_to_unit(padded[y : y + h, x : x + w])
+        part = part if layout.planes[plane] is None else part[layout.planes[plane]]
+        if part.shape[0] != channels:
+            part = part.expand(channels, -1, -1)  # grey image, RGB model
+        return (scale * apply_transform(part, layout.views[view]))[None]
+
+    return start
+
+
+class _Blend:
+    """Finished tiles, their views' transforms undone, blended into one canvas per plane; the views of a
+    tile add up on the same canvas, so the blend is their average."""
+
+    def __init__(self, spec: DenoiseSpec, layout: DenoiseLayout, channels: int, overlap: int) -> None:
+        self.spec, self.layout, self.channels, self.overlap = spec, layout, channels, overlap
+        self.canvases: dict[int, Canvas] = {}
+
+    def add(self, row: Row) -> None:
+        view, plane, box = row.key
+        if plane not in self.canvases:
+            self.canvases[plane] = Canvas(self.channels, self.layout.height, self.layout.width, self.overlap)
+        tile = invert_transform(row.x[0], self.layout.views[view]).float().cpu().numpy()
+        self.canvases[plane].add(tile, self.layout.boxes[box])
+
+    def result(self, info: dict) -> JobResult:
+        h, w = self.spec.image.height, self.spec.image.width
+        image = np.concatenate([self.canvases[p].result()[:, :h, :w] for p in range(len(self.layout.planes))])
+        if image.shape[0] == 3 and self.spec.image.channels == 1:
+            image = image.mean(axis=0, keepdims=True)
+        seed = self.spec.seed if self.spec.mode == "sample" else None
+        return JobResult(images=[result_image(0, seed, image, self.spec.output_format)], info=info)
+
+
 def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: int, overlap: int) -> Plan:
     pixels = image_pixels(spec.image)
     info = {**upload_info(spec.image), "mode": spec.mode}
-    sigma_255 = _noise_level(spec, pixels, info)
-    schedule = model.schedule
-    t_start = schedule.sigma_to_t(sigma_255_to_unit(sigma_255))
-    info["t_start"] = round(t_start, 3)
-    plan, sampler = _chain(spec, schedule, t_start)
-    scale = schedule.alpha_bar(t_start) ** 0.5  # x_t* = sqrt(ab) y (start_for_restoration)
-
-    model_channels = model.entry.channels
-    layout = spec.layout(
-        model_channels=model_channels, factor=model.entry.downsample_factor, tile=tile, overlap=overlap
-    )
-    padded, _ = pad_to_multiple(pixels, model.entry.downsample_factor)
-    boxes, plane_slices, view_list = layout.boxes, layout.planes, layout.views
-    info["tiles"] = len(boxes) * len(plane_slices)
-    if len(view_list) > spec.ensemble:
-        info["samples"] = len(view_list) // spec.ensemble
-    if spec.ensemble > 1:
-        info["ensemble"] = spec.ensemble
-
-    def crop(v: int, p: int, b: int) -> Callable[[torch.Generator], torch.Tensor]:
-        def start(_: torch.Generator) -> torch.Tensor:
-            y, x, h, w = boxes[b]
-            part = image_to_unit(padded[y : y + h, x : x + w])
-            part = part if plane_slices[p] is None else part[plane_slices[p]]
-            if part.shape[0] != model_channels:
-                part = part.expand(model_channels, -1, -1)  # grey image, RGB model
-            return (scale * apply_transform(part, view_list[v]))[None]
-
-        return start
-
-    th, tw = boxes[0][2:]
+    t_start = _start_timestep(spec, pixels, model.schedule, info)
+    steps, sampler = _chain(spec, model.schedule, t_start)
+    scale = model.schedule.alpha_bar(t_start) ** 0.5
+    channels, factor = model.entry.channels, model.entry.downsample_factor
+    layout = spec.layout(model_channels=channels, factor=factor, tile=tile, overlap=overlap)
+    info.update(_layout_info(spec, layout))
+    padded, _ = pad_to_multiple(pixels, factor)
+    th, tw = layout.boxes[0][2:]
     rows = []
-    for v in range(len(view_list)):
-        for p in range(len(plane_slices)):
-            for b in range(len(boxes)):
-                seed = (spec.seed + layout.index(v, p, b)) % 2**63
-                shape = (model_channels, tw, th) if view_list[v][0] % 2 else (model_channels, th, tw)
-                rows.append(
-                    Row(
-                        job_id=job_id,
-                        model=model,
-                        shape=shape,
-                        plan=plan,
-                        sampler=get_sampler(sampler),
-                        seed=seed,
-                        init=crop(v, p, b),
-                        key=(v, p, b),
-                        eta=spec.eta,
-                    )
-                )
-    canvases: dict[int, Canvas] = {}
-
-    def collect(row: Row) -> None:
-        """Blend the finished tile into its plane's canvas, its view's transform undone; views add up on
-        the same canvas, so the blend is their average."""
-        v, p, b = row.key
-        canvas = canvases.get(p)
-        if canvas is None:
-            canvas = canvases[p] = Canvas(model_channels, layout.height, layout.width, overlap)
-        canvas.add(invert_transform(row.x[0], view_list[v]).float().cpu().numpy(), boxes[b])
-
-    def finish() -> JobResult:
-        h, w = spec.image.height, spec.image.width
-        result = np.concatenate([canvases[p].result()[:, :h, :w] for p in range(len(plane_slices))])
-        if result.shape[0] == 3 and spec.image.channels == 1:
-            result = result.mean(axis=0, keepdims=True)
-        seed = spec.seed if spec.mode == "sample" else None
-        return JobResult(images=[result_image(0, seed, result, spec.output_format)], info=info)
-
-    return Plan(rows=rows, collect=collect, finish=finish, info=info)
+    for key in itertools.product(range(len(layout.views)), range(len(layout.planes)), range(len(layout.boxes))):
+        quarter_turned = layout.views[key[0]][0] % 2
+        rows.append(
+            Row(
+                job_id=job_id,
+                model=model,
+                shape=(channels, tw, th) if quarter_turned else (channels, th, tw),
+                plan=steps,
+                sampler=get_sampler(sampler),
+                seed=(spec.seed + layout.index(*key)) % 2**63,
+                init=_tile_start(padded, layout, key, channels, scale),
+                key=key,
+                eta=spec.eta,
+            )
+        )
+    blend = _Blend(spec, layout, channels, overlap)
+    return Plan(rows=rows, collect=blend.add, finish=lambda: blend.result(info), info=info)
 
 
 # -- noise (forward process) ----------------------------------------------------------------------------

@@ -187,6 +187,9 @@ def _check(entry: ModelEntry) -> None:
         entry.card = ModelCard(null_class=None)
     if entry.card.null_class is not None and entry.card.null_class >= entry.num_classes:
         raise ModelRefused(f"null_class {entry.card.null_class} is not below num_class_embeds {entry.num_classes}")
+    named = len(entry.card.class_names or [])
+    if named and named + (entry.card.null_class is not None) > entry.num_classes:
+        raise ModelRefused(f"the card names {named} classes but the network has {entry.num_classes} class embeddings")
     for rel, expected in entry.card.sha256.items():
         target = safe_relative(folder, rel)
         if not target.is_file():

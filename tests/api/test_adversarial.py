@@ -15,7 +15,7 @@ from PIL import Image
 from app.api.main import create_app
 from tests.api.helpers import decode, decode_b64, photo, png_bytes
 from tests.helpers import make_settings
-from tests.tiny_models import write_conditional_bare, write_conditional_with_null
+from tests.tiny_models import write_bare, write_conditional_bare, write_conditional_with_null, write_generator
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,8 @@ def conditional_client(tmp_path_factory):
     root = tmp_path_factory.mktemp("store-conditional")
     write_conditional_bare(root / "cond")
     write_conditional_with_null(root / "cond-null")
+    write_generator(root / "tiny-gen")
+    write_bare(root / "tiny-rgb")
     with TestClient(create_app(make_settings(root))) as client:
         yield client
 
@@ -76,6 +78,31 @@ def test_generate_without_class_label_samples_the_null_class(conditional_client)
 def test_generate_without_class_label_and_no_null_class_stays_422(conditional_client):
     r = conditional_client.post("/v1/generate", json={"model": "cond", "seed": 3})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "class_label"]
+
+
+MODELS = ["cond", "cond-null", "tiny-gen", "tiny-rgb"]
+REQUESTS = [
+    ("/v1/generate", {}),
+    ("/v1/generate", {"class_label": 0, "guidance_scale": 1.0}),
+    ("/v1/generate", {"class_label": "a", "sampler": "dpmpp_2m", "steps": 3}),
+    ("/v1/denoise", {"sigma": "25"}),
+    ("/v1/denoise", {"sigma": "auto", "mode": "sample", "steps": "2", "ensemble": "2"}),
+    ("/v1/noise", {"timestep": "500"}),
+]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("path,fields", REQUESTS)
+def test_no_request_on_any_stored_model_ends_as_a_failed_job_or_a_500(conditional_client, model, path, fields):
+    if path == "/v1/generate":
+        r = conditional_client.post(path, json={"model": model, "seed": 1, **fields})
+    else:
+        r = upload(conditional_client, path, data={"model": model, "seed": "1", **fields})
+    assert r.status_code == 200 or 400 <= r.status_code < 500, r.text
+    if r.status_code == 200:
+        assert r.json()["status"] == "succeeded"
+    else:
+        assert r.json()["detail"][0]["msg"]
 
 
 # -- hostile uploads ---------------------------------------------------------------------------------------
