@@ -256,6 +256,85 @@ def _dpmpp_2m(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, pr
     return out.to(x.dtype), x0
 
 
+# -- samplers on a sigma grid (Karras et al. 2022): Euler, Euler ancestral, DPM-Solver++(2M) on Karras sigmas --
+# They step in sigma = sqrt((1 - ab) / ab), the noise-to-signal ratio; a Step carries ab = 1 / (1 + sigma^2)
+# and the network is evaluated at the step's (possibly fractional) timestep, as diffusers does.
+def _train_sigmas(schedule: NoiseSchedule) -> np.ndarray:
+    ab = np.asarray(schedule.alphas_cumprod, dtype=np.float32)
+    return ((1 - ab) / ab) ** 0.5
+
+
+def _sigma_steps(timesteps: np.ndarray, sigmas: np.ndarray) -> list[Step]:
+    """Steps through ``sigmas`` (descending, float32) to sigma = 0, evaluated at ``timesteps``."""
+    sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
+    ab = [1.0 / (1.0 + float(s) ** 2) for s in sigmas]
+    return [Step(float(t), ab[i], ab[i + 1]) for i, t in enumerate(timesteps)]
+
+
+def sigma_grid_timesteps(schedule: NoiseSchedule, num_steps: int) -> np.ndarray:
+    """diffusers' Euler schedulers' timesteps: like DDIM's, but linspace is not rounded (float timesteps)."""
+    T = schedule.num_train_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"steps must be between 1 and {T}")
+    if schedule.spacing == "linspace":
+        return np.linspace(0, T - 1, num_steps, dtype=np.float32)[::-1].copy()
+    return np.array(spaced_timesteps(T, num_steps, schedule.spacing, steps_offset=schedule.steps_offset), np.float32)
+
+
+def euler_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+    """EulerDiscreteScheduler's grid: sigma interpolated linearly in t at each timestep, then sigma = 0."""
+    timesteps = sigma_grid_timesteps(schedule, num_steps)
+    train = _train_sigmas(schedule)
+    return _sigma_steps(timesteps, np.interp(timesteps, np.arange(len(train)), train))
+
+
+def karras_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+    """DPMSolverMultistepScheduler(use_karras_sigmas=True): sigma_i = (s_max^(1/7) + i/(N-1) (s_min^(1/7) -
+    s_max^(1/7)))^7 (Karras et al. 2022, eq. 5, rho = 7) between the schedule's extreme sigmas, each
+    evaluated at the timestep of its sigma (rounded, except for the cosine schedule, as diffusers), then 0."""
+    if not 1 <= num_steps <= schedule.num_train_timesteps:
+        raise ValueError(f"steps must be between 1 and {schedule.num_train_timesteps}")
+    train = _train_sigmas(schedule)
+    rho, ramp = 7.0, np.linspace(0, 1, num_steps)
+    lo, hi = float(train[0]) ** (1 / rho), float(train[-1]) ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    timesteps = np.array([schedule.sigma_to_t(float(s)) for s in sigmas])
+    if schedule.beta_schedule != "squaredcos_cap_v2":
+        timesteps = timesteps.round()
+    return _sigma_steps(timesteps, sigmas)
+
+
+def euler_noise_scale(schedule: NoiseSchedule, plan: list[Step]) -> float:
+    """The initial noise's scale in x, for diffusers' Euler schedulers: their init_noise_sigma is
+    sqrt(sigma_max^2 + 1) with leading spacing (x = z / sqrt(sigma^2 + 1) is then unit noise) but sigma_max
+    with linspace and trailing spacing, which is sqrt(1 - ab) in x."""
+    if schedule.spacing in ("linspace", "trailing"):
+        return (1.0 - plan[0].ab) ** 0.5
+    return 1.0
+
+
+def _euler(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab) -> tuple[Tensor, Tensor]:
+    """Euler (Karras et al. 2022, Algorithm 1 without churn). In z = x / sqrt(ab), z + (z - x_0) / sigma
+    (sigma' - sigma) = x_0 + sigma' eps; in x that is sqrt(ab') x_0 + sqrt(1 - ab') eps, DDIM's
+    deterministic step, unclipped."""
+    x0, eps = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
+    return ddim_step(x0, eps, ab=ab, ab_prev=ab_prev, eta=ab.new_zeros(ab.shape), noise=None).to(x.dtype), x0
+
+
+def _euler_ancestral(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab) -> tuple[Tensor, Tensor]:
+    """Euler ancestral (k-diffusion ``sample_euler_ancestral``; diffusers EulerAncestralDiscreteScheduler):
+    1. sigma_up = sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2), sigma_down = sqrt(sigma'^2 - sigma_up^2)
+    2. z' = x_0 + sigma_down eps + sigma_up n, in z = x / sqrt(ab); x' = sqrt(ab') z'."""
+    x0, eps = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
+    s_from, s_to = ((1 - ab) / ab).sqrt(), ((1 - ab_prev) / ab_prev).sqrt()
+    s_up = (s_to**2 * (s_from**2 - s_to**2) / s_from**2).clamp(min=0).sqrt()
+    s_down = (s_to**2 - s_up**2).clamp(min=0).sqrt()
+    z = x0 + _col(s_down, x) * eps
+    if noise is not None:
+        z = z + _col(s_up, x) * noise
+    return (_col(ab_prev.sqrt(), x) * z).to(x.dtype), x0
+
+
 StepFn = Callable[..., "tuple[Tensor, Tensor]"]
 
 
@@ -275,6 +354,7 @@ class Sampler:
     draws_noise: Callable[[float, float], bool]
     keeps_history: bool = False
     description: str = ""
+    noise_scale: Callable[[NoiseSchedule, list[Step]], float] = lambda schedule, plan: 1.0
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -292,6 +372,15 @@ SAMPLERS: dict[str, Sampler] = {
             keeps_history=True,
             description="DPM-Solver++(2M), deterministic",
         ),
+        # Karras et al. 2022 (diffusers EulerDiscreteScheduler)
+        Sampler("euler", euler_plan, _euler, lambda t, eta: False, description="Euler, deterministic",
+                noise_scale=euler_noise_scale),
+        # fresh noise at every step, the last included (diffusers draws it there too, times sigma_up = 0)
+        Sampler("euler_a", euler_plan, _euler_ancestral, lambda t, eta: True, description="Euler ancestral",
+                noise_scale=euler_noise_scale),
+        # DPM-Solver++(2M) on Karras sigmas: diffusers DPMSolverMultistepScheduler(use_karras_sigmas=True)
+        Sampler("dpmpp_2m_karras", karras_plan, _dpmpp_2m, lambda t, eta: False, keeps_history=True,
+                description="DPM-Solver++(2M) on Karras sigmas, deterministic"),
     )
 }
 

@@ -57,6 +57,7 @@ class NoiseSchedule:
 
     alphas_cumprod: torch.Tensor  # [T], float32
     prediction_type: PredictionType
+    beta_schedule: str = "linear"
     spacing: Spacing = "leading"
     steps_offset: int = 0
     clip_sample: bool = True
@@ -81,6 +82,7 @@ class NoiseSchedule:
         return cls(
             alphas_cumprod=torch.cumprod(1.0 - betas, dim=0),
             prediction_type=prediction,
+            beta_schedule=config.get("beta_schedule", "linear"),
             spacing=spacing,
             steps_offset=int(config.get("steps_offset", 0)),
             clip_sample=bool(config.get("clip_sample", True)),

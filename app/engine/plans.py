@@ -26,7 +26,7 @@ from app.diffusion.layout import DenoiseLayout
 from app.diffusion.noise_level import estimate_sigma
 from app.diffusion.pixels import apply_transform, image_to_unit, invert_transform, sigma_255_to_unit, unit_to_image
 from app.diffusion.samplers import Step, get_sampler
-from app.diffusion.schedule import NoiseSchedule, generation_plan, restoration_plan
+from app.diffusion.schedule import NoiseSchedule, restoration_plan
 from app.diffusion.tiling import Canvas, pad_to_multiple
 from app.engine.runner import Row
 from app.imaging import MEDIA_TYPES, encode_image
@@ -64,12 +64,15 @@ def result_image(index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt
 
 # -- generate ------------------------------------------------------------------------------------------
 def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
-    plan = generation_plan(model.schedule, spec.sampler, spec.steps)
+    sampler = get_sampler(spec.sampler)
+    plan = sampler.plan(model.schedule, spec.steps)
+    scale = sampler.noise_scale(model.schedule, plan)  # 1 but for the Euler samplers' grids
     h, w = model.entry.image_size
     shape = (model.entry.channels, h, w)
 
     def noise(generator: torch.Generator) -> torch.Tensor:
-        return torch.randn((1, *shape), generator=generator)
+        x = torch.randn((1, *shape), generator=generator)
+        return x if scale == 1.0 else x * scale
 
     rows = [
         Row(
@@ -77,7 +80,7 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
             model=model,
             shape=shape,
             plan=plan,
-            sampler=get_sampler(spec.sampler),
+            sampler=sampler,
             seed=seed,
             init=noise,
             key=i,

@@ -21,7 +21,7 @@ from tests.api.helpers import errors_at, photo, png_bytes
         ({"num_images": 17}, "num_images"),
         ({"steps": 0}, "steps"),
         ({"steps": 1001}, "steps"),
-        ({"sampler": "euler"}, "sampler"),
+        ({"sampler": "heun"}, "sampler"),
         ({"eta": 2}, "eta"),
         ({"seed": -1}, "seed"),
         ({"guidance_scale": -1}, "guidance_scale"),

@@ -100,7 +100,7 @@ def test_ddpm_full_chain_matches_diffusers(unet):
 def test_unknown_sampler_is_refused():
     schedule = NoiseSchedule.from_config({})
     with pytest.raises(ValueError, match="unknown sampler"):
-        generation_plan(schedule, "euler", 10)
+        generation_plan(schedule, "heun", 10)
 
 
 def test_unknown_schedule_options_are_refused():
