@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
-
 @dataclass(frozen=True)
 class ImageFormat:
     """An output format: its name in requests, its media type, and how Pillow writes it."""
@@ -24,6 +23,7 @@ class ImageFormat:
     name: str
     media_type: str
     save: dict[str, Any]
+    max_side: int = 2**31 - 1  # the largest width or height the format can hold
 
 
 # The output formats, one entry each: the API's enum, content negotiation and encoding all read this.
@@ -31,8 +31,8 @@ OUTPUT_FORMATS: dict[str, ImageFormat] = {
     f.name: f
     for f in (
         ImageFormat("png", "image/png", {"format": "PNG"}),
-        ImageFormat("jpeg", "image/jpeg", {"format": "JPEG", "quality": 95}),
-        ImageFormat("webp", "image/webp", {"format": "WEBP", "lossless": True}),
+        ImageFormat("jpeg", "image/jpeg", {"format": "JPEG", "quality": 95}, max_side=65500),
+        ImageFormat("webp", "image/webp", {"format": "WEBP", "lossless": True}, max_side=16383),
     )
 }
 OutputFormat = Literal[tuple(OUTPUT_FORMATS)]  # type: ignore[valid-type]

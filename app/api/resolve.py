@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from app.api.errors import ApiError, brief
 from app.api.schemas import SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
+from app.imaging import OUTPUT_FORMATS
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, NoiseSpec
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -80,6 +81,21 @@ def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
         )
 
 
+def output_format(submission: Submission, requested: str | None, width: int, height: int) -> str:
+    """The negotiated output format, refused (422) when the result is larger than the format can hold: the
+    encoder would fail on it (WebP: 16383 pixels a side, JPEG: 65500)."""
+    chosen = submission.negotiated(requested).output_format
+    limit = OUTPUT_FORMATS[chosen].max_side
+    if max(width, height) > limit:
+        raise ApiError(
+            422,
+            ["body", "output_format"],
+            f"{chosen} holds at most {limit} pixels a side; the result would be {width}x{height}: choose png",
+            type="too_large_for_format",
+        )
+    return chosen
+
+
 def check_pixels(pixels: int, settings: Settings, loc: list) -> None:
     """A job larger than everything the queue may hold could never be admitted: refuse it now."""
     if pixels > settings.queue_max_pixels:
@@ -115,7 +131,7 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     if isinstance(label, str):
         if named and label in named:
             return named.index(label)
-        if not label.isdigit():
+        if not (label.isdecimal() and len(label) <= 9):
             valid = brief(", ".join(named), 200) if named else f"0..{count - 1}"
             raise ApiError(
                 422, ["body", "class_label"], f"unknown class {brief(label)}; valid: {valid}", type="unknown_class"
@@ -166,7 +182,7 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
         seeds=seeds_for(req.seed, req.num_images),
         class_label=label,
         guidance_scale=guidance,
-        output_format=negotiated.output_format,
+        output_format=output_format(submission, req.output_format, width, height),
         pixels=pixels,
     )
 
@@ -197,7 +213,7 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
         samples=options.samples,
         ensemble=options.ensemble,
         seed=or_default(options.seed, random_seed()),
-        output_format=submission.negotiated(options.output_format).output_format,
+        output_format=output_format(submission, options.output_format, image.width, image.height),
     )
     layout = spec.layout(
         model_channels=entry.channels,
@@ -231,5 +247,5 @@ def noise_spec(options: NoiseParams, image: ImageData, submission: Submission) -
         sigma=options.sigma,
         timestep=options.timestep,
         seed=or_default(options.seed, random_seed()),
-        output_format=submission.negotiated(options.output_format).output_format,
+        output_format=output_format(submission, options.output_format, image.width, image.height),
     )

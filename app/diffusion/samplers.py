@@ -250,7 +250,11 @@ def _ddim(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_a
 def _dpmpp_2m(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_ab) -> tuple[Tensor, Tensor]:
     """``prev_ab`` is NaN on rows without a previous step (first order there)."""
     x0, _ = predict_x0_eps(model_output, x, ab, schedule.prediction_type)
-    second = ab.new_zeros(ab.shape).bool() if prev_ab is None else ~prev_ab.isnan() & (ab_prev < 1.0)
+    # Second order needs a previous step and two distinct steps (h != 0, r != 0): a chain that starts at the
+    # clean end (a denoise of a clean photo) repeats t = 0, where the second-order term is 0 / 0.
+    second = ab.new_zeros(ab.shape).bool()
+    if prev_ab is not None:
+        second = ~prev_ab.isnan() & (ab_prev < 1.0) & (ab_prev != ab) & (prev_ab != ab)
     prev_ab = None if prev_ab is None else prev_ab.nan_to_num(nan=0.5)
     out = dpmpp_2m_step(x, x0, ab=ab, ab_prev=ab_prev, prev_x0=prev_x0, prev_ab=prev_ab, second_order=second)
     return out.to(x.dtype), x0
@@ -373,14 +377,32 @@ SAMPLERS: dict[str, Sampler] = {
             description="DPM-Solver++(2M), deterministic",
         ),
         # Karras et al. 2022 (diffusers EulerDiscreteScheduler)
-        Sampler("euler", euler_plan, _euler, lambda t, eta: False, description="Euler, deterministic",
-                noise_scale=euler_noise_scale),
+        Sampler(
+            "euler",
+            euler_plan,
+            _euler,
+            lambda t, eta: False,
+            description="Euler, deterministic",
+            noise_scale=euler_noise_scale,
+        ),
         # fresh noise at every step, the last included (diffusers draws it there too, times sigma_up = 0)
-        Sampler("euler_a", euler_plan, _euler_ancestral, lambda t, eta: True, description="Euler ancestral",
-                noise_scale=euler_noise_scale),
+        Sampler(
+            "euler_a",
+            euler_plan,
+            _euler_ancestral,
+            lambda t, eta: True,
+            description="Euler ancestral",
+            noise_scale=euler_noise_scale,
+        ),
         # DPM-Solver++(2M) on Karras sigmas: diffusers DPMSolverMultistepScheduler(use_karras_sigmas=True)
-        Sampler("dpmpp_2m_karras", karras_plan, _dpmpp_2m, lambda t, eta: False, keeps_history=True,
-                description="DPM-Solver++(2M) on Karras sigmas, deterministic"),
+        Sampler(
+            "dpmpp_2m_karras",
+            karras_plan,
+            _dpmpp_2m,
+            lambda t, eta: False,
+            keeps_history=True,
+            description="DPM-Solver++(2M) on Karras sigmas, deterministic",
+        ),
     )
 }
 
@@ -440,8 +462,10 @@ def sample_loop(
     B = x.shape[0]
     prev_x0 = prev_ab = None
 
+    from torch import float32  # here, not at import: the module stays free of torch for the HTTP layer
+
     def per_row(value: float) -> Tensor:
-        return x.new_full((B,), value).float().cpu()
+        return x.new_full((B,), value, dtype=float32).cpu()
 
     for step in plan:
         draw = noise is not None and entry.draws_noise(step.t, eta)

@@ -136,6 +136,8 @@ def restoration_plan(schedule: NoiseSchedule, t_start: float, num_steps: int) ->
     restoration starts the reverse chain at the timestep whose noise matches the input's)."""
     if num_steps < 1:
         raise ValueError("steps must be at least 1")
-    ts = np.linspace(t_start, 0.0, num_steps + 1)[:-1].tolist()
+    # A chain that starts at (or rounds to) the clean end would repeat t: repeats are merged, so a step
+    # never goes from a noise level to itself.
+    ts = list(dict.fromkeys(np.linspace(t_start, 0.0, num_steps + 1)[:-1].tolist()))
     abs_ = [schedule.alpha_bar(t) for t in ts]
     return [Step(t, a, a_prev) for t, a, a_prev in zip(ts, abs_, abs_[1:] + [1.0])]

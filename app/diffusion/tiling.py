@@ -36,13 +36,27 @@ def fit_tile(tile: int, multiple: int) -> int:
     return max(multiple, tile // multiple * multiple)
 
 
+def linspace32(start: float, end: float, steps: int) -> np.ndarray:
+    """float32 points from ``start`` to ``end`` exactly as torch.linspace gives them on the CPU (a float32 step;
+    the first half counted from the start, the second from the end, each point rounded once, as a fused
+    multiply-add does), so the blend weights are bit for bit the ones the engine has always used."""
+    start32, end32 = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([start32], dtype=np.float32)
+    step = np.float64(np.float32((end32 - start32) / np.float32(steps - 1)))
+    i = np.arange(steps, dtype=np.float64)
+    low = np.float64(start32) + step * i
+    high = np.float64(end32) - step * (steps - 1 - i)
+    return np.where(i < steps // 2, low, high).astype(np.float32)
+
+
 def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
     """[h, w] float32 weights: 1 inside, ramping down over ``overlap`` pixels at each border."""
 
     def ramp(n: int) -> np.ndarray:
         if overlap <= 0 or n <= 2 * overlap:
             return np.ones(n, dtype=np.float32)
-        edge = np.linspace(0.05, 1.0, overlap, dtype=np.float32)
+        edge = linspace32(0.05, 1.0, overlap)
         return np.concatenate([edge, np.ones(n - 2 * overlap, dtype=np.float32), edge[::-1]])
 
     return ramp(h)[:, None] * ramp(w)[None, :]

@@ -145,6 +145,7 @@ class Engine:
                     return
                 batch, admitted = self.scheduler.schedule()
                 self._admit(admitted)
+                batch = [t for t in batch if t.row_id in self._rows]  # less the rows of jobs that failed
                 if batch:
                     self._run(batch)
                 self._flush()
@@ -214,8 +215,15 @@ class Engine:
     def _admit(self, admitted: list[Ticket]) -> None:
         """Rows that joined the running set build their tensors now; their jobs have started."""
         for ticket in admitted:
-            self._rows[ticket.row_id].begin(self.device)
-        for job_id in dict.fromkeys(t.job_id for t in admitted):
+            row = self._rows.get(ticket.row_id)
+            if row is None:
+                continue  # its job failed on an earlier row of this admission
+            try:
+                row.begin(self.device)
+            except Exception as exc:  # e.g. out of device memory: this job fails, the engine goes on
+                log.error("job %s failed while admitting a row: %s", ticket.job_id, exc)
+                self._fail(ticket.job_id, f"{type(exc).__name__}: {exc}")
+        for job_id in dict.fromkeys(t.job_id for t in admitted if t.row_id in self._rows):
             job = self._jobs.get(job_id)
             if job and not job.started:
                 job.started, job.began = True, time.time()

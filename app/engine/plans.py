@@ -150,18 +150,29 @@ def _tile_start(padded: np.ndarray, layout: DenoiseLayout, key: tuple[int, int, 
 
 class _Blend:
     """Finished tiles, their views' transforms undone, blended into one canvas per plane; the views of a
-    tile add up on the same canvas, so the blend is their average."""
+    tile add up on the same canvas, so the blend is their average.
+
+    Tiles are added in row order whatever order they finish in (a quarter-turned view of a non-square tile
+    runs in another group, so it may finish first): float sums depend on their order, and a seed must give
+    the same image whatever else is in the batch. A tile that finishes early waits, as numpy, for its turn;
+    rows are admitted in order, so only tiles finished ahead of a running one wait."""
 
     def __init__(self, spec: DenoiseSpec, layout: DenoiseLayout, channels: int, overlap: int) -> None:
         self.spec, self.layout, self.channels, self.overlap = spec, layout, channels, overlap
         self.canvases: dict[int, Canvas] = {}
+        self.early: dict[int, tuple[tuple[int, int, int], np.ndarray]] = {}
+        self.next = 0
 
     def add(self, row: Row) -> None:
-        view, plane, box = row.key
-        if plane not in self.canvases:
-            self.canvases[plane] = Canvas(self.channels, self.layout.height, self.layout.width, self.overlap)
+        view = row.key[0]
         tile = invert_transform(row.x[0], self.layout.views[view]).float().cpu().numpy()
-        self.canvases[plane].add(tile, self.layout.boxes[box])
+        self.early[self.layout.index(*row.key)] = (row.key, tile)
+        while self.next in self.early:
+            (_, plane, box), tile = self.early.pop(self.next)
+            if plane not in self.canvases:
+                self.canvases[plane] = Canvas(self.channels, self.layout.height, self.layout.width, self.overlap)
+            self.canvases[plane].add(tile, self.layout.boxes[box])
+            self.next += 1
 
     def result(self, info: dict) -> JobResult:
         h, w = self.spec.image.height, self.spec.image.width

@@ -167,7 +167,8 @@ def run_until_done(
     finishes (a plan's ``collect``). Returns the rows."""
     pending = list(rows)
     while pending:
-        batch = pending[:max_batch]
+        group = pending[0].group  # rows of one model and shape share a pass, as in the engine
+        batch = [r for r in pending if r.group == group][:max_batch]
         for row in batch:
             if row.x is None:
                 row.begin(runner.device)

@@ -237,3 +237,34 @@ def test_an_image_larger_than_the_queue_holds_is_413(make_client):
     client = make_client(queue_max_pixels=500)
     r = upload(client, data={"model": "tiny-rgb", "sigma": "10"})  # 32 x 32 = 1024 pixels
     assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_many_pixels"
+
+
+# -- found in review ---------------------------------------------------------------------------------------
+def test_an_image_too_wide_for_webp_is_422_before_any_work(client):
+    wide = np.full((8, 16384), 100, dtype=np.uint8)
+    r = client.post(
+        "/v1/noise",
+        files={"file": ("w.png", png_bytes(wide), "image/png")},
+        data={"sigma": "5", "output_format": "webp"},
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_large_for_format"
+    ok = client.post("/v1/noise", files={"file": ("w.png", png_bytes(wide), "image/png")}, data={"sigma": "5"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("label", ["²", "9" * 5000, "٣٣٣٣٣٣٣٣٣٣"])
+def test_class_labels_that_only_look_numeric_are_422(client, label):
+    r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": label})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "class_label"]
+
+
+def test_sampling_a_nearly_clean_photo_with_dpmpp_2m_stays_finite(client):
+    image = photo(32, 32, seed=3)
+    r = upload(
+        client,
+        data={"model": "tiny-rgb", "sigma": "0.5", "mode": "sample", "sampler": "dpmpp_2m", "steps": "4", "seed": "1"},
+        image=image,
+    )
+    assert r.status_code == 200, r.text
+    out = decode_b64(r.json()["images"][0]["data"]).astype(float)
+    assert np.abs(out - image).mean() < 10  # close to the input, not a black (NaN) image

@@ -70,3 +70,16 @@ def test_restoration_plan_ends_at_the_clean_image():
     plan = restoration_plan(schedule, 123.4, 5)
     assert len(plan) == 5 and plan[0].t == pytest.approx(123.4) and plan[-1].ab_prev == 1.0
     assert all(a.ab < b.ab for a, b in zip(plan, plan[1:]))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 8, 32, 33])
+def test_blend_ramps_are_the_float32_points_torch_linspace_gives(steps):
+    from app.diffusion.tiling import linspace32
+
+    assert np.array_equal(linspace32(0.05, 1.0, steps), torch.linspace(0.05, 1.0, steps).numpy())
+
+
+def test_a_restoration_chain_from_the_clean_end_does_not_repeat_a_timestep():
+    schedule = NoiseSchedule.from_config({})
+    plan = restoration_plan(schedule, 0.0, 5)
+    assert len(plan) == 1 and plan[0].ab_prev == 1.0

@@ -146,3 +146,70 @@ def test_a_cancelled_job_releases_its_rows_at_once(harness):
     harness.engine.cancel("doomed")
     assert harness.outcome("doomed").type == "canceled"
     assert rows and all(r.x is None and r.prev_x0 is None for r in rows)
+
+
+def test_a_job_whose_rows_cannot_be_built_fails_alone(harness, monkeypatch):
+    from app.engine.runner import Row
+
+    original = Row.begin
+
+    def begin(self, device):
+        if self.job_id == "bad":
+            raise RuntimeError("out of device memory (simulated)")
+        original(self, device)
+
+    monkeypatch.setattr(Row, "begin", begin)
+    harness.submit("bad", spec(steps=5))
+    harness.submit("good", spec(steps=5, seed=3))
+    assert harness.outcome("bad").type == "failed" and "simulated" in harness.outcome("bad").error
+    assert harness.outcome("good").type == "succeeded"
+    harness.submit("after", spec(steps=3))
+    assert harness.outcome("after").type == "succeeded" and harness.engine.alive
+
+
+def test_finished_tiles_are_blended_in_row_order_whatever_order_they_finish_in(harness):
+    """Non-square tiles with quarter-turned views run in two groups that finish in varying order; float sums
+    depend on their order, so the blend takes tiles in row order and a seed gives one image."""
+    import numpy as np
+
+    from app.engine.plans import plan_denoise
+    from app.engine.runner import run_until_done
+    from app.jobs import DenoiseSpec, ImageData
+    from tests.api.helpers import photo
+
+    image = photo(40, 150, seed=6)  # tiles 40 x 64: the turned views are 64 x 40
+    data = ImageData(width=150, height=40, channels=3, pixels=image.tobytes())
+    job = DenoiseSpec(model="tiny-rgb", image=data, sigma=30.0, mode="sample", steps=3, sampler="ddpm", ensemble=4)
+    model = harness.engine.models["tiny-rgb"]
+    canvases = []
+    for order in (lambda rows: rows, lambda rows: rows[::-1]):
+        plan = plan_denoise("d", job, model, tile=64, overlap=16)
+        run_until_done(harness.engine.runner, plan.rows, 64)
+        for row in order(plan.rows):
+            plan.collect(row)
+        canvases.append(plan.collect.__self__.canvases[0].result())
+    assert np.array_equal(canvases[0], canvases[1])
+
+
+def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store):
+    """Non-square tiles with quarter-turned views run in two groups that finish in varying order; the blend
+    adds them in row order, so the image does not depend on what else runs."""
+    from app.jobs import DenoiseSpec, ImageData
+    from tests.api.helpers import photo
+
+    image = photo(40, 150, seed=6)  # tiles 40 x 64: the turned views are 64 x 40
+    data = ImageData(width=150, height=40, channels=3, pixels=image.tobytes())
+    job = DenoiseSpec(
+        model="tiny-rgb", image=data, sigma=30.0, mode="sample", steps=4, sampler="ddpm", ensemble=4, seed=9
+    )
+    h = EngineHarness(store, max_batch=3)
+    try:
+        h.submit("alone", job)
+        alone = h.outcome("alone").result.images[0].data
+        for i in range(6):
+            h.submit(f"other{i}", spec(steps=3 + i, seed=i))
+        h.submit("crowd", job)
+        crowd = h.outcome("crowd").result.images[0].data
+    finally:
+        h.close()
+    assert alone == crowd

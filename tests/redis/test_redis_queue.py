@@ -110,3 +110,16 @@ def test_an_unusable_job_entry_fails_that_job_and_the_worker_keeps_serving(store
             assert check.xpending(f"{prefix}:jobs", "workers")["pending"] == 0  # every bad entry retired
         finally:
             check.close()
+
+
+def test_a_held_job_whose_record_is_gone_no_longer_counts(store, prefix):
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    client.hset(f"{prefix}:held", "ghost", 10**9)  # its record expired or was evicted: nothing holds it
+    client.close()
+    with client_for(store, prefix, embedded_worker=True) as node:
+        node.app.state.queue.embedded.engine.stop()
+        with client_for(store, prefix, embedded_worker=False, queue_limit=1) as api:
+            r = api.post("/v1/generate", json={"class_label": 0}, headers={"Prefer": "respond-async"})
+            assert r.status_code == 202

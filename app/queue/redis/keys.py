@@ -1,13 +1,13 @@
 """Where the Redis backend keeps things, and the one script that changes a job record.
 
-    {p}:jobs              stream of submitted job IDs, read by the consumer group "workers"
-    {p}:job:{id}          hash: record (JSON), status, spec (JSON); expires once the job is final
-    {p}:held              hash: job ID -> image pixels, for the jobs queued or running (backpressure)
-    {p}:idem:{key}        job ID for an Idempotency-Key
-    {p}:events            pub/sub channel: every change of every job (job_id, kind, data)
-    {p}:cancel            pub/sub channel: job IDs to cancel, heard by every worker
-    {p}:models            hash: model name -> catalog entry (JSON), published by workers
-    {p}:workers           hash: worker ID -> last heartbeat (unix time)
+{p}:jobs              stream of submitted job IDs, read by the consumer group "workers"
+{p}:job:{id}          hash: record (JSON), status, spec (JSON); expires once the job is final
+{p}:held              hash: job ID -> image pixels, for the jobs queued or running (backpressure)
+{p}:idem:{key}        job ID for an Idempotency-Key
+{p}:events            pub/sub channel: every change of every job (job_id, kind, data)
+{p}:cancel            pub/sub channel: job IDs to cancel, heard by every worker
+{p}:models            hash: model name -> catalog entry (JSON), published by workers
+{p}:workers           hash: worker ID -> last heartbeat (unix time)
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ GROUP = "workers"
 # retention seconds, job ID. Returns 1 if changed.
 UPDATE_RECORD = """
 local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return 0 end
+if not current then
+  redis.call('HDEL', KEYS[2], ARGV[5])  -- the record is gone (expired, evicted): it holds nothing any more
+  return 0
+end
 if current == 'succeeded' or current == 'failed' or current == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled' then
@@ -35,12 +38,22 @@ return 1
 
 # Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
 # (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
-# stream. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel limit. Returns 1 if
-# admitted.
+# stream. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel limit, the job key
+# prefix ("{p}:job:"). Returns 1 if admitted. Entries whose record is gone or final are swept first.
+# (Keys read through ARGV[7] are in the same deployment prefix; a Redis Cluster would need hash tags.)
 ADMIT = """
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 0 end
-local held = 0
-for _, pixels in ipairs(redis.call('HVALS', KEYS[2])) do held = held + tonumber(pixels) end
+local held, count = 0, 0
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  -- a job whose record is gone or final (lost by an eviction, a crash mid-write) holds nothing any more
+  local status = redis.call('HGET', ARGV[7] .. entries[i], 'status')
+  if (not status) or status == 'succeeded' or status == 'failed' or status == 'canceled' then
+    redis.call('HDEL', KEYS[2], entries[i])
+  else
+    held, count = held + tonumber(entries[i + 1]), count + 1
+  end
+end
+if count >= tonumber(ARGV[4]) then return 0 end
 if held > 0 and held + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])

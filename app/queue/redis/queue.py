@@ -85,9 +85,7 @@ class RedisJobQueue:
                     await pubsub.aclose()
 
     # -- protocol ----------------------------------------------------------------------------------
-    async def submit(
-        self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = ""
-    ) -> JobRecord:
+    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = "") -> JobRecord:
         record = JobRecord.new(spec)
         if idempotency_key:
             key = self.keys.idempotency(idempotency_key)
@@ -100,8 +98,15 @@ class RedisJobQueue:
                 await self.redis.set(key, claim, ex=ttl)
         admitted = await self._admit(
             keys=[self.keys.job(record.id), self.keys.held, self.keys.stream],
-            args=[record.model_dump_json(), spec.model_dump_json(), record.id, self.settings.queue_limit,
-                  record.pixels, self.settings.queue_max_pixels],
+            args=[
+                record.model_dump_json(),
+                spec.model_dump_json(),
+                record.id,
+                self.settings.queue_limit,
+                record.pixels,
+                self.settings.queue_max_pixels,
+                self.keys.job(""),
+            ],
         )
         if not admitted:
             if idempotency_key:

@@ -189,12 +189,12 @@ class RedisWorker:
                 record = await self.records.get(job_id) if job_id else None
                 if record is not None:
                     await self._fail_record(record, f"unusable job: {exc}")
-            await self._retire(entry_id)
+            await self._retire(entry_id, forget=job_id)
 
     async def _start(self, entry_id: str, job_id: str, *, delivered: int) -> None:
         raw_record, status, raw_spec = await self.redis.hmget(self.keys.job(job_id), "record", "status", "spec")
         if raw_record is None or status is None or status.decode() in ("succeeded", "failed", "canceled"):
-            await self._retire(entry_id)  # expired, or canceled while it waited
+            await self._retire(entry_id, forget=job_id)  # expired, or canceled while it waited
             return
         record = JobRecord.model_validate_json(raw_record)
         if delivered - 1 >= self.settings.max_attempts:
@@ -215,10 +215,13 @@ class RedisWorker:
         if apply_event(record, EngineEvent(job_id=record.id, type="failed", error=error)):
             await self.records.update(record)
 
-    async def _retire(self, entry_id: str) -> None:
+    async def _retire(self, entry_id: str, *, forget: str | None = None) -> None:
+        """Take an entry off the stream; ``forget``: a job that will not run, whose pixels the queue releases."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.keys.stream, GROUP, entry_id)
             pipe.xdel(self.keys.stream, entry_id)
+            if forget:
+                pipe.hdel(self.keys.held, forget)
             await pipe.execute()
 
     # -- reporting ----------------------------------------------------------------------------------
