@@ -42,6 +42,10 @@ class GenerateSpec(_Model):
     eta: float = 0.0
     seeds: list[int]
     class_label: int | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    width: int | None = Field(None, description="image width; None: the model's native size")
+    height: int | None = None
     guidance_scale: float = 0.0
     output_format: OutputFormat = "png"
     pixels: int = Field(0, ge=0, description="the images' pixels (admission counts them)")

@@ -111,9 +111,9 @@ def check_pixels(pixels: int, settings: Settings, loc: list) -> None:
 def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     """The class index to condition on; None means unconditional (the model's null class)."""
     named = entry.card.class_names
-    count = len(named) if named else entry.num_classes - (1 if entry.card.null_class is not None else 0)
+    count = len(named) if named else entry.num_classes - (1 if entry.null_class is not None else 0)
     if label is None:
-        if entry.num_classes and entry.card.null_class is None:
+        if entry.num_classes and entry.null_class is None:
             raise ApiError(
                 422,
                 ["body", "class_label"],
@@ -144,9 +144,48 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     return label
 
 
+def check_parameters(req: GenerateRequest, entry: ModelEntry) -> None:
+    """A field the model does not take is a 422 naming the field and the model."""
+    taken = set(entry.parameters)
+    for field in sorted(req.model_fields_set - taken):
+        if getattr(req, field) is not None:
+            raise ApiError(
+                422,
+                ["body", field],
+                f"model {entry.name!r} ({entry.family}, conditioned on {entry.conditioning}) does not take {field}; "
+                f"it takes: {', '.join(sorted(taken - {'model'}))}",
+                type="unsupported",
+            )
+
+
+def image_size(req: GenerateRequest, entry: ModelEntry, settings: Settings) -> tuple[int, int]:
+    """(height, width) of the images: the model's native size, or what a latent text model is asked for
+    (multiples of its VAE's and UNet's factors, at most ``max_pixels``)."""
+    native_h, native_w = entry.image_size
+    height, width = req.height or native_h, req.width or native_w
+    multiple = entry.size_multiple
+    for field, value in (("height", height), ("width", width)):
+        if value % multiple:
+            raise ApiError(
+                422,
+                ["body", field],
+                f"{field} must be a multiple of {multiple} for model {entry.name!r}",
+                type="not_multiple",
+            )
+    if height * width > settings.max_pixels:
+        raise ApiError(
+            422,
+            ["body", "width"],
+            f"{width}x{height} is more than {settings.max_pixels} pixels",
+            type="too_many_pixels",
+        )
+    return height, width
+
+
 def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
     settings = submission.settings
     entry = pick_model(submission.models, req.model, task="generate", settings=settings)
+    check_parameters(req, entry)
     negotiated = submission.negotiated(req.output_format)
     if negotiated.raw and req.num_images != 1:
         raise ApiError(
@@ -155,24 +194,26 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
             "raw image bytes (Accept: image/...) carry one image: set num_images to 1 or accept JSON",
             type="not_acceptable",
         )
-    defaults = entry.card.defaults
+    defaults = entry.defaults
     label = class_index(entry, req.class_label)
-    guidance = or_default(req.guidance_scale, defaults.guidance_scale if label is not None else 0.0)
-    if guidance > 0 and entry.card.null_class is None:
+    text = entry.conditioning == "text"
+    guidance = or_default(req.guidance_scale, defaults.guidance_scale if label is not None or text else 0.0)
+    if guidance > 0 and not text and entry.null_class is None:
         raise ApiError(
             422,
             ["body", "guidance_scale"],
             f"model {entry.name!r} has no null class: guidance is not available",
             type="unsupported",
         )
-    if guidance > 0 and label is None:
+    if guidance > 0 and label is None and not text:
         raise ApiError(
             422, ["body", "guidance_scale"], "guidance needs a class_label to guide towards", type="unsupported"
         )
     steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
-    height, width = entry.image_size
+    height, width = image_size(req, entry, settings)
     pixels = req.num_images * height * width
-    check_cost(pixels * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
+    evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
+    check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
     check_pixels(pixels, settings, ["body", "num_images"])
     return GenerateSpec(
         model=entry.name,
@@ -181,6 +222,10 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
         eta=or_default(req.eta, defaults.eta),
         seeds=seeds_for(req.seed, req.num_images),
         class_label=label,
+        prompt=req.prompt if text else None,
+        negative_prompt=req.negative_prompt if text else None,
+        width=width if (req.width or req.height) else None,
+        height=height if (req.width or req.height) else None,
         guidance_scale=guidance,
         output_format=output_format(submission, req.output_format, width, height),
         pixels=pixels,
@@ -201,7 +246,7 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
     if isinstance(options.sigma, float) and not 0 < options.sigma <= 255:
         raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
     check_pixels(image.area, settings, ["body", "file"])
-    defaults = entry.card.defaults
+    defaults = entry.defaults
     spec = DenoiseSpec(
         model=entry.name,
         image=image,

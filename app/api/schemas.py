@@ -32,6 +32,12 @@ class GenerateRequest(_Request):
     class_label: int | str | None = Field(
         None, description="class index or class name; omitted on a model with a null class: unconditional"
     )
+    prompt: str | None = Field(None, max_length=4000, description="text-conditioned models: what to draw")
+    negative_prompt: str | None = Field(
+        None, max_length=4000, description="text-conditioned models: what guidance steers away from (default empty)"
+    )
+    width: int | None = Field(None, ge=8, le=16384, description="latent text models: image width (default: native)")
+    height: int | None = Field(None, ge=8, le=16384, description="latent text models: image height (default: native)")
     guidance_scale: float | None = Field(
         None, ge=0.0, le=20.0, description="classifier-free guidance w: (1+w) cond - w uncond; 0 = off"
     )

@@ -64,11 +64,16 @@ def result_image(index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt
 
 # -- generate ------------------------------------------------------------------------------------------
 def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
+    entry = model.entry
     sampler = get_sampler(spec.sampler)
     plan = sampler.plan(model.schedule, spec.steps)
-    scale = sampler.noise_scale(model.schedule, plan)  # 1 but for the Euler samplers' grids
-    h, w = model.entry.image_size
-    shape = (model.entry.channels, h, w)
+    # Pipelines that multiply their first noise by init_noise_sigma (Stable Diffusion's) differ from those that
+    # do not (DDPMPipeline, DiTPipeline) only on the Euler samplers' grids: the same image as diffusers in both.
+    scale = sampler.noise_scale(model.schedule, plan) if entry.spec.scales_initial_noise else 1.0
+    native_h, native_w = entry.image_size
+    h, w = (spec.height or native_h) // entry.latent_factor, (spec.width or native_w) // entry.latent_factor
+    shape = (entry.latent_channels, h, w)
+    cond, uncond = model.conditions(spec)  # a prompt is encoded here, once for the job's images
 
     def noise(generator: torch.Generator) -> torch.Tensor:
         x = torch.randn((1, *shape), generator=generator)
@@ -85,7 +90,8 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
             init=noise,
             key=i,
             eta=spec.eta,
-            label=spec.class_label,
+            cond=cond,
+            uncond=uncond,
             guidance=spec.guidance_scale,
         )
         for i, seed in enumerate(spec.seeds)
@@ -93,7 +99,8 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
     images: dict[int, ResultImage] = {}
 
     def collect(row: Row) -> None:
-        images[row.key] = result_image(row.key, spec.seeds[row.key], row.x[0], spec.output_format)
+        """Decode (latent models: one image at a time through the VAE) and encode each image as it finishes."""
+        images[row.key] = result_image(row.key, spec.seeds[row.key], model.decode(row.x), spec.output_format)
 
     def finish() -> JobResult:
         return JobResult(images=[images[i] for i in range(len(spec.seeds))])

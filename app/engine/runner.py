@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -35,7 +35,8 @@ class Row:
     init: Callable[[torch.Generator], torch.Tensor]  # the starting x, [1, C, H, W] on the CPU
     key: Hashable = None  # where the row's output goes in its job's result
     eta: float = 0.0
-    label: int | None = None
+    cond: Any = None  # what the model is conditioned on: a class label, a prompt's embedding, None
+    uncond: Any = None  # what guidance pulls away from: the null class, the negative prompt's embedding
     guidance: float = 0.0
     id: int = field(default_factory=lambda: next(_ROW_IDS))
     index: int = 0
@@ -91,25 +92,19 @@ class Runner:
 
     @torch.no_grad()
     def denoiser_output(self, rows: list[Row]) -> torch.Tensor:
-        """The network output for each row at its current timestep, guidance applied: one forward pass,
-        with the guided rows' null-label copies appended to the batch."""
+        """The network output for each row at its current timestep, guidance applied: one forward pass, with
+        copies of the guided rows under their unconditional condition appended to the batch."""
         model = rows[0].model
         x = torch.cat([r.x for r in rows])
         t = torch.tensor([r.plan[r.index].t for r in rows], dtype=torch.float32, device=self.device)
         guided = [i for i, r in enumerate(rows) if r.guided]
-        labels = None
-        if model.entry.num_classes:
-            null = model.entry.card.null_class
-            if null is None and any(r.label is None for r in rows):  # the API refuses such requests first
-                raise ValueError(f"model {model.name!r} needs a class label on every row: it has no null class")
-            labels = torch.tensor([null if r.label is None else r.label for r in rows], device=self.device)
+        conds = [r.cond for r in rows] + [rows[i].uncond for i in guided]
         if guided:
             idx = torch.tensor(guided, device=self.device)
             x = torch.cat([x, x[idx]])
             t = torch.cat([t, t[idx]])
-            labels = torch.cat([labels, torch.full((len(guided),), model.entry.card.null_class, device=self.device)])
         with self._autocast():
-            out = model.unet(x, t, class_labels=labels).sample.float()
+            out = model.predict(x, t, conds).float()
         main = out[: len(rows)]
         if guided:
             idx = torch.tensor(guided, device=self.device)

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from app.store.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+from app.store.card import CARD_FILE, ModelCard, SamplingDefaults
+from app.store.families import FAMILIES, PIPELINE_FAMILY, Conditioning, FamilySpec, sampler_for_scheduler
 from app.store.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class ModelEntry:
     error: str | None = None
     card: ModelCard = field(default_factory=ModelCard)
     has_card: bool = False
-    unet_config: dict[str, Any] = field(default_factory=dict)
+    denoiser_config: dict[str, Any] = field(default_factory=dict)  # unet/ or transformer/ config.json
+    family: str = "pixel"
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other components' configs
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, reason: str) -> None:
@@ -52,14 +55,77 @@ class ModelEntry:
         return self.status == "ready"
 
     # -- what the model can do: the API checks every request against this before it becomes a job ------
+    @property
+    def spec(self) -> FamilySpec:
+        return FAMILIES[self.family]
+
+    @property
+    def conditioning(self) -> Conditioning:
+        if self.spec.text:
+            return "text"
+        return "class" if self.num_classes else "none"
+
+    @property
+    def null_class(self) -> int | None:
+        """The label that means "no class" (for guidance and unconditional sampling), if the model has one."""
+        if self.card.null_class is not None:
+            return self.card.null_class
+        if self.family == "dit":
+            return int(self.denoiser_config.get("num_embeds_ada_norm") or 1000)  # DiTPipeline's class_null
+        return None
+
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per latent pixel, per side (1 for pixel-space models)."""
+        if not self.spec.latent:
+            return 1
+        return 2 ** max(0, len(self.configs.get("vae", {}).get("block_out_channels", [0])) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        if self.spec.latent:
+            return int(self.configs.get("vae", {}).get("latent_channels", 4))
+        return self.channels
+
+    @property
+    def size_multiple(self) -> int:
+        """Generated width and height must be multiples of this (the VAE's factor times the UNet's own)."""
+        return self.latent_factor * self.downsample_factor
+
+    @property
+    def defaults(self) -> SamplingDefaults:
+        """The card's defaults; without a card, a latent model samples as its pipeline does: its scheduler's
+        sampler, 50 steps, and diffusers' default guidance (7.5 for Stable Diffusion, 4 for DiT; ours is
+        that minus 1, see the README)."""
+        if self.has_card or not self.spec.latent:
+            return self.card.defaults
+        guidance = 6.5 if self.spec.text else 3.0
+        return SamplingDefaults(
+            sampler=sampler_for_scheduler(self.scheduler_config) or "euler", steps=50, guidance_scale=guidance
+        )
+
+    @property
+    def parameters(self) -> list[str]:
+        """The generate fields this model takes; any other is a 422 naming it."""
+        fields = ["model", "num_images", "steps", "sampler", "eta", "seed", "output_format"]
+        if self.conditioning == "text":
+            fields += ["prompt", "negative_prompt", "guidance_scale"]
+        elif self.conditioning == "class":
+            fields += ["class_label"] + (["guidance_scale"] if self.null_class is not None else [])
+        if self.spec.latent and self.family != "dit":
+            fields += ["width", "height"]
+        return fields
+
     def refusal(self, task: str) -> str | None:
         """Why this model cannot serve ``task`` (None: it can)."""
+        if task not in self.spec.tasks:
+            return f"{self.family} models serve {' and '.join(self.spec.tasks)} only"
         if task not in self.card.tasks:
             return f"its model card does not list {task}"
         if task == "denoise":
             if self.channels not in (1, 3):
                 return f"it has {self.channels} channels: denoising needs a grey or RGB model"
-            if self.num_classes and self.card.null_class is None:
+            if self.num_classes and self.null_class is None:
                 # A class-conditional network needs a label at every step; denoising has none to give it
                 # unless the model was trained with a null (unconditional) class.
                 return "it is class-conditional without a null class, so it has no label for an unknown image"
@@ -73,19 +139,28 @@ class ModelEntry:
     # What the API needs to validate requests, inferred from the configs where the card is silent.
     @property
     def channels(self) -> int:
-        return self.card.channels or int(self.unet_config.get("in_channels", 3))
+        """Image channels (a latent model's images are its VAE's)."""
+        if self.card.channels:
+            return self.card.channels
+        if self.spec.latent:
+            return int(self.configs.get("vae", {}).get("out_channels", 3))
+        return int(self.denoiser_config.get("in_channels", 3))
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """The native (height, width) in image pixels."""
         if self.card.image_size:
             return tuple(self.card.image_size)
-        size = self.unet_config.get("sample_size", 32)
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        size = self.denoiser_config.get("sample_size", 32)
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return h * self.latent_factor, w * self.latent_factor
 
     @property
     def num_classes(self) -> int:
         """Label embeddings the network has (the null class included), 0 when unconditional."""
-        return int(self.unet_config.get("num_class_embeds") or 0)
+        if self.family == "dit":
+            return int(self.denoiser_config.get("num_embeds_ada_norm") or 0) + 1
+        return int(self.denoiser_config.get("num_class_embeds") or 0)
 
     @property
     def train_timesteps(self) -> int:
@@ -93,7 +168,10 @@ class ModelEntry:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** max(0, len(self.unet_config.get("block_out_channels", [0])) - 1)
+        """How much the denoising network downsamples (a transformer works on patches: its patch size)."""
+        if self.family == "dit":
+            return int(self.denoiser_config.get("patch_size", 2))
+        return 2 ** max(0, len(self.denoiser_config.get("block_out_channels", [0])) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything an API node needs to validate requests, as published by workers through Redis."""
@@ -103,8 +181,10 @@ class ModelEntry:
             "error": self.error,
             "has_card": self.has_card,
             "card": self.card.model_dump(mode="json"),
-            "unet_config": self.unet_config,
+            "denoiser_config": self.denoiser_config,
             "scheduler_config": self.scheduler_config,
+            "family": self.family,
+            "configs": self.configs,
         }
 
     @classmethod
@@ -116,8 +196,10 @@ class ModelEntry:
             error=data.get("error"),
             card=ModelCard.model_validate(data["card"]),
             has_card=data.get("has_card", False),
-            unet_config=data.get("unet_config", {}),
+            denoiser_config=data.get("denoiser_config", {}),
             scheduler_config=data.get("scheduler_config", {}),
+            family=data.get("family", "pixel"),
+            configs=data.get("configs", {}),
         )
 
     def public(self) -> dict[str, Any]:
@@ -128,12 +210,18 @@ class ModelEntry:
         if self.ready or self.has_card:
             card = self.card.model_dump(mode="json")
             card.update(
+                family=self.family,
+                conditioning=self.conditioning,
                 image_size=list(self.image_size),
                 channels=self.channels,
                 prediction_type=self.scheduler_config.get("prediction_type", "epsilon"),
                 train_timesteps=self.train_timesteps,
-                guidance=self.card.null_class is not None,
+                guidance=self.spec.text or self.null_class is not None,
+                defaults=self.defaults.model_dump(mode="json"),
+                parameters=self.parameters,
             )
+            if self.spec.latent and not self.card.image_size:
+                card["size_multiple"] = self.size_multiple
             card["tasks"] = self.tasks
             unavailable = {t: self.refusal(t) for t in self.card.tasks if self.refusal(t)}
             if unavailable:
@@ -170,13 +258,21 @@ def _check(entry: ModelEntry) -> None:
     pickles = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise ModelRefused(f"pickle weights are refused ({', '.join(pickles)}): save with safetensors")
-    entry.unet_config = _read_json(folder / "unet" / "config.json")
-    if entry.unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ModelRefused(f"unet is a {entry.unet_config.get('_class_name')}: only UNet2DModel is served")
+    spec, index = _family(folder)
+    entry.family = spec.name
+    entry.denoiser_config = _read_json(folder / spec.denoiser / "config.json")
+    kind = entry.denoiser_config.get("_class_name", spec.denoiser_classes[0])
+    if kind not in spec.denoiser_classes:
+        raise ModelRefused(
+            f"{spec.denoiser} is a {kind}: a {spec.name} model needs {' or '.join(spec.denoiser_classes)}"
+        )
+    _require_weights(folder, spec.denoiser)
+    for component in spec.components:
+        entry.configs[component] = _component_config(folder, component)
+    for ignored in ("safety_checker", "feature_extractor"):
+        if (folder / ignored).exists() or index.get(ignored, [None])[0] is not None:
+            log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelRefused(f"missing {WEIGHTS_FILE}")
     if (folder / CARD_FILE).exists():
         try:
             entry.card = ModelCard.model_validate(_read_json(folder / CARD_FILE))
@@ -184,7 +280,9 @@ def _check(entry: ModelEntry) -> None:
             raise ModelRefused(f"invalid {CARD_FILE}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
         entry.has_card = True
     else:
-        entry.card = ModelCard(null_class=None)
+        labels = index.get("id2label") or {}  # DiT folders may carry ImageNet's class names
+        names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
+        entry.card = ModelCard(null_class=None, class_names=names, tasks=list(spec.tasks))
     if entry.card.null_class is not None and entry.card.null_class >= entry.num_classes:
         raise ModelRefused(f"null_class {entry.card.null_class} is not below num_class_embeds {entry.num_classes}")
     named = len(entry.card.class_names or [])
@@ -196,6 +294,36 @@ def _check(entry: ModelEntry) -> None:
             raise ModelRefused(f"card lists {rel} which does not exist")
         if sha256_file(target) != expected.lower():
             raise ModelRefused(f"sha256 of {rel} does not match the card")
+
+
+def _family(folder: Path) -> tuple[FamilySpec, dict[str, Any]]:
+    """The family a folder's model_index.json names (a folder without one is a pixel UNet2DModel)."""
+    if not (folder / "model_index.json").exists():
+        return FAMILIES["pixel"], {}
+    index = _read_json(folder / "model_index.json")
+    pipeline = index.get("_class_name")
+    spec = PIPELINE_FAMILY.get(pipeline)
+    if spec is None:
+        served = ", ".join(sorted(PIPELINE_FAMILY))
+        raise ModelRefused(f"{pipeline} folders are not served; served pipelines: {served}")
+    return spec, index
+
+
+def _component_config(folder: Path, component: str) -> dict[str, Any]:
+    """A component's config, its weights checked: the tokenizer has files, not weights."""
+    if component == "tokenizer":
+        config = _read_json(folder / component / "tokenizer_config.json")
+        if not (folder / component / "vocab.json").is_file():
+            raise ModelRefused("missing tokenizer/vocab.json")
+        return config
+    _require_weights(folder, component)
+    return _read_json(folder / component / "config.json")
+
+
+def _require_weights(folder: Path, component: str) -> None:
+    names = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+    if not any((folder / component / name).is_file() for name in names):
+        raise ModelRefused(f"missing {component}/ safetensors weights ({' or '.join(names)})")
 
 
 def safe_relative(folder: Path, rel: str) -> Path:

@@ -1,45 +1,52 @@
-"""Load a checked model folder's network onto a device: safetensors only, strict keys."""
+"""Load a checked model folder onto a device through its family's runtime module (``FAMILIES[...].runtime``).
+
+Every family's loaded model answers the engine in the same words: ``predict`` (the network's raw output for
+a batch of rows, each with its own condition), ``conditions`` (a job's condition and the one guidance pulls
+away from), and ``decode`` (a finished row to image pixels in [-1, 1]).
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from diffusers import UNet2DModel
-from safetensors.torch import load_file
 
 from app.diffusion.schedule import NoiseSchedule
-from app.store.card import WEIGHTS_FILE
+from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
     entry: ModelEntry
-    unet: UNet2DModel
     schedule: NoiseSchedule
 
     @property
     def name(self) -> str:
         return self.entry.name
 
+    def predict(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
+        """The network's output (eps, v or x_0, as the schedule says) for rows x at timesteps t [B]."""
+        raise NotImplementedError
 
-def load_model(entry: ModelEntry, device: torch.device) -> LoadedModel:
+    def conditions(self, spec: GenerateSpec) -> tuple[Any, Any]:
+        """(the job's condition, the unconditional one) as ``predict`` takes them."""
+        return None, None
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """A finished row [1, C, h, w] to image pixels [C, H, W] in [-1, 1]."""
+        return x[0]
+
+
+def schedule_of(entry: ModelEntry) -> NoiseSchedule:
     try:
-        schedule = NoiseSchedule.from_config(entry.scheduler_config)
+        return NoiseSchedule.from_config(entry.scheduler_config)
     except ValueError as exc:
         raise ModelRefused(f"scheduler config: {exc}") from exc
-    try:
-        unet = UNet2DModel.from_config(entry.unet_config)
-    except Exception as exc:  # diffusers raises assorted errors for bad configs
-        raise ModelRefused(f"unet config: {exc}") from exc
-    try:
-        state = load_file(entry.path / WEIGHTS_FILE)
-    except Exception as exc:
-        raise ModelRefused(f"unreadable safetensors weights: {exc}") from exc
-    try:
-        unet.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise ModelRefused(f"weights do not fit the unet config: {first}") from exc
-    return LoadedModel(entry=entry, unet=unet.to(device).eval().requires_grad_(False), schedule=schedule)
+
+
+def load_model(entry: ModelEntry, device: torch.device) -> LoadedModel:
+    runtime = importlib.import_module(entry.spec.runtime)
+    return runtime.load(entry, device)

@@ -1,0 +1,51 @@
+"""Pixel-space UNet2DModel folders (DDPMPipeline / DDIMPipeline), optionally class-conditional."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
+
+from app.jobs import GenerateSpec
+from app.store.catalog import ModelEntry, ModelRefused
+from app.store.loader import LoadedModel, schedule_of
+
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@dataclass(eq=False)
+class PixelModel(LoadedModel):
+    unet: UNet2DModel = None
+
+    def conditions(self, spec: GenerateSpec) -> tuple[Any, Any]:
+        return spec.class_label, self.entry.null_class  # None: unconditional (the null class)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
+        labels = None
+        if self.entry.num_classes:
+            null = self.entry.null_class
+            if null is None and any(c is None for c in conds):  # the API refuses such requests first
+                raise ValueError(f"model {self.name!r} needs a class label on every row: it has no null class")
+            labels = torch.tensor([null if c is None else c for c in conds], device=x.device)
+        return self.unet(x, t, class_labels=labels).sample
+
+
+def load(entry: ModelEntry, device: torch.device) -> PixelModel:
+    schedule = schedule_of(entry)
+    try:
+        unet = UNet2DModel.from_config(entry.denoiser_config)
+    except Exception as exc:  # diffusers raises assorted errors for bad configs
+        raise ModelRefused(f"unet config: {exc}") from exc
+    try:
+        state = load_file(entry.path / WEIGHTS)
+    except Exception as exc:
+        raise ModelRefused(f"unreadable safetensors weights: {exc}") from exc
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ModelRefused(f"weights do not fit the unet config: {first}") from exc
+    return PixelModel(entry=entry, schedule=schedule, unet=unet.to(device).eval().requires_grad_(False))

@@ -1,0 +1,76 @@
+"""Stable Diffusion 1.x / 2.x folders (StableDiffusionPipeline.save_pretrained): a text-conditioned latent
+UNet2DConditionModel, an AutoencoderKL and a CLIP text encoder with its tokenizer, loaded from local
+safetensors only. Prompts are encoded once per job, as StableDiffusionPipeline.encode_prompt does; guidance
+pulls away from the negative prompt (empty by default) in the same forward pass; latents are decoded one
+image at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from app.jobs import GenerateSpec
+from app.store.catalog import ModelEntry, ModelRefused
+from app.store.loader import LoadedModel, schedule_of
+
+
+@dataclass(eq=False)
+class StableDiffusion(LoadedModel):
+    unet: Any = None
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """[N, tokens, width] text embeddings: padded to the tokenizer's length, truncated beyond it, and the
+        attention mask passed only where the encoder's config asks for it (as diffusers does)."""
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        device = next(self.text_encoder.parameters()).device
+        mask = (
+            tokens.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        )
+        return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float()
+
+    def conditions(self, spec: GenerateSpec) -> tuple[Any, Any]:
+        prompt, negative = self.encode([spec.prompt or "", spec.negative_prompt or ""])
+        return prompt, negative
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=torch.stack(conds).to(x.dtype)).sample
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(x / self.vae.config.scaling_factor).sample[0].float()
+
+
+def load(entry: ModelEntry, device: torch.device) -> StableDiffusion:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder, options = entry.path, dict(use_safetensors=True, local_files_only=True)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", **options)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", **options)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **options)
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    except Exception as exc:  # a component that does not load is a refused model, with diffusers' reason
+        raise ModelRefused(f"components do not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    parts = [m.to(device).eval().requires_grad_(False) for m in (unet, vae, text_encoder)]
+    return StableDiffusion(
+        entry=entry,
+        schedule=schedule_of(entry),
+        unet=parts[0],
+        vae=parts[1],
+        text_encoder=parts[2],
+        tokenizer=tokenizer,
+    )

@@ -1,0 +1,86 @@
+"""The model families the store serves, as diffusers lays them out on disk (no torch here).
+
+Each family names the pipeline classes whose ``model_index.json`` it recognises, the folder of its denoising
+network and the classes accepted there, the other components it needs, how it is conditioned, the tasks it
+serves, and the module that loads and runs it (``app.families.<name>``, imported by the engine only). Adding a
+family is one entry here, one runtime module, and its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Conditioning = Literal["none", "class", "text"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    pipelines: tuple[str, ...]  # model_index.json "_class_name" values
+    denoiser: str  # the folder of the denoising network
+    denoiser_classes: tuple[str, ...]
+    components: tuple[str, ...]  # other folders the family loads (each with its config)
+    tasks: tuple[str, ...]
+    runtime: str  # the module that loads and runs it
+    text: bool = False  # conditioned on a prompt (CLIP text encoder + tokenizer)
+    latent: bool = False  # the network works on a VAE's latents
+    scales_initial_noise: bool = False  # the diffusers pipeline multiplies its first noise by init_noise_sigma
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    f.name: f
+    for f in (
+        # DDPMPipeline / DDIMPipeline: a pixel-space UNet2DModel, optionally class-conditional
+        FamilySpec(
+            "pixel",
+            ("DDPMPipeline", "DDIMPipeline"),
+            "unet",
+            ("UNet2DModel",),
+            (),
+            ("generate", "denoise"),
+            "app.families.pixel",
+        ),
+        # Stable Diffusion 1.x / 2.x (epsilon or v_prediction): text-conditioned latent UNet, VAE, CLIP
+        FamilySpec(
+            "stable-diffusion",
+            ("StableDiffusionPipeline",),
+            "unet",
+            ("UNet2DConditionModel",),
+            ("vae", "text_encoder", "tokenizer"),
+            ("generate",),
+            "app.families.stable_diffusion",
+            text=True,
+            latent=True,
+            scales_initial_noise=True,
+        ),
+        # DiT: a class-conditional latent transformer (ImageNet labels, null class 1000) and a VAE
+        FamilySpec(
+            "dit",
+            ("DiTPipeline",),
+            "transformer",
+            ("DiTTransformer2DModel", "Transformer2DModel"),
+            ("vae",),
+            ("generate",),
+            "app.families.dit",
+            latent=True,
+        ),
+    )
+}
+PIPELINE_FAMILY = {pipeline: spec for spec in FAMILIES.values() for pipeline in spec.pipelines}
+
+# The sampler a folder's own scheduler stands for, so a model without a card samples as its pipeline would.
+SCHEDULER_SAMPLERS = {
+    "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_a",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+}
+
+
+def sampler_for_scheduler(config: dict) -> str | None:
+    name = SCHEDULER_SAMPLERS.get(config.get("_class_name", ""))
+    if name == "dpmpp_2m" and config.get("use_karras_sigmas"):
+        return "dpmpp_2m_karras"
+    return name
