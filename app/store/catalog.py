@@ -313,8 +313,8 @@ def _component_config(folder: Path, component: str) -> dict[str, Any]:
     """A component's config, its weights checked: the tokenizer has files, not weights."""
     if component == "tokenizer":
         config = _read_json(folder / component / "tokenizer_config.json")
-        if not (folder / component / "vocab.json").is_file():
-            raise ModelRefused("missing tokenizer/vocab.json")
+        if not any((folder / component / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+            raise ModelRefused("missing tokenizer/vocab.json (or tokenizer.json)")
         return config
     _require_weights(folder, component)
     return _read_json(folder / component / "config.json")

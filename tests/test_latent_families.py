@@ -1,0 +1,204 @@
+"""Stable Diffusion (epsilon and v_prediction) and DiT folders written by save_pretrained: served unchanged,
+and through HTTP the same image as the matching diffusers pipeline for the same seed.
+
+Guidance: diffusers' guidance_scale g is uncond + g (cond - uncond); ours, w, is (1 + w) cond - w uncond, so
+g = w + 1. "Same image": at least 99.9% of pixels within one level of 255, none more than 4 apart.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiTPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+)
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.api.main import create_app
+from tests.helpers import make_settings
+from tests.tiny_models import write_dit, write_generator, write_stable_diffusion
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent-store")
+    write_stable_diffusion(root / "tiny-sd")
+    write_stable_diffusion(root / "tiny-sd2", prediction_type="v_prediction", spacing="trailing")
+    write_dit(root / "tiny-dit")
+    write_generator(root / "tiny-gen")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    with TestClient(create_app(make_settings(store))) as c:
+        yield c
+
+
+def png(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
+
+
+def assert_same_image(ours: np.ndarray, theirs: np.ndarray) -> None:
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours - theirs)
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 4, f"max diff {diff.max()}, {(diff > 1).mean():.4%} > 1"
+
+
+def diffusers_image(pipe, sampler: str, **call) -> np.ndarray:
+    cls, extra = SCHEDULERS[sampler]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+    image = pipe(**call, output_type="np").images[0]
+    return (image * 255).round().astype(int)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m_karras"])
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sd2"])
+def test_stable_diffusion_gives_the_pipelines_image(client, store, model, sampler):
+    body = {
+        "model": model,
+        "prompt": "a red cat",
+        "negative_prompt": "blurry",
+        "seed": 11,
+        "steps": 5,
+        "sampler": sampler,
+        "guidance_scale": 4.0,
+        "width": 24,
+        "height": 16,
+    }
+    ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
+    pipe = StableDiffusionPipeline.from_pretrained(
+        store / model, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    theirs = diffusers_image(
+        pipe,
+        sampler,
+        prompt="a red cat",
+        negative_prompt="blurry",
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        width=24,
+        height=16,
+        generator=torch.Generator("cpu").manual_seed(11),
+    )
+    assert_same_image(ours, theirs)
+
+
+def test_stable_diffusion_without_a_prompt_is_the_empty_prompt(client, store):
+    ours = png(
+        client.post(
+            "/v1/generate",
+            json={"model": "tiny-sd", "seed": 2, "steps": 3, "guidance_scale": 0},
+            headers={"Accept": "image/png"},
+        )
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(
+        store / "tiny-sd", safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    theirs = diffusers_image(
+        pipe,
+        "ddim",
+        prompt="",
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        generator=torch.Generator("cpu").manual_seed(2),
+    )
+    assert_same_image(ours, theirs)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_dit_gives_the_pipelines_image(client, store, sampler):
+    body = {"model": "tiny-dit", "class_label": 207, "seed": 4, "steps": 5, "sampler": sampler, "guidance_scale": 3.0}
+    ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
+    pipe = DiTPipeline.from_pretrained(store / "tiny-dit", local_files_only=True)
+    # DiTPipeline steps without a generator (only deterministic samplers compare) and guides when g > 1.
+    theirs = diffusers_image(
+        pipe,
+        sampler,
+        class_labels=[207],
+        num_inference_steps=5,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(4),
+    )
+    assert_same_image(ours, theirs)
+
+
+def test_models_describe_family_conditioning_and_parameters(client):
+    cards = {m["name"]: m["card"] for m in client.get("/v1/models").json()["models"]}
+    sd, dit = cards["tiny-sd"], cards["tiny-dit"]
+    assert (sd["family"], sd["conditioning"], sd["image_size"], sd["tasks"]) == (
+        "stable-diffusion",
+        "text",
+        [16, 16],
+        ["generate"],
+    )
+    assert {"prompt", "negative_prompt", "width", "height"} <= set(sd["parameters"])
+    assert (dit["family"], dit["conditioning"]) == ("dit", "class") and "prompt" not in dit["parameters"]
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"model": "tiny-sd", "class_label": 1}, "class_label"),
+        ({"model": "tiny-dit", "prompt": "a dog", "class_label": 1}, "prompt"),
+        ({"model": "tiny-gen", "prompt": "a dog", "class_label": 1}, "prompt"),
+        ({"model": "tiny-gen", "class_label": 1, "width": 32}, "width"),
+        ({"model": "tiny-sd", "width": 18}, "width"),
+        ({"model": "tiny-sd", "height": 4000, "width": 8000}, "width"),
+    ],
+)
+def test_fields_a_model_does_not_take_are_422_naming_field_and_model(client, body, field):
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", field]
+
+
+def test_latent_models_do_not_denoise_photos(client):
+    image = np.full((16, 16, 3), 120, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    r = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", buffer.getvalue(), "image/png")},
+        data={"model": "tiny-sd", "sigma": "10"},
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "wrong_task"
+
+
+def test_families_and_step_counts_batch_together_without_changing_an_image(client):
+    jobs = [
+        {"model": "tiny-sd", "prompt": "a house", "seed": 1, "steps": 6, "sampler": "euler_a"},
+        {"model": "tiny-sd2", "prompt": "a tree", "seed": 2, "steps": 3, "sampler": "ddim"},
+        {"model": "tiny-dit", "class_label": 5, "seed": 3, "steps": 4, "sampler": "ddim"},
+        {"model": "tiny-gen", "class_label": 1, "seed": 4, "steps": 5, "sampler": "dpmpp_2m"},
+    ]
+    alone = [png(client.post("/v1/generate", json=job, headers={"Accept": "image/png"})) for job in jobs]
+    ids = [client.post("/v1/generate", json=job, headers={"Prefer": "respond-async"}).json()["job_id"] for job in jobs]
+    together = []
+    for job_id in ids:
+        with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+            assert [line for line in stream.iter_lines() if line.startswith("event: ")][-1] == "event: succeeded"
+        together.append(png(client.get(f"/v1/jobs/{job_id}/images/0")))
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)
