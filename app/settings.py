@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(300.0, gt=0, description="a sync request still running after this gets 202")
     default_generator: str | None = Field(None, description="model used by /v1/generate without 'model'")
     default_denoiser: str | None = Field(None, description="model used by /v1/denoise without 'model'")
+    model_memory_gb: float | None = Field(
+        None, gt=0, description="weights the engine may hold; default: the device's memory less a margin"
+    )
+    preload: str | None = Field(
+        None, description="comma-separated models loaded at start (readiness waits); default: all that fit"
+    )
     denoise_tile: int = Field(256, ge=32, le=2048, description="tile edge for denoising large images")
     denoise_overlap: int = Field(32, ge=0, le=512, description="overlap between neighbouring tiles")
     host: str = "127.0.0.1"

@@ -148,6 +148,8 @@ class JobAccepted(BaseModel):
 class ModelOut(BaseModel):
     name: str
     status: Literal["ready", "error"]
+    loaded: bool = Field(False, description="in an engine's memory now (else it loads on first use)")
+    weights_gb: float = Field(0.0, description="the weights' size: the memory they take")
     error: str | None = Field(None, description="why the model is not served")
     card: dict[str, Any] | None = Field(
         None, description="the model card with what the configs imply: tasks it really serves, image size, ..."

@@ -9,6 +9,7 @@ never runs torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -24,8 +25,9 @@ from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
 from app.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
 from app.settings import Settings
+from app.engine.models import ModelPool, memory_budget
 from app.store.catalog import ModelEntry, ModelRefused
-from app.store.loader import LoadedModel, load_model
+from app.store.loader import LoadedModel, schedule_of
 
 log = logging.getLogger(__name__)
 Publish = Callable[[list[EngineEvent]], None]
@@ -70,7 +72,8 @@ class Engine:
         self.device = pick_device(settings.device)
         self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
-        self.models: dict[str, LoadedModel] = {}
+        self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
+        self._deferred: list[Submit] = []  # jobs whose model waits for room in memory
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, _Job] = {}
         self._rows: dict[int, Row] = {}
@@ -109,16 +112,37 @@ class Engine:
         return self._alive and self._thread is not None and self._thread.is_alive()
 
     # -- the loop (engine thread only) ------------------------------------------------------------
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """The models in memory now."""
+        return self.pool.loaded
+
     def _load(self) -> None:
-        """Load every checked model; a model that fails is marked with its reason and not served."""
-        for entry in self.entries.values():
-            if not entry.ready:
-                continue
-            try:
-                self.models[entry.name] = load_model(entry, self.device)
-                log.info("loaded model %s on %s", entry.name, self.device)
-            except ModelRefused as exc:
-                entry.fail(str(exc))
+        """Refuse models larger than the memory budget, then load DIFFUSION_PRELOAD's (default: every served
+        model, in store order, while they fit); a model that fails is marked with its reason, not served."""
+        self.pool.refuse_oversized()
+        preload = self.settings.preload
+        names = (
+            [n.strip() for n in preload.split(",") if n.strip()]
+            if preload
+            else [name for name, entry in self.entries.items() if entry.ready]
+        )
+        with contextlib.suppress(ModelRefused):
+            self.pool.preload(names)
+
+    def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:
+        """The job's model, in memory; None (the job waits) while every model that would make room is busy."""
+        busy = {job.spec.model for job in self._jobs.values()}
+        model = self.pool.get(spec.model, busy=busy)
+        if model is None:
+            log.debug("job %s waits for room in memory for model %s", job_id, spec.model)
+            self._deferred.append(Submit(job_id, spec))
+        return model
+
+    def _retry_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for message in deferred:
+            self._accept(message.job_id, message.spec)
 
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
@@ -138,6 +162,8 @@ class Engine:
     def _loop(self) -> None:
         try:
             while True:
+                if self._deferred:  # jobs finished last pass: their models may be idle now, making room
+                    self._retry_deferred()
                 block = self.scheduler.idle
                 running = self._drain(block=block)
                 self._flush()
@@ -170,17 +196,19 @@ class Engine:
 
     def _accept(self, job_id: str, spec: JobSpec) -> None:
         try:
-            if isinstance(spec, NoiseSpec):
-                model = self.models.get(spec.model) if spec.model else None
+            if isinstance(spec, NoiseSpec):  # a timestep needs the model's schedule, not its weights
+                schedule = schedule_of(self.entries[spec.model]) if spec.model else None
                 began = time.time()
                 self._emit(EngineEvent(job_id=job_id, type="started"))
-                result = run_noise(spec, model.schedule if model else None)
+                result = run_noise(spec, schedule)
                 result.run_ms = round((time.time() - began) * 1000, 2)
                 self._emit(EngineEvent(job_id=job_id, type="succeeded", result=result))
                 return
-            model = self.models.get(spec.model)
+            if spec.model not in self.entries or not self.entries[spec.model].ready:
+                raise ValueError(f"model {spec.model!r} is not served by this worker")
+            model = self._model_for(job_id, spec)
             if model is None:
-                raise ValueError(f"model {spec.model!r} is not loaded on this worker")
+                return
             if isinstance(spec, GenerateSpec):
                 plan = plan_generate(job_id, spec, model)
             elif isinstance(spec, DenoiseSpec):
@@ -207,6 +235,11 @@ class Engine:
         self._jobs.pop(job_id, None)
 
     def _cancel(self, job_id: str) -> None:
+        waiting = [m for m in self._deferred if m.job_id == job_id]
+        if waiting:
+            self._deferred = [m for m in self._deferred if m.job_id != job_id]
+            self._emit(EngineEvent(job_id=job_id, type="canceled"))
+            return
         if job_id not in self._jobs:
             return
         self._drop(job_id)

@@ -44,6 +44,8 @@ class ModelEntry:
     denoiser_config: dict[str, Any] = field(default_factory=dict)  # unet/ or transformer/ config.json
     family: str = "pixel"
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other components' configs
+    weights_bytes: int = 0  # safetensors on disk: the memory the weights take in float32
+    loaded: bool = False  # in an engine's memory now (set by the engine)
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, reason: str) -> None:
@@ -185,6 +187,8 @@ class ModelEntry:
             "scheduler_config": self.scheduler_config,
             "family": self.family,
             "configs": self.configs,
+            "weights_bytes": self.weights_bytes,
+            "loaded": self.loaded,
         }
 
     @classmethod
@@ -200,11 +204,14 @@ class ModelEntry:
             scheduler_config=data.get("scheduler_config", {}),
             family=data.get("family", "pixel"),
             configs=data.get("configs", {}),
+            weights_bytes=data.get("weights_bytes", 0),
+            loaded=data.get("loaded", False),
         )
 
     def public(self) -> dict[str, Any]:
         """The JSON shown by ``GET /v1/models``."""
-        body: dict[str, Any] = {"name": self.name, "status": self.status}
+        body: dict[str, Any] = {"name": self.name, "status": self.status, "loaded": self.loaded,
+                                "weights_gb": round(self.weights_bytes / 1024**3, 3)}
         if self.error:
             body["error"] = self.error
         if self.ready or self.has_card:
@@ -273,6 +280,7 @@ def _check(entry: ModelEntry) -> None:
         if (folder / ignored).exists() or index.get(ignored, [None])[0] is not None:
             log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    entry.weights_bytes = sum(p.stat().st_size for p in folder.rglob("*.safetensors") if p.is_file())
     if (folder / CARD_FILE).exists():
         try:
             entry.card = ModelCard.model_validate(_read_json(folder / CARD_FILE))

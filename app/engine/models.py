@@ -1,0 +1,96 @@
+"""The engine's loaded models, within a memory budget (owned by the engine thread, like everything it runs).
+
+A store may hold more models than fit: a model loads on first use, and when the budget is full the least
+recently used model with no job in the engine is unloaded to make room. A job whose model cannot get room
+yet (every loaded model is busy) waits until one is idle; a model larger than the whole budget is not
+served, and says so. Sizes are the weights' safetensors bytes on disk (what they take in float32).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+
+from app.store.catalog import ModelEntry, ModelRefused
+from app.store.loader import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+GB = 1024**3
+
+
+def size(n: int) -> str:
+    return f"{n / GB:.2f} GB" if n >= GB // 10 else f"{n / 1024**2:.2f} MB"
+
+
+def memory_budget(device: torch.device, setting_gb: float | None) -> int:
+    """Bytes of weights the engine may hold: the setting, else what the device has less a margin (2 GiB on a
+    GPU; a quarter of the RAM, at least 2 GiB, on the CPU, which also holds the service and the jobs)."""
+    if setting_gb is not None:
+        return int(setting_gb * GB)
+    if device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        return max(0, total - 2 * GB)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(0, total - max(2 * GB, total // 4))
+
+
+class ModelPool:
+    def __init__(self, entries: dict[str, ModelEntry], device: torch.device, budget: int) -> None:
+        self.entries, self.device, self.budget = entries, device, budget
+        self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+
+    @property
+    def used(self) -> int:
+        return sum(self.entries[name].weights_bytes for name in self.loaded)
+
+    def refuse_oversized(self) -> None:
+        for entry in self.entries.values():
+            if entry.ready and entry.weights_bytes > self.budget:
+                entry.fail(
+                    f"its weights need {size(entry.weights_bytes)}; the model memory budget is {size(self.budget)} "
+                    "(DIFFUSION_MODEL_MEMORY_GB)"
+                )
+
+    def preload(self, names: list[str]) -> None:
+        for name in names:
+            entry = self.entries.get(name)
+            if entry is None or not entry.ready:
+                log.error("DIFFUSION_PRELOAD names %r, which is not a served model", name)
+            elif self.used + entry.weights_bytes > self.budget:
+                log.warning("model %s does not fit the memory budget beside the others: it loads on first use", name)
+            else:
+                self.get(name, busy=set())
+
+    def get(self, name: str, *, busy: set[str]) -> LoadedModel | None:
+        """The model, loaded if need be; None when it cannot have room yet (the models that would have to
+        go are all busy). Raises ModelRefused when it does not load."""
+        if name in self.loaded:
+            self.loaded.move_to_end(name)
+            return self.loaded[name]
+        entry = self.entries[name]
+        idle = [n for n in self.loaded if n not in busy]
+        while self.used + entry.weights_bytes > self.budget:
+            if not idle:
+                return None
+            self.unload(idle.pop(0))
+        try:
+            model = load_model(entry, self.device)
+        except ModelRefused as exc:
+            entry.fail(str(exc))
+            raise
+        self.loaded[name] = model
+        entry.loaded = True
+        log.info("loaded model %s on %s (%.2f of %.2f GB used)", name, self.device, self.used / GB, self.budget / GB)
+        return model
+
+    def unload(self, name: str) -> None:
+        self.loaded.pop(name, None)
+        self.entries[name].loaded = False
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.info("unloaded model %s (least recently used, idle) to make room", name)
