@@ -48,7 +48,10 @@ def serve(argv: list[str] | None = None) -> None:
     # With Redis the backend holds connections bound to an event loop: it opens in uvicorn's lifespan.
     # On SIGTERM uvicorn stops accepting and lets waiting clients finish (up to the grace time).
     uvicorn.run(
-        create_app(settings, queue=backend), host=settings.host, port=settings.port, log_level=args.log_level,
+        create_app(settings, queue=backend),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
     )
 

@@ -55,6 +55,21 @@ class GenerateSpec(_Model):
         return self.steps
 
 
+class Img2ImgSpec(GenerateSpec):
+    """Generation that starts from an image: its latent (or pixels) noised to the timestep ``strength`` of
+    the way into the chain, then the rest of the chain. ``mask`` (white = repaint) keeps the rest of the
+    image: inpainting."""
+
+    kind: Literal["img2img"] = "img2img"  # type: ignore[assignment]
+    image: ImageData
+    strength: float = Field(0.75, gt=0, le=1)
+    mask: ImageData | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, min(int(self.steps * self.strength), self.steps))  # diffusers' rule
+
+
 class DenoiseSpec(_Model):
     kind: Literal["denoise"] = "denoise"
     model: str
@@ -81,9 +96,15 @@ class DenoiseSpec(_Model):
         """The job's rows (views x planes x tiles) on a model with ``model_channels`` and downsampling
         ``factor``: the API prices the request with it, the engine builds the rows from it."""
         return DenoiseLayout.of(
-            height=self.image.height, width=self.image.width, image_channels=self.image.channels,
-            model_channels=model_channels, factor=factor, tile=tile, overlap=overlap,
-            samples=self.samples if self.mode == "sample" else 1, ensemble=self.ensemble,
+            height=self.image.height,
+            width=self.image.width,
+            image_channels=self.image.channels,
+            model_channels=model_channels,
+            factor=factor,
+            tile=tile,
+            overlap=overlap,
+            samples=self.samples if self.mode == "sample" else 1,
+            ensemble=self.ensemble,
         )
 
 
@@ -105,7 +126,7 @@ class NoiseSpec(_Model):
         return self.image.area
 
 
-JobSpec = Annotated[Union[GenerateSpec, DenoiseSpec, NoiseSpec], Field(discriminator="kind")]
+JobSpec = Annotated[Union[GenerateSpec, Img2ImgSpec, DenoiseSpec, NoiseSpec], Field(discriminator="kind")]
 
 
 class JobStatus(str, Enum):
@@ -154,8 +175,13 @@ class JobRecord(_Model):
     @classmethod
     def new(cls, spec: "JobSpec") -> "JobRecord":
         """The record of a job just accepted: queued, with its step count and its weight in pixels."""
-        return cls(id=new_job_id(), kind=spec.kind, model=spec.model, pixels=spec.pixels,
-                   progress=Progress(step=0, total=spec.total_steps))
+        return cls(
+            id=new_job_id(),
+            kind=spec.kind,
+            model=spec.model,
+            pixels=spec.pixels,
+            progress=Progress(step=0, total=spec.total_steps),
+        )
 
     def timings(self) -> dict[str, float]:
         now = self.finished_at or time.time()

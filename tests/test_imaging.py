@@ -54,8 +54,11 @@ def png(width: int, height: int, rows: bytes, *, colour_type: int = 0, depth: in
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
     palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour_type == 3 else b""  # 256 entries
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette
-        + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + palette
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -270,40 +273,57 @@ MODE_CASES = [
     ModeCase("PA", "grey-tiff", palette_file("PA", GREY_PALETTE, "TIFF"), GREY, alpha=True),
     ModeCase("PA", "colour-tiff", palette_file("PA", COLOUR_PALETTE, "TIFF"), COLOUR, alpha=True),
     ModeCase("RGB", "png", pillow_file("RGB", "PNG", (1, 2, 3), (250, 128, 0)), RGB_PIXELS),
-    ModeCase(
-        "RGBA", "png", pillow_file("RGBA", "PNG", (1, 2, 3, 0), (250, 128, 0, 255)), RGB_PIXELS, alpha=True
-    ),
+    ModeCase("RGBA", "png", pillow_file("RGBA", "PNG", (1, 2, 3, 0), (250, 128, 0, 255)), RGB_PIXELS, alpha=True),
     # no file format opens as RGBa, RGBX or HSV: their conversion is checked on the image itself
     ModeCase(
-        "RGBa", "image", lambda: two_values("RGBa", (8, 6), (50, 25, 10, 128), (1, 2, 3, 255)),
-        {(0, 0): (99, 50, 20), (2, 1): (1, 2, 3)}, tolerance=1,
+        "RGBa",
+        "image",
+        lambda: two_values("RGBa", (8, 6), (50, 25, 10, 128), (1, 2, 3, 255)),
+        {(0, 0): (99, 50, 20), (2, 1): (1, 2, 3)},
+        tolerance=1,
     ),
     ModeCase(
-        "RGBX", "image", lambda: two_values("RGBX", (8, 6), (10, 20, 30, 0), (40, 50, 60, 255)),
+        "RGBX",
+        "image",
+        lambda: two_values("RGBX", (8, 6), (10, 20, 30, 0), (40, 50, 60, 255)),
         {(0, 0): (10, 20, 30), (2, 1): (40, 50, 60)},
     ),
     ModeCase("HSV", "image", lambda: two_values("HSV", (8, 6), (0, 255, 255), (85, 255, 255)), COLOUR),
     ModeCase(
-        "CMYK", "tiff", pillow_file("CMYK", "TIFF", (0, 0, 0, 0), (255, 0, 0, 0)),
+        "CMYK",
+        "tiff",
+        pillow_file("CMYK", "TIFF", (0, 0, 0, 0), (255, 0, 0, 0)),
         {(0, 0): (255, 255, 255), (2, 1): (0, 255, 255)},
     ),
     ModeCase(
-        "CMYK", "jpeg", lambda: save(Image.new("CMYK", (16, 16), (0, 255, 0, 0)), "JPEG"),
-        {(5, 5): (255, 0, 255)}, tolerance=8,
+        "CMYK",
+        "jpeg",
+        lambda: save(Image.new("CMYK", (16, 16), (0, 255, 0, 0)), "JPEG"),
+        {(5, 5): (255, 0, 255)},
+        tolerance=8,
     ),
     ModeCase(
-        "YCbCr", "tiff", pillow_file("YCbCr", "TIFF", (128, 128, 128), (76, 85, 255)),
-        {(0, 0): (128, 128, 128), (2, 1): (255, 0, 0)}, tolerance=2,
+        "YCbCr",
+        "tiff",
+        pillow_file("YCbCr", "TIFF", (128, 128, 128), (76, 85, 255)),
+        {(0, 0): (128, 128, 128), (2, 1): (255, 0, 0)},
+        tolerance=2,
     ),
     # CIE Lab (L* scaled to 0..255, a* b* offset by 128) through littlecms to sRGB: L* 53.6 is grey 128, L* 100
     # white; (53.2, 80, 67) is sRGB red, within the rounding of 8-bit Lab and the D50 -> D65 adaptation
     ModeCase(
-        "LAB", "tiff-grey", pillow_file("LAB", "TIFF", (137, 128, 128), (255, 128, 128)),
-        {(0, 0): (128, 128, 128), (2, 1): (255, 255, 255)}, tolerance=1,
+        "LAB",
+        "tiff-grey",
+        pillow_file("LAB", "TIFF", (137, 128, 128), (255, 128, 128)),
+        {(0, 0): (128, 128, 128), (2, 1): (255, 255, 255)},
+        tolerance=1,
     ),
     ModeCase(
-        "LAB", "tiff-colour", pillow_file("LAB", "TIFF", (136, 208, 195), (137, 128, 128)),
-        {(0, 0): (255, 0, 0)}, tolerance=12,
+        "LAB",
+        "tiff-colour",
+        pillow_file("LAB", "TIFF", (136, 208, 195), (137, 128, 128)),
+        {(0, 0): (255, 0, 0)},
+        tolerance=12,
     ),
     ModeCase("I", "tiff-16-bit-range", pillow_file("I", "TIFF", 0, 65535), {(0, 0): (0,), (2, 1): (255,)}),
     ModeCase("I", "tiff-mid-values", pillow_file("I", "TIFF", 257 * 7, 30000), {(0, 0): (7,), (2, 1): (117,)}),
@@ -345,8 +365,27 @@ def test_mode_is_converted_or_refused(case: ModeCase):
 
 
 def test_mode_cases_cover_the_modes_asked_for():
-    wanted = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
-              "I;16", "I;16B", "I;16L", "F"}
+    wanted = {
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "LAB",
+        "HSV",
+        "I",
+        "I;16",
+        "I;16B",
+        "I;16L",
+        "F",
+    }
     assert wanted <= {case.mode for case in MODE_CASES}
 
 

@@ -202,3 +202,115 @@ def test_families_and_step_counts_batch_together_without_changing_an_image(clien
         together.append(png(client.get(f"/v1/jobs/{job_id}/images/0")))
     for a, b in zip(alone, together):
         assert np.array_equal(a, b)
+
+
+def upload_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def a_photo(height: int = 16, width: int = 24) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([(xx * 9) % 256, (yy * 13) % 256, ((xx + yy) * 5) % 256], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m_karras"])
+def test_img2img_gives_the_img2img_pipelines_image(client, store, sampler):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    image = a_photo()
+    data = {
+        "model": "tiny-sd",
+        "prompt": "a blue house",
+        "seed": "8",
+        "steps": "6",
+        "strength": "0.5",
+        "sampler": sampler,
+        "guidance_scale": "2.0",
+    }
+    r = client.post(
+        "/v1/img2img",
+        files={"file": ("p.png", upload_png(image), "image/png")},
+        data=data,
+        headers={"Accept": "image/png"},
+    )
+    ours = png(r)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+        store / "tiny-sd", safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    theirs = diffusers_image(
+        pipe,
+        sampler,
+        prompt="a blue house",
+        image=Image.fromarray(image),
+        strength=0.5,
+        num_inference_steps=6,
+        guidance_scale=3.0,
+        generator=torch.Generator("cpu").manual_seed(8),
+    )
+    assert_same_image(ours, theirs)
+    assert r.headers["x-seed"] == "8"
+
+
+def test_img2img_on_a_pixel_model_stays_near_the_image_at_low_strength(client):
+    image = np.full((16, 16), 90, dtype=np.uint8)
+    image[4:12, 4:12] = 200
+    data = {"model": "tiny-gen", "class_label": "a", "seed": "1", "steps": "20", "sampler": "ddim"}
+    low = png(
+        client.post(
+            "/v1/img2img",
+            files={"file": ("p.png", upload_png(image), "image/png")},
+            data={**data, "strength": "0.05"},
+            headers={"Accept": "image/png"},
+        )
+    )
+    high = png(
+        client.post(
+            "/v1/img2img",
+            files={"file": ("p.png", upload_png(image), "image/png")},
+            data={**data, "strength": "1.0"},
+            headers={"Accept": "image/png"},
+        )
+    )
+    assert np.abs(low - image).mean() < np.abs(high - image).mean()
+    assert np.abs(low - image).mean() < 25
+
+
+def test_img2img_refuses_what_it_cannot_do(client):
+    files = {"file": ("p.png", upload_png(a_photo(18, 24)), "image/png")}
+    r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd", "prompt": "x"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "not_multiple"
+    files = {"file": ("p.png", upload_png(a_photo()), "image/png")}
+    r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd", "steps": "4", "strength": "0.1"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "strength"]
+    r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd", "width": "24"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "width"]
+
+
+def test_inpainting_keeps_the_unmasked_part_of_a_pixel_image_exactly(client):
+    image = np.full((16, 16), 60, dtype=np.uint8)
+    image[:, 8:] = 220
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 255  # repaint the middle
+    files = {"file": ("p.png", upload_png(image), "image/png"), "mask": ("m.png", upload_png(mask), "image/png")}
+    data = {"model": "tiny-gen", "class_label": "b", "seed": "3", "steps": "10", "strength": "1.0"}
+    out = png(client.post("/v1/img2img", files=files, data=data, headers={"Accept": "image/png"}))
+    kept = mask == 0
+    assert np.abs(out[kept] - image[kept]).max() <= 1  # the last step puts the image itself back
+    assert np.abs(out[~kept] - image[~kept]).mean() > 5  # the middle was drawn anew
+
+
+def test_inpainting_works_on_latent_models_and_checks_the_mask(client):
+    image, mask = a_photo(), np.zeros((16, 24), dtype=np.uint8)
+    mask[:, 12:] = 255
+    files = {"file": ("p.png", upload_png(image), "image/png"), "mask": ("m.png", upload_png(mask), "image/png")}
+    data = {"model": "tiny-sd", "prompt": "a door", "seed": "5", "steps": "4", "strength": "1.0"}
+    masked = png(client.post("/v1/img2img", files=files, data=data, headers={"Accept": "image/png"}))
+    plain = png(client.post("/v1/img2img", files={"file": files["file"]}, data=data, headers={"Accept": "image/png"}))
+    assert masked.shape == plain.shape and np.abs(masked - plain).max() > 0
+    wrong = {"file": files["file"], "mask": ("m.png", upload_png(mask[:8]), "image/png")}
+    r = client.post("/v1/img2img", files=wrong, data=data)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mask"]
+    r = client.post("/v1/denoise", files=files, data={"sigma": "5"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mask"]  # only img2img takes one

@@ -76,10 +76,26 @@ def _photos() -> dict[str, np.ndarray]:
 
 
 def _run(tmp_path: Path, *extra: str) -> dict:
-    args = train_denoiser.parse_args([
-        "--out", str(tmp_path / "store" / "photos"), "--ckpt-dir", str(tmp_path / "ckpt"),
-        "--channels", "8", "16", "--crop", "32", "--batch", "3", "--warmup", "1", "--precision", "fp32", *extra,
-    ])
+    args = train_denoiser.parse_args(
+        [
+            "--out",
+            str(tmp_path / "store" / "photos"),
+            "--ckpt-dir",
+            str(tmp_path / "ckpt"),
+            "--channels",
+            "8",
+            "16",
+            "--crop",
+            "32",
+            "--batch",
+            "3",
+            "--warmup",
+            "1",
+            "--precision",
+            "fp32",
+            *extra,
+        ]
+    )
     train_denoiser.train(args)
     entry = scan_store(tmp_path / "store")["photos"]
     return entry.card.training

@@ -56,7 +56,8 @@ def allowed_methods(request: Request) -> list[str]:
     each method is tried against the routes, through their public ``matches``."""
     routes = request.app.router.routes
     return [
-        method for method in METHODS
+        method
+        for method in METHODS
         if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
     ]
 

@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     app.include_router(generate.router, prefix=v1)
     app.include_router(images.router, prefix=v1)
     app.include_router(images.noise_router, prefix=v1)
+    app.include_router(images.img2img_router, prefix=v1)
     app.include_router(jobs.router, prefix=v1)
     app.include_router(models.router, prefix=v1)
     app.include_router(health.router)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 from app.api.errors import ApiError, brief
 from app.api.schemas import SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
 from app.imaging import OUTPUT_FORMATS
-from app.jobs import DenoiseSpec, GenerateSpec, ImageData, NoiseSpec
+from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec
 from app.settings import Settings
 from app.store.catalog import ModelEntry
 
@@ -144,9 +144,9 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     return label
 
 
-def check_parameters(req: GenerateRequest, entry: ModelEntry) -> None:
+def check_parameters(req: GenerateRequest, entry: ModelEntry, also: tuple[str, ...] = ()) -> None:
     """A field the model does not take is a 422 naming the field and the model."""
-    taken = set(entry.parameters)
+    taken = set(entry.parameters) | set(also)
     for field in sorted(req.model_fields_set - taken):
         if getattr(req, field) is not None:
             raise ApiError(
@@ -182,10 +182,31 @@ def image_size(req: GenerateRequest, entry: ModelEntry, settings: Settings) -> t
     return height, width
 
 
-def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
+def start_image_size(req: GenerateRequest, image: ImageData, entry: ModelEntry) -> tuple[int, int]:
+    """img2img and inpainting work at the image's own size: a multiple of the model's factors."""
+    for field in ("width", "height"):
+        if getattr(req, field) is not None:
+            raise ApiError(
+                422, ["body", field], "img2img works at the image's own size: omit width and height", type="unsupported"
+            )
+    multiple = entry.size_multiple
+    if image.width % multiple or image.height % multiple:
+        raise ApiError(
+            422,
+            ["body", "file"],
+            f"image is {image.width}x{image.height}; model {entry.name!r} needs both sides multiples of {multiple}",
+            type="not_multiple",
+        )
+    return image.height, image.width
+
+
+def generate_spec(
+    req: GenerateRequest, submission: Submission, *, image: ImageData | None = None, mask: ImageData | None = None
+) -> GenerateSpec:
+    """A generate job, or with ``image`` an img2img job (``mask``: inpainting) from an Img2ImgParams."""
     settings = submission.settings
     entry = pick_model(submission.models, req.model, task="generate", settings=settings)
-    check_parameters(req, entry)
+    check_parameters(req, entry, also=("strength",) if image is not None else ())
     negotiated = submission.negotiated(req.output_format)
     if negotiated.raw and req.num_images != 1:
         raise ApiError(
@@ -210,12 +231,12 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
             422, ["body", "guidance_scale"], "guidance needs a class_label to guide towards", type="unsupported"
         )
     steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
-    height, width = image_size(req, entry, settings)
+    height, width = image_size(req, entry, settings) if image is None else start_image_size(req, image, entry)
     pixels = req.num_images * height * width
     evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
     check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
     check_pixels(pixels, settings, ["body", "num_images"])
-    return GenerateSpec(
+    fields = dict(
         model=entry.name,
         steps=steps,
         sampler=or_default(req.sampler, defaults.sampler),
@@ -230,6 +251,20 @@ def generate_spec(req: GenerateRequest, submission: Submission) -> GenerateSpec:
         output_format=output_format(submission, req.output_format, width, height),
         pixels=pixels,
     )
+    if image is None:
+        return GenerateSpec(**fields)
+    if int(steps * req.strength) < 1:
+        raise ApiError(
+            422, ["body", "strength"], f"steps x strength must be at least 1 (steps {steps})", type="out_of_range"
+        )
+    if mask is not None and (mask.width, mask.height) != (image.width, image.height):
+        raise ApiError(
+            422,
+            ["body", "mask"],
+            f"the mask is {mask.width}x{mask.height}, the image {image.width}x{image.height}: they must match",
+            type="size_mismatch",
+        )
+    return Img2ImgSpec(**fields, image=image, strength=req.strength, mask=mask)
 
 
 # -- denoise -------------------------------------------------------------------------------------------

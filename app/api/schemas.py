@@ -50,6 +50,21 @@ class GenerateRequest(_Request):
     )
 
 
+class Img2ImgParams(GenerateRequest):
+    """Generation from an image (multipart ``file``, or base64 ``image`` in JSON): the image is noised to
+    ``strength`` of the way into the chain (1: almost pure noise), then the chain runs from there. An optional
+    ``mask`` (white = repaint) keeps the rest of the image: inpainting."""
+
+    strength: float = Field(0.75, gt=0.0, le=1.0, description="how far into the chain the image is noised")
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Img2ImgJSON(Img2ImgParams):
+    image: str = Field(..., description="the image file as base64")
+    mask: str | None = Field(None, description="inpainting: the mask file as base64 (white = repaint)")
+
+
 class DenoiseParams(_Request):
     """Denoising options; the image comes as a multipart ``file`` or as base64 in ``image`` (JSON)."""
 
@@ -71,7 +86,9 @@ class DenoiseParams(_Request):
         1, ge=1, le=16, description="sample mode: average this many reverse-diffusion samples (seeds seed, seed+1, ...)"
     )
     ensemble: int = Field(
-        1, ge=1, le=8,
+        1,
+        ge=1,
+        le=8,
         description="average over this many flips/rotations of the image (2: + mirror, 4: + quarter turn, 8: all); "
         "a little better PSNR, that many times the compute",
     )

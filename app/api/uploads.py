@@ -30,7 +30,9 @@ def media_type(request: Request) -> str:
 
 def unsupported_media_type(found: str, expected: str) -> ApiError:
     return ApiError(
-        415, ["header", "content-type"], f"unsupported media type {brief(found or '(none)')}: send {expected}",
+        415,
+        ["header", "content-type"],
+        f"unsupported media type {brief(found or '(none)')}: send {expected}",
         type="unsupported_media_type",
     )
 
@@ -46,6 +48,7 @@ class ImageRequest(Generic[P]):
     options: P
     image: ImageData
     fingerprint: str
+    mask: ImageData | None = None  # inpainting: a second image (multipart ``mask``, JSON ``mask``)
 
 
 def _validate(model: type[P], data: dict, prefix: str) -> P:
@@ -60,34 +63,48 @@ def _validate(model: type[P], data: dict, prefix: str) -> P:
 async def read_image_request(
     request: Request, kind: str, params: type[P], json_model: type[BaseModel], *, max_pixels: int
 ) -> ImageRequest[P]:
-    """Options and decoded image from ``multipart/form-data`` (field ``file``) or JSON (field ``image``)."""
+    """Options and decoded image from ``multipart/form-data`` (field ``file``) or JSON (field ``image``); a
+    ``mask`` image too where the JSON model has that field (multipart field ``mask``)."""
     content_type = media_type(request)
     if content_type == "multipart/form-data":
-        options, raw, loc = await _from_form(request, params)
+        options, raw, loc, raw_mask = await _from_form(request, params, takes_mask="mask" in json_model.model_fields)
     elif content_type == "application/json":
-        options, raw, loc = await _from_json(request, params, json_model)
+        options, raw, loc, raw_mask = await _from_json(request, params, json_model)
     else:
         raise unsupported_media_type(
             content_type, "multipart/form-data (field 'file') or application/json (field 'image')"
         )
     if not raw:
         raise ApiError(422, loc, "the image is empty", type="missing")
-    return ImageRequest(options, _decode(raw, loc, max_pixels), fingerprint(kind, options, raw))
+    image = _decode(raw, loc, max_pixels)
+    mask = _decode(raw_mask, ["body", "mask"], max_pixels) if raw_mask else None
+    return ImageRequest(options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask)
 
 
-async def _from_form(request: Request, params: type[P]) -> tuple[P, bytes, list]:
+async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> tuple[P, bytes, list, bytes]:
     form = await request.form()
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
-        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
-        return _validate(params, fields, "body"), await upload.read(), ["body", "file"]
+        mask = form.get("mask")
+        if mask is not None and not (isinstance(mask, UploadFile) and takes_mask):
+            raise ApiError(422, ["body", "mask"], "this request takes no mask", type="extra_forbidden")
+        fields = {k: v for k, v in form.items() if k not in ("file", "mask") and isinstance(v, str) and v != ""}
+        raw_mask = await mask.read() if isinstance(mask, UploadFile) else b""
+        return _validate(params, fields, "body"), await upload.read(), ["body", "file"], raw_mask
     finally:
         await form.close()
 
 
-async def _from_json(request: Request, params: type[P], json_model: type[BaseModel]) -> tuple[P, bytes, list]:
+def _base64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, ["body", field], f"{field} is not valid base64", type="base64_invalid") from exc
+
+
+async def _from_json(request: Request, params: type[P], json_model: type[BaseModel]) -> tuple[P, bytes, list, bytes]:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -95,12 +112,9 @@ async def _from_json(request: Request, params: type[P], json_model: type[BaseMod
     if not isinstance(body, dict):
         raise ApiError(422, ["body"], "the JSON body must be an object", type="model_attributes_type")
     full = _validate(json_model, body, "body")
-    options = params.model_validate(full.model_dump(exclude={"image"}, exclude_unset=True))
-    try:
-        raw = base64.b64decode(full.image, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ApiError(422, ["body", "image"], "image is not valid base64", type="base64_invalid") from exc
-    return options, raw, ["body", "image"]
+    options = params.model_validate(full.model_dump(exclude={"image", "mask"}, exclude_unset=True))
+    mask = getattr(full, "mask", None)
+    return options, _base64(full.image, "image"), ["body", "image"], _base64(mask, "mask") if mask else b""
 
 
 def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
@@ -118,6 +132,10 @@ def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
             422, loc, f"image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels", type="too_small"
         )
     return ImageData(
-        width=width, height=height, channels=channels, pixels=decoded.pixels.tobytes(),
-        alpha_dropped=decoded.alpha_dropped, frames_dropped=decoded.frames_dropped,
+        width=width,
+        height=height,
+        channels=channels,
+        pixels=decoded.pixels.tobytes(),
+        alpha_dropped=decoded.alpha_dropped,
+        frames_dropped=decoded.frames_dropped,
     )

@@ -38,8 +38,19 @@ class DenoiseLayout:
     views: list[tuple[int, bool]]
 
     @classmethod
-    def of(cls, *, height: int, width: int, image_channels: int, model_channels: int, factor: int, tile: int,
-           overlap: int, samples: int, ensemble: int) -> "DenoiseLayout":
+    def of(
+        cls,
+        *,
+        height: int,
+        width: int,
+        image_channels: int,
+        model_channels: int,
+        factor: int,
+        tile: int,
+        overlap: int,
+        samples: int,
+        ensemble: int,
+    ) -> "DenoiseLayout":
         padded_h, padded_w = padded_size(height, width, factor)
         boxes = tile_boxes(padded_h, padded_w, tile=fit_tile(tile, factor), overlap=overlap)
         views = [transform for _ in range(samples) for transform in ENSEMBLE_ORDER[:ensemble]]

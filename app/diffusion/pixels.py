@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+
 def sigma_255_to_unit(sigma_255: float) -> float:
     return 2.0 * sigma_255 / 255.0
 

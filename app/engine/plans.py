@@ -28,9 +28,9 @@ from app.diffusion.pixels import apply_transform, image_to_unit, invert_transfor
 from app.diffusion.samplers import Step, get_sampler
 from app.diffusion.schedule import NoiseSchedule, restoration_plan
 from app.diffusion.tiling import Canvas, pad_to_multiple
-from app.engine.runner import Row
+from app.engine.runner import Known, Row
 from app.imaging import MEDIA_TYPES, encode_image
-from app.jobs import DenoiseSpec, GenerateSpec, ImageData, JobResult, NoiseSpec, ResultImage
+from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, JobResult, NoiseSpec, ResultImage
 from app.store.loader import LoadedModel
 
 
@@ -62,22 +62,63 @@ def result_image(index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt
     return ResultImage(index=index, seed=seed, media_type=MEDIA_TYPES[fmt], data=encode_image(unit_to_image(x), fmt))
 
 
-# -- generate ------------------------------------------------------------------------------------------
+# -- generate and img2img ---------------------------------------------------------------------------------
+def _from_noise(shape: tuple[int, ...], scale: float) -> Callable[[torch.Generator], torch.Tensor]:
+    """Pure noise, the seed's first draw. Pipelines that multiply it by init_noise_sigma (Stable Diffusion's)
+    differ from those that do not (DDPMPipeline, DiTPipeline) only on the Euler samplers' grids (``scale``)."""
+
+    def start(generator: torch.Generator) -> torch.Tensor:
+        x = torch.randn((1, *shape), generator=generator)
+        return x if scale == 1.0 else x * scale
+
+    return start
+
+
+class _from_image:
+    """An image's latent (a VAE's sample: the seed's first draw, as diffusers' img2img takes it), noised to
+    the first step's alpha_bar with the seed's next draw: x_t = sqrt(ab) x_0 + sqrt(1 - ab) n (the forward
+    process, then the reverse one from there)."""
+
+    def __init__(self, spec: Img2ImgSpec, model: LoadedModel, ab: float) -> None:
+        pixels = image_to_unit(image_pixels(spec.image))
+        channels = model.entry.channels
+        if pixels.shape[0] != channels:  # grey for an RGB model: replicated; RGB for a grey model: averaged
+            pixels = pixels.expand(channels, -1, -1) if pixels.shape[0] == 1 else pixels.mean(0, keepdim=True)
+        self.pixels, self.model, self.ab = pixels[None].contiguous(), model, ab
+        factor = model.entry.latent_factor
+        self.latent_shape = (model.entry.latent_channels, spec.image.height // factor, spec.image.width // factor)
+        self.mask = None if spec.mask is None else repaint_mask(spec.mask, self.latent_shape[1:])
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor | Known:
+        x0 = self.model.encode(self.pixels, generator).cpu()
+        noise = torch.randn(x0.shape, generator=generator)
+        start = self.ab**0.5 * x0 + (1 - self.ab) ** 0.5 * noise
+        return start if self.mask is None else Known(start, x0, noise, self.mask)
+
+
+def repaint_mask(mask: ImageData, size: tuple[int, int]) -> torch.Tensor:
+    """[1, 1, h, w]: 1 where the mask is white (>= half grey: repaint), 0 where the image is kept; brought to
+    the latent size by nearest neighbour, as diffusers' inpainting does."""
+    grey = image_to_unit(image_pixels(mask)).mean(0, keepdim=True)[None]  # [-1, 1]
+    binary = (grey >= 0).float()
+    return torch.nn.functional.interpolate(binary, size=size, mode="nearest")
+
+
 def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
     entry = model.entry
     sampler = get_sampler(spec.sampler)
     plan = sampler.plan(model.schedule, spec.steps)
-    # Pipelines that multiply their first noise by init_noise_sigma (Stable Diffusion's) differ from those that
-    # do not (DDPMPipeline, DiTPipeline) only on the Euler samplers' grids: the same image as diffusers in both.
-    scale = sampler.noise_scale(model.schedule, plan) if entry.spec.scales_initial_noise else 1.0
-    native_h, native_w = entry.image_size
-    h, w = (spec.height or native_h) // entry.latent_factor, (spec.width or native_w) // entry.latent_factor
-    shape = (entry.latent_channels, h, w)
+    if isinstance(spec, Img2ImgSpec):
+        plan = plan[spec.steps - spec.total_steps :]  # the last steps x strength of the chain (diffusers' rule)
+        start = _from_image(spec, model, plan[0].ab)
+        shape = tuple(start.latent_shape)
+    else:
+        native_h, native_w = entry.image_size
+        h, w = (spec.height or native_h) // entry.latent_factor, (spec.width or native_w) // entry.latent_factor
+        shape = (entry.latent_channels, h, w)
+        scale = sampler.noise_scale(model.schedule, plan) if entry.spec.scales_initial_noise else 1.0
+        start = _from_noise(shape, scale)
     cond, uncond = model.conditions(spec)  # a prompt is encoded here, once for the job's images
-
-    def noise(generator: torch.Generator) -> torch.Tensor:
-        x = torch.randn((1, *shape), generator=generator)
-        return x if scale == 1.0 else x * scale
 
     rows = [
         Row(
@@ -87,7 +128,7 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
             plan=plan,
             sampler=sampler,
             seed=seed,
-            init=noise,
+            init=start,
             key=i,
             eta=spec.eta,
             cond=cond,

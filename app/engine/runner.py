@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, NamedTuple
 
 import torch
 
@@ -16,6 +16,16 @@ from app.store.loader import LoadedModel
 
 
 _ROW_IDS = itertools.count()
+
+
+class Known(NamedTuple):
+    """What an inpainting row keeps: its start, the image (latent) to keep, its first noise, and the mask
+    (1 = repaint), all [1, C, h, w] ([1, 1, h, w] for the mask)."""
+
+    start: torch.Tensor
+    image: torch.Tensor
+    noise: torch.Tensor
+    mask: torch.Tensor
 
 
 @dataclass(eq=False)
@@ -44,6 +54,7 @@ class Row:
     generator: torch.Generator | None = field(default=None, repr=False)
     prev_x0: torch.Tensor | None = field(default=None, repr=False)
     prev_ab: float = math.nan
+    known: Known | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -69,10 +80,23 @@ class Row:
     def begin(self, device: torch.device) -> None:
         # Noise is drawn on the CPU, so a seed gives the same draws on any device.
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.x = self.init(self.generator).to(device)
+        start = self.init(self.generator)
+        if isinstance(start, Known):  # inpainting: the part of the image to keep, and the mask
+            self.known = Known(*(t.to(device) for t in start))
+            start = start.start
+        self.x = start.to(device)
 
     def release(self) -> None:
-        self.x = self.prev_x0 = self.generator = None
+        self.x = self.prev_x0 = self.generator = self.known = None
+
+    def keep_known(self, x: torch.Tensor, ab_next: float) -> torch.Tensor:
+        """Inpainting by replacement (RePaint, Lugmayr et al. 2022; diffusers' inpainting with a 4-channel
+        network): after each step the region to keep is the image itself noised to the next step's level
+        with the row's first noise, sqrt(ab') x_0 + sqrt(1 - ab') n, and the bare image after the last."""
+        if self.known is None:
+            return x
+        kept = ab_next**0.5 * self.known.image + (1 - ab_next) ** 0.5 * self.known.noise
+        return self.known.mask * x + (1 - self.known.mask) * kept
 
     def noise(self) -> torch.Tensor:
         """Standard normal noise from this row's own generator (CPU, so seeds give the same draws on any
@@ -149,7 +173,7 @@ class Runner:
             for j, (r, s) in enumerate(zip(subset, steps)):
                 updates.append((r, x_next[j : j + 1], x0[j : j + 1] if keep else None, s.ab if keep else math.nan))
         for row, x, prev_x0, prev_ab in updates:
-            row.x, row.prev_x0, row.prev_ab = x, prev_x0, prev_ab
+            row.x, row.prev_x0, row.prev_ab = row.keep_known(x, row.plan[row.index].ab_prev), prev_x0, prev_ab
             row.index += 1
         return [r for r in rows if r.done]
 

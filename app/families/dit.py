@@ -15,13 +15,13 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel, Transformer2DModel
 
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
-from app.store.loader import LoadedModel, schedule_of
+from app.families.latent import LatentModel
+from app.store.loader import schedule_of
 
 
 @dataclass(eq=False)
-class DiT(LoadedModel):
+class DiT(LatentModel):
     transformer: Any = None
-    vae: Any = None
 
     def conditions(self, spec: GenerateSpec) -> tuple[Any, Any]:
         return spec.class_label, self.entry.null_class
@@ -32,10 +32,6 @@ class DiT(LoadedModel):
         out = self.transformer(x, timestep=t, class_labels=labels).sample
         channels = x.shape[1]
         return out[:, :channels] if out.shape[1] == 2 * channels else out
-
-    @torch.no_grad()
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(x / self.vae.config.scaling_factor).sample[0].float()
 
 
 def load(entry: ModelEntry, device: torch.device) -> DiT:

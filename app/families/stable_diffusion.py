@@ -15,18 +15,18 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
-from app.store.loader import LoadedModel, schedule_of
+from app.families.latent import LatentModel
+from app.store.loader import schedule_of
 
 
 @dataclass(eq=False)
-class StableDiffusion(LoadedModel):
+class StableDiffusion(LatentModel):
     unet: Any = None
-    vae: Any = None
     text_encoder: Any = None
     tokenizer: Any = None
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """[N, tokens, width] text embeddings: padded to the tokenizer's length, truncated beyond it, and the
         attention mask passed only where the encoder's config asks for it (as diffusers does)."""
         tokens = self.tokenizer(
@@ -43,15 +43,11 @@ class StableDiffusion(LoadedModel):
         return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float()
 
     def conditions(self, spec: GenerateSpec) -> tuple[Any, Any]:
-        prompt, negative = self.encode([spec.prompt or "", spec.negative_prompt or ""])
+        prompt, negative = self.encode_prompts([spec.prompt or "", spec.negative_prompt or ""])
         return prompt, negative
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=torch.stack(conds).to(x.dtype)).sample
-
-    @torch.no_grad()
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(x / self.vae.config.scaling_factor).sample[0].float()
 
 
 def load(entry: ModelEntry, device: torch.device) -> StableDiffusion:

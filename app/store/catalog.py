@@ -210,8 +210,12 @@ class ModelEntry:
 
     def public(self) -> dict[str, Any]:
         """The JSON shown by ``GET /v1/models``."""
-        body: dict[str, Any] = {"name": self.name, "status": self.status, "loaded": self.loaded,
-                                "weights_gb": round(self.weights_bytes / 1024**3, 3)}
+        body: dict[str, Any] = {
+            "name": self.name,
+            "status": self.status,
+            "loaded": self.loaded,
+            "weights_gb": round(self.weights_bytes / 1024**3, 3),
+        }
         if self.error:
             body["error"] = self.error
         if self.ready or self.has_card:

@@ -39,6 +39,10 @@ class LoadedModel:
         """A finished row [1, C, h, w] to image pixels [C, H, W] in [-1, 1]."""
         return x[0]
 
+    def encode(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Image pixels [1, C, H, W] in [-1, 1] to what the network works on (pixel models: themselves)."""
+        return pixels
+
 
 def schedule_of(entry: ModelEntry) -> NoiseSchedule:
     try:

@@ -12,8 +12,14 @@ from fastapi.testclient import TestClient
 
 from app.api import docs
 
-CDN_HOSTS = ("cdn.redoc.ly", "cdn.jsdelivr.net", "unpkg.com", "fonts.googleapis.com", "fonts.gstatic.com",
-             "validator.swagger.io")
+CDN_HOSTS = (
+    "cdn.redoc.ly",
+    "cdn.jsdelivr.net",
+    "unpkg.com",
+    "fonts.googleapis.com",
+    "fonts.gstatic.com",
+    "validator.swagger.io",
+)
 EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
 
 

@@ -127,8 +127,21 @@ def test_whitespace_around_elements_and_parameters_is_allowed():
 
 @pytest.mark.parametrize(
     "bad",
-    ["image/png;q=2", "image/png;q=1.5", "image/png;q=abc", "image/png;q=0.1234", "image/png;q=-1", "image/png;q",
-     "image", "image/", "/png", "*/png", "image/png/x", "image png", "image/png;=1"],
+    [
+        "image/png;q=2",
+        "image/png;q=1.5",
+        "image/png;q=abc",
+        "image/png;q=0.1234",
+        "image/png;q=-1",
+        "image/png;q",
+        "image",
+        "image/",
+        "/png",
+        "*/png",
+        "image/png/x",
+        "image png",
+        "image/png;=1",
+    ],
 )
 def test_malformed_ranges_are_ignored(bad):
     assert parse_media_range(bad) is None

@@ -59,7 +59,9 @@ def test_the_service_refuses_to_start_without_a_loadable_model(tmp_path):
 def test_the_cli_exits_with_a_message_on_an_empty_store(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", "--model-store", str(tmp_path), "--port", "8765"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2 and "no loadable model" in out.stderr
 

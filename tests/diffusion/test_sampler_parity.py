@@ -74,7 +74,13 @@ def test_ddim_matches_diffusers(unet, config, eta):
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     # clip_sample is on (diffusers' default): the noise estimate is re-derived from the clipped x_0
     theirs = _diffusers_loop(
-        DDIMScheduler(**config), unet, x, 20, eta=eta, use_clipped_model_output=True, generator=torch.Generator().manual_seed(8)
+        DDIMScheduler(**config),
+        unet,
+        x,
+        20,
+        eta=eta,
+        use_clipped_model_output=True,
+        generator=torch.Generator().manual_seed(8),
     )
     ours = _ours(DDIMScheduler(**config), unet, x, 20, "ddim", eta=eta, seed=8)
     _assert_close(ours, theirs)

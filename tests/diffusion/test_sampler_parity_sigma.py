@@ -49,8 +49,14 @@ def _ours(config, unet, sampler, steps, seed):
     noise = torch.Generator().manual_seed(seed)
     x = torch.randn(SHAPE, generator=noise) * get_sampler(sampler).noise_scale(schedule, plan)
     with torch.no_grad():
-        return sample_loop(lambda x, t: unet(x, t).sample, x, plan, sampler=sampler, schedule=schedule,
-                           noise=lambda shape: torch.randn(shape, generator=noise))
+        return sample_loop(
+            lambda x, t: unet(x, t).sample,
+            x,
+            plan,
+            sampler=sampler,
+            schedule=schedule,
+            noise=lambda shape: torch.randn(shape, generator=noise),
+        )
 
 
 @pytest.mark.parametrize("config", CONFIGS)

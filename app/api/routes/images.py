@@ -6,11 +6,12 @@ from fastapi import APIRouter, Request
 
 from app.api import resolve
 from app.api.results import RESPONSES, SubmissionDep
-from app.api.schemas import DenoiseJSON, DenoiseParams, JobOut, NoiseJSON, NoiseParams
+from app.api.schemas import DenoiseJSON, DenoiseParams, Img2ImgJSON, Img2ImgParams, JobOut, NoiseJSON, NoiseParams
 from app.api.uploads import read_image_request
 
 router = APIRouter(tags=["denoise"])
 noise_router = APIRouter(tags=["noise"])
+img2img_router = APIRouter(tags=["generate"])
 
 
 def _upload_body(json_model) -> dict:
@@ -23,6 +24,8 @@ def _upload_body(json_model) -> dict:
             **{k: v for k, v in json_model.model_json_schema()["properties"].items() if k != "image"},
         },
     }
+    if "mask" in form_schema["properties"]:
+        form_schema["properties"]["mask"] = {"type": "string", "format": "binary", "description": "the mask file"}
     return {
         "requestBody": {
             "required": True,
@@ -54,4 +57,16 @@ async def noise(request: Request, submission: SubmissionDep):
         request, "noise", NoiseParams, NoiseJSON, max_pixels=submission.settings.max_pixels
     )
     spec = resolve.noise_spec(upload.options, upload.image, submission)
+    return await submission.run(spec, fingerprint=upload.fingerprint)
+
+
+@img2img_router.post("/img2img", response_model=JobOut, responses=RESPONSES, openapi_extra=_upload_body(Img2ImgJSON))
+async def img2img(request: Request, submission: SubmissionDep):
+    """Generate from an image: it is noised `strength` of the way into the chain, which then runs from there
+    (the seed draws the noise). With a `mask` (white = repaint), only the masked part is regenerated:
+    inpainting. Takes the generate fields the model takes, at the image's own size."""
+    upload = await read_image_request(
+        request, "img2img", Img2ImgParams, Img2ImgJSON, max_pixels=submission.settings.max_pixels
+    )
+    spec = resolve.generate_spec(upload.options, submission, image=upload.image, mask=upload.mask)
     return await submission.run(spec, fingerprint=upload.fingerprint)
