@@ -26,7 +26,7 @@ from PIL import Image
 
 from app.api.main import create_app
 from tests.helpers import make_settings
-from tests.tiny_models import write_dit, write_generator, write_stable_diffusion
+from tests.tiny_models import write_bare, write_dit, write_generator, write_stable_diffusion
 
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
@@ -45,6 +45,7 @@ def store(tmp_path_factory):
     write_stable_diffusion(root / "tiny-sd2", prediction_type="v_prediction", spacing="trailing")
     write_dit(root / "tiny-dit")
     write_generator(root / "tiny-gen")
+    write_bare(root / "tiny-rgb")
     return root
 
 
@@ -141,6 +142,17 @@ def test_dit_gives_the_pipelines_image(client, store, sampler):
         generator=torch.Generator("cpu").manual_seed(4),
     )
     assert_same_image(ours, theirs)
+
+
+@pytest.mark.parametrize("steps", [4, 12])
+def test_a_pixel_model_gives_the_ddpm_pipelines_image(client, store, steps):
+    from diffusers import DDPMPipeline
+
+    body = {"model": "tiny-rgb", "seed": 6, "steps": steps, "sampler": "ddpm"}
+    ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
+    pipe = DDPMPipeline.from_pretrained(store / "tiny-rgb", local_files_only=True)
+    image = pipe(num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(6), output_type="np").images[0]
+    assert_same_image(ours, (image * 255).round().astype(int))
 
 
 def test_models_describe_family_conditioning_and_parameters(client):
