@@ -46,6 +46,7 @@ def store(tmp_path_factory):
     write_dit(root / "tiny-dit")
     write_generator(root / "tiny-gen")
     write_bare(root / "tiny-rgb")
+    write_stable_diffusion(root / "tiny-sd-inpaint", inpainting=True)
     return root
 
 
@@ -326,3 +327,54 @@ def test_inpainting_works_on_latent_models_and_checks_the_mask(client):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mask"]
     r = client.post("/v1/denoise", files=files, data={"sigma": "5"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mask"]  # only img2img takes one
+
+
+@pytest.mark.parametrize(
+    "model,sampler,strength",
+    [
+        ("tiny-sd", "ddim", 1.0),
+        ("tiny-sd", "euler", 1.0),
+        ("tiny-sd", "ddim", 0.6),
+        ("tiny-sd-inpaint", "ddim", 1.0),
+        ("tiny-sd-inpaint", "euler_a", 1.0),
+        ("tiny-sd-inpaint", "dpmpp_2m_karras", 0.7),
+    ],
+)
+def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, sampler, strength):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    image, mask = a_photo(), np.zeros((16, 24), dtype=np.uint8)
+    mask[2:14, 6:18] = 255
+    files = {"file": ("p.png", upload_png(image), "image/png"), "mask": ("m.png", upload_png(mask), "image/png")}
+    data = {
+        "model": model,
+        "prompt": "a green door",
+        "seed": "9",
+        "steps": "5",
+        "strength": str(strength),
+        "sampler": sampler,
+        "guidance_scale": "3.0",
+    }
+    ours = png(client.post("/v1/img2img", files=files, data=data, headers={"Accept": "image/png"}))
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        store / model, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    theirs = diffusers_image(
+        pipe,
+        sampler,
+        prompt="a green door",
+        image=Image.fromarray(image),
+        mask_image=Image.fromarray(mask),
+        strength=strength,
+        num_inference_steps=5,
+        guidance_scale=4.0,
+        width=24,
+        height=16,
+        generator=torch.Generator("cpu").manual_seed(9),
+    )
+    assert_same_image(ours, theirs)
+
+
+def test_an_inpainting_model_needs_an_image_and_a_mask(client):
+    r = client.post("/v1/generate", json={"model": "tiny-sd-inpaint", "prompt": "x"})
+    assert r.status_code == 422 and "mask" in r.json()["detail"][0]["msg"]

@@ -115,9 +115,12 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
-def write_stable_diffusion(folder: Path, *, prediction_type: str = "epsilon", spacing: str = "leading") -> Path:
-    """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def write_stable_diffusion(
+    folder: Path, *, prediction_type: str = "epsilon", spacing: str = "leading", inpainting: bool = False
+) -> Path:
+    """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder; with
+    ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels)."""
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
@@ -139,7 +142,7 @@ def write_stable_diffusion(folder: Path, *, prediction_type: str = "epsilon", sp
     torch.manual_seed(6)
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=9 if inpainting else 4,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(8, 16),
@@ -159,7 +162,8 @@ def write_stable_diffusion(folder: Path, *, prediction_type: str = "epsilon", sp
         prediction_type=prediction_type,
         timestep_spacing=spacing,
     )
-    pipe = StableDiffusionPipeline(
+    pipeline = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipe = pipeline(
         vae=tiny_vae(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,

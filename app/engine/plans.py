@@ -75,33 +75,59 @@ def _from_noise(shape: tuple[int, ...], scale: float) -> Callable[[torch.Generat
 
 
 class _from_image:
-    """An image's latent (a VAE's sample: the seed's first draw, as diffusers' img2img takes it), noised to
-    the first step's alpha_bar with the seed's next draw: x_t = sqrt(ab) x_0 + sqrt(1 - ab) n (the forward
-    process, then the reverse one from there)."""
+    """Where img2img and inpainting start, drawing from the seed in the order diffusers' pipelines do.
 
-    def __init__(self, spec: Img2ImgSpec, model: LoadedModel, ab: float) -> None:
+    img2img (StableDiffusionImg2ImgPipeline): the image's latent (a VAE posterior sample: the first draw),
+    noised to the first step with the second draw: x_t = sqrt(ab) x_0 + sqrt(1 - ab) n.
+    Inpainting (StableDiffusionInpaintPipeline): the image's latent when the network is a plain one (for the
+    kept region) or when strength < 1, then the noise; at strength 1 the start is that noise alone (times
+    the pipeline's init_noise_sigma); then the masked image's latent (kept grey where the mask is white),
+    which an inpainting network (9 input channels) reads beside the mask at every step.
+    """
+
+    def __init__(self, spec: Img2ImgSpec, model: LoadedModel, ab: float, noise_scale: float) -> None:
         pixels = image_to_unit(image_pixels(spec.image))
         channels = model.entry.channels
         if pixels.shape[0] != channels:  # grey for an RGB model: replicated; RGB for a grey model: averaged
             pixels = pixels.expand(channels, -1, -1) if pixels.shape[0] == 1 else pixels.mean(0, keepdim=True)
-        self.pixels, self.model, self.ab = pixels[None].contiguous(), model, ab
+        self.pixels, self.model, self.ab, self.noise_scale = pixels[None].contiguous(), model, ab, noise_scale
         factor = model.entry.latent_factor
         self.latent_shape = (model.entry.latent_channels, spec.image.height // factor, spec.image.width // factor)
-        self.mask = None if spec.mask is None else repaint_mask(spec.mask, self.latent_shape[1:])
+        self.full_strength = spec.strength == 1.0
+        self.mask = self.masked = None
+        if spec.mask is not None:
+            full = repaint_mask(spec.mask)  # at the image's size
+            self.mask = torch.nn.functional.interpolate(full, size=self.latent_shape[1:], mode="nearest")
+            self.masked = self.pixels * (full < 0.5)  # the image, grey where it is repainted
 
     def __call__(self, generator: torch.Generator) -> torch.Tensor | Known:
-        x0 = self.model.encode(self.pixels, generator).cpu()
-        noise = torch.randn(x0.shape, generator=generator)
-        start = self.ab**0.5 * x0 + (1 - self.ab) ** 0.5 * noise
-        return start if self.mask is None else Known(start, x0, noise, self.mask)
+        inpainting = self.mask is not None
+        network_inpaints = inpainting and self.model.entry.extra_channels > 0
+        x0 = None
+        if not (network_inpaints and self.full_strength):
+            x0 = self.model.encode(self.pixels, generator).cpu()
+        noise = torch.randn(self.latent_shape, generator=generator)[None]
+        if inpainting and self.full_strength:
+            start = noise * self.noise_scale
+        else:
+            start = self.ab**0.5 * x0 + (1 - self.ab) ** 0.5 * noise
+        if not inpainting:
+            return start
+        extra = None
+        if self.model.entry.spec.latent:  # diffusers encodes the masked image whatever the network
+            masked = self.model.encode(self.masked, generator).cpu()
+            extra = torch.cat([self.mask, masked], dim=1) if network_inpaints else None
+        if network_inpaints:
+            return Known(start, None, None, self.mask, extra)
+        return Known(start, x0, noise, self.mask, extra)
 
 
-def repaint_mask(mask: ImageData, size: tuple[int, int]) -> torch.Tensor:
-    """[1, 1, h, w]: 1 where the mask is white (>= half grey: repaint), 0 where the image is kept; brought to
-    the latent size by nearest neighbour, as diffusers' inpainting does."""
-    grey = image_to_unit(image_pixels(mask)).mean(0, keepdim=True)[None]  # [-1, 1]
-    binary = (grey >= 0).float()
-    return torch.nn.functional.interpolate(binary, size=size, mode="nearest")
+def repaint_mask(mask: ImageData) -> torch.Tensor:
+    """[1, 1, H, W]: 1 where the mask is white (luma >= half: repaint), 0 where the image is kept, as
+    diffusers' mask processor reads it (grey by Pillow's luma, then binarized)."""
+    pixels = image_pixels(mask).astype(np.float32)
+    grey = pixels[..., 0] if pixels.shape[2] == 1 else pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+    return torch.from_numpy((grey >= 127.5).astype(np.float32))[None, None]
 
 
 def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
@@ -110,7 +136,8 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
     plan = sampler.plan(model.schedule, spec.steps)
     if isinstance(spec, Img2ImgSpec):
         plan = plan[spec.steps - spec.total_steps :]  # the last steps x strength of the chain (diffusers' rule)
-        start = _from_image(spec, model, plan[0].ab)
+        scale = sampler.noise_scale(model.schedule, plan) if entry.spec.scales_initial_noise else 1.0
+        start = _from_image(spec, model, plan[0].ab, scale)
         shape = tuple(start.latent_shape)
     else:
         native_h, native_w = entry.image_size

@@ -19,13 +19,15 @@ _ROW_IDS = itertools.count()
 
 
 class Known(NamedTuple):
-    """What an inpainting row keeps: its start, the image (latent) to keep, its first noise, and the mask
-    (1 = repaint), all [1, C, h, w] ([1, 1, h, w] for the mask)."""
+    """What an inpainting row keeps: its start, the image (latent) to keep and its first noise (None when the
+    network inpaints by itself), the mask (1 = repaint), all [1, C, h, w] ([1, 1, h, w] for the mask), and
+    the extra input channels an inpainting network reads (mask and masked image latent), or None."""
 
     start: torch.Tensor
-    image: torch.Tensor
-    noise: torch.Tensor
+    image: torch.Tensor | None
+    noise: torch.Tensor | None
     mask: torch.Tensor
+    extra: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -82,19 +84,25 @@ class Row:
         self.generator = torch.Generator().manual_seed(self.seed)
         start = self.init(self.generator)
         if isinstance(start, Known):  # inpainting: the part of the image to keep, and the mask
-            self.known = Known(*(t.to(device) for t in start))
+            self.known = Known(*(None if t is None else t.to(device) for t in start))
             start = start.start
         self.x = start.to(device)
 
     def release(self) -> None:
         self.x = self.prev_x0 = self.generator = self.known = None
 
-    def keep_known(self, x: torch.Tensor, ab_next: float) -> torch.Tensor:
+    @property
+    def extra(self) -> torch.Tensor | None:
+        return None if self.known is None else self.known.extra
+
+    def keep_known(self, x: torch.Tensor) -> torch.Tensor:
         """Inpainting by replacement (RePaint, Lugmayr et al. 2022; diffusers' inpainting with a 4-channel
-        network): after each step the region to keep is the image itself noised to the next step's level
-        with the row's first noise, sqrt(ab') x_0 + sqrt(1 - ab') n, and the bare image after the last."""
-        if self.known is None:
+        network), after the step at ``self.index``: the region to keep is the image itself noised to the
+        next step's level with the row's first noise, sqrt(ab') x_0 + sqrt(1 - ab') n, and the bare image
+        after the last step. An inpainting network (``known.image`` None) needs none of it."""
+        if self.known is None or self.known.image is None:
             return x
+        ab_next = 1.0 if self.index == len(self.plan) - 1 else self.plan[self.index].ab_prev
         kept = ab_next**0.5 * self.known.image + (1 - ab_next) ** 0.5 * self.known.noise
         return self.known.mask * x + (1 - self.known.mask) * kept
 
@@ -123,6 +131,8 @@ class Runner:
         t = torch.tensor([r.plan[r.index].t for r in rows], dtype=torch.float32, device=self.device)
         guided = [i for i, r in enumerate(rows) if r.guided]
         conds = [r.cond for r in rows] + [rows[i].uncond for i in guided]
+        if rows[0].extra is not None:  # an inpainting network reads the mask and the masked image too
+            x = torch.cat([x, torch.cat([r.extra for r in rows])], dim=1)
         if guided:
             idx = torch.tensor(guided, device=self.device)
             x = torch.cat([x, x[idx]])
@@ -173,7 +183,7 @@ class Runner:
             for j, (r, s) in enumerate(zip(subset, steps)):
                 updates.append((r, x_next[j : j + 1], x0[j : j + 1] if keep else None, s.ab if keep else math.nan))
         for row, x, prev_x0, prev_ab in updates:
-            row.x, row.prev_x0, row.prev_ab = row.keep_known(x, row.plan[row.index].ab_prev), prev_x0, prev_ab
+            row.x, row.prev_x0, row.prev_ab = row.keep_known(x), prev_x0, prev_ab
             row.index += 1
         return [r for r in rows if r.done]
 

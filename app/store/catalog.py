@@ -90,6 +90,13 @@ class ModelEntry:
         return self.channels
 
     @property
+    def extra_channels(self) -> int:
+        """Input channels beyond the latents: 5 for an inpainting UNet (the mask and the masked image)."""
+        if not self.spec.latent:
+            return 0
+        return max(0, int(self.denoiser_config.get("in_channels", self.latent_channels)) - self.latent_channels)
+
+    @property
     def size_multiple(self) -> int:
         """Generated width and height must be multiples of this (the VAE's factor times the UNet's own)."""
         return self.latent_factor * self.downsample_factor

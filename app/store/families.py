@@ -44,7 +44,7 @@ FAMILIES: dict[str, FamilySpec] = {
         # Stable Diffusion 1.x / 2.x (epsilon or v_prediction): text-conditioned latent UNet, VAE, CLIP
         FamilySpec(
             "stable-diffusion",
-            ("StableDiffusionPipeline",),
+            ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"),
             "unet",
             ("UNet2DConditionModel",),
             ("vae", "text_encoder", "tokenizer"),
