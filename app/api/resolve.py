@@ -209,9 +209,11 @@ def generate_spec(
     check_parameters(req, entry, also=("strength",) if image is not None else ())
     if entry.extra_channels and mask is None:
         raise ApiError(
-            422, ["body", "model"],
+            422,
+            ["body", "model"],
             f"model {entry.name!r} is an inpainting model (its network reads a mask and a masked image): "
-            "send an image and a mask to /v1/img2img", type="wrong_task",
+            "send an image and a mask to /v1/img2img",
+            type="wrong_task",
         )
     negotiated = submission.negotiated(req.output_format)
     if negotiated.raw and req.num_images != 1:

@@ -181,18 +181,39 @@ class Engine:
             self._alive = False
 
     def _drain(self, *, block: bool) -> bool:
-        while True:
-            try:
-                message: Message = self._inbox.get(block=block)
-            except queue.Empty:
-                return True
-            block = False
-            if isinstance(message, Stop):
-                return False
-            if isinstance(message, Submit):
-                self._accept(message.job_id, message.spec)
-            else:
+        """Take every message waiting; submissions are accepted together (their prompts encoded in one
+        batch per model), in order with the cancels between them."""
+        arrivals: list[Submit] = []
+        try:
+            while True:
+                try:
+                    message: Message = self._inbox.get(block=block)
+                except queue.Empty:
+                    return True
+                block = False
+                if isinstance(message, Submit):
+                    arrivals.append(message)
+                    continue
+                self._accept_all(arrivals)
+                arrivals = []
+                if isinstance(message, Stop):
+                    return False
                 self._cancel(message.job_id)
+        finally:
+            self._accept_all(arrivals)
+
+    def _accept_all(self, arrivals: list[Submit]) -> None:
+        by_model: dict[str, list] = {}
+        for message in arrivals:
+            if isinstance(message.spec, GenerateSpec) and message.spec.model in self.models:
+                by_model.setdefault(message.spec.model, []).append(message.spec)
+        for name, specs in by_model.items():
+            try:
+                self.models[name].prepare(specs)
+            except Exception as exc:  # each job then prepares its own, and fails alone if it must
+                log.warning("preparing %d jobs of model %s together failed: %s", len(specs), name, exc)
+        for message in arrivals:
+            self._accept(message.job_id, message.spec)
 
     def _accept(self, job_id: str, spec: JobSpec) -> None:
         try:

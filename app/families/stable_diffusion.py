@@ -7,7 +7,7 @@ image at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ class StableDiffusion(LatentModel):
     unet: Any = None
     text_encoder: Any = None
     tokenizer: Any = None
+    _encoded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # from the last prepare
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -42,9 +43,17 @@ class StableDiffusion(LatentModel):
         )
         return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float()
 
+    def prepare(self, specs: list[GenerateSpec]) -> None:
+        """The prompts and negative prompts of the jobs that arrived together, encoded in one batch."""
+        texts = list(dict.fromkeys(t for s in specs for t in (s.prompt or "", s.negative_prompt or "")))
+        self._encoded = dict(zip(texts, self.encode_prompts(texts)))
+
     def conditions(self, spec: GenerateSpec) -> tuple[Any, Any]:
-        prompt, negative = self.encode_prompts([spec.prompt or "", spec.negative_prompt or ""])
-        return prompt, negative
+        texts = [spec.prompt or "", spec.negative_prompt or ""]
+        missing = [t for t in texts if t not in self._encoded]
+        if missing:
+            self._encoded.update(zip(missing, self.encode_prompts(missing)))
+        return self._encoded[texts[0]], self._encoded[texts[1]]
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=torch.stack(conds).to(x.dtype)).sample

@@ -35,6 +35,10 @@ class LoadedModel:
         """(the job's condition, the unconditional one) as ``predict`` takes them."""
         return None, None
 
+    def prepare(self, specs: list[GenerateSpec]) -> None:
+        """Work for several jobs arriving together, done at once (a text model encodes their prompts in one
+        batch); ``conditions`` then finds it ready."""
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """A finished row [1, C, h, w] to image pixels [C, H, W] in [-1, 1]."""
         return x[0]
