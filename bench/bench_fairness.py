@@ -65,8 +65,12 @@ def memory_phase(http: httpx.Client, server: Server, image: bytes, uploads: int)
     before = rss_mb(pid, "VmRSS")
     jobs, refused = [], 0
     for i in range(uploads):
-        r = http.post(server.url + "/v1/denoise", files={"file": ("big.jpg", image, "image/jpeg")},
-                      data={"sigma": "25", "model": "photos", "seed": str(i)}, headers={"Prefer": "respond-async"})
+        r = http.post(
+            server.url + "/v1/denoise",
+            files={"file": ("big.jpg", image, "image/jpeg")},
+            data={"sigma": "25", "model": "photos", "seed": str(i)},
+            headers={"Prefer": "respond-async"},
+        )
         if r.status_code == 202:
             jobs.append(r.json()["job_id"])
         else:
@@ -75,8 +79,10 @@ def memory_phase(http: httpx.Client, server: Server, image: bytes, uploads: int)
     for job in jobs:
         http.delete(f"{server.url}/v1/jobs/{job}")
     time.sleep(2.0)
-    print(f"{uploads} uploads sent async: {len(jobs)} admitted, {refused} refused (503); then cancelled. "
-          f"RSS before {before:.0f} MB, peak {rss_mb(pid, 'VmHWM'):.0f} MB, after {rss_mb(pid, 'VmRSS'):.0f} MB")
+    print(
+        f"{uploads} uploads sent async: {len(jobs)} admitted, {refused} refused (503); then cancelled. "
+        f"RSS before {before:.0f} MB, peak {rss_mb(pid, 'VmHWM'):.0f} MB, after {rss_mb(pid, 'VmRSS'):.0f} MB"
+    )
 
 
 def main() -> None:

@@ -39,10 +39,9 @@ def sd15_unet():
 
 def write_folder(folder: Path, unet) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     sys.path.insert(0, str(ROOT))
-    from tests.tiny_models import tiny_tokenizer
+    from tests.tiny_models import clip_text_encoder, tiny_tokenizer
 
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
@@ -53,16 +52,7 @@ def write_folder(folder: Path, unet) -> None:
         sample_size=512,
     ).eval()
     tokenizer = tiny_tokenizer()
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-        )
-    )
+    text = clip_text_encoder(tokenizer, width=768, layers=12, heads=12, positions=77)  # CLIP ViT-L/14's
     tokenizer.model_max_length = 77
     scheduler = DDIMScheduler(
         beta_start=0.00085,

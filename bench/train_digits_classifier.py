@@ -1,6 +1,6 @@
 """Train the evaluation classifier on the digits training split; report held-out accuracy.
 
-    python bench/train_digits_classifier.py     # a few minutes on 2 CPU cores
+python bench/train_digits_classifier.py     # a few minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -54,10 +54,20 @@ def main(epochs: int = 12, seed: int = 0) -> None:
     accuracy = float((pred == data["heldout_y"]).mean())
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, WEIGHTS)
-    CARD.write_text(json.dumps({
-        "heldout_accuracy": accuracy, "heldout_size": int(len(pred)), "epochs": epochs, "seed": seed,
-        "train_seconds": round(time.time() - began, 1), "script": "bench/train_digits_classifier.py",
-    }, indent=2) + "\n")
+    CARD.write_text(
+        json.dumps(
+            {
+                "heldout_accuracy": accuracy,
+                "heldout_size": int(len(pred)),
+                "epochs": epochs,
+                "seed": seed,
+                "train_seconds": round(time.time() - began, 1),
+                "script": "bench/train_digits_classifier.py",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"held-out accuracy {accuracy:.4f}; wrote {WEIGHTS}")
 
 

@@ -115,30 +115,35 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
+def clip_text_encoder(tokenizer, *, width: int, layers: int, heads: int, positions: int):
+    """A CLIP text encoder for ``tokenizer`` (random weights), ``width`` wide, as CLIP's (MLP 4x wide)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=positions,
+        projection_dim=width,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config).eval()
+
+
 def write_stable_diffusion(
     folder: Path, *, prediction_type: str = "epsilon", spacing: str = "leading", inpainting: bool = False
 ) -> Path:
     """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder; with
     ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels)."""
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(5)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            projection_dim=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    ).eval()
+    text_encoder = clip_text_encoder(tokenizer, width=16, layers=1, heads=2, positions=16)
     torch.manual_seed(6)
     unet = UNet2DConditionModel(
         sample_size=8,
