@@ -93,11 +93,68 @@ async def _run_worker(settings: Settings) -> int:
     return 1 if node.dead.is_set() else 0
 
 
+def keys(argv: list[str] | None = None) -> None:
+    """``diffusion-keys create NAME --scopes generate,denoise``: make a key, print it once, store its hash;
+    ``diffusion-keys list``; ``diffusion-keys revoke NAME``."""
+    import json
+    import os
+    from pathlib import Path
+
+    from app.api.auth import KEYS, load_keys, new_key_entry
+
+    parser = argparse.ArgumentParser(prog="diffusion-keys", description="Manage the service's API keys.")
+    parser.add_argument(
+        "--file",
+        default=os.environ.get("DIFFUSION_API_KEYS_FILE", "api_keys.json"),
+        help="the keys file (default: DIFFUSION_API_KEYS_FILE or ./api_keys.json)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="make a key; it is printed once and only its hash is stored")
+    create.add_argument("name")
+    create.add_argument("--scopes", default="generate,denoise", help="comma-separated: generate, denoise, admin")
+    create.add_argument("--requests-per-minute", type=int)
+    create.add_argument("--max-concurrent-jobs", type=int)
+    commands.add_parser("list", help="the keys' names, scopes and limits (never the keys)")
+    revoke = commands.add_parser("revoke", help="remove a key")
+    revoke.add_argument("name")
+    args = parser.parse_args(argv)
+    path = Path(args.file)
+    entries = [k.model_dump(exclude_none=True) for k in load_keys(path)] if path.exists() else []
+    if args.command == "list":
+        for entry in entries:
+            print(json.dumps({k: v for k, v in entry.items() if k != "sha256"}))
+        return
+    if args.command == "revoke":
+        kept = [e for e in entries if e["name"] != args.name]
+        if len(kept) == len(entries):
+            raise SystemExit(f"diffusion-keys: no key named {args.name!r} in {path}")
+        entries = kept
+    else:
+        if any(e["name"] == args.name for e in entries):
+            raise SystemExit(f"diffusion-keys: a key named {args.name!r} exists in {path}; revoke it first")
+        try:
+            key, entry = new_key_entry(
+                args.name,
+                [s.strip() for s in args.scopes.split(",") if s.strip()],
+                rpm=args.requests_per_minute,
+                max_jobs=args.max_concurrent_jobs,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"diffusion-keys: {exc}") from None
+        entries.append(entry)
+        print(key)  # shown once: only its sha256 is stored
+    KEYS.validate_python(entries)
+    path.write_text(json.dumps(entries, indent=2) + "\n")
+    path.chmod(0o600)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m app.cli [serve|worker] ...``: the console scripts without installing them."""
+    """``python -m app.cli [serve|worker|keys] ...``: the console scripts without installing them."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
         worker(argv[1:])
+    elif argv[:1] == ["keys"]:
+        keys(argv[1:])
     else:
         serve(argv[1:] if argv[:1] == ["serve"] else argv)
 

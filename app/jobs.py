@@ -166,6 +166,7 @@ class JobRecord(_Model):
     status: JobStatus = JobStatus.queued
     progress: Progress = Field(default_factory=Progress)
     pixels: int = Field(0, description="image pixels the job holds while queued or running (admission counts it)")
+    owner: str | None = Field(None, description="the API key's name that created the job (None: open service)")
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -173,10 +174,11 @@ class JobRecord(_Model):
     result: JobResult | None = None
 
     @classmethod
-    def new(cls, spec: "JobSpec") -> "JobRecord":
-        """The record of a job just accepted: queued, with its step count and its weight in pixels."""
+    def new(cls, spec: "JobSpec", owner: str | None = None) -> "JobRecord":
+        """The record of a job just accepted: queued, with its step count, its weight in pixels, its owner."""
         return cls(
             id=new_job_id(),
+            owner=owner,
             kind=spec.kind,
             model=spec.model,
             pixels=spec.pixels,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.api import docs, errors
+from app.api.auth import Gate, require
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
 from app.api.routes import generate, health, images, jobs, models
@@ -72,15 +73,21 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     docs.install(app)
+    app.state.gate = Gate.from_settings(settings)  # API keys, scopes and quotas: one dependency per router
     v1 = "/v1"
-    app.include_router(generate.router, prefix=v1)
-    app.include_router(images.router, prefix=v1)
-    app.include_router(images.noise_router, prefix=v1)
-    app.include_router(images.img2img_router, prefix=v1)
-    app.include_router(jobs.router, prefix=v1)
-    app.include_router(models.router, prefix=v1)
+    may_generate, may_denoise, any_key = (
+        [Depends(require("generate"))],
+        [Depends(require("denoise"))],
+        [Depends(require(None))],
+    )
+    app.include_router(generate.router, prefix=v1, dependencies=may_generate)
+    app.include_router(images.router, prefix=v1, dependencies=may_denoise)
+    app.include_router(images.noise_router, prefix=v1, dependencies=may_denoise)
+    app.include_router(images.img2img_router, prefix=v1, dependencies=may_generate)
+    app.include_router(jobs.router, prefix=v1, dependencies=any_key)
+    app.include_router(models.router, prefix=v1, dependencies=any_key)
     app.include_router(health.router)
     # The names users know, answering exactly as their /v1 twins (documented once, under /v1).
-    app.include_router(generate.router, include_in_schema=False)
-    app.include_router(images.router, include_in_schema=False)
+    app.include_router(generate.router, include_in_schema=False, dependencies=may_generate)
+    app.include_router(images.router, include_in_schema=False, dependencies=may_denoise)
     return app

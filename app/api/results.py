@@ -16,7 +16,8 @@ from app.api.negotiation import Negotiated, negotiate_result, prefers_async
 from app.api.schemas import ErrorBody, JobAccepted, JobOut
 from app.imaging import MEDIA_TYPES
 from app.jobs import JobRecord, JobSpec, JobStatus
-from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull
+from app.api.auth import OPEN, Caller, CallerDep
+from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
 from app.settings import Settings
 from app.store.catalog import ModelEntry
 
@@ -33,7 +34,9 @@ def json_errors_for(*codes: int) -> dict[int | str, dict]:
 
 ERROR_DESCRIPTIONS = {
     400: "malformed body (e.g. broken multipart)",
-    401: "no or unknown API key",
+    401: "no or unknown API key (`WWW-Authenticate: Bearer`)",
+    403: "the API key lacks the scope",
+    429: "the key is over its requests per minute or its concurrent jobs (`Retry-After`)",
     404: "unknown model or job",
     405: "method not allowed; `Allow` lists the methods",
     406: "`Accept` cannot be satisfied",
@@ -43,7 +46,7 @@ ERROR_DESCRIPTIONS = {
     422: "invalid field, undecodable image, request the model cannot serve, or too costly (named in `detail[].loc`)",
     503: "queue full (see `Retry-After`) or model not served",
 }
-JOB_ERRORS = errors_for(404, 405, 406, 422)
+JOB_ERRORS = errors_for(401, 403, 404, 405, 406, 422, 429)
 IMAGE_MEDIA = {media_type: {} for media_type in MEDIA_TYPES.values()}
 
 # Every job-creating route answers with these.
@@ -58,7 +61,7 @@ RESPONSES: dict[int | str, dict] = {
     },
     409: {"model": JobOut, "description": "the job was canceled while the request waited"},
     500: {"model": JobOut, "description": "the job failed in the engine (not an input error)"},
-    **errors_for(400, 404, 405, 406, 413, 415, 422, 503),
+    **errors_for(400, 401, 403, 404, 405, 406, 413, 415, 422, 429, 503),
 }
 
 
@@ -101,9 +104,25 @@ def accepted(record: JobRecord) -> JSONResponse:
     )
 
 
-async def submit(queue: JobQueue, spec: JobSpec, idempotency_key: str | None, fingerprint: str) -> JobRecord:
+async def submit(
+    queue: JobQueue, spec: JobSpec, idempotency_key: str | None, fingerprint: str, caller: Caller = OPEN
+) -> JobRecord:
     try:
-        return await queue.submit(spec, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return await queue.submit(
+            spec,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            owner=caller.name,
+            max_jobs=caller.max_concurrent_jobs,
+        )
+    except TooManyJobs as exc:
+        raise ApiError(
+            429,
+            ["header", "authorization"],
+            f"key {caller.name!r} already has its {caller.max_concurrent_jobs} jobs queued or running",
+            type="too_many_jobs",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from exc
     except QueueFull as exc:
         raise ApiError(
             503,
@@ -131,9 +150,10 @@ async def run_job(
     prefer_async: bool,
     raw: bool,
     timeout: float,
+    caller: Caller = OPEN,
 ) -> Response:
     """Submit, then answer 202 at once (async) or wait for the result (sync)."""
-    record = await submit(queue, spec, idempotency_key, fingerprint)
+    record = await submit(queue, spec, idempotency_key, fingerprint, caller)
     if prefer_async:
         return accepted(record)
     record = await queue.wait(record.id, timeout)
@@ -160,6 +180,7 @@ class Submission:
     accept: str | None
     prefer: str | None
     idempotency_key: str | None
+    caller: Caller = OPEN
 
     @property
     def models(self) -> dict[str, ModelEntry]:
@@ -178,12 +199,14 @@ class Submission:
             prefer_async=prefers_async(self.prefer),
             raw=self.negotiated(spec.output_format).raw,
             timeout=self.settings.sync_timeout_s,
+            caller=self.caller,
         )
 
 
 def submission(
     queue: QueueDep,
     settings: SettingsDep,
+    caller: CallerDep,
     accept: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(description="`respond-async` for 202 and a job ID")] = None,
     idempotency_key: Annotated[
@@ -191,7 +214,7 @@ def submission(
         Header(max_length=200, description="the same key returns the same job; reused with another body: 422"),
     ] = None,
 ) -> Submission:
-    return Submission(queue, settings, accept, prefer, idempotency_key)
+    return Submission(queue, settings, accept, prefer, idempotency_key, caller)
 
 
 SubmissionDep = Annotated[Submission, Depends(submission)]

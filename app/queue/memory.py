@@ -11,7 +11,7 @@ import time
 from typing import AsyncIterator
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload
-from app.queue.protocol import IdempotencyConflict, QueueFull
+from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -66,15 +66,29 @@ class MemoryJobQueue:
             return False
         return held == 0 or held + record.pixels <= self.settings.queue_max_pixels
 
-    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = "") -> JobRecord:
+    async def submit(
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        owner: str | None = None,
+        max_jobs: int | None = None,
+    ) -> JobRecord:
         self._loop = asyncio.get_running_loop()  # the loop that serves requests; engine events go to it
         self._purge()
+        if idempotency_key:
+            idempotency_key = f"{owner or ''}:{idempotency_key}"  # each key's own namespace
         if idempotency_key and idempotency_key in self._idempotency:
             job_id, claimed_for = self._idempotency[idempotency_key]
             if claimed_for != fingerprint:
                 raise IdempotencyConflict()
             return self._records[job_id]
-        record = JobRecord.new(spec)
+        record = JobRecord.new(spec, owner)
+        if max_jobs is not None:
+            mine = sum(1 for r in self._records.values() if r.owner == owner and not r.status.finished)
+            if mine >= max_jobs:
+                raise TooManyJobs(retry_after=1)
         if not self._admits(record):
             raise QueueFull(retry_after=1)
         self._records[record.id] = record

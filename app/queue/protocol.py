@@ -17,6 +17,14 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class TooManyJobs(Exception):
+    """The key already has its ``max_concurrent_jobs`` queued or running."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__("too many jobs for this key")
+        self.retry_after = retry_after
+
+
 class IdempotencyConflict(Exception):
     """An Idempotency-Key already used for a request with a different body."""
 
@@ -28,11 +36,20 @@ class NoModels(RuntimeError):
 class JobQueue(Protocol):
     models: dict[str, ModelEntry]
 
-    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = "") -> JobRecord:
+    async def submit(
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        owner: str | None = None,
+        max_jobs: int | None = None,
+    ) -> JobRecord:
         """Accept a job, or raise QueueFull (too many jobs, or too many image pixels, queued or running).
         An accepted job is never dropped. The same ``idempotency_key`` returns the same job while it is
         kept; with another ``fingerprint`` (a different request body) it raises IdempotencyConflict.
-        The backend captures the running event loop here if it needs one."""
+        ``owner`` (an API key's name) owns the job; with ``max_jobs`` it may hold that many queued or running
+        (TooManyJobs beyond). The backend captures the running event loop here if it needs one."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 

@@ -123,3 +123,32 @@ def test_a_held_job_whose_record_is_gone_no_longer_counts(store, prefix):
         with client_for(store, prefix, embedded_worker=False, queue_limit=1) as api:
             r = api.post("/v1/generate", json={"class_label": 0}, headers={"Prefer": "respond-async"})
             assert r.status_code == 202
+
+
+def test_keys_own_their_jobs_and_their_job_cap_holds_across_nodes(store, prefix, tmp_path):
+    import json
+
+    from app.api.auth import digest
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps(
+            [
+                {"name": "alice", "sha256": digest("ka"), "scopes": ["generate"], "max_concurrent_jobs": 1},
+                {"name": "bob", "sha256": digest("kb"), "scopes": ["generate"]},
+            ]
+        )
+    )
+    with client_for(store, prefix, embedded_worker=True) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # jobs stay queued
+        with (
+            client_for(store, prefix, embedded_worker=False, api_keys_file=keys) as a,
+            client_for(store, prefix, embedded_worker=False, api_keys_file=keys) as b,
+        ):
+            headers = {"Prefer": "respond-async", "Authorization": "Bearer ka"}
+            first = a.post("/v1/generate", json={"class_label": 0}, headers=headers)
+            second = b.post("/v1/generate", json={"class_label": 0}, headers=headers)
+            assert first.status_code == 202 and second.status_code == 429
+            job = first.json()["job_id"]
+            assert b.get(f"/v1/jobs/{job}", headers={"Authorization": "Bearer kb"}).status_code == 404
+            assert b.get(f"/v1/jobs/{job}", headers={"Authorization": "Bearer ka"}).status_code == 200

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from app.api.auth import Caller, CallerDep
 from app.api.deps import QueueDep
 from app.api.errors import ApiError
 from app.api.negotiation import JSON_MEDIA_TYPE, require_acceptable
@@ -20,9 +21,10 @@ AcceptHeader = Annotated[str | None, Header(alias="accept", include_in_schema=Fa
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the job ID returned on submission")
 
 
-async def _record(queue, job_id: str) -> JobRecord:
+async def _record(queue, job_id: str, caller: Caller) -> JobRecord:
+    """The job, if it exists and the caller may see it: another key's job is "no job", as an unknown one."""
     record = await queue.get(job_id)
-    if record is None:
+    if record is None or not caller.owns(record.owner):
         raise ApiError(
             404, ["path", "job_id"], f"no job {job_id!r} (unknown, or finished and forgotten)", type="not_found"
         )
@@ -30,15 +32,15 @@ async def _record(queue, job_id: str) -> JobRecord:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(queue: QueueDep, accept: AcceptHeader = None, job_id: str = JobId) -> dict:
+async def get_job(queue: QueueDep, caller: CallerDep, accept: AcceptHeader = None, job_id: str = JobId) -> dict:
     """Status (`queued|running|succeeded|failed|canceled`), progress `{step, total}`, result or error."""
     require_acceptable(accept, JSON_MEDIA_TYPE)
-    return job_body(await _record(queue, job_id))
+    return job_body(await _record(queue, job_id, caller))
 
 
-async def existing_job(queue: QueueDep, job_id: str = JobId) -> JobRecord:
+async def existing_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) -> JobRecord:
     """Resolved before a streaming response starts, so an unknown job is a plain 404."""
-    return await _record(queue, job_id)
+    return await _record(queue, job_id, caller)
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=json_errors_for(404, 405, 406, 422))
@@ -56,10 +58,14 @@ async def job_events(
     responses={200: {"content": IMAGE_MEDIA, "description": "the image file"}, **errors_for(409)},
 )
 async def get_image(
-    queue: QueueDep, accept: AcceptHeader = None, job_id: str = JobId, index: int = Path(ge=0, le=63)
+    queue: QueueDep,
+    caller: CallerDep,
+    accept: AcceptHeader = None,
+    job_id: str = JobId,
+    index: int = Path(ge=0, le=63),
 ) -> Response:
     """One result image as raw bytes."""
-    record = await _record(queue, job_id)
+    record = await _record(queue, job_id, caller)
     if record.status != JobStatus.succeeded or record.result is None:
         raise ApiError(409, ["path", "job_id"], f"job is {record.status.value}: it has no images", type="not_ready")
     if index >= len(record.result.images):
@@ -71,9 +77,9 @@ async def get_image(
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=errors_for(409))
-async def cancel_job(queue: QueueDep, job_id: str = JobId) -> dict:
+async def cancel_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) -> dict:
     """Cancel a queued or running job: its rows leave the batch at the next step."""
-    record = await _record(queue, job_id)
+    record = await _record(queue, job_id, caller)
     if record.status.finished:
         raise ApiError(409, ["path", "job_id"], f"job already {record.status.value}", type="finished")
     record = await queue.cancel(job_id)

@@ -39,7 +39,9 @@ return 1
 # Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
 # (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
 # stream. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel limit, the job key
-# prefix ("{p}:job:"). Returns 1 if admitted. Entries whose record is gone or final are swept first.
+# prefix ("{p}:job:"), the owner ('' for none), the owner's job cap ('' for none). Returns 1 if admitted, 0
+# when the queue is full, -1 when the owner holds its cap. Entries whose record is gone or final are swept
+# first.
 # (Keys read through ARGV[7] are in the same deployment prefix; a Redis Cluster would need hash tags.)
 ADMIT = """
 local held, count = 0, 0
@@ -54,8 +56,15 @@ for i = 1, #entries, 2 do
   end
 end
 if count >= tonumber(ARGV[4]) then return 0 end
+if ARGV[9] ~= '' then  -- the key's own cap on jobs queued or running
+  local mine = 0
+  for i = 1, #entries, 2 do
+    if redis.call('HGET', ARGV[7] .. entries[i], 'owner') == ARGV[8] then mine = mine + 1 end
+  end
+  if mine >= tonumber(ARGV[9]) then return -1 end
+end
 if held > 0 and held + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return 0 end
-redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2])
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2], 'owner', ARGV[8])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
 return 1

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 from redis.asyncio import Redis
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
-from app.queue.protocol import IdempotencyConflict, QueueFull
+from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.redis.keys import ADMIT, Keys
 from app.queue.redis.records import RecordStore
 from app.queue.watch import Watchers
@@ -85,9 +85,18 @@ class RedisJobQueue:
                     await pubsub.aclose()
 
     # -- protocol ----------------------------------------------------------------------------------
-    async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, fingerprint: str = "") -> JobRecord:
-        record = JobRecord.new(spec)
+    async def submit(
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        owner: str | None = None,
+        max_jobs: int | None = None,
+    ) -> JobRecord:
+        record = JobRecord.new(spec, owner)
         if idempotency_key:
+            idempotency_key = f"{owner or ''}:{idempotency_key}"  # each key's own namespace
             key = self.keys.idempotency(idempotency_key)
             ttl = int(self.settings.job_retention_s) + 3600
             claim = f"{record.id}:{fingerprint}"
@@ -106,11 +115,15 @@ class RedisJobQueue:
                 record.pixels,
                 self.settings.queue_max_pixels,
                 self.keys.job(""),
+                owner or "",
+                "" if max_jobs is None else max_jobs,
             ],
         )
-        if not admitted:
+        if admitted != 1:
             if idempotency_key:
                 await self.redis.delete(self.keys.idempotency(idempotency_key))
+            if admitted == -1:
+                raise TooManyJobs(retry_after=max(1, int(self.settings.heartbeat_s)))
             raise QueueFull(retry_after=max(1, int(self.settings.heartbeat_s)))
         return record
 

@@ -1,0 +1,189 @@
+"""API keys, scopes and quotas: one dependency, applied per router (no checks inside handlers).
+
+``DIFFUSION_API_KEYS_FILE`` names a JSON list of keys, each stored as the sha256 of the key (the key itself
+is shown once, by ``diffusion-keys create``, and never stored or logged):
+
+    [{"name": "alice", "sha256": "<hex>", "scopes": ["generate", "denoise"],
+      "requests_per_minute": 60, "max_concurrent_jobs": 4}]
+
+Scopes: ``generate`` (generate, img2img), ``denoise`` (denoise, noise), ``admin`` (every job, every
+scope). A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; none or an unknown one is a
+401 with ``WWW-Authenticate: Bearer``, a key without the scope a 403, a key over its requests per minute a
+429 with ``Retry-After`` (counted with the ``limits`` library: in memory, or in Redis across API nodes).
+Without a keys file the service is open, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from app.api.errors import ApiError
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+Scope = Literal["generate", "denoise", "admin"]
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class ApiKey(BaseModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the key")
+    scopes: list[Scope] = Field(..., min_length=1)
+    requests_per_minute: int | None = Field(None, ge=1)
+    max_concurrent_jobs: int | None = Field(None, ge=1)
+
+
+KEYS = TypeAdapter(list[ApiKey])
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_keys(path: Path) -> list[ApiKey]:
+    """The keys file, checked: the service refuses to start on a file it cannot read."""
+    try:
+        keys = KEYS.validate_json(Path(path).read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise ValueError(f"DIFFUSION_API_KEYS_FILE {path}: {exc}") from exc
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise ValueError(f"DIFFUSION_API_KEYS_FILE {path}: key names must be unique")
+    return keys
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a key's name and what it may do; ``name`` None when the service has no keys."""
+
+    name: str | None
+    scopes: frozenset[str]
+    max_concurrent_jobs: int | None = None
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def may(self, scope: str) -> bool:
+        return self.admin or scope in self.scopes
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether this caller may see a job of ``owner`` (an open service: every job)."""
+        return self.name is None or self.admin or owner == self.name
+
+
+OPEN = Caller(name=None, scopes=frozenset({"generate", "denoise", "admin"}))
+
+
+class Gate:
+    def __init__(self, keys: list[ApiKey] | None, settings: Settings) -> None:
+        self.keys = keys
+        self.limiter = None
+        if keys and any(k.requests_per_minute for k in keys):
+            storage = MemoryStorage()
+            if settings.queue_url:
+                uri = "async+" + settings.queue_url
+                storage = RedisStorage(uri, implementation="redispy", key_prefix=f"{settings.redis_prefix}:rate")
+            self.limiter = MovingWindowRateLimiter(storage)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Gate":
+        if settings.api_keys_file is None:
+            if settings.host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "no DIFFUSION_API_KEYS_FILE: anyone who reaches %s:%s can use the service",
+                    settings.host,
+                    settings.port,
+                )
+            return cls(None, settings)
+        return cls(load_keys(settings.api_keys_file), settings)
+
+    def find(self, presented: str) -> ApiKey | None:
+        """The key whose hash matches, comparing every entry in constant time."""
+        wanted, match = digest(presented), None
+        for key in self.keys or ():
+            if hmac.compare_digest(key.sha256, wanted):
+                match = key
+        return match
+
+    async def caller(self, request: Request) -> Caller:
+        if self.keys is None:
+            return OPEN
+        presented = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization", "")
+        if presented is None and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        if not presented:
+            raise ApiError(
+                401,
+                ["header", "authorization"],
+                "an API key is required: Authorization: Bearer <key>",
+                type="unauthorized",
+                headers=CHALLENGE,
+            )
+        key = self.find(presented)
+        if key is None:
+            raise ApiError(401, ["header", "authorization"], "unknown API key", type="unauthorized", headers=CHALLENGE)
+        await self._count(key)
+        return Caller(name=key.name, scopes=frozenset(key.scopes), max_concurrent_jobs=key.max_concurrent_jobs)
+
+    async def _count(self, key: ApiKey) -> None:
+        if self.limiter is None or key.requests_per_minute is None:
+            return
+        item = RateLimitItemPerMinute(key.requests_per_minute)
+        if not await self.limiter.hit(item, key.name):
+            stats = await self.limiter.get_window_stats(item, key.name)
+            wait = max(1, math.ceil(stats.reset_time - time.time()))
+            raise ApiError(
+                429,
+                ["header", "authorization"],
+                f"key {key.name!r} is over its {key.requests_per_minute} requests per minute",
+                type="rate_limited",
+                headers={"Retry-After": str(wait)},
+            )
+
+
+def require(scope: str | None):
+    """The dependency for a router: a valid key (when keys are configured) with ``scope``, if one is named."""
+
+    async def dependency(request: Request) -> Caller:
+        caller = await request.app.state.gate.caller(request)
+        if scope is not None and not caller.may(scope):
+            raise ApiError(
+                403, ["header", "authorization"], f"key {caller.name!r} lacks the scope {scope!r}", type="forbidden"
+            )
+        request.state.caller = caller
+        return caller
+
+    return dependency
+
+
+async def current_caller(request: Request) -> Caller:
+    """The caller a router's dependency has established (open service: everyone)."""
+    return getattr(request.state, "caller", OPEN)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def new_key_entry(name: str, scopes: list[str], *, rpm: int | None, max_jobs: int | None) -> tuple[str, dict]:
+    """A fresh random key and the entry to store for it (its hash, never the key)."""
+    import secrets
+
+    key = "dk_" + secrets.token_urlsafe(32)
+    entry = ApiKey(name=name, sha256=digest(key), scopes=scopes, requests_per_minute=rpm, max_concurrent_jobs=max_jobs)
+    return key, json.loads(entry.model_dump_json(exclude_none=True))

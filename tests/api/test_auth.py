@@ -1,0 +1,142 @@
+"""API keys, scopes, job ownership and quotas (in-process; across Redis nodes in tests/redis)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.auth import digest
+from app.api.main import create_app
+from tests.api.helpers import photo, png_bytes
+from tests.helpers import make_settings
+
+KEYS = {
+    "alice": ("key-alice", {"scopes": ["generate"]}),
+    "bob": ("key-bob", {"scopes": ["denoise"], "max_concurrent_jobs": 1}),
+    "carol": ("key-carol", {"scopes": ["generate", "denoise"], "requests_per_minute": 2}),
+    "root": ("key-root", {"scopes": ["admin"]}),
+}
+
+
+def write_keys(path):
+    entries = [{"name": name, "sha256": digest(key), **extra} for name, (key, extra) in KEYS.items()]
+    path.write_text(json.dumps(entries))
+    return path
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, store):
+    keys = write_keys(tmp_path_factory.mktemp("keys") / "keys.json")
+    with TestClient(create_app(make_settings(store, api_keys_file=keys))) as client:
+        yield client
+
+
+def auth(name: str) -> dict:
+    return {"Authorization": f"Bearer {KEYS[name][0]}"}
+
+
+def generate(client, name, **body):
+    return client.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, **body}, headers=auth(name))
+
+
+def test_no_key_or_an_unknown_key_is_401_with_a_bearer_challenge(keyed):
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"X-API-Key": "nope"}):
+        r = keyed.post("/v1/generate", json={"class_label": 0}, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert keyed.get("/v1/models").status_code == 401
+
+
+def test_a_key_works_as_bearer_or_x_api_key(keyed):
+    assert generate(keyed, "alice").status_code == 200
+    r = keyed.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers={"X-API-Key": "key-alice"})
+    assert r.status_code == 200
+    assert keyed.get("/v1/models", headers=auth("alice")).status_code == 200
+
+
+def test_a_key_without_the_scope_is_403(keyed):
+    r = keyed.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo(32, 32)), "image/png")},
+        data={"model": "tiny-rgb", "sigma": "10"},
+        headers=auth("alice"),
+    )
+    assert r.status_code == 403 and r.json()["detail"][0]["type"] == "forbidden"
+    assert generate(keyed, "bob").status_code == 403
+    assert keyed.post("/generate", json={"class_label": 0}, headers=auth("bob")).status_code == 403  # the alias too
+
+
+def test_health_docs_and_the_spec_stay_open(keyed):
+    for path in ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"):
+        assert keyed.get(path).status_code == 200, path
+
+
+def test_another_keys_job_does_not_exist_for_you_but_admin_sees_it(keyed):
+    job = keyed.post(
+        "/v1/generate",
+        json={"model": "tiny-gen", "class_label": 0},
+        headers={**auth("alice"), "Prefer": "respond-async"},
+    ).json()["job_id"]
+    keyed.get(f"/v1/jobs/{job}", headers=auth("alice"))  # exists for its owner
+    for path in (f"/v1/jobs/{job}", f"/v1/jobs/{job}/events", f"/v1/jobs/{job}/images/0"):
+        r = keyed.get(path, headers=auth("bob"))
+        assert r.status_code == 404 and "no job" in r.json()["detail"][0]["msg"], path
+    assert keyed.delete(f"/v1/jobs/{job}", headers=auth("bob")).status_code == 404
+    assert keyed.get(f"/v1/jobs/{job}", headers=auth("root")).status_code == 200
+    assert keyed.get(f"/v1/jobs/{job}", headers=auth("alice")).json()["status"] in ("queued", "running", "succeeded")
+
+
+def test_over_the_requests_per_minute_is_429_with_retry_after(keyed):
+    codes = [generate(keyed, "carol").status_code for _ in range(3)]
+    assert codes[:2] == [200, 200] and codes[2] == 429
+    r = generate(keyed, "carol")
+    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+    assert generate(keyed, "alice").status_code == 200  # other keys are not affected
+
+
+def test_over_the_concurrent_jobs_is_429_until_one_finishes(keyed):
+    files = {"file": ("p.png", png_bytes(photo(32, 32)), "image/png")}
+    slow = {"model": "tiny-rgb", "sigma": "30", "mode": "sample", "steps": "1000", "sampler": "ddpm"}
+    headers = {**auth("bob"), "Prefer": "respond-async"}
+    first = keyed.post("/v1/denoise", files=files, data=slow, headers=headers)
+    second = keyed.post("/v1/denoise", files=files, data=slow, headers=headers)
+    assert first.status_code == 202
+    assert second.status_code == 429 and second.json()["detail"][0]["type"] == "too_many_jobs"
+    assert second.headers["retry-after"].isdigit()
+    assert keyed.delete(f"/v1/jobs/{first.json()['job_id']}", headers=auth("bob")).status_code == 200
+    again = keyed.post("/v1/denoise", files=files, data={"model": "tiny-rgb", "sigma": "30"}, headers=headers)
+    assert again.status_code == 202
+
+
+def test_idempotency_keys_are_per_api_key(keyed):
+    body = {"model": "tiny-gen", "class_label": 0, "seed": 5}
+    a = keyed.post(
+        "/v1/generate", json=body, headers={**auth("alice"), "Idempotency-Key": "same", "Prefer": "respond-async"}
+    )
+    b = keyed.post(
+        "/v1/generate", json=body, headers={**auth("root"), "Idempotency-Key": "same", "Prefer": "respond-async"}
+    )
+    assert a.json()["job_id"] != b.json()["job_id"]
+
+
+def test_diffusion_keys_creates_a_key_that_works(tmp_path, store):
+    path = tmp_path / "keys.json"
+    command = [sys.executable, "-m", "app.cli", "keys", "--file", str(path), "create", "dave", "--scopes", "generate"]
+    key = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+    stored = json.loads(path.read_text())
+    assert stored == [{"name": "dave", "sha256": digest(key), "scopes": ["generate"]}] and key not in path.read_text()
+    with TestClient(create_app(make_settings(store, api_keys_file=path))) as client:
+        r = client.post(
+            "/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 200
+
+
+def test_an_unreadable_keys_file_refuses_to_start(tmp_path, store):
+    bad = tmp_path / "keys.json"
+    bad.write_text('[{"name": "x", "sha256": "short", "scopes": []}]')
+    with pytest.raises(ValueError, match="DIFFUSION_API_KEYS_FILE"):
+        create_app(make_settings(store, api_keys_file=bad))
