@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from app.logs import configure_logging
 from app.settings import Settings
 
 
@@ -23,7 +24,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace, **extra) -> Settings:
     values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, settings.log_format)
     return settings
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.diffusion.layout import DenoiseLayout
 from app.diffusion.samplers import SamplerName  # the registry's names (no torch)
 from app.imaging import OutputFormat
+from app.logs import request_id
 
 
 class _Model(BaseModel):
@@ -167,6 +168,7 @@ class JobRecord(_Model):
     progress: Progress = Field(default_factory=Progress)
     pixels: int = Field(0, description="image pixels the job holds while queued or running (admission counts it)")
     owner: str | None = Field(None, description="the API key's name that created the job (None: open service)")
+    request_id: str | None = Field(None, description="the X-Request-ID of the request that created the job")
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -175,10 +177,12 @@ class JobRecord(_Model):
 
     @classmethod
     def new(cls, spec: "JobSpec", owner: str | None = None) -> "JobRecord":
-        """The record of a job just accepted: queued, with its step count, its weight in pixels, its owner."""
+        """The record of a job just accepted: queued, with its step count, its weight in pixels, its owner and
+        the request ID it came with."""
         return cls(
             id=new_job_id(),
             owner=owner,
+            request_id=request_id.get(),
             kind=spec.kind,
             model=spec.model,
             pixels=spec.pixels,

@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app.api import docs, errors
+from fastapi.middleware.cors import CORSMiddleware
+
 from app.api.auth import Gate, require
+from app.api.request_id import RequestId
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
 from app.api.routes import generate, health, images, jobs, models
@@ -71,6 +74,24 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
 
     app.openapi = openapi
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Accept",
+                "Prefer",
+                "Idempotency-Key",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "Location", "Retry-After", "X-Seed", "X-Job-Id", "WWW-Authenticate"],
+        )
+    app.add_middleware(RequestId)  # outermost: every answer carries its request ID
     errors.install(app)
     docs.install(app)
     app.state.gate = Gate.from_settings(settings)  # API keys, scopes and quotas: one dependency per router

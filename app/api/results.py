@@ -77,6 +77,7 @@ def job_body(record: JobRecord, *, include_data: bool = True) -> dict:
         "model": record.model,
         "progress": record.progress.model_dump(),
         "timings": record.timings(),
+        "request_id": record.request_id,
     }
     if record.result is not None:
         body["images"] = [

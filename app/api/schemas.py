@@ -155,6 +155,7 @@ class JobOut(BaseModel):
     images: list[ImageOut] | None = None
     info: dict[str, Any] | None = Field(None, description="what the job found or changed (sigma, tiles, alpha_dropped)")
     error: str | None = None
+    request_id: str | None = Field(None, description="the X-Request-ID of the request that created the job")
 
 
 class JobAccepted(BaseModel):

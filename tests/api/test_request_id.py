@@ -1,0 +1,50 @@
+"""Request IDs (echoed, made, attached to jobs and log lines), JSON logs, CORS."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from app.logs import JsonFormatter, RequestIdFilter, request_id
+
+
+def test_a_given_request_id_is_echoed_and_attached_to_the_job(client):
+    r = client.post("/v1/generate", json={"class_label": 0}, headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42" and r.json()["request_id"] == "trace-42"
+    job = r.json()["job_id"]
+    assert client.get(f"/v1/jobs/{job}").json()["request_id"] == "trace-42"
+
+
+def test_a_missing_or_unusable_request_id_is_made(client):
+    made = client.get("/healthz").headers["x-request-id"]
+    bad = client.get("/healthz", headers={"X-Request-ID": "x" * 500}).headers["x-request-id"]
+    assert len(made) == 32 and len(bad) == 32 and made != bad
+    assert client.get("/nowhere").headers["x-request-id"]  # errors carry it too
+
+
+def test_log_lines_carry_the_request_id_and_json_logs_are_one_object_per_line():
+    record = logging.LogRecord("app.test", logging.INFO, __file__, 1, "job %s done", ("abc",), None)
+    token = request_id.set("req-7")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "req-7" and line["message"] == "job abc done" and line["level"] == "INFO"
+
+
+def test_cors_answers_a_browsers_preflight_for_configured_origins(make_client):
+    client = make_client(cors_origins="https://app.example")
+    r = client.options(
+        "/v1/generate",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization",
+        },
+    )
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    other = client.options(
+        "/v1/generate", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in other.headers
