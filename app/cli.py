@@ -73,6 +73,10 @@ async def _run_worker(settings: Settings) -> int:
     from app.queue.factory import no_models_message
     from app.queue.redis.worker import RedisWorker
 
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.host)  # the engine's metrics, for Prometheus
     redis = Redis.from_url(settings.queue_url)
     node = RedisWorker(settings, redis)
     await node.start()

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     denoise_tile: int = Field(256, ge=32, le=2048, description="tile edge for denoising large images")
     denoise_overlap: int = Field(32, ge=0, le=512, description="overlap between neighbouring tiles")
     api_keys_file: Path | None = Field(None, description="JSON list of API keys (hashes, scopes, quotas); none: open")
+    metrics_require_key: bool = Field(False, description="/metrics needs an API key (it is open by default)")
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="a Redis worker serves /metrics here")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
     cors_origins: str | None = Field(None, description="comma-separated origins browsers may call from; none: no CORS")
     host: str = "127.0.0.1"

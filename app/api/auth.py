@@ -32,6 +32,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.api.errors import ApiError
+from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Gate:
             return
         item = RateLimitItemPerMinute(key.requests_per_minute)
         if not await self.limiter.hit(item, key.name):
+            QUOTA_REFUSALS.labels(key.name, "requests_per_minute").inc()
             stats = await self.limiter.get_window_stats(item, key.name)
             wait = max(1, math.ceil(stats.reset_time - time.time()))
             raise ApiError(

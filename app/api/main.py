@@ -11,6 +11,8 @@ from app.api import docs, errors
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.auth import Gate, require
+from app.api import metrics
+from app.api.metrics import HttpMetrics
 from app.api.request_id import RequestId
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
             ],
             expose_headers=["X-Request-ID", "Location", "Retry-After", "X-Seed", "X-Job-Id", "WWW-Authenticate"],
         )
+    app.add_middleware(HttpMetrics)
     app.add_middleware(RequestId)  # outermost: every answer carries its request ID
     errors.install(app)
     docs.install(app)
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     app.include_router(jobs.router, prefix=v1, dependencies=any_key)
     app.include_router(models.router, prefix=v1, dependencies=any_key)
     app.include_router(health.router)
+    app.include_router(metrics.router, dependencies=any_key if settings.metrics_require_key else [])
     # The names users know, answering exactly as their /v1 twins (documented once, under /v1).
     app.include_router(generate.router, include_in_schema=False, dependencies=may_generate)
     app.include_router(images.router, include_in_schema=False, dependencies=may_denoise)

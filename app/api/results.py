@@ -17,6 +17,7 @@ from app.api.schemas import ErrorBody, JobAccepted, JobOut
 from app.imaging import MEDIA_TYPES
 from app.jobs import JobRecord, JobSpec, JobStatus
 from app.api.auth import OPEN, Caller, CallerDep
+from app.metrics import JOBS_SUBMITTED, QUOTA_REFUSALS
 from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -109,7 +110,7 @@ async def submit(
     queue: JobQueue, spec: JobSpec, idempotency_key: str | None, fingerprint: str, caller: Caller = OPEN
 ) -> JobRecord:
     try:
-        return await queue.submit(
+        record = await queue.submit(
             spec,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
@@ -117,6 +118,7 @@ async def submit(
             max_jobs=caller.max_concurrent_jobs,
         )
     except TooManyJobs as exc:
+        QUOTA_REFUSALS.labels(caller.name or "", "max_concurrent_jobs").inc()
         raise ApiError(
             429,
             ["header", "authorization"],
@@ -140,6 +142,9 @@ async def submit(
             "this Idempotency-Key was used for a different request; use a new key for a new request",
             type="idempotency_key_reused",
         ) from exc
+
+    JOBS_SUBMITTED.labels(spec.kind, spec.model or "").inc()
+    return record
 
 
 async def run_job(

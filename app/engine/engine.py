@@ -26,6 +26,7 @@ from app.engine.scheduler import Scheduler, Ticket
 from app.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
 from app.settings import Settings
 from app.engine.models import ModelPool, memory_budget
+from app.metrics import PASS_ROWS, PASS_SECONDS, ROWS_RUNNING
 from app.store.catalog import ModelEntry, ModelRefused
 from app.store.loader import LoadedModel, schedule_of
 
@@ -293,7 +294,11 @@ class Engine:
         except Exception as exc:
             finished = self._isolate_failure(rows, exc)
         self.passes += 1
-        self.scheduler.update([r.id for r in finished], seconds=time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        self.scheduler.update([r.id for r in finished], seconds=seconds)
+        PASS_ROWS.observe(len(rows))
+        PASS_SECONDS.observe(seconds)
+        ROWS_RUNNING.set(self.scheduler.running_cost)
         for row in finished:
             self._collect(row)
         for job_id in dict.fromkeys(r.job_id for r in rows):

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 
+from app.metrics import MODELS_LOADED
 from app.store.catalog import ModelEntry, ModelRefused
 from app.store.loader import LoadedModel, load_model
 
@@ -84,12 +85,14 @@ class ModelPool:
             raise
         self.loaded[name] = model
         entry.loaded = True
+        MODELS_LOADED.set(len(self.loaded))
         log.info("loaded model %s on %s (%.2f of %.2f GB used)", name, self.device, self.used / GB, self.budget / GB)
         return model
 
     def unload(self, name: str) -> None:
         self.loaded.pop(name, None)
         self.entries[name].loaded = False
+        MODELS_LOADED.set(len(self.loaded))
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ import time
 from typing import AsyncIterator
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload
+from app.metrics import job_finished
 from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
@@ -49,6 +50,8 @@ class MemoryJobQueue:
     def _apply(self, event: EngineEvent) -> None:
         record = self._records.get(event.job_id)
         if record is not None and apply_event(record, event):
+            if record.status.finished:
+                job_finished(record)
             self._watchers.notify(record.id, event_payload(record))
 
     # -- protocol ----------------------------------------------------------------------------------
@@ -119,6 +122,9 @@ class MemoryJobQueue:
 
     def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
         return self._watchers.follow(job_id, lambda: self._current(job_id))
+
+    async def depth(self) -> int:
+        return sum(1 for r in self._records.values() if not r.status.finished)
 
     async def ready(self) -> bool:
         return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())

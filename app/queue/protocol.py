@@ -63,6 +63,9 @@ class JobQueue(Protocol):
         """(event type, data) pairs for the job: its current state first, then changes, ending at a
         terminal status."""
 
+    async def depth(self) -> int:
+        """Jobs queued or running, as this node sees them (for the metrics)."""
+
     async def ready(self) -> bool:
         """Models loaded and a worker alive."""
 

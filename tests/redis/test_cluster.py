@@ -136,3 +136,16 @@ def test_sigterm_on_an_api_node_lets_waiting_clients_finish(prefix, procs, store
     waiting.join(120)
     assert answers and answers[0].status_code == 200 and answers[0].json()["status"] == "succeeded"
     assert api.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down cleanly
+
+
+def test_a_worker_serves_its_engine_metrics_on_its_own_port(prefix, procs, store):
+    from tests.redis.helpers import free_port
+
+    port = free_port()
+    api = procs("serve", prefix, store)
+    procs("worker", prefix, store, DIFFUSION_WORKER_METRICS_PORT=port)
+    api.wait_ready()
+    assert poll(api.url, submit(api.url, steps=5))["status"] == "succeeded"
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "diffusion_pass_rows_count" in text and 'diffusion_jobs_finished_total{kind="generate"' in text
+    assert "diffusion_queue_depth" in httpx.get(api.url + "/metrics", timeout=10).text

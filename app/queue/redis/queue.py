@@ -161,6 +161,9 @@ class RedisJobQueue:
     def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
         return self._watchers.follow(job_id, lambda: self.get(job_id))
 
+    async def depth(self) -> int:
+        return int(await self.redis.hlen(self.keys.held))
+
     async def ready(self) -> bool:
         fresh = time.time() - self._workers_seen < max(3 * self.settings.heartbeat_s, 5.0)
         return fresh and any(e.ready for e in self.models.values())

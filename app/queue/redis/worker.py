@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.metrics import job_finished
 from app.queue.redis.keys import GROUP, Keys
 from app.queue.redis.records import RecordStore
 from app.settings import Settings
@@ -245,6 +246,8 @@ class RedisWorker:
                     pipe.xdel(self.keys.stream, held.entry_id)
             await pipe.execute()
         finished = [job_id for job_id, held in self._dirty.items() if held.record.status.finished]
+        for job_id in finished:
+            job_finished(self._dirty[job_id].record)
         self._dirty.clear()
         for job_id in finished:
             self.held.pop(job_id, None)

@@ -1,0 +1,56 @@
+"""``GET /metrics`` (Prometheus text format) and the middleware that counts HTTP requests by route template
+(not by raw path, so job IDs do not explode the label set)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.deps import QueueDep
+from app.metrics import HTTP_REQUESTS, HTTP_SECONDS, QUEUE_DEPTH
+
+router = APIRouter(tags=["health"])
+
+
+def route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return "unmatched"
+    if scope["path"].startswith("/v1/") and not path.startswith("/v1"):
+        return "/v1" + path  # a route of a router included under /v1
+    return path
+
+
+class HttpMetrics:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, status = time.perf_counter(), 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = route_label(scope)
+            HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
+            HTTP_SECONDS.labels(route, scope["method"]).observe(time.perf_counter() - began)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request, queue: QueueDep) -> Response:
+    """Prometheus metrics of this process (a Redis worker serves its engine's on its own port)."""
+    QUEUE_DEPTH.set(await queue.depth())
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

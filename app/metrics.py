@@ -1,0 +1,39 @@
+"""The service's Prometheus metrics (prometheus-client), all named ``diffusion_*``, in the process's default
+registry: API nodes serve them at ``/metrics``; a Redis worker on ``DIFFUSION_WORKER_METRICS_PORT``. The list,
+with example queries: docs/metrics.md."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+HTTP_REQUESTS = Counter("diffusion_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "diffusion_http_request_duration_seconds", "HTTP request latency", ["route", "method"], buckets=SECONDS
+)
+JOBS_SUBMITTED = Counter("diffusion_jobs_submitted_total", "jobs accepted", ["kind", "model"])
+JOBS_FINISHED = Counter("diffusion_jobs_finished_total", "jobs finished", ["kind", "model", "outcome"])
+JOB_WAIT_SECONDS = Histogram(
+    "diffusion_job_queue_wait_seconds", "time from submission to the first step", ["kind"], buckets=SECONDS
+)
+JOB_RUN_SECONDS = Histogram(
+    "diffusion_job_run_seconds", "time from the first step to the result", ["kind"], buckets=SECONDS
+)
+QUEUE_DEPTH = Gauge("diffusion_queue_depth", "jobs queued or running (this node's view)")
+ROWS_RUNNING = Gauge("diffusion_rows_running", "rows in the engine's running set")
+PASS_ROWS = Histogram("diffusion_pass_rows", "rows per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+PASS_SECONDS = Histogram(
+    "diffusion_pass_duration_seconds", "forward pass duration (network and sampler step)", buckets=SECONDS
+)
+MODELS_LOADED = Gauge("diffusion_models_loaded", "models in the engine's memory")
+QUOTA_REFUSALS = Counter("diffusion_quota_refusals_total", "requests refused by a key's quota", ["key", "quota"])
+
+
+def job_finished(record) -> None:
+    """Count a job that just became final, with its wait and run times (from its record)."""
+    JOBS_FINISHED.labels(record.kind, record.model or "", record.status.value).inc()
+    if record.started_at is not None:
+        JOB_WAIT_SECONDS.labels(record.kind).observe(max(0.0, record.started_at - record.created_at))
+        if record.finished_at is not None:
+            JOB_RUN_SECONDS.labels(record.kind).observe(max(0.0, record.finished_at - record.started_at))

@@ -1,0 +1,70 @@
+"""GET /metrics: Prometheus text with the service's diffusion_* series, moving as the service works."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.api.auth import digest
+
+
+def samples(client, **headers) -> dict[tuple, float]:
+    r = client.get("/metrics", headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(snapshot, name, **labels) -> float:
+    return snapshot.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_requests_jobs_and_passes(client):
+    before = samples(client)
+    for seed in range(3):
+        assert client.post("/v1/generate", json={"class_label": 0, "seed": seed, "steps": 4}).status_code == 200
+    after = samples(client)
+    route = dict(route="/v1/generate", method="POST", status="200")
+    assert (
+        value(after, "diffusion_http_requests_total", **route) - value(before, "diffusion_http_requests_total", **route)
+        == 3
+    )
+    assert value(after, "diffusion_jobs_submitted_total", kind="generate", model="tiny-gen") >= 3
+    finished = dict(kind="generate", model="tiny-gen", outcome="succeeded")
+    assert (
+        value(after, "diffusion_jobs_finished_total", **finished)
+        - value(before, "diffusion_jobs_finished_total", **finished)
+        == 3
+    )
+    assert value(after, "diffusion_pass_rows_count") > value(before, "diffusion_pass_rows_count")
+    assert value(after, "diffusion_job_run_seconds_count", kind="generate") >= 3
+    assert ("diffusion_models_loaded", ()) in after and ("diffusion_queue_depth", ()) in after
+
+
+def test_job_routes_are_counted_by_template_not_by_id(client):
+    client.get("/v1/jobs/" + "a" * 32)
+    text = client.get("/metrics").text
+    assert 'route="/v1/jobs/{job_id}"' in text and "a" * 32 not in text
+
+
+def test_metrics_can_require_a_key_and_quota_refusals_are_counted(make_client, tmp_path):
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps([{"name": "quick", "sha256": digest("kq"), "scopes": ["generate"], "requests_per_minute": 1}])
+    )
+    client = make_client(api_keys_file=keys, metrics_require_key=True)
+    assert client.get("/metrics").status_code == 401
+    headers = {"Authorization": "Bearer kq"}
+    client.post("/v1/generate", json={"class_label": 0}, headers=headers)
+    assert client.post("/v1/generate", json={"class_label": 0}, headers=headers).status_code == 429
+    r = client.get("/metrics", headers=headers)
+    assert r.status_code == 429  # the scrape itself is over this key's minute: a scraper gets its own key
+    assert re.search(
+        r'diffusion_quota_refusals_total\{key="quick",quota="requests_per_minute"\} [1-9]',
+        make_client(api_keys_file=keys).get("/metrics").text,
+    )
