@@ -119,6 +119,7 @@ def keys(argv: list[str] | None = None) -> None:
     create.add_argument("--scopes", default="generate,denoise", help="comma-separated: generate, denoise, admin")
     create.add_argument("--requests-per-minute", type=int)
     create.add_argument("--max-concurrent-jobs", type=int)
+    create.add_argument("--max-priority", default="high", choices=["low", "normal", "high"])
     commands.add_parser("list", help="the keys' names, scopes and limits (never the keys)")
     revoke = commands.add_parser("revoke", help="remove a key")
     revoke.add_argument("name")
@@ -143,6 +144,7 @@ def keys(argv: list[str] | None = None) -> None:
                 [s.strip() for s in args.scopes.split(",") if s.strip()],
                 rpm=args.requests_per_minute,
                 max_jobs=args.max_concurrent_jobs,
+                max_priority=args.max_priority,
             )
         except ValueError as exc:
             raise SystemExit(f"diffusion-keys: {exc}") from None

@@ -16,6 +16,10 @@ from app.imaging import OutputFormat
 from app.logs import request_id
 
 
+Priority = Literal["low", "normal", "high"]
+PRIORITY_LEVEL = {"low": 0, "normal": 1, "high": 2}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), ser_json_bytes="base64", val_json_bytes="base64")
 
@@ -50,6 +54,7 @@ class GenerateSpec(_Model):
     guidance_scale: float = 0.0
     output_format: OutputFormat = "png"
     pixels: int = Field(0, ge=0, description="the images' pixels (admission counts them)")
+    priority: Priority = "normal"
 
     @property
     def total_steps(self) -> int:
@@ -84,6 +89,7 @@ class DenoiseSpec(_Model):
     ensemble: int = Field(1, ge=1, le=8, description="flipped/rotated copies of the image averaged")
     seed: int = 0
     output_format: OutputFormat = "png"
+    priority: Priority = "normal"
 
     @property
     def total_steps(self) -> int:

@@ -46,6 +46,7 @@ class ApiKey(BaseModel):
     scopes: list[Scope] = Field(..., min_length=1)
     requests_per_minute: int | None = Field(None, ge=1)
     max_concurrent_jobs: int | None = Field(None, ge=1)
+    max_priority: Literal["low", "normal", "high"] = "high"
 
 
 KEYS = TypeAdapter(list[ApiKey])
@@ -74,6 +75,17 @@ class Caller:
     name: str | None
     scopes: frozenset[str]
     max_concurrent_jobs: int | None = None
+    max_priority: str = "high"
+
+    def check_priority(self, priority: str) -> None:
+        levels = {"low": 0, "normal": 1, "high": 2}
+        if levels[priority] > levels[self.max_priority]:
+            raise ApiError(
+                403,
+                ["body", "priority"],
+                f"key {self.name!r} may ask for priority {self.max_priority!r} at most",
+                type="forbidden",
+            )
 
     @property
     def admin(self) -> bool:
@@ -140,7 +152,12 @@ class Gate:
         if key is None:
             raise ApiError(401, ["header", "authorization"], "unknown API key", type="unauthorized", headers=CHALLENGE)
         await self._count(key)
-        return Caller(name=key.name, scopes=frozenset(key.scopes), max_concurrent_jobs=key.max_concurrent_jobs)
+        return Caller(
+            name=key.name,
+            scopes=frozenset(key.scopes),
+            max_concurrent_jobs=key.max_concurrent_jobs,
+            max_priority=key.max_priority,
+        )
 
     async def _count(self, key: ApiKey) -> None:
         if self.limiter is None or key.requests_per_minute is None:
@@ -182,10 +199,19 @@ async def current_caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def new_key_entry(name: str, scopes: list[str], *, rpm: int | None, max_jobs: int | None) -> tuple[str, dict]:
+def new_key_entry(
+    name: str, scopes: list[str], *, rpm: int | None, max_jobs: int | None, max_priority: str = "high"
+) -> tuple[str, dict]:
     """A fresh random key and the entry to store for it (its hash, never the key)."""
     import secrets
 
     key = "dk_" + secrets.token_urlsafe(32)
-    entry = ApiKey(name=name, sha256=digest(key), scopes=scopes, requests_per_minute=rpm, max_concurrent_jobs=max_jobs)
+    entry = ApiKey(
+        name=name,
+        sha256=digest(key),
+        scopes=scopes,
+        requests_per_minute=rpm,
+        max_concurrent_jobs=max_jobs,
+        max_priority=max_priority,
+    )
     return key, json.loads(entry.model_dump_json(exclude_none=True))

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.diffusion.samplers import SamplerName
 from app.imaging import OutputFormat
-from app.jobs import JobStatus
+from app.jobs import JobStatus, Priority
 from app.store.catalog import NAME_PATTERN
 
 SEED_MAX = 2**63 - 1
@@ -42,6 +42,7 @@ class GenerateRequest(_Request):
         None, ge=0.0, le=20.0, description="classifier-free guidance w: (1+w) cond - w uncond; 0 = off"
     )
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp")
+    priority: Priority = Field("normal", description="low, normal or high: who joins the batch first")
 
     model_config = ConfigDict(
         extra="forbid",
@@ -94,6 +95,7 @@ class DenoiseParams(_Request):
     )
     seed: Seed | None = None
     output_format: OutputFormat | None = None
+    priority: Priority = Field("normal", description="low, normal or high: who joins the batch first")
 
 
 class DenoiseJSON(DenoiseParams):

@@ -23,7 +23,7 @@ from app.engine.device import pick_device, pick_dtype
 from app.engine.plans import Plan, plan_denoise, plan_generate, run_noise
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
-from app.jobs import DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
+from app.jobs import PRIORITY_LEVEL, DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
 from app.settings import Settings
 from app.engine.models import ModelPool, memory_budget
 from app.metrics import PASS_ROWS, PASS_SECONDS, ROWS_RUNNING
@@ -246,7 +246,8 @@ class Engine:
         self._jobs[job_id] = _Job(id=job_id, spec=spec, plan=plan, pending=len(plan.rows))
         for row in plan.rows:
             self._rows[row.id] = row
-        self.scheduler.add([Ticket(r.id, job_id, r.group, r.network_rows, r.pixels) for r in plan.rows])
+        level = PRIORITY_LEVEL[spec.priority]
+        self.scheduler.add([Ticket(r.id, job_id, r.group, r.network_rows, r.pixels, level) for r in plan.rows])
 
     def _drop(self, job_id: str) -> None:
         """Forget a job and free its rows' tensors and its plan's canvases at once."""

@@ -2,9 +2,10 @@
 
 1. Admission. Waiting rows join the running set while it has room, in rows (``max_batch``; a guided row
    costs two network rows: conditional and null label) and in pixels (``max_pixels``, the rows' image
-   area: a 256x256 tile weighs as much as 84 28x28 digits). The next row comes from the waiting job with
-   the fewest rows running, the earliest on a tie: a job of 300 tiles cannot hold the door shut on a job
-   of one image that arrived after it, and nobody waits forever, since arrival order breaks every tie.
+   area: a 256x256 tile weighs as much as 84 28x28 digits). The next row comes from the waiting job of
+   the highest priority (low, normal, high; a job that has had no row admitted for ``aging_s`` rises a
+   level per ``aging_s``, so no priority starves), then with the fewest rows running, the earliest on a
+   tie: a job of 300 tiles cannot hold the door shut on a job of one image that arrived after it.
 2. The pass. Only rows of one group (same model, same image shape) can share a forward pass. Groups with
    running rows share the device by time (start-time fair queuing): the group that has had the least
    pass time runs next, ties in turn. A 20-step generate next to a huge denoise gets about half the
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Hashable
@@ -26,10 +28,13 @@ class Ticket:
     group: Hashable
     cost: int = 1  # network rows
     pixels: int = 0  # network rows x image area
+    priority: int = 1  # 0 low, 1 normal, 2 high
 
 
 class Scheduler:
-    def __init__(self, max_batch: int, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, max_batch: int, max_pixels: int | None = None, *, aging_s: float = 60.0, clock=time.monotonic
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
@@ -37,6 +42,8 @@ class Scheduler:
         self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()  # job -> its rows, in arrival order
         self._running: OrderedDict[int, Ticket] = OrderedDict()
         self._running_per_job: dict[str, int] = {}
+        self._arrived: dict[str, float] = {}  # job -> since when it has waited without a row admitted (aging)
+        self.aging_s, self.clock = aging_s, clock
         self._served: dict[Hashable, float] = {}  # group -> pass seconds, for the groups with running rows
         self._last_group: Hashable | None = None
 
@@ -55,8 +62,10 @@ class Scheduler:
 
     # -- changes ------------------------------------------------------------------------------
     def add(self, tickets: list[Ticket]) -> None:
+        now = self.clock()
         for ticket in tickets:
             self._waiting.setdefault(ticket.job_id, deque()).append(ticket)
+            self._arrived.setdefault(ticket.job_id, now)
 
     def cancel(self, job_id: str) -> list[int]:
         """Drop every row of ``job_id``, waiting or running; returns their row ids."""
@@ -66,6 +75,7 @@ class Scheduler:
                 dropped.append(row_id)
                 del self._running[row_id]
         self._running_per_job.pop(job_id, None)
+        self._arrived.pop(job_id, None)
         return dropped
 
     def _fits(self, ticket: Ticket, cost: int, pixels: int) -> bool:
@@ -78,8 +88,17 @@ class Scheduler:
     def _admit(self) -> list[Ticket]:
         admitted = []
         cost, pixels = self.running_cost, self.running_pixels
+        now = self.clock()
+
+        def rank(job: str) -> tuple[int, int]:
+            # Higher priority first; a job that has had no row admitted for aging_s gains a level per aging_s
+            # (up to high), so lower priorities never starve; then the job with the fewest rows running;
+            # min() keeps arrival order among equals.
+            starved = int((now - self._arrived[job]) // self.aging_s)
+            return -min(2, self._waiting[job][0].priority + starved), self._running_per_job.get(job, 0)
+
         while self._waiting:
-            job_id = min(self._waiting, key=lambda job: self._running_per_job.get(job, 0))  # first among equals
+            job_id = min(self._waiting, key=rank)
             rows = self._waiting[job_id]
             ticket = rows[0]
             if not self._fits(ticket, cost, pixels):
@@ -89,6 +108,7 @@ class Scheduler:
                 del self._waiting[job_id]
             self._running[ticket.row_id] = ticket
             self._running_per_job[job_id] = self._running_per_job.get(job_id, 0) + 1
+            self._arrived[job_id] = now  # served: its wait starts again
             admitted.append(ticket)
             cost, pixels = cost + ticket.cost, pixels + ticket.pixels
         return admitted
@@ -129,3 +149,5 @@ class Scheduler:
                     self._running_per_job[ticket.job_id] = left
                 else:
                     self._running_per_job.pop(ticket.job_id, None)
+                    if ticket.job_id not in self._waiting:
+                        self._arrived.pop(ticket.job_id, None)

@@ -19,6 +19,7 @@ KEYS = {
     "bob": ("key-bob", {"scopes": ["denoise"], "max_concurrent_jobs": 1}),
     "carol": ("key-carol", {"scopes": ["generate", "denoise"], "requests_per_minute": 2}),
     "root": ("key-root", {"scopes": ["admin"]}),
+    "modest": ("key-modest", {"scopes": ["generate"], "max_priority": "normal"}),
 }
 
 
@@ -127,7 +128,8 @@ def test_diffusion_keys_creates_a_key_that_works(tmp_path, store):
     command = [sys.executable, "-m", "app.cli", "keys", "--file", str(path), "create", "dave", "--scopes", "generate"]
     key = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
     stored = json.loads(path.read_text())
-    assert stored == [{"name": "dave", "sha256": digest(key), "scopes": ["generate"]}] and key not in path.read_text()
+    assert stored == [{"name": "dave", "sha256": digest(key), "scopes": ["generate"], "max_priority": "high"}]
+    assert key not in path.read_text()
     with TestClient(create_app(make_settings(store, api_keys_file=path))) as client:
         r = client.post(
             "/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers={"Authorization": f"Bearer {key}"}
@@ -140,3 +142,10 @@ def test_an_unreadable_keys_file_refuses_to_start(tmp_path, store):
     bad.write_text('[{"name": "x", "sha256": "short", "scopes": []}]')
     with pytest.raises(ValueError, match="DIFFUSION_API_KEYS_FILE"):
         create_app(make_settings(store, api_keys_file=bad))
+
+
+def test_a_key_may_not_ask_above_its_max_priority(keyed):
+    assert generate(keyed, "modest", priority="normal").status_code == 200
+    r = generate(keyed, "modest", priority="high")
+    assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "priority"]
+    assert generate(keyed, "alice", priority="high").status_code == 200

@@ -109,3 +109,28 @@ def test_a_group_that_joins_late_starts_level_with_the_others():
         seen.append(batch[0].group)
         s.update([], seconds=1.0)
     assert seen.count("a") == 2 and seen.count("b") == 2  # b gets its share, not five passes of catch-up
+
+
+def test_higher_priority_rows_join_first():
+    s = Scheduler(max_batch=2)
+    s.add(tickets("low", 4))
+    s.schedule()  # two low rows run
+    s.add([Ticket(10, "normal", "g", priority=1)] + [Ticket(20, "high", "g", priority=2)])
+    s.update([0])
+    _, admitted = s.schedule()
+    assert [t.job_id for t in admitted] == ["high"]
+
+
+def test_a_starved_low_priority_job_ages_up_and_runs():
+    """Under a steady stream of normal jobs, a low one waiting unserved rises a level per aging_s."""
+    now = [0.0]
+    s = Scheduler(max_batch=1, aging_s=10, clock=lambda: now[0])
+    s.add([Ticket(0, "low", "g", priority=0)])
+    order = []
+    for i in range(1, 12):
+        s.add([Ticket(i, f"normal{i}", "g", priority=1)])  # a new normal job every pass
+        batch, _ = s.schedule()
+        order.append(batch[0].job_id)
+        s.update([batch[0].row_id])
+        now[0] += 6
+    assert "low" in order and order[0] != "low"  # not first, but not starved either
