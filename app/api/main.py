@@ -47,6 +47,19 @@ def exact_integer_bounds(node, exact: dict[float, int]) -> None:
             exact_integer_bounds(child, exact)
 
 
+def declare_keys(document: dict) -> None:
+    """The API keys in the document, so /docs has an Authorize button and clients know the header: every
+    /v1 route takes a bearer key or X-API-Key (and none, when the service runs without keys)."""
+    document.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API key made by diffusion-keys"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    for path, operations in document.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}, {}]
+
+
 def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -71,7 +84,9 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            exact_integer_bounds(FastAPI.openapi(app), {float(SEED_MAX): SEED_MAX})
+            document = FastAPI.openapi(app)
+            exact_integer_bounds(document, {float(SEED_MAX): SEED_MAX})
+            declare_keys(document)
         return app.openapi_schema
 
     app.openapi = openapi

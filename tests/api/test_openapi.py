@@ -37,3 +37,10 @@ def test_job_routes_describe_the_job_and_the_errors_a_client_meets():
 def test_seed_bounds_are_exact_integers():
     schema = document()["components"]["schemas"]["GenerateRequest"]["properties"]["seed"]["anyOf"][0]
     assert schema["maximum"] == 2**63 - 1 and isinstance(schema["maximum"], int)
+
+
+def test_the_document_declares_the_api_keys():
+    doc = document()
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert doc["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}, {}]
+    assert "security" not in doc["paths"]["/healthz"]["get"]
