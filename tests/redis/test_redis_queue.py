@@ -152,3 +152,22 @@ def test_keys_own_their_jobs_and_their_job_cap_holds_across_nodes(store, prefix,
             job = first.json()["job_id"]
             assert b.get(f"/v1/jobs/{job}", headers={"Authorization": "Bearer kb"}).status_code == 404
             assert b.get(f"/v1/jobs/{job}", headers={"Authorization": "Bearer ka"}).status_code == 200
+
+
+def test_requests_per_minute_are_counted_across_api_nodes(store, prefix, tmp_path):
+    import json
+
+    from app.api.auth import digest
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps([{"name": "limited", "sha256": digest("kl"), "scopes": ["generate"], "requests_per_minute": 2}])
+    )
+    headers = {"Authorization": "Bearer kl"}
+    with (
+        client_for(store, prefix, embedded_worker=True, api_keys_file=keys) as a,
+        client_for(store, prefix, embedded_worker=False, api_keys_file=keys) as b,
+    ):
+        codes = [a.get("/v1/models", headers=headers).status_code, b.get("/v1/models", headers=headers).status_code]
+        third = a.get("/v1/models", headers=headers)
+        assert codes == [200, 200] and third.status_code == 429 and third.headers["retry-after"].isdigit()
