@@ -378,3 +378,52 @@ def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, samp
 def test_an_inpainting_model_needs_an_image_and_a_mask(client):
     r = client.post("/v1/generate", json={"model": "tiny-sd-inpaint", "prompt": "x"})
     assert r.status_code == 422 and "mask" in r.json()["detail"][0]["msg"]
+
+
+def test_a_latent_job_can_be_cancelled_and_a_failing_one_fails_alone(client):
+    import time
+
+    job = client.post(
+        "/v1/generate",
+        json={"model": "tiny-sd", "prompt": "long", "steps": 900, "sampler": "ddim"},
+        headers={"Prefer": "respond-async"},
+    ).json()["job_id"]
+    while client.get(f"/v1/jobs/{job}").json()["status"] == "queued":
+        time.sleep(0.01)
+    assert client.delete(f"/v1/jobs/{job}").json()["status"] == "canceled"
+
+    model = client.app.state.queue.engine.models["tiny-sd"]
+    original = model.predict
+    poisoned = model.encode_prompts(["boom"])[0]
+
+    def predict(x, t, conds):
+        if any(c is not None and torch.equal(c, poisoned) for c in conds):
+            raise RuntimeError("this prompt breaks the network (simulated)")
+        return original(x, t, conds)
+
+    model.predict = predict
+    try:
+        bad = client.post(
+            "/v1/generate", json={"model": "tiny-sd", "prompt": "boom", "steps": 3}, headers={"Prefer": "respond-async"}
+        ).json()["job_id"]
+        good = client.post("/v1/generate", json={"model": "tiny-sd", "prompt": "fine", "steps": 3})
+        assert good.status_code == 200 and good.json()["status"] == "succeeded"
+        while client.get(f"/v1/jobs/{bad}").json()["status"] in ("queued", "running"):
+            time.sleep(0.01)
+        assert "simulated" in client.get(f"/v1/jobs/{bad}").json()["error"]
+    finally:
+        model.predict = original
+
+
+def test_steps_past_the_schedules_end_are_422_not_a_failed_job(client):
+    # Stable Diffusion's configs: leading spacing with steps_offset 1, so 1000 steps would reach timestep 1000
+    r = client.post("/v1/generate", json={"model": "tiny-sd", "steps": 1000, "sampler": "ddim"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "steps"]
+    assert "at most 999" in r.json()["detail"][0]["msg"]
+    ok = client.post(
+        "/v1/generate",
+        json={"model": "tiny-sd", "steps": 1000, "sampler": "dpmpp_2m_karras"},
+        headers={"Prefer": "respond-async"},
+    )
+    assert ok.status_code == 202
+    client.delete(f"/v1/jobs/{ok.json()['job_id']}")

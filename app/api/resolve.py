@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from app.api.errors import ApiError, brief
 from app.api.schemas import SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
+from app.diffusion.samplers import get_sampler
 from app.imaging import OUTPUT_FORMATS
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec
 from app.settings import Settings
@@ -58,6 +59,24 @@ def seeds_for(seed: int | None, count: int) -> list[int]:
     if seed is None:
         return [random_seed() for _ in range(count)]
     return [(seed + i) % (SEED_MAX + 1) for i in range(count)]
+
+
+def check_plan(entry: ModelEntry, sampler: str, steps: int) -> None:
+    """The sampler's timestep grid must stay on the model's schedule (else the job could only fail)."""
+    config = entry.scheduler_config
+    spacing, offset = config.get("timestep_spacing", "leading"), int(config.get("steps_offset", 0))
+    if not get_sampler(sampler).fits(entry.train_timesteps, steps, spacing, offset):
+        most = max(
+            n
+            for n in range(1, entry.train_timesteps + 1)
+            if get_sampler(sampler).fits(entry.train_timesteps, n, spacing, offset)
+        )
+        raise ApiError(
+            422,
+            ["body", "steps"],
+            f"{sampler} takes at most {most} steps on model {entry.name!r} ({spacing} spacing, steps_offset {offset})",
+            type="out_of_range",
+        )
 
 
 def check_steps(entry: ModelEntry, steps: int, loc: list) -> int:
@@ -245,6 +264,7 @@ def generate_spec(
     evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
     check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
     check_pixels(pixels, settings, ["body", "num_images"])
+    check_plan(entry, or_default(req.sampler, defaults.sampler), steps)
     fields = dict(
         model=entry.name,
         steps=steps,

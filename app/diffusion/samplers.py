@@ -359,6 +359,16 @@ class Sampler:
     keeps_history: bool = False
     description: str = ""
     noise_scale: Callable[[NoiseSchedule, list[Step]], float] = lambda schedule, plan: 1.0
+    # The grid of training timesteps the plan evaluates, from (T, steps, spacing, steps_offset), so a request
+    # can be checked without torch; None when the grid comes from sigmas and is always inside [0, T).
+    grid: Callable[..., list[int]] | None = spaced_timesteps
+
+    def fits(self, num_train: int, num_steps: int, spacing: str, steps_offset: int) -> bool:
+        """Whether ``num_steps`` steps stay on the schedule's timesteps (with ``leading`` spacing and an
+        offset, as Stable Diffusion's configs have, T steps would reach timestep T, past the end)."""
+        if not 1 <= num_steps <= num_train:
+            return False
+        return self.grid is None or max(self.grid(num_train, num_steps, spacing, steps_offset=steps_offset)) < num_train
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -375,6 +385,7 @@ SAMPLERS: dict[str, Sampler] = {
             lambda t, eta: False,
             keeps_history=True,
             description="DPM-Solver++(2M), deterministic",
+            grid=dpm_timesteps,
         ),
         # Karras et al. 2022 (diffusers EulerDiscreteScheduler)
         Sampler(
@@ -402,6 +413,7 @@ SAMPLERS: dict[str, Sampler] = {
             lambda t, eta: False,
             keeps_history=True,
             description="DPM-Solver++(2M) on Karras sigmas, deterministic",
+            grid=None,
         ),
     )
 }
