@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -41,7 +41,6 @@ class Plan:
     rows: list[Row]
     collect: Callable[[Row], None]
     finish: Callable[[], JobResult]
-    info: dict = field(default_factory=dict)
 
 
 def image_pixels(image: ImageData) -> np.ndarray:
@@ -286,7 +285,7 @@ def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: in
             )
         )
     blend = _Blend(spec, layout, channels, overlap)
-    return Plan(rows=rows, collect=blend.add, finish=lambda: blend.result(info), info=info)
+    return Plan(rows=rows, collect=blend.add, finish=lambda: blend.result(info))
 
 
 # -- noise (forward process) ----------------------------------------------------------------------------
