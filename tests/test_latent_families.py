@@ -427,3 +427,35 @@ def test_steps_past_the_schedules_end_are_422_not_a_failed_job(client):
     )
     assert ok.status_code == 202
     client.delete(f"/v1/jobs/{ok.json()['job_id']}")
+
+
+def test_img2img_with_a_merged_dpm_grid_still_runs(client):
+    image = np.full((16, 16), 120, dtype=np.uint8)
+    data = {
+        "model": "tiny-gen",
+        "class_label": "a",
+        "steps": "1000",
+        "sampler": "dpmpp_2m",
+        "strength": "0.5",
+        "seed": "2",
+    }
+    r = client.post("/v1/img2img", files={"file": ("p.png", upload_png(image), "image/png")}, data=data)
+    assert r.status_code == 200 and r.json()["status"] == "succeeded"
+
+
+def test_malformed_folders_are_refused_with_a_reason_not_fatal(tmp_path):
+    import json as _json
+
+    from app.store.catalog import scan_store
+
+    write_stable_diffusion(tmp_path / "nulls")
+    index = _json.loads((tmp_path / "nulls" / "model_index.json").read_text())
+    index["safety_checker"] = None  # as some hub folders have it
+    (tmp_path / "nulls" / "model_index.json").write_text(_json.dumps(index))
+    write_dit(tmp_path / "labels")
+    index = _json.loads((tmp_path / "labels" / "model_index.json").read_text())
+    index["id2label"] = {"cat": "tabby"}
+    (tmp_path / "labels" / "model_index.json").write_text(_json.dumps(index))
+    entries = scan_store(tmp_path)
+    assert entries["nulls"].ready
+    assert not entries["labels"].ready and "id2label" in entries["labels"].error

@@ -32,6 +32,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.api.errors import ApiError
+from app.jobs import PRIORITY_LEVEL, Priority
 from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
 
@@ -46,7 +47,7 @@ class ApiKey(BaseModel):
     scopes: list[Scope] = Field(..., min_length=1)
     requests_per_minute: int | None = Field(None, ge=1)
     max_concurrent_jobs: int | None = Field(None, ge=1)
-    max_priority: Literal["low", "normal", "high"] = "high"
+    max_priority: Priority = "high"
 
 
 KEYS = TypeAdapter(list[ApiKey])
@@ -78,8 +79,7 @@ class Caller:
     max_priority: str = "high"
 
     def check_priority(self, priority: str) -> None:
-        levels = {"low": 0, "normal": 1, "high": 2}
-        if levels[priority] > levels[self.max_priority]:
+        if PRIORITY_LEVEL[priority] > PRIORITY_LEVEL[self.max_priority]:
             raise ApiError(
                 403,
                 ["body", "priority"],

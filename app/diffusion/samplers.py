@@ -428,33 +428,6 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}") from None
 
 
-def sampler_step(
-    sampler: str,
-    model_output: Tensor,
-    x: Tensor,
-    *,
-    schedule: NoiseSchedule,
-    ab: Tensor,
-    ab_prev: Tensor,
-    eta: Tensor | None = None,
-    noise: Tensor | None = None,
-    prev_x0: Tensor | None = None,
-    prev_ab: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One step of ``sampler`` for a batch of rows that all use it; returns (x_next, x_0 estimate)."""
-    return get_sampler(sampler).step(
-        model_output,
-        x,
-        schedule=schedule,
-        ab=ab,
-        ab_prev=ab_prev,
-        eta=eta,
-        noise=noise,
-        prev_x0=prev_x0,
-        prev_ab=prev_ab,
-    )
-
-
 def sample_loop(
     denoiser: Callable[[Tensor, Tensor], Tensor],
     x: Tensor,

@@ -9,7 +9,6 @@ never runs torch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -27,7 +26,7 @@ from app.jobs import PRIORITY_LEVEL, DenoiseSpec, EngineEvent, GenerateSpec, Job
 from app.settings import Settings
 from app.engine.models import ModelPool, memory_budget
 from app.metrics import PASS_ROWS, PASS_SECONDS, ROWS_RUNNING
-from app.store.catalog import ModelEntry, ModelRefused
+from app.store.catalog import ModelEntry
 from app.store.loader import LoadedModel, schedule_of
 
 log = logging.getLogger(__name__)
@@ -75,6 +74,8 @@ class Engine:
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
         self._deferred: list[Submit] = []  # jobs whose model waits for room in memory
+        self._draining: set[str] = set()  # busy models a waiting job needs gone: new jobs for them queue behind
+        self._jobs_ended = False  # a job ended since the waiting jobs were last retried: a model may be idle
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, _Job] = {}
         self._rows: dict[int, Row] = {}
@@ -128,20 +129,25 @@ class Engine:
             if preload
             else [name for name, entry in self.entries.items() if entry.ready]
         )
-        with contextlib.suppress(ModelRefused):
-            self.pool.preload(names)
+        self.pool.preload(names)
 
     def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:
-        """The job's model, in memory; None (the job waits) while every model that would make room is busy."""
+        """The job's model, in memory; None (the job waits) while every model that would make room is busy.
+
+        A waiting job's turn must come: new jobs for the busy models it waits on queue behind it, so those
+        models drain and go idle (else a steady stream for a loaded model would keep another out forever)."""
         busy = {job.spec.model for job in self._jobs.values()}
-        model = self.pool.get(spec.model, busy=busy)
+        model = None if spec.model in self._draining else self.pool.get(spec.model, busy=busy)
         if model is None:
             log.debug("job %s waits for room in memory for model %s", job_id, spec.model)
+            if spec.model not in self._draining:
+                self._draining |= busy
             self._deferred.append(Submit(job_id, spec))
         return model
 
     def _retry_deferred(self) -> None:
-        deferred, self._deferred = self._deferred, []
+        """Retry the waiting jobs, in the order they came, once a job has ended (a model may be idle)."""
+        deferred, self._deferred, self._draining, self._jobs_ended = self._deferred, [], set(), False
         for message in deferred:
             self._accept(message.job_id, message.spec)
 
@@ -163,7 +169,7 @@ class Engine:
     def _loop(self) -> None:
         try:
             while True:
-                if self._deferred:  # jobs finished last pass: their models may be idle now, making room
+                if self._deferred and self._jobs_ended:  # a model may be idle now, making room
                     self._retry_deferred()
                 block = self.scheduler.idle
                 running = self._drain(block=block)
@@ -256,6 +262,7 @@ class Engine:
             if row is not None:
                 row.release()
         self._jobs.pop(job_id, None)
+        self._jobs_ended = True
 
     def _cancel(self, job_id: str) -> None:
         waiting = [m for m in self._deferred if m.job_id == job_id]
@@ -350,6 +357,7 @@ class Engine:
         if job.pending:
             return
         del self._jobs[job.id]
+        self._jobs_ended = True
         try:
             result = job.plan.finish()
         except Exception as exc:

@@ -51,6 +51,7 @@ class ModelPool:
     def refuse_oversized(self) -> None:
         for entry in self.entries.values():
             if entry.ready and entry.weights_bytes > self.budget:
+                entry.refused_here = True
                 entry.fail(
                     f"its weights need {size(entry.weights_bytes)}; the model memory budget is {size(self.budget)} "
                     "(DIFFUSION_MODEL_MEMORY_GB)"
@@ -64,7 +65,10 @@ class ModelPool:
             elif self.used + entry.weights_bytes > self.budget:
                 log.warning("model %s does not fit the memory budget beside the others: it loads on first use", name)
             else:
-                self.get(name, busy=set())
+                try:
+                    self.get(name, busy=set())
+                except ModelRefused:
+                    continue  # marked with its reason; the others still load
 
     def get(self, name: str, *, busy: set[str]) -> LoadedModel | None:
         """The model, loaded if need be; None when it cannot have room yet (the models that would have to

@@ -134,7 +134,9 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
     sampler = get_sampler(spec.sampler)
     plan = sampler.plan(model.schedule, spec.steps)
     if isinstance(spec, Img2ImgSpec):
-        plan = plan[spec.steps - spec.total_steps :]  # the last steps x strength of the chain (diffusers' rule)
+        # the last steps x strength of the chain (diffusers' rule), counted on the plan itself: DPM-Solver's
+        # grid merges repeated timesteps, so it can be shorter than ``steps``
+        plan = plan[max(0, len(plan) - spec.total_steps) :]
         scale = sampler.noise_scale(model.schedule, plan) if entry.spec.scales_initial_noise else 1.0
         start = _from_image(spec, model, plan[0].ab, scale)
         shape = tuple(start.latent_shape)

@@ -46,6 +46,7 @@ class ModelEntry:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other components' configs
     weights_bytes: int = 0  # safetensors on disk: the memory the weights take in float32
     loaded: bool = False  # in an engine's memory now (set by the engine)
+    refused_here: bool = False  # refused by this process only (its memory budget), not by the folder itself
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, reason: str) -> None:
@@ -288,7 +289,8 @@ def _check(entry: ModelEntry) -> None:
     for component in spec.components:
         entry.configs[component] = _component_config(folder, component)
     for ignored in ("safety_checker", "feature_extractor"):
-        if (folder / ignored).exists() or index.get(ignored, [None])[0] is not None:
+        named = index.get(ignored)
+        if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
             log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     entry.weights_bytes = sum(p.stat().st_size for p in folder.rglob("*.safetensors") if p.is_file())
@@ -300,7 +302,10 @@ def _check(entry: ModelEntry) -> None:
         entry.has_card = True
     else:
         labels = index.get("id2label") or {}  # DiT folders may carry ImageNet's class names
-        names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
+        try:
+            names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelRefused(f"id2label in model_index.json must map class indices to names: {exc}") from exc
         entry.card = ModelCard(null_class=None, class_names=names, tasks=list(spec.tasks))
     if entry.card.null_class is not None and entry.card.null_class >= entry.num_classes:
         raise ModelRefused(f"null_class {entry.card.null_class} is not below num_class_embeds {entry.num_classes}")
@@ -366,5 +371,7 @@ def scan_store(store: Path) -> dict[str, ModelEntry]:
             _check(entry)
         except ModelRefused as exc:
             entry.fail(str(exc))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a config of unexpected shape
+            entry.fail(f"malformed model folder: {type(exc).__name__}: {exc}")
         entries[entry.name] = entry
     return entries

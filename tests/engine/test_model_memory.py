@@ -87,3 +87,19 @@ def test_a_model_larger_than_the_budget_is_not_served_and_says_why(tmp_path):
         assert r.status_code == 503 and "memory budget" in r.json()["detail"][0]["msg"]
         ok = client.post("/v1/generate", json={"model": "small", "class_label": 0})
         assert ok.status_code == 200 and client.get("/v1/models/small").json()["loaded"] is True
+
+
+def test_a_waiting_job_is_not_starved_by_a_stream_for_the_busy_model(two_store):
+    h = EngineHarness(two_store, model_memory_gb=budget_for(two_store, 1.5), preload="gen-a")
+    try:
+        h.submit("a0", spec("gen-a", steps=60))
+        h.wait_for_step("a0", 2)
+        h.submit("b", spec("gen-b", seed=1))  # needs gen-a gone
+        for i in range(1, 6):
+            h.submit(f"a{i}", spec("gen-a", steps=60, seed=i))  # a steady stream for gen-a
+        assert h.outcome("b").type == "succeeded"
+        b_done = [e.at for e in h.events["b"] if e.type == "succeeded"][0]
+        a5_done = [e.at for e in h.outcome("a5", timeout=120) and h.events["a5"] if e.type == "succeeded"][0]
+        assert b_done < a5_done  # b ran before the stream behind it, not after all of it
+    finally:
+        h.close()

@@ -263,7 +263,7 @@ class RedisWorker:
         return not self.dead.is_set()
 
     async def _renew_once(self) -> None:
-        await asyncio.sleep(self.settings.lease_s / 3)
+        await asyncio.sleep(self.settings.heartbeat_s)
         ids = [h.entry_id for h in self.held.values()]
         if ids and self._engine_alive():
             await self.redis.xclaim(
@@ -282,10 +282,15 @@ class RedisWorker:
                 await pubsub.aclose()
 
     async def _beat(self) -> None:
-        catalog = {name: json.dumps(entry.to_dict()) for name, entry in self.entries.items()}
+        """Publish this worker's catalog and heartbeat. A model only this worker cannot hold (its memory
+        budget) is published only where no other worker has published it: another may serve it."""
+        shared = {n: json.dumps(e.to_dict()) for n, e in self.entries.items() if not e.refused_here}
         async with self.redis.pipeline(transaction=False) as pipe:
-            if catalog:
-                pipe.hset(self.keys.models, mapping=catalog)
+            if shared:
+                pipe.hset(self.keys.models, mapping=shared)
+            for name, entry in self.entries.items():
+                if entry.refused_here:
+                    pipe.hsetnx(self.keys.models, name, json.dumps(entry.to_dict()))
             pipe.hset(self.keys.workers, self.worker_id, time.time())
             await pipe.execute()
 
