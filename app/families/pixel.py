@@ -13,8 +13,6 @@ from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
 from app.store.loader import LoadedModel, schedule_of
 
-WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
-
 
 @dataclass(eq=False)
 class PixelModel(LoadedModel):
@@ -40,7 +38,8 @@ def load(entry: ModelEntry, device: torch.device) -> PixelModel:
     except Exception as exc:  # diffusers raises assorted errors for bad configs
         raise ModelRefused(f"unet config: {exc}") from exc
     try:
-        state = load_file(entry.path / WEIGHTS)
+        weights = [entry.path / "unet" / n for n in ("diffusion_pytorch_model.safetensors", "model.safetensors")]
+        state = load_file(next(p for p in weights if p.is_file()))  # the catalog checked that one exists
     except Exception as exc:
         raise ModelRefused(f"unreadable safetensors weights: {exc}") from exc
     try:

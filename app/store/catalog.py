@@ -73,8 +73,8 @@ class ModelEntry:
         """The label that means "no class" (for guidance and unconditional sampling), if the model has one."""
         if self.card.null_class is not None:
             return self.card.null_class
-        if self.family == "dit":
-            return int(self.denoiser_config.get("num_embeds_ada_norm") or 1000)  # DiTPipeline's class_null
+        if self.spec.null_after_classes and self.num_classes:
+            return self.num_classes - 1  # DiTPipeline's class_null: 1000
         return None
 
     @property
@@ -122,7 +122,7 @@ class ModelEntry:
             fields += ["prompt", "negative_prompt", "guidance_scale"]
         elif self.conditioning == "class":
             fields += ["class_label"] + (["guidance_scale"] if self.null_class is not None else [])
-        if self.spec.latent and self.family != "dit":
+        if self.spec.sizes:
             fields += ["width", "height"]
         return fields
 
@@ -168,9 +168,9 @@ class ModelEntry:
     @property
     def num_classes(self) -> int:
         """Label embeddings the network has (the null class included), 0 when unconditional."""
-        if self.family == "dit":
-            return int(self.denoiser_config.get("num_embeds_ada_norm") or 0) + 1
-        return int(self.denoiser_config.get("num_class_embeds") or 0)
+        key = self.spec.classes_key
+        count = int(self.denoiser_config.get(key) or 0) if key else 0
+        return count + 1 if count and self.spec.null_after_classes else count
 
     @property
     def train_timesteps(self) -> int:
@@ -179,8 +179,8 @@ class ModelEntry:
     @property
     def downsample_factor(self) -> int:
         """How much the denoising network downsamples (a transformer works on patches: its patch size)."""
-        if self.family == "dit":
-            return int(self.denoiser_config.get("patch_size", 2))
+        if self.spec.patch_key:
+            return int(self.denoiser_config.get(self.spec.patch_key, 2))
         return 2 ** max(0, len(self.denoiser_config.get("block_out_channels", [0])) - 1)
 
     def to_dict(self) -> dict[str, Any]:

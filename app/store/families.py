@@ -26,6 +26,12 @@ class FamilySpec:
     text: bool = False  # conditioned on a prompt (CLIP text encoder + tokenizer)
     latent: bool = False  # the network works on a VAE's latents
     scales_initial_noise: bool = False  # the diffusers pipeline multiplies its first noise by init_noise_sigma
+    # Class labels: the denoiser config's key for the label embeddings, and whether that count leaves out a
+    # null class of its own at its end (DiT: num_embeds_ada_norm classes, the null label is that number).
+    classes_key: str | None = "num_class_embeds"
+    null_after_classes: bool = False
+    patch_key: str | None = None  # a transformer's patch size: its downsampling factor (else the UNet's levels)
+    sizes: bool = False  # generates at any width and height (multiples of the factors), not only natively
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -53,6 +59,8 @@ FAMILIES: dict[str, FamilySpec] = {
             text=True,
             latent=True,
             scales_initial_noise=True,
+            classes_key=None,
+            sizes=True,
         ),
         # DiT: a class-conditional latent transformer (ImageNet labels, null class 1000) and a VAE
         FamilySpec(
@@ -64,6 +72,9 @@ FAMILIES: dict[str, FamilySpec] = {
             ("generate",),
             "app.families.dit",
             latent=True,
+            classes_key="num_embeds_ada_norm",
+            null_after_classes=True,
+            patch_key="patch_size",
         ),
     )
 }
