@@ -38,10 +38,10 @@ def sd15_unet():
 
 
 def write_folder(folder: Path, unet) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL
 
     sys.path.insert(0, str(ROOT))
-    from tests.tiny_models import clip_text_encoder, tiny_tokenizer
+    from tests.tiny_models import clip_text_encoder, save_stable_diffusion, sd_scheduler, tiny_tokenizer
 
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
@@ -54,24 +54,7 @@ def write_folder(folder: Path, unet) -> None:
     tokenizer = tiny_tokenizer()
     text = clip_text_encoder(tokenizer, width=768, layers=12, heads=12, positions=77)  # CLIP ViT-L/14's
     tokenizer.model_max_length = 77
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text.eval(),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder, safe_serialization=True)
+    save_stable_diffusion(folder, unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=sd_scheduler())
 
 
 @torch.no_grad()

@@ -139,7 +139,7 @@ def write_stable_diffusion(
 ) -> Path:
     """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder; with
     ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels)."""
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(5)
@@ -157,19 +157,40 @@ def write_stable_diffusion(
         norm_num_groups=4,
         attention_head_dim=2,
     ).eval()
-    scheduler = DDIMScheduler(
+    scheduler = sd_scheduler(prediction_type=prediction_type, timestep_spacing=spacing)
+    return save_stable_diffusion(
+        folder,
+        unet=unet,
+        vae=tiny_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        inpainting=inpainting,
+    )
+
+
+def sd_scheduler(**overrides):
+    """Stable Diffusion 1.x's DDIM scheduler config (scaled linear betas, steps_offset 1, no clipping)."""
+    from diffusers import DDIMScheduler
+
+    config = dict(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type=prediction_type,
-        timestep_spacing=spacing,
     )
+    return DDIMScheduler(**{**config, **overrides})
+
+
+def save_stable_diffusion(folder: Path, *, unet, vae, text_encoder, tokenizer, scheduler, inpainting=False) -> Path:
+    """Components saved as StableDiffusion(Inpaint)Pipeline.save_pretrained writes them, no safety checker."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
     pipeline = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
-    pipe = pipeline(
-        vae=tiny_vae(),
+    pipeline(
+        vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
@@ -177,8 +198,7 @@ def write_stable_diffusion(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    ).save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -42,6 +42,8 @@ class Scheduler:
         self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()  # job -> its rows, in arrival order
         self._running: OrderedDict[int, Ticket] = OrderedDict()
         self._running_per_job: dict[str, int] = {}
+        self.running_cost = 0  # network rows running, kept as rows come and go
+        self.running_pixels = 0
         self._arrived: dict[str, float] = {}  # job -> since when it has waited without a row admitted (aging)
         self.aging_s, self.clock = aging_s, clock
         self._served: dict[Hashable, float] = {}  # group -> pass seconds, for the groups with running rows
@@ -51,14 +53,6 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         return not self._waiting and not self._running
-
-    @property
-    def running_cost(self) -> int:
-        return sum(t.cost for t in self._running.values())
-
-    @property
-    def running_pixels(self) -> int:
-        return sum(t.pixels for t in self._running.values())
 
     # -- changes ------------------------------------------------------------------------------
     def add(self, tickets: list[Ticket]) -> None:
@@ -73,7 +67,7 @@ class Scheduler:
         for row_id, ticket in list(self._running.items()):
             if ticket.job_id == job_id:
                 dropped.append(row_id)
-                del self._running[row_id]
+                self._retire(row_id)
         self._running_per_job.pop(job_id, None)
         self._arrived.pop(job_id, None)
         return dropped
@@ -111,7 +105,15 @@ class Scheduler:
             self._arrived[job_id] = now  # served: its wait starts again
             admitted.append(ticket)
             cost, pixels = cost + ticket.cost, pixels + ticket.pixels
+        self.running_cost, self.running_pixels = cost, pixels
         return admitted
+
+    def _retire(self, row_id: int) -> Ticket | None:
+        ticket = self._running.pop(row_id, None)
+        if ticket is not None:
+            self.running_cost -= ticket.cost
+            self.running_pixels -= ticket.pixels
+        return ticket
 
     def _pick_group(self) -> Hashable:
         groups = list(dict.fromkeys(t.group for t in self._running.values()))
@@ -142,7 +144,7 @@ class Scheduler:
         if self._last_group in self._served:
             self._served[self._last_group] += seconds
         for row_id in finished:
-            ticket = self._running.pop(row_id, None)
+            ticket = self._retire(row_id)
             if ticket is not None:
                 left = self._running_per_job.get(ticket.job_id, 1) - 1
                 if left > 0:
