@@ -18,6 +18,7 @@ from app.logs import request_id
 
 Priority = Literal["low", "normal", "high"]
 PRIORITY_LEVEL = {"low": 0, "normal": 1, "high": 2}
+WebhookEvent = Literal["started", "completed"]
 
 
 class _Model(BaseModel):
@@ -166,6 +167,13 @@ class JobResult(_Model):
     run_ms: float = 0.0
 
 
+class Webhook(_Model):
+    """Where to announce a job's events (checked by the API; delivered by app.api.webhooks)."""
+
+    url: str
+    events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"])
+
+
 class JobRecord(_Model):
     id: str
     kind: str
@@ -175,6 +183,7 @@ class JobRecord(_Model):
     pixels: int = Field(0, description="image pixels the job holds while queued or running (admission counts it)")
     owner: str | None = Field(None, description="the API key's name that created the job (None: open service)")
     request_id: str | None = Field(None, description="the X-Request-ID of the request that created the job")
+    webhook: Webhook | None = None
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -182,12 +191,13 @@ class JobRecord(_Model):
     result: JobResult | None = None
 
     @classmethod
-    def new(cls, spec: "JobSpec", owner: str | None = None) -> "JobRecord":
-        """The record of a job just accepted: queued, with its step count, its weight in pixels, its owner and
-        the request ID it came with."""
+    def new(cls, spec: "JobSpec", owner: str | None = None, webhook: Webhook | None = None) -> "JobRecord":
+        """The record of a job just accepted: queued, with its step count, its weight in pixels, its owner,
+        its webhook and the request ID it came with."""
         return cls(
             id=new_job_id(),
             owner=owner,
+            webhook=webhook,
             request_id=request_id.get(),
             kind=spec.kind,
             model=spec.model,
@@ -238,6 +248,18 @@ def apply_event(record: JobRecord, event: EngineEvent) -> bool:
         if record.status == JobStatus.succeeded:
             record.progress = Progress(step=record.progress.total, total=record.progress.total)
     return True
+
+
+def webhook_events(before: JobStatus, after: JobStatus) -> list[WebhookEvent]:
+    """The webhook events a change of status fires: ``started`` when a queued job has begun (even if it
+    finished within the same write), ``completed`` when it is final. A job canceled while queued never
+    started. (The Redis backend applies the same rule in its UPDATE_RECORD script.)"""
+    fired: list[WebhookEvent] = []
+    if before == JobStatus.queued and after not in (JobStatus.queued, JobStatus.canceled):
+        fired.append("started")
+    if after.finished and not before.finished:
+        fired.append("completed")
+    return fired
 
 
 def event_payload(record: JobRecord) -> tuple[str, dict]:

@@ -27,6 +27,11 @@ PASS_SECONDS = Histogram(
     "diffusion_pass_duration_seconds", "forward pass duration (network and sampler step)", buckets=SECONDS
 )
 MODELS_LOADED = Gauge("diffusion_models_loaded", "models in the engine's memory")
+WEBHOOK_DELIVERIES = Counter(
+    "diffusion_webhook_deliveries_total",
+    "webhook delivery attempts by outcome (delivered, retried, failed: given up, refused: address not allowed)",
+    ["event", "outcome"],
+)
 QUOTA_REFUSALS = Counter("diffusion_quota_refusals_total", "requests refused by a key's quota", ["key", "quota"])
 
 

@@ -6,7 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+import base64
+import binascii
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Measured by bench/bench_service.py (docs/benchmarks.md): on 2 CPU cores, batches past 64 rows got
@@ -60,6 +63,17 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="a Redis worker serves /metrics here")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
     cors_origins: str | None = Field(None, description="comma-separated origins browsers may call from; none: no CORS")
+    webhook_secret: SecretStr | None = Field(
+        None, description="signs webhook deliveries (Standard Webhooks, whsec_<base64>); none: webhooks refused"
+    )
+    webhook_allow_hosts: str | None = Field(
+        None, description="comma-separated webhook hosts allowed even on private or loopback addresses"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="one webhook attempt's time limit")
+    webhook_attempts: int = Field(6, ge=1, le=20, description="webhook attempts before a delivery is given up")
+    webhook_backoff_s: float = Field(
+        10.0, gt=0, description="first webhook retry after this; each later one waits 3 times longer"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # -- scale-out on Redis (see README "Scaling out"); without queue_url, the in-process queue --------
@@ -81,7 +95,18 @@ class Settings(BaseSettings):
             raise ValueError("denoise_overlap must be less than half of denoise_tile")
         if self.queue_url is not None and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("queue_url must be a redis://, rediss:// or unix:// URL")
+        if self.webhook_secret is not None:
+            secret = self.webhook_secret.get_secret_value().removeprefix("whsec_")
+            try:
+                if len(base64.b64decode(secret, validate=True)) < 16:
+                    raise ValueError
+            except (binascii.Error, ValueError):
+                raise ValueError("webhook_secret must be whsec_ and the base64 of at least 16 random bytes") from None
         return self
+
+    @property
+    def webhook_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in (self.webhook_allow_hosts or "").split(",") if h.strip())
 
     @property
     def runs_embedded_worker(self) -> bool:

@@ -14,6 +14,7 @@ from app.api.auth import Gate, require
 from app.api import metrics
 from app.api.metrics import HttpMetrics
 from app.api.request_id import RequestId
+from app.api.webhooks import Dispatcher
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
 from app.api.routes import generate, health, images, jobs, models
@@ -67,9 +68,12 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         backend = queue if queue is not None else await open_queue(settings)
         app.state.queue = backend
+        dispatcher = Dispatcher(settings, backend.outbox)
+        dispatcher.start()
         try:
             yield
         finally:
+            await dispatcher.close()
             await backend.close()
 
     app = FastAPI(

@@ -8,7 +8,7 @@ import secrets
 from typing import TYPE_CHECKING, TypeVar
 
 from app.api.errors import ApiError, brief
-from app.api.schemas import SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
+from app.api.schemas import JOB_FIELDS, SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
 from app.diffusion.samplers import get_sampler
 from app.imaging import OUTPUT_FORMATS
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec
@@ -165,14 +165,14 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
 
 def check_parameters(req: GenerateRequest, entry: ModelEntry, also: tuple[str, ...] = ()) -> None:
     """A field the model does not take is a 422 naming the field and the model."""
-    taken = set(entry.parameters) | set(also)
+    taken = set(entry.parameters) | set(also) | JOB_FIELDS
     for field in sorted(req.model_fields_set - taken):
         if getattr(req, field) is not None:
             raise ApiError(
                 422,
                 ["body", field],
                 f"model {entry.name!r} ({entry.family}, conditioned on {entry.conditioning}) does not take {field}; "
-                f"it takes: {', '.join(sorted(taken - {'model'}))}",
+                f"it takes: {', '.join(sorted(taken - {'model'} - JOB_FIELDS))}",
                 type="unsupported",
             )
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import ApiError
 from app.api.negotiation import Negotiated, negotiate_result, prefers_async
-from app.api.schemas import ErrorBody, JobAccepted, JobOut
+from app.api.schemas import ErrorBody, JobAccepted, JobOut, job_body, job_url
+from app.api.webhooks import webhook_for
 from app.imaging import MEDIA_TYPES
-from app.jobs import JobRecord, JobSpec, JobStatus
+from app.jobs import JobRecord, JobSpec, JobStatus, Webhook
 from app.api.auth import OPEN, Caller, CallerDep
 from app.metrics import JOBS_SUBMITTED, QUOTA_REFUSALS
 from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
@@ -66,38 +66,6 @@ RESPONSES: dict[int | str, dict] = {
 }
 
 
-def job_url(job_id: str) -> str:
-    return f"/v1/jobs/{job_id}"
-
-
-def job_body(record: JobRecord, *, include_data: bool = True) -> dict:
-    body: dict = {
-        "job_id": record.id,
-        "status": record.status.value,
-        "kind": record.kind,
-        "model": record.model,
-        "progress": record.progress.model_dump(),
-        "timings": record.timings(),
-        "request_id": record.request_id,
-    }
-    if record.result is not None:
-        body["images"] = [
-            {
-                "index": image.index,
-                "seed": image.seed,
-                "media_type": image.media_type,
-                "url": f"{job_url(record.id)}/images/{image.index}",
-                **({"data": base64.b64encode(image.data).decode()} if include_data else {}),
-            }
-            for image in record.result.images
-        ]
-        body["info"] = record.result.info
-        body["timings"]["compute_ms"] = record.result.run_ms
-    if record.error:
-        body["error"] = record.error
-    return body
-
-
 def accepted(record: JobRecord) -> JSONResponse:
     return JSONResponse(
         {"job_id": record.id, "status": record.status.value},
@@ -107,7 +75,12 @@ def accepted(record: JobRecord) -> JSONResponse:
 
 
 async def submit(
-    queue: JobQueue, spec: JobSpec, idempotency_key: str | None, fingerprint: str, caller: Caller = OPEN
+    queue: JobQueue,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    fingerprint: str,
+    caller: Caller = OPEN,
+    webhook: Webhook | None = None,
 ) -> JobRecord:
     try:
         record = await queue.submit(
@@ -116,6 +89,7 @@ async def submit(
             fingerprint=fingerprint,
             owner=caller.name,
             max_jobs=caller.max_concurrent_jobs,
+            webhook=webhook,
         )
     except TooManyJobs as exc:
         QUOTA_REFUSALS.labels(caller.name or "", "max_concurrent_jobs").inc()
@@ -157,9 +131,10 @@ async def run_job(
     raw: bool,
     timeout: float,
     caller: Caller = OPEN,
+    webhook: Webhook | None = None,
 ) -> Response:
     """Submit, then answer 202 at once (async) or wait for the result (sync)."""
-    record = await submit(queue, spec, idempotency_key, fingerprint, caller)
+    record = await submit(queue, spec, idempotency_key, fingerprint, caller, webhook)
     if prefer_async:
         return accepted(record)
     record = await queue.wait(record.id, timeout)
@@ -196,7 +171,9 @@ class Submission:
         """JSON or raw image bytes, and the output format (406 when Accept allows neither)."""
         return negotiate_result(self.accept, requested_format)
 
-    async def run(self, spec: JobSpec, *, fingerprint: str) -> Response:
+    async def run(self, spec: JobSpec, *, fingerprint: str, options: BaseModel) -> Response:
+        """Submit ``spec`` (from the request ``options``, which may name a webhook) and answer."""
+        webhook = await webhook_for(options, self.settings)
         return await run_job(
             self.queue,
             spec,
@@ -206,6 +183,7 @@ class Submission:
             raw=self.negotiated(spec.output_format).raw,
             timeout=self.settings.sync_timeout_s,
             caller=self.caller,
+            webhook=webhook,
         )
 
 

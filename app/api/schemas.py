@@ -3,13 +3,14 @@ its error bodies from here, so ``/openapi.json`` describes every answer (snapsho
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.diffusion.samplers import SamplerName
 from app.imaging import OutputFormat
-from app.jobs import JobStatus, Priority
+from app.jobs import JobRecord, JobStatus, Priority, WebhookEvent
 from app.store.catalog import NAME_PATTERN
 
 SEED_MAX = 2**63 - 1
@@ -21,8 +22,33 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _comma_separated(value: Any) -> Any:
+    """A form field carries a list as one string: "started,completed"."""
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+class _JobRequest(_Request):
+    """What every job-creating request may carry besides its own fields."""
+
+    webhook: str | None = Field(
+        None,
+        max_length=2048,
+        description="an http(s) URL that receives the job's events as signed POSTs (Standard Webhooks; the body "
+        "is the job as GET /v1/jobs/{id} returns it); its host must resolve to public addresses",
+    )
+    webhook_events: Annotated[list[WebhookEvent], BeforeValidator(_comma_separated)] = Field(
+        default_factory=lambda: ["completed"],
+        min_length=1,
+        max_length=2,
+        description="which events to send: started, completed (any final status); default completed",
+    )
+
+
+JOB_FIELDS = frozenset(_JobRequest.model_fields)  # about the job, not the model: every model takes them
+
+
 # -- requests ------------------------------------------------------------------------------------------
-class GenerateRequest(_Request):
+class GenerateRequest(_JobRequest):
     model: ModelName | None = Field(None, description="model name; default: the store's default generator")
     num_images: int = Field(1, ge=1, le=16)
     steps: int | None = Field(None, ge=1, le=1000, description="default: the model card's")
@@ -66,7 +92,7 @@ class Img2ImgJSON(Img2ImgParams):
     mask: str | None = Field(None, description="inpainting: the mask file as base64 (white = repaint)")
 
 
-class DenoiseParams(_Request):
+class DenoiseParams(_JobRequest):
     """Denoising options; the image comes as a multipart ``file`` or as base64 in ``image`` (JSON)."""
 
     model: ModelName | None = Field(None, description="default: the store's default denoiser")
@@ -102,7 +128,7 @@ class DenoiseJSON(DenoiseParams):
     image: str = Field(..., description="the image file (PNG, JPEG, WebP, ...) as base64")
 
 
-class NoiseParams(_Request):
+class NoiseParams(_JobRequest):
     """Forward process: add seeded Gaussian noise at ``sigma`` (0-255 scale), or q(x_t | x_0) at ``timestep``."""
 
     model: ModelName | None = Field(None, description="whose schedule a timestep refers to")
@@ -187,3 +213,36 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     models: list[str]
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+def job_url(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def job_body(record: JobRecord, *, include_data: bool = True) -> dict:
+    body: dict = {
+        "job_id": record.id,
+        "status": record.status.value,
+        "kind": record.kind,
+        "model": record.model,
+        "progress": record.progress.model_dump(),
+        "timings": record.timings(),
+        "request_id": record.request_id,
+    }
+    if record.result is not None:
+        body["images"] = [
+            {
+                "index": image.index,
+                "seed": image.seed,
+                "media_type": image.media_type,
+                "url": f"{job_url(record.id)}/images/{image.index}",
+                **({"data": base64.b64encode(image.data).decode()} if include_data else {}),
+            }
+            for image in record.result.images
+        ]
+        body["info"] = record.result.info
+        body["timings"]["compute_ms"] = record.result.run_ms
+    if record.error:
+        body["error"] = record.error
+    return body

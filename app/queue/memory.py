@@ -10,8 +10,9 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload
+from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event, event_payload
 from app.metrics import job_finished
+from app.queue.outbox import MemoryOutbox, deliveries_for
 from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
@@ -27,6 +28,7 @@ class MemoryJobQueue:
         self._watchers = Watchers()
         self._idempotency: dict[str, tuple[str, str]] = {}  # key -> (job ID, request fingerprint)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.outbox = MemoryOutbox()  # webhook deliveries: as durable as this process
 
     @classmethod
     def start(cls, settings: Settings, models: dict[str, ModelEntry]) -> "MemoryJobQueue":
@@ -49,7 +51,10 @@ class MemoryJobQueue:
 
     def _apply(self, event: EngineEvent) -> None:
         record = self._records.get(event.job_id)
+        before = record.status if record is not None else None
         if record is not None and apply_event(record, event):
+            for delivery in deliveries_for(record, before):
+                self.outbox.add(delivery)
             if record.status.finished:
                 job_finished(record)
             self._watchers.notify(record.id, event_payload(record))
@@ -77,6 +82,7 @@ class MemoryJobQueue:
         fingerprint: str = "",
         owner: str | None = None,
         max_jobs: int | None = None,
+        webhook: Webhook | None = None,
     ) -> JobRecord:
         self._loop = asyncio.get_running_loop()  # the loop that serves requests; engine events go to it
         self._purge()
@@ -87,7 +93,7 @@ class MemoryJobQueue:
             if claimed_for != fingerprint:
                 raise IdempotencyConflict()
             return self._records[job_id]
-        record = JobRecord.new(spec, owner)
+        record = JobRecord.new(spec, owner, webhook)
         if max_jobs is not None:
             mine = sum(1 for r in self._records.values() if r.owner == owner and not r.status.finished)
             if mine >= max_jobs:

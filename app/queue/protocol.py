@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Protocol
 
-from app.jobs import JobRecord, JobSpec
+from app.jobs import JobRecord, JobSpec, Webhook
+from app.queue.outbox import Outbox
 from app.store.catalog import ModelEntry
 
 
@@ -35,6 +36,7 @@ class NoModels(RuntimeError):
 
 class JobQueue(Protocol):
     models: dict[str, ModelEntry]
+    outbox: Outbox  # webhook deliveries, filled as records change
 
     async def submit(
         self,
@@ -44,12 +46,14 @@ class JobQueue(Protocol):
         fingerprint: str = "",
         owner: str | None = None,
         max_jobs: int | None = None,
+        webhook: Webhook | None = None,
     ) -> JobRecord:
         """Accept a job, or raise QueueFull (too many jobs, or too many image pixels, queued or running).
         An accepted job is never dropped. The same ``idempotency_key`` returns the same job while it is
         kept; with another ``fingerprint`` (a different request body) it raises IdempotencyConflict.
         ``owner`` (an API key's name) owns the job; with ``max_jobs`` it may hold that many queued or running
-        (TooManyJobs beyond). The backend captures the running event loop here if it needs one."""
+        (TooManyJobs beyond). ``webhook``: where its events are announced (through ``outbox``). The backend
+        captures the running event loop here if it needs one."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 

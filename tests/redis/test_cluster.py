@@ -149,3 +149,28 @@ def test_a_worker_serves_its_engine_metrics_on_its_own_port(prefix, procs, store
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     assert "diffusion_pass_rows_count" in text and 'diffusion_jobs_finished_total{kind="generate"' in text
     assert "diffusion_queue_depth" in httpx.get(api.url + "/metrics", timeout=10).text
+
+
+def test_a_webhook_retry_survives_the_api_node_that_scheduled_it(prefix, procs, store):
+    import base64
+
+    from standardwebhooks import Webhook as Verifier
+
+    from tests.helpers import WebhookReceiver
+
+    secret = "whsec_" + base64.b64encode(b"cluster-webhook-secret-0123456789").decode()
+    hooks = dict(
+        DIFFUSION_WEBHOOK_SECRET=secret, DIFFUSION_WEBHOOK_ALLOW_HOSTS="127.0.0.1", DIFFUSION_WEBHOOK_BACKOFF_S=2
+    )
+    with WebhookReceiver(statuses=(500, 200)) as receiver:
+        api = procs("serve", prefix, store, **hooks)
+        procs("worker", prefix, store)
+        api.wait_ready()
+        job_id = submit(api.url, steps=5, webhook=receiver.url)
+        receiver.wait_for(1)  # the first attempt fails ...
+        time.sleep(0.5)  # ... and its retry is scheduled in Redis
+        api.kill()  # the node that scheduled it is gone for good
+        procs("serve", prefix, store, **hooks).wait_ready()
+        got = receiver.wait_for(2, timeout=60)
+    assert [r["headers"]["webhook-id"] for r in got] == [f"msg_{job_id}_completed"] * 2
+    assert Verifier(secret).verify(got[1]["body"], got[1]["headers"])["status"] == "succeeded"

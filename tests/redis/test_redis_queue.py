@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import time
+
 import pytest
 from fastapi.testclient import TestClient
+from standardwebhooks import Webhook as Verifier
 
 from app.api.main import create_app
-from tests.helpers import make_settings
+from tests.helpers import WebhookReceiver, make_settings
 from tests.redis.helpers import REDIS_URL
 from tests.tiny_models import write_generator
 
@@ -16,6 +20,9 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("redis-inproc")
     write_generator(root / "tiny-gen")
     return root
+
+
+ASYNC = {"Prefer": "respond-async"}
 
 
 def client_for(store, prefix, **overrides):
@@ -171,3 +178,27 @@ def test_requests_per_minute_are_counted_across_api_nodes(store, prefix, tmp_pat
         codes = [a.get("/v1/models", headers=headers).status_code, b.get("/v1/models", headers=headers).status_code]
         third = a.get("/v1/models", headers=headers)
         assert codes == [200, 200] and third.status_code == 429 and third.headers["retry-after"].isdigit()
+
+
+def test_webhooks_are_sent_once_each_by_whichever_node_claims_them(store, prefix):
+    secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
+    hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
+    with (
+        WebhookReceiver(statuses=(500, 200)) as receiver,
+        client_for(store, prefix, embedded_worker=True, **hooks) as node_a,
+        client_for(store, prefix, embedded_worker=False, **hooks) as node_b,
+    ):
+        body = {"class_label": 0, "steps": 3, "webhook": receiver.url, "webhook_events": "started,completed"}
+        jobs = [
+            (node_a, node_b)[i % 2].post("/v1/generate", json=body, headers=ASYNC).json()["job_id"] for i in range(4)
+        ]
+        receiver.wait_for(9)  # 8 messages, the first one sent twice (500, then 200)
+        time.sleep(1.0)
+        got = list(receiver.received)
+    assert len(got) == 9
+    ids = [r["headers"]["webhook-id"] for r in got]
+    assert sorted(set(ids)) == sorted(f"msg_{j}_{e}" for j in jobs for e in ("started", "completed"))
+    for request in got:
+        job = Verifier(secret).verify(request["body"], request["headers"])
+        event = request["headers"]["webhook-id"].rsplit("_", 1)[1]
+        assert job["status"] == ("succeeded" if event == "completed" else job["status"])

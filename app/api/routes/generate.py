@@ -21,4 +21,4 @@ def require_json(request: Request) -> None:
 async def generate(body: GenerateRequest, submission: SubmissionDep):
     """Generate `num_images` images. Sync by default; `Prefer: respond-async` answers 202 with a job."""
     spec = resolve.generate_spec(body, submission)
-    return await submission.run(spec, fingerprint=fingerprint("generate", body))
+    return await submission.run(spec, fingerprint=fingerprint("generate", body), options=body)

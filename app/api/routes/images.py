@@ -46,7 +46,7 @@ async def denoise(request: Request, submission: SubmissionDep):
         request, "denoise", DenoiseParams, DenoiseJSON, max_pixels=submission.settings.max_pixels
     )
     spec = resolve.denoise_spec(upload.options, upload.image, submission)
-    return await submission.run(spec, fingerprint=upload.fingerprint)
+    return await submission.run(spec, fingerprint=upload.fingerprint, options=upload.options)
 
 
 @noise_router.post("/noise", response_model=JobOut, responses=RESPONSES, openapi_extra=_upload_body(NoiseJSON))
@@ -57,7 +57,7 @@ async def noise(request: Request, submission: SubmissionDep):
         request, "noise", NoiseParams, NoiseJSON, max_pixels=submission.settings.max_pixels
     )
     spec = resolve.noise_spec(upload.options, upload.image, submission)
-    return await submission.run(spec, fingerprint=upload.fingerprint)
+    return await submission.run(spec, fingerprint=upload.fingerprint, options=upload.options)
 
 
 @img2img_router.post("/img2img", response_model=JobOut, responses=RESPONSES, openapi_extra=_upload_body(Img2ImgJSON))
@@ -69,4 +69,4 @@ async def img2img(request: Request, submission: SubmissionDep):
         request, "img2img", Img2ImgParams, Img2ImgJSON, max_pixels=submission.settings.max_pixels
     )
     spec = resolve.generate_spec(upload.options, submission, image=upload.image, mask=upload.mask)
-    return await submission.run(spec, fingerprint=upload.fingerprint)
+    return await submission.run(spec, fingerprint=upload.fingerprint, options=upload.options)

@@ -12,8 +12,8 @@ from app.api.auth import Caller, CallerDep
 from app.api.deps import QueueDep
 from app.api.errors import ApiError
 from app.api.negotiation import JSON_MEDIA_TYPE, require_acceptable
-from app.api.results import IMAGE_MEDIA, JOB_ERRORS, errors_for, job_body, json_errors_for
-from app.api.schemas import JobOut
+from app.api.results import IMAGE_MEDIA, JOB_ERRORS, errors_for, json_errors_for
+from app.api.schemas import JobOut, job_body
 from app.jobs import JobRecord, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=JOB_ERRORS)

@@ -8,6 +8,8 @@
 {p}:cancel            pub/sub channel: job IDs to cancel, heard by every worker
 {p}:models            hash: model name -> catalog entry (JSON), published by workers
 {p}:workers           hash: worker ID -> last heartbeat (unix time)
+{p}:webhooks          sorted set: webhook delivery IDs by due time (app.queue.redis.outbox)
+{p}:webhook:{id}      hash: one delivery (url, event, record JSON, attempts)
 """
 
 from __future__ import annotations
@@ -16,10 +18,26 @@ from dataclasses import dataclass
 
 GROUP = "workers"
 
+# Webhook deliveries outlive their job's record by this much at most (retries span about 20 minutes).
+DELIVERY_TTL_S = 2 * 24 * 3600
+
 # Change a record unless it is already final (so a late "succeeded" cannot undo a cancel, nor the
-# reverse). KEYS: job hash, active hash, events channel. ARGV: record JSON, status, event JSON,
-# retention seconds, job ID. Returns 1 if changed.
+# reverse), and queue the webhook deliveries the change fires in the same step (the rule of
+# app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,
+# status, event JSON, retention seconds, job ID, delivery key prefix ("{p}:webhook:"), delivery TTL.
+# Returns 1 if changed.
 UPDATE_RECORD = """
+local function fire(event)
+  local wanted = redis.call('HGET', KEYS[1], 'webhook_events')
+  if (not wanted) or (not string.find(',' .. wanted .. ',', ',' .. event .. ',', 1, true)) then return end
+  local id = 'msg_' .. ARGV[5] .. '_' .. event
+  local key = ARGV[6] .. id
+  redis.call('HSET', key, 'url', redis.call('HGET', KEYS[1], 'webhook'), 'event', event, 'record', ARGV[1],
+             'attempts', 0)
+  redis.call('EXPIRE', key, ARGV[7])
+  local now = redis.call('TIME')  -- due now, by the clock every node's claims read
+  redis.call('ZADD', KEYS[4], now[1] + now[2] / 1e6, id)
+end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
   redis.call('HDEL', KEYS[2], ARGV[5])  -- the record is gone (expired, evicted): it holds nothing any more
@@ -27,7 +45,10 @@ if not current then
 end
 if current == 'succeeded' or current == 'failed' or current == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])
-if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled' then
+local final = ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled'
+if current == 'queued' and ARGV[2] ~= 'queued' and ARGV[2] ~= 'canceled' then fire('started') end
+if final then fire('completed') end
+if final then
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])))
   redis.call('HDEL', KEYS[2], ARGV[5])
 end
@@ -39,7 +60,8 @@ return 1
 # Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
 # (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
 # stream. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel limit, the job key
-# prefix ("{p}:job:"), the owner ('' for none), the owner's job cap ('' for none). Returns 1 if admitted, 0
+# prefix ("{p}:job:"), the owner ('' for none), the owner's job cap ('' for none), the webhook URL and its
+# events, comma-separated ('' for none). Returns 1 if admitted, 0
 # when the queue is full, -1 when the owner holds its cap. Entries whose record is gone or final are swept
 # first.
 # (Keys read through ARGV[7] are in the same deployment prefix; a Redis Cluster would need hash tags.)
@@ -65,6 +87,7 @@ if ARGV[9] ~= '' then  -- the key's own cap on jobs queued or running
 end
 if held > 0 and held + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2], 'owner', ARGV[8])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[10], 'webhook_events', ARGV[11]) end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
 return 1
@@ -104,3 +127,10 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}:webhooks"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:webhook:{delivery_id}"

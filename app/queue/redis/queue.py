@@ -16,9 +16,10 @@ from typing import AsyncIterator
 
 from redis.asyncio import Redis
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event
 from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.redis.keys import ADMIT, Keys
+from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis.records import RecordStore
 from app.queue.watch import Watchers
 from app.settings import Settings
@@ -35,6 +36,7 @@ class RedisJobQueue:
         self.keys = Keys(settings.redis_prefix)
         self.records = RecordStore(redis, self.keys, settings.job_retention_s)
         self._admit = redis.register_script(ADMIT)
+        self.outbox = RedisOutbox(redis, self.keys)
         self.models: dict[str, ModelEntry] = {}
         self._watchers = Watchers()
         self._tasks: list[asyncio.Task] = []
@@ -93,8 +95,9 @@ class RedisJobQueue:
         fingerprint: str = "",
         owner: str | None = None,
         max_jobs: int | None = None,
+        webhook: Webhook | None = None,
     ) -> JobRecord:
-        record = JobRecord.new(spec, owner)
+        record = JobRecord.new(spec, owner, webhook)
         if idempotency_key:
             idempotency_key = f"{owner or ''}:{idempotency_key}"  # each key's own namespace
             key = self.keys.idempotency(idempotency_key)
@@ -117,6 +120,8 @@ class RedisJobQueue:
                 self.keys.job(""),
                 owner or "",
                 "" if max_jobs is None else max_jobs,
+                webhook.url if webhook else "",
+                ",".join(webhook.events) if webhook else "",
             ],
         )
         if admitted != 1:

@@ -7,7 +7,7 @@ import json
 from redis.asyncio import Redis
 
 from app.jobs import JobRecord, event_payload
-from app.queue.redis.keys import UPDATE_RECORD, Keys
+from app.queue.redis.keys import DELIVERY_TTL_S, UPDATE_RECORD, Keys
 
 
 class RecordStore:
@@ -20,9 +20,18 @@ class RecordStore:
         return None if raw is None else JobRecord.model_validate_json(raw)
 
     async def update(self, record: JobRecord, pipe=None) -> None:
-        """Write ``record`` and announce it, unless the stored record is already final."""
+        """Write ``record`` and announce it, unless the stored record is already final; queue the webhook
+        deliveries the change fires."""
         kind, data = event_payload(record)
         message = json.dumps({"job_id": record.id, "kind": kind, "data": data})
-        keys = [self.keys.job(record.id), self.keys.held, self.keys.events]
-        args = [record.model_dump_json(), record.status.value, message, self.retention_s, record.id]
+        keys = [self.keys.job(record.id), self.keys.held, self.keys.events, self.keys.outbox]
+        args = [
+            record.model_dump_json(),
+            record.status.value,
+            message,
+            self.retention_s,
+            record.id,
+            self.keys.delivery(""),
+            DELIVERY_TTL_S,
+        ]
         await self._update(keys=keys, args=args, client=pipe or self.redis)

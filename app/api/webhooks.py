@@ -1,0 +1,223 @@
+"""Webhooks: the check of a request's ``webhook`` (with the SSRF guard), and the dispatcher that signs
+deliveries by the Standard Webhooks specification and sends them, retrying with exponential backoff.
+
+Deliveries wait in the queue backend's outbox (app.queue.outbox): in Redis mode they outlive any API
+node, and whichever node is up sends them. Each message keeps its ``webhook-id`` across attempts, so a
+receiver can drop a repeat (delivery is at least once: a node that dies after sending, before recording
+it, leaves the message to be sent again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import random
+import socket
+from datetime import datetime, timezone
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+import httpx
+from standardwebhooks import Webhook as Signer
+
+from app.api.errors import ApiError, brief
+from app.api.schemas import JobOut, job_body
+from app.jobs import JobRecord, Webhook, WebhookEvent
+from app.metrics import WEBHOOK_DELIVERIES
+from app.queue.outbox import Delivery, Outbox
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESOLVE_TIMEOUT_S = 3.0
+BACKOFF_GROWTH = 3  # each retry waits 3x longer than the one before: 10 s, 30 s, 90 s, 270 s, 810 s by default
+EVENTS = list(get_args(WebhookEvent))  # in the order they happen
+CLOUD_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+
+
+def backoff_s(settings: Settings, attempt: int) -> float:
+    """The wait after failed attempt number ``attempt`` (1 for the first), before a +-10% jitter."""
+    return settings.webhook_backoff_s * BACKOFF_GROWTH ** (attempt - 1)
+
+
+def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What makes an address unfit for a webhook (None: a public address)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, test in (
+        ("cloud-metadata", lambda: ip in CLOUD_METADATA),
+        ("loopback", lambda: ip.is_loopback),
+        ("unspecified", lambda: ip.is_unspecified),
+        ("link-local", lambda: ip.is_link_local),
+        ("multicast", lambda: ip.is_multicast),
+        ("private", lambda: ip.is_private),
+        ("non-public", lambda: not ip.is_global),
+    ):
+        if test():
+            return kind
+    return None
+
+
+async def refusal(url: str, allow_hosts: frozenset[str]) -> str | None:
+    """Why ``url`` may not receive webhooks, or None. Its host must resolve to public addresses only,
+    unless it is listed in ``allow_hosts``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        return f"webhook is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "webhook must be an http:// or https:// URL with a host"
+    host = parts.hostname.lower()
+    if host in allow_hosts:
+        return None
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
+            )
+        except (OSError, asyncio.TimeoutError):
+            return f"webhook host {brief(host)} does not resolve"
+        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for ip in addresses:
+        kind = address_kind(ip)
+        if kind is not None:
+            return (
+                f"webhook host {brief(host)} resolves to {ip}, a {kind} address: refused "
+                "(DIFFUSION_WEBHOOK_ALLOW_HOSTS lists the hosts allowed anyway)"
+            )
+    return None
+
+
+async def webhook_for(options: Any, settings: Settings) -> Webhook | None:
+    """The request's webhook, checked (422 naming the fault), or None when it asks for none."""
+    url = getattr(options, "webhook", None)
+    if url is None:
+        if "webhook_events" in getattr(options, "model_fields_set", ()):
+            raise ApiError(422, ["body", "webhook_events"], "webhook_events needs a webhook URL", type="missing")
+        return None
+    if settings.webhook_secret is None:
+        raise ApiError(
+            422,
+            ["body", "webhook"],
+            "this server sends no webhooks (DIFFUSION_WEBHOOK_SECRET is not set): poll or stream the job instead",
+            type="webhooks_disabled",
+        )
+    why = await refusal(url, settings.webhook_hosts)
+    if why is not None:
+        raise ApiError(422, ["body", "webhook"], why, type="webhook_refused")
+    return Webhook(url=url, events=sorted(set(options.webhook_events), key=EVENTS.index))
+
+
+class Dispatcher:
+    """Sends the outbox's due deliveries: one task per API node, any number of nodes."""
+
+    POLL_S = 0.25
+    BATCH = 32
+
+    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+        self.settings, self.outbox = settings, outbox
+        secret = settings.webhook_secret
+        self.signer = Signer(secret.get_secret_value()) if secret is not None else None
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,  # a redirect is an answer, not a delivery (and could point anywhere)
+            timeout=settings.webhook_timeout_s,
+            headers={"user-agent": "diffusion-service-webhooks"},
+        )
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.signer is not None:
+            self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+
+    async def _run(self) -> None:
+        lease = self.settings.webhook_timeout_s + 30  # longer than one attempt, DNS included
+        while True:
+            try:
+                claimed = await self.outbox.claim(lease_s=lease, limit=self.BATCH)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away for a moment: the deliveries wait there
+                log.warning("webhook outbox unavailable (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if claimed:
+                by_job: dict[str, list[Delivery]] = {}
+                for delivery in claimed:  # one job's events in order (started before completed) ...
+                    by_job.setdefault(delivery.job_id, []).append(delivery)
+                await asyncio.gather(*(self._deliver_in_turn(group) for group in by_job.values()))  # ... jobs at once
+            else:
+                await asyncio.sleep(self.POLL_S)
+
+    async def _deliver_in_turn(self, deliveries: list[Delivery]) -> None:
+        for delivery in sorted(deliveries, key=lambda d: EVENTS.index(d.event)):
+            await self._deliver(delivery)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        delivery.attempts += 1
+        try:
+            problem = await self._send(delivery)
+        except Exception as exc:  # whatever went wrong, the delivery stays in the outbox's hands
+            problem = f"{type(exc).__name__}: {exc}"
+        try:
+            await self._settle(delivery, problem)
+        except Exception as exc:  # the outbox is away: the claim's lease runs out and it is sent again
+            log.warning("webhook %s: could not record the attempt (%s)", delivery.id, exc)
+
+    async def _settle(self, delivery: Delivery, problem: str | None) -> None:
+        if problem is None:
+            WEBHOOK_DELIVERIES.labels(delivery.event, "delivered").inc()
+            await self.outbox.finish(delivery)
+            return
+        if problem.startswith("refused:") or delivery.attempts >= self.settings.webhook_attempts:
+            outcome = "refused" if problem.startswith("refused:") else "failed"
+            WEBHOOK_DELIVERIES.labels(delivery.event, outcome).inc()
+            log.warning(
+                "webhook %s to %s given up after %d attempt(s): %s",
+                delivery.id,
+                delivery.url,
+                delivery.attempts,
+                problem,
+            )
+            await self.outbox.finish(delivery)
+            return
+        delay = backoff_s(self.settings, delivery.attempts) * random.uniform(0.9, 1.1)
+        WEBHOOK_DELIVERIES.labels(delivery.event, "retried").inc()
+        log.info("webhook %s attempt %d: %s; next in %.0f s", delivery.id, delivery.attempts, problem, delay)
+        await self.outbox.retry(delivery, delay)
+
+    async def _send(self, delivery: Delivery) -> str | None:
+        """One attempt; None when the receiver took it (2xx), else what went wrong."""
+        why = await refusal(delivery.url, self.settings.webhook_hosts)  # the name may resolve elsewhere now
+        if why is not None:
+            return f"refused: {why}"
+        job = JobOut.model_validate(job_body(JobRecord.model_validate_json(delivery.record)))  # as GET answers
+        body = json.dumps(job.model_dump(mode="json"), separators=(",", ":"))
+        now = datetime.now(timezone.utc)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self.signer.sign(delivery.id, now, body),
+        }
+        try:
+            response = await self.client.post(delivery.url, content=body.encode(), headers=headers)
+        except httpx.TimeoutException:
+            return f"no answer within {self.settings.webhook_timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"

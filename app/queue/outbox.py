@@ -1,0 +1,81 @@
+"""Webhook deliveries waiting to be sent: the job's record as it stood when the event fired, with a due time.
+
+The queue backend adds a delivery in the same step that changes the record (so no event is lost between
+the two); the API's dispatcher (app.api.webhooks) claims due deliveries, sends them, and finishes or
+reschedules each. A claim moves the delivery's due time a lease ahead instead of removing it: a node that
+dies mid-delivery leaves it to be claimed again once the lease is over.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.jobs import JobRecord, webhook_events
+
+
+@dataclass
+class Delivery:
+    id: str  # the Standard Webhooks message ID: the same for every attempt, so receivers can deduplicate
+    url: str
+    event: str
+    record: str  # the job record's JSON at the moment of the event
+    attempts: int = 0
+
+    @classmethod
+    def message_id(cls, job_id: str, event: str) -> str:
+        return f"msg_{job_id}_{event}"
+
+    @property
+    def job_id(self) -> str:
+        return self.id.split("_")[1]
+
+
+def deliveries_for(record: JobRecord, before) -> list[Delivery]:
+    """The deliveries a record's change from status ``before`` fires, for the events its webhook asked for."""
+    if record.webhook is None:
+        return []
+    return [
+        Delivery(Delivery.message_id(record.id, event), record.webhook.url, event, record.model_dump_json())
+        for event in webhook_events(before, record.status)
+        if event in record.webhook.events
+    ]
+
+
+class Outbox(Protocol):
+    async def claim(self, *, lease_s: float, limit: int) -> list[Delivery]:
+        """Deliveries due now, each held for ``lease_s`` seconds (then due again unless finished)."""
+
+    async def finish(self, delivery: Delivery) -> None:
+        """Delivered, or given up: forget it."""
+
+    async def retry(self, delivery: Delivery, delay_s: float) -> None:
+        """Send it again in ``delay_s`` seconds, with its attempt count as it now stands."""
+
+
+class MemoryOutbox:
+    """The in-process backend's outbox: deliveries live as long as the process does."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[float, Delivery]] = {}
+
+    def add(self, delivery: Delivery) -> None:
+        self._due[delivery.id] = (time.time(), delivery)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    async def claim(self, *, lease_s: float, limit: int) -> list[Delivery]:
+        now = time.time()
+        due = sorted((at, d.id) for at, d in self._due.values() if at <= now)[:limit]
+        claimed = [self._due[i][1] for _, i in due]
+        for delivery in claimed:
+            self._due[delivery.id] = (now + lease_s, delivery)
+        return claimed
+
+    async def finish(self, delivery: Delivery) -> None:
+        self._due.pop(delivery.id, None)
+
+    async def retry(self, delivery: Delivery, delay_s: float) -> None:
+        self._due[delivery.id] = (time.time() + delay_s, delivery)

@@ -1,0 +1,216 @@
+"""Webhooks against a real HTTP receiver: Standard Webhooks signatures (verified with the standardwebhooks
+package), the body as GET /v1/jobs/{id} answers, retries with backoff, no redirects, the SSRF guard."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+from standardwebhooks import Webhook as Verifier
+
+from app.api.webhooks import backoff_s
+from app.settings import Settings
+from tests.api.helpers import photo, png_bytes
+from tests.helpers import WebhookReceiver
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+ASYNC = {"Prefer": "respond-async"}
+
+
+def hooked(make_client, **overrides):
+    settings = dict(
+        webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05, webhook_timeout_s=1.0
+    )
+    return make_client(**{**settings, **overrides})
+
+
+def deliveries(event: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value("diffusion_webhook_deliveries_total", {"event": event, "outcome": outcome})
+    return value or 0.0
+
+
+def verified(request: dict) -> dict:
+    """The delivery's body, after its signature checks out (raises WebhookVerificationError otherwise)."""
+    return Verifier(SECRET).verify(request["body"], request["headers"])
+
+
+def test_started_and_completed_are_signed_and_carry_the_job_as_get_returns_it(make_client):
+    client = hooked(make_client)
+    with WebhookReceiver() as receiver:
+        body = {
+            "class_label": 0,
+            "steps": 60,
+            "seed": 5,
+            "webhook": receiver.url,
+            "webhook_events": ["started", "completed"],
+        }
+        job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        got = receiver.wait_for(2)
+        time.sleep(0.3)  # nothing more arrives
+        assert len(receiver.received) == 2
+    started, completed = (verified(r) for r in got)
+    assert started["job_id"] == completed["job_id"] == job_id
+    # "started" carries the record as it stood then: running, or already done when the job's first report
+    # was its last (a tiny model can finish within one report)
+    assert started["status"] in ("running", "succeeded") and completed["status"] == "succeeded"
+    assert completed == client.get(f"/v1/jobs/{job_id}").json()
+    assert completed["images"][0]["seed"] == 5 and completed["images"][0]["data"]
+    ids = [r["headers"]["webhook-id"] for r in got]
+    assert ids == [f"msg_{job_id}_started", f"msg_{job_id}_completed"]
+    assert all(r["headers"]["content-type"] == "application/json" for r in got)
+    assert all(r["headers"]["webhook-signature"].startswith("v1,") for r in got)
+    tampered = {**got[1], "body": got[1]["body"].replace(b"succeeded", b"failed")}
+    with pytest.raises(Exception, match="signature"):
+        verified(tampered)
+
+
+def test_the_default_is_completed_only_and_it_fires_for_failures_and_cancels_too(make_client):
+    client = hooked(make_client)
+    with WebhookReceiver() as receiver:
+        job_id = client.post(
+            "/v1/generate", json={"class_label": 0, "steps": 1000, "webhook": receiver.url}, headers=ASYNC
+        ).json()["job_id"]
+        client.delete(f"/v1/jobs/{job_id}")
+        (request,) = receiver.wait_for(1)
+        time.sleep(0.3)
+        assert len(receiver.received) == 1
+    assert verified(request)["status"] == "canceled"
+
+
+def test_a_failing_receiver_is_retried_with_the_same_message_id_until_it_takes_it(make_client):
+    client = hooked(make_client)
+    before = deliveries("completed", "retried"), deliveries("completed", "delivered")
+    with WebhookReceiver(statuses=(500, 503, 200)) as receiver:
+        client.post("/v1/generate", json={"class_label": 1, "steps": 2, "webhook": receiver.url}, headers=ASYNC)
+        got = receiver.wait_for(3)
+        time.sleep(0.5)
+        assert len(receiver.received) == 3
+    assert len({r["headers"]["webhook-id"] for r in got}) == 1
+    assert all(verified(r)["status"] == "succeeded" for r in got)
+    assert deliveries("completed", "retried") - before[0] == 2
+    assert deliveries("completed", "delivered") - before[1] == 1
+    metrics = client.get("/metrics").text
+    assert 'diffusion_webhook_deliveries_total{event="completed",outcome="delivered"}' in metrics
+
+
+def test_a_delivery_is_given_up_after_its_attempts_and_redirects_are_not_followed(make_client):
+    client = hooked(make_client, webhook_attempts=3)
+    failed = deliveries("completed", "failed")
+    with WebhookReceiver(statuses=(302,)) as receiver:
+        client.post("/v1/generate", json={"class_label": 1, "steps": 2, "webhook": receiver.url}, headers=ASYNC)
+        receiver.wait_for(3)
+        time.sleep(1.0)  # backoff 0.05, 0.15 s: a fourth attempt would have come
+        assert [r["path"] for r in receiver.received] == ["/hook"] * 3  # never /redirected
+    assert deliveries("completed", "failed") - failed == 1
+
+
+def test_a_receiver_that_does_not_answer_in_time_is_retried(make_client):
+    client = hooked(make_client, webhook_timeout_s=0.3)
+    with WebhookReceiver(delay_s=1.0) as receiver:
+        client.post("/v1/generate", json={"class_label": 1, "steps": 2, "webhook": receiver.url}, headers=ASYNC)
+        got = receiver.wait_for(2, timeout=30)
+    assert got[0]["headers"]["webhook-id"] == got[1]["headers"]["webhook-id"]
+
+
+def test_multipart_requests_take_webhook_fields(make_client):
+    client = hooked(make_client)
+    with WebhookReceiver() as receiver:
+        r = client.post(
+            "/v1/noise",
+            files={"file": ("x.png", png_bytes(photo()), "image/png")},
+            data={"sigma": "20", "webhook": receiver.url, "webhook_events": "started,completed"},
+            headers=ASYNC,
+        )
+        assert r.status_code == 202, r.text
+        got = receiver.wait_for(2)
+    statuses = {g["headers"]["webhook-id"].rsplit("_", 1)[1]: json.loads(g["body"])["status"] for g in got}
+    assert statuses["completed"] == "succeeded" and set(statuses) == {"started", "completed"}
+
+
+@pytest.mark.parametrize(
+    "url, kind",
+    [
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://localhost/hook", "loopback"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://10.1.2.3/hook", "private"),
+        ("http://192.168.0.10/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "cloud-metadata"),
+        ("http://169.254.10.1/", "link-local"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://224.0.0.251/", "multicast"),
+        ("http://100.100.100.200/", "non-public"),
+        ("http://0.0.0.0/", "unspecified"),
+    ],
+)
+def test_webhooks_to_internal_addresses_are_refused_at_submit(make_client, url, kind):
+    client = make_client(webhook_secret=SECRET)
+    r = client.post("/v1/generate", json={"class_label": 0, "webhook": url}, headers=ASYNC)
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "webhook"] and error["type"] == "webhook_refused" and kind in error["msg"]
+
+
+def test_bad_webhook_fields_are_422_naming_the_field(make_client):
+    client = hooked(make_client)
+    cases = [
+        ({"webhook": "ftp://example.com/x"}, ["body", "webhook"]),
+        ({"webhook": "http://:80/x"}, ["body", "webhook"]),
+        ({"webhook": "http://127.0.0.1:99999/x"}, ["body", "webhook"]),
+        ({"webhook": "http://no-such-host.invalid/x"}, ["body", "webhook"]),
+        ({"webhook_events": ["completed"]}, ["body", "webhook_events"]),
+        ({"webhook": "http://127.0.0.1/x", "webhook_events": ["finished"]}, ["body", "webhook_events", 0]),
+        ({"webhook": "http://127.0.0.1/x", "webhook_events": []}, ["body", "webhook_events"]),
+    ]
+    for extra, loc in cases:
+        r = client.post("/v1/generate", json={"class_label": 0, **extra}, headers=ASYNC)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, (extra, r.text)
+
+
+def test_without_a_secret_the_server_refuses_webhooks(make_client):
+    client = make_client()
+    r = client.post("/v1/generate", json={"class_label": 0, "webhook": "https://example.com/x"}, headers=ASYNC)
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "webhooks_disabled"
+
+
+def test_the_secret_must_be_a_standard_webhooks_secret(tmp_path):
+    with pytest.raises(ValueError, match="webhook_secret"):
+        Settings(model_store=tmp_path, webhook_secret="whsec_not-base64!")
+    with pytest.raises(ValueError, match="webhook_secret"):
+        Settings(model_store=tmp_path, webhook_secret="whsec_" + base64.b64encode(b"short").decode())
+
+
+def test_the_default_retries_make_at_least_five_attempts_over_at_least_ten_minutes(tmp_path):
+    settings = Settings(model_store=tmp_path)
+    waits = [backoff_s(settings, attempt) for attempt in range(1, settings.webhook_attempts)]
+    assert settings.webhook_attempts >= 5
+    assert 0.9 * sum(waits) >= 600  # even with the jitter at its lowest
+    assert waits == sorted(waits) and waits[1] / waits[0] > 1
+
+
+def test_the_receiver_example_in_the_docs_accepts_our_signature_and_refuses_a_forged_one(monkeypatch, capsys):
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    doc = (Path(__file__).parents[2] / "docs" / "webhooks.md").read_text()
+    code = doc.split("```python\n")[1].split("```")[0]
+    monkeypatch.setenv("DIFFUSION_WEBHOOK_SECRET", SECRET)
+    namespace: dict = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), namespace)
+    body = json.dumps({"job_id": "ab" * 16, "status": "succeeded"})
+    now = datetime.now(timezone.utc)
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Verifier(SECRET).sign("msg_1", now, body),
+    }
+    with TestClient(namespace["app"]) as receiver:
+        assert receiver.post("/hook", content=body, headers=headers).status_code == 200
+        forged = receiver.post("/hook", content=body.replace("succeeded", "failed"), headers=headers)
+        assert forged.status_code == 400
+    assert "succeeded" in capsys.readouterr().out
