@@ -3,6 +3,7 @@ and results. Plain pydantic, JSON-serialisable (bytes as base64), so any backend
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from enum import Enum
@@ -18,6 +19,12 @@ from app.logs import request_id
 
 Priority = Literal["low", "normal", "high"]
 PRIORITY_LEVEL = {"low": 0, "normal": 1, "high": 2}
+PRIORITY_AGING_S = 60.0  # a job that has waited this long is served as one level higher, and so on
+
+
+def aged_level(level: int, waited_s: float, aging_s: float = PRIORITY_AGING_S) -> int:
+    """A priority level raised by one for every ``aging_s`` seconds waited (up to high): nothing starves."""
+    return min(PRIORITY_LEVEL["high"], level + int(max(0.0, waited_s) // aging_s))
 WebhookEvent = Literal["started", "completed"]
 
 
@@ -56,6 +63,7 @@ class GenerateSpec(_Model):
     output_format: OutputFormat = "png"
     pixels: int = Field(0, ge=0, description="the images' pixels (admission counts them)")
     priority: Priority = "normal"
+    preview_every: int = Field(0, ge=0, description="a preview of the clean-image estimate every k steps; 0: none")
 
     @property
     def total_steps(self) -> int:
@@ -220,19 +228,22 @@ def new_job_id() -> str:
 
 
 class EngineEvent(_Model):
-    """What the worker reports about a job; the queue backend turns these into record updates."""
+    """What the worker reports about a job; the queue backend turns these into record updates (a
+    ``preview`` changes no record: it goes to the job's event stream only)."""
 
     job_id: str
-    type: Literal["started", "progress", "succeeded", "failed", "canceled"]
+    type: Literal["started", "progress", "preview", "succeeded", "failed", "canceled"]
     progress: Progress | None = None
     result: JobResult | None = None
+    preview: list[ResultImage] | None = None
     error: str | None = None
     at: float = Field(default_factory=time.time)
 
 
 def apply_event(record: JobRecord, event: EngineEvent) -> bool:
-    """Apply a worker's event to a job record; False (and no change) once the record is final."""
-    if record.status.finished:
+    """Apply a worker's event to a job record; False (and no change) once the record is final, or for a
+    preview."""
+    if record.status.finished or event.type == "preview":
         return False
     if event.type == "started":
         record.status, record.started_at = JobStatus.running, record.started_at or event.at
@@ -260,6 +271,22 @@ def webhook_events(before: JobStatus, after: JobStatus) -> list[WebhookEvent]:
     if after.finished and not before.finished:
         fired.append("completed")
     return fired
+
+
+TRANSIENT_EVENTS = ("progress", "preview")  # SSE events before the final one
+
+
+def preview_payload(event: EngineEvent) -> tuple[str, dict]:
+    """The SSE ``preview`` event: the step it was taken at and the images (base64)."""
+    data = {
+        "job_id": event.job_id,
+        "progress": event.progress.model_dump() if event.progress else None,
+        "images": [
+            {"index": i.index, "seed": i.seed, "media_type": i.media_type, "data": base64.b64encode(i.data).decode()}
+            for i in event.preview or []
+        ],
+    }
+    return "preview", data
 
 
 def event_payload(record: JobRecord) -> tuple[str, dict]:

@@ -1,11 +1,13 @@
 """What ``priority: high`` buys a short job under a saturating low-priority load (a benchmark, not a test).
 
     python bench/bench_priority.py
+    python bench/bench_priority.py --redis redis://127.0.0.1:6379/0 --worker-jobs 32
 
 The shipped digits model; ``load`` clients send 50-step low-priority generates back to back (more rows
 than one forward pass takes), and meanwhile 20-step probes are sent one after another, in turn low,
 normal and high priority (low: what the load itself gets). Prints the probes' median latency per
-priority and the solo latency.
+priority and the solo latency. With ``--redis``, an API node and a separate worker process on that Redis
+(its own key prefix, removed after); ``--worker-jobs`` below the load leaves a backlog in the streams.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import asyncio
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_service import Server  # noqa: E402
+from bench_service import Server, start_process  # noqa: E402
 
 
 async def main_async(url: str, load: int, probes: int) -> None:
@@ -74,12 +78,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", type=int, default=96)
     parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument("--redis", help="redis:// URL: an API node and a worker process on Redis")
+    parser.add_argument("--worker-jobs", type=int, help="jobs the Redis worker holds at once")
     args = parser.parse_args()
-    server = Server(ROOT / "model_store", 64)
+    env, worker = {}, None
+    if args.redis:
+        prefix = f"bench-priority-{uuid.uuid4().hex[:8]}"
+        env = {"DIFFUSION_QUEUE_URL": args.redis, "DIFFUSION_REDIS_PREFIX": prefix}
+        if args.worker_jobs:
+            env["DIFFUSION_WORKER_JOBS"] = str(args.worker_jobs)
+        worker = start_process("worker", ROOT / "model_store", 64, **env)
+    server = Server(ROOT / "model_store", 64, **env)
     try:
         asyncio.run(main_async(server.url, args.load, args.probes))
     finally:
         server.close()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
+            client = redis.Redis.from_url(args.redis)
+            stale = list(client.scan_iter(match=f"{env['DIFFUSION_REDIS_PREFIX']}:*"))
+            if stale:
+                client.delete(*stale)
 
 
 if __name__ == "__main__":

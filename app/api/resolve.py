@@ -280,6 +280,7 @@ def generate_spec(
         output_format=output_format(submission, req.output_format, width, height),
         pixels=pixels,
         priority=req.priority,
+        preview_every=req.preview_every or 0,
     )
     if image is None:
         return GenerateSpec(**fields)

@@ -69,6 +69,13 @@ class GenerateRequest(_JobRequest):
     )
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp")
     priority: Priority = Field("normal", description="low, normal or high: who joins the batch first")
+    preview_every: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="every k steps the job's event stream (GET /v1/jobs/{id}/events) carries a `preview` event: "
+        "the current estimate of each clean image, at most 128 pixels a side, WebP base64",
+    )
 
     model_config = ConfigDict(
         extra="forbid",

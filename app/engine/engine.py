@@ -344,17 +344,31 @@ class Engine:
                 self._fail(job_id, f"{type(job_exc).__name__}: {job_exc}")
         return finished
 
+    def _preview(self, job: _Job, progress: Progress) -> None:
+        """The previews the job's rows kept in this pass, if it asked for them (a failed one is skipped)."""
+        if job.plan.preview is None:
+            return
+        due = [r for r in job.plan.rows if r.preview is not None]
+        images = []
+        for row in due:
+            try:
+                images.append(job.plan.preview(row))
+            except Exception as exc:
+                log.warning("job %s: preview failed (%s)", job.id, exc)
+            row.preview = None
+        if images:
+            self._emit(EngineEvent(job_id=job.id, type="preview", progress=progress, preview=images))
+
     def _fail(self, job_id: str, error: str) -> None:
         self._drop(job_id)
         self._emit(EngineEvent(job_id=job_id, type="failed", error=error))
 
     def _report(self, job: _Job) -> None:
         rows = job.plan.rows
-        step = min(r.index for r in rows)
-        self._emit(
-            EngineEvent(job_id=job.id, type="progress", progress=Progress(step=step, total=job.spec.total_steps))
-        )
+        progress = Progress(step=min(r.index for r in rows), total=job.spec.total_steps)
+        self._emit(EngineEvent(job_id=job.id, type="progress", progress=progress))
         if job.pending:
+            self._preview(job, progress)
             return
         del self._jobs[job.id]
         self._jobs_ended = True

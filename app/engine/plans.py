@@ -41,6 +41,11 @@ class Plan:
     rows: list[Row]
     collect: Callable[[Row], None]
     finish: Callable[[], JobResult]
+    preview: Callable[[Row], ResultImage] | None = None  # a row's kept estimate as a small image
+
+
+PREVIEW_SIDE = 128  # previews are downscaled to at most this many pixels a side
+PREVIEW_FORMAT = "webp"
 
 
 def image_pixels(image: ImageData) -> np.ndarray:
@@ -59,6 +64,15 @@ def upload_info(image: ImageData) -> dict:
 
 def result_image(index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt: str) -> ResultImage:
     return ResultImage(index=index, seed=seed, media_type=MEDIA_TYPES[fmt], data=encode_image(unit_to_image(x), fmt))
+
+
+def preview_image(index: int, seed: int | None, x: torch.Tensor) -> ResultImage:
+    """A small preview of pixels x [C, H, W] in [-1, 1]: at most PREVIEW_SIDE a side (area-averaged)."""
+    side = max(x.shape[-2:])
+    if side > PREVIEW_SIDE:
+        size = [max(1, round(n * PREVIEW_SIDE / side)) for n in x.shape[-2:]]
+        x = torch.nn.functional.interpolate(x[None].float(), size=size, mode="area")[0]
+    return result_image(index, seed, x, PREVIEW_FORMAT)
 
 
 # -- generate and img2img ---------------------------------------------------------------------------------
@@ -162,6 +176,7 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
             cond=cond,
             uncond=uncond,
             guidance=spec.guidance_scale,
+            preview_every=spec.preview_every,
         )
         for i, seed in enumerate(spec.seeds)
     ]
@@ -174,7 +189,11 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
     def finish() -> JobResult:
         return JobResult(images=[images[i] for i in range(len(spec.seeds))])
 
-    return Plan(rows=rows, collect=collect, finish=finish)
+    def preview(row: Row) -> ResultImage:
+        """The row's clean-image estimate (latent models: through the VAE, at full size, then downscaled)."""
+        return preview_image(row.key, spec.seeds[row.key], model.decode(row.preview))
+
+    return Plan(rows=rows, collect=collect, finish=finish, preview=preview if spec.preview_every else None)
 
 
 # -- denoise -------------------------------------------------------------------------------------------

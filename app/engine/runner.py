@@ -57,6 +57,8 @@ class Row:
     prev_x0: torch.Tensor | None = field(default=None, repr=False)
     prev_ab: float = math.nan
     known: Known | None = field(default=None, repr=False)
+    preview_every: int = 0  # keep the clean-image estimate every k steps (0: never; it costs nothing then)
+    preview: torch.Tensor | None = field(default=None, repr=False)  # the latest kept estimate, until taken
 
     @property
     def done(self) -> bool:
@@ -89,7 +91,7 @@ class Row:
         self.x = start.to(device)
 
     def release(self) -> None:
-        self.x = self.prev_x0 = self.generator = self.known = None
+        self.x = self.prev_x0 = self.generator = self.known = self.preview = None
 
     @property
     def extra(self) -> torch.Tensor | None:
@@ -181,10 +183,12 @@ class Runner:
             )
             keep = sampler.keeps_history
             for j, (r, s) in enumerate(zip(subset, steps)):
-                updates.append((r, x_next[j : j + 1], x0[j : j + 1] if keep else None, s.ab if keep else math.nan))
-        for row, x, prev_x0, prev_ab in updates:
-            row.x, row.prev_x0, row.prev_ab = row.keep_known(x), prev_x0, prev_ab
+                updates.append((r, x_next[j : j + 1], x0[j : j + 1], keep, s.ab))
+        for row, x, x0, keep, ab in updates:
+            row.x, row.prev_x0, row.prev_ab = row.keep_known(x), x0 if keep else None, ab if keep else math.nan
             row.index += 1
+            if row.preview_every and row.index % row.preview_every == 0 and not row.done:
+                row.preview = x0
         return [r for r in rows if r.done]
 
 

@@ -20,6 +20,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Hashable
 
+from app.jobs import PRIORITY_AGING_S, aged_level
+
 
 @dataclass(frozen=True)
 class Ticket:
@@ -33,7 +35,7 @@ class Ticket:
 
 class Scheduler:
     def __init__(
-        self, max_batch: int, max_pixels: int | None = None, *, aging_s: float = 60.0, clock=time.monotonic
+        self, max_batch: int, max_pixels: int | None = None, *, aging_s: float = PRIORITY_AGING_S, clock=time.monotonic
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -88,8 +90,8 @@ class Scheduler:
             # Higher priority first; a job that has had no row admitted for aging_s gains a level per aging_s
             # (up to high), so lower priorities never starve; then the job with the fewest rows running;
             # min() keeps arrival order among equals.
-            starved = int((now - self._arrived[job]) // self.aging_s)
-            return -min(2, self._waiting[job][0].priority + starved), self._running_per_job.get(job, 0)
+            level = aged_level(self._waiting[job][0].priority, now - self._arrived[job], self.aging_s)
+            return -level, self._running_per_job.get(job, 0)
 
         while self._waiting:
             job_id = min(self._waiting, key=rank)

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event, event_payload
+from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event, event_payload, preview_payload
 from app.metrics import job_finished
 from app.queue.outbox import MemoryOutbox, deliveries_for
 from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
@@ -50,6 +50,9 @@ class MemoryJobQueue:
             self._apply(event)
 
     def _apply(self, event: EngineEvent) -> None:
+        if event.type == "preview":  # for the job's event stream only
+            self._watchers.notify(event.job_id, preview_payload(event))
+            return
         record = self._records.get(event.job_id)
         before = record.status if record is not None else None
         if record is not None and apply_event(record, event):

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
-from app.jobs import JobRecord, event_payload
+from app.jobs import TRANSIENT_EVENTS, JobRecord, event_payload
 
 Current = Callable[[], Awaitable[JobRecord | None]]
 RECHECK_S = 5.0
@@ -47,7 +47,7 @@ class Watchers:
                 return
             kind, data = event_payload(record)
             yield kind, data
-            while kind == "progress":
+            while kind in TRANSIENT_EVENTS:
                 try:
                     kind, data = await asyncio.wait_for(queue.get(), RECHECK_S)
                 except asyncio.TimeoutError:
@@ -74,7 +74,7 @@ class Watchers:
                     kind, _ = await asyncio.wait_for(queue.get(), min(left, RECHECK_S))
                 except asyncio.TimeoutError:
                     kind = "recheck"
-                if kind != "progress":
+                if kind not in TRANSIENT_EVENTS:
                     record = await current()
             return record
         finally:

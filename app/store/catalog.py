@@ -117,7 +117,17 @@ class ModelEntry:
     @property
     def parameters(self) -> list[str]:
         """The generate fields this model takes; any other is a 422 naming it."""
-        fields = ["model", "num_images", "steps", "sampler", "eta", "seed", "output_format", "priority"]
+        fields = [
+            "model",
+            "num_images",
+            "steps",
+            "sampler",
+            "eta",
+            "seed",
+            "output_format",
+            "priority",
+            "preview_every",
+        ]
         if self.conditioning == "text":
             fields += ["prompt", "negative_prompt", "guidance_scale"]
         elif self.conditioning == "class":

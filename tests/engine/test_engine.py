@@ -213,3 +213,37 @@ def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store):
     finally:
         h.close()
     assert alone == crowd
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_previews_change_nothing_in_the_result_and_cost_nothing_when_off(harness, sampler):
+    harness.submit("plain", spec(steps=12, seed=7, sampler=sampler))
+    harness.submit("previewed", spec(steps=12, seed=7, sampler=sampler, preview_every=4))
+    plain, previewed = harness.outcome("plain"), harness.outcome("previewed")
+    assert pixels(plain).tolist() == pixels(previewed).tolist()
+    assert [e.progress.step for e in harness.events["previewed"] if e.type == "preview"] == [4, 8]
+    assert not [e for e in harness.events["plain"] if e.type == "preview"]
+
+
+def test_a_row_keeps_no_estimate_unless_its_job_asked_for_previews(store):
+    from app.engine.plans import plan_generate
+    from app.engine.runner import Runner
+    from app.store.catalog import scan_store
+    from app.store.loader import load_model
+
+    import torch
+
+    model = load_model(scan_store(store)["tiny-gen"], torch.device("cpu"))
+    rows = (
+        plan_generate("j", spec(steps=6), model).rows + plan_generate("k", spec(steps=6, preview_every=2), model).rows
+    )
+    runner = Runner(torch.device("cpu"), None)
+    for row in rows:
+        row.begin(runner.device)
+    kept = []
+    for _ in range(6):
+        runner.step(rows)
+        kept.append([row.preview is not None for row in rows])
+        for row in rows:
+            row.preview = None  # taken, as the engine does after each pass
+    assert kept == [[False, False], [False, True], [False, False], [False, True], [False, False], [False, False]]

@@ -202,3 +202,72 @@ def test_webhooks_are_sent_once_each_by_whichever_node_claims_them(store, prefix
         job = Verifier(secret).verify(request["body"], request["headers"])
         event = request["headers"]["webhook-id"].rsplit("_", 1)[1]
         assert job["status"] == ("succeeded" if event == "completed" else job["status"])
+
+
+def test_a_high_priority_job_overtakes_the_low_priority_backlog_across_nodes(store, prefix):
+    with (
+        client_for(store, prefix, embedded_worker=True, worker_jobs=1) as worker_node,
+        client_for(store, prefix, embedded_worker=False) as api,
+    ):
+        body = {"class_label": 0, "steps": 200, "priority": "low"}
+        lows = [api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"] for _ in range(4)]
+        high = worker_node.post(
+            "/v1/generate", json={"class_label": 1, "steps": 5, "priority": "high"}, headers=ASYNC
+        ).json()["job_id"]
+        deadline = time.monotonic() + 120
+        while api.get(f"/v1/jobs/{high}").json()["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        later = [api.get(f"/v1/jobs/{j}").json()["status"] for j in lows[2:]]
+        assert "succeeded" not in later  # the worker holds one job at a time: high went before these
+        for job_id in lows:
+            while api.get(f"/v1/jobs/{job_id}").json()["status"] != "succeeded":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+
+def test_workers_read_the_streams_by_priority_aged_by_waiting(store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from app.queue.redis.worker import RedisWorker
+
+    async def order_with(low_waited_s: float) -> list[str]:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            worker = RedisWorker(make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix), redis)
+            keys = worker.keys
+            await redis.delete(*keys.streams)
+            await worker._create_groups()
+            now_ms = int(time.time() * 1000)
+            await redis.xadd(keys.stream("low"), {"job": "a"}, id=f"{now_ms - int(low_waited_s * 1000)}-0")
+            await redis.xadd(keys.stream("normal"), {"job": "b"}, id=f"{now_ms - 2000}-0")
+            await redis.xadd(keys.stream("high"), {"job": "c"}, id=f"{now_ms - 1000}-0")
+            order = await worker.stream_order()
+            return [stream.removeprefix(prefix) for stream in order]
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(order_with(5)) == [":jobs:high", ":jobs", ":jobs:low"]
+    assert asyncio.run(order_with(70)) == [":jobs:high", ":jobs:low", ":jobs"]  # a level up; waited longer
+    assert asyncio.run(order_with(130)) == [":jobs:low", ":jobs:high", ":jobs"]  # two levels: high, and older
+
+
+def test_previews_reach_the_event_stream_of_another_node(store, prefix):
+    import json
+
+    with (
+        client_for(store, prefix, embedded_worker=True) as worker_node,
+        client_for(store, prefix, embedded_worker=False) as api,
+    ):
+        body = {"class_label": 0, "steps": 400, "preview_every": 100}
+        job_id = worker_node.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        with api.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+            lines = list(stream.iter_lines())
+    kinds = [line[7:] for line in lines if line.startswith("event: ")]
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    previews = [d for k, d in zip(kinds, data) if k == "preview"]
+    assert kinds[-1] == "succeeded" and kinds.index("preview") < len(kinds) - 1
+    assert {p["progress"]["step"] for p in previews} <= {100, 200, 300} and previews
+    assert all(p["images"][0]["media_type"] == "image/webp" for p in previews)

@@ -1,6 +1,7 @@
 """Where the Redis backend keeps things, and the one script that changes a job record.
 
-{p}:jobs              stream of submitted job IDs, read by the consumer group "workers"
+{p}:jobs              stream of submitted normal-priority job IDs, read by the consumer group "workers";
+{p}:jobs:high, {p}:jobs:low   the same for the other priorities (workers read high first, aged by NEXT_ENTRIES)
 {p}:job:{id}          hash: record (JSON), status, spec (JSON); expires once the job is final
 {p}:held              hash: job ID -> image pixels, for the jobs queued or running (backpressure)
 {p}:idem:{key}        job ID for an Idempotency-Key
@@ -17,6 +18,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUP = "workers"
+HIGH_FIRST = ("high", "normal", "low")
+
+# When each job stream's next undelivered entry was added: workers read the streams in the order of their
+# heads' priority, aged by how long the head has waited (app.jobs.aged_level). KEYS: the streams. ARGV: the
+# consumer group. Returns Redis's time in milliseconds, then per stream the ID of its next undelivered
+# entry ('' when there is none).
+NEXT_ENTRIES = """
+local t = redis.call('TIME')
+local out = {t[1] * 1000 + math.floor(t[2] / 1000)}
+for _, key in ipairs(KEYS) do
+  local next_id, last = '', nil
+  if redis.call('EXISTS', key) == 1 then
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local name, delivered
+      for j = 1, #group, 2 do
+        if group[j] == 'name' then name = group[j + 1] end
+        if group[j] == 'last-delivered-id' then delivered = group[j + 1] end
+      end
+      if name == ARGV[1] then last = delivered end
+    end
+    if last then
+      local entries = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', 1)
+      if #entries > 0 then next_id = entries[1][1] end
+    end
+  end
+  out[#out + 1] = next_id
+end
+return out
+"""
 
 # Webhook deliveries outlive their job's record by this much at most (retries span about 20 minutes).
 DELIVERY_TTL_S = 2 * 24 * 3600
@@ -98,9 +128,13 @@ return 1
 class Keys:
     prefix: str
 
+    def stream(self, priority: str = "normal") -> str:
+        return f"{self.prefix}:jobs" if priority == "normal" else f"{self.prefix}:jobs:{priority}"
+
     @property
-    def stream(self) -> str:
-        return f"{self.prefix}:jobs"
+    def streams(self) -> list[str]:
+        """The job streams, highest priority first."""
+        return [self.stream(priority) for priority in HIGH_FIRST]
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"

@@ -109,7 +109,7 @@ class RedisJobQueue:
                     return existing
                 await self.redis.set(key, claim, ex=ttl)
         admitted = await self._admit(
-            keys=[self.keys.job(record.id), self.keys.held, self.keys.stream],
+            keys=[self.keys.job(record.id), self.keys.held, self.keys.stream(getattr(spec, "priority", "normal"))],
             args=[
                 record.model_dump_json(),
                 spec.model_dump_json(),

@@ -25,9 +25,9 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
-from app.queue.redis.keys import GROUP, Keys
+from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, Keys
 from app.queue.redis.records import RecordStore
 from app.settings import Settings
 from app.store.catalog import ModelEntry, scan_store
@@ -38,6 +38,7 @@ SPEC = TypeAdapter(JobSpec)
 
 @dataclass
 class _Held:
+    stream: str
     entry_id: str
     record: JobRecord
 
@@ -58,7 +59,9 @@ class RedisWorker:
         self._intake: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: dict[str, _Held] = {}  # records changed by engine events, not yet written
-        self._reclaim_cursor = "0-0"
+        self._previews: list[EngineEvent] = []  # preview events not yet published
+        self._reclaim_cursors = {stream: "0-0" for stream in self.keys.streams}
+        self._next_entries = redis.register_script(NEXT_ENTRIES)
         self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
 
     def _forever(self, step) -> asyncio.Task:
@@ -95,8 +98,7 @@ class RedisWorker:
         self.entries = scan_store(self.settings.model_store)
         self.engine = Engine(self.settings, self.entries, self._from_engine)
         await asyncio.to_thread(self.engine.start)
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-            await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        await self._create_groups()
         await self._beat()
         self._tasks = [
             self._forever(step)
@@ -120,9 +122,9 @@ class RedisWorker:
             held = self.held.pop(job_id)
             self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.keys.stream, {"job": job_id})
-                pipe.xack(self.keys.stream, GROUP, held.entry_id)
-                pipe.xdel(self.keys.stream, held.entry_id)
+                pipe.xadd(held.stream, {"job": job_id})
+                pipe.xack(held.stream, GROUP, held.entry_id)
+                pipe.xdel(held.stream, held.entry_id)
                 await pipe.execute()
             log.info("handed job %s back to the queue", job_id)
         await asyncio.sleep(0)  # let the last events be written
@@ -143,46 +145,74 @@ class RedisWorker:
             self._room.clear()
             await self._room.wait()
 
-    async def _read_once(self) -> None:
-        await self._wait_for_room()
+    async def _create_groups(self) -> None:
+        for stream in self.keys.streams:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+
+    async def stream_order(self) -> list[str]:
+        """The job streams that have entries waiting, in the order to read them: by the priority of their
+        next entry, raised by how long it has waited (the engine's aging rule), the longest wait first."""
+        now_ms, *heads = await self._next_entries(keys=self.keys.streams, args=[GROUP])
+        ranked = []
+        for priority, stream, head in zip(HIGH_FIRST, self.keys.streams, heads):
+            if head:
+                waited = (int(now_ms) - int(head.split(b"-")[0])) / 1000
+                ranked.append((-aged_level(PRIORITY_LEVEL[priority], waited), -waited, stream))
+        return [stream for *_, stream in sorted(ranked)]
+
+    async def _read(self, streams: dict[str, str], count: int, block: int | None) -> int:
         try:
-            reply = await self.redis.xreadgroup(
-                GROUP, self.worker_id, {self.keys.stream: ">"}, count=self._free(), block=1000
-            )
-        except ResponseError as exc:  # the stream or group was deleted under us: recreate
+            reply = await self.redis.xreadgroup(GROUP, self.worker_id, streams, count=count, block=block)
+        except ResponseError as exc:  # a stream or the group was deleted under us: recreate
             log.warning("xreadgroup: %s", exc)
-            with contextlib.suppress(ResponseError):
-                await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-            return
-        for _, messages in reply or []:
+            await self._create_groups()
+            return 0
+        taken = 0
+        for stream, messages in reply or []:
             for entry_id, fields in messages:
-                await self._take(entry_id.decode(), fields.get(b"job", b"").decode(), delivered=1)
+                job_id = fields.get(b"job", b"").decode()
+                await self._take(stream.decode(), entry_id.decode(), job_id, delivered=1)
+                taken += 1
+        return taken
+
+    async def _read_once(self) -> None:
+        """Fill the free places from the streams in priority order; when none has anything, wait on all."""
+        await self._wait_for_room()
+        taken = 0
+        for stream in await self.stream_order():
+            if self._free() == 0:
+                return
+            taken += await self._read({stream: ">"}, count=self._free(), block=None)
+        if taken == 0:
+            await self._read({stream: ">" for stream in self.keys.streams}, count=1, block=1000)
 
     async def _reclaim_once(self) -> None:
         await asyncio.sleep(self.settings.lease_s / 2)
-        if self._free() == 0:
-            return
-        cursor, claimed, *_ = await self.redis.xautoclaim(
-            self.keys.stream,
-            GROUP,
-            self.worker_id,
-            min_idle_time=self.lease_ms,
-            start_id=self._reclaim_cursor,
-            count=self._free(),
-        )
-        self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-        for entry_id, fields in claimed:
-            entry_id = entry_id.decode()
-            pending = await self.redis.xpending_range(self.keys.stream, GROUP, min=entry_id, max=entry_id, count=1)
-            delivered = pending[0]["times_delivered"] if pending else 1
-            log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
-            await self._take(entry_id, fields.get(b"job", b"").decode(), delivered=delivered)
+        for stream in self.keys.streams:
+            if self._free() == 0:
+                return
+            cursor, claimed, *_ = await self.redis.xautoclaim(
+                stream,
+                GROUP,
+                self.worker_id,
+                min_idle_time=self.lease_ms,
+                start_id=self._reclaim_cursors[stream],
+                count=self._free(),
+            )
+            self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            for entry_id, fields in claimed:
+                entry_id = entry_id.decode()
+                pending = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                delivered = pending[0]["times_delivered"] if pending else 1
+                log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
+                await self._take(stream, entry_id, fields.get(b"job", b"").decode(), delivered=delivered)
 
-    async def _take(self, entry_id: str, job_id: str, *, delivered: int) -> None:
+    async def _take(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
         if job_id in self.held:  # our own entry, reclaimed while a renewal lagged: we still run it
             return
         try:
-            await self._start(entry_id, job_id, delivered=delivered)
+            await self._start(stream, entry_id, job_id, delivered=delivered)
         except Exception as exc:  # a malformed entry or record must not crash every worker in turn
             log.error("job entry %s (%r) is unusable: %s", entry_id, job_id, exc)
             self.held.pop(job_id, None)
@@ -190,12 +220,12 @@ class RedisWorker:
                 record = await self.records.get(job_id) if job_id else None
                 if record is not None:
                     await self._fail_record(record, f"unusable job: {exc}")
-            await self._retire(entry_id, forget=job_id)
+            await self._retire(stream, entry_id, forget=job_id)
 
-    async def _start(self, entry_id: str, job_id: str, *, delivered: int) -> None:
+    async def _start(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
         raw_record, status, raw_spec = await self.redis.hmget(self.keys.job(job_id), "record", "status", "spec")
         if raw_record is None or status is None or status.decode() in ("succeeded", "failed", "canceled"):
-            await self._retire(entry_id, forget=job_id)  # expired, or canceled while it waited
+            await self._retire(stream, entry_id, forget=job_id)  # expired, or canceled while it waited
             return
         record = JobRecord.model_validate_json(raw_record)
         if delivered - 1 >= self.settings.max_attempts:
@@ -203,10 +233,10 @@ class RedisWorker:
             await self._fail_record(
                 record, f"job crashed workers {delivered - 1} times (max_attempts {attempts}); not retried"
             )
-            await self._retire(entry_id)
+            await self._retire(stream, entry_id)
             return
         spec = SPEC.validate_json(raw_spec)
-        self.held[job_id] = _Held(entry_id=entry_id, record=record)
+        self.held[job_id] = _Held(stream=stream, entry_id=entry_id, record=record)
         self.engine.submit(job_id, spec)
         if (await self.redis.hget(self.keys.job(job_id), "status") or b"").decode() == "canceled":
             self.engine.cancel(job_id)  # canceled while we were picking it up: the broadcast came too early
@@ -216,11 +246,11 @@ class RedisWorker:
         if apply_event(record, EngineEvent(job_id=record.id, type="failed", error=error)):
             await self.records.update(record)
 
-    async def _retire(self, entry_id: str, *, forget: str | None = None) -> None:
-        """Take an entry off the stream; ``forget``: a job that will not run, whose pixels the queue releases."""
+    async def _retire(self, stream: str, entry_id: str, *, forget: str | None = None) -> None:
+        """Take an entry off its stream; ``forget``: a job that will not run, whose pixels the queue releases."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.stream, GROUP, entry_id)
-            pipe.xdel(self.keys.stream, entry_id)
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
             if forget:
                 pipe.hdel(self.keys.held, forget)
             await pipe.execute()
@@ -233,22 +263,28 @@ class RedisWorker:
 
     async def _write_once(self) -> None:
         """Write the records the engine's events changed; on failure they stay dirty and are retried."""
-        if not self._dirty:
+        if not self._dirty and not self._previews:
             for event in await self._events.get():
                 held = self.held.get(event.job_id)
-                if held is not None and apply_event(held.record, event):
+                if held is not None and event.type == "preview":
+                    self._previews.append(event)
+                elif held is not None and apply_event(held.record, event):
                     self._dirty[event.job_id] = held
         async with self.redis.pipeline(transaction=False) as pipe:
+            for event in self._previews:  # straight to the job's event stream; no record changes
+                kind, data = preview_payload(event)
+                pipe.publish(self.keys.events, json.dumps({"job_id": event.job_id, "kind": kind, "data": data}))
             for held in self._dirty.values():
                 await self.records.update(held.record, pipe)
                 if held.record.status.finished:
-                    pipe.xack(self.keys.stream, GROUP, held.entry_id)
-                    pipe.xdel(self.keys.stream, held.entry_id)
+                    pipe.xack(held.stream, GROUP, held.entry_id)
+                    pipe.xdel(held.stream, held.entry_id)
             await pipe.execute()
         finished = [job_id for job_id, held in self._dirty.items() if held.record.status.finished]
         for job_id in finished:
             job_finished(self._dirty[job_id].record)
         self._dirty.clear()
+        self._previews.clear()
         for job_id in finished:
             self.held.pop(job_id, None)
         if finished:
@@ -264,11 +300,12 @@ class RedisWorker:
 
     async def _renew_once(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
-        ids = [h.entry_id for h in self.held.values()]
-        if ids and self._engine_alive():
-            await self.redis.xclaim(
-                self.keys.stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True
-            )
+        by_stream: dict[str, list[str]] = {}
+        for held in self.held.values():
+            by_stream.setdefault(held.stream, []).append(held.entry_id)
+        if by_stream and self._engine_alive():
+            for stream, ids in by_stream.items():
+                await self.redis.xclaim(stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
 
     async def _listen_for_cancels(self) -> None:
         pubsub = self.redis.pubsub()

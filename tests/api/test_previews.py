@@ -1,0 +1,48 @@
+"""Live previews: ``preview_every: k`` puts the clean-image estimate on the job's event stream every k steps,
+before the final image; nothing is kept or sent when it is not asked for."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+from PIL import Image
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+def events(client, job_id: str) -> list[tuple[str, dict]]:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        lines = list(stream.iter_lines())
+    kinds = [line[7:] for line in lines if line.startswith("event: ")]
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    return list(zip(kinds, data))
+
+
+def test_previews_arrive_every_k_steps_before_the_result(client):
+    body = {"class_label": "a", "steps": 20, "num_images": 2, "seed": 1, "preview_every": 5}
+    job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+    stream = events(client, job_id)
+    previews = [data for kind, data in stream if kind == "preview"]
+    assert stream[-1][0] == "succeeded"
+    assert [p["progress"]["step"] for p in previews] == [5, 10, 15]  # not at 20: the result itself comes then
+    last_preview = max(i for i, (kind, _) in enumerate(stream) if kind == "preview")
+    assert last_preview < len(stream) - 1
+    for preview in previews:
+        assert [image["seed"] for image in preview["images"]] == [1, 2]
+        for image in preview["images"]:
+            assert image["media_type"] == "image/webp"
+            decoded = Image.open(io.BytesIO(base64.b64decode(image["data"])))
+            assert decoded.format == "WEBP" and decoded.size == (16, 16)  # the tiny model's size, under 128
+
+
+def test_no_previews_unless_asked(client):
+    job_id = client.post("/v1/generate", json={"class_label": "a", "steps": 12}, headers=ASYNC).json()["job_id"]
+    assert "preview" not in [kind for kind, _ in events(client, job_id)]
+
+
+def test_preview_every_must_be_a_positive_step_count(client):
+    for value in (0, -1, 1001, "often"):
+        r = client.post("/v1/generate", json={"class_label": "a", "preview_every": value})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "preview_every"]
