@@ -17,7 +17,7 @@ from app.api.request_id import RequestId
 from app.api.webhooks import Dispatcher
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
-from app.api.routes import generate, health, images, jobs, models
+from app.api.routes import generate, health, images, jobs, models, page
 from app.settings import Settings, get_settings
 from app.queue.factory import open_queue
 from app.queue.protocol import NoModels  # noqa: F401  (re-exported for tests)
@@ -130,6 +130,8 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
     app.include_router(jobs.router, prefix=v1, dependencies=any_key)
     app.include_router(models.router, prefix=v1, dependencies=any_key)
     app.include_router(health.router)
+    app.include_router(page.router)  # the playground at /, open like /docs (it asks for a key when needed)
+    app.mount("/ui", page.static_files(), name="ui")
     app.include_router(metrics.router, dependencies=any_key if settings.metrics_require_key else [])
     # The names users know, answering exactly as their /v1 twins (documented once, under /v1).
     app.include_router(generate.router, include_in_schema=False, dependencies=may_generate)

@@ -1,0 +1,27 @@
+"""GET /: the playground page, and its static files under /ui (app/web: plain HTML, CSS and JavaScript,
+nothing from a CDN). The page may talk to this server only: its Content-Security-Policy says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+WEB = Path(__file__).resolve().parents[2] / "web"
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def page() -> FileResponse:
+    return FileResponse(WEB / "index.html", headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+
+
+def static_files() -> StaticFiles:
+    return StaticFiles(directory=WEB)

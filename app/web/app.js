@@ -1,0 +1,587 @@
+// The playground: plain JavaScript against the service's own API (/v1), nothing loaded from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORE = "diffusion-api-key";
+const SAMPLES = ["cat", "coffee", "astronaut"];
+const FORWARD_STEPS = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000];
+
+// -- messages and the API --------------------------------------------------------------------------------
+function showMessage(text) {
+  const box = $("message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+class ApiError extends Error {}
+
+async function describe(response) {
+  // The API's error body is {"detail": [{"loc": [...], "msg": ..., "type": ...}]}: say it in words.
+  let detail = "";
+  try {
+    const body = await response.json();
+    if (Array.isArray(body.detail)) {
+      detail = body.detail
+        .map((d) => {
+          const where = (d.loc || []).filter((p) => p !== "body").join(".");
+          return where ? `${where}: ${d.msg}` : d.msg;
+        })
+        .join("\n");
+    } else if (body.detail) {
+      detail = String(body.detail);
+    } else if (body.error) {
+      detail = String(body.error);
+    }
+  } catch (_) {
+    detail = response.statusText;
+  }
+  if (response.status === 429) {
+    const wait = response.headers.get("Retry-After");
+    return `Too many requests (429)${wait ? `: try again in ${wait} s` : ""}. ${detail}`;
+  }
+  if (response.status === 401) {
+    return `This server needs an API key (401). ${detail}`;
+  }
+  if (response.status === 503) {
+    const wait = response.headers.get("Retry-After");
+    return `The service is busy (503)${wait ? `: try again in ${wait} s` : ""}. ${detail}`;
+  }
+  return `${response.status} ${response.statusText}: ${detail}`;
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = localStorage.getItem(KEY_STORE);
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (err) {
+    throw new ApiError(`Cannot reach the server: ${err.message}`);
+  }
+  if (response.status === 401) askForKey();
+  if (!response.ok) throw new ApiError(await describe(response));
+  return response;
+}
+
+async function apiJson(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  headers.set("Accept", "application/json");
+  return (await api(path, { ...options, headers })).json();
+}
+
+// Server-Sent Events over fetch (EventSource cannot send the API key).
+async function* events(path) {
+  const response = await api(path, { headers: { Accept: "text/event-stream" } });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const chunk = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of chunk.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+    }
+  }
+}
+
+function guard(button, work) {
+  // Run an action with its button disabled; any error becomes a readable message.
+  return async (event) => {
+    if (event) event.preventDefault();
+    showMessage("");
+    button.disabled = true;
+    try {
+      await work();
+    } catch (err) {
+      showMessage(err instanceof ApiError ? err.message : `Something went wrong: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  };
+}
+
+// -- API key ----------------------------------------------------------------------------------------------
+function askForKey() {
+  $("key-panel").hidden = false;
+  $("key-open").hidden = false;
+  $("api-key").focus();
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem(KEY_STORE, $("api-key").value.trim());
+  $("api-key").value = "";
+  $("key-panel").hidden = true;
+  showMessage("");
+  loadModels();
+});
+$("key-forget").addEventListener("click", () => {
+  localStorage.removeItem(KEY_STORE);
+  $("api-key").value = "";
+});
+$("key-open").addEventListener("click", askForKey);
+
+// -- tabs (arrow keys move between them, as the ARIA tabs pattern says) ----------------------------------
+const tabs = [...document.querySelectorAll('[role="tab"]')];
+function selectTab(tab) {
+  for (const other of tabs) {
+    const selected = other === tab;
+    other.setAttribute("aria-selected", String(selected));
+    other.tabIndex = selected ? 0 : -1;
+    $(other.getAttribute("aria-controls")).hidden = !selected;
+  }
+  tab.focus();
+}
+tabs.forEach((tab, i) => {
+  tab.addEventListener("click", () => selectTab(tab));
+  tab.addEventListener("keydown", (event) => {
+    const moves = { ArrowRight: 1, ArrowLeft: -1, Home: -i, End: tabs.length - 1 - i };
+    if (event.key in moves) {
+      event.preventDefault();
+      selectTab(tabs[(i + moves[event.key] + tabs.length) % tabs.length]);
+    }
+  });
+});
+
+// -- helpers ----------------------------------------------------------------------------------------------
+function option(select, value, text) {
+  const item = document.createElement("option");
+  item.value = value;
+  item.textContent = text;
+  select.append(item);
+}
+
+function dataUrl(image) {
+  return `data:${image.media_type};base64,${image.data}`;
+}
+
+function b64ToBlob(b64, type) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
+function randomSeed() {
+  const words = crypto.getRandomValues(new Uint32Array(2));
+  return ((BigInt(words[0] & 0x7fffffff) << 32n) | BigInt(words[1])).toString();
+}
+
+function figure(src, alt, caption) {
+  const fig = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = alt;
+  const cap = document.createElement("figcaption");
+  cap.textContent = caption;
+  fig.append(img, cap);
+  return fig;
+}
+
+// -- models -----------------------------------------------------------------------------------------------
+let models = [];
+let samplers = ["ddim"];
+
+async function loadModels() {
+  try {
+    const [list, spec] = await Promise.all([apiJson("/v1/models"), fetch("/openapi.json").then((r) => r.json())]);
+    models = list.models.filter((m) => m.status === "ready" && m.card);
+    const sampler = spec.components.schemas.GenerateRequest.properties.sampler;
+    samplers = (sampler.anyOf || [sampler]).flatMap((s) => s.enum || []);
+  } catch (err) {
+    showMessage(err.message);
+    return;
+  }
+  const generators = models.filter((m) => m.card.tasks.includes("generate"));
+  const select = $("gen-model");
+  select.replaceChildren();
+  generators.forEach((m) => option(select, m.name, m.name));
+  $("gen-sampler").replaceChildren();
+  samplers.forEach((s) => option($("gen-sampler"), s, s));
+  $("fw-model").replaceChildren();
+  models.forEach((m) => option($("fw-model"), m.name, `${m.name} (${m.card.train_timesteps} steps)`));
+  if (!generators.length) showMessage("No model on this server generates images.");
+  fillModelFields();
+}
+
+function currentModel() {
+  return models.find((m) => m.name === $("gen-model").value);
+}
+
+function fillModelFields() {
+  const model = currentModel();
+  if (!model) return;
+  const card = model.card;
+  const classes = card.conditioning === "class" && card.class_names;
+  $("gen-class-field").hidden = !classes;
+  $("gen-class").replaceChildren();
+  if (classes) {
+    if (card.null_class !== null && card.null_class !== undefined) option($("gen-class"), "", "any (unconditional)");
+    card.class_names.forEach((name, i) => option($("gen-class"), String(i), name));
+    $("gen-class").value = card.class_names.length > 7 ? "7" : "0";
+  }
+  const text = card.conditioning === "text";
+  $("gen-prompt-field").hidden = !text;
+  $("gen-negative-field").hidden = !text;
+  $("gen-guidance-field").hidden = !card.parameters.includes("guidance_scale");
+  $("gen-steps").value = card.defaults.steps;
+  $("gen-sampler").value = card.defaults.sampler;
+  $("gen-guidance").value = card.defaults.guidance_scale;
+  if (!$("gen-seed").value) $("gen-seed").value = randomSeed();
+}
+
+$("gen-model").addEventListener("change", fillModelFields);
+$("gen-random").addEventListener("click", () => {
+  $("gen-seed").value = randomSeed();
+});
+
+// -- generate ---------------------------------------------------------------------------------------------
+function generateBody() {
+  const model = currentModel();
+  if (!model) throw new ApiError("Pick a model first.");
+  const steps = Number($("gen-steps").value);
+  if (!$("gen-seed").value) $("gen-seed").value = randomSeed();
+  const body = {
+    model: model.name,
+    seed: Number($("gen-seed").value), // exact for seeds below 2^53; the curl copy keeps the digits
+    steps,
+    sampler: $("gen-sampler").value,
+    num_images: Number($("gen-count").value),
+  };
+  if (!$("gen-class-field").hidden && $("gen-class").value !== "") body.class_label = Number($("gen-class").value);
+  if (!$("gen-guidance-field").hidden && $("gen-guidance").value !== "") {
+    body.guidance_scale = Number($("gen-guidance").value);
+  }
+  if (!$("gen-prompt-field").hidden) {
+    body.prompt = $("gen-prompt").value;
+    if ($("gen-negative").value) body.negative_prompt = $("gen-negative").value;
+  }
+  return body;
+}
+
+function jsonWithExactSeed(body) {
+  // JSON.stringify would round a 63-bit seed; write the field's own digits.
+  return JSON.stringify(body).replace(/"seed":\d+(\.\d+)?(e\+\d+)?/, `"seed":${$("gen-seed").value}`);
+}
+
+function curlFor(body) {
+  const key = localStorage.getItem(KEY_STORE) ? ` -H "Authorization: Bearer $DIFFUSION_API_KEY"` : "";
+  return `curl -s ${location.origin}/v1/generate -H 'content-type: application/json'${key} -d '${jsonWithExactSeed(body)}'`;
+}
+
+async function copyCurl() {
+  const text = curlFor(generateBody());
+  const pre = $("gen-curl");
+  pre.textContent = text;
+  pre.hidden = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    $("gen-status").textContent = "curl command copied";
+  } catch (_) {
+    $("gen-status").textContent = "curl command shown below (the clipboard is not available here)";
+  }
+}
+$("gen-curl-copy").addEventListener("click", guard($("gen-curl-copy"), copyCurl));
+
+async function generate() {
+  const body = generateBody();
+  body.preview_every = Math.max(1, Math.floor(body.steps / 10));
+  const progress = $("gen-progress");
+  progress.value = 0;
+  $("gen-preview").replaceChildren();
+  $("gen-results").replaceChildren();
+  $("gen-status").textContent = "queued";
+  const accepted = await apiJson("/v1/generate", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Prefer: "respond-async" },
+    body: jsonWithExactSeed(body),
+  });
+  let outcome = null;
+  for await (const { event, data } of events(`/v1/jobs/${accepted.job_id}/events`)) {
+    if (data.progress && data.progress.total) {
+      progress.value = data.progress.step / data.progress.total;
+      $("gen-status").textContent = `step ${data.progress.step} of ${data.progress.total}`;
+    }
+    if (event === "preview") {
+      $("gen-preview").replaceChildren(
+        ...data.images.map((image) =>
+          figure(dataUrl(image), `Preview of image ${image.index + 1} at step ${data.progress.step}`, `step ${data.progress.step}`),
+        ),
+      );
+    } else if (event !== "progress") {
+      outcome = event;
+    }
+  }
+  const job = await apiJson(`/v1/jobs/${accepted.job_id}`);
+  if (outcome !== "succeeded" || job.status !== "succeeded") {
+    throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
+  }
+  progress.value = 1;
+  $("gen-status").textContent = `done in ${(job.timings.total_ms / 1000).toFixed(2)} s`;
+  $("gen-results").replaceChildren(
+    ...job.images.map((image) => {
+      const fig = figure(dataUrl(image), `Generated image, seed ${image.seed}`, `seed ${image.seed}`);
+      const link = document.createElement("a");
+      link.href = dataUrl(image);
+      link.download = `${job.model}-seed-${image.seed}.${image.media_type.split("/")[1]}`;
+      link.textContent = `Download (seed ${image.seed})`;
+      fig.append(link);
+      return fig;
+    }),
+  );
+}
+$("gen-form").addEventListener("submit", guard($("gen-submit"), generate));
+
+// -- denoise ----------------------------------------------------------------------------------------------
+const photo = { original: null, noisy: null, sigma: null }; // Blobs, and the sigma the noise was added at
+
+function setOriginal(blob, label) {
+  photo.original = blob;
+  photo.noisy = null;
+  photo.sigma = null;
+  showImage("dn-original", blob, `Original photo (${label})`);
+  $("dn-noisy-fig").hidden = true;
+  $("dn-denoised-fig").hidden = true;
+  $("dn-compare-box").hidden = true;
+  $("dn-status").textContent = `${label} loaded: add noise, or tick "already noisy" and denoise`;
+}
+
+function showImage(id, blob, alt) {
+  const img = $(id);
+  img.onerror = () => showMessage(`${alt}: the browser cannot show this file; it may not be an image.`);
+  img.src = URL.createObjectURL(blob);
+  img.alt = alt;
+  $(`${id}-fig`).hidden = false;
+}
+
+async function loadSample(name) {
+  const response = await fetch(`/ui/samples/${name}.png`);
+  if (!response.ok) throw new ApiError(`sample ${name} is missing (${response.status})`);
+  setOriginal(await response.blob(), `sample: ${name}`);
+}
+
+for (const name of SAMPLES) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "secondary";
+  button.textContent = `Sample: ${name}`;
+  button.addEventListener("click", guard(button, () => loadSample(name)));
+  $("dn-samples").append(button);
+}
+
+$("dn-file").addEventListener("change", () => {
+  const file = $("dn-file").files[0];
+  if (file) setOriginal(file, file.name);
+});
+const drop = $("dn-drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  const file = event.dataTransfer.files[0];
+  if (file) setOriginal(file, file.name);
+});
+
+function sigmaValue() {
+  const sigma = Number($("dn-sigma").value);
+  if (!(sigma > 0 && sigma <= 255)) throw new ApiError("Noise σ must be between 1 and 255.");
+  return sigma;
+}
+
+async function addNoise() {
+  if (!photo.original) throw new ApiError("Upload a photo or pick a sample first.");
+  const sigma = sigmaValue();
+  const form = new FormData();
+  form.append("file", photo.original, "photo");
+  form.append("sigma", String(sigma));
+  form.append("seed", "0");
+  $("dn-status").textContent = "adding noise…";
+  const job = await apiJson("/v1/noise", { method: "POST", body: form });
+  photo.noisy = b64ToBlob(job.images[0].data, job.images[0].media_type);
+  photo.sigma = sigma;
+  $("dn-noisy-given").checked = false;
+  $("dn-sigma-mode").value = "known";
+  showImage("dn-noisy", photo.noisy, `Noisy photo (σ ${sigma})`);
+  $("dn-noisy-caption").textContent = `Noisy (σ ${sigma})`;
+  $("dn-denoised-fig").hidden = true;
+  $("dn-status").textContent = "noise added: now denoise it";
+  await scoreAgainstOriginal("dn-noisy", "dn-noisy-caption", `Noisy (σ ${sigma})`);
+}
+$("dn-add-noise").addEventListener("click", guard($("dn-add-noise"), addNoise));
+
+async function denoise() {
+  const given = $("dn-noisy-given").checked;
+  const noisy = given ? photo.original : photo.noisy;
+  if (!noisy) throw new ApiError(photo.original ? 'Add noise first, or tick "My photo is already noisy".' : "Upload a photo or pick a sample first.");
+  const form = new FormData();
+  form.append("file", noisy, "noisy");
+  form.append("mode", $("dn-mode").value);
+  form.append("sigma", $("dn-sigma-mode").value === "auto" ? "auto" : String(given ? sigmaValue() : photo.sigma));
+  $("dn-status").textContent = "denoising…";
+  const job = await apiJson("/v1/denoise", { method: "POST", body: form });
+  const denoised = b64ToBlob(job.images[0].data, job.images[0].media_type);
+  if (given) {
+    // the upload is the noisy image: there is no clean original to compare with
+    $("dn-original-fig").hidden = true;
+    showImage("dn-noisy", noisy, "Noisy photo (your upload)");
+    $("dn-noisy-caption").textContent = "Noisy (your upload)";
+  }
+  showImage("dn-denoised", denoised, "Denoised photo");
+  const sigma = job.info && job.info.sigma !== undefined ? ` (σ ${Number(job.info.sigma).toFixed(1)})` : "";
+  $("dn-denoised-caption").textContent = `Denoised${sigma}`;
+  $("dn-compare-before").src = $("dn-noisy").src;
+  $("dn-compare-after").src = $("dn-denoised").src;
+  $("dn-compare-box").hidden = false;
+  updateCompare();
+  $("dn-status").textContent = `done in ${(job.timings.total_ms / 1000).toFixed(2)} s`;
+  if (!given) await scoreAgainstOriginal("dn-denoised", "dn-denoised-caption", `Denoised${sigma}`);
+}
+$("dn-form").addEventListener("submit", guard($("dn-submit"), denoise));
+
+function updateCompare() {
+  const cut = 100 - Number($("dn-compare").value);
+  $("dn-compare-after").style.clipPath = `inset(0 ${cut}% 0 0)`;
+}
+$("dn-compare").addEventListener("input", updateCompare);
+
+// PSNR and SSIM against the original, on the browser's decoded pixels.
+async function pixelsOf(img) {
+  await img.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  return context.getImageData(0, 0, canvas.width, canvas.height);
+}
+
+async function scoreAgainstOriginal(id, captionId, label) {
+  const [a, b] = await Promise.all([pixelsOf($("dn-original")), pixelsOf($(id))]);
+  if (a.width !== b.width || a.height !== b.height) return;
+  $(captionId).textContent = `${label}: PSNR ${psnr(a, b).toFixed(2)} dB, SSIM ${ssim(a, b).toFixed(3)}`;
+}
+
+function psnr(a, b) {
+  let sum = 0;
+  let n = 0;
+  for (let i = 0; i < a.data.length; i += 4) {
+    for (let c = 0; c < 3; c++) {
+      const d = a.data[i + c] - b.data[i + c];
+      sum += d * d;
+      n++;
+    }
+  }
+  const mse = sum / n;
+  return mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
+}
+
+function luma(image) {
+  const out = new Float64Array(image.width * image.height);
+  for (let p = 0, i = 0; p < out.length; p++, i += 4) {
+    out[p] = 0.299 * image.data[i] + 0.587 * image.data[i + 1] + 0.114 * image.data[i + 2];
+  }
+  return out;
+}
+
+function ssim(a, b, win = 7) {
+  // Mean SSIM (Wang et al. 2004) on luma over win x win windows, as scikit-image's default.
+  const x = luma(a);
+  const y = luma(b);
+  const w = a.width;
+  const h = a.height;
+  const c1 = (0.01 * 255) ** 2;
+  const c2 = (0.03 * 255) ** 2;
+  const n = win * win;
+  let total = 0;
+  let count = 0;
+  for (let top = 0; top + win <= h; top++) {
+    for (let left = 0; left + win <= w; left++) {
+      let sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+      for (let r = top; r < top + win; r++) {
+        for (let c = left; c < left + win; c++) {
+          const u = x[r * w + c];
+          const v = y[r * w + c];
+          sx += u; sy += v; sxx += u * u; syy += v * v; sxy += u * v;
+        }
+      }
+      const mx = sx / n;
+      const my = sy / n;
+      const vx = (sxx - n * mx * mx) / (n - 1);
+      const vy = (syy - n * my * my) / (n - 1);
+      const cov = (sxy - n * mx * my) / (n - 1);
+      total += ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2));
+      count++;
+    }
+  }
+  return count ? total / count : 1;
+}
+
+// -- forward process ----------------------------------------------------------------------------------------
+SAMPLES.forEach((name) => option($("fw-image"), name, `sample: ${name}`));
+let forwardUpload = null;
+$("fw-file").addEventListener("change", () => {
+  forwardUpload = $("fw-file").files[0] || null;
+});
+
+async function forward() {
+  const model = models.find((m) => m.name === $("fw-model").value);
+  if (!model) throw new ApiError("Pick a model for its noise schedule first.");
+  let image = forwardUpload;
+  if (!image) {
+    const response = await fetch(`/ui/samples/${$("fw-image").value}.png`);
+    image = await response.blob();
+  }
+  const last = model.card.train_timesteps - 1;
+  const strip = $("fw-strip");
+  strip.replaceChildren();
+  const seed = $("fw-seed").value || "0";
+  // One /v1/noise call per timestep, all with the same seed: the same noise n at every t, growing as
+  // alpha_bar_t falls. t = 0 is x_0 itself; the last timestep of the schedule is T - 1.
+  const cells = FORWARD_STEPS.map((t) => {
+    const item = document.createElement("li");
+    strip.append(item);
+    return item;
+  });
+  let done = 0;
+  await Promise.all(
+    FORWARD_STEPS.map(async (t, i) => {
+      let src;
+      const timestep = Math.min(t, last);
+      if (t === 0) {
+        src = URL.createObjectURL(image);
+      } else {
+        const form = new FormData();
+        form.append("file", image, "image");
+        form.append("timestep", String(timestep));
+        form.append("model", model.name);
+        form.append("seed", seed);
+        const job = await apiJson("/v1/noise", { method: "POST", body: form });
+        src = dataUrl(job.images[0]);
+      }
+      const label = t === 0 ? "t = 0 (x₀)" : timestep === t ? `t = ${t}` : `t = ${timestep} (T − 1)`;
+      const img = document.createElement("img");
+      img.src = src;
+      img.alt = `x at ${label}`;
+      const caption = document.createElement("span");
+      caption.textContent = label;
+      cells[i].append(img, caption);
+      done++;
+      $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length}`;
+    }),
+  );
+}
+$("fw-form").addEventListener("submit", guard($("fw-submit"), forward));
+
+loadModels();

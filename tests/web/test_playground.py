@@ -1,0 +1,174 @@
+"""Clicking through the playground as a person would, by roles and accessible names, in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import httpx
+from playwright.sync_api import expect
+
+ORDER = """() => {
+  window.order = [];
+  for (const id of ["gen-preview", "gen-results"]) {
+    new MutationObserver(() => window.order.push(id)).observe(document.getElementById(id), {childList: true});
+  }
+}"""
+
+
+def clean(watched) -> None:
+    assert watched.errors == [], watched.errors
+    assert watched.outside() == [], watched.outside()
+
+
+def test_generate_shows_previews_then_the_images_with_the_seeds_asked_for(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    tab = page.get_by_role("tabpanel", name="Generate")
+    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
+    tab.get_by_label("Class").select_option(label="b")
+    tab.get_by_label("Seed", exact=True).fill("42")
+    tab.get_by_label("Steps").fill("40")
+    tab.get_by_label("Number of images").fill("2")
+    page.evaluate(ORDER)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 42")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("img", name="Generated image, seed 43")).to_be_visible()
+    expect(page.get_by_text("seed 42", exact=True)).to_be_visible()
+    order = page.evaluate("window.order")
+    assert "gen-preview" in order and order.index("gen-preview") < order.index("gen-results")
+    expect(page.get_by_role("link", name="Download (seed 42)")).to_have_attribute("download", re.compile(r"seed-42"))
+    assert (
+        float(
+            page.get_by_label("Progress").get_attribute("value")
+            or page.evaluate("document.getElementById('gen-progress').value")
+        )
+        == 1.0
+    )
+
+    # "Copy as curl" reproduces the request: the same image comes back
+    page.get_by_role("button", name="Copy as curl").click()
+    command = page.locator("#gen-curl").inner_text()
+    assert command.startswith(f"curl -s {server.url}/v1/generate")
+    body = json.loads(command.split("-d '", 1)[1].rstrip("'"))
+    assert body["seed"] == 42 and body["class_label"] == 1 and body["num_images"] == 2
+    again = httpx.post(server.url + "/v1/generate", json=body, timeout=60).json()
+    shown = page.get_by_role("img", name="Generated image, seed 42").get_attribute("src")
+    assert shown.split("base64,")[1] == again["images"][0]["data"]
+    clean(watched)
+
+
+def test_denoise_shows_original_noisy_and_denoised_side_by_side(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("button", name="Sample: cat").click()
+    expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
+    page.get_by_label("Noise σ (0–255)").fill("30")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Denoise", exact=True).click()
+    expect(page.get_by_role("img", name="Denoised photo")).to_be_visible(timeout=60_000)
+    images = page.locator("#dn-results img")
+    assert images.count() == 3 and all(images.nth(i).is_visible() for i in range(3))
+    expect(page.locator("#dn-denoised-caption")).to_contain_text("PSNR", timeout=10_000)
+    expect(page.locator("#dn-noisy-caption")).to_contain_text("SSIM")
+    slider = page.get_by_label("Before/after")
+    slider.fill("20")
+    assert "inset(0px 80%" in page.locator("#dn-compare-after").evaluate("e => getComputedStyle(e).clipPath")
+    clean(watched)
+
+
+def test_a_text_file_upload_shows_a_readable_error(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("tabpanel", name="Denoise").get_by_label("Upload a photo").set_input_files(
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image at all"}]
+    )
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text("file")
+    expect(alert).to_contain_text("422")  # the server's own refusal, in words
+    assert watched.outside() == []
+
+
+def test_the_forward_strip_has_eleven_images(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Forward process").click()
+    page.get_by_role("tabpanel", name="Forward process").get_by_label("Schedule of model").select_option("tiny-gen")
+    page.get_by_role("button", name="Show forward process").click()
+    strip = page.locator("#fw-strip img")
+    expect(strip).to_have_count(11, timeout=30_000)
+    captions = page.locator("#fw-strip span").all_inner_texts()
+    assert captions[0].startswith("t = 0") and captions[5] == "t = 500" and captions[-1] == "t = 999 (T − 1)"
+    for i in range(11):  # every image decoded (the page's CSP forbids wait_for_function's eval)
+        expect(strip.nth(i)).to_have_js_property("complete", True)
+        assert strip.nth(i).evaluate("img => img.naturalWidth") > 0
+    clean(watched)
+
+
+def test_tabs_work_from_the_keyboard_and_every_control_has_a_label(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Generate").focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("tab", name="Denoise")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_role("tabpanel", name="Denoise")).to_be_visible()
+    page.keyboard.press("End")
+    expect(page.get_by_role("tab", name="Forward process")).to_be_focused()
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+                 .filter(e => !e.labels || e.labels.length === 0).map(e => e.id)"""
+    )
+    assert unlabelled == []
+    clean(watched)
+
+
+def test_phone_width_and_dark_mode(server, open_page):
+    watched = open_page(server, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page = watched.page
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_visible()
+    for tab in ("Generate", "Denoise", "Forward process"):
+        page.get_by_role("tab", name=tab).click()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
+    assert red + green + blue < 150  # dark
+    clean(watched)
+
+
+def test_a_server_with_keys_asks_for_one_and_shows_429_with_its_wait(keyed_server, open_page):
+    watched = open_page(keyed_server)
+    page = watched.page
+    expect(page.get_by_role("region", name="API key")).to_be_visible()
+    page.get_by_role("textbox", name="API key").fill("web-secret-key")
+    page.get_by_role("button", name="Save key").click()
+    tab = page.get_by_role("tabpanel", name="Generate")
+    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
+    assert page.evaluate("localStorage.getItem('diffusion-api-key')") == "web-secret-key"
+    tab.get_by_label("Seed", exact=True).fill("5")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 5").first).to_be_visible(timeout=60_000)
+
+    page.get_by_role("button", name="API key").click()
+    page.get_by_role("textbox", name="API key").fill("slow-key")  # 4 requests a minute
+    page.get_by_role("button", name="Save key").click()
+    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
+    for _ in range(3):
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled(timeout=60_000)
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("429")
+    expect(alert).to_contain_text(re.compile(r"try again in \d+ s"))
+    assert watched.outside() == []
+
+
+def test_the_page_is_served_with_a_policy_that_keeps_it_on_this_server(server):
+    r = httpx.get(server.url + "/")
+    assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
+    sample = httpx.get(server.url + "/ui/samples/cat.png")
+    assert sample.headers["content-type"] == "image/png" and base64.b64encode(sample.content)
