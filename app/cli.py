@@ -40,6 +40,7 @@ def serve(argv: list[str] | None = None) -> None:
     from app.api.main import create_app
     from app.queue.factory import open_queue
     from app.queue.protocol import NoModels
+    from app.serving import DrainingServer, Drain, protocol_with
 
     try:
         backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
@@ -47,14 +48,18 @@ def serve(argv: list[str] | None = None) -> None:
         print(f"diffusion-serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # With Redis the backend holds connections bound to an event loop: it opens in uvicorn's lifespan.
-    # On SIGTERM uvicorn stops accepting and lets waiting clients finish (up to the grace time).
-    uvicorn.run(
-        create_app(settings, queue=backend),
+    # On SIGTERM uvicorn stops accepting and lets waiting clients finish (up to the grace time); sync
+    # requests still waiting then get an answer (app.api.results), and the process exits with 0.
+    drain = Drain(settings.shutdown_grace_s)
+    config = uvicorn.Config(
+        create_app(settings, queue=backend, drain=drain),
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        http=protocol_with(settings.header_timeout_s),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
     )
+    DrainingServer(config, drain).run()
 
 
 def worker(argv: list[str] | None = None) -> None:
@@ -68,16 +73,15 @@ def worker(argv: list[str] | None = None) -> None:
 
 
 async def _run_worker(settings: Settings) -> int:
-    from redis.asyncio import Redis
-
     from app.queue.factory import no_models_message
+    from app.queue.redis.queue import connect
     from app.queue.redis.worker import RedisWorker
 
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port, addr=settings.host)  # the engine's metrics, for Prometheus
-    redis = Redis.from_url(settings.queue_url)
+    redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
     await node.start()
     if not node.serves_anything:

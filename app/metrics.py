@@ -21,6 +21,7 @@ JOB_RUN_SECONDS = Histogram(
     "diffusion_job_run_seconds", "time from the first step to the result", ["kind"], buckets=SECONDS
 )
 QUEUE_DEPTH = Gauge("diffusion_queue_depth", "jobs queued or running (this node's view)")
+JOBS_KEPT = Gauge("diffusion_finished_jobs_kept", "finished jobs whose results this process holds (in-process mode)")
 ROWS_RUNNING = Gauge("diffusion_rows_running", "rows in the engine's running set")
 PASS_ROWS = Histogram("diffusion_pass_rows", "rows per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 PASS_SECONDS = Histogram(

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(
         10.0, gt=0, description="first webhook retry after this; each later one waits 3 times longer"
     )
+    max_finished_jobs: int = Field(
+        1000, ge=1, description="in-process: finished jobs kept at most (the oldest are forgotten first)"
+    )
+    max_finished_mb: float = Field(
+        256.0, gt=0, description="in-process: megabytes of finished jobs' images kept at most (oldest forgotten)"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="a client must send a request's headers within this")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next piece of a request body")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # -- scale-out on Redis (see README "Scaling out"); without queue_url, the in-process queue --------

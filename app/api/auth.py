@@ -32,6 +32,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.api.errors import ApiError
+from app.queue.protocol import QueueUnavailable
 from app.jobs import PRIORITY_LEVEL, Priority
 from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
@@ -163,7 +164,11 @@ class Gate:
         if self.limiter is None or key.requests_per_minute is None:
             return
         item = RateLimitItemPerMinute(key.requests_per_minute)
-        if not await self.limiter.hit(item, key.name):
+        try:
+            allowed = await self.limiter.hit(item, key.name)
+        except Exception as exc:  # the counters live in Redis, which is away: the queue is too
+            raise QueueUnavailable(f"rate-limit counters: {type(exc).__name__}: {exc}") from exc
+        if not allowed:
             QUOTA_REFUSALS.labels(key.name, "requests_per_minute").inc()
             stats = await self.limiter.get_window_stats(item, key.name)
             wait = max(1, math.ceil(stats.reset_time - time.time()))

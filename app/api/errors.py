@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.queue.protocol import QueueUnavailable
+
 log = logging.getLogger(__name__)
 
 # An error names what is wrong without echoing a hostile input back whole: each message and each part of
@@ -90,6 +92,15 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed)
             msg = f"method {request.method} not allowed here; allowed: {headers['Allow']}"
         return JSONResponse(error_body(loc, msg, f"http_{status}"), status_code=status, headers=headers or None)
+
+    @app.exception_handler(QueueUnavailable)
+    async def _queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            error_body([], f"{exc}; retry shortly", "queue_unavailable"),
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,10 +1,13 @@
-"""Refuse request bodies over the configured size with a JSON 413, before they are read into memory.
+"""Refuse request bodies over the configured size with a JSON 413, before they are read into memory, and
+bodies that trickle in with a JSON 408.
 
 A declared Content-Length over the limit is refused at once; a chunked body is counted as it streams
-and refused as soon as it passes the limit.
+and refused as soon as it passes the limit. Each piece of a body must come within ``timeout_s``.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -18,9 +21,14 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"more than {limit} bytes")
 
 
+class BodyTooSlow(HTTPException):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {timeout_s:g} s")
+
+
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,13 +39,19 @@ class BodyLimit:
             body = error_body(["body"], f"request body too large: more than {self.max_bytes} bytes", "http_413")
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
-        seen = 0
+        seen, complete = 0, False
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body, receive() waits for the disconnect: no limit on that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
             return message

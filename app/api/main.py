@@ -18,6 +18,7 @@ from app.api.webhooks import Dispatcher
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
 from app.api.routes import generate, health, images, jobs, models, page
+from app.serving import Drain
 from app.settings import Settings, get_settings
 from app.queue.factory import open_queue
 from app.queue.protocol import NoModels  # noqa: F401  (re-exported for tests)
@@ -61,7 +62,7 @@ def declare_keys(document: dict) -> None:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}, {}]
 
 
-def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.drain = drain or Drain(settings.shutdown_grace_s)  # told by the server when a stop begins
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -94,7 +96,7 @@ def create_app(settings: Settings | None = None, *, queue=None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import QueueDep
+from app.queue.protocol import QueueUnavailable
 from app.metrics import HTTP_REQUESTS, HTTP_SECONDS, QUEUE_DEPTH
 
 router = APIRouter(tags=["health"])
@@ -52,5 +53,8 @@ class HttpMetrics:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request, queue: QueueDep) -> Response:
     """Prometheus metrics of this process (a Redis worker serves its engine's on its own port)."""
-    QUEUE_DEPTH.set(await queue.depth())
+    try:
+        QUEUE_DEPTH.set(await queue.depth())
+    except QueueUnavailable:  # Redis away: the other series are still worth serving
+        pass
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -19,8 +21,13 @@ from app.jobs import JobRecord, JobSpec, JobStatus, Webhook
 from app.api.auth import OPEN, Caller, CallerDep
 from app.metrics import JOBS_SUBMITTED, QUOTA_REFUSALS
 from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
+from app.serving import Drain
 from app.settings import Settings
 from app.store.catalog import ModelEntry
+
+
+log = logging.getLogger(__name__)
+DISCONNECT_POLL_S = 0.25
 
 
 def errors_for(*codes: int) -> dict[int | str, dict]:
@@ -121,6 +128,33 @@ async def submit(
     return record
 
 
+async def _client_gone(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def wait_for_result(
+    queue: JobQueue, record: JobRecord, timeout: float, request: Request | None, drain: Drain | None
+) -> tuple[JobRecord | None, str]:
+    """Wait for the job: (its record, why the wait ended): ``done`` (final, or the sync timeout passed),
+    ``gone`` (the client disconnected) or ``draining`` (the server is stopping and its grace is nearly over)."""
+    waits = {asyncio.create_task(queue.wait(record.id, timeout)): "done"}
+    if request is not None:
+        waits[asyncio.create_task(_client_gone(request))] = "gone"
+    if drain is not None:
+        waits[asyncio.create_task(drain.deadline_passed())] = "draining"
+    try:
+        finished, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    reasons = {waits[task] for task in finished}
+    reason = "done" if "done" in reasons else reasons.pop()
+    if reason == "done":
+        return next(t for t in finished if waits[t] == "done").result(), reason
+    return await queue.get(record.id), reason
+
+
 async def run_job(
     queue: JobQueue,
     spec: JobSpec,
@@ -132,12 +166,33 @@ async def run_job(
     timeout: float,
     caller: Caller = OPEN,
     webhook: Webhook | None = None,
+    request: Request | None = None,
+    drain: Drain | None = None,
 ) -> Response:
-    """Submit, then answer 202 at once (async) or wait for the result (sync)."""
+    """Submit, then answer 202 at once (async) or wait for the result (sync). A sync client that
+    disconnects cancels its job, unless it sent an Idempotency-Key (it means to come back for it). When the
+    server stops before the job is done: 202 and its Location if the job outlives this process (Redis),
+    else a 503."""
     record = await submit(queue, spec, idempotency_key, fingerprint, caller, webhook)
     if prefer_async:
         return accepted(record)
-    record = await queue.wait(record.id, timeout)
+    job_id = record.id
+    record, reason = await wait_for_result(queue, record, timeout, request, drain)
+    if reason == "gone" and record is not None and not record.status.finished:
+        if idempotency_key is None:
+            await queue.cancel(job_id)
+            log.info("client of job %s disconnected: job canceled", job_id)
+        return Response(status_code=499)  # nobody is listening
+    if reason == "draining" and record is not None and not record.status.finished:
+        if queue.durable:
+            return accepted(record)
+        raise ApiError(
+            503,
+            [],
+            f"the server is shutting down and job {job_id} did not finish in time; send the request again",
+            type="shutting_down",
+            headers={"Retry-After": "5"},
+        )
     if record is None:
         raise ApiError(404, ["path", "job_id"], "job expired before it could be returned", type="not_found")
     if not record.status.finished:
@@ -171,6 +226,9 @@ class Submission:
         """JSON or raw image bytes, and the output format (406 when Accept allows neither)."""
         return negotiate_result(self.accept, requested_format)
 
+    request: Request | None = None
+    drain: Drain | None = None
+
     async def run(self, spec: JobSpec, *, fingerprint: str, options: BaseModel) -> Response:
         """Submit ``spec`` (from the request ``options``, which may name a webhook) and answer."""
         webhook = await webhook_for(options, self.settings)
@@ -184,10 +242,13 @@ class Submission:
             timeout=self.settings.sync_timeout_s,
             caller=self.caller,
             webhook=webhook,
+            request=self.request,
+            drain=self.drain,
         )
 
 
 def submission(
+    request: Request,
     queue: QueueDep,
     settings: SettingsDep,
     caller: CallerDep,
@@ -198,7 +259,7 @@ def submission(
         Header(max_length=200, description="the same key returns the same job; reused with another body: 422"),
     ] = None,
 ) -> Submission:
-    return Submission(queue, settings, accept, prefer, idempotency_key, caller)
+    return Submission(queue, settings, accept, prefer, idempotency_key, caller, request, request.app.state.drain)
 
 
 SubmissionDep = Annotated[Submission, Depends(submission)]

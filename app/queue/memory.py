@@ -11,12 +11,19 @@ import time
 from typing import AsyncIterator
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event, event_payload, preview_payload
-from app.metrics import job_finished
+from app.metrics import JOBS_KEPT, job_finished
 from app.queue.outbox import MemoryOutbox, deliveries_for
 from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
+
+
+PURGE_EVERY_S = 5.0
+
+
+def _result_bytes(record: JobRecord) -> int:
+    return sum(len(image.data) for image in record.result.images) if record.result else 0
 
 
 class MemoryJobQueue:
@@ -29,6 +36,8 @@ class MemoryJobQueue:
         self._idempotency: dict[str, tuple[str, str]] = {}  # key -> (job ID, request fingerprint)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.outbox = MemoryOutbox()  # webhook deliveries: as durable as this process
+        self.durable = False
+        self._janitor_task: asyncio.Task | None = None
 
     @classmethod
     def start(cls, settings: Settings, models: dict[str, ModelEntry]) -> "MemoryJobQueue":
@@ -60,15 +69,34 @@ class MemoryJobQueue:
                 self.outbox.add(delivery)
             if record.status.finished:
                 job_finished(record)
+                self._purge()  # the caps hold after every finished job
             self._watchers.notify(record.id, event_payload(record))
 
-    # -- protocol ----------------------------------------------------------------------------------
+    # -- keeping finished jobs ---------------------------------------------------------------------
     def _purge(self) -> None:
+        """Forget finished jobs past their retention, then the oldest finished ones beyond the caps on their
+        number and on their images' bytes."""
         horizon = time.time() - self.settings.job_retention_s
-        for job_id in [j for j, r in self._records.items() if r.finished_at and r.finished_at < horizon]:
+        finished = sorted((r.finished_at, j) for j, r in self._records.items() if r.finished_at is not None)
+        sizes = {j: _result_bytes(self._records[j]) for _, j in finished}
+        held, cap_bytes = sum(sizes.values()), self.settings.max_finished_mb * 1e6
+        count = len(finished)
+        for finished_at, job_id in finished:
+            if finished_at >= horizon and count <= self.settings.max_finished_jobs and held <= cap_bytes:
+                break
             del self._records[job_id]
+            count, held = count - 1, held - sizes[job_id]
         live = set(self._records)
         self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] in live}
+        JOBS_KEPT.set(count)
+
+    async def _janitor(self) -> None:
+        """Purge on a timer too, so results go when their time is up even if no request comes."""
+        while True:
+            await asyncio.sleep(min(PURGE_EVERY_S, self.settings.job_retention_s))
+            self._purge()
+
+    # -- protocol ----------------------------------------------------------------------------------
 
     def _admits(self, record: JobRecord) -> bool:
         active = [r for r in self._records.values() if not r.status.finished]
@@ -88,6 +116,8 @@ class MemoryJobQueue:
         webhook: Webhook | None = None,
     ) -> JobRecord:
         self._loop = asyncio.get_running_loop()  # the loop that serves requests; engine events go to it
+        if self._janitor_task is None:
+            self._janitor_task = self._loop.create_task(self._janitor())
         self._purge()
         if idempotency_key:
             idempotency_key = f"{owner or ''}:{idempotency_key}"  # each key's own namespace
@@ -139,5 +169,7 @@ class MemoryJobQueue:
         return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())
 
     async def close(self) -> None:
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)

@@ -30,13 +30,24 @@ class IdempotencyConflict(Exception):
     """An Idempotency-Key already used for a request with a different body."""
 
 
+class QueueUnavailable(Exception):
+    """The queue backend cannot be reached (Redis down or too slow); the client should retry."""
+
+    def __init__(self, detail: str, retry_after: int = 2) -> None:
+        super().__init__(f"the job queue is unreachable: {detail}")
+        self.retry_after = retry_after
+
+
 class NoModels(RuntimeError):
     """The store holds no model that can be served."""
 
 
 class JobQueue(Protocol):
+    """Every method may raise QueueUnavailable when the backend cannot be reached."""
+
     models: dict[str, ModelEntry]
     outbox: Outbox  # webhook deliveries, filled as records change
+    durable: bool  # jobs outlive this process (Redis): a waiter cut short by a stop can come back for them
 
     async def submit(
         self,
@@ -71,6 +82,6 @@ class JobQueue(Protocol):
         """Jobs queued or running, as this node sees them (for the metrics)."""
 
     async def ready(self) -> bool:
-        """Models loaded and a worker alive."""
+        """Models loaded, a worker alive, and the backend reachable now."""
 
     async def close(self) -> None: ...

@@ -28,7 +28,7 @@ def procs():
     started: list[Proc] = []
 
     def start(role: str, prefix: str, store: Path, **env) -> Proc:
-        proc = Proc(role, prefix, store, **env)
+        proc = Proc(role, prefix, store, **env)  # queue_url=..., log=... go through
         started.append(proc)
         return proc
 

@@ -26,7 +26,9 @@ def free_port() -> int:
 class Proc:
     """A diffusion-serve or diffusion-worker process."""
 
-    def __init__(self, role: str, prefix: str, store: Path, **env) -> None:
+    def __init__(
+        self, role: str, prefix: str, store: Path, *, queue_url: str | None = REDIS_URL, log: Path | None = None, **env
+    ) -> None:
         self.role = role
         self.port = free_port() if role == "serve" else None
         args = [
@@ -34,8 +36,7 @@ class Proc:
             "-m",
             "app.cli",
             role,
-            "--queue-url",
-            REDIS_URL,
+            *(["--queue-url", queue_url] if queue_url else []),
             "--model-store",
             str(store),
             "--log-level",
@@ -53,7 +54,9 @@ class Proc:
             "HF_HUB_OFFLINE": "1",
             **{k: str(v) for k, v in env.items()},
         }
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env)
+        self.log = log
+        output = open(log, "ab") if log else None  # noqa: SIM115 (the process writes to it)
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=output, stderr=output)
 
     @property
     def url(self) -> str:
@@ -84,6 +87,40 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+class OwnRedis:
+    """A Redis server of the test's own on a free port, to stop and start again (``appendonly``: its data
+    survives a restart, in ``folder``)."""
+
+    def __init__(self, folder: Path, *, appendonly: bool) -> None:
+        self.port, self.folder, self.appendonly = free_port(), folder, appendonly
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.folder)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.RedisError:  # not up yet, or loading its data
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def worker_pids_holding(prefix: str) -> dict[int, int]:

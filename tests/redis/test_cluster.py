@@ -174,3 +174,29 @@ def test_a_webhook_retry_survives_the_api_node_that_scheduled_it(prefix, procs, 
         got = receiver.wait_for(2, timeout=60)
     assert [r["headers"]["webhook-id"] for r in got] == [f"msg_{job_id}_completed"] * 2
     assert Verifier(secret).verify(got[1]["body"], got[1]["headers"])["status"] == "succeeded"
+
+
+def test_a_stop_past_its_grace_answers_waiters_202_with_the_location_and_exits_0(prefix, procs, store):
+    import threading
+
+    api = procs("serve", prefix, store, DIFFUSION_SHUTDOWN_GRACE_S=2)
+    other = procs("serve", prefix, store)
+    procs("worker", prefix, store)
+    api.wait_ready(), other.wait_ready()
+    answers = []
+    body = {"class_label": 1, "steps": 1000, "num_images": 16}
+    waiting = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{api.url}/v1/generate", json=body, timeout=60))
+    )
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not worker_pids_holding(prefix):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    api.proc.send_signal(signal.SIGTERM)
+    waiting.join(60)
+    (answer,) = answers
+    assert answer.status_code == 202 and answer.headers["location"].startswith("/v1/jobs/")
+    assert api.proc.wait(30) == 0
+    job_id = answer.json()["job_id"]  # the job goes on in Redis: another node has it
+    assert poll(other.url, job_id, timeout=180)["status"] == "succeeded"

@@ -55,7 +55,8 @@ DELIVERY_TTL_S = 2 * 24 * 3600
 # reverse), and queue the webhook deliveries the change fires in the same step (the rule of
 # app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,
 # status, event JSON, retention seconds, job ID, delivery key prefix ("{p}:webhook:"), delivery TTL.
-# Returns 1 if changed.
+# Returns 1 if changed, 0 if the record was already final, -1 if it is gone (expired, or lost by a Redis
+# restart without persistence).
 UPDATE_RECORD = """
 local function fire(event)
   local wanted = redis.call('HGET', KEYS[1], 'webhook_events')
@@ -71,7 +72,7 @@ end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
   redis.call('HDEL', KEYS[2], ARGV[5])  -- the record is gone (expired, evicted): it holds nothing any more
-  return 0
+  return -1
 end
 if current == 'succeeded' or current == 'failed' or current == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])

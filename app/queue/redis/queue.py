@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from typing import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event
-from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
+from app.queue.protocol import IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
 from app.queue.redis.keys import ADMIT, Keys
 from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis.records import RecordStore
@@ -27,6 +30,27 @@ from app.store.catalog import ModelEntry
 
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_S = 1.0
+PING_TIMEOUT_S = 1.0
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
+
+
+def connect(url: str) -> Redis:
+    """A client that gives up connecting after 2 s (a command on a live connection has no limit: blocking
+    reads and subscriptions wait by design)."""
+    return Redis.from_url(url, socket_connect_timeout=2)
+
+
+def reachable(method):
+    """Redis being away is QueueUnavailable (the API answers 503 with Retry-After), not an internal error."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 class RedisJobQueue:
@@ -42,10 +66,11 @@ class RedisJobQueue:
         self._tasks: list[asyncio.Task] = []
         self._workers_seen = 0.0
         self.embedded = None  # a RedisWorker running in this process, when settings ask for one
+        self.durable = True
 
     @classmethod
     async def open(cls, settings: Settings) -> "RedisJobQueue":
-        queue = cls(settings, Redis.from_url(settings.queue_url))
+        queue = cls(settings, connect(settings.queue_url))
         await queue.redis.ping()
         await queue.refresh_catalog()
         queue._tasks = [asyncio.create_task(queue._follow_events()), asyncio.create_task(queue._refresh_loop())]
@@ -87,6 +112,7 @@ class RedisJobQueue:
                     await pubsub.aclose()
 
     # -- protocol ----------------------------------------------------------------------------------
+    @reachable
     async def submit(
         self,
         spec: JobSpec,
@@ -148,9 +174,11 @@ class RedisJobQueue:
             await asyncio.sleep(0.05)
         return None
 
+    @reachable
     async def get(self, job_id: str) -> JobRecord | None:
         return await self.records.get(job_id)
 
+    @reachable
     async def cancel(self, job_id: str) -> JobRecord | None:
         record = await self.get(job_id)
         if record is None or record.status.finished:
@@ -160,18 +188,30 @@ class RedisJobQueue:
         await self.redis.publish(self.keys.cancel, job_id)  # the worker holding it drops its rows
         return await self.get(job_id)
 
+    @reachable
     async def wait(self, job_id: str, timeout: float) -> JobRecord | None:
         return await self._watchers.wait(job_id, lambda: self.get(job_id), timeout)
 
-    def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
-        return self._watchers.follow(job_id, lambda: self.get(job_id))
+    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+        try:
+            async for item in self._watchers.follow(job_id, lambda: self.get(job_id)):
+                yield item
+        except QueueUnavailable as exc:  # the stream has begun: end it; the client reconnects or polls
+            log.warning("event stream of job %s ended: %s", job_id, exc)
 
+    @reachable
     async def depth(self) -> int:
         return int(await self.redis.hlen(self.keys.held))
 
     async def ready(self) -> bool:
+        """A worker's heartbeat is fresh, a model is served, and Redis answers a PING now."""
         fresh = time.time() - self._workers_seen < max(3 * self.settings.heartbeat_s, 5.0)
-        return fresh and any(e.ready for e in self.models.values())
+        if not (fresh and any(e.ready for e in self.models.values())):
+            return False
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), PING_TIMEOUT_S))
+        except (asyncio.TimeoutError, *REDIS_DOWN):
+            return False
 
     async def close(self) -> None:
         if self.embedded is not None:

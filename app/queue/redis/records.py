@@ -19,9 +19,9 @@ class RecordStore:
         raw = await self.redis.hget(self.keys.job(job_id), "record")
         return None if raw is None else JobRecord.model_validate_json(raw)
 
-    async def update(self, record: JobRecord, pipe=None) -> None:
+    async def update(self, record: JobRecord, pipe=None):
         """Write ``record`` and announce it, unless the stored record is already final; queue the webhook
-        deliveries the change fires."""
+        deliveries the change fires. Returns UPDATE_RECORD's answer (in a pipeline: once it runs)."""
         kind, data = event_payload(record)
         message = json.dumps({"job_id": record.id, "kind": kind, "data": data})
         keys = [self.keys.job(record.id), self.keys.held, self.keys.events, self.keys.outbox]
@@ -34,4 +34,4 @@ class RecordStore:
             self.keys.delivery(""),
             DELIVERY_TTL_S,
         ]
-        await self._update(keys=keys, args=args, client=pipe or self.redis)
+        return await self._update(keys=keys, args=args, client=pipe or self.redis)

@@ -121,6 +121,10 @@ class RedisWorker:
         for job_id in list(self.held):
             held = self.held.pop(job_id)
             self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
+            if not await self.redis.exists(self.keys.job(job_id)):
+                log.warning("job %s: its record is gone from Redis; not handing it back", job_id)
+                await self._retire(held.stream, held.entry_id, forget=job_id)
+                continue
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(held.stream, {"job": job_id})
                 pipe.xack(held.stream, GROUP, held.entry_id)
@@ -274,12 +278,17 @@ class RedisWorker:
             for event in self._previews:  # straight to the job's event stream; no record changes
                 kind, data = preview_payload(event)
                 pipe.publish(self.keys.events, json.dumps({"job_id": event.job_id, "kind": kind, "data": data}))
-            for held in self._dirty.values():
+            updates = {}  # job ID -> the position of its record update's answer
+            for job_id, held in self._dirty.items():
+                updates[job_id] = len(pipe.command_stack)
                 await self.records.update(held.record, pipe)
                 if held.record.status.finished:
                     pipe.xack(held.stream, GROUP, held.entry_id)
                     pipe.xdel(held.stream, held.entry_id)
-            await pipe.execute()
+            answers = await pipe.execute()
+        vanished = [job_id for job_id, at in updates.items() if answers[at] == -1]
+        for job_id in vanished:
+            await self._drop_vanished(job_id)
         finished = [job_id for job_id, held in self._dirty.items() if held.record.status.finished]
         for job_id in finished:
             job_finished(self._dirty[job_id].record)
@@ -289,6 +298,18 @@ class RedisWorker:
             self.held.pop(job_id, None)
         if finished:
             self._room.set()
+
+    async def _drop_vanished(self, job_id: str) -> None:
+        """A job whose record is gone (Redis restarted without its data, or the record expired): nobody can
+        ask for its result, so stop computing it and take its entry off the stream."""
+        held = self.held.pop(job_id, None)
+        self._dirty.pop(job_id, None)
+        if held is None:
+            return
+        log.warning("job %s: its record is gone from Redis; dropping the job", job_id)
+        self.engine.cancel(job_id)
+        await self._retire(held.stream, held.entry_id, forget=job_id)
+        self._room.set()
 
     def _engine_alive(self) -> bool:
         if self.engine is not None and not self.engine.alive and not self.dead.is_set():
