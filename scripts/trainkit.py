@@ -5,7 +5,6 @@ comes from the service's own ``app.engine.device.pick_device``."""
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 from pathlib import Path
@@ -16,20 +15,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-
-@functools.cache
-def _cpuinfo() -> str:
-    """Linux's /proc/cpuinfo, read once ("" elsewhere)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than float32."""
-    flags = _cpuinfo().split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+from app.engine.device import _cpuinfo, cpu_has_bf16  # noqa: F401  (one home; tests patch it here)
 
 
 def cpu_name() -> str:

@@ -9,7 +9,8 @@ from app.settings import Settings
 
 
 def make_settings(store: Path, **overrides) -> Settings:
-    values = dict(model_store=store, device="cpu", max_batch=64, denoise_tile=64, denoise_overlap=8)
+    # float32: the same numbers on every CPU (auto picks bf16 on CPUs with native bf16; its own tests ask for it)
+    values = dict(model_store=store, device="cpu", dtype="float32", max_batch=64, denoise_tile=64, denoise_overlap=8)
     values.update(overrides)
     return Settings(**values)
 

@@ -47,4 +47,7 @@ def load(entry: ModelEntry, device: torch.device) -> PixelModel:
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise ModelRefused(f"weights do not fit the unet config: {first}") from exc
-    return PixelModel(entry=entry, schedule=schedule, unet=unet.to(device).eval().requires_grad_(False))
+    # channels-last: the convolutions' fast layout (on 2 CPU cores the photo denoiser runs 1.2x faster in
+    # float32 and 1.2x in bf16, the same PSNR: bench/bench_denoise_speed.py)
+    unet = unet.to(device, memory_format=torch.channels_last)
+    return PixelModel(entry=entry, schedule=schedule, unet=unet.eval().requires_grad_(False))

