@@ -166,7 +166,12 @@ class Gate:
         item = RateLimitItemPerMinute(key.requests_per_minute)
         try:
             allowed = await self.limiter.hit(item, key.name)
-        except Exception as exc:  # the counters live in Redis, which is away: the queue is too
+        except Exception as exc:
+            from app.queue.redis.queue import unavailable  # only with Redis storage can this happen
+
+            if not unavailable(exc):
+                raise
+            # the counters live in Redis, which is away: the queue is too
             raise QueueUnavailable(f"rate-limit counters: {type(exc).__name__}: {exc}") from exc
         if not allowed:
             QUOTA_REFUSALS.labels(key.name, "requests_per_minute").inc()

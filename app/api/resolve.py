@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from app.api.results import Submission
 
 T = TypeVar("T")
+MAX_PREVIEWS = 50  # a job's previews (each a decode, on a latent model a VAE pass): their cost stays bounded
 
 
 def or_default(value: T | None, default: T) -> T:
@@ -265,6 +266,14 @@ def generate_spec(
     check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
     check_pixels(pixels, settings, ["body", "num_images"])
     check_plan(entry, or_default(req.sampler, defaults.sampler), steps)
+    if req.preview_every and steps // req.preview_every > MAX_PREVIEWS:
+        raise ApiError(
+            422,
+            ["body", "preview_every"],
+            f"{steps} steps with a preview every {req.preview_every} make more than {MAX_PREVIEWS} previews: "
+            f"ask for one every {-(-steps // MAX_PREVIEWS)} steps or more",
+            type="too_many_previews",
+        )
     fields = dict(
         model=entry.name,
         steps=steps,

@@ -43,10 +43,18 @@ def backoff_s(settings: Settings, attempt: int) -> float:
     return settings.webhook_backoff_s * BACKOFF_GROWTH ** (attempt - 1)
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """What makes an address unfit for a webhook (None: a public address)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """What makes an address unfit for a webhook (None: a public address). An IPv6 address that carries an
+    IPv4 one (mapped, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return address_kind(embedded)
     for kind, test in (
         ("cloud-metadata", lambda: ip in CLOUD_METADATA),
         ("loopback", lambda: ip.is_loopback),
@@ -212,12 +220,15 @@ class Dispatcher:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self.signer.sign(delivery.id, now, body),
         }
-        try:
-            response = await self.client.post(delivery.url, content=body.encode(), headers=headers)
-        except httpx.TimeoutException:
+        try:  # the whole attempt within the timeout (a receiver that trickles its answer cannot hold it);
+            # its body is not read: the status says it all
+            status = await asyncio.wait_for(self._post(delivery.url, body, headers), self.settings.webhook_timeout_s)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             return f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
-            return None
-        return f"HTTP {response.status_code}"
+        return None if 200 <= status < 300 else f"HTTP {status}"
+
+    async def _post(self, url: str, body: str, headers: dict) -> int:
+        async with self.client.stream("POST", url, content=body.encode(), headers=headers) as response:
+            return response.status_code

@@ -23,9 +23,19 @@ MAX_BLOCKS = 16384  # 2x2 blocks per channel the simulation looks at (a seeded r
 BISECTIONS = 16
 
 
-def _blocks(x: torch.Tensor) -> torch.Tensor:
-    """[C, 4, n] the four pixels of each 2x2 block of a [C, H, W] image (H and W even)."""
-    return torch.stack([x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]], 1).flatten(2)
+def _blocks(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """[C, 4, n] the four pixels of each 2x2 block of a [C, H, W] image (H and W even), float64; with
+    ``keep``, only those blocks (flat indices), gathered without copying the whole image again."""
+    corners = [x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]]
+    if keep is not None:
+        corners = [c.flatten(1)[:, keep] for c in corners]
+    return torch.stack(corners, 1).flatten(2).double()
+
+
+def _hh_sigma(x: torch.Tensor) -> float:
+    """The plain Haar-HH median estimate of a whole [C, H, W] image, without stacking its blocks."""
+    hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2.0
+    return float((hh.flatten(1).abs().median(dim=1).values.double() / 0.6745).mean())
 
 
 def _mad_sigma(blocks: torch.Tensor) -> float:
@@ -61,21 +71,21 @@ def estimate_sigma(image: torch.Tensor, *, low: float = -1.0, high: float = 1.0)
     scale = 255.0 / (high - low)
     y = (image.double() - low) * scale  # [0, 255]
     y = y[:, : y.shape[1] // 2 * 2, : y.shape[2] // 2 * 2]
-    blocks = _blocks(y)
-    plain = _mad_sigma(blocks)
-    clipped = ((y <= 0.5) | (y >= 254.5)).double().mean()
+    plain = _hh_sigma(y)
+    clipped = int(((y <= 0.5) | (y >= 254.5)).sum()) / y.numel()
     if clipped < CLIPPED_FRACTION or plain == 0:
         return plain / scale
 
+    # the local means in float32 (a large upload is megapixels), then only the sampled blocks in float64
     pad = LOCAL_MEAN // 2
     local = torch.nn.functional.avg_pool2d(
-        torch.nn.functional.pad(y[:, None], (pad, pad, pad, pad), mode="replicate"), LOCAL_MEAN, stride=1
+        torch.nn.functional.pad(y.float()[:, None], (pad, pad, pad, pad), mode="replicate"), LOCAL_MEAN, stride=1
     )[:, 0]
-    means = _blocks(local)
     generator = torch.Generator().manual_seed(0)
-    if blocks.shape[2] > MAX_BLOCKS:
-        keep = torch.randperm(blocks.shape[2], generator=generator)[:MAX_BLOCKS]
-        blocks, means = blocks[:, :, keep], means[:, :, keep]
+    count = (y.shape[1] // 2) * (y.shape[2] // 2)
+    keep = torch.randperm(count, generator=generator)[:MAX_BLOCKS] if count > MAX_BLOCKS else None
+    blocks, means = _blocks(y, keep), _blocks(local, keep)
+    del local
     target = _mad_sigma(blocks)
     noise = torch.randn(means.shape, generator=generator, dtype=torch.float64)
 

@@ -75,7 +75,8 @@ class MemoryJobQueue:
     # -- keeping finished jobs ---------------------------------------------------------------------
     def _purge(self) -> None:
         """Forget finished jobs past their retention, then the oldest finished ones beyond the caps on their
-        number and on their images' bytes."""
+        number and on their images' bytes; never one that a client is waiting on or streaming (it is about
+        to be read)."""
         horizon = time.time() - self.settings.job_retention_s
         finished = sorted((r.finished_at, j) for j, r in self._records.items() if r.finished_at is not None)
         sizes = {j: _result_bytes(self._records[j]) for _, j in finished}
@@ -84,6 +85,8 @@ class MemoryJobQueue:
         for finished_at, job_id in finished:
             if finished_at >= horizon and count <= self.settings.max_finished_jobs and held <= cap_bytes:
                 break
+            if self._watchers.watching(job_id):
+                continue
             del self._records[job_id]
             count, held = count - 1, held - sizes[job_id]
         live = set(self._records)

@@ -46,3 +46,11 @@ def test_preview_every_must_be_a_positive_step_count(client):
     for value in (0, -1, 1001, "often"):
         r = client.post("/v1/generate", json={"class_label": "a", "preview_every": value})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "preview_every"]
+
+
+def test_previews_are_bounded_per_job(client):
+    r = client.post("/v1/generate", json={"class_label": "a", "steps": 1000, "preview_every": 10})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_many_previews"
+    assert "every 20 steps" in r.json()["detail"][0]["msg"]
+    ok = client.post("/v1/generate", json={"class_label": "a", "steps": 100, "preview_every": 2}, headers=ASYNC)
+    assert ok.status_code == 202

@@ -214,3 +214,17 @@ def test_the_receiver_example_in_the_docs_accepts_our_signature_and_refuses_a_fo
         forged = receiver.post("/hook", content=body.replace("succeeded", "failed"), headers=headers)
         assert forged.status_code == 400
     assert "succeeded" in capsys.readouterr().out
+
+
+def test_ipv6_addresses_that_carry_an_internal_ipv4_address_are_refused():
+    import ipaddress
+
+    from app.api.webhooks import address_kind
+
+    for address, kind in [
+        ("64:ff9b::a9fe:a9fe", "cloud-metadata"),  # NAT64 of 169.254.169.254
+        ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+        ("::ffff:192.168.1.1", "private"),
+    ]:
+        assert address_kind(ipaddress.ip_address(address)) == kind, address
+    assert address_kind(ipaddress.ip_address("2606:4700:4700::1111")) is None

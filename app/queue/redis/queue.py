@@ -12,11 +12,13 @@ import contextlib
 import functools
 import json
 import logging
+import socket
 import time
 from typing import AsyncIterator
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event
@@ -32,12 +34,26 @@ log = logging.getLogger(__name__)
 CATALOG_REFRESH_S = 1.0
 PING_TIMEOUT_S = 1.0
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
+# errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master
+UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
 
 
 def connect(url: str) -> Redis:
-    """A client that gives up connecting after 2 s (a command on a live connection has no limit: blocking
-    reads and subscriptions wait by design)."""
-    return Redis.from_url(url, socket_connect_timeout=2)
+    """A client that gives up connecting after 2 s and notices a peer gone silent (a host that vanished
+    without closing its connections) by TCP keepalive within about 15 s. Commands themselves have no time
+    limit: blocking reads and subscriptions wait by design."""
+    options = {}
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options[getattr(socket, name)] = value
+    return Redis.from_url(url, socket_connect_timeout=2, socket_keepalive=True, socket_keepalive_options=options)
+
+
+def unavailable(exc: Exception) -> bool:
+    """Whether ``exc`` says Redis cannot serve now (rather than that the request was wrong)."""
+    if isinstance(exc, REDIS_DOWN):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).upper().startswith(UNAVAILABLE_REPLIES)
 
 
 def reachable(method):
@@ -47,8 +63,10 @@ def reachable(method):
     async def wrapper(*args, **kwargs):
         try:
             return await method(*args, **kwargs)
-        except REDIS_DOWN as exc:
-            raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if unavailable(exc):
+                raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     return wrapper
 
@@ -210,7 +228,7 @@ class RedisJobQueue:
             return False
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), PING_TIMEOUT_S))
-        except (asyncio.TimeoutError, *REDIS_DOWN):
+        except Exception:  # any failure to answer a PING in time: not ready
             return False
 
     async def close(self) -> None:
