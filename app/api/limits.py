@@ -2,12 +2,15 @@
 bodies that trickle in with a JSON 408.
 
 A declared Content-Length over the limit is refused at once; a chunked body is counted as it streams
-and refused as soon as it passes the limit. Each piece of a body must come within ``timeout_s``.
+and refused as soon as it passes the limit. Each piece of a body must come within ``timeout_s``, and the
+whole body within ``TOTAL_TIMEOUTS`` times that (so a client sending a byte now and then cannot hold a
+connection for ever).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -21,9 +24,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"more than {limit} bytes")
 
 
+TOTAL_TIMEOUTS = 10
+
+
 class BodyTooSlow(HTTPException):
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(408, f"the request body did not arrive within {timeout_s:g} s")
+    def __init__(self, timeout_s: float, *, whole: bool = False) -> None:
+        what = f"took more than {timeout_s:g} s in all" if whole else f"did not arrive within {timeout_s:g} s"
+        super().__init__(408, f"the request body {what}")
 
 
 class BodyLimit:
@@ -40,14 +47,18 @@ class BodyLimit:
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         seen, complete = 0, False
+        deadline = time.monotonic() + TOTAL_TIMEOUTS * self.timeout_s
 
         async def counted() -> Message:
             nonlocal seen, complete
             if complete:  # after the body, receive() waits for the disconnect: no limit on that
                 return await receive()
+            left = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                message = await asyncio.wait_for(receive(), max(min(self.timeout_s, left), 0.001))
             except asyncio.TimeoutError:
+                if left <= self.timeout_s:
+                    raise BodyTooSlow(TOTAL_TIMEOUTS * self.timeout_s, whole=True) from None
                 raise BodyTooSlow(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
