@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from app.diffusion.pixels import from_uint8
+from digits_classifier import to_input  # noqa: F401  (the same input as the classifier; re-exported)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEIGHTS = ASSETS / "digits_autoencoder.safetensors"
@@ -46,10 +46,6 @@ class DigitsAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
-
-
-def to_input(images: np.ndarray) -> torch.Tensor:
-    return from_uint8(images).unsqueeze(1)
 
 
 def load_autoencoder() -> DigitsAutoencoder:

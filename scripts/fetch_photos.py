@@ -91,12 +91,17 @@ def _sklearn_photos() -> dict[str, Image.Image]:
     }
 
 
+def _unpack_deb(package: str, workdir: Path) -> Path:
+    """A Debian package's files, downloaded and unpacked under ``workdir`` (nothing installed)."""
+    subprocess.run(["apt-get", "download", package], cwd=workdir, check=True, capture_output=True)
+    (deb,) = workdir.glob(f"{package}_*.deb")
+    subprocess.run(["dpkg", "-x", str(deb), str(workdir / package)], check=True)
+    return workdir / package
+
+
 def _mate_photos(workdir: Path) -> dict[str, Image.Image]:
-    subprocess.run(["apt-get", "download", DEB_PACKAGE], cwd=workdir, check=True, capture_output=True)
-    (deb,) = workdir.glob(f"{DEB_PACKAGE}_*.deb")
-    subprocess.run(["dpkg", "-x", str(deb), str(workdir / "root")], check=True)
     photos = {}
-    for path in sorted((workdir / "root" / MATE_NATURE).glob("*.jpg")):
+    for path in sorted((_unpack_deb(DEB_PACKAGE, workdir) / MATE_NATURE).glob("*.jpg")):
         image = Image.open(path).convert("RGB")
         for factor in (2, 4):
             size = (image.width // factor, image.height // factor)
@@ -105,12 +110,10 @@ def _mate_photos(workdir: Path) -> dict[str, Image.Image]:
 
 
 def _plasma_photos(workdir: Path) -> dict[str, Image.Image]:
-    subprocess.run(["apt-get", "download", PLASMA_PACKAGE], cwd=workdir, check=True, capture_output=True)
-    (deb,) = workdir.glob(f"{PLASMA_PACKAGE}_*.deb")
-    subprocess.run(["dpkg", "-x", str(deb), str(workdir / "root")], check=True)
+    root = _unpack_deb(PLASMA_PACKAGE, workdir)
     photos = {}
     for name in PLASMA_PHOTOS:
-        sizes = sorted((workdir / "root" / PLASMA_WALLPAPERS / name / "contents" / "images").glob("*"))
+        sizes = sorted((root / PLASMA_WALLPAPERS / name / "contents" / "images").glob("*"))
         largest = max(sizes, key=lambda p: Image.open(p).width)
         image = Image.open(largest).convert("RGB")
         factor = max(1, image.width // 640)

@@ -8,7 +8,7 @@ import pytest
 
 from app.jobs import ImageData, NoiseSpec
 from app.queue.memory import MemoryJobQueue
-from app.queue.protocol import IdempotencyConflict, QueueFull
+from app.queue.protocol import Admission, IdempotencyConflict, QueueFull
 from tests.helpers import make_settings
 
 
@@ -56,11 +56,11 @@ def test_an_idempotency_key_returns_its_job_for_the_same_request_only(tmp_path):
     queue = MemoryJobQueue(make_settings(tmp_path), {}, IdleEngine())
 
     async def scenario():
-        first = await queue.submit(noise_spec(16), idempotency_key="k", fingerprint="a")
-        again = await queue.submit(noise_spec(16), idempotency_key="k", fingerprint="a")
+        first = await queue.submit(noise_spec(16), Admission(idempotency_key="k", fingerprint="a"))
+        again = await queue.submit(noise_spec(16), Admission(idempotency_key="k", fingerprint="a"))
         assert again.id == first.id
         with pytest.raises(IdempotencyConflict):
-            await queue.submit(noise_spec(16), idempotency_key="k", fingerprint="b")
+            await queue.submit(noise_spec(16), Admission(idempotency_key="k", fingerprint="b"))
 
     run(scenario())
     assert len(queue.engine.jobs) == 1

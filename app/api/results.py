@@ -20,7 +20,7 @@ from app.imaging import MEDIA_TYPES
 from app.jobs import JobRecord, JobSpec, JobStatus, Webhook
 from app.api.auth import OPEN, Caller, CallerDep
 from app.metrics import JOBS_SUBMITTED, QUOTA_REFUSALS
-from app.queue.protocol import IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
+from app.queue.protocol import Admission, IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
 from app.serving import Drain
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -90,14 +90,8 @@ async def submit(
     webhook: Webhook | None = None,
 ) -> JobRecord:
     try:
-        record = await queue.submit(
-            spec,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-            owner=caller.name,
-            max_jobs=caller.max_concurrent_jobs,
-            webhook=webhook,
-        )
+        terms = Admission(idempotency_key, fingerprint, caller.name, caller.max_concurrent_jobs, webhook)
+        record = await queue.submit(spec, terms)
     except TooManyJobs as exc:
         QUOTA_REFUSALS.labels(caller.name or "", "max_concurrent_jobs").inc()
         raise ApiError(

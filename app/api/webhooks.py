@@ -132,23 +132,27 @@ class Dispatcher:
         self.settings, self.outbox = settings, outbox
         secret = settings.webhook_secret
         self.signer = Signer(secret.get_secret_value()) if secret is not None else None
-        self.client = httpx.AsyncClient(
-            follow_redirects=False,  # a redirect is an answer, not a delivery (and could point anywhere)
-            timeout=settings.webhook_timeout_s,
-            headers={"user-agent": "diffusion-service-webhooks"},
-        )
+        self.client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        if self.signer is not None:
-            self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        """Start sending, when a secret is configured (without one no webhook is accepted)."""
+        if self.signer is None:
+            return
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,  # a redirect is an answer, not a delivery (and could point anywhere)
+            timeout=self.settings.webhook_timeout_s,
+            headers={"user-agent": "diffusion-service-webhooks"},
+        )
+        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
 
     async def _run(self) -> None:
         lease = self.settings.webhook_timeout_s + 30  # longer than one attempt, DNS included

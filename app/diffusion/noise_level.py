@@ -32,16 +32,20 @@ def _blocks(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     return torch.stack(corners, 1).flatten(2).double()
 
 
-def _hh_sigma(x: torch.Tensor) -> float:
-    """The plain Haar-HH median estimate of a whole [C, H, W] image, without stacking its blocks."""
-    hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2.0
+def _sigma_of(a, b, c, d) -> float:
+    """The median estimate from the four corners of 2x2 blocks ([C, ...] each), averaged over channels."""
+    hh = (a - b - c + d) / 2.0  # orthonormal 2-D Haar diagonal detail
     return float((hh.flatten(1).abs().median(dim=1).values.double() / 0.6745).mean())
 
 
+def _hh_sigma(x: torch.Tensor) -> float:
+    """The plain estimate of a whole [C, H, W] image, from strided views (no copy of its blocks)."""
+    return _sigma_of(x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+
+
 def _mad_sigma(blocks: torch.Tensor) -> float:
-    """The Haar-HH median estimate from [C, 4, n] blocks, averaged over channels."""
-    hh = (blocks[:, 0] - blocks[:, 1] - blocks[:, 2] + blocks[:, 3]) / 2.0  # orthonormal 2-D Haar diagonal
-    return float((hh.abs().median(dim=1).values / 0.6745).mean())
+    """The same estimate from [C, 4, n] blocks."""
+    return _sigma_of(*blocks.unbind(1))
 
 
 def _clipped_mean(mu: torch.Tensor, sigma: float, high: float) -> torch.Tensor:

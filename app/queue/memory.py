@@ -10,10 +10,10 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event, event_payload, preview_payload
+from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload, preview_payload
 from app.metrics import JOBS_KEPT, job_finished
 from app.queue.outbox import MemoryOutbox, deliveries_for
-from app.queue.protocol import IdempotencyConflict, QueueFull, TooManyJobs
+from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -111,34 +111,29 @@ class MemoryJobQueue:
     async def submit(
         self,
         spec: JobSpec,
-        *,
-        idempotency_key: str | None = None,
-        fingerprint: str = "",
-        owner: str | None = None,
-        max_jobs: int | None = None,
-        webhook: Webhook | None = None,
+        admission: Admission = Admission(),
     ) -> JobRecord:
         self._loop = asyncio.get_running_loop()  # the loop that serves requests; engine events go to it
         if self._janitor_task is None:
             self._janitor_task = self._loop.create_task(self._janitor())
         self._purge()
-        if idempotency_key:
-            idempotency_key = f"{owner or ''}:{idempotency_key}"  # each key's own namespace
-        if idempotency_key and idempotency_key in self._idempotency:
-            job_id, claimed_for = self._idempotency[idempotency_key]
-            if claimed_for != fingerprint:
+        key = admission.scoped_key
+        if key and key in self._idempotency:
+            job_id, claimed_for = self._idempotency[key]
+            if claimed_for != admission.fingerprint:
                 raise IdempotencyConflict()
             return self._records[job_id]
-        record = JobRecord.new(spec, owner, webhook)
-        if max_jobs is not None:
+        record = JobRecord.new(spec, admission.owner, admission.webhook)
+        if admission.max_jobs is not None:
+            owner = admission.owner
             mine = sum(1 for r in self._records.values() if r.owner == owner and not r.status.finished)
-            if mine >= max_jobs:
+            if mine >= admission.max_jobs:
                 raise TooManyJobs(retry_after=1)
         if not self._admits(record):
             raise QueueFull(retry_after=1)
         self._records[record.id] = record
-        if idempotency_key:
-            self._idempotency[idempotency_key] = (record.id, fingerprint)
+        if key:
+            self._idempotency[key] = (record.id, admission.fingerprint)
         self.engine.submit(record.id, spec)
         return record
 

@@ -3,6 +3,7 @@ routes depend on this protocol only, so they never see torch or a worker."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 from app.jobs import JobRecord, JobSpec, Webhook
@@ -42,6 +43,23 @@ class NoModels(RuntimeError):
     """The store holds no model that can be served."""
 
 
+@dataclass(frozen=True)
+class Admission:
+    """On what terms a job is submitted: its Idempotency-Key and the request's fingerprint, the API key's
+    name that will own it with that key's cap on jobs queued or running, and where its events go."""
+
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    owner: str | None = None
+    max_jobs: int | None = None
+    webhook: Webhook | None = None
+
+    @property
+    def scoped_key(self) -> str | None:
+        """The Idempotency-Key in its owner's own namespace (None without one)."""
+        return f"{self.owner or ''}:{self.idempotency_key}" if self.idempotency_key else None
+
+
 class JobQueue(Protocol):
     """Every method may raise QueueUnavailable when the backend cannot be reached."""
 
@@ -52,19 +70,13 @@ class JobQueue(Protocol):
     async def submit(
         self,
         spec: JobSpec,
-        *,
-        idempotency_key: str | None = None,
-        fingerprint: str = "",
-        owner: str | None = None,
-        max_jobs: int | None = None,
-        webhook: Webhook | None = None,
+        admission: Admission = Admission(),
     ) -> JobRecord:
         """Accept a job, or raise QueueFull (too many jobs, or too many image pixels, queued or running).
-        An accepted job is never dropped. The same ``idempotency_key`` returns the same job while it is
-        kept; with another ``fingerprint`` (a different request body) it raises IdempotencyConflict.
-        ``owner`` (an API key's name) owns the job; with ``max_jobs`` it may hold that many queued or running
-        (TooManyJobs beyond). ``webhook``: where its events are announced (through ``outbox``). The backend
-        captures the running event loop here if it needs one."""
+        An accepted job is never dropped. The same idempotency key returns the same job while it is kept;
+        with another fingerprint (a different request body) it raises IdempotencyConflict. The owner may
+        hold ``max_jobs`` queued or running (TooManyJobs beyond). The webhook's deliveries go through
+        ``outbox``. The backend captures the running event loop here if it needs one."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 

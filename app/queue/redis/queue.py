@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.jobs import EngineEvent, JobRecord, JobSpec, Webhook, apply_event
-from app.queue.protocol import IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
+from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
 from app.queue.redis.keys import ADMIT, Keys
 from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis.records import RecordStore
@@ -134,21 +134,15 @@ class RedisJobQueue:
     async def submit(
         self,
         spec: JobSpec,
-        *,
-        idempotency_key: str | None = None,
-        fingerprint: str = "",
-        owner: str | None = None,
-        max_jobs: int | None = None,
-        webhook: Webhook | None = None,
+        admission: Admission = Admission(),
     ) -> JobRecord:
-        record = JobRecord.new(spec, owner, webhook)
-        if idempotency_key:
-            idempotency_key = f"{owner or ''}:{idempotency_key}"  # each key's own namespace
-            key = self.keys.idempotency(idempotency_key)
+        record = JobRecord.new(spec, admission.owner, admission.webhook)
+        key = self.keys.idempotency(admission.scoped_key) if admission.scoped_key else None
+        if key:
             ttl = int(self.settings.job_retention_s) + 3600
-            claim = f"{record.id}:{fingerprint}"
+            claim = f"{record.id}:{admission.fingerprint}"
             if not await self.redis.set(key, claim, nx=True, ex=ttl):
-                existing = await self._claimed_job(key, fingerprint)
+                existing = await self._claimed_job(key, admission.fingerprint)
                 if existing is not None:
                     return existing
                 await self.redis.set(key, claim, ex=ttl)
@@ -162,15 +156,15 @@ class RedisJobQueue:
                 record.pixels,
                 self.settings.queue_max_pixels,
                 self.keys.job(""),
-                owner or "",
-                "" if max_jobs is None else max_jobs,
-                webhook.url if webhook else "",
-                ",".join(webhook.events) if webhook else "",
+                admission.owner or "",
+                "" if admission.max_jobs is None else admission.max_jobs,
+                admission.webhook.url if admission.webhook else "",
+                ",".join(admission.webhook.events) if admission.webhook else "",
             ],
         )
         if admitted != 1:
-            if idempotency_key:
-                await self.redis.delete(self.keys.idempotency(idempotency_key))
+            if key:
+                await self.redis.delete(key)
             if admitted == -1:
                 raise TooManyJobs(retry_after=max(1, int(self.settings.heartbeat_s)))
             raise QueueFull(retry_after=max(1, int(self.settings.heartbeat_s)))
