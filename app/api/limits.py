@@ -55,7 +55,8 @@ class BodyLimit:
                 return await receive()
             left = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), max(min(self.timeout_s, left), 0.001))
+                async with asyncio.timeout(max(min(self.timeout_s, left), 0.001)):
+                    message = await receive()
             except asyncio.TimeoutError:
                 if left <= self.timeout_s:
                     raise BodyTooSlow(TOTAL_TIMEOUTS * self.timeout_s, whole=True) from None

@@ -10,7 +10,6 @@ it, leaves the message to be sent again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -86,9 +85,8 @@ async def refusal(url: str, allow_hosts: frozenset[str]) -> str | None:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            infos = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
-            )
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, asyncio.TimeoutError):
             return f"webhook host {brief(host)} does not resolve"
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -134,6 +132,7 @@ class Dispatcher:
         self.signer = Signer(secret.get_secret_value()) if secret is not None else None
         self.client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
+        self._closing = False
 
     def start(self) -> None:
         """Start sending, when a secret is configured (without one no webhook is accepted)."""
@@ -147,16 +146,16 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
 
     async def close(self) -> None:
-        if self._task is not None:
+        self._closing = True  # the loop ends at its next turn even if a cancel is lost on the way
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=1.0)
         if self.client is not None:
             await self.client.aclose()
 
     async def _run(self) -> None:
         lease = self.settings.webhook_timeout_s + 30  # longer than one attempt, DNS included
-        while True:
+        while not self._closing:
             try:
                 claimed = await self.outbox.claim(lease_s=lease, limit=self.BATCH)
             except asyncio.CancelledError:
@@ -226,7 +225,8 @@ class Dispatcher:
         }
         try:  # the whole attempt within the timeout (a receiver that trickles its answer cannot hold it);
             # its body is not read: the status says it all
-            status = await asyncio.wait_for(self._post(delivery.url, body, headers), self.settings.webhook_timeout_s)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):  # (wait_for on 3.11 can eat a cancel)
+                status = await self._post(delivery.url, body, headers)
         except (httpx.TimeoutException, asyncio.TimeoutError):
             return f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:

@@ -221,7 +221,8 @@ class RedisJobQueue:
         if not (fresh and any(e.ready for e in self.models.values())):
             return False
         try:
-            return bool(await asyncio.wait_for(self.redis.ping(), PING_TIMEOUT_S))
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                return bool(await self.redis.ping())
         except Exception:  # any failure to answer a PING in time: not ready
             return False
 
