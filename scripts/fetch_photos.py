@@ -6,8 +6,13 @@ Sources (nothing from a model or data hub):
 - the Debian package ``mate-backgrounds``: ``usr/share/backgrounds/mate/nature/*.jpg``, fetched with
   ``apt-get download`` and unpacked with ``dpkg -x`` into the cache (nothing is installed)
 
+- since issue 15, the photographs among the Debian packages ``lomiri-wallpapers-16.04`` and
+  ``lomiri-wallpapers-20.04`` (Ubuntu community photos, CC-BY / CC-BY-SA 4.0; the abstract art, the
+  film-grain texture and the astrophotograph left out), training only (``fetch_lomiri``)
+
 The large wallpapers (1280-2560 px JPEGs) are downscaled by 2 and by 4 (area filter), which also
-averages away most of their JPEG artefacts. Grey photos stay one-channel; the trainer replicates them.
+averages away most of their JPEG artefacts; the Lomiri photos (1365-6028 px camera photos) by the
+factors that bring their long side near 1,000 and 500 px. Grey photos stay one-channel; the trainer replicates them.
 A fixed set of photos (``HELDOUT``) is kept apart for evaluation and never trained on.
 
 A second held-out set, ``heldout2``, comes from a source nothing else here uses: the photographs among
@@ -70,6 +75,25 @@ PLASMA_PHOTOS = [
     "Path",
     "summer_1am",
 ]
+LOMIRI_PACKAGES = {"lomiri-wallpapers-16.04": "usr/share/backgrounds", "lomiri-wallpapers-20.04": "usr/share/backgrounds"}
+# the camera photographs among them (looked at one by one): not umang, Fossa or Painting-Colors (digital art),
+# analogpattern (a film-grain texture, noise-like itself) or Infinite-Sea (a high-ISO night sky)
+LOMIRI_PHOTOS = [
+    "Bridge_by_Sander_Klootwijk",
+    "Dragonfly_by_Bolly",
+    "Picture_0B_by_freespace",
+    "Picture_1A_by_freespace",
+    "Wine_by_Jakkub_Mede",
+    "aitzgorri_by_Aitzol_Berasategi",
+    "free_by_Peter_Nerlich",
+    "friends_by_Aitzol_Berasategi",
+    "greentock_by_Peter_Nerlich",
+    "life_by_Aitzol_Berasategi",
+    "picosdeeuropa_by_Aitzol_Berasategi",
+    "seeding_by_Clements_Engelhardt",
+    "sunset_by_Aitzol_Berasategi",
+    "Kleiber_by_Lukas_Baubkus",
+]
 # Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
 # (used at 1/4 scale only).
 HELDOUT = ["skimage-chelsea", "skimage-coffee", "sklearn-china", "mate-LadyBird-x4", "mate-Storm-x4"]
@@ -121,6 +145,37 @@ def _plasma_photos(workdir: Path) -> dict[str, Image.Image]:
     return photos
 
 
+def _lomiri_photos(workdir: Path) -> dict[str, Image.Image]:
+    photos = {}
+    for package, folder in LOMIRI_PACKAGES.items():
+        root = _unpack_deb(package, workdir) / folder
+        for path in sorted(root.glob("*.jpg")):
+            if path.stem not in LOMIRI_PHOTOS:
+                continue
+            image = Image.open(path).convert("RGB")
+            first = max(2, round(max(image.size) / 1000))  # at least 2: averages away JPEG artefacts
+            for factor in (first, 2 * first):
+                size = (image.width // factor, image.height // factor)
+                photos[f"lomiri-{path.stem.split('_by_')[0]}-x{factor}"] = image.resize(size, Image.Resampling.BOX)
+    return photos
+
+
+def fetch_lomiri(out: Path = DEFAULT_OUT) -> Path:
+    """The Lomiri photos, added to the training split (issue 15); a marker file says they are there."""
+    folder = out / "train"
+    marker = out / "lomiri.done"
+    if marker.exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for name, image in sorted(_lomiri_photos(Path(tmp)).items()):
+            image.save(folder / f"{name}.png")
+            names.append(name)
+    marker.write_text("\n".join(names) + "\n")
+    return out
+
+
 def fetch_heldout2(out: Path = DEFAULT_OUT) -> Path:
     folder = out / "heldout2"
     if (folder / "done").exists():
@@ -166,6 +221,8 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
 
 def load(split: str, out: Path = DEFAULT_OUT) -> dict[str, np.ndarray]:
     """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split (train, heldout, heldout2), by name."""
+    if split == "train":
+        fetch_lomiri(fetch(out))
     folder = (fetch_heldout2(out) if split == "heldout2" else fetch(out)) / split
     return {path.stem: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
 
@@ -176,10 +233,14 @@ def main() -> None:
     args = parser.parse_args()
     manifest = json.loads((fetch(args.out) / "manifest.json").read_text())
     fetch_heldout2(args.out)
+    fetch_lomiri(args.out)
+    train = load("train", args.out)
+    pixels = sum(a.shape[0] * a.shape[1] for a in train.values())
+    print(f"train: {len(train)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(train))
     second = load("heldout2", args.out)
     pixels = sum(a.shape[0] * a.shape[1] for a in second.values())
     print(f"heldout2: {len(second)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(second))
-    for split in ("train", "heldout"):
+    for split in ("heldout",):
         chosen = [p for p in manifest["photos"] if p["split"] == split]
         pixels = sum(p["size"][0] * p["size"][1] for p in chosen)
         print(f"{split}: {len(chosen)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(p["name"] for p in chosen))

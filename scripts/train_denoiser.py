@@ -143,7 +143,13 @@ def loss_weights(ab: torch.Tensor) -> torch.Tensor:
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = pick_device("auto")
-    unet = build_unet(tuple(args.channels), args.layers_per_block).to(device)
+    unet = build_unet(tuple(args.channels), args.layers_per_block)
+    before = None
+    if args.init_from:  # start from a released model's weights (a checkpoint of this run, if any, wins)
+        released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
+        unet.load_state_dict(released.state_dict())
+        before = json.loads((Path(args.init_from) / "model_card.json").read_text()).get("training")
+    unet = unet.to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))
     loop = TrainLoop(unet, args, device)
     sampler = CropSampler(load_photos("train"), args.crop, loop.rng)
@@ -171,8 +177,10 @@ def train(args: argparse.Namespace) -> Path:
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps),
         training=loop.record(
             script="scripts/train_denoiser.py",
-            data="photos from scikit-image, scikit-learn and Debian mate-backgrounds (scripts/fetch_photos.py), "
-            "held-out photos excluded",
+            data="photos from scikit-image, scikit-learn and the Debian packages mate-backgrounds, "
+            "lomiri-wallpapers-16.04 and -20.04 (scripts/fetch_photos.py), held-out photos excluded",
+            photos=len(sampler.photos),
+            init_from=before,
             crop=args.crop,
             upload_from=args.upload_from,
             upload_frac=args.upload_frac,
@@ -204,6 +212,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="in the upload phase, the share of the denoising-range draws whose noisy photo is rounded and "
         "clipped to uint8",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="a model folder whose weights the run starts from (e.g. model_store/photos: training continued "
+        "across sessions); its card's training record is kept in the new card",
     )
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")
