@@ -75,7 +75,8 @@ PLASMA_PHOTOS = [
     "Path",
     "summer_1am",
 ]
-LOMIRI_PACKAGES = {"lomiri-wallpapers-16.04": "usr/share/backgrounds", "lomiri-wallpapers-20.04": "usr/share/backgrounds"}
+LOMIRI_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+LOMIRI_FOLDER = "usr/share/backgrounds"
 # the camera photographs among them (looked at one by one): not umang, Fossa or Painting-Colors (digital art),
 # analogpattern (a film-grain texture, noise-like itself) or Infinite-Sea (a high-ISO night sky)
 LOMIRI_PHOTOS = [
@@ -147,8 +148,8 @@ def _plasma_photos(workdir: Path) -> dict[str, Image.Image]:
 
 def _lomiri_photos(workdir: Path) -> dict[str, Image.Image]:
     photos = {}
-    for package, folder in LOMIRI_PACKAGES.items():
-        root = _unpack_deb(package, workdir) / folder
+    for package in LOMIRI_PACKAGES:
+        root = _unpack_deb(package, workdir) / LOMIRI_FOLDER
         for path in sorted(root.glob("*.jpg")):
             if path.stem not in LOMIRI_PHOTOS:
                 continue
