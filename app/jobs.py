@@ -25,6 +25,8 @@ PRIORITY_AGING_S = 60.0  # a job that has waited this long is served as one leve
 def aged_level(level: int, waited_s: float, aging_s: float = PRIORITY_AGING_S) -> int:
     """A priority level raised by one for every ``aging_s`` seconds waited (up to high): nothing starves."""
     return min(PRIORITY_LEVEL["high"], level + int(max(0.0, waited_s) // aging_s))
+
+
 WebhookEvent = Literal["started", "completed"]
 
 
