@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from cards import record_metrics  # noqa: E402
 from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--photo", default="mate-LadyBird-x4")
     parser.add_argument("--sigma", type=float, default=25)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--card", action="store_true", help="also write the table into the card (metrics.speed)")
     args = parser.parse_args()
     clean = load_photos("heldout")[args.photo]
     noisy = add_noise(clean, args.sigma, seed=0)
@@ -80,6 +82,16 @@ def main() -> None:
     print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
     for name, seconds, psnr in rows:
         print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")
+    if args.card:
+        record = {
+            "command": " ".join(sys.argv),
+            "photo": args.photo,
+            "sigma": args.sigma,
+            "threads": torch.get_num_threads(),
+            "median_of": args.repeats,
+            "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],
+        }
+        record_metrics(ROOT / "model_store", "photos", "speed", record)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.diffusion.noise_level import estimate_sigma  # noqa: E402
+from cards import record_metrics  # noqa: E402
 from app.diffusion.pixels import image_to_unit  # noqa: E402
 from app.engine.plans import image_pixels, plan_denoise  # noqa: E402
 from app.engine.device import pick_dtype  # noqa: E402
@@ -192,6 +193,11 @@ def main() -> None:
     parser.add_argument("--strip-photos", nargs=2, default=["skimage-chelsea", "mate-LadyBird-x4"])
     parser.add_argument("--strip-sigma", type=float, default=50)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="also write the summary and the estimator's errors into the model's card, under metrics.<split>",
+    )
     args = parser.parse_args()
 
     photos = load_photos(args.split)
@@ -256,9 +262,11 @@ def main() -> None:
             if method.startswith("ours_") and "ffdnet" in args.methods:
                 theirs = {r["photo"]: r["psnr"] for r in results if r["sigma"] == sigma and r["method"] == "ffdnet"}
                 row["photos_ahead_of_ffdnet"] = sum(r["psnr"] > theirs[r["photo"]] for r in chosen)
+                row["photos_ahead_of_ffdnet_by_0_2_db"] = sum(r["psnr"] >= theirs[r["photo"]] + 0.2 for r in chosen)
             summary.append(row)
             ahead = (
-                f" (ahead of FFDNet on {row['photos_ahead_of_ffdnet']}/{len(chosen)})"
+                f" (ahead of FFDNet on {row['photos_ahead_of_ffdnet']}/{len(chosen)}, "
+                f"by >= 0.2 dB on {row['photos_ahead_of_ffdnet_by_0_2_db']})"
                 if "photos_ahead_of_ffdnet" in row
                 else ""
             )
@@ -283,24 +291,20 @@ def main() -> None:
         strip(panels, args.strip)
         print(f"\nwrote {args.strip}")
 
+    record = {
+        "command": " ".join(sys.argv),
+        "photos": list(photos),
+        "tile": settings.denoise_tile,
+        "overlap": settings.denoise_overlap,
+        "threads": torch.get_num_threads(),
+        "precision": str(runner.autocast_dtype or "float32"),
+        "summary": summary,
+        "estimator": estimator,
+    }
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "command": " ".join(sys.argv),
-                    "photos": list(photos),
-                    "tile": settings.denoise_tile,
-                    "overlap": settings.denoise_overlap,
-                    "threads": torch.get_num_threads(),
-                    "precision": str(runner.autocast_dtype or "float32"),
-                    "summary": summary,
-                    "estimator": estimator,
-                    "per_photo": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        args.json.write_text(json.dumps({**record, "per_photo": results}, indent=2) + "\n")
+    if args.card:
+        record_metrics(args.store, args.model, args.split, record)
 
 
 if __name__ == "__main__":
