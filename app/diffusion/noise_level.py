@@ -28,6 +28,7 @@ import torch
 CLIPPED_FRACTION = 1e-3  # below this share of pixels at the bounds, the plain estimate stands
 LOCAL_MEAN = 7  # window of the local mean that stands for the clean value
 MAX_BLOCKS = 16384  # 2x2 blocks per channel the simulation looks at (a seeded random subset beyond)
+PLAIN_BLOCKS = 262144  # flat 2x2 blocks per channel the plain statistic is taken on (a seeded subset beyond)
 BISECTIONS = 16
 FLAT_FRACTION = 0.5  # the share of 2x2 blocks, the flattest by their LL gradients, the statistic is taken on
 ALL_BLOCKS_ABOVE = 45.0  # above this estimate (0-255 scale) all blocks are used (see the module doc)
@@ -100,6 +101,9 @@ def estimate_sigma(image: torch.Tensor, *, low: float = -1.0, high: float = 1.0)
 def _matched(y: torch.Tensor, chosen: torch.Tensor | None, clipped: bool, local: list[torch.Tensor]) -> float:
     """The estimate (0-255 scale) on the ``chosen`` 2x2 blocks of ``y`` (None: all): the plain one, or when
     the upload is ``clipped``, the sigma whose simulated statistic matches (see the module doc)."""
+    if chosen is not None and len(chosen) > PLAIN_BLOCKS:  # a seeded subset bounds the copy of a large upload
+        subset = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(1))[:PLAIN_BLOCKS]
+        chosen = chosen[subset.sort().values]
     plain = _mad_sigma(*_corners(y, chosen))
     if not clipped or plain == 0:
         return plain
