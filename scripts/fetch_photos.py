@@ -5,14 +5,14 @@ Sources (nothing from a model or data hub):
 - scikit-learn's ``load_sample_images()`` (china.jpg, flower.jpg)
 - the Debian package ``mate-backgrounds``: ``usr/share/backgrounds/mate/nature/*.jpg``, fetched with
   ``apt-get download`` and unpacked with ``dpkg -x`` into the cache (nothing is installed)
-
 - since issue 15, the photographs among the Debian packages ``lomiri-wallpapers-16.04`` and
   ``lomiri-wallpapers-20.04`` (Ubuntu community photos, CC-BY / CC-BY-SA 4.0; the abstract art, the
   film-grain texture and the astrophotograph left out), training only (``fetch_lomiri``)
 
 The large wallpapers (1280-2560 px JPEGs) are downscaled by 2 and by 4 (area filter), which also
 averages away most of their JPEG artefacts; the Lomiri photos (1365-6028 px camera photos) by the
-factors that bring their long side near 1,000 and 500 px. Grey photos stay one-channel; the trainer replicates them.
+factors (at least 2) that bring their long side near 1,000 and 500 px. Grey photos stay one-channel; the
+trainer replicates them.
 A fixed set of photos (``HELDOUT``) is kept apart for evaluation and never trained on.
 
 A second held-out set, ``heldout2``, comes from a source nothing else here uses: the photographs among
