@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -113,3 +114,25 @@ def test_a_tiny_denoiser_trains_saves_and_resumes(tmp_path, monkeypatch):
     assert (resumed["iters"], resumed["decay_iters"], resumed["upload_from"]) == (4, 2, 2)
     assert torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)["step"] == 4
     assert resumed["wall_clock_s"] >= round(state["elapsed_s"], 1)  # the time before the resume counts
+
+
+def test_a_denoiser_run_can_start_from_a_released_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "2", "--fresh")
+    released = tmp_path / "released"
+    (tmp_path / "store" / "photos").rename(released)
+    before = UNet2DModel.from_pretrained(released / "unet").state_dict()
+
+    captured = {}
+    real_loop = train_denoiser.TrainLoop
+
+    def loop_seeing_the_start(unet, args, device):  # the weights the optimiser starts from
+        captured.update({k: v.clone() for k, v in unet.state_dict().items()})
+        return real_loop(unet, args, device)
+
+    monkeypatch.setattr(train_denoiser, "TrainLoop", loop_seeing_the_start)
+    record = _run(tmp_path / "next", "--iters", "1", "--init-from", str(released), "--fresh")
+    assert captured.keys() == before.keys()
+    assert all(torch.equal(captured[k], before[k]) for k in before)
+    assert record["init_from"]["iters"] == 2  # the released run's own record is kept
+    assert record["iters"] == 1
