@@ -9,7 +9,7 @@ of the training photos (``scripts/fetch_photos.py``) with the 8 flips/rotations 
 
 Timesteps are drawn where denoising uses them, while every timestep keeps some weight (so ``sample``
 mode's reverse chain and the model stay a valid diffusion model):
-- 40%: sigma (0-255 scale) log-uniform in [1, 100]; 40%: uniform in [5, 100]; the timestep is the
+- 40%: sigma (0-255 scale) log-uniform in [1, 100]; 40%: uniform in [5, 100] (``--uniform-sigma``); the timestep is the
   schedule's real-valued t for that sigma (the same ``sigma_to_t`` the service uses);
 - 20%: t uniform over all 1,000 steps.
 Loss: the epsilon MSE times sigma^2 / (sigma^2 + c^2), c = 5 on the 0-255 scale, i.e. the x_0 error
@@ -104,17 +104,21 @@ class CropSampler:
 
 
 def draw_timesteps(
-    schedule: NoiseSchedule, size: int, rng: np.random.Generator
+    schedule: NoiseSchedule,
+    size: int,
+    rng: np.random.Generator,
+    uniform_sigma: tuple[float, float] = (5.0, 100.0),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real-valued timesteps [B], their alpha_bar [B], and a [B] bool mask of the draws made by sigma (the
-    denoising range), weighted toward sigma <= 100 (see the module doc)."""
+    denoising range), weighted toward sigma <= 100 (see the module doc); ``uniform_sigma`` is the range of
+    the uniform share."""
     ts, by_sigma = [], []
     for u in rng.random(size):
         by_sigma.append(bool(u < 0.8))
         if u < 0.4:
             sigma_255 = float(np.exp(rng.uniform(np.log(1.0), np.log(100.0))))
         elif u < 0.8:
-            sigma_255 = float(rng.uniform(5.0, 100.0))
+            sigma_255 = float(rng.uniform(*uniform_sigma))
         else:
             ts.append(float(rng.integers(0, schedule.num_train_timesteps)))
             continue
@@ -155,7 +159,7 @@ def train(args: argparse.Namespace) -> Path:
     sampler = CropSampler(load_photos("train"), args.crop, loop.rng)
     for step in loop.steps("train denoiser"):
         x0, grey = sampler.batch(args.batch)
-        t, ab, by_sigma = draw_timesteps(schedule, args.batch, loop.rng)
+        t, ab, by_sigma = draw_timesteps(schedule, args.batch, loop.rng, tuple(args.uniform_sigma))
         noise = torch.randn_like(x0)
         noise[grey] = noise[grey][:, :1].expand(-1, 3, -1, -1)  # a grey upload's noise is the same in each channel
         abc = ab.view(-1, 1, 1, 1)
@@ -184,6 +188,7 @@ def train(args: argparse.Namespace) -> Path:
             crop=args.crop,
             upload_from=args.upload_from,
             upload_frac=args.upload_frac,
+            uniform_sigma=list(args.uniform_sigma),
         ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
@@ -212,6 +217,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="in the upload phase, the share of the denoising-range draws whose noisy photo is rounded and "
         "clipped to uint8",
+    )
+    parser.add_argument(
+        "--uniform-sigma",
+        type=float,
+        nargs=2,
+        default=[5.0, 100.0],
+        metavar=("LO", "HI"),
+        help="the sigma range (0-255 scale) of the 40%% of draws made uniform in sigma; a narrower one puts "
+        "more of the training where the model is weakest",
     )
     parser.add_argument(
         "--init-from",

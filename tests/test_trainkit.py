@@ -67,6 +67,22 @@ def test_an_upload_is_rounded_and_clipped_and_tweedie_recovers_x0_from_its_targe
     assert not torch.allclose(target, noise, atol=1e-2)  # clipped pixels carry less noise than drawn
 
 
+def test_the_uniform_share_of_sigma_draws_stays_in_its_range():
+    schedule = train_denoiser.NoiseSchedule.from_config(dict(train_denoiser.build_scheduler().config))
+
+    def sigmas(uniform: tuple[float, float]) -> np.ndarray:
+        t, ab, by_sigma = train_denoiser.draw_timesteps(schedule, 4000, np.random.default_rng(0), uniform)
+        return (127.5 * ((1 - ab) / ab).sqrt())[by_sigma].numpy()
+
+    wide, narrow = sigmas((5.0, 100.0)), sigmas((5.0, 60.0))
+    assert wide.min() >= 1.0 - 1e-3 and wide.max() <= 100.0 + 1e-2
+    # Only the log-uniform half reaches above 60 in the narrow draw: about log(100/60)/log(100) of it.
+    above = (narrow > 60.5).mean()
+    assert 0.5 * np.log(100 / 60) / np.log(100) * 0.8 < above < 0.5 * np.log(100 / 60) / np.log(100) * 1.2
+    assert (wide > 60.5).mean() > 2 * above
+    assert (narrow <= 40).mean() > (wide <= 40).mean()
+
+
 def _photos() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {
