@@ -9,8 +9,8 @@ of the training photos (``scripts/fetch_photos.py``) with the 8 flips/rotations 
 
 Timesteps are drawn where denoising uses them, while every timestep keeps some weight (so ``sample``
 mode's reverse chain and the model stay a valid diffusion model):
-- 40%: sigma (0-255 scale) log-uniform in [1, 100]; 40%: uniform in [5, 100] (``--uniform-sigma``); the timestep is the
-  schedule's real-valued t for that sigma (the same ``sigma_to_t`` the service uses);
+- 40%: sigma (0-255 scale) log-uniform in [1, 100]; 40%: uniform in [5, 100] (``--uniform-sigma``);
+  the timestep is the schedule's real-valued t for that sigma (the same ``sigma_to_t`` the service uses);
 - 20%: t uniform over all 1,000 steps.
 Loss: the epsilon MSE times sigma^2 / (sigma^2 + c^2), c = 5 on the 0-255 scale, i.e. the x_0 error
 relative to the noise level, with the very lowest levels (where the noise cannot be told from grain)
