@@ -46,6 +46,11 @@ def _blocks(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     return torch.stack(_corners(x, keep), 1).double()
 
 
+def _subset(count: int, limit: int, generator: torch.Generator) -> torch.Tensor | None:
+    """A seeded random ``limit`` of ``count`` indices, or None when there are no more than ``limit``."""
+    return torch.randperm(count, generator=generator)[:limit] if count > limit else None
+
+
 def _mad_sigma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> float:
     """The median estimate from the four corners of 2x2 blocks ([C, n] each), averaged over channels."""
     hh = (a - b - c + d) / 2.0  # orthonormal 2-D Haar diagonal detail
@@ -101,9 +106,9 @@ def estimate_sigma(image: torch.Tensor, *, low: float = -1.0, high: float = 1.0)
 def _matched(y: torch.Tensor, chosen: torch.Tensor | None, clipped: bool, local: list[torch.Tensor]) -> float:
     """The estimate (0-255 scale) on the ``chosen`` 2x2 blocks of ``y`` (None: all): the plain one, or when
     the upload is ``clipped``, the sigma whose simulated statistic matches (see the module doc)."""
-    if chosen is not None and len(chosen) > PLAIN_BLOCKS:  # a seeded subset bounds the copy of a large upload
-        subset = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(1))[:PLAIN_BLOCKS]
-        chosen = chosen[subset.sort().values]
+    if chosen is not None:  # a seeded subset bounds the copy of a large upload
+        subset = _subset(len(chosen), PLAIN_BLOCKS, torch.Generator().manual_seed(1))
+        chosen = chosen if subset is None else chosen[subset.sort().values]
     plain = _mad_sigma(*_corners(y, chosen))
     if not clipped or plain == 0:
         return plain
@@ -113,7 +118,7 @@ def _matched(y: torch.Tensor, chosen: torch.Tensor | None, clipped: bool, local:
         local.append(torch.nn.functional.avg_pool2d(padded, LOCAL_MEAN, stride=1)[:, 0])
     generator = torch.Generator().manual_seed(0)
     count = (y.shape[1] // 2) * (y.shape[2] // 2) if chosen is None else len(chosen)
-    keep = torch.randperm(count, generator=generator)[:MAX_BLOCKS] if count > MAX_BLOCKS else None
+    keep = _subset(count, MAX_BLOCKS, generator)
     if chosen is not None:
         keep = chosen if keep is None else chosen[keep]
     blocks, means = _blocks(y, keep), _blocks(local[0], keep)
