@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 from PIL import Image
+
+from app.families.pixel import PixelModel
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -20,9 +23,28 @@ def events(client, job_id: str) -> list[tuple[str, dict]]:
     return list(zip(kinds, data))
 
 
-def test_previews_arrive_every_k_steps_before_the_result(client):
+def watched_from_the_first_step(client, monkeypatch) -> list[str]:
+    """Hold the tiny model's first step until someone follows the job put in the returned list: previews are
+    live only, and 20 steps of the tiny model can pass between the POST and the GET of the event stream."""
+    queue, followed = client.app.state.queue, []
+    predict = PixelModel.predict
+
+    def predict_once_followed(self, x, t, conds):
+        for _ in range(1000):  # at most 10 s: past that the test fails on its assertions, not by hanging
+            if followed and queue._watchers.watching(followed[0]):
+                break
+            time.sleep(0.01)
+        return predict(self, x, t, conds)
+
+    monkeypatch.setattr(PixelModel, "predict", predict_once_followed)
+    return followed
+
+
+def test_previews_arrive_every_k_steps_before_the_result(client, monkeypatch):
+    followed = watched_from_the_first_step(client, monkeypatch)
     body = {"class_label": "a", "steps": 20, "num_images": 2, "seed": 1, "preview_every": 5}
     job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+    followed.append(job_id)
     stream = events(client, job_id)
     previews = [data for kind, data in stream if kind == "preview"]
     assert stream[-1][0] == "succeeded"
