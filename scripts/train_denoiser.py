@@ -65,6 +65,42 @@ def build_unet(channels: tuple[int, ...], layers_per_block: int) -> UNet2DModel:
     )
 
 
+def deepen(released: UNet2DModel, unet: UNet2DModel) -> None:
+    """Load ``released`` into ``unet``, which has as many levels and channels but more resnets per block,
+    so that ``unet`` computes exactly what ``released`` did (function-preserving growth, as Net2Net's
+    deeper networks): each added resnet starts as the identity (its last convolution zero; an up block's
+    added resnet passes the hidden state through its 1x1 shortcut and ignores its skip), and the released
+    resnets sit where they read the same skip tensors as before. Training then grows the added ones."""
+    m, n = released.config.layers_per_block, unet.config.layers_per_block
+    if n < m or tuple(released.config.block_out_channels) != tuple(unet.config.block_out_channels):
+        raise ValueError(f"cannot grow {m} resnets per block into {n}, or across different channels")
+    state = unet.state_dict()
+    old = released.state_dict()
+    # An up block's resnet j reads the output of down resnet n-1-j (j < n), then the level's entry skip.
+    # The added down resnets m..n-1 repeat down resnet m-1's output, so released up resnet 0 keeps slot 0,
+    # released up resnet i >= 1 moves to slot i + n - m, and slots 1..n-m are the added identities.
+    up_slot = {0: 0, **{i: i + n - m for i in range(1, m + 1)}}
+    for key, value in old.items():
+        parts = key.split(".")
+        if parts[0] == "up_blocks" and parts[2] == "resnets":
+            parts[3] = str(up_slot[int(parts[3])])
+        state[".".join(parts)] = value
+    for name, block in [*(("down_blocks", b) for b in unet.down_blocks), *(("up_blocks", b) for b in unet.up_blocks)]:
+        added = range(m, n) if name == "down_blocks" else range(1, n - m + 1)
+        for j in added:
+            resnet = block.resnets[j]
+            prefix = f"{name}.{list(getattr(unet, name)).index(block)}.resnets.{j}."
+            state[prefix + "conv2.weight"] = torch.zeros_like(resnet.conv2.weight)
+            state[prefix + "conv2.bias"] = torch.zeros_like(resnet.conv2.bias)
+            if resnet.conv_shortcut is not None:  # [hidden | skip] -> hidden
+                out = resnet.conv_shortcut.out_channels
+                shortcut = torch.zeros_like(resnet.conv_shortcut.weight)
+                shortcut[:, :out, 0, 0] = torch.eye(out)
+                state[prefix + "conv_shortcut.weight"] = shortcut
+                state[prefix + "conv_shortcut.bias"] = torch.zeros_like(resnet.conv_shortcut.bias)
+    unet.load_state_dict(state)
+
+
 def build_scheduler() -> DDPMScheduler:
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -151,7 +187,10 @@ def train(args: argparse.Namespace) -> Path:
     before = None
     if args.init_from:  # start from a released model's weights (a checkpoint of this run, if any, wins)
         released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
-        unet.load_state_dict(released.state_dict())
+        if released.config.layers_per_block == args.layers_per_block:
+            unet.load_state_dict(released.state_dict())
+        else:  # --layers-per-block above the released model's: grow it, computing the same at the start
+            deepen(released, unet)
         before = json.loads((Path(args.init_from) / "model_card.json").read_text()).get("training")
     unet = unet.to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))

@@ -152,3 +152,41 @@ def test_a_denoiser_run_can_start_from_a_released_model(tmp_path, monkeypatch):
     assert all(torch.equal(captured[k], before[k]) for k in before)
     assert record["init_from"]["iters"] == 2  # the released run's own record is kept
     assert record["iters"] == 1
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 2), (1, 3), (2, 3)])
+def test_a_deepened_denoiser_computes_exactly_what_the_released_one_did(before, after):
+    torch.manual_seed(0)
+    released = train_denoiser.build_unet((8, 16, 16), before)
+    for p in released.parameters():  # away from diffusers' zero-initialised layers, so every path counts
+        p.data.normal_(0, 0.1)
+    grown = train_denoiser.build_unet((8, 16, 16), after)
+    train_denoiser.deepen(released, grown)
+    x, t = torch.randn(2, 3, 24, 32), torch.tensor([3.0, 700.0])
+    with torch.no_grad():
+        want, got = released(x, t).sample, grown(x, t).sample
+    assert want.abs().mean() > 0.05
+    assert torch.equal(got, want)
+    # and training can grow every added resnet: its last convolution gets a gradient at the start
+    grown(x, t).sample.pow(2).mean().backward()
+    assert grown.up_blocks[0].resnets[1].conv2.weight.grad.abs().sum() > 0
+    assert grown.down_blocks[0].resnets[before].conv2.weight.grad.abs().sum() > 0
+
+
+def test_deepening_refuses_fewer_resnets_or_other_channels():
+    released = train_denoiser.build_unet((8, 16), 2)
+    with pytest.raises(ValueError, match="cannot grow"):
+        train_denoiser.deepen(released, train_denoiser.build_unet((8, 16), 1))
+    with pytest.raises(ValueError, match="cannot grow"):
+        train_denoiser.deepen(released, train_denoiser.build_unet((16, 16), 3))
+
+
+def test_a_run_with_more_resnets_per_block_starts_from_the_grown_released_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "2", "--fresh")
+    released = tmp_path / "released"
+    (tmp_path / "store" / "photos").rename(released)
+    record = _run(tmp_path / "next", "--iters", "1", "--init-from", str(released), "--layers-per-block", "2", "--fresh")
+    assert (record["layers_per_block"], record["init_from"]["layers_per_block"]) == (2, 1)
+    grown = UNet2DModel.from_pretrained(tmp_path / "next" / "store" / "photos" / "unet")
+    assert grown.config.layers_per_block == 2
