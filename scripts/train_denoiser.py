@@ -23,6 +23,10 @@ Upload phase (iterations ``--upload-from`` to ``--iters``, the learning rate at 
 denoising-range draws see the noisy photo as an upload carries it, rounded and clipped to uint8, with
 the noise it really carries as the target (``as_upload``). Clipping removes noise in dark and bright
 areas and biases their noisy mean; a model trained only on Gaussian noise lost 3.2 dB to it at sigma 50.
+
+``--init-from`` continues a released model; with a larger ``--layers-per-block`` than the released one's,
+the network is first grown so that it computes exactly what the released one did (``deepen``), and the
+run trains the added resnets from there (how the shipped model went from one resnet per block to two).
 """
 
 from __future__ import annotations
