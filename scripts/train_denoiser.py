@@ -77,7 +77,9 @@ def deepen(released: UNet2DModel, unet: UNet2DModel) -> None:
     resnets sit where they read the same skip tensors as before. Training then grows the added ones."""
     m, n = released.config.layers_per_block, unet.config.layers_per_block
     if n < m or tuple(released.config.block_out_channels) != tuple(unet.config.block_out_channels):
-        raise ValueError(f"cannot grow {m} resnets per block into {n}, or across different channels")
+        raise ValueError(
+            f"cannot grow {m} resnets per block into {n} (--layers-per-block), or across different channels"
+        )
     state = unet.state_dict()
     old = released.state_dict()
     # An up block's resnet j reads the output of down resnet n-1-j (j < n), then the level's entry skip.
@@ -89,20 +91,23 @@ def deepen(released: UNet2DModel, unet: UNet2DModel) -> None:
         if parts[0] == "up_blocks" and parts[2] == "resnets":
             parts[3] = str(up_slot[int(parts[3])])
         state[".".join(parts)] = value
-    for name, block in [*(("down_blocks", b) for b in unet.down_blocks), *(("up_blocks", b) for b in unet.up_blocks)]:
-        added = range(m, n) if name == "down_blocks" else range(1, n - m + 1)
-        for j in added:
-            resnet = block.resnets[j]
-            prefix = f"{name}.{list(getattr(unet, name)).index(block)}.resnets.{j}."
-            state[prefix + "conv2.weight"] = torch.zeros_like(resnet.conv2.weight)
-            state[prefix + "conv2.bias"] = torch.zeros_like(resnet.conv2.bias)
-            if resnet.conv_shortcut is not None:  # [hidden | skip] -> hidden
-                out = resnet.conv_shortcut.out_channels
-                shortcut = torch.zeros_like(resnet.conv_shortcut.weight)
-                shortcut[:, :out, 0, 0] = torch.eye(out)
-                state[prefix + "conv_shortcut.weight"] = shortcut
-                state[prefix + "conv_shortcut.bias"] = torch.zeros_like(resnet.conv_shortcut.bias)
+    for name, added in (("down_blocks", range(m, n)), ("up_blocks", range(1, n - m + 1))):
+        for k, block in enumerate(getattr(unet, name)):
+            for j in added:
+                _start_as_identity(state, f"{name}.{k}.resnets.{j}.", block.resnets[j])
     unet.load_state_dict(state)
+
+
+def _start_as_identity(state: dict[str, torch.Tensor], prefix: str, resnet: torch.nn.Module) -> None:
+    """A resnet's entries in ``state`` such that it returns its input (an up block's: the hidden half)."""
+    state[prefix + "conv2.weight"] = torch.zeros_like(resnet.conv2.weight)
+    state[prefix + "conv2.bias"] = torch.zeros_like(resnet.conv2.bias)
+    if resnet.conv_shortcut is not None:  # [hidden | skip] -> hidden
+        out = resnet.conv_shortcut.out_channels
+        shortcut = torch.zeros_like(resnet.conv_shortcut.weight)
+        shortcut[:, :out, 0, 0] = torch.eye(out)
+        state[prefix + "conv_shortcut.weight"] = shortcut
+        state[prefix + "conv_shortcut.bias"] = torch.zeros_like(resnet.conv_shortcut.bias)
 
 
 def build_scheduler() -> DDPMScheduler:
