@@ -70,8 +70,8 @@ def build_unet(channels: tuple[int, ...], layers_per_block: int) -> UNet2DModel:
 
 
 def deepen(released: UNet2DModel, unet: UNet2DModel) -> None:
-    """Load ``released`` into ``unet``, which has as many levels and channels but more resnets per block,
-    so that ``unet`` computes exactly what ``released`` did (function-preserving growth, as Net2Net's
+    """Load ``released`` into ``unet``, which has as many levels and channels and as many or more resnets per
+    block, so that ``unet`` computes exactly what ``released`` did (function-preserving growth, as Net2Net's
     deeper networks): each added resnet starts as the identity (its last convolution zero; an up block's
     added resnet passes the hidden state through its 1x1 shortcut and ignores its skip), and the released
     resnets sit where they read the same skip tensors as before. Training then grows the added ones."""
@@ -196,10 +196,7 @@ def train(args: argparse.Namespace) -> Path:
     before = None
     if args.init_from:  # start from a released model's weights (a checkpoint of this run, if any, wins)
         released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
-        if released.config.layers_per_block == args.layers_per_block:
-            unet.load_state_dict(released.state_dict())
-        else:  # --layers-per-block above the released model's: grow it, computing the same at the start
-            deepen(released, unet)
+        deepen(released, unet)  # a plain copy when --layers-per-block is the released model's
         before = json.loads((Path(args.init_from) / "model_card.json").read_text()).get("training")
     unet = unet.to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))
