@@ -8,6 +8,12 @@ blend, PNG out) with: float32 or bfloat16 autocast; channels-last memory or not;
 default) or one tile for the whole photo. FFDNet: its forward pass, sigma given. Prints the median of
 ``--repeats`` timed runs after one warm-up, and each variant's PSNR, so a faster path that costs quality
 shows it.
+
+bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as the service's
+``DIFFUSION_DTYPE=auto`` does); elsewhere it is emulated, many times slower than float32, and the service
+never picks it, so the bench says so and skips it. ``--card`` writes the table into the card as
+``metrics.speed`` on such a CPU and as ``metrics.speed_float32_cpu`` on one without, so the card keeps a
+table for each kind of CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from cards import record_metrics  # noqa: E402
 from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
+from app.engine.device import _cpuinfo, cpu_has_bf16  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -46,6 +53,14 @@ def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
     return statistics.median(times), out
 
 
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ("unknown" elsewhere)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photo", default="mate-LadyBird-x4")
@@ -55,30 +70,38 @@ def main() -> None:
     args = parser.parse_args()
     clean = load_photos("heldout")[args.photo]
     noisy = add_noise(clean, args.sigma, seed=0)
+    native_bf16 = cpu_has_bf16()
     print(
         f"{args.photo}: {clean.shape[1]}x{clean.shape[0]} ({clean.shape[0] * clean.shape[1] / 1e6:.3f} Mpx), "
-        f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()}, "
+        f"native bf16: {'yes' if native_bf16 else 'no (bf16 is emulated here: skipped)'}"
     )
     device = torch.device("cpu")
     rows = []
-    seconds, out = timed(lambda: run_ffdnet(noisy, args.sigma), args.repeats)
-    rows.append(("FFDNet (forward pass)", seconds, scores(clean, out)[0]))
+
+    def add(name: str, seconds: float, out: np.ndarray) -> None:
+        rows.append((name, seconds, scores(clean, out)[0]))
+        print(f"  {name}: {seconds:.3f} s, {rows[-1][2]:.2f} dB", flush=True)
+
+    add("FFDNet (forward pass)", *timed(lambda: run_ffdnet(noisy, args.sigma), args.repeats))
     for tile in (256, max(clean.shape[:2])):
         settings = Settings(denoise_tile=tile, denoise_overlap=32 if tile == 256 else 0)
-        for dtype in (None, torch.bfloat16):
+        for dtype in (None, torch.bfloat16) if native_bf16 else (None,):
             for channels_last in (False, True):
                 model = load_model(scan_store(ROOT / "model_store")["photos"], device)
                 # the loader makes it channels-last; the other variant puts it back to the default layout
                 model.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 runner = Runner(device, dtype)
-                seconds, out = timed(
-                    lambda: run_ours(model, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
-                    args.repeats,
-                )
                 name = (
                     f"ours mmse, tile {tile}, {'bf16' if dtype else 'fp32'}{', channels-last' if channels_last else ''}"
                 )
-                rows.append((name, seconds, scores(clean, out)[0]))
+                add(
+                    name,
+                    *timed(
+                        lambda: run_ours(model, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+                        args.repeats,
+                    ),
+                )
     print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
     for name, seconds, psnr in rows:
         print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")
@@ -88,10 +111,12 @@ def main() -> None:
             "photo": args.photo,
             "sigma": args.sigma,
             "threads": torch.get_num_threads(),
+            "cpu": cpu_name(),
+            "native_bf16": native_bf16,
             "median_of": args.repeats,
             "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],
         }
-        record_metrics(ROOT / "model_store", "photos", "speed", record)
+        record_metrics(ROOT / "model_store", "photos", "speed" if native_bf16 else "speed_float32_cpu", record)
 
 
 if __name__ == "__main__":
