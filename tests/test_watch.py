@@ -32,3 +32,80 @@ def test_a_missed_notification_is_caught_by_rechecking_the_record(monkeypatch):
     seen, waited = asyncio.run(scenario())
     assert seen[0] == "progress" and seen[-1] == "succeeded"
     assert waited.status == JobStatus.succeeded
+
+
+def preview(step: int) -> tuple[str, dict]:
+    return "preview", {"progress": {"step": step}, "images": []}
+
+
+def follow_once(watchers: watch.Watchers, record: JobRecord) -> list[tuple[str, dict]]:
+    """What a follower who arrives now sees before the next change (its first events)."""
+
+    async def current():
+        return record
+
+    async def scenario():
+        seen = []
+
+        async def follow():
+            async for item in watchers.follow(record.id, current):
+                seen.append(item)
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        return seen
+
+    return asyncio.run(scenario())
+
+
+def test_a_late_follower_sees_the_latest_preview_at_once_and_none_once_the_job_ended():
+    record = JobRecord(id="b" * 32, kind="generate", model="m")
+    watchers = watch.Watchers()
+    assert [kind for kind, _ in follow_once(watchers, record)] == ["progress"]  # no preview yet
+    watchers.notify(record.id, preview(5))
+    watchers.notify(record.id, preview(10))  # nobody followed: previews are kept all the same
+    seen = follow_once(watchers, record)
+    assert [kind for kind, _ in seen] == ["progress", "preview"] and seen[1][1]["progress"]["step"] == 10
+    record.status = JobStatus.succeeded
+    watchers.notify(record.id, ("succeeded", {}))
+    assert [kind for kind, _ in follow_once(watchers, record)] == ["succeeded"]
+    assert not watchers.wants(record.id, "succeeded")  # nothing is kept for it any more
+
+
+def test_previews_are_kept_for_a_bounded_number_of_jobs_and_wanted_by_the_redis_listener(monkeypatch):
+    monkeypatch.setattr(watch, "KEPT_PREVIEWS", 2)
+    watchers = watch.Watchers()
+    jobs = [JobRecord(id=c * 32, kind="generate", model="m") for c in "cde"]
+    assert watchers.wants(jobs[0].id, "preview") and not watchers.wants(jobs[0].id, "progress")
+    for job in jobs:
+        watchers.notify(job.id, preview(1))
+    watchers.notify(jobs[1].id, preview(2))  # the most recent now: jobs[2]'s is the older one kept
+    watchers.notify(jobs[0].id, preview(3))  # jobs[0] is back; jobs[2], now the oldest, goes
+    kept = {job.id: [kind for kind, _ in follow_once(watchers, job)] for job in jobs}
+    assert kept == {jobs[0].id: ["progress", "preview"], jobs[1].id: ["progress", "preview"], jobs[2].id: ["progress"]}
+    assert watchers.wants(jobs[1].id, "succeeded") and not watchers.wants(jobs[2].id, "succeeded")
+
+
+def test_a_preview_that_arrives_while_a_follower_reads_the_record_comes_once():
+    record = JobRecord(id="f" * 32, kind="generate", model="m")
+    watchers = watch.Watchers()
+    watchers.notify(record.id, preview(5))
+
+    async def current():  # the record is read from Redis: the next preview lands meanwhile
+        watchers.notify(record.id, preview(10))
+        return record
+
+    async def scenario():
+        seen = []
+
+        async def follow():
+            async for kind, data in watchers.follow(record.id, current):
+                seen.append((kind, data["progress"]["step"] if kind == "preview" else None))
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        return seen
+
+    assert asyncio.run(scenario()) == [("progress", None), ("preview", 5), ("preview", 10)]

@@ -2,6 +2,9 @@
 
 A backend calls ``notify`` whenever it learns that a job changed (from its engine, or from Redis
 pub/sub); ``follow`` and ``wait`` register before reading the current record, so no change is missed.
+Previews are live only, but each running job's latest one is kept (until the job's final event, for at
+most ``KEPT_PREVIEWS`` jobs), so a follower who arrives between two previews sees the latest at once
+instead of waiting up to k steps for the next.
 """
 
 from __future__ import annotations
@@ -14,18 +17,33 @@ from app.jobs import TRANSIENT_EVENTS, JobRecord, event_payload
 
 Current = Callable[[], Awaitable[JobRecord | None]]
 RECHECK_S = 5.0
+KEPT_PREVIEWS = 256  # jobs whose latest preview is kept; past that the oldest is dropped
 
 
 class Watchers:
     def __init__(self) -> None:
         self._queues: dict[str, set[asyncio.Queue]] = {}
+        self._previews: dict[str, tuple[str, dict]] = {}  # job -> its latest preview, while it runs
 
     def notify(self, job_id: str, payload: tuple[str, dict]) -> None:
+        kind = payload[0]
+        if kind == "preview":
+            self._previews.pop(job_id, None)  # re-inserted last: the dict's order is the eviction order
+            self._previews[job_id] = payload
+            while len(self._previews) > KEPT_PREVIEWS:
+                del self._previews[next(iter(self._previews))]
+        elif kind not in TRANSIENT_EVENTS:
+            self._previews.pop(job_id, None)
         for queue in self._queues.get(job_id, ()):
             queue.put_nowait(payload)
 
     def watching(self, job_id: str) -> bool:
         return job_id in self._queues
+
+    def wants(self, job_id: str, kind: str) -> bool:
+        """Whether a change of this kind to this job matters here: someone follows the job, or it is a
+        preview (kept for a later follower), or it ends a job whose preview is kept."""
+        return job_id in self._queues or kind == "preview" or job_id in self._previews
 
     def _register(self, job_id: str) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
@@ -39,7 +57,9 @@ class Watchers:
             self._queues.pop(job_id, None)
 
     async def follow(self, job_id: str, current: Current) -> AsyncIterator[tuple[str, dict]]:
-        """The job's state now, then each change, ending with its final status."""
+        """The job's state now (and its latest preview, if it has one), then each change, ending with its
+        final status."""
+        kept = self._previews.get(job_id)  # taken before registering: a later preview comes by the queue only
         queue = self._register(job_id)
         try:
             record = await current()
@@ -47,6 +67,8 @@ class Watchers:
                 return
             kind, data = event_payload(record)
             yield kind, data
+            if kind in TRANSIENT_EVENTS and kept is not None:
+                yield kept
             while kind in TRANSIENT_EVENTS:
                 try:
                     kind, data = await asyncio.wait_for(queue.get(), RECHECK_S)

@@ -118,7 +118,7 @@ class RedisJobQueue:
                     if message["type"] != "message":
                         continue
                     event = json.loads(message["data"])
-                    if self._watchers.watching(event["job_id"]):
+                    if self._watchers.wants(event["job_id"], event["kind"]):
                         self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
             except asyncio.CancelledError:
                 raise
