@@ -36,7 +36,7 @@ from cards import record_metrics  # noqa: E402
 from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
-from app.engine.device import _cpuinfo, cpu_has_bf16  # noqa: E402
+from app.engine.device import cpu_has_bf16, cpu_name  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -51,14 +51,6 @@ def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
         out = fn()
         times.append(time.perf_counter() - began)
     return statistics.median(times), out
-
-
-def cpu_name() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it ("unknown" elsewhere)."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:

@@ -15,13 +15,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from app.engine.device import _cpuinfo, cpu_has_bf16  # noqa: F401  (one home; tests patch it here)
-
-
-def cpu_name() -> str:
-    """The CPU's model name as Linux reports it ("" where it does not), for the card's record of the run."""
-    lines = _cpuinfo().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+from app.engine.device import cpu_has_bf16, cpu_name  # (one home; tests patch cpu_has_bf16 here)
 
 
 PRECISIONS = ("fp32", "cuda-bf16", "bf16")

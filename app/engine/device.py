@@ -17,6 +17,12 @@ def _cpuinfo() -> str:
         return ""
 
 
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it ("" where it does not), for records of runs and benches."""
+    lines = _cpuinfo().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than float32."""
     flags = _cpuinfo().split()
