@@ -62,10 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     clean = load_photos("heldout")[args.photo]
     noisy = add_noise(clean, args.sigma, seed=0)
-    native_bf16 = cpu_has_bf16()
+    native_bf16, cpu = cpu_has_bf16(), cpu_name()
     print(
         f"{args.photo}: {clean.shape[1]}x{clean.shape[0]} ({clean.shape[0] * clean.shape[1] / 1e6:.3f} Mpx), "
-        f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()}, "
+        f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu}, "
         f"native bf16: {'yes' if native_bf16 else 'no (bf16 is emulated here: skipped)'}"
     )
     device = torch.device("cpu")
@@ -103,7 +103,7 @@ def main() -> None:
             "photo": args.photo,
             "sigma": args.sigma,
             "threads": torch.get_num_threads(),
-            "cpu": cpu_name(),
+            "cpu": cpu,
             "native_bf16": native_bf16,
             "median_of": args.repeats,
             "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],

@@ -38,11 +38,14 @@ def preview(step: int) -> tuple[str, dict]:
     return "preview", {"progress": {"step": step}, "images": []}
 
 
-def follow_once(watchers: watch.Watchers, record: JobRecord) -> list[tuple[str, dict]]:
-    """What a follower who arrives now sees before the next change (its first events)."""
+def follow_once(watchers: watch.Watchers, record: JobRecord, current=None) -> list[tuple[str, dict]]:
+    """What a follower who arrives now sees before the next change (its first events); ``current`` reads the
+    record (by default: as it stands)."""
 
-    async def current():
+    async def as_it_stands():
         return record
+
+    current = current or as_it_stands
 
     async def scenario():
         seen = []
@@ -96,16 +99,9 @@ def test_a_preview_that_arrives_while_a_follower_reads_the_record_comes_once():
         watchers.notify(record.id, preview(10))
         return record
 
-    async def scenario():
-        seen = []
-
-        async def follow():
-            async for kind, data in watchers.follow(record.id, current):
-                seen.append((kind, data["progress"]["step"] if kind == "preview" else None))
-
-        task = asyncio.create_task(follow())
-        await asyncio.sleep(0.02)
-        task.cancel()
-        return seen
-
-    assert asyncio.run(scenario()) == [("progress", None), ("preview", 5), ("preview", 10)]
+    seen = follow_once(watchers, record, current)
+    assert [(kind, data["progress"]["step"] if kind == "preview" else None) for kind, data in seen] == [
+        ("progress", None),
+        ("preview", 5),
+        ("preview", 10),
+    ]
