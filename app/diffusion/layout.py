@@ -52,7 +52,7 @@ class DenoiseLayout:
         ensemble: int,
     ) -> "DenoiseLayout":
         padded_h, padded_w = padded_size(height, width, factor)
-        boxes = tile_boxes(padded_h, padded_w, tile=fit_tile(tile, factor), overlap=overlap)
+        boxes = tile_boxes(padded_h, padded_w, tile=fit_tile(tile, factor), overlap=overlap, multiple=factor)
         views = [transform for _ in range(samples) for transform in ENSEMBLE_ORDER[:ensemble]]
         return cls(padded_h, padded_w, boxes, planes(image_channels, model_channels), views)
 

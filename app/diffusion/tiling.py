@@ -13,18 +13,24 @@ import numpy as np
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
+def _axis(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
+    """(size, starts) along one side: the fewest tiles of at most ``tile`` that cover ``length`` with at least
+    ``overlap`` between neighbours, all of one size (a multiple of ``multiple``, as small as that allows) and
+    spread evenly, so the overlap is shared out instead of piling up at the far edge."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    return sorted(set(starts))
+        return length, [0]
+    count = -(-(length - overlap) // (tile - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)
+    size = min(tile, size + (-size) % multiple)
+    # floor of an even spread: a step is at most ceil((length - size) / (count - 1)) <= size - overlap
+    return size, [i * (length - size) // (count - 1) for i in range(count)]
 
 
-def tile_boxes(height: int, width: int, *, tile: int, overlap: int) -> list[Box]:
-    """(top, left, h, w) boxes covering the image; every box is tile x tile unless the image is smaller."""
-    th, tw = min(tile, height), min(tile, width)
-    return [(y, x, th, tw) for y in _starts(height, th, overlap) for x in _starts(width, tw, overlap)]
+def tile_boxes(height: int, width: int, *, tile: int, overlap: int, multiple: int = 1) -> list[Box]:
+    """(top, left, h, w) boxes covering the image, every one of the same h x w (at most tile x tile)."""
+    th, ys = _axis(height, tile, overlap, multiple)
+    tw, xs = _axis(width, tile, overlap, multiple)
+    return [(y, x, th, tw) for y in ys for x in xs]
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:

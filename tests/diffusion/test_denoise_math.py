@@ -22,9 +22,39 @@ def smooth_image(h=96, w=120, c=3):
 def test_tiles_cover_the_image_and_blend_back_exactly():
     image = smooth_image().numpy()
     boxes = tile_boxes(96, 120, tile=40, overlap=10)
-    assert all(h == 40 and w == 40 for _, _, h, w in boxes)
+    assert {(h, w) for _, _, h, w in boxes} == {(39, 38)}  # 3 x 4 tiles spread evenly, not 40 x 40 piled up
     tiles = [image[:, y : y + h, x : x + w] for y, x, h, w in boxes]
     assert np.allclose(blend(tiles, boxes, 96, 120, 10), image, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "height, width, tile, overlap, multiple",
+    [
+        (400, 640, 256, 32, 8),
+        (1000, 700, 256, 32, 8),
+        (512, 512, 32, 8, 8),
+        (257, 256, 256, 32, 8),
+        (97, 300, 64, 16, 1),
+    ],
+)
+def test_tiles_are_as_few_as_the_tile_allows_even_and_overlap_enough(height, width, tile, overlap, multiple):
+    boxes = tile_boxes(height, width, tile=tile, overlap=overlap, multiple=multiple)
+    (th, tw), *others = {(h, w) for _, _, h, w in boxes}
+    assert not others and th <= tile and tw <= tile
+    for size, length in ((th, height), (tw, width)):
+        assert size == length or size % multiple == 0
+    covered = np.zeros((height, width), dtype=int)
+    for y, x, h, w in boxes:
+        covered[y : y + h, x : x + w] += 1
+    assert covered.min() >= 1 and covered.shape == (height, width)
+    ys, xs = sorted({y for y, *_ in boxes}), sorted({x for _, x, *_ in boxes})
+    for starts, size, length in ((ys, th, height), (xs, tw, width)):
+        assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))  # every overlap >= overlap
+        assert len(starts) == (1 if length <= tile else -(-(length - overlap) // (tile - overlap)))  # fewest
+    # the old plan (fixed tiles, the last one flush with the edge) covered 640 x 400 with 6 tiles of 256:
+    # 1.54x its pixels; the even plan covers it with 6 of 240 x 216, 1.21x
+    if (height, width, tile) == (400, 640, 256):
+        assert (th, tw) == (216, 240) and len(boxes) == 6
 
 
 def test_blend_window_ramps_to_a_floor_not_to_zero():
