@@ -21,7 +21,7 @@ def _axis(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, lis
         return length, [0]
     count = -(-(length - overlap) // (tile - overlap))
     size = -(-(length + (count - 1) * overlap) // count)
-    size = min(tile, size + (-size) % multiple)
+    size = min(tile, round_up(size, multiple))
     # floor of an even spread: a step is at most ceil((length - size) / (count - 1)) <= size - overlap
     return size, [i * (length - size) // (count - 1) for i in range(count)]
 
@@ -33,8 +33,12 @@ def tile_boxes(height: int, width: int, *, tile: int, overlap: int, multiple: in
     return [(y, x, th, tw) for y in ys for x in xs]
 
 
+def round_up(length: int, multiple: int) -> int:
+    return length + (-length) % multiple
+
+
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
-    return height + (-height) % multiple, width + (-width) % multiple
+    return round_up(height, multiple), round_up(width, multiple)
 
 
 def fit_tile(tile: int, multiple: int) -> int:

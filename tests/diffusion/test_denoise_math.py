@@ -51,10 +51,13 @@ def test_tiles_are_as_few_as_the_tile_allows_even_and_overlap_enough(height, wid
     for starts, size, length in ((ys, th, height), (xs, tw, width)):
         assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))  # every overlap >= overlap
         assert len(starts) == (1 if length <= tile else -(-(length - overlap) // (tile - overlap)))  # fewest
-    # the old plan (fixed tiles, the last one flush with the edge) covered 640 x 400 with 6 tiles of 256:
-    # 1.54x its pixels; the even plan covers it with 6 of 240 x 216, 1.21x
-    if (height, width, tile) == (400, 640, 256):
-        assert (th, tw) == (216, 240) and len(boxes) == 6
+
+
+def test_a_640_by_400_photo_takes_six_even_tiles_not_six_piled_up_at_the_edge():
+    # the old plan (fixed tiles, the last one flush with the edge) covered it with 6 tiles of 256: 1.54x its
+    # pixels; the even plan covers it with 6 of 240 x 216, 1.21x
+    boxes = tile_boxes(400, 640, tile=256, overlap=32, multiple=8)
+    assert {(h, w) for _, _, h, w in boxes} == {(216, 240)} and len(boxes) == 6
 
 
 def test_blend_window_ramps_to_a_floor_not_to_zero():
