@@ -43,10 +43,11 @@ def test_tiles_are_as_few_as_the_tile_allows_even_and_overlap_enough(height, wid
     assert not others and th <= tile and tw <= tile
     for size, length in ((th, height), (tw, width)):
         assert size == length or size % multiple == 0
+    assert all(y >= 0 and x >= 0 and y + h <= height and x + w <= width for y, x, h, w in boxes)  # inside
     covered = np.zeros((height, width), dtype=int)
     for y, x, h, w in boxes:
         covered[y : y + h, x : x + w] += 1
-    assert covered.min() >= 1 and covered.shape == (height, width)
+    assert covered.min() >= 1
     ys, xs = sorted({y for y, *_ in boxes}), sorted({x for _, x, *_ in boxes})
     for starts, size, length in ((ys, th, height), (xs, tw, width)):
         assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))  # every overlap >= overlap
