@@ -19,8 +19,8 @@ def _axis(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, lis
     spread evenly, so the overlap is shared out instead of piling up at the far edge."""
     if length <= tile:
         return length, [0]
-    count = -(-(length - overlap) // (tile - overlap))
-    size = -(-(length + (count - 1) * overlap) // count)
+    count = ceil_div(length - overlap, tile - overlap)
+    size = ceil_div(length + (count - 1) * overlap, count)
     size = min(tile, round_up(size, multiple))
     # floor of an even spread: a step is at most ceil((length - size) / (count - 1)) <= size - overlap
     return size, [i * (length - size) // (count - 1) for i in range(count)]
@@ -33,8 +33,12 @@ def tile_boxes(height: int, width: int, *, tile: int, overlap: int, multiple: in
     return [(y, x, th, tw) for y in ys for x in xs]
 
 
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def round_up(length: int, multiple: int) -> int:
-    return length + (-length) % multiple
+    return ceil_div(length, multiple) * multiple
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
