@@ -465,6 +465,14 @@ def test_lossless_encode_decode_round_trip(fmt, channels):
         np.testing.assert_array_equal(decoded.pixels, pixels)
 
 
+def test_png_results_use_zlibs_fastest_level():
+    data = encode_image(noise(16, 24, 3), "png")
+    idat = data.index(b"IDAT") + 4  # the zlib stream's header: CMF, then FLG whose top two bits are FLEVEL
+    assert data[idat] == 0x78 and data[idat + 1] >> 6 == 0  # FLEVEL 0: the fastest compression (level 1)
+    default = save(Image.fromarray(noise(16, 24, 3)), "PNG")
+    assert default[default.index(b"IDAT") + 5] >> 6 == 2  # Pillow's own default (level 6) writes FLEVEL 2
+
+
 def test_jpeg_encoding_and_media_types():
     pixels = np.full((16, 16, 3), 90, dtype=np.uint8)
     decoded = decode_image(encode_image(pixels, "jpeg"), max_pixels=LIMIT)

@@ -1,0 +1,96 @@
+"""The phase rewrite of diffusers' Upsample2D computes the same function as the module it replaces."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers.models.upsampling import Upsample2D
+
+from app.families.phase_upsample import PhaseUpsample2D, phase_kernels, phase_upsamplers
+from tests.tiny_models import tiny_unet, tiny_vae
+
+
+def _upsample(channels: int = 5, out_channels: int = 7, seed: int = 0, **options) -> Upsample2D:
+    torch.manual_seed(seed)
+    module = Upsample2D(channels, use_conv=True, out_channels=out_channels, **options).eval()
+    with torch.no_grad():
+        module.conv.bias.normal_()  # diffusers starts biases at zero: make them count
+    return module
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 6), (7, 16)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_phase_upsample_matches_upsample2d(size, channels_last):
+    original = _upsample()
+    x = torch.randn(3, 5, *size, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = original(x)
+        got = PhaseUpsample2D(original)(x)
+    assert got.shape == expected.shape == (3, 7, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_phase_kernels_of_a_delta_put_each_tap_where_nearest_upsampling_reads_it():
+    # a kernel that reads only the upper-left neighbour (tap 0, 0): phase (0, 0) reads X[i-1, j-1], every
+    # other phase reads a pixel of the input's own row or column first
+    weight = torch.zeros(1, 1, 3, 3)
+    weight[0, 0, 0, 0] = 1.0
+    phases = phase_kernels(weight)[:, 0]
+    assert phases.shape == (4, 2, 2)
+    torch.testing.assert_close(phases, torch.tensor([[[1.0, 0], [0, 0]]] * 4))
+    weight = torch.ones(1, 1, 3, 3)  # the taps' sum is kept in every phase: a flat image stays flat
+    assert phase_kernels(weight).sum(dim=(1, 2, 3)).tolist() == [9.0] * 4
+
+
+def test_explicit_output_size_runs_the_modules_own_path():
+    original = _upsample()
+    x = torch.randn(2, 5, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(PhaseUpsample2D(original)(x, (5, 9)), original(x, (5, 9)))
+
+
+def test_bf16_autocast_keeps_the_dtype_and_the_result():
+    original = _upsample()
+    x = torch.randn(2, 5, 6, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = original(x), PhaseUpsample2D(original)(x)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.05, atol=0.05)
+
+
+def test_only_nearest_conv_upsamplers_are_replaced():
+    untouched = [
+        Upsample2D(4, use_conv=False),
+        Upsample2D(4, use_conv_transpose=True),
+        Upsample2D(4, use_conv=True, kernel_size=5, padding=2),
+        Upsample2D(4, use_conv=True, norm_type="ln_norm", eps=1e-5, elementwise_affine=True),
+    ]
+    model = torch.nn.Sequential(*untouched, _upsample(4, 4))
+    assert phase_upsamplers(model) == 1
+    assert [type(m) for m in model] == [Upsample2D] * 4 + [PhaseUpsample2D]
+
+
+def test_unet_predicts_the_same_with_phase_upsamplers():
+    unet = tiny_unet(channels=3).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # zero-initialised output convs would hide a wrong upsampler
+    fast = copy.deepcopy(unet)
+    assert phase_upsamplers(fast) == 1  # two levels: one upsampler
+    x = torch.randn(2, 3, 24, 40).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([10.0, 700.0])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, t).sample, unet(x, t).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_vae_decodes_the_same_with_phase_upsamplers():
+    vae = tiny_vae()
+    fast = copy.deepcopy(vae)
+    assert phase_upsamplers(fast) >= 1
+    z = torch.randn(1, vae.config.latent_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.decode(z).sample, vae.decode(z).sample, rtol=1e-4, atol=1e-5)
