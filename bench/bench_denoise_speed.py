@@ -40,6 +40,8 @@ from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
 from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
+from diffusers.models.upsampling import Upsample2D  # noqa: E402
+
 from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -62,10 +64,9 @@ def timed(*fns, repeats: int) -> list[tuple[float, np.ndarray]]:
 
 def diffusers_upsamplers(unet: torch.nn.Module) -> torch.nn.Module:
     """Undo the loader's phase rewrite: diffusers' own Upsample2D modules back in place."""
-    for parent in list(unet.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, PhaseUpsample2D):
-                setattr(parent, name, child.upsample)
+    for module in unet.modules():
+        if type(module) is PhaseUpsample2D:
+            module.__class__ = Upsample2D
     return unet
 
 

@@ -37,20 +37,24 @@ def sd15_unet():
     return UNet2DConditionModel(sample_size=64, cross_attention_dim=768).eval()  # diffusers' defaults: SD 1.5
 
 
-def write_folder(folder: Path, unet) -> None:
+def sd_vae():
     from diffusers import AutoencoderKL
 
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny_models import clip_text_encoder, save_stable_diffusion, sd_scheduler, tiny_tokenizer
-
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         layers_per_block=2,
         latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         sample_size=512,
-    ).eval()
+    ).eval()  # SD's VAE
+
+
+def write_folder(folder: Path, unet) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.tiny_models import clip_text_encoder, save_stable_diffusion, sd_scheduler, tiny_tokenizer
+
+    vae = sd_vae()
     tokenizer = tiny_tokenizer()
     text = clip_text_encoder(tokenizer, width=768, layers=12, heads=12, positions=77)  # CLIP ViT-L/14's
     tokenizer.model_max_length = 77

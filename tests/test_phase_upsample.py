@@ -20,6 +20,12 @@ def _upsample(channels: int = 5, out_channels: int = 7, seed: int = 0, **options
     return module
 
 
+def _phase(original: Upsample2D) -> Upsample2D:
+    phase = copy.deepcopy(original)
+    assert phase_upsamplers(phase) == 1 and type(phase) is PhaseUpsample2D
+    return phase
+
+
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 6), (7, 16)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_phase_upsample_matches_upsample2d(size, channels_last):
@@ -29,9 +35,12 @@ def test_phase_upsample_matches_upsample2d(size, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = original(x)
-        got = PhaseUpsample2D(original)(x)
+        got = _phase(original)(x)
     assert got.shape == expected.shape == (3, 7, 2 * size[0], 2 * size[1])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if size != (1, 1):  # the input's layout is kept (a 1x1 input is both layouts at once)
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert got.is_contiguous() == (not channels_last)
 
 
 def test_phase_kernels_of_a_delta_put_each_tap_where_nearest_upsampling_reads_it():
@@ -46,18 +55,34 @@ def test_phase_kernels_of_a_delta_put_each_tap_where_nearest_upsampling_reads_it
     assert phase_kernels(weight).sum(dim=(1, 2, 3)).tolist() == [9.0] * 4
 
 
-def test_explicit_output_size_runs_the_modules_own_path():
+def test_explicit_output_size_other_than_twice_runs_diffusers_path(monkeypatch):
     original = _upsample()
+    phase = _phase(original)
     x = torch.randn(2, 5, 3, 5)
     with torch.no_grad():
-        torch.testing.assert_close(PhaseUpsample2D(original)(x, (5, 9)), original(x, (5, 9)))
+        expected = {size: original(x, size) for size in ((5, 9), (6, 10))}
+        calls = []
+        own = Upsample2D.forward
+        monkeypatch.setattr(Upsample2D, "forward", lambda self, *a, **k: calls.append(a[1:]) or own(self, *a, **k))
+        torch.testing.assert_close(phase(x, (6, 10)), expected[(6, 10)], rtol=1e-5, atol=1e-5)
+        assert calls == []  # twice the size: the phases
+        torch.testing.assert_close(phase(x, (5, 9)), expected[(5, 9)])
+        assert calls == [((5, 9),)]  # nearest to another size: diffusers' own path
+
+
+def test_the_state_dict_keeps_diffusers_names_and_weights():
+    unet = tiny_unet(channels=3)
+    before = unet.state_dict()
+    phase_upsamplers(unet)
+    after = unet.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_bf16_autocast_keeps_the_dtype_and_the_result():
     original = _upsample()
     x = torch.randn(2, 5, 6, 6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        expected, got = original(x), PhaseUpsample2D(original)(x)
+        expected, got = original(x), _phase(original)(x)
     assert got.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected.float(), rtol=0.05, atol=0.05)
 
