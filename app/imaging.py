@@ -27,9 +27,9 @@ class ImageFormat:
 
 
 # The output formats, one entry each: the API's enum, content negotiation and encoding all read this.
-# PNG at zlib's fastest level: a 0.256 Mpx denoised photo encodes in 36 ms instead of Pillow's default
-# level 6's 189 ms (2 CPU cores; the worker encodes, so this is latency for every job), for a file about
-# 16% larger (docs/denoising.md, "Speed against FFDNet").
+# PNG at zlib's fastest level: a 0.256 Mpx photo encodes in 36 ms instead of Pillow's default level 6's
+# 189 ms (2 CPU cores; the worker encodes, so this is latency for every job), for a file about 16% larger
+# (docs/denoising.md, "Speed against FFDNet").
 OUTPUT_FORMATS: dict[str, ImageFormat] = {
     f.name: f
     for f in (

@@ -14,8 +14,8 @@ likewise. One convolution with 4 x C_out channels over X padded by 1 gives every
 grid; phase a's row i sits at i + a (its window starts one row later), so each phase is a shifted crop,
 interleaved into the 2H x 2W output. Floating-point sums run in another order (differences ~1e-6).
 
-On 2 CPU cores the photo network ran 7-9% faster, Stable Diffusion's VAE decode 12% and its UNet 7%
-(bench/bench_denoise_speed.py, bench/bench_phase_upsample.py; docs/denoising.md).
+On 2 CPU cores the photo network ran 6-13% faster in four of five paired runs, Stable Diffusion's VAE
+decode 12% and its UNet 7% (bench/bench_denoise_speed.py, bench/bench_phase_upsample.py; docs/denoising.md).
 """
 
 from __future__ import annotations
