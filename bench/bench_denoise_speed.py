@@ -39,11 +39,11 @@ from cards import record_metrics  # noqa: E402
 from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
-from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from diffusers.models.upsampling import Upsample2D  # noqa: E402
 
-from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
+from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
+from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402

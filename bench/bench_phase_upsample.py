@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_denoise_speed import timed  # noqa: E402
 from bench_latent import sd15_unet, sd_vae  # noqa: E402
 
 from app.families.phase_upsample import phase_upsamplers  # noqa: E402
@@ -31,20 +30,10 @@ from app.families.phase_upsample import phase_upsamplers  # noqa: E402
 
 @torch.no_grad()
 def in_turns(name: str, plain, phase, turns: int) -> None:
-    outs = [plain(), phase()]  # warm-up, and the outputs to compare
-    times: list[list[float]] = [[], []]
-    for _ in range(turns):
-        for i, fn in enumerate((plain, phase)):
-            began = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - began)
-    a, b = (statistics.median(t) for t in times)
-    diff = (outs[0] - outs[1]).abs().max().item()
-    scale = outs[0].abs().max().item()
-    print(
-        f"| {name} | {a:.3f} | {b:.3f} | {b / a:.2f} | {diff:.1e} (of {scale:.1f}) |",
-        flush=True,
-    )
+    (a, plain_out), (b, phase_out) = timed(plain, phase, repeats=turns)
+    diff = (plain_out - phase_out).abs().max().item()
+    scale = plain_out.abs().max().item()
+    print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.2f} | {diff:.1e} (of {scale:.1f}) |", flush=True)
 
 
 def main() -> None:

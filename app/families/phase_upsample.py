@@ -57,20 +57,16 @@ class PhaseUpsample2D(Upsample2D):
         if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
             return super().forward(x, output_size, *args, **kwargs)  # nearest to another size: not phases
         channels = self.out_channels
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), *self.kernels(x.dtype))  # channels [n, (a, b, O), h + 1, w + 1]
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), *self.kernels(x.dtype))  # channels (a, b, O), on (h + 1, w + 1)
+        y = y.unflatten(1, (2, 2, channels))  # [n, a, b, O, h + 1, w + 1]: a view in either memory layout
         # the output keeps the input's memory layout, so a model that is not channels-last does not become so
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            y = y.permute(0, 2, 3, 1).reshape(n, h + 1, w + 1, 2, 2, channels)  # free for channels-last y
-            out = torch.empty(n, h, 2, w, 2, channels, dtype=y.dtype, device=y.device)
-            for a in (0, 1):
-                for b in (0, 1):
-                    out[:, :, a, :, b] = y[:, a : a + h, b : b + w, a, b]
-            return out.view(n, 2 * h, 2 * w, channels).permute(0, 3, 1, 2)
-        y = y.view(n, 2, 2, channels, h + 1, w + 1)
-        out = torch.empty(n, channels, h, 2, w, 2, dtype=y.dtype, device=y.device)
+            out = y.new_empty(n, h, 2, w, 2, channels).permute(0, 5, 1, 2, 3, 4)
+        else:
+            out = y.new_empty(n, channels, h, 2, w, 2)
         for a in (0, 1):
             for b in (0, 1):
-                out[:, :, :, a, :, b] = y[:, a, b, :, a : a + h, b : b + w]
+                out[:, :, :, a, :, b] = y[:, a, b, :, a : a + h, b : b + w]  # phase a's row i sits at i + a
         return out.view(n, channels, 2 * h, 2 * w)
 
 
