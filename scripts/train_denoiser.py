@@ -1,6 +1,6 @@
 """Train the photo denoiser (an RGB diffusion model on photo crops) into the model store.
 
-    python scripts/train_denoiser.py                      # defaults: the shipped recipe
+    python scripts/train_denoiser.py                      # from scratch: the shipped network, the release's schedule
     python scripts/train_denoiser.py --iters 100 --decay-iters 80 --upload-from 80 --out /tmp/photos-smoke
 
 Recipe: a fully convolutional diffusers ``UNet2DModel`` (no attention anywhere, so any image size
@@ -252,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         batch=12,
         lr=2e-3,
         channels=[16, 32, 64, 128],
+        layers_per_block=2,  # the shipped network's (grown from 1 in continuation 3)
         precision="bf16",
     )
     parser.add_argument("--crop", type=int, default=96)

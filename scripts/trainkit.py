@@ -76,6 +76,7 @@ def add_training_args(
     channels: list[int],
     precision: str = "cuda-bf16",
     decay_iters: int | None = None,
+    layers_per_block: int = 1,
 ) -> None:
     """The options every training script takes; ``name`` picks the default output and checkpoint folders."""
     parser.add_argument("--out", default=f"model_store/{name}")
@@ -93,7 +94,7 @@ def add_training_args(
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--channels", type=int, nargs="+", default=channels)
-    parser.add_argument("--layers-per-block", type=int, default=1)
+    parser.add_argument("--layers-per-block", type=int, default=layers_per_block)
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

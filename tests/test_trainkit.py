@@ -183,10 +183,10 @@ def test_deepening_refuses_fewer_resnets_or_other_channels():
 
 def test_a_run_with_more_resnets_per_block_starts_from_the_grown_released_model(tmp_path, monkeypatch):
     monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
-    _run(tmp_path, "--iters", "2", "--fresh")
+    _run(tmp_path, "--iters", "2", "--layers-per-block", "1", "--fresh")
     released = tmp_path / "released"
     (tmp_path / "store" / "photos").rename(released)
-    record = _run(tmp_path / "next", "--iters", "1", "--init-from", str(released), "--layers-per-block", "2", "--fresh")
+    record = _run(tmp_path / "next", "--iters", "1", "--init-from", str(released), "--fresh")  # default: 2
     assert (record["layers_per_block"], record["init_from"]["layers_per_block"]) == (2, 1)
     grown = UNet2DModel.from_pretrained(tmp_path / "next" / "store" / "photos" / "unet")
     assert grown.config.layers_per_block == 2
