@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         None, description="comma-separated models loaded at start (readiness waits); default: all that fit"
     )
     denoise_tile: int = Field(256, ge=32, le=2048, description="tile edge for denoising large images")
-    denoise_overlap: int = Field(32, ge=0, le=512, description="overlap between neighbouring tiles")
+    denoise_overlap: int = Field(16, ge=0, le=512, description="overlap between neighbouring tiles")
     api_keys_file: Path | None = Field(None, description="JSON list of API keys (hashes, scopes, quotas); none: open")
     metrics_require_key: bool = Field(False, description="/metrics needs an API key (it is open by default)")
     worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="a Redis worker serves /metrics here")
