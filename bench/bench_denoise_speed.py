@@ -95,7 +95,7 @@ def main() -> None:
 
     add("FFDNet (forward pass)", *timed(lambda: run_ffdnet(noisy, args.sigma), repeats=args.repeats)[0])
     for tile in (256, max(clean.shape[:2])):
-        settings = Settings(denoise_tile=tile)  # the service's overlap (one tile for the larger size)
+        settings = Settings(denoise_tile=tile)  # the service's overlap; a tile of the photo's own size is one tile
         for dtype in (None, torch.bfloat16) if native_bf16 else (None,):
             for channels_last in (False, True):
                 model = load_model(scan_store(ROOT / "model_store")["photos"], device)
