@@ -14,8 +14,9 @@ likewise. One convolution with 4 x C_out channels over X padded by 1 gives every
 grid; phase a's row i sits at i + a (its window starts one row later), so each phase is a shifted crop,
 interleaved into the 2H x 2W output. Floating-point sums run in another order (differences ~1e-6).
 
-On 2 CPU cores the photo network ran 6-13% faster in four of five paired runs, Stable Diffusion's VAE
-decode 12% and its UNet 7% (bench/bench_denoise_speed.py, bench/bench_phase_upsample.py; docs/denoising.md).
+In float32 on 2 CPU cores (AVX2) the photo network ran 6-13% faster in four of five paired runs, Stable
+Diffusion's VAE decode 12% and its UNet 7%; in bf16 on a CPU with AVX512-BF16 no difference could be told
+from the noise (bench/bench_denoise_speed.py, bench/bench_phase_upsample.py; docs/denoising.md).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class PhaseUpsample2D(Upsample2D):
     def kernels(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The phases' kernels and biases, made from the module's own weights at each call: no second copy of
         the weights in memory, for about 1 ms per pass of the photo network (three upsamplers, against
-        about 0.8 s) and 0.13 s per pass of Stable Diffusion 1.5's UNet (against about 16 s) on 2 CPU cores."""
+        about 0.8 s) and 0.13 s per pass of Stable Diffusion 1.5's UNet (against about 16 s), both in float32 on
+        2 AVX2 CPU cores."""
         bias = None if self.conv.bias is None else self.conv.bias.repeat(4).to(dtype)
         return phase_kernels(self.conv.weight).to(dtype), bias
 
