@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     model_store: Path = Field(Path("./model_store"), description="folder holding one sub-folder per model")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="network precision; auto: bfloat16 autocast on CUDA, float32 on CPU"
+        "auto",
+        description="network precision; auto: bfloat16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16, "
+        "AMX), float32 on other CPUs",
     )
     max_batch: int | None = Field(None, ge=1, le=4096, description="rows per forward pass; default per device")
     max_batch_pixels: int | None = Field(
