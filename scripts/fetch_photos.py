@@ -8,6 +8,10 @@ Sources (nothing from a model or data hub):
 - since issue 15, the photographs among the Debian packages ``lomiri-wallpapers-16.04`` and
   ``lomiri-wallpapers-20.04`` (Ubuntu community photos, CC-BY / CC-BY-SA 4.0; the abstract art, the
   film-grain texture and the astrophotograph left out), training only (``fetch_lomiri``)
+- since 2026-12-05, the photographs among the sample images of the Debian package ``opencv-doc``
+  (``examples/data``: OpenCV's own samples, Apache-2.0 and BSD-3-Clause by the package's copyright file, which
+  excludes the non-free ones; the synthetic images, charts, chessboards, logos, text and webcam frames left
+  out), training only (``fetch_opencv``)
 
 The large wallpapers (1280-2560 px JPEGs) are downscaled by 2 and by 4 (area filter), which also
 averages away most of their JPEG artefacts; the Lomiri photos (1365-6028 px camera photos) by the
@@ -97,6 +101,32 @@ LOMIRI_PHOTOS = [
 ]
 # Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
 # (used at 1/4 scale only).
+OPENCV_PACKAGE = "opencv-doc"
+OPENCV_FOLDER = "usr/share/doc/opencv-doc/examples/data"
+# the photographs among them (looked at one by one; of a stereo or video pair only one frame): not the charts,
+# chessboards, logos, text, shapes, renders, the grey video frames or the webcam shots
+OPENCV_PHOTOS = [
+    "aero1.jpg",
+    "aero3.jpg",
+    "aloeL.jpg",
+    "apple.jpg",
+    "baboon.jpg",
+    "board.jpg",
+    "box_in_scene.png",
+    "building.jpg",
+    "butterfly.jpg",
+    "chicky_512.png",
+    "ela_original.jpg",
+    "fruits.jpg",
+    "graf1.png",
+    "home.jpg",
+    "leuvenA.jpg",
+    "messi5.jpg",
+    "orange.jpg",
+    "rubberwhale1.png",
+    "smarties.png",
+    "squirrel_cls.jpg",
+]
 HELDOUT = ["skimage-chelsea", "skimage-coffee", "sklearn-china", "mate-LadyBird-x4", "mate-Storm-x4"]
 
 
@@ -161,20 +191,42 @@ def _lomiri_photos(workdir: Path) -> dict[str, Image.Image]:
     return photos
 
 
-def fetch_lomiri(out: Path = DEFAULT_OUT) -> Path:
-    """The Lomiri photos, added to the training split (issue 15); a marker file says they are there."""
+def _opencv_photos(workdir: Path) -> dict[str, Image.Image]:
+    """At their own size (most are 0.2-0.5 Mpx), or halved where the long side passes 1,000 px."""
+    root = _unpack_deb(OPENCV_PACKAGE, workdir) / OPENCV_FOLDER
+    photos = {}
+    for name in OPENCV_PHOTOS:
+        image = _normalise(Image.open(root / name))
+        factor = max(1, round(max(image.size) / 800))
+        size = (image.width // factor, image.height // factor)
+        photos[f"opencv-{Path(name).stem}-x{factor}"] = image.resize(size, Image.Resampling.BOX)
+    return photos
+
+
+def _add_to_training(out: Path, source: str, photos) -> Path:
+    """Photos of one more source, added to the training split; a marker file says they are there."""
     folder = out / "train"
-    marker = out / "lomiri.done"
+    marker = out / f"{source}.done"
     if marker.exists():
         return out
     with tempfile.TemporaryDirectory() as tmp:
         folder.mkdir(parents=True, exist_ok=True)
         names = []
-        for name, image in sorted(_lomiri_photos(Path(tmp)).items()):
+        for name, image in sorted(photos(Path(tmp)).items()):
             image.save(folder / f"{name}.png")
             names.append(name)
     marker.write_text("\n".join(names) + "\n")
     return out
+
+
+def fetch_lomiri(out: Path = DEFAULT_OUT) -> Path:
+    """The Lomiri photos (issue 15)."""
+    return _add_to_training(out, "lomiri", _lomiri_photos)
+
+
+def fetch_opencv(out: Path = DEFAULT_OUT) -> Path:
+    """OpenCV's sample photos (2026-12-05)."""
+    return _add_to_training(out, "opencv", _opencv_photos)
 
 
 def fetch_heldout2(out: Path = DEFAULT_OUT) -> Path:
@@ -223,7 +275,7 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
 def load(split: str, out: Path = DEFAULT_OUT) -> dict[str, np.ndarray]:
     """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split (train, heldout, heldout2), by name."""
     if split == "train":
-        fetch_lomiri(fetch(out))
+        fetch_opencv(fetch_lomiri(fetch(out)))
     folder = (fetch_heldout2(out) if split == "heldout2" else fetch(out)) / split
     return {path.stem: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
 
@@ -235,6 +287,7 @@ def main() -> None:
     manifest = json.loads((fetch(args.out) / "manifest.json").read_text())
     fetch_heldout2(args.out)
     fetch_lomiri(args.out)
+    fetch_opencv(args.out)
     train = load("train", args.out)
     pixels = sum(a.shape[0] * a.shape[1] for a in train.values())
     print(f"train: {len(train)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(train))

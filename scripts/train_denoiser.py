@@ -227,7 +227,7 @@ def train(args: argparse.Namespace) -> Path:
         training=loop.record(
             script="scripts/train_denoiser.py",
             data="photos from scikit-image, scikit-learn and the Debian packages mate-backgrounds, "
-            "lomiri-wallpapers-16.04 and -20.04 (scripts/fetch_photos.py), held-out photos excluded",
+            "lomiri-wallpapers-16.04 and -20.04 and opencv-doc (scripts/fetch_photos.py), held-out photos excluded",
             photos=len(sampler.photos),
             init_from=before,
             crop=args.crop,
