@@ -15,8 +15,8 @@ Sources (nothing from a model or data hub):
 
 The large wallpapers (1280-2560 px JPEGs) are downscaled by 2 and by 4 (area filter), which also
 averages away most of their JPEG artefacts; the Lomiri photos (1365-6028 px camera photos) by the
-factors (at least 2) that bring their long side near 1,000 and 500 px. Grey photos stay one-channel; the
-trainer replicates them.
+factors (at least 2) that bring their long side near 1,000 and 500 px; OpenCV's (most of them 0.2-0.5 Mpx)
+stay at their own size. Grey photos stay one-channel; the trainer replicates them.
 A fixed set of photos (``HELDOUT``) is kept apart for evaluation and never trained on.
 
 A second held-out set, ``heldout2``, comes from a source nothing else here uses: the photographs among
@@ -35,6 +35,7 @@ import argparse
 import json
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,6 @@ LOMIRI_PHOTOS = [
     "sunset_by_Aitzol_Berasategi",
     "Kleiber_by_Lukas_Baubkus",
 ]
-# Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
-# (used at 1/4 scale only).
 OPENCV_PACKAGE = "opencv-doc"
 OPENCV_FOLDER = "usr/share/doc/opencv-doc/examples/data"
 # the photographs among them (looked at one by one; of a stereo or video pair only one frame): not the charts,
@@ -127,6 +126,8 @@ OPENCV_PHOTOS = [
     "smarties.png",
     "squirrel_cls.jpg",
 ]
+# Held out for evaluation, never trained on: two from skimage, one from scikit-learn, two wallpapers
+# (used at 1/4 scale only).
 HELDOUT = ["skimage-chelsea", "skimage-coffee", "sklearn-china", "mate-LadyBird-x4", "mate-Storm-x4"]
 
 
@@ -192,7 +193,7 @@ def _lomiri_photos(workdir: Path) -> dict[str, Image.Image]:
 
 
 def _opencv_photos(workdir: Path) -> dict[str, Image.Image]:
-    """At their own size (most are 0.2-0.5 Mpx), or halved where the long side passes 1,000 px."""
+    """At their own size (most are 0.2-0.5 Mpx), or halved where the long side reaches 1,200 px (aloeL)."""
     root = _unpack_deb(OPENCV_PACKAGE, workdir) / OPENCV_FOLDER
     photos = {}
     for name in OPENCV_PHOTOS:
@@ -203,7 +204,7 @@ def _opencv_photos(workdir: Path) -> dict[str, Image.Image]:
     return photos
 
 
-def _add_to_training(out: Path, source: str, photos) -> Path:
+def _add_to_training(out: Path, source: str, photos: Callable[[Path], dict[str, Image.Image]]) -> Path:
     """Photos of one more source, added to the training split; a marker file says they are there."""
     folder = out / "train"
     marker = out / f"{source}.done"
