@@ -285,20 +285,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    manifest = json.loads((fetch(args.out) / "manifest.json").read_text())
-    fetch_heldout2(args.out)
-    fetch_lomiri(args.out)
-    fetch_opencv(args.out)
-    train = load("train", args.out)
-    pixels = sum(a.shape[0] * a.shape[1] for a in train.values())
-    print(f"train: {len(train)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(train))
-    second = load("heldout2", args.out)
-    pixels = sum(a.shape[0] * a.shape[1] for a in second.values())
-    print(f"heldout2: {len(second)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(second))
-    for split in ("heldout",):
-        chosen = [p for p in manifest["photos"] if p["split"] == split]
-        pixels = sum(p["size"][0] * p["size"][1] for p in chosen)
-        print(f"{split}: {len(chosen)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(p["name"] for p in chosen))
+    for split in ("train", "heldout2", "heldout"):  # load fetches what a split needs, once
+        photos = load(split, args.out)
+        pixels = sum(a.shape[0] * a.shape[1] for a in photos.values())
+        print(f"{split}: {len(photos)} photos, {pixels / 1e6:.1f} Mpx: " + ", ".join(photos))
 
 
 if __name__ == "__main__":
