@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
+import threading
 
 from PIL import Image
 
@@ -15,25 +15,30 @@ from app.families.pixel import PixelModel
 ASYNC = {"Prefer": "respond-async"}
 
 
-def events(client, job_id: str) -> list[tuple[str, dict]]:
+def events(client, job_id: str, on_first_event=None) -> list[tuple[str, dict]]:
+    """The job's event stream, read to its end; ``on_first_event`` is called once the first event has
+    arrived, when the server is following the job."""
+    lines = []
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
-        lines = list(stream.iter_lines())
+        for line in stream.iter_lines():
+            lines.append(line)
+            if on_first_event is not None and line.startswith("data: "):
+                on_first_event()
+                on_first_event = None
     kinds = [line[7:] for line in lines if line.startswith("event: ")]
     data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     return list(zip(kinds, data))
 
 
-def watched_from_the_first_step(client, monkeypatch) -> list[str]:
-    """Hold the tiny model's first step until someone follows the job put in the returned list: previews are
-    live only, and 20 steps of the tiny model can pass between the POST and the GET of the event stream."""
-    queue, followed = client.app.state.queue, []
+def held_until_followed(monkeypatch) -> threading.Event:
+    """Hold the tiny model's first step until the returned event is set (by the follower, once its stream
+    has begun): previews are live only, and 20 steps of the tiny model can pass between the POST and the
+    GET of the event stream."""
+    followed = threading.Event()
     predict = PixelModel.predict
 
     def predict_once_followed(self, x, t, conds):
-        for _ in range(1000):  # at most 10 s: past that the test fails on its assertions, not by hanging
-            if followed and queue._watchers.watching(followed[0]):
-                break
-            time.sleep(0.01)
+        followed.wait(10)  # at most 10 s: past that the test fails on its assertions, not by hanging
         return predict(self, x, t, conds)
 
     monkeypatch.setattr(PixelModel, "predict", predict_once_followed)
@@ -41,11 +46,10 @@ def watched_from_the_first_step(client, monkeypatch) -> list[str]:
 
 
 def test_previews_arrive_every_k_steps_before_the_result(client, monkeypatch):
-    followed = watched_from_the_first_step(client, monkeypatch)
+    followed = held_until_followed(monkeypatch)
     body = {"class_label": "a", "steps": 20, "num_images": 2, "seed": 1, "preview_every": 5}
     job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
-    followed.append(job_id)
-    stream = events(client, job_id)
+    stream = events(client, job_id, on_first_event=followed.set)
     previews = [data for kind, data in stream if kind == "preview"]
     assert stream[-1][0] == "succeeded"
     assert [p["progress"]["step"] for p in previews] == [5, 10, 15]  # not at 20: the result itself comes then
