@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_denoise_speed import timed  # noqa: E402
+from train_denoiser import build_unet  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
 
 from app.engine.device import cpu_name  # noqa: E402
@@ -58,16 +59,8 @@ class Plain(nn.Module):
 
 
 def unet(channels: tuple[int, ...], layers: int, in_channels: int) -> UNet2DModel:
-    model = UNet2DModel(
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=channels,
-        layers_per_block=layers,
-        down_block_types=("DownBlock2D",) * len(channels),
-        up_block_types=("UpBlock2D",) * len(channels),
-        add_attention=False,
-        norm_num_groups=8,
-    )
+    """The training script's network, with the phase upsamplers the service's loader puts in."""
+    model = build_unet(channels, layers, in_channels)
     phase_upsamplers(model)
     return model
 

@@ -55,11 +55,13 @@ from trainkit import TrainLoop, add_training_args  # noqa: E402
 LOSS_FLOOR_255 = 5.0
 
 
-def build_unet(channels: tuple[int, ...], layers_per_block: int) -> UNet2DModel:
+def build_unet(channels: tuple[int, ...], layers_per_block: int, in_channels: int = 3) -> UNet2DModel:
+    """The photo denoiser's network; ``in_channels`` 12 is the space-to-depth form bench/bench_denoise_arch.py
+    measures (RGB folded 2x2 into channels)."""
     return UNet2DModel(
         sample_size=64,
-        in_channels=3,
-        out_channels=3,
+        in_channels=in_channels,
+        out_channels=in_channels,
         block_out_channels=channels,
         layers_per_block=layers_per_block,
         down_block_types=("DownBlock2D",) * len(channels),
