@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_denoise_speed import timed  # noqa: E402
 from train_denoiser import build_unet  # noqa: E402
@@ -38,42 +40,33 @@ PHOTO = (400, 640)  # height, width: mate-LadyBird-x4, the speed bar's photo
 TILES = (6, 224, 208)  # the service's plan for it: tile 256, overlap >= 16
 
 
-class SpaceToDepth(nn.Module):
-    """A UNet on 2x2 blocks folded into channels: 3 -> 12 channels at half resolution and back."""
+class Folded(nn.Module):
+    """A UNet on ``factor`` x ``factor`` blocks of pixels folded into channels (3 -> 12 at half resolution for
+    2) and unfolded after; a factor of 1 is the plain UNet on pixels."""
 
-    def __init__(self, unet: UNet2DModel) -> None:
+    def __init__(self, unet: UNet2DModel, factor: int) -> None:
         super().__init__()
-        self.unet = unet
+        self.unet, self.factor = unet, factor
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_shuffle(self.unet(nn.functional.pixel_unshuffle(x, 2), t).sample, 2)
+        folded = nn.functional.pixel_unshuffle(x, self.factor)
+        return nn.functional.pixel_shuffle(self.unet(folded, t).sample, self.factor)
 
 
-class Plain(nn.Module):
-    def __init__(self, unet: UNet2DModel) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t).sample
+def candidate(channels: tuple[int, ...], layers: int, factor: int) -> Folded:
+    """The training script's network on folded pixels, with the phase upsamplers the service's loader puts in."""
+    unet = build_unet(channels, layers, 3 * factor * factor)
+    phase_upsamplers(unet)
+    return Folded(unet, factor)
 
 
-def unet(channels: tuple[int, ...], layers: int, in_channels: int) -> UNet2DModel:
-    """The training script's network, with the phase upsamplers the service's loader puts in."""
-    model = build_unet(channels, layers, in_channels)
-    phase_upsamplers(model)
-    return model
-
-
-CANDIDATES = {
-    "shipped: 16/32/64/128, 2 ResNets per block, full resolution": lambda: Plain(unet((16, 32, 64, 128), 2, 3)),
-    "s2d 32/64/128/256, 2 per block (the shipped levels moved down one)": lambda: SpaceToDepth(
-        unet((32, 64, 128, 256), 2, 12)
-    ),
-    "s2d 32/64/128, 2 per block": lambda: SpaceToDepth(unet((32, 64, 128), 2, 12)),
-    "s2d 64/128/256, 1 per block": lambda: SpaceToDepth(unet((64, 128, 256), 1, 12)),
-    "s2d 48/96/192, 2 per block": lambda: SpaceToDepth(unet((48, 96, 192), 2, 12)),
-    "s2d 64/96/128/192, 1 per block": lambda: SpaceToDepth(unet((64, 96, 128, 192), 1, 12)),
+CANDIDATES = {  # name: (channels per level, ResNets per block, fold factor)
+    "shipped: 16/32/64/128, 2 ResNets per block, full resolution": ((16, 32, 64, 128), 2, 1),
+    "s2d 32/64/128/256, 2 per block (the shipped levels moved down one)": ((32, 64, 128, 256), 2, 2),
+    "s2d 32/64/128, 2 per block": ((32, 64, 128), 2, 2),
+    "s2d 64/128/256, 1 per block": ((64, 128, 256), 1, 2),
+    "s2d 48/96/192, 2 per block": ((48, 96, 192), 2, 2),
+    "s2d 64/96/128/192, 1 per block": ((64, 96, 128, 192), 1, 2),
 }
 
 
@@ -98,8 +91,8 @@ def main() -> None:
 
     names, fns = ["FFDNet (forward pass, whole photo)"], [lambda: reference(photo, sigma)]
     params = [sum(p.numel() for p in reference.parameters())]
-    for name, build in CANDIDATES.items():
-        net = build().eval().to(memory_format=torch.channels_last)
+    for name, shape in CANDIDATES.items():
+        net = candidate(*shape).eval().to(memory_format=torch.channels_last)
         names.append(name)
         fns.append(lambda net=net: net(tiles, t))
         params.append(sum(p.numel() for p in net.parameters()))
