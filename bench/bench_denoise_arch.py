@@ -35,6 +35,7 @@ from diffusers import UNet2DModel  # noqa: E402
 
 from app.engine.device import cpu_name  # noqa: E402
 from app.families.phase_upsample import phase_upsamplers  # noqa: E402
+from app.families.pixel import run_folded  # noqa: E402
 
 PHOTO = (400, 640)  # height, width: mate-LadyBird-x4, the speed bar's photo
 TILES = (6, 224, 208)  # the service's plan for it: tile 256, overlap >= 16
@@ -42,15 +43,14 @@ TILES = (6, 224, 208)  # the service's plan for it: tile 256, overlap >= 16
 
 class Folded(nn.Module):
     """A UNet on ``factor`` x ``factor`` blocks of pixels folded into channels (3 -> 12 at half resolution for
-    2) and unfolded after; a factor of 1 is the plain UNet on pixels."""
+    2) and unfolded after, as the service's pixel family runs it; a factor of 1 is the plain UNet on pixels."""
 
     def __init__(self, unet: UNet2DModel, factor: int) -> None:
         super().__init__()
         self.unet, self.factor = unet, factor
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        folded = nn.functional.pixel_unshuffle(x, self.factor)
-        return nn.functional.pixel_shuffle(self.unet(folded, t).sample, self.factor)
+        return run_folded(self.unet, x, t, self.factor)
 
 
 def candidate(channels: tuple[int, ...], layers: int, factor: int) -> Folded:

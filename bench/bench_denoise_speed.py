@@ -72,6 +72,7 @@ def diffusers_upsamplers(unet: torch.nn.Module) -> torch.nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=str(ROOT / "model_store"), help="the model store whose photos model runs")
     parser.add_argument("--photo", default="mate-LadyBird-x4")
     parser.add_argument("--sigma", type=float, default=25)
     parser.add_argument("--repeats", type=int, default=5)
@@ -98,7 +99,7 @@ def main() -> None:
         settings = Settings(denoise_tile=tile)  # the service's overlap; a tile of the photo's own size is one tile
         for dtype in (None, torch.bfloat16) if native_bf16 else (None,):
             for channels_last in (False, True):
-                model = load_model(scan_store(ROOT / "model_store")["photos"], device)
+                model = load_model(scan_store(Path(args.store))["photos"], device)
                 # the loader makes it channels-last; the other variant puts it back to the default layout
                 model.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 runner = Runner(device, dtype)
@@ -115,8 +116,8 @@ def main() -> None:
     # the service's default path and FFDNet taking turns, and the default path with diffusers' upsamplers
     settings = Settings()
     runner = Runner(device, pick_dtype(settings.dtype, device))
-    phase = load_model(scan_store(ROOT / "model_store")["photos"], device)
-    plain = load_model(scan_store(ROOT / "model_store")["photos"], device)
+    phase = load_model(scan_store(Path(args.store))["photos"], device)
+    plain = load_model(scan_store(Path(args.store))["photos"], device)
     diffusers_upsamplers(plain.unet)
     one_tile = Settings(denoise_tile=1024, denoise_overlap=0)  # what docs/denoising.md offers operators
     turns = timed(
@@ -147,7 +148,7 @@ def main() -> None:
             "median_of_in_turns": args.turns,
             "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],
         }
-        record_metrics(ROOT / "model_store", "photos", "speed" if native_bf16 else "speed_float32_cpu", record)
+        record_metrics(Path(args.store), "photos", "speed" if native_bf16 else "speed_float32_cpu", record)
 
 
 if __name__ == "__main__":

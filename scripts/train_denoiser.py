@@ -46,8 +46,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
+from app.families.pixel import run_folded  # noqa: E402
 from app.diffusion.pixels import apply_transform, from_uint8, quantize, sigma_255_to_unit  # noqa: E402
-from app.store.card import ModelCard, SamplingDefaults  # noqa: E402
+from app.store.card import CARD_FILE, ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 from trainkit import TrainLoop, add_training_args  # noqa: E402
@@ -55,13 +56,16 @@ from trainkit import TrainLoop, add_training_args  # noqa: E402
 LOSS_FLOOR_255 = 5.0
 
 
-def build_unet(channels: tuple[int, ...], layers_per_block: int, in_channels: int = 3) -> UNet2DModel:
-    """The photo denoiser's network; ``in_channels`` 12 is the space-to-depth form bench/bench_denoise_arch.py
-    measures (RGB folded 2x2 into channels)."""
+def build_unet(
+    channels: tuple[int, ...], layers_per_block: int, in_channels: int = 3, time_embedding_dim: int | None = None
+) -> UNet2DModel:
+    """The photo denoiser's network; ``in_channels`` 12 is the space-to-depth form (RGB folded 2x2 into
+    channels, ``--space-to-depth``)."""
     return UNet2DModel(
         sample_size=64,
         in_channels=in_channels,
         out_channels=in_channels,
+        time_embedding_dim=time_embedding_dim,
         block_out_channels=channels,
         layers_per_block=layers_per_block,
         down_block_types=("DownBlock2D",) * len(channels),
@@ -98,6 +102,45 @@ def deepen(released: UNet2DModel, unet: UNet2DModel) -> None:
             for j in added:
                 _start_as_identity(state, f"{name}.{k}.resnets.{j}.", block.resnets[j])
     unet.load_state_dict(state)
+
+
+def fold_from(released: UNet2DModel, unet: UNet2DModel) -> list[str]:
+    """Start a space-to-depth network from a released full-resolution one whose levels below the first it
+    has: the fold does what the released first level's downsampler did (halve the resolution), so the
+    released levels 1..L-1 and the middle block become ``unet``'s levels 0..L-2 (same channels, same
+    resolutions, same skips), and the time embedding is carried over exactly (the wider sinusoids hold
+    the narrower ones' frequencies at even indices; ``unet`` keeps the released embedding width). What has
+    no counterpart starts as initialised: the input and output convolutions, the first resnet (its input
+    was 16 channels from the full-resolution level) and the last up resnet (its skip was that level's).
+    Returns those entries' names."""
+    have, config = tuple(released.config.block_out_channels), released.config
+    if tuple(unet.config.block_out_channels) != have[1:] or unet.config.layers_per_block != config.layers_per_block:
+        raise ValueError(f"folding {list(have)} needs channels {list(have[1:])} and the same layers per block")
+    widths = (released.time_embedding.linear_1.out_features, unet.time_embedding.linear_1.out_features)
+    if have[1] != 2 * have[0] or config.freq_shift != 0 or unet.config.freq_shift != 0 or widths[0] != widths[1]:
+        raise ValueError(
+            "the time embedding carries over when the second level is twice as wide, freq_shift is 0 and the "
+            "embedding width is the released one"
+        )
+    state, copied = unet.state_dict(), set()
+    for key, value in released.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "down_blocks":
+            if parts[1] == "0":
+                continue
+            parts[1] = str(int(parts[1]) - 1)
+        elif key == "time_embedding.linear_1.weight":  # [emb, half cos | half sin] -> the even columns
+            half, wide = value.shape[1] // 2, state[key].clone().zero_()
+            wide[:, 0 : 2 * half : 2], wide[:, 2 * half :: 2] = value[:, :half], value[:, half:]
+            value = wide
+        elif parts[0] in ("conv_in", "conv_out", "conv_norm_out"):
+            continue
+        name = ".".join(parts)
+        if name in state and state[name].shape == value.shape:
+            state[name] = value
+            copied.add(name)
+    unet.load_state_dict(state)
+    return [k for k in state if k not in copied]
 
 
 def _start_as_identity(state: dict[str, torch.Tensor], prefix: str, resnet: torch.nn.Module) -> None:
@@ -191,15 +234,37 @@ def loss_weights(ab: torch.Tensor) -> torch.Tensor:
     return sigma2 / (sigma2 + c**2)
 
 
+def start_network(args: argparse.Namespace) -> tuple[UNet2DModel, dict | None]:
+    """The network a run starts from, and the released model's training record when it continues one.
+
+    With ``--init-from``, the released model's channels are kept (``--channels`` is ignored): a plain copy,
+    a deepened copy (a larger ``--layers-per-block``), or with ``--space-to-depth 2`` from a full-resolution
+    model, its levels from the second on (``fold_from``)."""
+    fold = args.space_to_depth
+    if not args.init_from:
+        return build_unet(tuple(args.channels), args.layers_per_block, 3 * fold * fold), None
+    released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
+    card = json.loads((Path(args.init_from) / CARD_FILE).read_text())
+    released_fold = ModelCard.model_validate(card).space_to_depth
+    have, width = list(released.config.block_out_channels), released.config.time_embedding_dim
+    if fold == released_fold:
+        args.channels = have
+        unet = build_unet(tuple(have), args.layers_per_block, 3 * fold * fold, width)
+        deepen(released, unet)  # a plain copy when --layers-per-block is the released model's
+    elif (released_fold, fold) == (1, 2):
+        args.channels, args.layers_per_block = have[1:], released.config.layers_per_block
+        unet = build_unet(tuple(have[1:]), args.layers_per_block, 12, width or 4 * have[0])
+        print(f"folded {args.init_from}; newly initialised: {', '.join(fold_from(released, unet))}")
+    else:
+        raise SystemExit(f"--space-to-depth {fold} cannot start from a model folded {released_fold}x{released_fold}")
+    return unet, card.get("training")
+
+
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = pick_device("auto")
-    unet = build_unet(tuple(args.channels), args.layers_per_block)
-    before = None
-    if args.init_from:  # start from a released model's weights (a checkpoint of this run, if any, wins)
-        released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
-        deepen(released, unet)  # a plain copy when --layers-per-block is the released model's
-        before = json.loads((Path(args.init_from) / "model_card.json").read_text()).get("training")
+    fold = args.space_to_depth
+    unet, before = start_network(args)
     unet = unet.to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))
     loop = TrainLoop(unet, args, device)
@@ -216,7 +281,7 @@ def train(args: argparse.Namespace) -> Path:
             x_t[upload], noise[upload] = as_upload(x0[upload], noise[upload], ab[upload])
         x_t, noise, t, weights = x_t.to(device), noise.to(device), t.to(device), loss_weights(ab).to(device)
         with loop.autocast():
-            pred = unet(x_t, t).sample
+            pred = run_folded(unet, x_t, t, fold)
         per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         loop.update(step, (per_sample * weights).mean())
 
@@ -225,6 +290,7 @@ def train(args: argparse.Namespace) -> Path:
         description="Photo denoiser (RGB; grey photos replicated), trained by scripts/train_denoiser.py",
         tasks=["denoise"],
         channels=3,
+        space_to_depth=fold,
         defaults=SamplingDefaults(sampler=args.default_sampler, steps=args.default_steps),
         training=loop.record(
             script="scripts/train_denoiser.py",
@@ -236,6 +302,7 @@ def train(args: argparse.Namespace) -> Path:
             upload_from=args.upload_from,
             upload_frac=args.upload_frac,
             uniform_sigma=list(args.uniform_sigma),
+            space_to_depth=fold,
         ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
@@ -280,6 +347,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a model folder whose weights the run starts from (e.g. model_store/photos: training continued "
         "across sessions); its card's training record is kept in the new card",
+    )
+    parser.add_argument(
+        "--space-to-depth",
+        type=int,
+        default=1,
+        metavar="K",
+        help="fold each K x K block of pixels into channels before the network (2: nothing runs at full "
+        "resolution, the float32 cost of FFDNet's design); with --init-from a full-resolution model, the "
+        "network is that model's levels from the second on (fold_from)",
     )
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")

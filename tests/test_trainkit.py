@@ -190,3 +190,53 @@ def test_a_run_with_more_resnets_per_block_starts_from_the_grown_released_model(
     assert (record["layers_per_block"], record["init_from"]["layers_per_block"]) == (2, 1)
     grown = UNet2DModel.from_pretrained(tmp_path / "next" / "store" / "photos" / "unet")
     assert grown.config.layers_per_block == 2
+
+
+def test_a_folded_network_starts_as_the_released_levels_below_the_first():
+    torch.manual_seed(0)
+    released = train_denoiser.build_unet((8, 16, 32), 2)
+    for p in released.parameters():  # away from diffusers' zero-initialised layers, so every path counts
+        p.data.normal_(0, 0.1)
+    folded = train_denoiser.build_unet((16, 32), 2, 12, released.time_embedding.linear_1.out_features)
+    fresh = train_denoiser.fold_from(released, folded)
+    resnet_in, resnet_out = "down_blocks.0.resnets.0.", "up_blocks.1.resnets.2."
+    assert set(fresh) == {
+        *(f"{m}.{p}" for m in ("conv_in", "conv_norm_out", "conv_out") for p in ("weight", "bias")),
+        *(resnet_in + n for n in ("norm1.weight", "norm1.bias", "conv1.weight")),
+        *(resnet_out + n for n in ("norm1.weight", "norm1.bias", "conv1.weight", "conv_shortcut.weight")),
+    }
+    t = torch.tensor([3.0, 700.5])
+    with torch.no_grad():
+        temb = released.time_embedding(released.time_proj(t))
+        assert temb.abs().mean() > 0.05
+        assert torch.allclose(folded.time_embedding(folded.time_proj(t)), temb, atol=1e-6)
+        h = torch.randn(2, 16, 8, 8)
+        assert torch.equal(folded.down_blocks[0].resnets[1](h, temb), released.down_blocks[1].resnets[1](h, temb))
+        m = torch.randn(2, 32, 4, 4)
+        assert torch.equal(folded.mid_block(m, temb), released.mid_block(m, temb))
+        skips = (torch.randn(2, 16, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4))
+        assert torch.equal(folded.up_blocks[0](m, skips, temb), released.up_blocks[0](m, skips, temb))
+
+
+def test_folding_refuses_other_channels():
+    released = train_denoiser.build_unet((8, 16, 32), 2)
+    with pytest.raises(ValueError, match="needs channels"):
+        train_denoiser.fold_from(released, train_denoiser.build_unet((16, 64), 2, 12, 32))
+    with pytest.raises(ValueError, match="time embedding"):
+        train_denoiser.fold_from(released, train_denoiser.build_unet((16, 32), 2, 12))  # its own, wider embedding
+
+
+def test_a_space_to_depth_run_folds_a_released_model_and_continues_as_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "1", "--channels", "8", "16", "32", "--fresh")
+    released = tmp_path / "released"
+    (tmp_path / "store" / "photos").rename(released)
+    record = _run(tmp_path / "s2d", "--iters", "2", "--init-from", str(released), "--space-to-depth", "2", "--fresh")
+    assert (record["channels"], record["space_to_depth"], record["init_from"]["channels"]) == ([16, 32], 2, [8, 16, 32])
+    entry = scan_store(tmp_path / "s2d" / "store")["photos"]
+    assert entry.status == "ready" and (entry.fold, entry.channels, entry.card.space_to_depth) == (2, 3, 2)
+    (tmp_path / "s2d" / "store" / "photos").rename(tmp_path / "folded")
+    again = _run(tmp_path / "on", "--iters", "1", "--init-from", str(tmp_path / "folded"), "--space-to-depth", "2")
+    assert (again["channels"], again["space_to_depth"]) == ([16, 32], 2)
+    with pytest.raises(SystemExit, match="cannot start from a model folded 2x2"):
+        _run(tmp_path / "back", "--iters", "1", "--init-from", str(tmp_path / "folded"), "--fresh")

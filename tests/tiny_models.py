@@ -73,6 +73,12 @@ def write_conditional_with_null(folder: Path, *, classes: int = 3, size: int = 1
     return save_model(folder, unet=unet, scheduler=tiny_scheduler(), card=card)
 
 
+def write_folded(folder: Path, *, size: int = 16) -> Path:
+    """An RGB model whose network sees each 2x2 block of pixels as 12 channels (space to depth), both tasks."""
+    card = ModelCard(tasks=["generate", "denoise"], channels=3, space_to_depth=2, defaults=SamplingDefaults(steps=4))
+    return save_model(folder, unet=tiny_unet(channels=12, size=size, seed=5), scheduler=tiny_scheduler(), card=card)
+
+
 # -- latent families: tiny Stable Diffusion and DiT folders, as their pipelines' save_pretrained writes them --
 def tiny_vae(seed: int = 4):
     from diffusers import AutoencoderKL

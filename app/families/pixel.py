@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
@@ -13,6 +14,14 @@ from app.families.phase_upsample import phase_upsamplers
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
 from app.store.loader import LoadedModel, schedule_of
+
+
+def run_folded(unet: UNet2DModel, x: torch.Tensor, t: torch.Tensor, fold: int, **kwargs: Any) -> torch.Tensor:
+    """``unet``'s output on ``x`` when it sees each ``fold`` x ``fold`` block of pixels as channels
+    (space to depth, as FFDNet's input), unfolded back to the image's shape; ``fold`` 1 is a plain call."""
+    if fold == 1:
+        return unet(x, t, **kwargs).sample
+    return F.pixel_shuffle(unet(F.pixel_unshuffle(x, fold), t, **kwargs).sample, fold)
 
 
 @dataclass(eq=False)
@@ -29,7 +38,7 @@ class PixelModel(LoadedModel):
             if null is None and any(c is None for c in conds):  # the API refuses such requests first
                 raise ValueError(f"model {self.name!r} needs a class label on every row: it has no null class")
             labels = torch.tensor([null if c is None else c for c in conds], device=x.device)
-        return self.unet(x, t, class_labels=labels).sample
+        return run_folded(self.unet, x, t, self.entry.card.space_to_depth, class_labels=labels)
 
 
 def load(entry: ModelEntry, device: torch.device) -> PixelModel:

@@ -34,6 +34,13 @@ class ModelCard(BaseModel):
     null_class: int | None = Field(None, ge=0, description="class index used as the unconditional label")
     image_size: tuple[int, int] | None = None
     channels: int | None = Field(None, ge=1, le=4)
+    space_to_depth: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="a pixel network that sees each k x k block of pixels as channels (k > 1): its UNet has "
+        "k*k times the image's channels in and out, and images are folded and unfolded around it",
+    )
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     sha256: dict[str, str] = Field(default_factory=dict, description="relative path -> hex digest")
     training: dict[str, Any] = Field(default_factory=dict)

@@ -85,6 +85,11 @@ class ModelEntry:
         return 2 ** max(0, len(self.configs.get("vae", {}).get("block_out_channels", [0])) - 1)
 
     @property
+    def fold(self) -> int:
+        """Image pixels per network pixel, per side, of a space-to-depth pixel model (the card's), else 1."""
+        return 1 if self.spec.latent else self.card.space_to_depth
+
+    @property
     def latent_channels(self) -> int:
         if self.spec.latent:
             return int(self.configs.get("vae", {}).get("latent_channels", 4))
@@ -164,7 +169,7 @@ class ModelEntry:
             return self.card.channels
         if self.spec.latent:
             return int(self.configs.get("vae", {}).get("out_channels", 3))
-        return int(self.denoiser_config.get("in_channels", 3))
+        return int(self.denoiser_config.get("in_channels", 3)) // self.fold**2
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -173,7 +178,7 @@ class ModelEntry:
             return tuple(self.card.image_size)
         size = self.denoiser_config.get("sample_size", 32)
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        return h * self.latent_factor, w * self.latent_factor
+        return h * self.latent_factor * self.fold, w * self.latent_factor * self.fold
 
     @property
     def num_classes(self) -> int:
@@ -188,10 +193,11 @@ class ModelEntry:
 
     @property
     def downsample_factor(self) -> int:
-        """How much the denoising network downsamples (a transformer works on patches: its patch size)."""
+        """How much the denoising network downsamples (a transformer works on patches: its patch size; a
+        space-to-depth UNet's fold counts)."""
         if self.spec.patch_key:
             return int(self.denoiser_config.get(self.spec.patch_key, 2))
-        return 2 ** max(0, len(self.denoiser_config.get("block_out_channels", [0])) - 1)
+        return self.fold * 2 ** max(0, len(self.denoiser_config.get("block_out_channels", [0])) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything an API node needs to validate requests, as published by workers through Redis."""
@@ -317,6 +323,17 @@ def _check(entry: ModelEntry) -> None:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelRefused(f"id2label in model_index.json must map class indices to names: {exc}") from exc
         entry.card = ModelCard(null_class=None, class_names=names, tasks=list(spec.tasks))
+    if entry.card.space_to_depth > 1 and spec.latent:
+        raise ModelRefused("space_to_depth is for pixel models: a latent model's network sees its VAE's latents")
+    if not spec.latent:  # the network sees the image's channels, each fold x fold block of pixels as channels
+        wanted = entry.channels * entry.fold**2
+        for key in ("in_channels", "out_channels"):
+            if int(entry.denoiser_config.get(key, wanted)) != wanted:
+                fold = f" folded {entry.fold}x{entry.fold} (space_to_depth)" if entry.fold > 1 else ""
+                raise ModelRefused(
+                    f"the unet's {key} is {entry.denoiser_config.get(key)}, but {entry.channels}-channel images"
+                    f"{fold} need {wanted}"
+                )
     if entry.card.null_class is not None and entry.card.null_class >= entry.num_classes:
         raise ModelRefused(f"null_class {entry.card.null_class} is not below num_class_embeds {entry.num_classes}")
     named = len(entry.card.class_names or [])

@@ -7,6 +7,7 @@ import base64
 import numpy as np
 
 from tests.api.helpers import decode, decode_b64, photo, png_bytes
+from tests.tiny_models import write_folded
 
 
 def test_denoise_multipart_with_sigma(client):
@@ -97,3 +98,26 @@ def test_noise_at_a_timestep_uses_the_models_schedule(client):
 def test_denoise_defaults_to_a_model_that_serves_denoise(client):
     r = client.post("/v1/denoise", files={"file": ("p.png", png_bytes(photo()), "image/png")}, data={"sigma": "10"})
     assert r.status_code == 200 and r.json()["model"] == "tiny-rgb"
+
+
+def test_a_space_to_depth_model_denoises_any_size_tiled_or_not_and_generates(make_client, tmp_path):
+    write_folded(tmp_path / "folded")
+    client = make_client(store=tmp_path)
+    for height, width in ((37, 45), (130, 150)):  # odd sizes (padded to the fold x the UNet's factor), tiles
+        r = client.post(
+            "/v1/denoise",
+            files={"file": ("p.png", png_bytes(photo(height, width)), "image/png")},
+            data={"sigma": "20", "model": "folded"},
+        )
+        assert r.status_code == 200, r.text
+        assert decode_b64(r.json()["images"][0]["data"]).shape == (height, width, 3)
+    assert r.json()["info"]["tiles"] > 1
+    sample = client.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo()), "image/png")},
+        data={"sigma": "50", "model": "folded", "mode": "sample", "steps": "3", "seed": "1"},
+    )
+    assert sample.status_code == 200 and sample.json()["progress"] == {"step": 3, "total": 3}
+    generated = client.post("/v1/generate", json={"model": "folded", "seed": 2})
+    assert generated.status_code == 200, generated.text
+    assert decode_b64(generated.json()["images"][0]["data"]).shape == (32, 32, 3)

@@ -7,11 +7,12 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMPipeline
 
 from app.store.catalog import ModelRefused, safe_model_path, scan_store
 from app.store.loader import load_model
-from tests.tiny_models import tiny_scheduler, tiny_unet, write_bare, write_generator
+from tests.tiny_models import tiny_scheduler, tiny_unet, write_bare, write_dit, write_folded, write_generator
 
 
 def test_what_ddpm_pipeline_save_pretrained_writes_loads_unchanged(tmp_path):
@@ -27,6 +28,35 @@ def test_what_ddpm_pipeline_save_pretrained_writes_loads_unchanged(tmp_path):
     assert all(torch.equal(ours[k], v) for k, v in unet.state_dict().items())  # the weights, bit for bit
     # the same function (the loader makes the network channels-last: another summation order, same maths)
     assert torch.allclose(loaded.unet(x, t).sample, unet(x, t).sample, atol=1e-5)
+
+
+def test_a_space_to_depth_model_serves_images_of_its_cards_channels_and_folds_around_its_network(tmp_path):
+    write_folded(tmp_path / "folded")
+    entry = scan_store(tmp_path)["folded"]
+    assert entry.status == "ready", entry.error
+    # 3 image channels (not the network's 12); sizes a multiple of the fold times the UNet's own 2
+    assert (entry.channels, entry.fold, entry.downsample_factor, entry.size_multiple) == (3, 2, 4, 4)
+    assert entry.image_size == (32, 32) and entry.tasks == ["generate", "denoise"]
+    loaded = load_model(entry, torch.device("cpu"))
+    x, t = torch.randn(2, 3, 20, 24), torch.tensor([10, 500])
+    unfolded = F.pixel_shuffle(loaded.unet(F.pixel_unshuffle(x, 2), t).sample, 2)
+    assert torch.equal(loaded.predict(x, t, [None, None]), unfolded)
+
+
+@pytest.mark.parametrize(("fold", "reason"), [(1, "in_channels is 12, but 3-channel images need 3"), (3, "need 27")])
+def test_a_network_whose_channels_do_not_fit_the_cards_fold_is_refused(tmp_path, fold, reason):
+    folder = write_folded(tmp_path / "folded")
+    card = json.loads((folder / "model_card.json").read_text())
+    (folder / "model_card.json").write_text(json.dumps({**card, "space_to_depth": fold}))
+    entry = scan_store(tmp_path)["folded"]
+    assert entry.status == "error" and reason in entry.error
+
+
+def test_space_to_depth_on_a_latent_model_is_refused(tmp_path):
+    folder = write_dit(tmp_path / "dit")
+    (folder / "model_card.json").write_text(json.dumps({"tasks": ["generate"], "space_to_depth": 2}))
+    entry = scan_store(tmp_path)["dit"]
+    assert entry.status == "error" and "space_to_depth is for pixel models" in entry.error
 
 
 def test_pickle_weights_are_refused(tmp_path):
