@@ -27,6 +27,13 @@ areas and biases their noisy mean; a model trained only on Gaussian noise lost 3
 ``--init-from`` continues a released model; with a larger ``--layers-per-block`` than the released one's,
 the network is first grown so that it computes exactly what the released one did (``deepen``), and the
 run trains the added resnets from there (how the shipped model went from one resnet per block to two).
+
+``--space-to-depth 2`` trains a network that sees each 2x2 block of pixels as 12 channels (the card says so,
+and the service folds around it), so that nothing runs at full resolution: cheaper in float32 (docs/
+denoising.md, "Which one"). With ``--init-from`` a full-resolution model, it starts as that model's levels
+from the second on (``fold_from``). ``--distill-from`` a model makes that model's prediction the target
+(knowledge distillation), so such a network learns the released one's function without the variance of
+the drawn noise.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
 from app.families.pixel import run_folded  # noqa: E402
 from app.diffusion.pixels import apply_transform, from_uint8, quantize, sigma_255_to_unit  # noqa: E402
+from app.store.catalog import scan_store  # noqa: E402
+from app.store.loader import load_model  # noqa: E402
 from app.store.card import CARD_FILE, ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
@@ -260,6 +269,14 @@ def start_network(args: argparse.Namespace) -> tuple[UNet2DModel, dict | None]:
     return unet, card.get("training")
 
 
+def load_teacher(folder: str, device: torch.device):
+    """A model folder loaded as the service loads it (``--distill-from``): its ``predict`` is the target."""
+    entry = scan_store(Path(folder).parent).get(Path(folder).name)
+    if entry is None or entry.status != "ready":
+        raise SystemExit(f"--distill-from {folder}: {entry.error if entry else 'no model folder there'}")
+    return load_model(entry, device)
+
+
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = pick_device("auto")
@@ -267,6 +284,7 @@ def train(args: argparse.Namespace) -> Path:
     unet, before = start_network(args)
     unet = unet.to(device)
     schedule = NoiseSchedule.from_config(dict(build_scheduler().config))
+    teacher = load_teacher(args.distill_from, device) if args.distill_from else None
     loop = TrainLoop(unet, args, device)
     sampler = CropSampler(load_photos("train"), args.crop, loop.rng)
     for step in loop.steps("train denoiser"):
@@ -280,6 +298,10 @@ def train(args: argparse.Namespace) -> Path:
             upload = by_sigma & torch.from_numpy(loop.rng.random(args.batch) < args.upload_frac)
             x_t[upload], noise[upload] = as_upload(x0[upload], noise[upload], ab[upload])
         x_t, noise, t, weights = x_t.to(device), noise.to(device), t.to(device), loss_weights(ab).to(device)
+        if teacher is not None:  # its prediction for the same x_t: the posterior mean, without the draw's noise
+            with torch.no_grad(), loop.autocast():
+                taught = teacher.predict(x_t, t, [None] * len(t)).float()
+            noise = args.distill_weight * taught + (1 - args.distill_weight) * noise
         with loop.autocast():
             pred = run_folded(unet, x_t, t, fold)
         per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
@@ -303,6 +325,7 @@ def train(args: argparse.Namespace) -> Path:
             upload_frac=args.upload_frac,
             uniform_sigma=list(args.uniform_sigma),
             space_to_depth=fold,
+            **({"distill_from": teacher.entry.card.training, "distill_weight": args.distill_weight} if teacher else {}),
         ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
@@ -356,6 +379,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fold each K x K block of pixels into channels before the network (2: nothing runs at full "
         "resolution, the float32 cost of FFDNet's design); with --init-from a full-resolution model, the "
         "network is that model's levels from the second on (fold_from)",
+    )
+    parser.add_argument(
+        "--distill-from",
+        default=None,
+        metavar="FOLDER",
+        help="a model folder (e.g. model_store/photos) whose prediction for each x_t is the target (knowledge "
+        "distillation: the posterior mean it learnt, without the noise of the drawn epsilon, so a new "
+        "network, such as a --space-to-depth one, learns the same function in fewer iterations)",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=1.0,
+        help="with --distill-from, the target is this share of the teacher's prediction plus the rest of "
+        "the drawn epsilon (the same as weighting the two losses)",
     )
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")

@@ -240,3 +240,24 @@ def test_a_space_to_depth_run_folds_a_released_model_and_continues_as_one(tmp_pa
     assert (again["channels"], again["space_to_depth"]) == ([16, 32], 2)
     with pytest.raises(SystemExit, match="cannot start from a model folded 2x2"):
         _run(tmp_path / "back", "--iters", "1", "--init-from", str(tmp_path / "folded"), "--fresh")
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0])
+def test_a_distilled_run_takes_the_teachers_prediction_as_its_target(tmp_path, monkeypatch, weight):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "1", "--fresh")
+    teacher = tmp_path / "teacher"
+    (tmp_path / "store" / "photos").rename(teacher)
+    losses = []
+    real_update = trainkit.TrainLoop.update
+
+    def update_seeing_the_loss(self, step, loss):
+        losses.append(loss.item())
+        return real_update(self, step, loss)
+
+    monkeypatch.setattr(train_denoiser.TrainLoop, "update", update_seeing_the_loss)
+    # the student starts as the teacher's copy: against the teacher's prediction it has nothing to learn
+    args = ("--iters", "1", "--init-from", str(teacher), "--distill-from", str(teacher), "--fresh")
+    record = _run(tmp_path / "student", *args, "--distill-weight", str(weight))
+    assert (record["distill_weight"], record["distill_from"]["iters"]) == (weight, 1)
+    assert losses[0] < 1e-9 if weight == 1.0 else losses[0] > 1e-3
