@@ -119,8 +119,8 @@ def fold_from(released: UNet2DModel, unet: UNet2DModel) -> list[str]:
     released levels 1..L-1 and the middle block become ``unet``'s levels 0..L-2 (same channels, same
     resolutions, same skips), and the time embedding is carried over exactly (the wider sinusoids hold
     the narrower ones' frequencies at even indices; ``unet`` keeps the released embedding width). What has
-    no counterpart starts as initialised: the input and output convolutions, the first resnet (its input
-    was 16 channels from the full-resolution level) and the last up resnet (its skip was that level's).
+    no counterpart starts as initialised: the input and output convolutions, the first resnet's input side
+    (it read the full-resolution level's channels) and the last up resnet's (its skip was that level's).
     Returns those entries' names."""
     have, config = tuple(released.config.block_out_channels), released.config
     if tuple(unet.config.block_out_channels) != have[1:] or unet.config.layers_per_block != config.layers_per_block:
@@ -374,6 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--space-to-depth",
         type=int,
+        choices=(1, 2, 4),
         default=1,
         metavar="K",
         help="fold each K x K block of pixels into channels before the network (2: nothing runs at full "
