@@ -97,6 +97,7 @@ def main() -> None:
         f"native bf16: {'yes' if native_bf16 else 'no (bf16 is emulated here: skipped)'}"
     )
     device = torch.device("cpu")
+    entry = scan_store(Path(args.store))["photos"]  # scanned once (the scan hashes the weights); loaded per variant
     rows = []
 
     def add(name: str, seconds: float, out: np.ndarray) -> None:
@@ -108,7 +109,7 @@ def main() -> None:
         settings = Settings(denoise_tile=tile)  # the service's overlap; a tile of the photo's own size is one tile
         for dtype in (None, torch.bfloat16) if native_bf16 else (None,):
             for channels_last in (False, True):
-                model = load_model(scan_store(Path(args.store))["photos"], device)
+                model = load_model(entry, device)
                 # the loader makes it channels-last; the other variant puts it back to the default layout
                 model.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 runner = Runner(device, dtype)
@@ -125,8 +126,8 @@ def main() -> None:
     # the service's default path and FFDNet taking turns, and the default path with diffusers' upsamplers
     settings = Settings()
     runner = Runner(device, pick_dtype(settings.dtype, device))
-    phase = load_model(scan_store(Path(args.store))["photos"], device)
-    plain = load_model(scan_store(Path(args.store))["photos"], device)
+    phase = load_model(entry, device)
+    plain = load_model(entry, device)
     diffusers_upsamplers(plain.unet)
     one_tile = Settings(denoise_tile=1024, denoise_overlap=0)  # what docs/denoising.md offers operators
     turns = timed(

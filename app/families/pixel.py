@@ -38,7 +38,7 @@ class PixelModel(LoadedModel):
             if null is None and any(c is None for c in conds):  # the API refuses such requests first
                 raise ValueError(f"model {self.name!r} needs a class label on every row: it has no null class")
             labels = torch.tensor([null if c is None else c for c in conds], device=x.device)
-        return run_folded(self.unet, x, t, self.entry.card.space_to_depth, class_labels=labels)
+        return run_folded(self.unet, x, t, self.entry.fold, class_labels=labels)
 
 
 def load(entry: ModelEntry, device: torch.device) -> PixelModel:
