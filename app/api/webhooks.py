@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook as Signer
 
+from app import background
 from app.api.errors import ApiError, brief
 from app.api.schemas import JobOut, job_body
 from app.jobs import JobRecord, Webhook, WebhookEvent
@@ -147,9 +148,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         self._closing = True  # the loop ends at its next turn even if a cancel is lost on the way
-        while self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=1.0)
+        if self._task is not None:
+            await background.stop([self._task])
         if self.client is not None:
             await self.client.aclose()
 
@@ -161,6 +161,8 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away for a moment: the deliveries wait there
+                if background.cancel_pending():
+                    raise asyncio.CancelledError from exc
                 log.warning("webhook outbox unavailable (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
                 continue

@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import AsyncIterator
 
+from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload, preview_payload
 from app.metrics import JOBS_KEPT, job_finished
 from app.queue.outbox import MemoryOutbox, deliveries_for
@@ -93,11 +94,10 @@ class MemoryJobQueue:
         self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] in live}
         JOBS_KEPT.set(count)
 
-    async def _janitor(self) -> None:
+    async def _purge_later(self) -> None:
         """Purge on a timer too, so results go when their time is up even if no request comes."""
-        while True:
-            await asyncio.sleep(min(PURGE_EVERY_S, self.settings.job_retention_s))
-            self._purge()
+        await asyncio.sleep(min(PURGE_EVERY_S, self.settings.job_retention_s))
+        self._purge()
 
     # -- protocol ----------------------------------------------------------------------------------
 
@@ -115,7 +115,7 @@ class MemoryJobQueue:
     ) -> JobRecord:
         self._loop = asyncio.get_running_loop()  # the loop that serves requests; engine events go to it
         if self._janitor_task is None:
-            self._janitor_task = self._loop.create_task(self._janitor())
+            self._janitor_task = background.forever(self._purge_later)
         self._purge()
         key = admission.scoped_key
         if key and key in self._idempotency:
@@ -168,6 +168,6 @@ class MemoryJobQueue:
 
     async def close(self) -> None:
         if self._janitor_task is not None:
-            self._janitor_task.cancel()
+            await background.stop([self._janitor_task])
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)

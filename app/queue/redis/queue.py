@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
 from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
 from app.queue.redis.keys import ADMIT, Keys
@@ -91,7 +92,7 @@ class RedisJobQueue:
         queue = cls(settings, connect(settings.queue_url))
         await queue.redis.ping()
         await queue.refresh_catalog()
-        queue._tasks = [asyncio.create_task(queue._follow_events()), asyncio.create_task(queue._refresh_loop())]
+        queue._tasks = [background.forever(queue._follow_events), background.forever(queue._refresh_later)]
         return queue
 
     # -- background ---------------------------------------------------------------------------------
@@ -101,33 +102,25 @@ class RedisJobQueue:
         beats = await self.redis.hvals(self.keys.workers)
         self._workers_seen = max((float(b) for b in beats), default=0.0)
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CATALOG_REFRESH_S)
-            try:
-                await self.refresh_catalog()
-            except Exception as exc:  # Redis away for a moment: keep the last catalog
-                log.warning("catalog refresh failed: %s", exc)
+    async def _refresh_later(self) -> None:
+        """Refresh the catalog after a while (on an error, background.forever keeps the last one and retries)."""
+        await asyncio.sleep(CATALOG_REFRESH_S)
+        await self.refresh_catalog()
 
     async def _follow_events(self) -> None:
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.events)
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
-                        continue
-                    event = json.loads(message["data"])
-                    if self._watchers.wants(event["job_id"], event["kind"]):
-                        self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("event subscription lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Hand the engines' events to this node's waiters (an error ends the subscription; it is renewed)."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.events)
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                event = json.loads(message["data"])
+                if self._watchers.wants(event["job_id"], event["kind"]):
+                    self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # -- protocol ----------------------------------------------------------------------------------
     @reachable
@@ -229,9 +222,6 @@ class RedisJobQueue:
     async def close(self) -> None:
         if self.embedded is not None:
             await self.embedded.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await background.stop(self._tasks)
+        self._tasks.clear()
         await self.redis.aclose()

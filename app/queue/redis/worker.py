@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
 from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, Keys
@@ -64,22 +65,6 @@ class RedisWorker:
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
 
-    def _forever(self, step) -> asyncio.Task:
-        """Run ``step`` again and again; an error (Redis away for a moment) is logged and retried, so no
-        background duty silently stops."""
-
-        async def loop() -> None:
-            while True:
-                try:
-                    await step()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("%s failed (%s: %s); retrying", step.__name__, type(exc).__name__, exc)
-                    await asyncio.sleep(0.5)
-
-        return asyncio.create_task(loop(), name=step.__name__)
-
     @property
     def capacity(self) -> int:
         if self.settings.worker_jobs:
@@ -101,10 +86,10 @@ class RedisWorker:
         await self._create_groups()
         await self._beat()
         self._tasks = [
-            self._forever(step)
+            background.forever(step)
             for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
         ]
-        self._intake = [self._forever(step) for step in (self._read_once, self._reclaim_once)]
+        self._intake = [background.forever(step) for step in (self._read_once, self._reclaim_once)]
         log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.ready))
 
     @property
@@ -114,7 +99,8 @@ class RedisWorker:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, finish what is held within ``grace`` seconds, hand back the rest."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        await _cancel_all(self._intake)
+        await background.stop(self._intake)
+        self._intake.clear()
         deadline = time.monotonic() + grace
         while self.held and time.monotonic() < deadline and not self.dead.is_set():
             await asyncio.sleep(0.05)
@@ -135,7 +121,8 @@ class RedisWorker:
         deadline = time.monotonic() + 5
         while (not self._events.empty() or self._dirty) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await _cancel_all(self._tasks)
+        await background.stop(self._tasks)
+        self._tasks.clear()
         await self.redis.hdel(self.keys.workers, self.worker_id)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
@@ -356,12 +343,3 @@ class RedisWorker:
         await asyncio.sleep(self.settings.heartbeat_s)
         if self._engine_alive():
             await self._beat()
-
-
-async def _cancel_all(tasks: list[asyncio.Task]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    tasks.clear()

@@ -1,0 +1,67 @@
+"""Background duties of a process (Redis intake, lease renewal, event subscriptions, webhook sending): run
+them so an error never silently ends one, and stop them so a shutdown always ends.
+
+A cancel can be lost on the way: Python 3.11's ``asyncio.wait_for`` swallows one that lands as its inner
+call finishes, and a client library may turn one into its own error. A loop that catches errors to retry
+would then run on after ``cancel()``, and a shutdown that awaits it would wait forever. So the loops here
+end on an error raised while a cancel is pending, and ``stop`` cancels again until each task is done, and
+gives up on (and logs the stack of) a task that still runs after its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+
+def cancel_pending() -> bool:
+    """Whether the running task has been asked to cancel (even if the CancelledError was swallowed)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def forever(step: Callable[[], Awaitable[None]], *, pause_s: float = 0.5, name: str | None = None) -> asyncio.Task:
+    """Run ``step`` again and again as a task; an error (Redis away for a moment) is logged and retried after
+    ``pause_s``, so no duty silently stops. A cancel ends it, even one that surfaced as an error."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if cancel_pending():
+                    raise asyncio.CancelledError from exc
+                log.warning("%s failed (%s: %s); retrying", step.__name__, type(exc).__name__, exc)
+                await asyncio.sleep(pause_s)
+
+    return asyncio.create_task(loop(), name=name or step.__name__)
+
+
+async def stop(tasks: Iterable[asyncio.Task], *, timeout_s: float = 5.0, every_s: float = 0.5) -> set[asyncio.Task]:
+    """Cancel ``tasks`` and wait for them, cancelling again every ``every_s`` (a lost cancel is sent once
+    more); after ``timeout_s`` give up on those still running, log where each one waits, and return them.
+    Their results and errors are dropped: they are being stopped."""
+    pending = {task for task in tasks if not task.done()}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(every_s, left))
+    for task in pending:
+        where = io.StringIO()
+        task.print_stack(file=where)
+        log.error("task %s did not stop within %.1f s; left running:\n%s", task.get_name(), timeout_s, where.getvalue())
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+    return pending

@@ -1,0 +1,107 @@
+"""Background duties: an error is retried, a cancel always ends a loop (even one a library turned into an
+error, or one that was lost), and stopping gives up on a task that will not end instead of hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app import background
+
+
+def test_forever_retries_a_step_that_failed():
+    calls = []
+
+    async def step():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise ConnectionError("away for a moment")
+        if len(calls) == 3:
+            await asyncio.sleep(3600)
+
+    async def main():
+        task = background.forever(step, pause_s=0.01)
+        while len(calls) < 3:
+            await asyncio.sleep(0.01)
+        assert await background.stop([task]) == set()
+        return task
+
+    task = asyncio.run(main())
+    assert calls == [0, 1, 2] and task.cancelled()
+
+
+def test_a_cancel_that_a_library_turns_into_an_error_still_ends_the_loop():
+    """redis-py and Python 3.11's wait_for can surface a cancel as an error: the loop must not retry it."""
+    calls = []
+
+    async def step():
+        calls.append(1)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionError("Connection closed by server") from None
+
+    async def main():
+        task = background.forever(step, pause_s=0.01)
+        await asyncio.sleep(0.05)
+        left = await background.stop([task], timeout_s=30)
+        return task, left
+
+    task, left = asyncio.run(main())
+    assert left == set() and task.cancelled() and len(calls) == 1
+
+
+def test_a_lost_cancel_is_sent_again():
+    async def swallows_the_first_cancel():
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # lost, as wait_for loses one on 3.11
+        await asyncio.sleep(3600)
+
+    async def main():
+        task = asyncio.create_task(swallows_the_first_cancel())
+        await asyncio.sleep(0.01)
+        left = await background.stop([task], timeout_s=30, every_s=0.05)
+        return task, left
+
+    task, left = asyncio.run(main())
+    assert left == set() and task.cancelled()
+
+
+def test_a_task_that_will_not_stop_is_left_and_named_with_where_it_waits(caplog):
+    async def stubborn(release: asyncio.Event):
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    async def main():
+        release = asyncio.Event()
+        task = asyncio.create_task(stubborn(release), name="stubborn-duty")
+        await asyncio.sleep(0.01)
+        left = await background.stop([task], timeout_s=0.2, every_s=0.05)
+        running = not task.done()
+        release.set()
+        await task
+        return task, left, running
+
+    with caplog.at_level(logging.ERROR, logger="app.background"):
+        task, left, running = asyncio.run(main())
+    assert left == {task} and running
+    (record,) = [r for r in caplog.records if "did not stop" in r.getMessage()]
+    assert "stubborn-duty" in record.getMessage() and "in stubborn" in record.getMessage()
+
+
+def test_a_task_that_already_failed_is_stopped_without_raising():
+    async def fails():
+        raise RuntimeError("boom")
+
+    async def main():
+        task = asyncio.create_task(fails())
+        await asyncio.sleep(0.01)
+        return await background.stop([task]), task
+
+    left, task = asyncio.run(main())
+    assert left == set() and isinstance(task.exception(), RuntimeError)
