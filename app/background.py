@@ -17,6 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
+# How long a stop may take past its grace (handing jobs back, writing the last events, stopping the engine)
+# before the process goes on without it.
+CLOSE_MARGIN_S = 30.0
 
 
 def cancel_pending() -> bool:
@@ -65,3 +68,22 @@ async def stop(tasks: Iterable[asyncio.Task], *, timeout_s: float = 5.0, every_s
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
     return pending
+
+
+async def within(awaitable: Awaitable[object], timeout_s: float, what: str) -> bool:
+    """Await ``awaitable`` for at most ``timeout_s``: a shutdown step that never ends (a library waiting on a
+    socket, a cancel lost) must not keep the process from exiting. On time out, log ``what`` and where every
+    task of the loop waits, leave it cancelled, and return False."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if done:
+        task.result()  # its error, if it failed, is the caller's
+        return True
+    where = io.StringIO()
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            where.write(f"-- {other.get_name()}\n")
+            other.print_stack(file=where)
+    log.error("%s did not end within %.0f s; going on without it. Tasks:\n%s", what, timeout_s, where.getvalue())
+    task.cancel()
+    return False

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from app import background
 from app.logs import configure_logging
 from app.settings import Settings
 
@@ -97,9 +98,11 @@ async def _run_worker(settings: Settings) -> int:
     for task in waits:
         task.cancel()
     logging.getLogger(__name__).info("stopping: finishing held jobs for up to %.0fs", settings.shutdown_grace_s)
-    await node.stop()
+    stopped = await background.within(
+        node.stop(), settings.shutdown_grace_s + background.CLOSE_MARGIN_S, "stopping the worker"
+    )
     await redis.aclose()
-    return 1 if node.dead.is_set() else 0
+    return 1 if node.dead.is_set() or not stopped else 0
 
 
 def keys(argv: list[str] | None = None) -> None:

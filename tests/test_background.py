@@ -105,3 +105,28 @@ def test_a_task_that_already_failed_is_stopped_without_raising():
 
     left, task = asyncio.run(main())
     assert left == set() and isinstance(task.exception(), RuntimeError)
+
+
+def test_a_step_that_never_ends_is_left_behind_with_every_task_named(caplog):
+    async def hangs_uncancellably(release: asyncio.Event):
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    async def main():
+        release = asyncio.Event()
+        other = asyncio.create_task(asyncio.sleep(3600), name="a-neighbour")
+        finished = await background.within(hangs_uncancellably(release), 0.2, "closing the test queue")
+        assert await background.within(asyncio.sleep(0), 5, "a quick step")
+        release.set()  # let the test's loop end
+        other.cancel()
+        return finished
+
+    with caplog.at_level(logging.ERROR, logger="app.background"):
+        finished = asyncio.run(main())
+    assert finished is False
+    (record,) = [r for r in caplog.records if "did not end" in r.getMessage()]
+    assert "closing the test queue" in record.getMessage() and "a-neighbour" in record.getMessage()
+    assert "hangs_uncancellably" in record.getMessage()

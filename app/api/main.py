@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from app import background
 from app.api import docs, errors
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -75,7 +76,10 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
             yield
         finally:
             await dispatcher.close()
-            await backend.close()
+            # A node must exit even if its queue's teardown hangs (it finishes held jobs within the grace).
+            await background.within(
+                backend.close(), settings.shutdown_grace_s + background.CLOSE_MARGIN_S, "closing the job queue"
+            )
 
     app = FastAPI(
         title="Diffusion service",
