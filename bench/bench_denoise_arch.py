@@ -64,6 +64,8 @@ CANDIDATES = {  # name: (channels per level, ResNets per block, fold factor)
     "shipped: 16/32/64/128, 2 ResNets per block, full resolution": ((16, 32, 64, 128), 2, 1),
     "s2d 32/64/128/256, 2 per block (the shipped levels moved down one)": ((32, 64, 128, 256), 2, 2),
     "s2d 32/64/128, 2 per block": ((32, 64, 128), 2, 2),
+    "s2d 48/64/128, 2 per block (a wider first level)": ((48, 64, 128), 2, 2),
+    "s2d 64/64/128, 2 per block": ((64, 64, 128), 2, 2),
     "s2d 64/128/256, 1 per block": ((64, 128, 256), 1, 2),
     "s2d 48/96/192, 2 per block": ((48, 96, 192), 2, 2),
     "s2d 64/96/128/192, 1 per block": ((64, 96, 128, 192), 1, 2),
