@@ -14,7 +14,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection
 
 log = logging.getLogger(__name__)
 # How long a stop may take past its grace (handing jobs back, writing the last events, stopping the engine)
@@ -47,7 +47,7 @@ def forever(step: Callable[[], Awaitable[None]], *, pause_s: float = 0.5, name: 
     return asyncio.create_task(loop(), name=name or step.__name__)
 
 
-async def stop(tasks: Iterable[asyncio.Task], *, timeout_s: float = 5.0, every_s: float = 0.5) -> set[asyncio.Task]:
+async def stop(tasks: Collection[asyncio.Task], *, timeout_s: float = 5.0, every_s: float = 0.5) -> set[asyncio.Task]:
     """Cancel ``tasks`` and wait for them, cancelling again every ``every_s`` (a lost cancel is sent once
     more); after ``timeout_s`` give up on those still running, log where each one waits, and return them.
     Their results and errors are dropped: they are being stopped."""

@@ -9,6 +9,15 @@ import logging
 from app import background
 
 
+async def ignores_cancels(release: asyncio.Event) -> None:
+    """A task no cancel stops (a library that waits on a socket it will not give up): only ``release`` ends it."""
+    while not release.is_set():
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            continue
+
+
 def test_forever_retries_a_step_that_failed():
     calls = []
 
@@ -70,16 +79,9 @@ def test_a_lost_cancel_is_sent_again():
 
 
 def test_a_task_that_will_not_stop_is_left_and_named_with_where_it_waits(caplog):
-    async def stubborn(release: asyncio.Event):
-        while not release.is_set():
-            try:
-                await release.wait()
-            except asyncio.CancelledError:
-                continue
-
     async def main():
         release = asyncio.Event()
-        task = asyncio.create_task(stubborn(release), name="stubborn-duty")
+        task = asyncio.create_task(ignores_cancels(release), name="stubborn-duty")
         await asyncio.sleep(0.01)
         left = await background.stop([task], timeout_s=0.2, every_s=0.05)
         running = not task.done()
@@ -91,7 +93,7 @@ def test_a_task_that_will_not_stop_is_left_and_named_with_where_it_waits(caplog)
         task, left, running = asyncio.run(main())
     assert left == {task} and running
     (record,) = [r for r in caplog.records if "did not stop" in r.getMessage()]
-    assert "stubborn-duty" in record.getMessage() and "in stubborn" in record.getMessage()
+    assert "stubborn-duty" in record.getMessage() and "in ignores_cancels" in record.getMessage()
 
 
 def test_a_task_that_already_failed_is_stopped_without_raising():
@@ -108,17 +110,10 @@ def test_a_task_that_already_failed_is_stopped_without_raising():
 
 
 def test_a_step_that_never_ends_is_left_behind_with_every_task_named(caplog):
-    async def hangs_uncancellably(release: asyncio.Event):
-        while not release.is_set():
-            try:
-                await release.wait()
-            except asyncio.CancelledError:
-                continue
-
     async def main():
         release = asyncio.Event()
         other = asyncio.create_task(asyncio.sleep(3600), name="a-neighbour")
-        finished = await background.within(hangs_uncancellably(release), 0.2, "closing the test queue")
+        finished = await background.within(ignores_cancels(release), 0.2, "closing the test queue")
         assert await background.within(asyncio.sleep(0), 5, "a quick step")
         release.set()  # let the test's loop end
         other.cancel()
@@ -129,4 +124,4 @@ def test_a_step_that_never_ends_is_left_behind_with_every_task_named(caplog):
     assert finished is False
     (record,) = [r for r in caplog.records if "did not end" in r.getMessage()]
     assert "closing the test queue" in record.getMessage() and "a-neighbour" in record.getMessage()
-    assert "hangs_uncancellably" in record.getMessage()
+    assert "ignores_cancels" in record.getMessage()
