@@ -125,3 +125,32 @@ def test_a_step_that_never_ends_is_left_behind_with_every_task_named(caplog):
     (record,) = [r for r in caplog.records if "did not end" in r.getMessage()]
     assert "closing the test queue" in record.getMessage() and "a-neighbour" in record.getMessage()
     assert "ignores_cancels" in record.getMessage()
+
+
+def test_a_node_whose_queue_never_finishes_closing_still_shuts_down(tmp_path, monkeypatch, caplog):
+    """The API's lifespan bounds its queue's close (grace + margin) and says where the tasks wait."""
+    from fastapi.testclient import TestClient
+
+    from app.api.main import create_app
+    from tests.helpers import make_settings
+
+    class HangingQueue:
+        outbox = None
+        closes = 0
+
+        async def close(self):
+            HangingQueue.closes += 1
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # lost, as a library may lose one
+            await asyncio.sleep(3600)
+
+    monkeypatch.setattr(background, "CLOSE_MARGIN_S", 0.3)
+    app = create_app(make_settings(tmp_path, shutdown_grace_s=0), queue=HangingQueue())
+    with caplog.at_level(logging.ERROR, logger="app.background"):
+        with TestClient(app) as client:
+            assert client.get("/healthz").status_code == 200
+    assert HangingQueue.closes == 1
+    (record,) = [r for r in caplog.records if "did not end" in r.getMessage()]
+    assert "closing the job queue" in record.getMessage() and "in close" in record.getMessage()
