@@ -27,7 +27,7 @@ from app.diffusion.noise_level import estimate_sigma
 from app.diffusion.pixels import apply_transform, image_to_unit, invert_transform, sigma_255_to_unit, unit_to_image
 from app.diffusion.samplers import Step, get_sampler
 from app.diffusion.schedule import NoiseSchedule, restoration_plan
-from app.diffusion.tiling import Canvas, pad_to_multiple
+from app.diffusion.tiling import Box, Canvas, pad_to_multiple
 from app.engine.runner import Known, Row
 from app.imaging import MEDIA_TYPES, encode_image
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, JobResult, NoiseSpec, ResultImage
@@ -243,6 +243,43 @@ def _tile_start(padded: np.ndarray, layout: DenoiseLayout, key: tuple[int, int, 
     return start
 
 
+FIELD_BLOCK = 64  # the noise field of a tiled denoise is drawn in blocks of this many pixels a side
+
+
+def field_noise(entropy: tuple[int, ...], step: int, channels: int, box: Box) -> torch.Tensor:
+    """Standard normal noise on ``box`` (top, left, h, w) of an image-wide field, [channels, h, w]: each
+    FIELD_BLOCK square of the image is drawn from its own generator, seeded by ``entropy``, the step and
+    the square's place. Tiles that overlap draw the same noise where they overlap, whatever the layout."""
+    top, left, h, w = box
+    size = FIELD_BLOCK
+    out = torch.empty(channels, h, w)
+    for by in range(top // size, (top + h - 1) // size + 1):
+        for bx in range(left // size, (left + w - 1) // size + 1):
+            seed = np.random.SeedSequence([*entropy, step, by, bx]).generate_state(1, np.uint64)[0]
+            block = torch.randn(channels, size, size, generator=torch.Generator().manual_seed(int(seed)))
+            y0, y1 = max(top, by * size), min(top + h, (by + 1) * size)
+            x0, x1 = max(left, bx * size), min(left + w, (bx + 1) * size)
+            out[:, y0 - top : y1 - top, x0 - left : x1 - left] = block[
+                :, y0 - by * size : y1 - by * size, x0 - bx * size : x1 - bx * size
+            ]
+    return out
+
+
+def _tile_noise(seed: int, layout: DenoiseLayout, key: tuple[int, int, int], channels: int):
+    """What row ``key`` = (view, plane, tile) draws at each step of ``mode: sample``: its tile's share of the
+    field of its view and plane, turned as the view is. Where tiles overlap their chains draw the same
+    noise, so the blend cross-fades two near-equal draws instead of averaging two independent ones (which
+    left bands of less grain along every seam)."""
+    view, plane, box = key
+    entropy = ((seed + view) % 2**63, plane)  # sample k of seed s draws as the single sample of seed s + k
+
+    def noise_at(step: int) -> torch.Tensor:
+        field = field_noise(entropy, step, channels, layout.boxes[box])
+        return apply_transform(field, layout.views[view])[None]
+
+    return noise_at
+
+
 class _Blend:
     """Finished tiles, their views' transforms undone, blended into one canvas per plane; the views of a
     tile add up on the same canvas, so the blend is their average.
@@ -303,6 +340,7 @@ def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: in
                 init=_tile_start(padded, layout, key, channels, scale),
                 key=key,
                 eta=spec.eta,
+                noise_at=_tile_noise(spec.seed, layout, key, channels),
             )
         )
     blend = _Blend(spec, layout, channels, overlap)

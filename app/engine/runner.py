@@ -59,6 +59,8 @@ class Row:
     known: Known | None = field(default=None, repr=False)
     preview_every: int = 0  # keep the clean-image estimate every k steps (0: never; it costs nothing then)
     preview: torch.Tensor | None = field(default=None, repr=False)  # the latest kept estimate, until taken
+    # step index -> the noise to draw then, [1, C, H, W] on the CPU; None: draws from the row's generator
+    noise_at: Callable[[int], torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -109,8 +111,10 @@ class Row:
         return self.known.mask * x + (1 - self.known.mask) * kept
 
     def noise(self) -> torch.Tensor:
-        """Standard normal noise from this row's own generator (CPU, so seeds give the same draws on any
-        device), moved to the row's device."""
+        """Standard normal noise for this step, from ``noise_at`` (a tile's share of an image-wide field) or
+        the row's own generator (CPU, so seeds give the same draws on any device), on the row's device."""
+        if self.noise_at is not None:
+            return self.noise_at(self.index).to(self.x.device)
         return torch.randn(self.x.shape, generator=self.generator).to(self.x.device)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from app.jobs import DenoiseSpec, ImageData
 from tests.api.helpers import photo
@@ -33,3 +34,46 @@ def test_tiled_denoise_matches_untiled(store):
     # No seams: the error along tile borders is not larger than elsewhere.
     columns = diff.mean(axis=(0, 2))
     assert columns.max() <= 3 * columns.mean() + 1
+
+
+def test_tiles_draw_one_noise_field_where_they_overlap():
+    """mode: sample draws each step's noise from one field over the image (per view and plane), so two
+    tiles' chains draw the same noise where they overlap, whichever way a view turns them."""
+
+    from app.diffusion.layout import DenoiseLayout
+    from app.diffusion.pixels import invert_transform
+    from app.engine.plans import _tile_noise
+
+    layout = DenoiseLayout.of(
+        height=150, width=200, image_channels=3, model_channels=3, factor=8, tile=64, overlap=16, samples=2, ensemble=8
+    )
+    assert len(layout.boxes) > 4
+    fields = []
+    for view in range(len(layout.views)):
+        canvas = torch.full((3, layout.height, layout.width), float("nan"))
+        shared = 0
+        for b, (y, x, h, w) in enumerate(layout.boxes):
+            drawn = _tile_noise(5, layout, (view, 0, b), 3)(2)
+            assert drawn.shape[1:] == ((3, w, h) if layout.views[view][0] % 2 else (3, h, w))
+            noise = invert_transform(drawn[0], layout.views[view])
+            region = canvas[:, y : y + h, x : x + w]
+            seen = ~torch.isnan(region)
+            assert torch.equal(noise[seen], region[seen])
+            shared += int(seen.sum())
+            canvas[:, y : y + h, x : x + w] = noise
+        assert shared > 0 and not torch.isnan(canvas).any()
+        fields.append(canvas)
+    assert abs(float(fields[0].mean())) < 0.05 and abs(float(fields[0].std()) - 1) < 0.05  # standard normal
+    assert all(not torch.equal(fields[0], other) for other in fields[1:])  # views (and samples) draw their own
+    step_3 = invert_transform(_tile_noise(5, layout, (0, 0, 0), 3)(3)[0], layout.views[0])
+    assert not torch.equal(step_3, fields[0][:, : step_3.shape[1], : step_3.shape[2]])  # and each step anew
+
+
+def test_the_noise_field_does_not_depend_on_the_tile_layout():
+    from app.engine.plans import FIELD_BLOCK, field_noise
+
+    whole = field_noise((7, 0), 4, 3, (0, 0, 200, 260))
+    for box in [(0, 0, 64, 64), (10, 37, 100, 90), (FIELD_BLOCK - 1, FIELD_BLOCK + 1, 3, 130), (136, 196, 64, 64)]:
+        y, x, h, w = box
+        assert torch.equal(field_noise((7, 0), 4, 3, box), whole[:, y : y + h, x : x + w])
+    assert not torch.equal(field_noise((8, 0), 4, 3, (0, 0, 64, 64)), whole[:, :64, :64])

@@ -25,16 +25,17 @@ def run(harness, job_id, image, **options) -> tuple[np.ndarray, dict]:
     return pixels(event).astype(np.float64), event.result.info
 
 
-def test_averaged_samples_are_the_mean_of_the_single_samples(store):
+@pytest.mark.parametrize("size, tiles", [((32, 32), 1), ((80, 96), 4)], ids=["one tile", "four tiles"])
+def test_averaged_samples_are_the_mean_of_the_single_samples(store, size, tiles):
     harness = EngineHarness(store)
     try:
-        image = photo(32, 32, seed=2)  # one tile: sample k of seed s draws with seed s + k
+        image = photo(*size, seed=2)  # sample k of seed s draws as the single sample of seed s + k, tiled or not
         first, _ = run(harness, "a", image, seed=7)
         second, _ = run(harness, "b", image, seed=8)
         both, info = run(harness, "c", image, seed=7, samples=2)
     finally:
         harness.close()
-    assert info["samples"] == 2
+    assert info["samples"] == 2 and info["tiles"] == tiles
     assert np.abs(first - second).max() > 10  # the two samples really differ (ancestral noise)
     # averaging happens before rounding to uint8, so the mean of the rounded singles is within one level
     assert np.abs(both - (first + second) / 2).max() <= 1.0
