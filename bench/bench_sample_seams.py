@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from eval_denoise import add_noise, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
-from app.diffusion.tiling import fit_tile, padded_size, tile_boxes  # noqa: E402
+from app.diffusion.layout import DenoiseLayout  # noqa: E402
 from app.engine.device import cpu_name, pick_dtype  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -40,18 +40,21 @@ from app.store.loader import load_model  # noqa: E402
 
 def coverage(height: int, width: int, factor: int, settings: Settings) -> tuple[np.ndarray, int]:
     """How many tiles cover each pixel under the service's tile plan, and how many tiles there are."""
-    padded_h, padded_w = padded_size(height, width, factor)
-    boxes = tile_boxes(
-        padded_h,
-        padded_w,
-        tile=fit_tile(settings.denoise_tile, factor),
+    layout = DenoiseLayout.of(
+        height=height,
+        width=width,
+        image_channels=3,
+        model_channels=3,
+        factor=factor,
+        tile=settings.denoise_tile,
         overlap=settings.denoise_overlap,
-        multiple=factor,
+        samples=1,
+        ensemble=1,
     )
-    count = np.zeros((padded_h, padded_w), dtype=np.int32)
-    for y, x, h, w in boxes:
+    count = np.zeros((layout.height, layout.width), dtype=np.int32)
+    for y, x, h, w in layout.boxes:
         count[y : y + h, x : x + w] += 1
-    return count[:height, :width], len(boxes)
+    return count[:height, :width], len(layout.boxes)
 
 
 def main() -> None:
@@ -79,19 +82,15 @@ def main() -> None:
             noisy = add_noise(clean, sigma, seed=1000 + i)
             kw = dict(sigma=sigma, seed=args.seed)
             mean = run_ours(model, runner, settings, noisy, mode="mmse", **kw).astype(np.float64)
-            grains = [
-                (run_ours(model, runner, s, noisy, mode="sample", **kw).astype(np.float64) - mean).reshape(
-                    clean.shape[0], clean.shape[1], -1
-                )
-                for s in (settings, whole)
-            ]
+            tiled, one_tile = (run_ours(model, runner, s, noisy, mode="sample", **kw) for s in (settings, whole))
+            grains = [(x.astype(np.float64) - mean).reshape(*clean.shape[:2], -1) for x in (tiled, one_tile)]
             cover, tiles = coverage(clean.shape[0], clean.shape[1], entry.downsample_factor, settings)
             if tiles < 2:
                 print(f"| {sigma:g} | {name} | 1 | (no seams) | | |")
                 continue
             overlaps = float(grains[0][cover >= 2].std() / grains[1][cover >= 2].std())
             elsewhere = float(grains[0][cover == 1].std() / grains[1][cover == 1].std())
-            psnr = scores(clean, np.clip(np.rint(mean + grains[0].reshape(mean.shape)), 0, 255).astype(np.uint8))[0]
+            psnr = scores(clean, tiled)[0]
             rows.append((overlaps, elsewhere, psnr))
             print(f"| {sigma:g} | {name} | {tiles} | {overlaps:.3f} | {elsewhere:.3f} | {psnr:.2f} |")
         means = np.mean(rows, axis=0)

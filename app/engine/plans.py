@@ -265,7 +265,9 @@ def field_noise(entropy: tuple[int, ...], step: int, channels: int, box: Box) ->
     return out
 
 
-def _tile_noise(seed: int, layout: DenoiseLayout, key: tuple[int, int, int], channels: int):
+def _tile_noise(
+    seed: int, layout: DenoiseLayout, key: tuple[int, int, int], channels: int
+) -> Callable[[int], torch.Tensor]:
     """What row ``key`` = (view, plane, tile) draws at each step of ``mode: sample``: its tile's share of the
     field of its view and plane, turned as the view is. Where tiles overlap their chains draw the same
     noise, so the blend cross-fades two near-equal draws instead of averaging two independent ones (which
