@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.redis.helpers import poll, submit, worker_pids_holding
+from tests.redis.helpers import REDIS_URL, poll, submit, worker_pids_holding
 from tests.tiny_models import write_generator
 
 
@@ -158,6 +158,22 @@ def test_a_worker_serves_its_engine_metrics_on_its_own_port(prefix, procs, store
     assert "diffusion_queue_depth" in httpx.get(api.url + "/metrics", timeout=10).text
 
 
+def wait_for_retry_scheduled(prefix: str, timeout: float = 30.0) -> None:
+    """Until a webhook delivery in Redis records a failed attempt (the node wrote its retry)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(
+            int(client.hget(key, "attempts") or 0) >= 1 for key in client.scan_iter(match=f"{prefix}:webhook:*")
+        ):
+            assert time.monotonic() < deadline, "the failed attempt was never recorded"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def test_a_webhook_retry_survives_the_api_node_that_scheduled_it(prefix, procs, store):
     import base64
 
@@ -175,7 +191,7 @@ def test_a_webhook_retry_survives_the_api_node_that_scheduled_it(prefix, procs, 
         api.wait_ready()
         job_id = submit(api.url, steps=5, webhook=receiver.url)
         receiver.wait_for(1)  # the first attempt fails ...
-        time.sleep(0.5)  # ... and its retry is scheduled in Redis
+        wait_for_retry_scheduled(prefix)  # ... and its retry is scheduled in Redis
         api.kill()  # the node that scheduled it is gone for good
         procs("serve", prefix, store, **hooks).wait_ready()
         got = receiver.wait_for(2, timeout=60)
