@@ -32,6 +32,8 @@ def forever(step: Callable[[], Awaitable[None]], *, pause_s: float = 0.5, name: 
     """Run ``step`` again and again as a task; an error (Redis away for a moment) is logged and retried after
     ``pause_s``, so no duty silently stops. A cancel ends it, even one that surfaced as an error."""
 
+    name = name or step.__name__
+
     async def loop() -> None:
         while True:
             try:
@@ -41,10 +43,19 @@ def forever(step: Callable[[], Awaitable[None]], *, pause_s: float = 0.5, name: 
             except Exception as exc:
                 if cancel_pending():
                     raise asyncio.CancelledError from exc
-                log.warning("%s failed (%s: %s); retrying", step.__name__, type(exc).__name__, exc)
+                log.warning("%s failed (%s: %s); retrying", name, type(exc).__name__, exc)
                 await asyncio.sleep(pause_s)
 
-    return asyncio.create_task(loop(), name=name or step.__name__)
+    return asyncio.create_task(loop(), name=name)
+
+
+def stacks(tasks: Collection[asyncio.Task]) -> str:
+    """Where each task waits: its name, then its stack."""
+    where = io.StringIO()
+    for task in tasks:
+        where.write(f"-- {task.get_name()}\n")
+        task.print_stack(file=where)
+    return where.getvalue()
 
 
 async def stop(tasks: Collection[asyncio.Task], *, timeout_s: float = 5.0, every_s: float = 0.5) -> set[asyncio.Task]:
@@ -60,10 +71,8 @@ async def stop(tasks: Collection[asyncio.Task], *, timeout_s: float = 5.0, every
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(every_s, left))
-    for task in pending:
-        where = io.StringIO()
-        task.print_stack(file=where)
-        log.error("task %s did not stop within %.1f s; left running:\n%s", task.get_name(), timeout_s, where.getvalue())
+    if pending:
+        log.error("%d task(s) did not stop within %.1f s; left running:\n%s", len(pending), timeout_s, stacks(pending))
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
@@ -79,11 +88,7 @@ async def within(awaitable: Awaitable[object], timeout_s: float, what: str) -> b
     if done:
         task.result()  # its error, if it failed, is the caller's
         return True
-    where = io.StringIO()
-    for other in asyncio.all_tasks():
-        if other is not asyncio.current_task():
-            where.write(f"-- {other.get_name()}\n")
-            other.print_stack(file=where)
-    log.error("%s did not end within %.0f s; going on without it. Tasks:\n%s", what, timeout_s, where.getvalue())
+    others = [other for other in asyncio.all_tasks() if other is not asyncio.current_task()]
+    log.error("%s did not end within %.0f s; going on without it. Tasks:\n%s", what, timeout_s, stacks(others))
     task.cancel()
     return False

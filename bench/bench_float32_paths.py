@@ -17,7 +17,6 @@ upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_denoise_speed import timed  # noqa: E402
 
 from app.engine.device import cpu_name  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -45,13 +48,8 @@ CONVS = [  # (in, out, height, width): the network's levels, then FFDNet's body 
 
 
 def seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    """The median of ``repeats`` timed calls after a warm-up (bench_denoise_speed's timing, one function)."""
+    return timed(fn, repeats=repeats)[0][0]
 
 
 def conv_rates(repeats: int) -> None:

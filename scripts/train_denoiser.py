@@ -55,7 +55,7 @@ from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
 from app.families.pixel import run_folded  # noqa: E402
 from app.diffusion.pixels import apply_transform, from_uint8, quantize, sigma_255_to_unit  # noqa: E402
-from app.store.catalog import scan_store  # noqa: E402
+from app.store.catalog import scan_folder  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 from app.store.card import CARD_FILE, ModelCard, SamplingDefaults  # noqa: E402
 from app.store.writer import save_model  # noqa: E402
@@ -271,9 +271,11 @@ def start_network(args: argparse.Namespace) -> tuple[UNet2DModel, dict | None]:
 
 def load_teacher(folder: str, device: torch.device):
     """A model folder loaded as the service loads it (``--distill-from``): its ``predict`` is the target."""
-    entry = scan_store(Path(folder).parent).get(Path(folder).name)
-    if entry is None or entry.status != "ready":
-        raise SystemExit(f"--distill-from {folder}: {entry.error if entry else 'no model folder there'}")
+    if not Path(folder).is_dir():
+        raise SystemExit(f"--distill-from {folder}: no model folder there")
+    entry = scan_folder(Path(folder))  # this folder only: its neighbours' weights are not read
+    if entry.status != "ready":
+        raise SystemExit(f"--distill-from {folder}: {entry.error}")
     return load_model(entry, device)
 
 

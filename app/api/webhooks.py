@@ -133,7 +133,6 @@ class Dispatcher:
         self.signer = Signer(secret.get_secret_value()) if secret is not None else None
         self.client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
-        self._closing = False
 
     def start(self) -> None:
         """Start sending, when a secret is configured (without one no webhook is accepted)."""
@@ -144,35 +143,25 @@ class Dispatcher:
             timeout=self.settings.webhook_timeout_s,
             headers={"user-agent": "diffusion-service-webhooks"},
         )
-        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        # the outbox away (Redis, for a moment) is an error: the deliveries wait there; retried after 1 s
+        self._task = background.forever(self._dispatch_once, pause_s=1.0, name="webhook-dispatcher")
 
     async def close(self) -> None:
-        self._closing = True  # the loop ends at its next turn even if a cancel is lost on the way
         if self._task is not None:
             await background.stop([self._task])
         if self.client is not None:
             await self.client.aclose()
 
-    async def _run(self) -> None:
+    async def _dispatch_once(self) -> None:
         lease = self.settings.webhook_timeout_s + 30  # longer than one attempt, DNS included
-        while not self._closing:
-            try:
-                claimed = await self.outbox.claim(lease_s=lease, limit=self.BATCH)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away for a moment: the deliveries wait there
-                if background.cancel_pending():
-                    raise asyncio.CancelledError from exc
-                log.warning("webhook outbox unavailable (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
-                continue
-            if claimed:
-                by_job: dict[str, list[Delivery]] = {}
-                for delivery in claimed:  # one job's events in order (started before completed) ...
-                    by_job.setdefault(delivery.job_id, []).append(delivery)
-                await asyncio.gather(*(self._deliver_in_turn(group) for group in by_job.values()))  # ... jobs at once
-            else:
-                await asyncio.sleep(self.POLL_S)
+        claimed = await self.outbox.claim(lease_s=lease, limit=self.BATCH)
+        if not claimed:
+            await asyncio.sleep(self.POLL_S)
+            return
+        by_job: dict[str, list[Delivery]] = {}
+        for delivery in claimed:  # one job's events in order (started before completed) ...
+            by_job.setdefault(delivery.job_id, []).append(delivery)
+        await asyncio.gather(*(self._deliver_in_turn(group) for group in by_job.values()))  # ... jobs at once
 
     async def _deliver_in_turn(self, deliveries: list[Delivery]) -> None:
         for delivery in sorted(deliveries, key=lambda d: EVENTS.index(d.event)):

@@ -384,21 +384,22 @@ def safe_relative(folder: Path, rel: str) -> Path:
     return target
 
 
+def scan_folder(folder: Path) -> ModelEntry:
+    """One model folder, checked (ready, or failed with the reason); its name is the folder's."""
+    entry = ModelEntry(name=folder.name, path=folder)
+    try:
+        entry.path = safe_model_path(folder.parent, folder.name)
+        _check(entry)
+    except ModelRefused as exc:
+        entry.fail(str(exc))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a config of unexpected shape
+        entry.fail(f"malformed model folder: {type(exc).__name__}: {exc}")
+    return entry
+
+
 def scan_store(store: Path) -> dict[str, ModelEntry]:
     """Every model folder in ``store``, checked; sorted by name."""
-    entries: dict[str, ModelEntry] = {}
     if not store.is_dir():
-        return entries
-    for child in sorted(store.iterdir()):
-        if not child.is_dir() or child.name.startswith("."):
-            continue
-        entry = ModelEntry(name=child.name, path=child)
-        try:
-            entry.path = safe_model_path(store, child.name)
-            _check(entry)
-        except ModelRefused as exc:
-            entry.fail(str(exc))
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a config of unexpected shape
-            entry.fail(f"malformed model folder: {type(exc).__name__}: {exc}")
-        entries[entry.name] = entry
-    return entries
+        return {}
+    children = [c for c in sorted(store.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    return {child.name: scan_folder(child) for child in children}

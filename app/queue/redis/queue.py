@@ -8,7 +8,6 @@ sync waits). The model catalog is what the workers publish.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -26,6 +25,7 @@ from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
 from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
 from app.queue.redis.keys import ADMIT, Keys
 from app.queue.redis.outbox import RedisOutbox
+from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
 from app.queue.watch import Watchers
 from app.settings import Settings
@@ -109,18 +109,10 @@ class RedisJobQueue:
 
     async def _follow_events(self) -> None:
         """Hand the engines' events to this node's waiters (an error ends the subscription; it is renewed)."""
-        pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(self.keys.events)
-            async for message in pubsub.listen():
-                if message["type"] != "message":
-                    continue
-                event = json.loads(message["data"])
-                if self._watchers.wants(event["job_id"], event["kind"]):
-                    self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        async for data in pubsub.messages(self.redis, self.keys.events):
+            event = json.loads(data)
+            if self._watchers.wants(event["job_id"], event["kind"]):
+                self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
 
     # -- protocol ----------------------------------------------------------------------------------
     @reachable

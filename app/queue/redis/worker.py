@@ -29,6 +29,7 @@ from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
 from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, Keys
+from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
 from app.settings import Settings
 from app.store.catalog import ModelEntry, scan_store
@@ -316,15 +317,9 @@ class RedisWorker:
                 await self.redis.xclaim(stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
 
     async def _listen_for_cancels(self) -> None:
-        pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(self.keys.cancel)
-            async for message in pubsub.listen():
-                if message["type"] == "message" and message["data"].decode() in self.held:
-                    self.engine.cancel(message["data"].decode())
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        async for data in pubsub.messages(self.redis, self.keys.cancel):
+            if data.decode() in self.held:
+                self.engine.cancel(data.decode())
 
     async def _beat(self) -> None:
         """Publish this worker's catalog and heartbeat. A model only this worker cannot hold (its memory
