@@ -26,6 +26,10 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
     values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     configure_logging(args.log_level, settings.log_format)
+    if settings.keep_freed_memory:
+        from app.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()  # before any second thread allocates: glibc then fixes its arenas (allocator.py)
     return settings
 
 

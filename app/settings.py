@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     preload: str | None = Field(
         None, description="comma-separated models loaded at start (readiness waits); default: all that fit"
     )
+    keep_freed_memory: bool = Field(
+        True,
+        description="glibc: the engine's process keeps freed memory for the next forward pass instead of returning "
+        "it to the OS (faster on CPUs; resident memory stays at its peak); false: glibc's defaults",
+    )
     denoise_tile: int = Field(256, ge=32, le=2048, description="tile edge for denoising large images")
     denoise_overlap: int = Field(16, ge=0, le=512, description="overlap between neighbouring tiles")
     api_keys_file: Path | None = Field(None, description="JSON list of API keys (hashes, scopes, quotas); none: open")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+from app.engine.allocator import keep_freed_memory
 from app.engine.device import pick_device, pick_dtype
 from app.engine.plans import Plan, plan_denoise, plan_generate, run_noise
 from app.engine.runner import Row, Runner
@@ -70,6 +71,8 @@ class Engine:
         self.publish = publish
         self._events: list[EngineEvent] = []  # published once per loop turn: one wake-up of the event loop
         self.device = pick_device(settings.device)
+        if settings.keep_freed_memory:  # the console scripts did so first, before any thread (allocator.py)
+            keep_freed_memory()
         self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
