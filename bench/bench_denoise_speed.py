@@ -44,6 +44,7 @@ from fetch_photos import load as load_photos  # noqa: E402
 
 from diffusers.models.upsampling import Upsample2D  # noqa: E402
 
+from app.engine.allocator import keep_freed_memory  # noqa: E402
 from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
@@ -88,13 +89,17 @@ def main() -> None:
     )
     parser.add_argument("--card", action="store_true", help="also write the table into the card (metrics.speed)")
     args = parser.parse_args()
+    # as the service's process does (DIFFUSION_KEEP_FREED_MEMORY, app/engine/allocator.py); FFDNet runs in this
+    # process too, so it gets the same allocator
+    kept = Settings().keep_freed_memory and keep_freed_memory()
     clean = load_photos("heldout")[args.photo]
     noisy = add_noise(clean, args.sigma, seed=0)
     native_bf16, cpu = cpu_has_bf16() and not args.float32_only, cpu_name()
     print(
         f"{args.photo}: {clean.shape[1]}x{clean.shape[0]} ({clean.shape[0] * clean.shape[1] / 1e6:.3f} Mpx), "
         f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu}, "
-        f"native bf16: {'yes' if native_bf16 else 'no (bf16 is emulated here: skipped)'}"
+        f"native bf16: {'yes' if native_bf16 else 'no (bf16 is emulated here: skipped)'}, "
+        f"freed memory kept: {'yes' if kept else 'no'}"
     )
     device = torch.device("cpu")
     entry = scan_store(Path(args.store))["photos"]  # scanned once (the scan hashes the weights); loaded per variant
@@ -154,6 +159,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "cpu": cpu,
             "native_bf16": native_bf16,
+            "freed_memory_kept": kept,
             "median_of": args.repeats,
             "median_of_in_turns": args.turns,
             "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],
