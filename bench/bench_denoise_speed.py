@@ -7,13 +7,14 @@
 
 The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and
 clipped, as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows,
-blend, PNG out) with: float32 or bfloat16 autocast; channels-last memory or not; tiles of 256 (the
-default) or one tile for the whole photo. FFDNet: its forward pass, sigma given. Prints the median of
-``--repeats`` timed runs after one warm-up, and each variant's PSNR, so a faster path that costs quality
-shows it. Last, FFDNet, the service's default path, that path with diffusers' own ``Upsample2D`` (before the
-loader's phase rewrite, app/families/phase_upsample.py) and the default with ``DIFFUSION_DENOISE_TILE=1024``
-run in turns, so the minutes in which a shared VM runs slow fall on all of them alike: those rows are the
-comparison the speed bar reads.
+blend, PNG out; the client's decoding of the PNG is not timed) with: float32 or bfloat16 autocast;
+channels-last memory or not; tiles of 256 (the default) or one tile for the whole photo. FFDNet: its forward
+pass, sigma given. Prints the median of ``--repeats`` timed runs after one warm-up, and each variant's PSNR,
+so a faster path that costs quality shows it. Last, FFDNet, the service's default path, that path with
+diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites, app/families/rewrites.py)
+and the default with ``DIFFUSION_DENOISE_TILE=1024`` run in turns, so the minutes in which a shared VM runs
+slow fall on all of them alike: those rows are the comparison the speed bar reads. The process keeps freed
+memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measures glibc's defaults).
 
 bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as the service's
 ``DIFFUSION_DTYPE=auto`` does); elsewhere it is emulated, many times slower than float32, and the service
@@ -39,14 +40,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from cards import record_metrics  # noqa: E402
-from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
+from eval_denoise import add_noise, decoded, run_ffdnet, scores, serve_ours  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
+from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 from diffusers.models.upsampling import Upsample2D  # noqa: E402
 
 from app.engine.allocator import keep_freed_memory  # noqa: E402
 from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
+from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
 from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -66,11 +69,11 @@ def timed(*fns, repeats: int) -> list[tuple[float, np.ndarray]]:
     return [(statistics.median(t), out) for t, out in zip(times, outs)]
 
 
-def diffusers_upsamplers(unet: torch.nn.Module) -> torch.nn.Module:
-    """Undo the loader's phase rewrite: diffusers' own Upsample2D modules back in place."""
+def diffusers_modules(unet: torch.nn.Module, rewritten: type, own: type) -> torch.nn.Module:
+    """Undo one of the loader's rewrites (app/families/rewrites.py): diffusers' own class back in place."""
     for module in unet.modules():
-        if type(module) is PhaseUpsample2D:
-            module.__class__ = Upsample2D
+        if type(module) is rewritten:
+            module.__class__ = own
     return unet
 
 
@@ -105,8 +108,9 @@ def main() -> None:
     entry = scan_store(Path(args.store))["photos"]  # scanned once (the scan hashes the weights); loaded per variant
     rows = []
 
-    def add(name: str, seconds: float, out: np.ndarray) -> None:
-        rows.append((name, seconds, scores(clean, out)[0]))
+    def add(name: str, seconds: float, out: np.ndarray | bytes) -> None:
+        pixels = decoded(out, noisy.shape) if isinstance(out, bytes) else out  # ours: decoded outside the timing
+        rows.append((name, seconds, scores(clean, pixels)[0]))
         print(f"  {name}: {seconds:.3f} s, {rows[-1][2]:.2f} dB", flush=True)
 
     add("FFDNet (forward pass)", *timed(lambda: run_ffdnet(noisy, args.sigma), repeats=args.repeats)[0])
@@ -124,7 +128,7 @@ def main() -> None:
                 add(
                     name,
                     *timed(
-                        lambda: run_ours(model, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+                        lambda: serve_ours(model, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
                         repeats=args.repeats,
                     )[0],
                 )
@@ -132,22 +136,25 @@ def main() -> None:
     settings = Settings()
     runner = Runner(device, pick_dtype(settings.dtype, device))
     phase = load_model(entry, device)
-    plain = load_model(entry, device)
-    diffusers_upsamplers(plain.unet)
+    plain, unfused = load_model(entry, device), load_model(entry, device)
+    diffusers_modules(plain.unet, PhaseUpsample2D, Upsample2D)
+    diffusers_modules(unfused.unet, FusedResnetBlock2D, ResnetBlock2D)
     one_tile = Settings(denoise_tile=1024, denoise_overlap=0)  # what docs/denoising.md offers operators
     turns = timed(
         lambda: run_ffdnet(noisy, args.sigma),
-        lambda: run_ours(phase, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
-        lambda: run_ours(plain, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
-        lambda: run_ours(phase, runner, one_tile, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(phase, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(plain, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(unfused, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(phase, runner, one_tile, noisy, sigma=args.sigma, mode="mmse", seed=0),
         repeats=args.turns,
     )
     precision = "bf16" if runner.autocast_dtype else "fp32"
     default = f"tile {settings.denoise_tile}, {precision}, channels-last"
-    add("FFDNet (forward pass), in turns with the next three", *turns[0])
+    add("FFDNet (forward pass), in turns with the next four", *turns[0])
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])
-    add(f"ours, DIFFUSION_DENOISE_TILE=1024 (one tile here), {precision}, channels-last, in turns", *turns[3])
+    add(f"ours, {default}, diffusers' ResnetBlock2D (before the fused forward), in turns", *turns[3])
+    add(f"ours, DIFFUSION_DENOISE_TILE=1024 (one tile here), {precision}, channels-last, in turns", *turns[4])
     print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
     for name, seconds, psnr in rows:
         print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")

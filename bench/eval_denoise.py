@@ -82,7 +82,7 @@ def image_data(pixels: np.ndarray) -> ImageData:
     return ImageData(width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2], pixels=pixels.tobytes())
 
 
-def run_ours(
+def serve_ours(
     model: LoadedModel,
     runner: Runner,
     settings: Settings,
@@ -92,8 +92,8 @@ def run_ours(
     mode: str,
     seed: int,
     ensemble: int = 1,
-) -> np.ndarray:
-    """The service's path for one image: plan the tiles, run the rows to the end, blend, encode, decode."""
+) -> bytes:
+    """The service's path for one image: plan the tiles, run the rows to the end, blend, encode (the PNG)."""
     defaults = model.entry.card.defaults
     spec = DenoiseSpec(
         model=model.name,
@@ -108,8 +108,17 @@ def run_ours(
     )
     plan = plan_denoise("bench", spec, model, tile=settings.denoise_tile, overlap=settings.denoise_overlap)
     run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
-    result = plan.finish()
-    return np.asarray(Image.open(io.BytesIO(result.images[0].data))).reshape(noisy.shape)
+    return plan.finish().images[0].data
+
+
+def decoded(png: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The pixels of the service's answer, as a client reads them."""
+    return np.asarray(Image.open(io.BytesIO(png))).reshape(shape)
+
+
+def run_ours(model: LoadedModel, runner: Runner, settings: Settings, noisy: np.ndarray, **options) -> np.ndarray:
+    """``serve_ours``'s answer, decoded."""
+    return decoded(serve_ours(model, runner, settings, noisy, **options), noisy.shape)
 
 
 def classical(method: str, noisy: np.ndarray, sigma: float) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.models.upsampling import Upsample2D
 
-from app.families.phase_upsample import PhaseUpsample2D, phase_kernels, phase_upsamplers
+from app.families.phase_upsample import PhaseUpsample2D, phase_upsamplers, transposed_kernel
 from tests.tiny_models import tiny_unet, tiny_vae
 
 
@@ -43,16 +43,19 @@ def test_phase_upsample_matches_upsample2d(size, channels_last):
         assert got.is_contiguous() == (not channels_last)
 
 
-def test_phase_kernels_of_a_delta_put_each_tap_where_nearest_upsampling_reads_it():
-    # a kernel that reads only the upper-left neighbour (tap 0, 0): phase (0, 0) reads X[i-1, j-1], every
-    # other phase reads a pixel of the input's own row or column first
+def test_the_transposed_kernel_puts_each_tap_where_nearest_upsampling_reads_it():
+    # a kernel that reads only the upper-left neighbour (tap 0, 0) of the upsampled image: output 2i + a
+    # then reads X[i - 1] for a = 0 (transposed tap 3) and X[i] for a = 1 (tap 2), along each axis
     weight = torch.zeros(1, 1, 3, 3)
     weight[0, 0, 0, 0] = 1.0
-    phases = phase_kernels(weight)[:, 0]
-    assert phases.shape == (4, 2, 2)
-    torch.testing.assert_close(phases, torch.tensor([[[1.0, 0], [0, 0]]] * 4))
-    weight = torch.ones(1, 1, 3, 3)  # the taps' sum is kept in every phase: a flat image stays flat
-    assert phase_kernels(weight).sum(dim=(1, 2, 3)).tolist() == [9.0] * 4
+    kernel = transposed_kernel(weight)[0, 0]
+    expected = torch.zeros(4, 4)
+    expected[2:, 2:] = 1.0
+    torch.testing.assert_close(kernel, expected)
+    # every phase keeps the taps' sum (output 2i + a uses the transposed taps of the other parity: u = 1, 3
+    # for a = 0 and u = 0, 2 for a = 1): a flat image stays flat
+    kernel = transposed_kernel(torch.ones(1, 1, 3, 3))[0, 0]
+    assert [kernel[a::2][:, b::2].sum().item() for a in (0, 1) for b in (0, 1)] == [9.0] * 4
 
 
 def test_explicit_output_size_other_than_twice_runs_diffusers_path(monkeypatch):
