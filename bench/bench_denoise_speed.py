@@ -19,13 +19,15 @@ memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measur
 bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as the service's
 ``DIFFUSION_DTYPE=auto`` does); elsewhere it is emulated, many times slower than float32, and the service
 never picks it, so the bench says so and skips it. ``--card`` writes the table into the card as
-``metrics.speed`` on such a CPU and as ``metrics.speed_float32_cpu`` on one without, so the card keeps a
-table for each kind of CPU.
+``metrics.speed`` on such a CPU, as ``metrics.speed_float32_cpu`` on one without, and as
+``metrics.speed_float32_emulated`` for ``--float32-only`` on a CPU with it, so the card keeps a table for
+each kind of CPU; the record names the ``ONEDNN_*`` and ``DIFFUSION_*`` variables it ran with.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -161,6 +163,7 @@ def main() -> None:
     if args.card:
         record = {
             "command": " ".join(sys.argv),
+            "environment": {k: v for k, v in os.environ.items() if k.startswith(("ONEDNN_", "DIFFUSION_"))},
             "photo": args.photo,
             "sigma": args.sigma,
             "threads": torch.get_num_threads(),
@@ -171,7 +174,9 @@ def main() -> None:
             "median_of_in_turns": args.turns,
             "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],
         }
-        record_metrics(Path(args.store), "photos", "speed" if native_bf16 else "speed_float32_cpu", record)
+        # a CPU with native bf16 run with --float32-only is an emulation of one without: its own table
+        key = "speed" if native_bf16 else "speed_float32_emulated" if cpu_has_bf16() else "speed_float32_cpu"
+        record_metrics(Path(args.store), "photos", key, record)
 
 
 if __name__ == "__main__":
