@@ -4,7 +4,8 @@
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 DIFFUSION_DTYPE=float32 \
         python bench/bench_denoise_speed.py --float32-only
                     # an emulation of a CPU without AVX-512 or native bf16: oneDNN's convolutions and
-                    # PyTorch's own kernels (GroupNorm, SiLU, ...) held to AVX2; the clock and caches stay
+                    # PyTorch's own kernels (GroupNorm, SiLU, ...) held to AVX2 (the clock and caches
+                    # stay this CPU's)
     python bench/bench_denoise_speed.py --store /tmp/s2d   # another store's photos model (a candidate)
 
 The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and

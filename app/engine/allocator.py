@@ -3,10 +3,10 @@
 A forward pass on the CPU allocates tens of activation tensors of several to tens of MB each and frees
 them again. With glibc's defaults each such block is a fresh ``mmap`` (anything over 128 KB, a threshold
 that only adapts up to 32 MB) or a heap top that is trimmed back after the free, so every pass touches
-its memory anew and the kernel zeroes it page by page: on 2 CPU cores the float32 photo denoiser spent
-11-14% of its time in those page faults (``bench/bench_denoise_speed.py``; docs/denoising.md, "Speed
-against FFDNet"). Three ``mallopt`` settings make the heap keep what it has and serve the next pass
-from it:
+its memory anew and the kernel zeroes it page by page: on 2 CPU cores the float32 photo denoiser took
+about a tenth longer for those page faults (``bench/bench_denoise_speed.py`` with
+``DIFFUSION_KEEP_FREED_MEMORY=false``; docs/denoising.md, "Faster passes"). Three ``mallopt`` settings
+make the heap keep what it has and serve the next pass from it:
 
 - ``M_ARENA_MAX`` 1: every thread allocates from the main heap. A thread's own arena grows in heaps of
   at most 64 MB, each a fresh mapping, and anything larger is mapped on its own; the engine computes on

@@ -14,7 +14,7 @@ forward, used where the pass runs float32 on the CPU without autograd:
 - computes SiLU in place.
 
 Anything else (bf16 autocast, CUDA, gradients, training mode) runs diffusers' own forward. Measured on the
-photo network: docs/denoising.md, "Speed against FFDNet".
+photo network: docs/denoising.md, "Faster passes".
 """
 
 from __future__ import annotations
