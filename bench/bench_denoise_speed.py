@@ -106,7 +106,7 @@ def main() -> None:
     print(
         f"{args.photo}: {clean.shape[1]}x{clean.shape[0]} ({clean.shape[0] * clean.shape[1] / 1e6:.3f} Mpx), "
         f"sigma {args.sigma:g}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu}, "
-        f"native bf16: {'yes' if native_bf16 else 'no (bf16 is emulated here: skipped)'}, "
+        f"native bf16: {'yes' if native_bf16 else 'skipped (--float32-only)' if cpu_has_bf16() else 'no (skipped)'}, "
         f"freed memory kept: {'yes' if kept else 'no'}"
     )
     device = torch.device("cpu")
