@@ -22,11 +22,11 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace, **extra) -> Settings:
+def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Settings:
     values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     configure_logging(args.log_level, settings.log_format)
-    if settings.keep_freed_memory:
+    if settings.keep_freed_memory and (worker or settings.runs_embedded_worker):  # a process that runs an engine
         from app.engine.allocator import keep_freed_memory
 
         keep_freed_memory()  # before any second thread allocates: glibc then fixes its arenas (allocator.py)
@@ -70,7 +70,7 @@ def serve(argv: list[str] | None = None) -> None:
 def worker(argv: list[str] | None = None) -> None:
     parser = _parser("diffusion-worker", "Run the models in the model store on jobs taken from Redis.")
     args = parser.parse_args(argv)
-    settings = _settings(args)
+    settings = _settings(args, worker=True)
     if settings.queue_url is None:
         print("diffusion-worker: set DIFFUSION_QUEUE_URL (or --queue-url) to a redis:// URL", file=sys.stderr)
         raise SystemExit(2)
