@@ -1,17 +1,23 @@
 """Where the photo network's float32 time goes, and what a compiled path buys (CPUs without native bf16):
 
-    ONEDNN_MAX_CPU_ISA=AVX2 python bench/bench_float32_paths.py    # oneDNN as on a CPU without AVX-512
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/bench_float32_paths.py
+                        # oneDNN and PyTorch's own kernels as on a CPU without AVX-512
     python bench/bench_float32_paths.py --no-compile                # skip torch.compile (about a minute)
 
-Three measurements on the shipped ``photos`` network, float32, channels-last, the loader's phase
+Four measurements on the shipped ``photos`` network, float32, channels-last, the loader's phase
 upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one batch):
 
 1. oneDNN's 3x3 convolution rate (GFLOP/s) at the widths and resolutions of the network, and at
    FFDNet's (96 channels at half resolution), each alone: is a narrow layer slower per FLOP?
 2. A profile of the eager forward pass: each operator's share of the CPU time.
-3. The eager pass against ``torch.compile`` (inductor, with ``freezing``: weights prepacked for oneDNN,
+3. What fusing the element-wise work could buy at most: FFDNet's forward pass on the photo and the network
+   as it is, without its GroupNorms (identities), without its SiLUs, and without both, taking turns. These
+   variants compute nothing useful; they bound from below the time of any fused or compiled form of the
+   same network (``--no-bounds`` skips them).
+4. The eager pass against ``torch.compile`` (inductor, with ``freezing``: weights prepacked for oneDNN,
    the element-wise work around the convolutions fused), taking turns; the compile time; the largest
-   difference between their outputs.
+   difference between their outputs. Inductor compiles diffusers' own ``ResnetBlock2D`` (the loader's fused
+   forward calls a oneDNN operator directly, which inductor cannot trace into one graph per block).
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_denoise_speed import timed  # noqa: E402
+from bench_denoise_speed import diffusers_modules, timed  # noqa: E402
+from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
+from eval_denoise import add_noise, run_ffdnet  # noqa: E402
+from fetch_photos import load as load_photos  # noqa: E402
+
+from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
 
 from app.engine.device import cpu_name  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -72,27 +83,69 @@ def profile(unet, x, t, rows: int = 8) -> None:
         print(f"| {event.key} | {100 * event.self_cpu_time_total / total:.1f}% |")
 
 
+def without(unet: torch.nn.Module, kinds: tuple[type, ...]) -> torch.nn.Module:
+    """``unet`` with diffusers' own ResNet blocks (they call their SiLU module; the fused ones call
+    ``F.silu``) and every module of the given kinds an identity: a lower bound on its time, not a network."""
+    diffusers_modules(unet, FusedResnetBlock2D, ResnetBlock2D)
+    for module in list(unet.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, kinds):
+                setattr(module, name, torch.nn.Identity())
+    return unet
+
+
+def bounds(entry, x, t, turns: int) -> None:
+    clean = load_photos("heldout")["mate-LadyBird-x4"]
+    noisy = add_noise(clean, 25, seed=0)
+    variants = {
+        "FFDNet (forward pass on the photo)": None,
+        "ours, as served (fused ResNets)": load_model(entry, torch.device("cpu")).unet.eval(),
+        "ours, diffusers' ResnetBlock2D": without(load_model(entry, torch.device("cpu")).unet.eval(), ()),
+    }
+    for label, kinds in (
+        ("no GroupNorm", (torch.nn.GroupNorm,)),
+        ("no SiLU", (torch.nn.SiLU,)),
+        ("neither", (torch.nn.GroupNorm, torch.nn.SiLU)),
+    ):
+        variants[f"ours, diffusers' ResnetBlock2D, {label}"] = without(
+            load_model(entry, torch.device("cpu")).unet.eval(), kinds
+        )
+    fns = [
+        (lambda: run_ffdnet(noisy, 25)) if unet is None else (lambda unet=unet: unet(x, t))
+        for unet in variants.values()
+    ]
+    results = timed(*fns, repeats=turns)
+    ffdnet = results[0][0]
+    print(f"\n| pass (in turns, median of {turns}) | seconds | x FFDNet's |\n|---|---:|---:|")
+    for name, (s, _) in zip(variants, results):
+        print(f"| {name} | {s:.3f} | {s / ffdnet:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=str(ROOT / "model_store"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-bounds", action="store_true")
     args = parser.parse_args()
 
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, float32, channels-last")
     conv_rates(args.repeats)
-    unet = load_model(scan_store(Path(args.store))["photos"], torch.device("cpu")).unet.eval()
+    entry = scan_store(Path(args.store))["photos"]
+    unet = load_model(entry, torch.device("cpu")).unet.eval()
     x = torch.randn(TILES[0], 3, TILES[1], TILES[2]).contiguous(memory_format=torch.channels_last)
     t = torch.full((TILES[0],), 50)
     with torch.inference_mode():
         profile(unet, x, t)
+        if not args.no_bounds:
+            bounds(entry, x, t, 2 * args.repeats + 1)
     if args.no_compile:
         return
     import torch._inductor.config as inductor
 
     inductor.freezing = True
-    compiled = torch.compile(unet)
+    compiled = torch.compile(without(load_model(entry, torch.device("cpu")).unet.eval(), ()))
     with torch.no_grad():
         began = time.perf_counter()
         compiled(x, t)
