@@ -39,9 +39,8 @@ from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 from eval_denoise import add_noise, run_ffdnet  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
-from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
-
 from app.engine.device import cpu_name  # noqa: E402
+from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 
