@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,22 +94,20 @@ def without(unet: torch.nn.Module, kinds: tuple[type, ...]) -> torch.nn.Module:
     return unet
 
 
-def bounds(entry, x, t, turns: int) -> None:
+def bounds(served: torch.nn.Module, network: Callable[[], torch.nn.Module], x, t, turns: int) -> None:
     clean = load_photos("heldout")["mate-LadyBird-x4"]
     noisy = add_noise(clean, 25, seed=0)
     variants = {
         "FFDNet (forward pass on the photo)": None,
-        "ours, as served (fused ResNets)": load_model(entry, torch.device("cpu")).unet.eval(),
-        "ours, diffusers' ResnetBlock2D": without(load_model(entry, torch.device("cpu")).unet.eval(), ()),
+        "ours, as served (fused ResNets)": served,
+        "ours, diffusers' ResnetBlock2D": without(network(), ()),
     }
     for label, kinds in (
         ("no GroupNorm", (torch.nn.GroupNorm,)),
         ("no SiLU", (torch.nn.SiLU,)),
         ("neither", (torch.nn.GroupNorm, torch.nn.SiLU)),
     ):
-        variants[f"ours, diffusers' ResnetBlock2D, {label}"] = without(
-            load_model(entry, torch.device("cpu")).unet.eval(), kinds
-        )
+        variants[f"ours, diffusers' ResnetBlock2D, {label}"] = without(network(), kinds)
     fns = [
         (lambda: run_ffdnet(noisy, 25)) if unet is None else (lambda unet=unet: unet(x, t))
         for unet in variants.values()
@@ -132,19 +131,24 @@ def main() -> None:
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, float32, channels-last")
     conv_rates(args.repeats)
     entry = scan_store(Path(args.store))["photos"]
-    unet = load_model(entry, torch.device("cpu")).unet.eval()
+
+    def network() -> torch.nn.Module:
+        """A fresh copy of the photo network as the service loads it (the variants below rewrite theirs)."""
+        return load_model(entry, torch.device("cpu")).unet.eval()
+
+    unet = network()
     x = torch.randn(TILES[0], 3, TILES[1], TILES[2]).contiguous(memory_format=torch.channels_last)
     t = torch.full((TILES[0],), 50)
     with torch.inference_mode():
         profile(unet, x, t)
         if not args.no_bounds:
-            bounds(entry, x, t, 2 * args.repeats + 1)
+            bounds(unet, network, x, t, 2 * args.repeats + 1)
     if args.no_compile:
         return
     import torch._inductor.config as inductor
 
     inductor.freezing = True
-    compiled = torch.compile(without(load_model(entry, torch.device("cpu")).unet.eval(), ()))
+    compiled = torch.compile(without(network(), ()))
     with torch.no_grad():
         began = time.perf_counter()
         compiled(x, t)
