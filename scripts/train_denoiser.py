@@ -33,7 +33,9 @@ and the service folds around it), so that nothing runs at full resolution: cheap
 denoising.md, "Which one"). With ``--init-from`` a full-resolution model, it starts as that model's levels
 from the second on (``fold_from``). ``--distill-from`` a model makes that model's prediction the target
 (knowledge distillation), so such a network learns the released one's function without the variance of
-the drawn noise.
+the drawn noise; with ``--distill-views K`` the target is that model's prediction averaged over K
+flips/rotations (the service's ``ensemble``), better than its single pass, so a network (the released
+one's own weights included) can learn more than the teacher alone gives.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
 from app.families.pixel import run_folded  # noqa: E402
-from app.diffusion.pixels import apply_transform, from_uint8, quantize, sigma_255_to_unit  # noqa: E402
+from app.diffusion.layout import ENSEMBLE_ORDER  # noqa: E402
+from app.diffusion.pixels import apply_transform, from_uint8, invert_transform, quantize, sigma_255_to_unit  # noqa: E402
 from app.store.catalog import scan_folder  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 from app.store.card import CARD_FILE, ModelCard, SamplingDefaults  # noqa: E402
@@ -279,6 +282,18 @@ def load_teacher(folder: str, device: torch.device):
     return load_model(entry, device)
 
 
+def taught(teacher, x_t: torch.Tensor, t: torch.Tensor, views: int) -> torch.Tensor:
+    """The teacher's prediction for ``x_t`` averaged over its first ``views`` flips/rotations (the service's
+    ``ensemble``, ``ENSEMBLE_ORDER``), each undone, in one batch: with ``views`` > 1 a better posterior mean
+    than the teacher's single pass (geometric self-ensemble), so a student can go past the teacher alone.
+    Square crops only (a quarter turn keeps the shape)."""
+    transforms = ENSEMBLE_ORDER[:views]
+    batch = torch.cat([apply_transform(x_t, transform) for transform in transforms])
+    pred = teacher.predict(batch, t.repeat(len(transforms)), [None] * len(batch)).float()
+    undone = [invert_transform(p, transform) for p, transform in zip(pred.chunk(len(transforms)), transforms)]
+    return torch.stack(undone).mean(dim=0)
+
+
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = pick_device("auto")
@@ -302,14 +317,22 @@ def train(args: argparse.Namespace) -> Path:
         x_t, noise, t, weights = x_t.to(device), noise.to(device), t.to(device), loss_weights(ab).to(device)
         if teacher is not None:  # its prediction for the same x_t: the posterior mean, without the draw's noise
             with torch.no_grad(), loop.autocast():
-                taught = teacher.predict(x_t, t, [None] * len(t)).float()
-            noise = args.distill_weight * taught + (1 - args.distill_weight) * noise
+                target = taught(teacher, x_t, t, args.distill_views)
+            noise = args.distill_weight * target + (1 - args.distill_weight) * noise
         with loop.autocast():
             pred = run_folded(unet, x_t, t, fold)
         per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         loop.update(step, (per_sample * weights).mean())
 
     unet = loop.finish()
+    distilled = {}
+    if teacher is not None:  # the teacher's record, or "init_from" where the run distils the model it started from
+        taught_by = teacher.entry.card.training
+        distilled = {
+            "distill_from": "init_from" if taught_by == before else taught_by,
+            "distill_weight": args.distill_weight,
+            "distill_views": args.distill_views,
+        }
     card = ModelCard(
         description="Photo denoiser (RGB; grey photos replicated), trained by scripts/train_denoiser.py",
         tasks=["denoise"],
@@ -327,7 +350,7 @@ def train(args: argparse.Namespace) -> Path:
             upload_frac=args.upload_frac,
             uniform_sigma=list(args.uniform_sigma),
             space_to_depth=fold,
-            **({"distill_from": teacher.entry.card.training, "distill_weight": args.distill_weight} if teacher else {}),
+            **distilled,
         ),
     )
     out = save_model(Path(args.out), unet=unet, scheduler=build_scheduler(), card=card)
@@ -397,6 +420,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="with --distill-from, the target is this share of the teacher's prediction plus the rest of "
         "the drawn epsilon (the same as weighting the two losses)",
+    )
+    parser.add_argument(
+        "--distill-views",
+        type=int,
+        choices=range(1, len(ENSEMBLE_ORDER) + 1),
+        default=1,
+        metavar="K",
+        help="with --distill-from, the teacher's prediction averaged over its first K flips/rotations (the "
+        "service's ensemble: K = 8 was 0.13 dB better than one pass at sigma 15 and 25 on set 1), so a "
+        "student, the teacher's own weights included, can learn a better posterior mean than the teacher's",
     )
     parser.add_argument("--default-sampler", default="ddpm", help="sample mode's default sampler (the card's)")
     parser.add_argument("--default-steps", type=int, default=10, help="sample mode's default steps (the card's)")

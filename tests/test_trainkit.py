@@ -259,5 +259,50 @@ def test_a_distilled_run_takes_the_teachers_prediction_as_its_target(tmp_path, m
     # the student starts as the teacher's copy: against the teacher's prediction it has nothing to learn
     args = ("--iters", "1", "--init-from", str(teacher), "--distill-from", str(teacher), "--fresh")
     record = _run(tmp_path / "student", *args, "--distill-weight", str(weight))
-    assert (record["distill_weight"], record["distill_from"]["iters"]) == (weight, 1)
+    assert (record["distill_weight"], record["distill_from"], record["init_from"]["iters"]) == (weight, "init_from", 1)
     assert losses[0] < 1e-9 if weight == 1.0 else losses[0] > 1e-3
+
+
+class _PositionalTeacher:
+    """A teacher that is not equivariant: it weighs each pixel by its position (and adds the timestep)."""
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, conds: list) -> torch.Tensor:
+        assert len(conds) == len(x) == len(t)
+        h, w = x.shape[-2:]
+        ramp = torch.arange(h * w, dtype=torch.float32).view(h, w) / (h * w)
+        return x * ramp + t.view(-1, 1, 1, 1)
+
+
+def test_one_view_of_the_teacher_is_its_own_prediction():
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 7.0])
+    teacher = _PositionalTeacher()
+    assert torch.equal(train_denoiser.taught(teacher, x, t, 1), teacher.predict(x, t, [None, None]))
+
+
+def test_the_eight_view_teacher_is_equivariant_to_flips_and_rotations():
+    """Whatever the teacher, its prediction averaged over the whole dihedral group commutes with the group:
+    the target a distilled student learns is as symmetric as the photos' statistics."""
+    from app.diffusion.pixels import apply_transform
+
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 7.0])
+    teacher = _PositionalTeacher()
+    eight = train_denoiser.taught(teacher, x, t, 8)
+    for transform in [(1, False), (2, True), (3, True)]:
+        moved = train_denoiser.taught(teacher, apply_transform(x, transform), t, 8)
+        assert torch.allclose(moved, apply_transform(eight, transform), atol=1e-6)
+        one = train_denoiser.taught(teacher, apply_transform(x, transform), t, 1)
+        assert not torch.allclose(one, apply_transform(teacher.predict(x, t, [None] * 2), transform))
+    # each view's prediction is undone before the average: the timestep's constant passes through unchanged
+    assert torch.allclose(train_denoiser.taught(teacher, torch.zeros_like(x), t, 8), t.view(-1, 1, 1, 1).expand_as(x))
+
+
+def test_a_run_distilled_from_several_views_records_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "1", "--fresh")
+    teacher = tmp_path / "teacher"
+    (tmp_path / "store" / "photos").rename(teacher)
+    args = ("--iters", "1", "--init-from", str(teacher), "--distill-from", str(teacher), "--fresh")
+    record = _run(tmp_path / "student", *args, "--distill-views", "8")
+    assert (record["distill_views"], record["distill_weight"]) == (8, 1.0)
+    with pytest.raises(SystemExit):
+        train_denoiser.parse_args(["--distill-views", "9"])
