@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import train_denoiser  # noqa: E402
 import trainkit  # noqa: E402
+from app.diffusion.pixels import apply_transform  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -282,8 +283,6 @@ def test_one_view_of_the_teacher_is_its_own_prediction():
 def test_the_eight_view_teacher_is_equivariant_to_flips_and_rotations():
     """Whatever the teacher, its prediction averaged over the whole dihedral group commutes with the group:
     the target a distilled student learns is as symmetric as the photos' statistics."""
-    from app.diffusion.pixels import apply_transform
-
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 7.0])
     teacher = _PositionalTeacher()
     eight = train_denoiser.taught(teacher, x, t, 8)
