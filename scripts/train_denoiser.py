@@ -57,7 +57,13 @@ from app.diffusion.schedule import NoiseSchedule  # noqa: E402
 from app.engine.device import pick_device  # noqa: E402
 from app.families.pixel import run_folded  # noqa: E402
 from app.diffusion.layout import ENSEMBLE_ORDER  # noqa: E402
-from app.diffusion.pixels import apply_transform, from_uint8, invert_transform, quantize, sigma_255_to_unit  # noqa: E402
+from app.diffusion.pixels import (  # noqa: E402
+    apply_transform,
+    from_uint8,
+    invert_transform,
+    quantize,
+    sigma_255_to_unit,
+)
 from app.store.catalog import scan_folder  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 from app.store.card import CARD_FILE, ModelCard, SamplingDefaults  # noqa: E402
