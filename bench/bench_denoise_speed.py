@@ -56,7 +56,7 @@ from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
 from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.settings import DEFAULT_DENOISE_TILE, Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 
@@ -119,7 +119,7 @@ def main() -> None:
         print(f"  {name}: {seconds:.3f} s, {rows[-1][2]:.2f} dB", flush=True)
 
     add("FFDNet (forward pass)", *timed(lambda: run_ffdnet(noisy, args.sigma), repeats=args.repeats)[0])
-    for tile in (256, max(clean.shape[:2])):
+    for tile in sorted({*DEFAULT_DENOISE_TILE.values(), max(clean.shape[:2])}):
         settings = Settings(denoise_tile=tile)  # the service's overlap; a tile of the photo's own size is one tile
         for dtype in (None, torch.bfloat16) if native_bf16 else (None,):
             for channels_last in (False, True):
@@ -154,7 +154,7 @@ def main() -> None:
         repeats=args.turns,
     )
     precision = "bf16" if runner.autocast_dtype else "fp32"
-    default = f"tile {settings.denoise_tile}, {precision}, channels-last"
+    default = f"tile {settings.denoise_tile_for(runner.autocast_dtype is not None)}, {precision}, channels-last"
     add("FFDNet (forward pass), in turns with the next four", *turns[0])
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])

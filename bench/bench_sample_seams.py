@@ -38,7 +38,7 @@ from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 
 
-def coverage(height: int, width: int, factor: int, settings: Settings) -> tuple[np.ndarray, int]:
+def coverage(height: int, width: int, factor: int, settings: Settings, tile: int) -> tuple[np.ndarray, int]:
     """How many tiles cover each pixel under the service's tile plan, and how many tiles there are."""
     layout = DenoiseLayout.of(
         height=height,
@@ -46,7 +46,7 @@ def coverage(height: int, width: int, factor: int, settings: Settings) -> tuple[
         image_channels=3,
         model_channels=3,
         factor=factor,
-        tile=settings.denoise_tile,
+        tile=tile,
         overlap=settings.denoise_overlap,
         samples=1,
         ensemble=1,
@@ -72,7 +72,8 @@ def main() -> None:
     model = load_model(entry, device)
     runner = Runner(device, dtype)
     photos = load_photos(args.split)
-    print(f"{cpu_name()}, {dtype or 'float32'}, tile {settings.denoise_tile}, overlap {settings.denoise_overlap}")
+    tile = settings.denoise_tile_for(dtype is not None)  # as the service's engine picks it
+    print(f"{cpu_name()}, {dtype or 'float32'}, tile {tile}, overlap {settings.denoise_overlap}")
     whole = Settings(denoise_tile=1024)  # one tile for these photos: the reference grain
     print("\n| sigma | photo | tiles | grain, overlaps: tiled / one tile | elsewhere: tiled / one tile | PSNR |")
     print("|---:|---|---:|---:|---:|---:|")
@@ -84,7 +85,7 @@ def main() -> None:
             mean = run_ours(model, runner, settings, noisy, mode="mmse", **kw).astype(np.float64)
             tiled, one_tile = (run_ours(model, runner, s, noisy, mode="sample", **kw) for s in (settings, whole))
             grains = [(x.astype(np.float64) - mean).reshape(*clean.shape[:2], -1) for x in (tiled, one_tile)]
-            cover, tiles = coverage(clean.shape[0], clean.shape[1], entry.downsample_factor, settings)
+            cover, tiles = coverage(clean.shape[0], clean.shape[1], entry.downsample_factor, settings, tile)
             if tiles < 2:
                 print(f"| {sigma:g} | {name} | 1 | (no seams) | | |")
                 continue

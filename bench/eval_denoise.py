@@ -106,7 +106,8 @@ def serve_ours(
         seed=seed,
         ensemble=ensemble,
     )
-    plan = plan_denoise("bench", spec, model, tile=settings.denoise_tile, overlap=settings.denoise_overlap)
+    tile = settings.denoise_tile_for(runner.autocast_dtype is not None)  # as the service's engine picks it
+    plan = plan_denoise("bench", spec, model, tile=tile, overlap=settings.denoise_overlap)
     run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
     return plan.finish().images[0].data
 
@@ -303,7 +304,7 @@ def main() -> None:
     record = {
         "command": " ".join(sys.argv),
         "photos": list(photos),
-        "tile": settings.denoise_tile,
+        "tile": settings.denoise_tile_for(runner.autocast_dtype is not None),
         "overlap": settings.denoise_overlap,
         "threads": torch.get_num_threads(),
         "precision": str(runner.autocast_dtype or "float32"),

@@ -340,7 +340,7 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
     layout = spec.layout(
         model_channels=entry.channels,
         factor=entry.downsample_factor,
-        tile=settings.denoise_tile,
+        tile=settings.denoise_tile_for(None),  # the worker's precision is not known here: the most pixels
         overlap=settings.denoise_overlap,
     )
     check_cost(layout.megapixel_steps(spec.total_steps), settings, "tiles x views x steps")

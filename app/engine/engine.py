@@ -243,9 +243,8 @@ class Engine:
             if isinstance(spec, GenerateSpec):
                 plan = plan_generate(job_id, spec, model)
             elif isinstance(spec, DenoiseSpec):
-                plan = plan_denoise(
-                    job_id, spec, model, tile=self.settings.denoise_tile, overlap=self.settings.denoise_overlap
-                )
+                tile = self.settings.denoise_tile_for(self.runner.autocast_dtype is not None)
+                plan = plan_denoise(job_id, spec, model, tile=tile, overlap=self.settings.denoise_overlap)
             else:
                 raise ValueError(f"unknown job kind {spec.kind!r}")
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from app.jobs import DenoiseSpec, ImageData
@@ -10,8 +11,8 @@ from tests.api.helpers import photo
 from tests.engine.harness import EngineHarness, pixels
 
 
-def denoise(store, tile, overlap, image):
-    h = EngineHarness(store, denoise_tile=tile, denoise_overlap=overlap)
+def denoise(store, tile, overlap, image, **settings):
+    h = EngineHarness(store, denoise_tile=tile, denoise_overlap=overlap, **settings)
     try:
         height, width, channels = image.shape
         data = ImageData(width=width, height=height, channels=channels, pixels=image.tobytes())
@@ -34,6 +35,53 @@ def test_tiled_denoise_matches_untiled(store):
     # No seams: the error along tile borders is not larger than elsewhere.
     columns = diff.mean(axis=(0, 2))
     assert columns.max() <= 3 * columns.mean() + 1
+
+
+def test_default_tile_follows_the_workers_precision(store):
+    """Unset, the tile is 192 where the network computes in bf16 and 256 in float32 (the faster plan where
+    time is tightest); a set tile holds in both; the API, not knowing the worker's precision, prices a job
+    by the smaller default, whose plan has the most pixels."""
+    from app.diffusion.layout import DenoiseLayout
+    from app.settings import DEFAULT_DENOISE_TILE, Settings
+
+    image = photo(400, 640, seed=5)
+
+    def plan(tile):
+        return DenoiseLayout.of(
+            height=400,
+            width=640,
+            image_channels=3,
+            model_channels=3,
+            factor=1,
+            tile=tile,
+            overlap=16,
+            samples=1,
+            ensemble=1,
+        )
+
+    reduced, full = plan(DEFAULT_DENOISE_TILE["reduced"]), plan(DEFAULT_DENOISE_TILE["float32"])
+    assert len(reduced.boxes) > len(full.boxes)
+    assert reduced.megapixel_steps(1) > full.megapixel_steps(1)
+
+    _, tiles = denoise(store, None, 16, image, dtype="bfloat16")
+    assert tiles == len(reduced.boxes)
+    _, tiles = denoise(store, None, 16, image, dtype="float32")
+    assert tiles == len(full.boxes)
+    _, tiles = denoise(store, 256, 16, image, dtype="bfloat16")
+    assert tiles == len(full.boxes)
+
+    assert Settings().denoise_tile_for(None) == DEFAULT_DENOISE_TILE["reduced"]
+    assert Settings(denoise_tile=300).denoise_tile_for(None) == 300
+
+
+def test_an_overlap_too_large_for_the_default_tile_is_refused():
+    import pydantic
+    from app.settings import Settings
+
+    Settings(denoise_overlap=95)
+    with pytest.raises(pydantic.ValidationError, match="less than half of denoise_tile"):
+        Settings(denoise_overlap=96)
+    Settings(denoise_tile=256, denoise_overlap=127)
 
 
 def test_tiles_draw_one_noise_field_where_they_overlap():
