@@ -116,8 +116,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":
-        if 2 * self.denoise_overlap >= self.denoise_tile_for(None):
-            raise ValueError("denoise_overlap must be less than half of denoise_tile")
+        if 2 * self.denoise_overlap >= (tile := self.denoise_tile_for(None)):
+            raise ValueError(f"denoise_overlap must be less than half of denoise_tile ({tile}, set or by default)")
         if self.queue_url is not None and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("queue_url must be a redis://, rediss:// or unix:// URL")
         if self.webhook_secret is not None:

@@ -79,7 +79,7 @@ def test_an_overlap_too_large_for_the_default_tile_is_refused():
     from app.settings import Settings
 
     Settings(denoise_overlap=95)
-    with pytest.raises(pydantic.ValidationError, match="less than half of denoise_tile"):
+    with pytest.raises(pydantic.ValidationError, match=r"less than half of denoise_tile \(192, set or by default\)"):
         Settings(denoise_overlap=96)
     Settings(denoise_tile=256, denoise_overlap=127)
 
