@@ -38,7 +38,7 @@ from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 
 
-def coverage(height: int, width: int, factor: int, settings: Settings, tile: int) -> tuple[np.ndarray, int]:
+def coverage(height: int, width: int, factor: int, tile: int, overlap: int) -> tuple[np.ndarray, int]:
     """How many tiles cover each pixel under the service's tile plan, and how many tiles there are."""
     layout = DenoiseLayout.of(
         height=height,
@@ -47,7 +47,7 @@ def coverage(height: int, width: int, factor: int, settings: Settings, tile: int
         model_channels=3,
         factor=factor,
         tile=tile,
-        overlap=settings.denoise_overlap,
+        overlap=overlap,
         samples=1,
         ensemble=1,
     )
@@ -85,7 +85,9 @@ def main() -> None:
             mean = run_ours(model, runner, settings, noisy, mode="mmse", **kw).astype(np.float64)
             tiled, one_tile = (run_ours(model, runner, s, noisy, mode="sample", **kw) for s in (settings, whole))
             grains = [(x.astype(np.float64) - mean).reshape(*clean.shape[:2], -1) for x in (tiled, one_tile)]
-            cover, tiles = coverage(clean.shape[0], clean.shape[1], entry.downsample_factor, settings, tile)
+            cover, tiles = coverage(
+                clean.shape[0], clean.shape[1], entry.downsample_factor, tile, settings.denoise_overlap
+            )
             if tiles < 2:
                 print(f"| {sigma:g} | {name} | 1 | (no seams) | | |")
                 continue
