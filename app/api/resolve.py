@@ -29,15 +29,30 @@ def or_default(value: T | None, default: T) -> T:
 
 def pick_model(models: dict[str, ModelEntry], name: str | None, *, task: str | None, settings: Settings) -> ModelEntry:
     """The named model, or the default for ``task`` (a setting, else the first ready model serving it)."""
+    if not models:  # no worker has announced its models (yet, or again after Redis lost its data)
+        raise ApiError(
+            503,
+            ["body", "model"],
+            "no model is announced yet: no worker is serving; retry shortly",
+            type="model_unavailable",
+            headers={"Retry-After": str(max(1, int(settings.heartbeat_s)))},  # a worker beats this often
+        )
     if name is None:
         name = {"generate": settings.default_generator, "denoise": settings.default_denoiser}.get(task)
     if name is None:
-        candidates = [e for e in models.values() if e.ready and (task is None or task in e.tasks)]
-        if not candidates:
+        serving = [e for e in models.values() if task is None or task in e.tasks]
+        candidates = [e for e in serving if e.ready]
+        if candidates:
+            return candidates[0]
+        if serving:
+            why = "; ".join(f"{e.name!r}: {e.error}" for e in serving)
             raise ApiError(
-                404, ["body", "model"], f"no model in the store serves {task or 'requests'}", type="not_found"
+                503,
+                ["body", "model"],
+                f"no model serving {task or 'requests'} is loaded ({why})",
+                type="model_unavailable",
             )
-        return candidates[0]
+        raise ApiError(404, ["body", "model"], f"no model in the store serves {task or 'requests'}", type="not_found")
     entry = models.get(name)
     if entry is None:
         raise ApiError(

@@ -48,6 +48,20 @@ def test_a_broken_model_is_shown_with_its_reason_and_the_others_are_served(tmp_p
         assert client.post("/v1/generate", json={"model": "good", "class_label": 0}).status_code == 200
 
 
+def test_a_task_whose_only_models_are_broken_is_a_503_naming_them_not_a_404(tmp_path):
+    broken = write_generator(tmp_path / "broken-gen")
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    denoiser = write_bare(tmp_path / "denoiser")
+    (denoiser / "model_card.json").write_text('{"tasks": ["denoise"]}')
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        r = client.post("/v1/generate", json={"class_label": 0})
+        assert r.status_code == 503, r.text
+        error = r.json()["detail"][0]
+        assert error["type"] == "model_unavailable" and error["loc"] == ["body", "model"]
+        assert "'broken-gen'" in error["msg"] and "generate" in error["msg"]
+        assert client.get("/readyz").status_code == 200  # the denoiser is served
+
+
 def test_the_service_refuses_to_start_without_a_loadable_model(tmp_path):
     broken = write_bare(tmp_path / "only")
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")

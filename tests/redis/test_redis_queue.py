@@ -26,9 +26,8 @@ ASYNC = {"Prefer": "respond-async"}
 
 
 def client_for(store, prefix, **overrides):
-    settings = make_settings(
-        store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=1.5, shutdown_grace_s=1, **overrides
-    )
+    values = dict(queue_url=REDIS_URL, redis_prefix=prefix, lease_s=1.5, shutdown_grace_s=1)
+    settings = make_settings(store, **{**values, **overrides})
     return TestClient(create_app(settings))
 
 
@@ -271,3 +270,49 @@ def test_previews_reach_the_event_stream_of_another_node(store, prefix):
     assert kinds[-1] == "succeeded" and kinds.index("preview") < len(kinds) - 1
     assert {p["progress"]["step"] for p in previews} <= {100, 200, 300} and previews
     assert all(p["images"][0]["media_type"] == "image/webp" for p in previews)
+
+
+def forget_everything(prefix: str) -> None:
+    """What a Redis restart without persistence does to this deployment's keys."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def test_after_redis_lost_its_data_readiness_is_live_and_requests_get_503_until_a_worker_announces(store, prefix):
+    with client_for(store, prefix, embedded_worker=True) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # it stops beating: nobody announces again
+        with client_for(store, prefix, embedded_worker=False) as api:
+            assert api.get("/readyz").status_code == 200  # the heartbeat written at start is still fresh
+            forget_everything(prefix)
+            assert api.get("/readyz").status_code == 503  # read now, not from the last catalog refresh
+            r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
+            assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text  # not "no such model"
+            assert r.json()["detail"][0]["type"] == "model_unavailable"
+            named = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
+            assert named.status_code == 503 and named.json()["detail"][0]["type"] == "model_unavailable"
+
+
+def test_a_worker_announces_its_models_again_as_soon_as_it_finds_its_stream_groups_gone(store, prefix):
+    import redis
+
+    # Heartbeats 20 s apart: the catalog can only come back this soon from the worker finding its groups gone.
+    with client_for(store, prefix, embedded_worker=True, lease_s=60) as node:
+        forget_everything(prefix)
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            deadline = time.monotonic() + 10
+            while not client.hexists(f"{prefix}:models", "tiny-gen"):
+                assert time.monotonic() < deadline, "the worker did not announce its models again"
+                time.sleep(0.05)
+        finally:
+            client.close()
+        assert node.get("/readyz").status_code == 200
+        r = node.post("/v1/generate", json={"class_label": 0, "steps": 3, "seed": 1})
+        assert r.status_code == 200, r.text

@@ -33,7 +33,7 @@ from app.store.catalog import ModelEntry
 
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_S = 1.0
-PING_TIMEOUT_S = 1.0
+READY_TIMEOUT_S = 1.0
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
 # errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master
 UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
@@ -97,9 +97,10 @@ class RedisJobQueue:
 
     # -- background ---------------------------------------------------------------------------------
     async def refresh_catalog(self) -> None:
-        raw = await self.redis.hgetall(self.keys.models)
+        """The workers' catalog and their latest heartbeat, read together (one MULTI) so that the two agree."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            raw, beats = await pipe.hgetall(self.keys.models).hvals(self.keys.workers).execute()
         self.models = dict(sorted((k.decode(), ModelEntry.from_dict(json.loads(v))) for k, v in raw.items()))
-        beats = await self.redis.hvals(self.keys.workers)
         self._workers_seen = max((float(b) for b in beats), default=0.0)
 
     async def _refresh_later(self) -> None:
@@ -201,15 +202,16 @@ class RedisJobQueue:
         return int(await self.redis.hlen(self.keys.held))
 
     async def ready(self) -> bool:
-        """A worker's heartbeat is fresh, a model is served, and Redis answers a PING now."""
-        fresh = time.time() - self._workers_seen < max(3 * self.settings.heartbeat_s, 5.0)
-        if not (fresh and any(e.ready for e in self.models.values())):
-            return False
+        """Redis answers now, and what it holds now shows a worker's fresh heartbeat and a model served.
+        The catalog is read live, not taken from the last refresh: after Redis lost its data (a restart
+        without persistence) a stale catalog would say ready until the workers announce themselves again."""
         try:
-            async with asyncio.timeout(PING_TIMEOUT_S):
-                return bool(await self.redis.ping())
-        except Exception:  # any failure to answer a PING in time: not ready
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self.refresh_catalog()
+        except Exception:  # any failure to answer in time: not ready
             return False
+        fresh = time.time() - self._workers_seen < max(3 * self.settings.heartbeat_s, 5.0)
+        return fresh and any(e.ready for e in self.models.values())
 
     async def close(self) -> None:
         if self.embedded is not None:

@@ -159,6 +159,8 @@ class RedisWorker:
         except ResponseError as exc:  # a stream or the group was deleted under us: recreate
             log.warning("xreadgroup: %s", exc)
             await self._create_groups()
+            if self._engine_alive():  # Redis may have lost its data, the catalog too: announce it again now
+                await self._beat()
             return 0
         taken = 0
         for stream, messages in reply or []:
