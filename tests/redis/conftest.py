@@ -7,20 +7,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.redis.helpers import REDIS_URL, Proc
+from tests.redis.helpers import Proc, delete_keys
 
 
 @pytest.fixture
 def prefix():
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_keys(name)
 
 
 @pytest.fixture

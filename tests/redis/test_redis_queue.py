@@ -11,7 +11,7 @@ from standardwebhooks import Webhook as Verifier
 
 from app.api.main import create_app
 from tests.helpers import WebhookReceiver, make_settings
-from tests.redis.helpers import REDIS_URL
+from tests.redis.helpers import REDIS_URL, delete_keys
 from tests.tiny_models import write_generator
 
 
@@ -272,25 +272,12 @@ def test_previews_reach_the_event_stream_of_another_node(store, prefix):
     assert all(p["images"][0]["media_type"] == "image/webp" for p in previews)
 
 
-def forget_everything(prefix: str) -> None:
-    """What a Redis restart without persistence does to this deployment's keys."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 def test_after_redis_lost_its_data_readiness_is_live_and_requests_get_503_until_a_worker_announces(store, prefix):
     with client_for(store, prefix, embedded_worker=True) as worker_node:
         worker_node.app.state.queue.embedded.engine.stop()  # it stops beating: nobody announces again
         with client_for(store, prefix, embedded_worker=False) as api:
             assert api.get("/readyz").status_code == 200  # the heartbeat written at start is still fresh
-            forget_everything(prefix)
+            delete_keys(prefix)  # as a Redis restart without persistence does
             assert api.get("/readyz").status_code == 503  # read now, not from the last catalog refresh
             r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
             assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text  # not "no such model"
@@ -304,7 +291,7 @@ def test_a_worker_announces_its_models_again_as_soon_as_it_finds_its_stream_grou
 
     # Heartbeats 20 s apart: the catalog can only come back this soon from the worker finding its groups gone.
     with client_for(store, prefix, embedded_worker=True, lease_s=60) as node:
-        forget_everything(prefix)
+        delete_keys(prefix)  # as a Redis restart without persistence does
         client = redis.Redis.from_url(REDIS_URL)
         try:
             deadline = time.monotonic() + 10
