@@ -52,7 +52,7 @@ ERROR_DESCRIPTIONS = {
     413: "body too large, or too many pixels",
     415: "unsupported content type",
     422: "invalid field, undecodable image, request the model cannot serve, or too costly (named in `detail[].loc`)",
-    503: "queue full (see `Retry-After`) or model not served",
+    503: "queue full, job store unreachable, a job lost by it, or model not served (`Retry-After`: retry)",
 }
 JOB_ERRORS = errors_for(401, 403, 404, 405, 406, 422, 429)
 IMAGE_MEDIA = {media_type: {} for media_type in MEDIA_TYPES.values()}
@@ -187,8 +187,15 @@ async def run_job(
             type="shutting_down",
             headers={"Retry-After": "5"},
         )
-    if record is None:
-        raise ApiError(404, ["path", "job_id"], "job expired before it could be returned", type="not_found")
+    if record is None:  # accepted, then its record vanished: Redis restarted without its data, or evicted
+        raise ApiError(
+            503,
+            [],
+            f"job {job_id} was lost by the job store before it finished (was Redis restarted without its "
+            "data?); send the request again",
+            type="job_lost",
+            headers={"Retry-After": "2"},
+        )
     if not record.status.finished:
         return accepted(record)  # still running after the sync timeout: poll it
     if record.status == JobStatus.succeeded and raw:

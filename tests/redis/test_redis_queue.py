@@ -303,3 +303,16 @@ def test_a_worker_announces_its_models_again_as_soon_as_it_finds_its_stream_grou
         assert node.get("/readyz").status_code == 200
         r = node.post("/v1/generate", json={"class_label": 0, "steps": 3, "seed": 1})
         assert r.status_code == 200, r.text
+
+
+def test_a_sync_request_whose_job_record_is_lost_gets_a_503_saying_so(store, prefix):
+    import threading
+
+    with client_for(store, prefix, embedded_worker=True) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # the job stays queued while its record goes
+        with client_for(store, prefix, embedded_worker=False) as api:
+            threading.Timer(0.5, delete_keys, [prefix]).start()  # the waiter rechecks the record every 5 s
+            r = api.post("/v1/generate", json={"class_label": 0, "steps": 5})
+            assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
+            error = r.json()["detail"][0]
+            assert error["type"] == "job_lost" and "send the request again" in error["msg"]
