@@ -308,11 +308,25 @@ def test_a_worker_announces_its_models_again_as_soon_as_it_finds_its_stream_grou
 def test_a_sync_request_whose_job_record_is_lost_gets_a_503_saying_so(store, prefix):
     import threading
 
+    import redis
+
+    def lose_the_job_once_queued():
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            deadline = time.monotonic() + 30
+            while not list(client.scan_iter(match=f"{prefix}:job:*")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            client.close()
+        delete_keys(prefix)  # as a Redis restart without persistence does; the waiter rechecks every 5 s
+
     with client_for(store, prefix, embedded_worker=True) as worker_node:
         worker_node.app.state.queue.embedded.engine.stop()  # the job stays queued while its record goes
         with client_for(store, prefix, embedded_worker=False) as api:
-            threading.Timer(0.5, delete_keys, [prefix]).start()  # the waiter rechecks the record every 5 s
+            loser = threading.Thread(target=lose_the_job_once_queued)
+            loser.start()
             r = api.post("/v1/generate", json={"class_label": 0, "steps": 5})
+            loser.join()
             assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
             error = r.json()["detail"][0]
             assert error["type"] == "job_lost" and "send the request again" in error["msg"]
