@@ -20,7 +20,7 @@ from app.imaging import MEDIA_TYPES
 from app.jobs import JobRecord, JobSpec, JobStatus, Webhook
 from app.api.auth import OPEN, Caller, CallerDep
 from app.metrics import JOBS_SUBMITTED, QUOTA_REFUSALS
-from app.queue.protocol import Admission, IdempotencyConflict, JobQueue, QueueFull, TooManyJobs
+from app.queue.protocol import Admission, IdempotencyConflict, JobQueue, QueueFull, QueueUnavailable, TooManyJobs
 from app.serving import Drain
 from app.settings import Settings
 from app.store.catalog import ModelEntry
@@ -146,7 +146,10 @@ async def wait_for_result(
     reason = "done" if "done" in reasons else reasons.pop()
     if reason == "done":
         return next(t for t in finished if waits[t] == "done").result(), reason
-    return await queue.get(record.id), reason
+    try:
+        return await queue.get(record.id), reason
+    except QueueUnavailable:  # the backend is away: answer from the record as submitted
+        return record, reason
 
 
 async def run_job(

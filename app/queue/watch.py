@@ -10,14 +10,22 @@ instead of waiting up to k steps for the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
 from app.jobs import TRANSIENT_EVENTS, JobRecord, event_payload
+from app.queue.protocol import QueueUnavailable
 
 Current = Callable[[], Awaitable[JobRecord | None]]
 RECHECK_S = 5.0
 KEPT_PREVIEWS = 256  # jobs whose latest preview is kept; past that the oldest is dropped
+
+
+def lost(job_id: str) -> tuple[str, dict]:
+    """The final event of a stream whose job's record vanished while it ran: it will never finish."""
+    error = "the job was lost by the job store before it finished (was Redis restarted without its data?)"
+    return "failed", {"job_id": job_id, "status": "failed", "error": error}
 
 
 class Watchers:
@@ -64,6 +72,7 @@ class Watchers:
         try:
             record = await current()
             if record is None:
+                yield lost(job_id)
                 return
             kind, data = event_payload(record)
             yield kind, data
@@ -74,8 +83,12 @@ class Watchers:
                     kind, data = await asyncio.wait_for(queue.get(), RECHECK_S)
                 except asyncio.TimeoutError:
                     # No word for a while (a lost pub/sub message, a dead worker): look at the record itself.
-                    record = await current()
-                    if record is None:
+                    try:
+                        record = await current()
+                    except QueueUnavailable:  # the backend is away: keep the stream open, look again later
+                        continue
+                    if record is None:  # lost mid-stream (Redis restarted without its data): say so, finally
+                        yield lost(job_id)
                         return
                     kind, data = event_payload(record)
                 yield kind, data
@@ -97,7 +110,8 @@ class Watchers:
                 except asyncio.TimeoutError:
                     kind = "recheck"
                 if kind not in TRANSIENT_EVENTS:
-                    record = await current()
+                    with contextlib.suppress(QueueUnavailable):  # away: keep the last record, look again later
+                        record = await current()
             return record
         finally:
             self._unregister(job_id, queue)

@@ -90,3 +90,26 @@ def test_sync_request_still_running_after_the_timeout_gets_202(make_client):
     r = client.post("/v1/generate", json={"class_label": 0, "steps": 1000})
     assert r.status_code == 202 and r.headers["location"].startswith("/v1/jobs/")
     client.delete(r.headers["location"])
+
+
+def test_a_sync_wait_cut_short_while_the_backend_is_away_answers_from_the_submitted_record():
+    import asyncio
+
+    from app.api.results import wait_for_result
+    from app.jobs import JobRecord
+    from app.queue.protocol import QueueUnavailable
+
+    class Away:  # Redis gone: the wait never ends by itself, and the record cannot be read
+        async def wait(self, job_id, timeout):
+            await asyncio.sleep(60)
+
+        async def get(self, job_id):
+            raise QueueUnavailable("ConnectionError: refused")
+
+    class GraceOver:
+        async def deadline_passed(self):
+            return None
+
+    record = JobRecord(id="e" * 32, kind="generate", model="m")
+    got, reason = asyncio.run(wait_for_result(Away(), record, 60, None, GraceOver()))
+    assert (got, reason) == (record, "draining")  # a durable queue then answers 202 with the job's Location
