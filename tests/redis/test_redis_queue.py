@@ -330,3 +330,120 @@ def test_a_sync_request_whose_job_record_is_lost_gets_a_503_saying_so(store, pre
             assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
             error = r.json()["detail"][0]
             assert error["type"] == "job_lost" and "send the request again" in error["msg"]
+
+
+def test_a_job_canceled_without_the_worker_hearing_of_it_is_stopped_at_its_next_write(store, prefix):
+    import json
+
+    import redis
+
+    from app.metrics import JOBS_FINISHED
+
+    def finished(outcome):
+        return JOBS_FINISHED.labels("generate", "tiny-gen", outcome)._value.get()
+
+    with client_for(store, prefix, embedded_worker=True) as node:
+        body = {"class_label": 0, "steps": 1000, "num_images": 8, "sampler": "ddpm"}
+        job_id = node.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        deadline = time.monotonic() + 30
+        while node.get(f"/v1/jobs/{job_id}").json()["status"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        canceled, succeeded = finished("canceled"), finished("succeeded")
+        # An API node's cancel, with its broadcast lost (the worker was between two subscriptions).
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            key = f"{prefix}:job:{job_id}"
+            record = json.loads(client.hget(key, "record"))
+            client.hset(key, mapping={"record": json.dumps({**record, "status": "canceled"}), "status": "canceled"})
+            worker = node.app.state.queue.embedded
+            while job_id in worker.held:
+                assert time.monotonic() < deadline + 30
+                time.sleep(0.02)
+            assert client.xpending(f"{prefix}:jobs", "workers")["pending"] == 0  # its entry is retired
+        finally:
+            client.close()
+        assert node.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+        assert (finished("canceled"), finished("succeeded")) == (canceled + 1, succeeded)  # stopped, not run out
+
+
+def test_redis_away_while_a_worker_takes_a_job_leaves_it_pending_not_failed(store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.queue.redis.worker import RedisWorker
+
+    class DropsOneRead(Redis):
+        async def hmget(self, *args, **kwargs):
+            raise RedisConnectionError("Connection reset by peer")
+
+    with client_for(store, prefix, embedded_worker=True) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # nobody takes the job but the worker below
+        with client_for(store, prefix, embedded_worker=False) as api:
+            job_id = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC).json()["job_id"]
+
+            async def take() -> None:
+                redis = DropsOneRead.from_url(REDIS_URL)
+                try:
+                    worker = RedisWorker(make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix), redis)
+                    stream = worker.keys.stream("normal")
+                    [(entry_id, _)] = await redis.xrange(stream, count=1)
+                    with pytest.raises(RedisConnectionError):
+                        await worker._take(stream, entry_id.decode(), job_id, delivered=1)
+                    assert worker.held == {}
+                finally:
+                    await redis.aclose()
+
+            asyncio.run(take())
+            assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"  # not "failed: unusable job"
+
+
+def test_a_worker_with_room_takes_a_silent_workers_job_before_new_ones(store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import RedisWorker
+
+    async def first_taken() -> list[tuple[str, int]]:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=0.2, worker_jobs=1)
+            worker = RedisWorker(settings, redis)
+            taken = []
+
+            async def take(stream, entry_id, job_id, *, delivered):
+                taken.append((job_id, delivered))
+
+            worker._take = take
+            await worker._create_groups()
+            stream = worker.keys.stream("normal")
+            await redis.xadd(stream, {"job": "orphan"})
+            await redis.xreadgroup(GROUP, "a-worker-that-died", {stream: ">"}, count=1)
+            await redis.xadd(stream, {"job": "new"})
+            await asyncio.sleep(0.3)  # the dead worker's lease runs out
+            await worker._read_once()
+            return taken
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(first_taken())[0] == ("orphan", 2)
+
+
+def test_a_cancel_whose_broadcast_fails_is_still_a_cancel(store, prefix):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def refused(*args, **kwargs):
+        raise RedisConnectionError("Connection reset by peer")
+
+    with client_for(store, prefix, embedded_worker=True) as worker_node:
+        worker_node.app.state.queue.embedded.engine.stop()  # the job stays queued
+        with client_for(store, prefix, embedded_worker=False) as api:
+            job_id = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC).json()["job_id"]
+            api.app.state.queue.redis.publish = refused  # the record is written, the broadcast is not
+            r = api.delete(f"/v1/jobs/{job_id}")
+            assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+            assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"

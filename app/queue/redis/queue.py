@@ -183,8 +183,11 @@ class RedisJobQueue:
             return record
         apply_event(record, EngineEvent(job_id=job_id, type="canceled"))  # the same rule as the worker's events
         await self.records.update(record)
-        await self.redis.publish(self.keys.cancel, job_id)  # the worker holding it drops its rows
-        return await self.get(job_id)
+        try:
+            await self.redis.publish(self.keys.cancel, job_id)  # the worker holding it drops its rows
+            return await self.records.get(job_id)
+        except REDIS_DOWN:  # the cancel is written: the worker stops the job at its next write regardless
+            return record
 
     @reachable
     async def wait(self, job_id: str, timeout: float) -> JobRecord | None:

@@ -29,6 +29,7 @@ from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
 from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, Keys
+from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
 from app.settings import Settings
@@ -90,7 +91,7 @@ class RedisWorker:
             background.forever(step)
             for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
         ]
-        self._intake = [background.forever(step) for step in (self._read_once, self._reclaim_once)]
+        self._intake = [background.forever(self._read_once)]
         log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.ready))
 
     @property
@@ -142,6 +143,17 @@ class RedisWorker:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
                 await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
 
+    async def _regroup(self, command: str, exc: ResponseError) -> None:
+        """A stream or its group was deleted under us (NOGROUP): recreate them. Redis may have lost its data,
+        the catalog too, so announce it again now. An error that says Redis cannot serve now is raised on."""
+        if unavailable(exc):
+            raise exc
+        log.warning("%s: %s", command, exc)
+        await self._create_groups()
+        self._reclaim_cursors = {stream: "0-0" for stream in self.keys.streams}
+        if self._engine_alive():
+            await self._beat()
+
     async def stream_order(self) -> list[str]:
         """The job streams that have entries waiting, in the order to read them: by the priority of their
         next entry, raised by how long it has waited (the engine's aging rule), the longest wait first."""
@@ -156,11 +168,8 @@ class RedisWorker:
     async def _read(self, streams: dict[str, str], count: int, block: int | None) -> int:
         try:
             reply = await self.redis.xreadgroup(GROUP, self.worker_id, streams, count=count, block=block)
-        except ResponseError as exc:  # a stream or the group was deleted under us: recreate
-            log.warning("xreadgroup: %s", exc)
-            await self._create_groups()
-            if self._engine_alive():  # Redis may have lost its data, the catalog too: announce it again now
-                await self._beat()
+        except ResponseError as exc:
+            await self._regroup("xreadgroup", exc)
             return 0
         taken = 0
         for stream, messages in reply or []:
@@ -171,8 +180,10 @@ class RedisWorker:
         return taken
 
     async def _read_once(self) -> None:
-        """Fill the free places from the streams in priority order; when none has anything, wait on all."""
+        """Fill the free places: first with the jobs of workers gone silent (they have waited longest), then
+        from the streams in priority order; when none has anything, wait on all."""
         await self._wait_for_room()
+        await self._reclaim()
         taken = 0
         for stream in await self.stream_order():
             if self._free() == 0:
@@ -181,19 +192,23 @@ class RedisWorker:
         if taken == 0:
             await self._read({stream: ">" for stream in self.keys.streams}, count=1, block=1000)
 
-    async def _reclaim_once(self) -> None:
-        await asyncio.sleep(self.settings.lease_s / 2)
+    async def _reclaim(self) -> None:
+        """Take over the entries whose worker has not renewed them for a lease (it died or hung)."""
         for stream in self.keys.streams:
             if self._free() == 0:
                 return
-            cursor, claimed, *_ = await self.redis.xautoclaim(
-                stream,
-                GROUP,
-                self.worker_id,
-                min_idle_time=self.lease_ms,
-                start_id=self._reclaim_cursors[stream],
-                count=self._free(),
-            )
+            try:
+                cursor, claimed, *_ = await self.redis.xautoclaim(
+                    stream,
+                    GROUP,
+                    self.worker_id,
+                    min_idle_time=self.lease_ms,
+                    start_id=self._reclaim_cursors[stream],
+                    count=self._free(),
+                )
+            except ResponseError as exc:
+                await self._regroup("xautoclaim", exc)
+                return
             self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
             for entry_id, fields in claimed:
                 entry_id = entry_id.decode()
@@ -208,6 +223,10 @@ class RedisWorker:
         try:
             await self._start(stream, entry_id, job_id, delivered=delivered)
         except Exception as exc:  # a malformed entry or record must not crash every worker in turn
+            if unavailable(exc):  # Redis away, not a bad job: the entry stays pending and is taken over later
+                if self.held.pop(job_id, None) is not None:
+                    self.engine.cancel(job_id)
+                raise
             log.error("job entry %s (%r) is unusable: %s", entry_id, job_id, exc)
             self.held.pop(job_id, None)
             with contextlib.suppress(Exception):  # the record itself may be what is broken
@@ -279,6 +298,11 @@ class RedisWorker:
         vanished = [job_id for job_id, at in updates.items() if answers[at] == -1]
         for job_id in vanished:
             await self._drop_vanished(job_id)
+        for job_id, at in updates.items():
+            if answers[at] == 0 and not self._dirty[job_id].record.status.finished:
+                # Final elsewhere while it runs here: canceled by an API node whose broadcast this worker
+                # missed, or finished by a worker that took it over. Stop it; its "canceled" retires it.
+                self.engine.cancel(job_id)
         finished = [job_id for job_id, held in self._dirty.items() if held.record.status.finished]
         for job_id in finished:
             job_finished(self._dirty[job_id].record)
