@@ -447,3 +447,47 @@ def test_a_cancel_whose_broadcast_fails_is_still_a_cancel(store, prefix):
             r = api.delete(f"/v1/jobs/{job_id}")
             assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
             assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+
+
+def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over(store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from app.jobs import JobRecord
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import RedisWorker, _Held
+
+    class Engine:
+        def __init__(self):
+            self.alive, self.canceled = True, []
+
+        def cancel(self, job_id):
+            self.canceled.append(job_id)
+
+    async def scenario():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=0.15)
+            worker = RedisWorker(settings, redis, worker_id="cut-off")
+            worker.engine = Engine()
+            await worker._create_groups()
+            stream = worker.keys.stream("normal")
+            for job in ("kept", "taken"):
+                entry_id = (await redis.xadd(stream, {"job": job})).decode()
+                await redis.xreadgroup(GROUP, "cut-off", {stream: ">"}, count=1)
+                worker.held[job] = _Held(stream, entry_id, JobRecord(id=job, kind="generate", model="m"))
+            taken = worker.held["taken"].entry_id
+            await redis.xclaim(stream, GROUP, "took-over", min_idle_time=0, message_ids=[taken])  # its takeover
+            await worker._renew_once()
+            owners = {
+                p["message_id"].decode(): p["consumer"].decode()
+                for p in await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
+            }
+            return list(worker.held), worker.engine.canceled, owners[taken]
+        finally:
+            await redis.aclose()
+
+    held, canceled, owner = asyncio.run(scenario())
+    assert held == ["kept"] and canceled == ["taken"]
+    assert owner == "took-over"  # the renewal did not take it back

@@ -48,6 +48,23 @@ end
 return out
 """
 
+# Renew a worker's leases: reset the idle time of each entry it still owns (XCLAIM JUSTID keeps the delivery
+# count). An entry another worker took over meanwhile (this one was cut off from Redis past its lease) is
+# left to that worker. KEYS: the stream. ARGV: the group, the consumer, the entry IDs. Returns the IDs this
+# consumer no longer owns.
+RENEW = """
+local lost = {}
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #pending > 0 and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"""
+
 # Webhook deliveries outlive their job's record by this much at most (retries span about 20 minutes).
 DELIVERY_TTL_S = 2 * 24 * 3600
 

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
-from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, Keys
+from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, RENEW, Keys
 from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -65,6 +65,7 @@ class RedisWorker:
         self._previews: list[EngineEvent] = []  # preview events not yet published
         self._reclaim_cursors = {stream: "0-0" for stream in self.keys.streams}
         self._next_entries = redis.register_script(NEXT_ENTRIES)
+        self._renew = redis.register_script(RENEW)
         self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
 
     @property
@@ -334,13 +335,23 @@ class RedisWorker:
         return not self.dead.is_set()
 
     async def _renew_once(self) -> None:
+        """Renew the leases of the jobs held here; stop those another worker has taken over meanwhile."""
         await asyncio.sleep(self.settings.heartbeat_s)
-        by_stream: dict[str, list[str]] = {}
-        for held in self.held.values():
-            by_stream.setdefault(held.stream, []).append(held.entry_id)
+        by_stream: dict[str, dict[str, str]] = {}  # stream -> entry ID -> job ID
+        for job_id, held in self.held.items():
+            by_stream.setdefault(held.stream, {})[held.entry_id] = job_id
         if by_stream and self._engine_alive():
-            for stream, ids in by_stream.items():
-                await self.redis.xclaim(stream, GROUP, self.worker_id, min_idle_time=0, message_ids=ids, justid=True)
+            for stream, jobs in by_stream.items():
+                lost = await self._renew(keys=[stream], args=[GROUP, self.worker_id, *jobs])
+                for entry_id in lost:
+                    job_id = jobs[entry_id.decode() if isinstance(entry_id, bytes) else entry_id]
+                    held = self.held.get(job_id)
+                    if held is None or held.record.status.finished:  # retired here a moment ago
+                        continue
+                    log.warning("job %s was taken over by another worker while this one was cut off", job_id)
+                    del self.held[job_id]
+                    self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
+                    self._room.set()
 
     async def _listen_for_cancels(self) -> None:
         async for data in pubsub.messages(self.redis, self.keys.cancel):
