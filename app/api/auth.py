@@ -103,6 +103,16 @@ class Caller:
 OPEN = Caller(name=None, scopes=frozenset({"generate", "denoise", "admin"}))
 
 
+def counters_away(exc: Exception) -> QueueUnavailable:
+    """The rate-limit counters' error ``exc`` as QueueUnavailable when it says Redis is away (raised again
+    otherwise: it is a fault of ours)."""
+    from app.queue.redis.queue import unavailable  # only with Redis storage can this happen
+
+    if not unavailable(exc):
+        raise exc
+    return QueueUnavailable(f"rate-limit counters: {type(exc).__name__}: {exc}")
+
+
 class Gate:
     def __init__(self, keys: list[ApiKey] | None, settings: Settings) -> None:
         self.keys = keys
@@ -167,16 +177,16 @@ class Gate:
         try:
             allowed = await self.limiter.hit(item, key.name)
         except Exception as exc:
-            from app.queue.redis.queue import unavailable  # only with Redis storage can this happen
-
-            if not unavailable(exc):
-                raise
             # the counters live in Redis, which is away: the queue is too
-            raise QueueUnavailable(f"rate-limit counters: {type(exc).__name__}: {exc}") from exc
+            raise counters_away(exc) from exc
         if not allowed:
             QUOTA_REFUSALS.labels(key.name, "requests_per_minute").inc()
-            stats = await self.limiter.get_window_stats(item, key.name)
-            wait = max(1, math.ceil(stats.reset_time - time.time()))
+            try:
+                stats = await self.limiter.get_window_stats(item, key.name)
+                wait = max(1, math.ceil(stats.reset_time - time.time()))
+            except Exception as exc:
+                counters_away(exc)  # raises what is not Redis being away
+                wait = 60  # Redis went away between the two calls: the whole window, at most
             raise ApiError(
                 429,
                 ["header", "authorization"],

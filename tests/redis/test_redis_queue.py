@@ -179,6 +179,29 @@ def test_requests_per_minute_are_counted_across_api_nodes(store, prefix, tmp_pat
         assert codes == [200, 200] and third.status_code == 429 and third.headers["retry-after"].isdigit()
 
 
+def test_a_refusal_whose_window_redis_cannot_tell_waits_the_whole_window_not_a_500(store, prefix, tmp_path):
+    import json
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.api.auth import digest
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps([{"name": "one", "sha256": digest("k1"), "scopes": ["generate"], "requests_per_minute": 1}])
+    )
+    headers = {"Authorization": "Bearer k1"}
+
+    async def away(*args, **kwargs):
+        raise RedisConnectionError("Connection reset by peer")
+
+    with client_for(store, prefix, embedded_worker=True, api_keys_file=keys) as node:
+        assert node.get("/v1/models", headers=headers).status_code == 200
+        node.app.state.gate.limiter.get_window_stats = away  # Redis gone between the hit and the window
+        refused = node.get("/v1/models", headers=headers)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "60", refused.text
+
+
 def test_webhooks_are_sent_once_each_by_whichever_node_claims_them(store, prefix):
     secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
     hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
