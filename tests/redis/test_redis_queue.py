@@ -514,3 +514,38 @@ def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over
     held, canceled, owner = asyncio.run(scenario())
     assert held == ["kept"] and canceled == ["taken"]
     assert owner == "took-over"  # the renewal did not take it back
+
+
+def test_a_worker_stopping_while_redis_is_away_stops_cleanly_and_leaves_its_jobs_to_a_takeover(store):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from app.jobs import JobRecord
+    from app.queue.redis.worker import RedisWorker, _Held
+    from tests.redis.helpers import free_port
+
+    class Engine:
+        def __init__(self):
+            self.alive, self.canceled, self.stopped = True, [], False
+
+        def cancel(self, job_id):
+            self.canceled.append(job_id)
+
+        def stop(self):
+            self.stopped = True
+
+    async def scenario():
+        url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: Redis is away
+        redis = Redis.from_url(url)
+        try:
+            worker = RedisWorker(make_settings(store, queue_url=url, redis_prefix="away"), redis)
+            worker.engine = Engine()
+            worker.held["j"] = _Held("away:jobs", "1-0", JobRecord(id="j", kind="generate", model="m"))
+            await worker.stop(grace=0)
+            return worker
+        finally:
+            await redis.aclose()
+
+    worker = asyncio.run(scenario())
+    assert worker.held == {} and worker.engine.canceled == ["j"] and worker.engine.stopped

@@ -110,25 +110,40 @@ class RedisWorker:
         for job_id in list(self.held):
             held = self.held.pop(job_id)
             self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
-            if not await self.redis.exists(self.keys.job(job_id)):
-                log.warning("job %s: its record is gone from Redis; not handing it back", job_id)
-                await self._retire(held.stream, held.entry_id, forget=job_id)
-                continue
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(held.stream, {"job": job_id})
-                pipe.xack(held.stream, GROUP, held.entry_id)
-                pipe.xdel(held.stream, held.entry_id)
-                await pipe.execute()
-            log.info("handed job %s back to the queue", job_id)
+            try:
+                await self._hand_back(job_id, held)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                log.warning("job %s: Redis is away (%s); live workers take it over after its lease", job_id, exc)
         await asyncio.sleep(0)  # let the last events be written
         deadline = time.monotonic() + 5
         while (not self._events.empty() or self._dirty) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await background.stop(self._tasks)
         self._tasks.clear()
-        await self.redis.hdel(self.keys.workers, self.worker_id)
-        if self.engine is not None:
-            await asyncio.to_thread(self.engine.stop)
+        try:
+            await self.redis.hdel(self.keys.workers, self.worker_id)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            log.warning("Redis is away (%s); this worker's heartbeat goes stale by itself", exc)
+        finally:
+            if self.engine is not None:
+                await asyncio.to_thread(self.engine.stop)
+
+    async def _hand_back(self, job_id: str, held: _Held) -> None:
+        """Put a job this worker will not finish back on its stream, for the next worker."""
+        if not await self.redis.exists(self.keys.job(job_id)):
+            log.warning("job %s: its record is gone from Redis; not handing it back", job_id)
+            await self._retire(held.stream, held.entry_id, forget=job_id)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(held.stream, {"job": job_id})
+            pipe.xack(held.stream, GROUP, held.entry_id)
+            pipe.xdel(held.stream, held.entry_id)
+            await pipe.execute()
+        log.info("handed job %s back to the queue", job_id)
 
     # -- taking jobs --------------------------------------------------------------------------------
     def _free(self) -> int:
