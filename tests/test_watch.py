@@ -166,4 +166,4 @@ def test_a_stream_whose_record_vanishes_ends_with_a_failed_event_saying_the_job_
 
     seen = asyncio.run(asyncio.wait_for(scenario(), 5))
     assert [kind for kind, _ in seen] == ["progress", "failed"]
-    assert seen[-1][1]["job_id"] == record.id and "lost" in seen[-1][1]["error"]
+    assert seen[-1][1]["job_id"] == record.id and "vanished before it finished" in seen[-1][1]["error"]

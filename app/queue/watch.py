@@ -24,7 +24,7 @@ KEPT_PREVIEWS = 256  # jobs whose latest preview is kept; past that the oldest i
 
 def lost(job_id: str) -> tuple[str, dict]:
     """The final event of a stream whose job's record vanished while it ran: it will never finish."""
-    error = "the job was lost by the job store before it finished (was Redis restarted without its data?)"
+    error = "the job's record vanished before it finished (Redis restarted without its data, or it was forgotten)"
     return "failed", {"job_id": job_id, "status": "failed", "error": error}
 
 
