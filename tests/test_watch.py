@@ -107,27 +107,34 @@ def test_a_preview_that_arrives_while_a_follower_reads_the_record_comes_once():
     ]
 
 
-def test_a_backend_away_during_a_recheck_neither_ends_a_stream_nor_a_wait(monkeypatch):
+def scripted(*answers):
+    """A ``current`` that gives these answers in turn (an exception is raised), then the last one again."""
+    answers = list(answers)
+
+    async def current():
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return current
+
+
+def away() -> Exception:
     from app.queue.protocol import QueueUnavailable
 
+    return QueueUnavailable("ConnectionError: refused")
+
+
+def test_a_backend_away_during_a_recheck_neither_ends_a_stream_nor_a_wait(monkeypatch):
     monkeypatch.setattr(watch, "RECHECK_S", 0.02)
-    record = JobRecord(id="b" * 32, kind="generate", model="m")
-    calls = []
+    running = JobRecord(id="b" * 32, kind="generate", model="m", status=JobStatus.running)
+    done = running.model_copy(update={"status": JobStatus.succeeded})
 
-    async def current():  # the first read answers; the next three find Redis away; then the job is done
-        calls.append(1)
-        if 2 <= len(calls) <= 4:
-            raise QueueUnavailable("ConnectionError: refused")
-        if len(calls) > 4:
-            record.status = JobStatus.succeeded
-        return record
-
-    async def scenario():
+    async def scenario():  # the first read answers; the next three find Redis away; then the job is done
         watchers = watch.Watchers()
-        seen = [kind async for kind, _ in watchers.follow(record.id, current)]
-        calls.clear()
-        record.status = JobStatus.running
-        waited = await watchers.wait(record.id, current, timeout=5)
+        seen = [kind async for kind, _ in watchers.follow(running.id, scripted(running, away(), away(), away(), done))]
+        waited = await watchers.wait(running.id, scripted(running, away(), away(), away(), done), timeout=5)
         return seen, waited
 
     seen, waited = asyncio.run(scenario())
@@ -136,33 +143,18 @@ def test_a_backend_away_during_a_recheck_neither_ends_a_stream_nor_a_wait(monkey
 
 
 def test_a_wait_that_only_finds_the_backend_away_returns_the_last_record_it_read(monkeypatch):
-    from app.queue.protocol import QueueUnavailable
-
     monkeypatch.setattr(watch, "RECHECK_S", 0.02)
     record = JobRecord(id="c" * 32, kind="generate", model="m")
-    reads = []
-
-    async def current():
-        reads.append(1)
-        if len(reads) > 1:
-            raise QueueUnavailable("ConnectionError: refused")
-        return record
-
-    waited = asyncio.run(watch.Watchers().wait(record.id, current, timeout=0.2))
-    assert waited is record and len(reads) > 2  # the sync request answers 202 with the job's Location
+    waited = asyncio.run(watch.Watchers().wait(record.id, scripted(record, away()), timeout=0.2))
+    assert waited is record  # the sync request answers 202 with the job's Location
 
 
 def test_a_stream_whose_record_vanishes_ends_with_a_failed_event_saying_the_job_was_lost(monkeypatch):
     monkeypatch.setattr(watch, "RECHECK_S", 0.02)
     record = JobRecord(id="d" * 32, kind="generate", model="m")
-    reads = []
 
-    async def current():
-        reads.append(1)
-        return record if len(reads) == 1 else None  # Redis restarted without its data
-
-    async def scenario():
-        return [item async for item in watch.Watchers().follow(record.id, current)]
+    async def scenario():  # then Redis restarted without its data
+        return [item async for item in watch.Watchers().follow(record.id, scripted(record, None))]
 
     seen = asyncio.run(asyncio.wait_for(scenario(), 5))
     assert [kind for kind, _ in seen] == ["progress", "failed"]
