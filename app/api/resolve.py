@@ -27,16 +27,22 @@ def or_default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
+def none_announced(loc: list[str | int], settings: Settings) -> ApiError:
+    """The answer while the catalog is empty: no worker has announced its models (yet, or again after Redis
+    lost its data). It comes back within a heartbeat of a worker's."""
+    return ApiError(
+        503,
+        loc,
+        "no model is announced yet: no worker is serving; retry shortly",
+        type="model_unavailable",
+        headers={"Retry-After": str(max(1, int(settings.heartbeat_s)))},
+    )
+
+
 def pick_model(models: dict[str, ModelEntry], name: str | None, *, task: str | None, settings: Settings) -> ModelEntry:
     """The named model, or the default for ``task`` (a setting, else the first ready model serving it)."""
-    if not models:  # no worker has announced its models (yet, or again after Redis lost its data)
-        raise ApiError(
-            503,
-            ["body", "model"],
-            "no model is announced yet: no worker is serving; retry shortly",
-            type="model_unavailable",
-            headers={"Retry-After": str(max(1, int(settings.heartbeat_s)))},  # a worker beats this often
-        )
+    if not models:
+        raise none_announced(["body", "model"], settings)
     if name is None:
         name = {"generate": settings.default_generator, "denoise": settings.default_denoiser}.get(task)
     if name is None:

@@ -307,6 +307,8 @@ def test_after_redis_lost_its_data_readiness_is_live_and_requests_get_503_until_
             assert r.json()["detail"][0]["type"] == "model_unavailable"
             named = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
             assert named.status_code == 503 and named.json()["detail"][0]["type"] == "model_unavailable"
+            card = api.get("/v1/models/tiny-gen")
+            assert card.status_code == 503 and card.headers["retry-after"].isdigit()  # not "unknown model"
 
 
 def test_a_worker_announces_its_models_again_as_soon_as_it_finds_its_stream_groups_gone(store, prefix):

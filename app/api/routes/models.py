@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
-from app.api.deps import QueueDep
+from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import ApiError, brief
-from app.api.results import JOB_ERRORS
+from app.api.resolve import none_announced
+from app.api.results import JOB_ERRORS, errors_for
 from app.api.schemas import ModelList, ModelOut
 
 router = APIRouter(prefix="/models", tags=["models"], responses=JOB_ERRORS)
@@ -18,9 +19,11 @@ async def list_models(queue: QueueDep) -> dict:
     return {"models": [entry.public() for entry in queue.models.values()]}
 
 
-@router.get("/{name}", response_model=ModelOut)
-async def get_model(queue: QueueDep, name: str = Path(max_length=64)) -> dict:
+@router.get("/{name}", response_model=ModelOut, responses=errors_for(503))
+async def get_model(queue: QueueDep, settings: SettingsDep, name: str = Path(max_length=64)) -> dict:
     entry = queue.models.get(name)
+    if entry is None and not queue.models:
+        raise none_announced(["path", "name"], settings)
     if entry is None:
         raise ApiError(404, ["path", "name"], f"unknown model {brief(name)}", type="not_found")
     return entry.public()
