@@ -53,6 +53,7 @@ from diffusers.models.upsampling import Upsample2D  # noqa: E402
 
 from app.engine.allocator import keep_freed_memory  # noqa: E402
 from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
+from app.engine.plans import denoise_tile  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
 from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
@@ -154,7 +155,7 @@ def main() -> None:
         repeats=args.turns,
     )
     precision = "bf16" if runner.autocast_dtype else "fp32"
-    default = f"tile {settings.denoise_tile_for(runner.autocast_dtype is not None)}, {precision}, channels-last"
+    default = f"tile {denoise_tile(settings, runner)}, {precision}, channels-last"
     add("FFDNet (forward pass), in turns with the next four", *turns[0])
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])

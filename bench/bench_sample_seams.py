@@ -32,6 +32,7 @@ from fetch_photos import load as load_photos  # noqa: E402
 
 from app.diffusion.layout import DenoiseLayout  # noqa: E402
 from app.engine.device import cpu_name, pick_dtype  # noqa: E402
+from app.engine.plans import denoise_tile  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
     model = load_model(entry, device)
     runner = Runner(device, dtype)
     photos = load_photos(args.split)
-    tile = settings.denoise_tile_for(dtype is not None)  # as the service's engine picks it
+    tile = denoise_tile(settings, runner)  # as the service's engine picks it
     print(f"{cpu_name()}, {dtype or 'float32'}, tile {tile}, overlap {settings.denoise_overlap}")
     whole = Settings(denoise_tile=1024)  # one tile for these photos: the reference grain
     print("\n| sigma | photo | tiles | grain, overlaps: tiled / one tile | elsewhere: tiled / one tile | PSNR |")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from app.diffusion.noise_level import estimate_sigma  # noqa: E402
 from app.diffusion.pixels import image_to_unit  # noqa: E402
-from app.engine.plans import image_pixels, plan_denoise  # noqa: E402
+from app.engine.plans import denoise_tile, image_pixels, plan_denoise  # noqa: E402
 from app.engine.device import pick_dtype  # noqa: E402
 from app.engine.runner import Runner, run_until_done  # noqa: E402
 from app.jobs import DenoiseSpec, ImageData  # noqa: E402
@@ -106,7 +106,7 @@ def serve_ours(
         seed=seed,
         ensemble=ensemble,
     )
-    tile = settings.denoise_tile_for(runner.autocast_dtype is not None)  # as the service's engine picks it
+    tile = denoise_tile(settings, runner)  # as the service's engine picks it
     plan = plan_denoise("bench", spec, model, tile=tile, overlap=settings.denoise_overlap)
     run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
     return plan.finish().images[0].data
@@ -304,7 +304,7 @@ def main() -> None:
     record = {
         "command": " ".join(sys.argv),
         "photos": list(photos),
-        "tile": settings.denoise_tile_for(runner.autocast_dtype is not None),
+        "tile": denoise_tile(settings, runner),
         "overlap": settings.denoise_overlap,
         "threads": torch.get_num_threads(),
         "precision": str(runner.autocast_dtype or "float32"),

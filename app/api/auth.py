@@ -32,7 +32,6 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.api.errors import ApiError
-from app.queue.protocol import QueueUnavailable
 from app.jobs import PRIORITY_LEVEL, Priority
 from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
@@ -103,16 +102,6 @@ class Caller:
 OPEN = Caller(name=None, scopes=frozenset({"generate", "denoise", "admin"}))
 
 
-def counters_away(exc: Exception) -> QueueUnavailable:
-    """The rate-limit counters' error ``exc`` as QueueUnavailable when it says Redis is away (raised again
-    otherwise: it is a fault of ours)."""
-    from app.queue.redis.queue import unavailable  # only with Redis storage can this happen
-
-    if not unavailable(exc):
-        raise exc
-    return QueueUnavailable(f"rate-limit counters: {type(exc).__name__}: {exc}")
-
-
 class Gate:
     def __init__(self, keys: list[ApiKey] | None, settings: Settings) -> None:
         self.keys = keys
@@ -174,18 +163,23 @@ class Gate:
         if self.limiter is None or key.requests_per_minute is None:
             return
         item = RateLimitItemPerMinute(key.requests_per_minute)
+        from app.queue.redis.queue import as_queue_unavailable, unavailable  # only Redis storage can fail
+
         try:
             allowed = await self.limiter.hit(item, key.name)
         except Exception as exc:
             # the counters live in Redis, which is away: the queue is too
-            raise counters_away(exc) from exc
+            if (away := as_queue_unavailable(exc, "rate-limit counters: ")) is not None:
+                raise away from exc
+            raise
         if not allowed:
             QUOTA_REFUSALS.labels(key.name, "requests_per_minute").inc()
             try:
                 stats = await self.limiter.get_window_stats(item, key.name)
                 wait = max(1, math.ceil(stats.reset_time - time.time()))
             except Exception as exc:
-                counters_away(exc)  # raises what is not Redis being away
+                if not unavailable(exc):
+                    raise
                 wait = 60  # Redis went away between the two calls: the whole window, at most
             raise ApiError(
                 429,

@@ -20,7 +20,7 @@ from typing import Callable
 
 from app.engine.allocator import keep_freed_memory
 from app.engine.device import pick_device, pick_dtype
-from app.engine.plans import Plan, plan_denoise, plan_generate, run_noise
+from app.engine.plans import Plan, denoise_tile, plan_denoise, plan_generate, run_noise
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
 from app.jobs import PRIORITY_LEVEL, DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
@@ -243,7 +243,7 @@ class Engine:
             if isinstance(spec, GenerateSpec):
                 plan = plan_generate(job_id, spec, model)
             elif isinstance(spec, DenoiseSpec):
-                tile = self.settings.denoise_tile_for(self.runner.autocast_dtype is not None)
+                tile = denoise_tile(self.settings, self.runner)
                 plan = plan_denoise(job_id, spec, model, tile=tile, overlap=self.settings.denoise_overlap)
             else:
                 raise ValueError(f"unknown job kind {spec.kind!r}")

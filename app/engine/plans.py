@@ -28,9 +28,10 @@ from app.diffusion.pixels import apply_transform, image_to_unit, invert_transfor
 from app.diffusion.samplers import Step, get_sampler
 from app.diffusion.schedule import NoiseSchedule, restoration_plan
 from app.diffusion.tiling import Box, Canvas, pad_to_multiple
-from app.engine.runner import Known, Row
+from app.engine.runner import Known, Row, Runner
 from app.imaging import MEDIA_TYPES, encode_image
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, JobResult, NoiseSpec, ResultImage
+from app.settings import Settings
 from app.store.loader import LoadedModel
 
 
@@ -315,6 +316,11 @@ class _Blend:
             image = image.mean(axis=0, keepdims=True)
         seed = self.spec.seed if self.spec.mode == "sample" else None
         return JobResult(images=[result_image(0, seed, image, self.spec.output_format)], info=info)
+
+
+def denoise_tile(settings: Settings, runner: Runner) -> int:
+    """The tile edge the engine denoises with on ``runner``: the setting, else by the network's precision."""
+    return settings.denoise_tile_for(runner.autocast_dtype is not None)
 
 
 def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: int, overlap: int) -> Plan:

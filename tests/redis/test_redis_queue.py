@@ -474,6 +474,19 @@ def test_a_cancel_whose_broadcast_fails_is_still_a_cancel(store, prefix):
             assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
 
 
+class StubEngine:
+    """A worker's engine as far as its Redis side sees it: alive, and what it was told to cancel or stop."""
+
+    def __init__(self):
+        self.alive, self.canceled, self.stopped = True, [], False
+
+    def cancel(self, job_id):
+        self.canceled.append(job_id)
+
+    def stop(self):
+        self.stopped = True
+
+
 def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over(store, prefix):
     import asyncio
 
@@ -483,19 +496,12 @@ def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over
     from app.queue.redis.keys import GROUP
     from app.queue.redis.worker import RedisWorker, _Held
 
-    class Engine:
-        def __init__(self):
-            self.alive, self.canceled = True, []
-
-        def cancel(self, job_id):
-            self.canceled.append(job_id)
-
     async def scenario():
         redis = Redis.from_url(REDIS_URL)
         try:
             settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=0.15)
             worker = RedisWorker(settings, redis, worker_id="cut-off")
-            worker.engine = Engine()
+            worker.engine = StubEngine()
             await worker._create_groups()
             stream = worker.keys.stream("normal")
             for job in ("kept", "taken"):
@@ -527,22 +533,12 @@ def test_a_worker_stopping_while_redis_is_away_stops_cleanly_and_leaves_its_jobs
     from app.queue.redis.worker import RedisWorker, _Held
     from tests.redis.helpers import free_port
 
-    class Engine:
-        def __init__(self):
-            self.alive, self.canceled, self.stopped = True, [], False
-
-        def cancel(self, job_id):
-            self.canceled.append(job_id)
-
-        def stop(self):
-            self.stopped = True
-
     async def scenario():
         url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: Redis is away
         redis = Redis.from_url(url)
         try:
             worker = RedisWorker(make_settings(store, queue_url=url, redis_prefix="away"), redis)
-            worker.engine = Engine()
+            worker.engine = StubEngine()
             worker.held["j"] = _Held("away:jobs", "1-0", JobRecord(id="j", kind="generate", model="m"))
             await worker.stop(grace=0)
             return worker

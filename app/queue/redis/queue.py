@@ -57,16 +57,22 @@ def unavailable(exc: Exception) -> bool:
     return isinstance(exc, ResponseError) and str(exc).upper().startswith(UNAVAILABLE_REPLIES)
 
 
+def as_queue_unavailable(exc: Exception, what: str = "") -> QueueUnavailable | None:
+    """``exc`` as QueueUnavailable (the API answers 503 with Retry-After) when it says Redis is away; None
+    when it is any other error."""
+    return QueueUnavailable(f"{what}{type(exc).__name__}: {exc}") if unavailable(exc) else None
+
+
 def reachable(method):
-    """Redis being away is QueueUnavailable (the API answers 503 with Retry-After), not an internal error."""
+    """Redis being away is QueueUnavailable, not an internal error."""
 
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
         try:
             return await method(*args, **kwargs)
         except Exception as exc:
-            if unavailable(exc):
-                raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            if (away := as_queue_unavailable(exc)) is not None:
+                raise away from exc
             raise
 
     return wrapper

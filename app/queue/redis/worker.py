@@ -46,6 +46,17 @@ class _Held:
     record: JobRecord
 
 
+@contextlib.contextmanager
+def redis_away_logged(consequence: str):
+    """Go on when Redis is away (logging what follows from it); any other error is raised."""
+    try:
+        yield
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        log.warning("Redis is away (%s: %s); %s", type(exc).__name__, exc, consequence)
+
+
 class RedisWorker:
     def __init__(self, settings: Settings, redis: Redis, *, worker_id: str | None = None) -> None:
         self.settings = settings
@@ -64,6 +75,7 @@ class RedisWorker:
         self._dirty: dict[str, _Held] = {}  # records changed by engine events, not yet written
         self._previews: list[EngineEvent] = []  # preview events not yet published
         self._reclaim_cursors = {stream: "0-0" for stream in self.keys.streams}
+        self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
         self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
@@ -110,12 +122,8 @@ class RedisWorker:
         for job_id in list(self.held):
             held = self.held.pop(job_id)
             self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
-            try:
+            with redis_away_logged(f"job {job_id}: live workers take it over after its lease"):
                 await self._hand_back(job_id, held)
-            except Exception as exc:
-                if not unavailable(exc):
-                    raise
-                log.warning("job %s: Redis is away (%s); live workers take it over after its lease", job_id, exc)
         await asyncio.sleep(0)  # let the last events be written
         deadline = time.monotonic() + 5
         while (not self._events.empty() or self._dirty) and time.monotonic() < deadline:
@@ -123,11 +131,8 @@ class RedisWorker:
         await background.stop(self._tasks)
         self._tasks.clear()
         try:
-            await self.redis.hdel(self.keys.workers, self.worker_id)
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            log.warning("Redis is away (%s); this worker's heartbeat goes stale by itself", exc)
+            with redis_away_logged("this worker's heartbeat goes stale by itself"):
+                await self.redis.hdel(self.keys.workers, self.worker_id)
         finally:
             if self.engine is not None:
                 await asyncio.to_thread(self.engine.stop)
@@ -199,7 +204,9 @@ class RedisWorker:
         """Fill the free places: first with the jobs of workers gone silent (they have waited longest), then
         from the streams in priority order; when none has anything, wait on all."""
         await self._wait_for_room()
-        await self._reclaim()
+        if time.monotonic() >= self._next_reclaim:  # an entry goes silent after a lease: look once a heartbeat
+            self._next_reclaim = time.monotonic() + self.settings.heartbeat_s
+            await self._reclaim()
         taken = 0
         for stream in await self.stream_order():
             if self._free() == 0:
