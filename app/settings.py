@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         None, description="run a worker inside the API process; default: only without Redis"
     )
     lease_s: float = Field(15.0, gt=0.1, description="a worker silent this long loses its jobs to live workers")
+    worker_forget_s: float = Field(
+        600.0,
+        gt=0,
+        description="a worker silent this long is forgotten, and the models only it served leave the catalog",
+    )
     max_attempts: int = Field(3, ge=1, description="workers a job may crash before it is failed")
     worker_jobs: int | None = Field(None, ge=1, description="jobs a worker holds at once; default 2 x max batch")
     shutdown_grace_s: float = Field(
@@ -118,6 +123,8 @@ class Settings(BaseSettings):
     def _refuse_unsafe(self) -> "Settings":
         if 2 * self.denoise_overlap >= (tile := self.denoise_tile_for(None)):
             raise ValueError(f"denoise_overlap must be less than half of denoise_tile ({tile}, set or by default)")
+        if self.worker_forget_s <= self.lease_s:
+            raise ValueError("worker_forget_s must be longer than lease_s: a worker is forgotten only after its jobs")
         if self.queue_url is not None and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("queue_url must be a redis://, rediss:// or unix:// URL")
         if self.webhook_secret is not None:

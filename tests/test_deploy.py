@@ -151,13 +151,16 @@ def test_k8s_probes_grace_and_gpu():
     assert hpa["scaleTargetRef"]["name"] == "diffusion-api" and hpa["minReplicas"] >= 2
 
 
-def test_keda_scales_the_workers_on_the_job_streams():
+def test_keda_scales_the_workers_on_the_shipped_models_job_streams():
     scaled = _by_kind("ScaledObject")["diffusion-worker"]["spec"]
     config = _by_kind("ConfigMap")["diffusion-config"]["data"]
     assert scaled["scaleTargetRef"]["name"] in _by_kind("Deployment")
     triggers = scaled["triggers"]
     assert {t["type"] for t in triggers} == {"redis-streams"}
-    assert sorted(t["metadata"]["stream"] for t in triggers) == sorted(Keys(config["DIFFUSION_REDIS_PREFIX"]).streams)
+    shipped = sorted(folder.name for folder in (ROOT / "model_store").iterdir() if folder.is_dir())
+    model_streams = [s for _, s in Keys(config["DIFFUSION_REDIS_PREFIX"]).streams(shipped) if ":model:" in s]
+    assert shipped == ["digits", "photos"] and len(model_streams) == 6
+    assert sorted(t["metadata"]["stream"] for t in triggers) == sorted(model_streams)
     assert all(t["metadata"]["consumerGroup"] == "workers" and int(t["metadata"]["streamLength"]) > 0 for t in triggers)
     redis_service = _by_kind("Service")["diffusion-redis"]
     assert all(t["metadata"]["address"].startswith(redis_service["metadata"]["name"] + ".") for t in triggers)

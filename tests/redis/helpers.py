@@ -135,15 +135,20 @@ class OwnRedis:
         self.proc.wait(10)
 
 
+def job_streams(client: redis.Redis, prefix: str) -> list[bytes]:
+    """Every job stream of the deployment: each model's and those of the jobs that need no model."""
+    return [key for key in client.scan_iter(match=f"{prefix}:*jobs*") if client.type(key) == b"stream"]
+
+
 def worker_pids_holding(prefix: str) -> dict[int, int]:
-    """pid -> pending entries, for the workers that hold entries of the job stream."""
+    """pid -> pending entries, for the workers that hold entries of the job streams."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        summary = client.xpending(f"{prefix}:jobs", "workers")
-        held = {}
-        for consumer in summary.get("consumers") or []:
-            name = consumer["name"].decode()
-            held[int(name.split("-")[-2])] = int(consumer["pending"])
+        held: dict[int, int] = {}
+        for stream in job_streams(client, prefix):
+            for consumer in client.xpending(stream, "workers").get("consumers") or []:
+                pid = int(consumer["name"].decode().split("-")[-2])
+                held[pid] = held.get(pid, 0) + int(consumer["pending"])
         return held
     finally:
         client.close()

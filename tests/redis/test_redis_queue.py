@@ -12,7 +12,8 @@ from standardwebhooks import Webhook as Verifier
 from app.api.main import create_app
 from tests.helpers import WebhookReceiver, make_settings
 from tests.redis.helpers import REDIS_URL, delete_keys
-from tests.tiny_models import write_generator
+from app.store.catalog import scan_store
+from tests.tiny_models import write_bare, write_generator
 
 
 @pytest.fixture(scope="module")
@@ -259,21 +260,23 @@ def test_workers_read_the_streams_by_priority_aged_by_waiting(store, prefix):
         redis = Redis.from_url(REDIS_URL)
         try:
             worker = RedisWorker(make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix), redis)
+            worker.entries = scan_store(store)  # it serves tiny-gen: it reads that model's streams too
             keys = worker.keys
-            await redis.delete(*keys.streams)
+            await redis.delete(*(stream for _, stream in worker.streams))
             await worker._create_groups()
             now_ms = int(time.time() * 1000)
-            await redis.xadd(keys.stream("low"), {"job": "a"}, id=f"{now_ms - int(low_waited_s * 1000)}-0")
-            await redis.xadd(keys.stream("normal"), {"job": "b"}, id=f"{now_ms - 2000}-0")
-            await redis.xadd(keys.stream("high"), {"job": "c"}, id=f"{now_ms - 1000}-0")
+            await redis.xadd(keys.stream("low", "tiny-gen"), {"job": "a"}, id=f"{now_ms - int(low_waited_s * 1000)}-0")
+            await redis.xadd(keys.stream("normal"), {"job": "b"}, id=f"{now_ms - 2000}-0")  # a job needing no model
+            await redis.xadd(keys.stream("high", "tiny-gen"), {"job": "c"}, id=f"{now_ms - 1000}-0")
             order = await worker.stream_order()
             return [stream.removeprefix(prefix) for stream in order]
         finally:
             await redis.aclose()
 
-    assert asyncio.run(order_with(5)) == [":jobs:high", ":jobs", ":jobs:low"]
-    assert asyncio.run(order_with(70)) == [":jobs:high", ":jobs:low", ":jobs"]  # a level up; waited longer
-    assert asyncio.run(order_with(130)) == [":jobs:low", ":jobs:high", ":jobs"]  # two levels: high, and older
+    high, normal, low = ":model:tiny-gen:jobs:high", ":jobs", ":model:tiny-gen:jobs:low"
+    assert asyncio.run(order_with(5)) == [high, normal, low]
+    assert asyncio.run(order_with(70)) == [high, low, normal]  # a level up; waited longer
+    assert asyncio.run(order_with(130)) == [low, high, normal]  # two levels: high, and older
 
 
 def test_previews_reach_the_event_stream_of_another_node(store, prefix):
@@ -320,7 +323,7 @@ def test_a_worker_announces_its_models_again_as_soon_as_it_finds_its_stream_grou
         client = redis.Redis.from_url(REDIS_URL)
         try:
             deadline = time.monotonic() + 10
-            while not client.hexists(f"{prefix}:models", "tiny-gen"):
+            while not client.hlen(f"{prefix}:catalogs"):
                 assert time.monotonic() < deadline, "the worker did not announce its models again"
                 time.sleep(0.05)
         finally:
@@ -413,7 +416,7 @@ def test_redis_away_while_a_worker_takes_a_job_leaves_it_pending_not_failed(stor
                 redis = DropsOneRead.from_url(REDIS_URL)
                 try:
                     worker = RedisWorker(make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix), redis)
-                    stream = worker.keys.stream("normal")
+                    stream = worker.keys.stream("normal", "tiny-gen")
                     [(entry_id, _)] = await redis.xrange(stream, count=1)
                     with pytest.raises(RedisConnectionError):
                         await worker._take(stream, entry_id.decode(), job_id, delivered=1)
@@ -478,7 +481,10 @@ class StubEngine:
     """A worker's engine as far as its Redis side sees it: alive, and what it was told to cancel or stop."""
 
     def __init__(self):
-        self.alive, self.canceled, self.stopped = True, [], False
+        self.alive, self.submitted, self.canceled, self.stopped = True, [], [], False
+
+    def submit(self, job_id, spec):
+        self.submitted.append(job_id)
 
     def cancel(self, job_id):
         self.canceled.append(job_id)
@@ -547,3 +553,139 @@ def test_a_worker_stopping_while_redis_is_away_stops_cleanly_and_leaves_its_jobs
 
     worker = asyncio.run(scenario())
     assert worker.held == {} and worker.engine.canceled == ["j"] and worker.engine.stopped
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory):
+    """A second worker's store, without tiny-gen: workers need not serve the same models."""
+    root = tmp_path_factory.mktemp("redis-other")
+    write_bare(root / "tiny-bare")
+    return root
+
+
+def _worker_on(folder, prefix, redis, name="a-worker"):
+    """A worker serving ``folder``'s models with a stub engine: only its Redis side runs."""
+    from app.queue.redis.worker import RedisWorker
+
+    settings = make_settings(folder, queue_url=REDIS_URL, redis_prefix=prefix, worker_jobs=4)
+    worker = RedisWorker(settings, redis, worker_id=name)
+    worker.entries, worker.engine = scan_store(folder), StubEngine()
+    return worker
+
+
+def _queued_for_tiny_gen(store, prefix) -> str:
+    """A job for tiny-gen, queued through an API node while a worker that serves tiny-gen has announced it."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    async def announce():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            worker = _worker_on(store, prefix, redis, "serves-tiny-gen")
+            await worker._create_groups()
+            await worker._beat()
+        finally:
+            await redis.aclose()
+
+    asyncio.run(announce())
+    with client_for(store, prefix, embedded_worker=False) as api:
+        r = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
+        assert r.status_code == 202, r.text
+        return r.json()["job_id"]
+
+
+def test_a_worker_reads_only_the_jobs_of_the_models_it_serves(store, other_store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            other = _worker_on(other_store, prefix, redis, "serves-tiny-bare")
+            await other._create_groups()
+            await other._read_once()  # its streams are empty: it waits a second and takes nothing
+            assert other.held == {} and other.engine.submitted == []
+            mine = _worker_on(store, prefix, redis, "serves-tiny-gen")
+            await mine._read_once()
+            assert list(mine.held) == mine.engine.submitted == [job_id]
+            assert mine.held[job_id].stream == mine.keys.stream("normal", "tiny-gen")
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_queued_on_the_stream_every_worker_reads_moves_to_its_models_stream(store, other_store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario():  # as a job queued before jobs went on their model's stream
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            other = _worker_on(other_store, prefix, redis)
+            keys = other.keys
+            own = keys.stream("normal", "tiny-gen")
+            [(entry_id, fields)] = await redis.xrange(own)
+            await redis.xdel(own, entry_id)
+            await redis.xadd(keys.stream("normal"), fields)
+            await other._create_groups()
+            await other._read_once()
+            assert other.held == {} and other.engine.submitted == []
+            assert await redis.xlen(keys.stream("normal")) == 0
+            [(_, moved)] = await redis.xrange(own)
+            assert moved == {b"job": job_id.encode()}
+            status = await redis.hget(keys.job(job_id), "status")
+            assert status == b"queued"  # not failed by the worker that does not serve it
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_catalog_merges_the_workers_and_forgets_the_silent_ones(store, other_store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from app.queue.redis.worker import RedisWorker
+
+    with client_for(store, prefix, embedded_worker=True, lease_s=1.5, worker_forget_s=30) as worker_node:
+        with client_for(other_store, prefix, embedded_worker=True, worker_forget_s=30) as other_node:
+            models = {m["name"]: m["status"] for m in other_node.get("/v1/models").json()["models"]}
+            assert models == {"tiny-gen": "ready", "tiny-bare": "ready"}  # each from the worker that serves it
+            served = other_node.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 2})
+            assert served.status_code == 200, served.text  # run by the worker of the other node
+            worker_node.app.state.queue.embedded.engine.stop()  # it stops announcing; its catalog stays
+
+            async def age_and_beat():
+                redis = Redis.from_url(REDIS_URL)
+                try:
+                    keys = worker_node.app.state.queue.keys
+                    gen_worker = worker_node.app.state.queue.embedded.worker_id
+                    assert await redis.hexists(keys.catalogs, gen_worker)  # still listed: it may come back
+                    await redis.hset(keys.announced, gen_worker, time.time() - 31)  # silent past worker_forget_s
+                    beating = RedisWorker(
+                        make_settings(other_store, queue_url=REDIS_URL, redis_prefix=prefix, worker_forget_s=30),
+                        redis,
+                    )
+                    beating.entries = scan_store(other_store)
+                    await beating._beat()
+                    assert not await redis.hexists(keys.catalogs, gen_worker)
+                    assert not await redis.hexists(keys.announced, gen_worker)
+                finally:
+                    await redis.aclose()
+
+            asyncio.run(age_and_beat())
+            deadline = time.monotonic() + 10
+            while "tiny-gen" in {m["name"] for m in other_node.get("/v1/models").json()["models"]}:
+                assert time.monotonic() < deadline, "the forgotten worker's model is still listed"
+                time.sleep(0.1)
+            r = other_node.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
+            assert r.status_code == 404 and "tiny-gen" in r.text

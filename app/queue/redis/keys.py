@@ -1,14 +1,20 @@
 """Where the Redis backend keeps things, and the one script that changes a job record.
 
-{p}:jobs              stream of submitted normal-priority job IDs, read by the consumer group "workers";
-{p}:jobs:high, {p}:jobs:low   the same for the other priorities (workers read high first, aged by NEXT_ENTRIES)
+{p}:model:{name}:jobs  stream of the normal-priority job IDs for one model, read by the consumer group "workers"
+                      of the workers that serve that model (a worker reads only the streams of its own models)
+{p}:model:{name}:jobs:high, ...:jobs:low   the same for the other priorities (workers read high first, aged
+                      by NEXT_ENTRIES)
+{p}:jobs, {p}:jobs:high, {p}:jobs:low   the same for jobs that need no model (noise at a given sigma), read by
+                      every worker
 {p}:job:{id}          hash: record (JSON), status, spec (JSON); expires once the job is final
 {p}:held              hash: job ID -> image pixels, for the jobs queued or running (backpressure)
 {p}:idem:{key}        job ID for an Idempotency-Key
 {p}:events            pub/sub channel: every change of every job (job_id, kind, data)
 {p}:cancel            pub/sub channel: job IDs to cancel, heard by every worker
-{p}:models            hash: model name -> catalog entry (JSON), published by workers
-{p}:workers           hash: worker ID -> last heartbeat (unix time)
+{p}:catalogs          hash: worker ID -> that worker's catalog (JSON: model name -> entry)
+{p}:announced         hash: worker ID -> when it last published its catalog (unix time); kept when it stops, so
+                      its models stay listed through a restart, and forgotten (PRUNE) after worker_forget_s
+{p}:workers           hash: worker ID -> last heartbeat (unix time), while it runs
 {p}:webhooks          sorted set: webhook delivery IDs by due time (app.queue.redis.outbox)
 {p}:webhook:{id}      hash: one delivery (url, event, record JSON, attempts)
 """
@@ -63,6 +69,31 @@ for i = 3, #ARGV do
   end
 end
 return lost
+"""
+
+# Forget the workers silent since before a cutoff: their heartbeats, and their catalogs (so the models only they
+# served leave the merged catalog). Checked and deleted in one step, so a worker beating again meanwhile is not
+# forgotten. KEYS: workers hash, announced hash, catalogs hash. ARGV: the cutoff (unix time). Returns the IDs
+# whose catalogs were forgotten.
+PRUNE = """
+local cutoff = tonumber(ARGV[1])
+local beats = redis.call('HGETALL', KEYS[1])
+for i = 1, #beats, 2 do
+  if tonumber(beats[i + 1]) < cutoff then redis.call('HDEL', KEYS[1], beats[i]) end
+end
+local gone = {}
+local announced = redis.call('HGETALL', KEYS[2])
+for i = 1, #announced, 2 do
+  if tonumber(announced[i + 1]) < cutoff then gone[#gone + 1] = announced[i] end
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if redis.call('HEXISTS', KEYS[2], id) == 0 then gone[#gone + 1] = id end  -- a catalog never dated
+end
+for _, id in ipairs(gone) do
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+return gone
 """
 
 # Webhook deliveries outlive their job's record by this much at most (retries span about 20 minutes).
@@ -146,13 +177,17 @@ return 1
 class Keys:
     prefix: str
 
-    def stream(self, priority: str = "normal") -> str:
-        return f"{self.prefix}:jobs" if priority == "normal" else f"{self.prefix}:jobs:{priority}"
+    def stream(self, priority: str = "normal", model: str | None = None) -> str:
+        """The stream of the jobs of one priority for ``model`` (None: the jobs that need no model)."""
+        base = f"{self.prefix}:jobs" if model is None else f"{self.prefix}:model:{model}:jobs"
+        return base if priority == "normal" else f"{base}:{priority}"
 
-    @property
-    def streams(self) -> list[str]:
-        """The job streams, highest priority first."""
-        return [self.stream(priority) for priority in HIGH_FIRST]
+    def streams(self, models: list[str]) -> list[tuple[str, str]]:
+        """(priority, stream) for the jobs a worker serving ``models`` reads: highest priority first, and in
+        each priority the jobs that need no model, then each model's."""
+        return [
+            (priority, self.stream(priority, model)) for priority in HIGH_FIRST for model in [None, *sorted(models)]
+        ]
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -172,9 +207,17 @@ class Keys:
     def cancel(self) -> str:
         return f"{self.prefix}:cancel"
 
+    def job_stream(self, spec) -> str:
+        """The stream a job spec goes on: its priority's, for its model."""
+        return self.stream(getattr(spec, "priority", "normal"), spec.model)
+
     @property
-    def models(self) -> str:
-        return f"{self.prefix}:models"
+    def catalogs(self) -> str:
+        return f"{self.prefix}:catalogs"
+
+    @property
+    def announced(self) -> str:
+        return f"{self.prefix}:announced"
 
     @property
     def workers(self) -> str:

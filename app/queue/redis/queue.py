@@ -2,7 +2,8 @@
 
 Any node can answer for any job: records live in Redis, and every change is published on one channel
 that each node follows with a single subscription, handing changes to its local watchers (SSE streams,
-sync waits). The model catalog is what the workers publish.
+sync waits). The model catalog is what the workers publish, merged (app.queue.redis.catalog); a job goes on
+the stream of its model, which only the workers serving that model read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
 from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
+from app.queue.redis.catalog import merge
 from app.queue.redis.keys import ADMIT, Keys
 from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis import pubsub
@@ -103,10 +105,12 @@ class RedisJobQueue:
 
     # -- background ---------------------------------------------------------------------------------
     async def refresh_catalog(self) -> None:
-        """The workers' catalog and their latest heartbeat, read together (one MULTI) so that the two agree."""
+        """The workers' catalogs, merged, and their latest heartbeat, read together (one MULTI) so that they
+        agree."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            raw, beats = await pipe.hgetall(self.keys.models).hvals(self.keys.workers).execute()
-        self.models = dict(sorted((k.decode(), ModelEntry.from_dict(json.loads(v))) for k, v in raw.items()))
+            pipe.hgetall(self.keys.catalogs).hgetall(self.keys.announced).hvals(self.keys.workers)
+            catalogs, announced, beats = await pipe.execute()
+        self.models = merge(catalogs, announced, since=time.time() - self.settings.worker_forget_s)
         self._workers_seen = max((float(b) for b in beats), default=0.0)
 
     async def _refresh_later(self) -> None:
@@ -139,7 +143,7 @@ class RedisJobQueue:
                     return existing
                 await self.redis.set(key, claim, ex=ttl)
         admitted = await self._admit(
-            keys=[self.keys.job(record.id), self.keys.held, self.keys.stream(getattr(spec, "priority", "normal"))],
+            keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec)],
             args=[
                 record.model_dump_json(),
                 spec.model_dump_json(),

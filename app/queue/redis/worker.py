@@ -1,5 +1,7 @@
 """The Redis backend, worker side: a process (or a task beside an API node) that pulls jobs from the
-Redis Stream through the consumer group and runs them on its engine with continuous batching.
+Redis Streams of the models it serves (and those of jobs that need no model) through the consumer group and
+runs them on its engine with continuous batching. Workers may serve different models: each publishes its own
+catalog with its heartbeat (app.queue.redis.catalog), and reads only its own models' streams.
 
 Leases: every entry a worker holds stays in the group's pending list; the worker renews it (XCLAIM to
 itself, which resets its idle time) three times per lease. Entries idle longer than a lease belong to a
@@ -28,7 +30,8 @@ from redis.exceptions import ResponseError
 from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
-from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, RENEW, Keys
+from app.queue.redis.catalog import publish
+from app.queue.redis.keys import GROUP, NEXT_ENTRIES, PRUNE, RENEW, Keys
 from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -74,10 +77,11 @@ class RedisWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: dict[str, _Held] = {}  # records changed by engine events, not yet written
         self._previews: list[EngineEvent] = []  # preview events not yet published
-        self._reclaim_cursors = {stream: "0-0" for stream in self.keys.streams}
+        self._reclaim_cursors: dict[str, str] = {}  # stream -> where the next look for silent workers' entries starts
         self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
+        self._prune = redis.register_script(PRUNE)
         self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
 
     @property
@@ -105,11 +109,21 @@ class RedisWorker:
             for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
         ]
         self._intake = [background.forever(self._read_once)]
-        log.info("worker %s serving %s", self.worker_id, sorted(n for n, e in self.entries.items() if e.ready))
+        log.info("worker %s serving %s", self.worker_id, self.served)
+
+    @property
+    def served(self) -> list[str]:
+        """The models this worker serves now (one that fails to load here stops being served here)."""
+        return sorted(name for name, entry in self.entries.items() if entry.ready)
 
     @property
     def serves_anything(self) -> bool:
-        return any(e.ready for e in self.entries.values())
+        return bool(self.served)
+
+    @property
+    def streams(self) -> list[tuple[str, str]]:
+        """(priority, stream) of the job streams this worker reads, highest priority first."""
+        return self.keys.streams(self.served)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, finish what is held within ``grace`` seconds, hand back the rest."""
@@ -132,7 +146,7 @@ class RedisWorker:
         self._tasks.clear()
         try:
             with redis_away_logged("this worker's heartbeat goes stale by itself"):
-                await self.redis.hdel(self.keys.workers, self.worker_id)
+                await self.redis.hdel(self.keys.workers, self.worker_id)  # its catalog stays, for a restart
         finally:
             if self.engine is not None:
                 await asyncio.to_thread(self.engine.stop)
@@ -160,7 +174,7 @@ class RedisWorker:
             await self._room.wait()
 
     async def _create_groups(self) -> None:
-        for stream in self.keys.streams:
+        for _, stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
                 await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
 
@@ -171,16 +185,17 @@ class RedisWorker:
             raise exc
         log.warning("%s: %s", command, exc)
         await self._create_groups()
-        self._reclaim_cursors = {stream: "0-0" for stream in self.keys.streams}
+        self._reclaim_cursors.clear()
         if self._engine_alive():
             await self._beat()
 
     async def stream_order(self) -> list[str]:
         """The job streams that have entries waiting, in the order to read them: by the priority of their
         next entry, raised by how long it has waited (the engine's aging rule), the longest wait first."""
-        now_ms, *heads = await self._next_entries(keys=self.keys.streams, args=[GROUP])
+        streams = self.streams
+        now_ms, *heads = await self._next_entries(keys=[stream for _, stream in streams], args=[GROUP])
         ranked = []
-        for priority, stream, head in zip(HIGH_FIRST, self.keys.streams, heads):
+        for (priority, stream), head in zip(streams, heads):
             if head:
                 waited = (int(now_ms) - int(head.split(b"-")[0])) / 1000
                 ranked.append((-aged_level(PRIORITY_LEVEL[priority], waited), -waited, stream))
@@ -213,11 +228,11 @@ class RedisWorker:
                 return
             taken += await self._read({stream: ">"}, count=self._free(), block=None)
         if taken == 0:
-            await self._read({stream: ">" for stream in self.keys.streams}, count=1, block=1000)
+            await self._read({stream: ">" for _, stream in self.streams}, count=1, block=1000)
 
     async def _reclaim(self) -> None:
         """Take over the entries whose worker has not renewed them for a lease (it died or hung)."""
-        for stream in self.keys.streams:
+        for _, stream in self.streams:
             if self._free() == 0:
                 return
             try:
@@ -226,7 +241,7 @@ class RedisWorker:
                     GROUP,
                     self.worker_id,
                     min_idle_time=self.lease_ms,
-                    start_id=self._reclaim_cursors[stream],
+                    start_id=self._reclaim_cursors.get(stream, "0-0"),
                     count=self._free(),
                 )
             except ResponseError as exc:
@@ -272,10 +287,22 @@ class RedisWorker:
             await self._retire(stream, entry_id)
             return
         spec = SPEC.validate_json(raw_spec)
+        if spec.model is not None and spec.model not in self.served and stream != self.keys.job_stream(spec):
+            await self._reroute(stream, entry_id, job_id, spec)  # queued before jobs went on their model's stream
+            return
         self.held[job_id] = _Held(stream=stream, entry_id=entry_id, record=record)
         self.engine.submit(job_id, spec)
         if (await self.redis.hget(self.keys.job(job_id), "status") or b"").decode() == "canceled":
             self.engine.cancel(job_id)  # canceled while we were picking it up: the broadcast came too early
+
+    async def _reroute(self, stream: str, entry_id: str, job_id: str, spec: JobSpec) -> None:
+        """Move a job this worker does not serve from a stream every worker reads to its model's stream."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.job_stream(spec), {"job": job_id})
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
+        log.info("job %s: moved to the stream of model %s, which this worker does not serve", job_id, spec.model)
 
     async def _fail_record(self, record: JobRecord, error: str) -> None:
         """Fail a job this worker cannot run, by the same rule as the engine's events."""
@@ -381,17 +408,20 @@ class RedisWorker:
                 self.engine.cancel(data.decode())
 
     async def _beat(self) -> None:
-        """Publish this worker's catalog and heartbeat. A model only this worker cannot hold (its memory
-        budget) is published only where no other worker has published it: another may serve it."""
-        shared = {n: json.dumps(e.to_dict()) for n, e in self.entries.items() if not e.refused_here}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if shared:
-                pipe.hset(self.keys.models, mapping=shared)
-            for name, entry in self.entries.items():
-                if entry.refused_here:
-                    pipe.hsetnx(self.keys.models, name, json.dumps(entry.to_dict()))
-            pipe.hset(self.keys.workers, self.worker_id, time.time())
+        """Publish this worker's catalog and heartbeat (API nodes merge the workers' catalogs), and forget the
+        workers silent for ``worker_forget_s``."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.catalogs, self.worker_id, publish(self.entries))
+            pipe.hset(self.keys.announced, self.worker_id, now)
+            pipe.hset(self.keys.workers, self.worker_id, now)
             await pipe.execute()
+        forgotten = await self._prune(
+            keys=[self.keys.workers, self.keys.announced, self.keys.catalogs],
+            args=[now - self.settings.worker_forget_s],
+        )
+        if forgotten:
+            log.warning("forgot workers silent for %.0f s: %s", self.settings.worker_forget_s, forgotten)
 
     async def _beat_once(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)

@@ -1,0 +1,42 @@
+"""The model catalog of a Redis deployment: each worker publishes its own with its heartbeat, and API nodes
+merge them. Workers may differ: another model store, another memory budget, a model that failed to load on
+one of them. A model is served when any worker not yet forgotten serves it. It leaves the catalog when every
+worker that announced it has been silent (stopped, or dead) for ``worker_forget_s``: PRUNE in
+app.queue.redis.keys forgets them."""
+
+from __future__ import annotations
+
+import json
+
+from app.store.catalog import ModelEntry
+
+
+def publish(entries: dict[str, ModelEntry]) -> str:
+    """One worker's catalog as it goes into Redis."""
+    return json.dumps({name: entry.to_dict() for name, entry in entries.items()})
+
+
+def merge(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float) -> dict[str, ModelEntry]:
+    """The deployment's catalog from the workers' own (``{p}:catalogs``) and when each was last published
+    (``{p}:announced``), leaving out those older than ``since``. For each model, the entry of a worker that
+    serves it (the latest published), loaded when any of them has it loaded; where none serves it, why not,
+    from the latest published of the others (its folder is broken there, or too big for its memory)."""
+    heard: list[tuple[float, dict]] = []
+    for worker, raw in catalogs.items():
+        when = float(announced.get(worker, 0) or 0)
+        if when >= since:
+            heard.append((when, json.loads(raw)))
+    heard.sort(key=lambda item: item[0], reverse=True)  # the latest first
+    models: dict[str, ModelEntry] = {}
+    loaded: set[str] = set()
+    for _, catalog in heard:
+        for name, data in catalog.items():
+            entry = ModelEntry.from_dict(data)
+            if entry.ready and entry.loaded:
+                loaded.add(name)
+            chosen = models.get(name)
+            if chosen is None or (entry.ready and not chosen.ready):
+                models[name] = entry
+    for name in loaded:
+        models[name].loaded = True
+    return dict(sorted(models.items()))
