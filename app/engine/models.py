@@ -51,7 +51,6 @@ class ModelPool:
     def refuse_oversized(self) -> None:
         for entry in self.entries.values():
             if entry.ready and entry.weights_bytes > self.budget:
-                entry.refused_here = True
                 entry.fail(
                     f"its weights need {size(entry.weights_bytes)}; the model memory budget is {size(self.budget)} "
                     "(DIFFUSION_MODEL_MEMORY_GB)"

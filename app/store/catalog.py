@@ -46,7 +46,6 @@ class ModelEntry:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other components' configs
     weights_bytes: int = 0  # safetensors on disk: the memory the weights take in float32
     loaded: bool = False  # in an engine's memory now (set by the engine)
-    refused_here: bool = False  # refused by this process only (its memory budget), not by the folder itself
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, reason: str) -> None:

@@ -6,7 +6,9 @@ app.queue.redis.keys forgets them."""
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import replace
 
 from app.store.catalog import ModelEntry
 
@@ -16,27 +18,31 @@ def publish(entries: dict[str, ModelEntry]) -> str:
     return json.dumps({name: entry.to_dict() for name, entry in entries.items()})
 
 
+@functools.lru_cache(maxsize=256)
+def _read(raw: bytes) -> dict[str, ModelEntry]:
+    """One worker's published catalog, parsed once (API nodes merge every second; catalogs rarely change)."""
+    return {name: ModelEntry.from_dict(data) for name, data in json.loads(raw).items()}
+
+
 def merge(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float) -> dict[str, ModelEntry]:
     """The deployment's catalog from the workers' own (``{p}:catalogs``) and when each was last published
     (``{p}:announced``), leaving out those older than ``since``. For each model, the entry of a worker that
     serves it (the latest published), loaded when any of them has it loaded; where none serves it, why not,
     from the latest published of the others (its folder is broken there, or too big for its memory)."""
-    heard: list[tuple[float, dict]] = []
+    heard: list[tuple[float, bytes]] = []
     for worker, raw in catalogs.items():
         when = float(announced.get(worker, 0) or 0)
         if when >= since:
-            heard.append((when, json.loads(raw)))
+            heard.append((when, raw))
     heard.sort(key=lambda item: item[0], reverse=True)  # the latest first
     models: dict[str, ModelEntry] = {}
     loaded: set[str] = set()
-    for _, catalog in heard:
-        for name, data in catalog.items():
-            entry = ModelEntry.from_dict(data)
+    for _, raw in heard:
+        for name, entry in _read(raw).items():
             if entry.ready and entry.loaded:
                 loaded.add(name)
             chosen = models.get(name)
             if chosen is None or (entry.ready and not chosen.ready):
                 models[name] = entry
-    for name in loaded:
-        models[name].loaded = True
-    return dict(sorted(models.items()))
+    # copies: the parsed entries are shared between refreshes
+    return {name: replace(models[name], loaded=name in loaded) for name in sorted(models)}
