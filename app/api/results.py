@@ -251,7 +251,7 @@ class Submission:
         )
 
 
-def submission(
+async def submission(
     request: Request,
     queue: QueueDep,
     settings: SettingsDep,
@@ -263,7 +263,17 @@ def submission(
         Header(max_length=200, description="the same key returns the same job; reused with another body: 422"),
     ] = None,
 ) -> Submission:
+    await announced_models(queue)
     return Submission(queue, settings, accept, prefer, idempotency_key, caller, request, request.app.state.drain)
+
+
+async def announced_models(queue: JobQueue) -> dict[str, ModelEntry]:
+    """The catalog, read again now when the last refresh found none (a node that started before its workers
+    announced, or Redis that lost its data): the first request after a worker's announcement is not refused
+    for want of a refresh."""
+    if not queue.models:
+        await queue.refresh_catalog()
+    return queue.models
 
 
 SubmissionDep = Annotated[Submission, Depends(submission)]

@@ -163,6 +163,9 @@ class MemoryJobQueue:
     async def depth(self) -> int:
         return sum(1 for r in self._records.values() if not r.status.finished)
 
+    async def refresh_catalog(self) -> None:
+        """The models are this process's own: nothing to read again."""
+
     async def ready(self) -> bool:
         return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())
 

@@ -93,6 +93,9 @@ class JobQueue(Protocol):
     async def depth(self) -> int:
         """Jobs queued or running, as this node sees them (for the metrics)."""
 
+    async def refresh_catalog(self) -> None:
+        """Read ``models`` again now, where they come from elsewhere (Redis: the workers' announcements)."""
+
     async def ready(self) -> bool:
         """Models loaded, a worker alive, and the backend reachable now."""
 

@@ -689,3 +689,74 @@ def test_the_catalog_merges_the_workers_and_forgets_the_silent_ones(store, other
                 time.sleep(0.1)
             r = other_node.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
             assert r.status_code == 404 and "tiny-gen" in r.text
+
+
+def test_an_idempotency_claim_is_waited_for_only_while_its_record_may_still_be_being_written(
+    store, prefix, monkeypatch
+):
+    import asyncio
+
+    from app.jobs import JobRecord
+    from app.queue.redis import queue as redis_queue
+    from app.queue.redis.queue import RedisJobQueue, connect
+
+    real_sleep = asyncio.sleep
+
+    async def scenario():
+        queue = RedisJobQueue(make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix), connect(REDIS_URL))
+        slept = []
+
+        async def sleep(seconds):
+            slept.append(seconds)
+            if len(slept) == 3:  # the claimant's record lands while the second request waits
+                await queue.redis.hset(queue.keys.job("fresh"), mapping={"record": record.model_dump_json()})
+            await real_sleep(0)
+
+        monkeypatch.setattr(redis_queue.asyncio, "sleep", sleep)
+        try:
+            record = JobRecord(id="fresh", kind="generate", model="tiny-gen")
+            old, new = queue.keys.idempotency("old"), queue.keys.idempotency("new")
+            await queue.redis.set(old, f"expired:fp:{time.time() - 3600:.3f}")  # its record expired long ago
+            assert await queue._claimed_job(old, "fp") is None and slept == []  # at once: nothing to wait for
+            await queue.redis.set(new, f"fresh:fp:{time.time():.3f}")  # claimed a moment ago, record not yet written
+            assert (await queue._claimed_job(new, "fp")).id == "fresh" and len(slept) == 3
+            with pytest.raises(redis_queue.IdempotencyConflict):
+                await queue._claimed_job(new, "another request")
+        finally:
+            monkeypatch.undo()
+            await queue.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_node_started_before_any_worker_announced_reads_the_catalog_again_at_the_first_request(
+    store, prefix, monkeypatch
+):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from app.queue.redis import queue as redis_queue
+
+    monkeypatch.setattr(redis_queue, "CATALOG_REFRESH_S", 3600)  # no background refresh comes in between
+
+    async def announce():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            worker = _worker_on(store, prefix, redis)
+            await worker._create_groups()
+            await worker._beat()
+        finally:
+            await redis.aclose()
+
+    with client_for(store, prefix, embedded_worker=False) as api:
+        assert api.get("/v1/models").json() == {"models": []}
+        asyncio.run(announce())
+        assert [m["name"] for m in api.get("/v1/models").json()["models"]] == ["tiny-gen"]
+    delete_keys(prefix)
+    with client_for(store, prefix, embedded_worker=False) as api:  # the same for a job request
+        r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
+        assert r.status_code == 503 and r.json()["detail"][0]["type"] == "model_unavailable"
+        asyncio.run(announce())
+        r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
+        assert r.status_code == 202, r.text

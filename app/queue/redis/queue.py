@@ -36,6 +36,7 @@ from app.store.catalog import ModelEntry
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_S = 1.0
 READY_TIMEOUT_S = 1.0
+CLAIM_WRITE_S = 2.0  # an Idempotency-Key claimed this recently may still be writing its job's record
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
 # errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master
 UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
@@ -104,6 +105,7 @@ class RedisJobQueue:
         return queue
 
     # -- background ---------------------------------------------------------------------------------
+    @reachable
     async def refresh_catalog(self) -> None:
         """The workers' catalogs, merged, and their latest heartbeat, read together (one MULTI) so that they
         agree."""
@@ -136,7 +138,7 @@ class RedisJobQueue:
         key = self.keys.idempotency(admission.scoped_key) if admission.scoped_key else None
         if key:
             ttl = int(self.settings.job_retention_s) + 3600
-            claim = f"{record.id}:{admission.fingerprint}"
+            claim = f"{record.id}:{admission.fingerprint}:{time.time():.3f}"
             if not await self.redis.set(key, claim, nx=True, ex=ttl):
                 existing = await self._claimed_job(key, admission.fingerprint)
                 if existing is not None:
@@ -167,20 +169,22 @@ class RedisJobQueue:
         return record
 
     async def _claimed_job(self, key: str, fingerprint: str) -> JobRecord | None:
-        """The job an Idempotency-Key names (IdempotencyConflict if it was claimed for another request);
-        a request that claimed the key a moment ago may still be writing its record, so wait briefly."""
-        for _ in range(20):
+        """The job an Idempotency-Key names (IdempotencyConflict if it was claimed for another request), or
+        None when there is none any more (its record expired before the claim did). A request that claimed
+        the key a moment ago may still be writing its record: for a claim that recent, wait briefly."""
+        while True:
             claim = await self.redis.get(key)
             if claim is None:
                 return None
-            job_id, _, claimed_for = claim.decode().partition(":")
+            job_id, claimed_for, claimed_at = (claim.decode().split(":") + ["0"])[:3]
             if claimed_for != fingerprint:
                 raise IdempotencyConflict()
             record = await self.get(job_id)
             if record is not None:
                 return record
+            if time.time() - float(claimed_at) > CLAIM_WRITE_S:
+                return None
             await asyncio.sleep(0.05)
-        return None
 
     @reachable
     async def get(self, job_id: str) -> JobRecord | None:
