@@ -89,6 +89,8 @@ assert psnr(out) > psnr(noisy) + 5
 
 scale() {
   local compose="$COMPOSE -f docker/compose.scale.yaml -p diffusion-smoke --profile cpu"
+  step "build the image the stack runs (compose would reuse an older one of the same tag)"
+  build
   step "scale-out stack: load balancer, 2 API nodes, 2 CPU workers, Redis with AOF"
   $compose up -d --scale api=2 --scale worker-cpu=2 2>&1 | grep -E 'done|rror' | grep -v Creating || true
   $compose ps
