@@ -69,6 +69,20 @@ def test_cancel_a_running_job(client):
     assert client.get(f"/v1/jobs/{job_id}/images/0").status_code == 409
 
 
+def test_a_job_gone_while_it_is_canceled_is_404_as_a_get_would_answer(client, monkeypatch):
+    job_id = submit(client, steps=1000)
+    queue = client.app.state.queue
+
+    async def gone(_job_id):  # as Redis answers when it lost the record between the read and the write
+        return None
+
+    monkeypatch.setattr(queue, "cancel", gone)
+    r = client.delete(f"/v1/jobs/{job_id}")
+    assert r.status_code == 404 and r.json()["detail"][0]["type"] == "not_found", r.text
+    monkeypatch.undo()
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+
+
 def test_unknown_jobs_are_404(client):
     assert client.get("/v1/jobs/" + "0" * 32).status_code == 404
     assert client.delete("/v1/jobs/" + "0" * 32).status_code == 404

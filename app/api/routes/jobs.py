@@ -25,10 +25,13 @@ async def _record(queue, job_id: str, caller: Caller) -> JobRecord:
     """The job, if it exists and the caller may see it: another key's job is "no job", as an unknown one."""
     record = await queue.get(job_id)
     if record is None or not caller.owns(record.owner):
-        raise ApiError(
-            404, ["path", "job_id"], f"no job {job_id!r} (unknown, or finished and forgotten)", type="not_found"
-        )
+        raise _no_job(job_id)
     return record
+
+
+def _no_job(job_id: str) -> ApiError:
+    why = f"no job {job_id!r} (unknown, or finished and forgotten)"
+    return ApiError(404, ["path", "job_id"], why, type="not_found")
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -83,7 +86,8 @@ async def cancel_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) ->
     if record.status.finished:
         raise ApiError(409, ["path", "job_id"], f"job already {record.status.value}", type="finished")
     record = await queue.cancel(job_id)
-    if record is None or record.status != JobStatus.canceled:  # it finished a moment before the cancel
-        status = record.status.value if record else "gone"
-        raise ApiError(409, ["path", "job_id"], f"job already {status}", type="finished")
+    if record is None:  # gone a moment before the cancel (Redis lost it): what a GET would answer now
+        raise _no_job(job_id)
+    if record.status != JobStatus.canceled:  # it finished a moment before the cancel
+        raise ApiError(409, ["path", "job_id"], f"job already {record.status.value}", type="finished")
     return job_body(record, include_data=False)
