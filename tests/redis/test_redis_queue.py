@@ -716,9 +716,9 @@ def test_an_idempotency_claim_is_waited_for_only_while_its_record_may_still_be_b
         try:
             record = JobRecord(id="fresh", kind="generate", model="tiny-gen")
             old, new = queue.keys.idempotency("old"), queue.keys.idempotency("new")
-            await queue.redis.set(old, f"expired:fp:{time.time() - 3600:.3f}")  # its record expired long ago
+            await queue.redis.set(old, "expired:fp", ex=queue._claim_ttl - 3600)  # its record expired long ago
             assert await queue._claimed_job(old, "fp") is None and slept == []  # at once: nothing to wait for
-            await queue.redis.set(new, f"fresh:fp:{time.time():.3f}")  # claimed a moment ago, record not yet written
+            await queue.redis.set(new, "fresh:fp", ex=queue._claim_ttl)  # claimed a moment ago, record not yet written
             assert (await queue._claimed_job(new, "fp")).id == "fresh" and len(slept) == 3
             with pytest.raises(redis_queue.IdempotencyConflict):
                 await queue._claimed_job(new, "another request")

@@ -137,13 +137,12 @@ class RedisJobQueue:
         record = JobRecord.new(spec, admission.owner, admission.webhook)
         key = self.keys.idempotency(admission.scoped_key) if admission.scoped_key else None
         if key:
-            ttl = int(self.settings.job_retention_s) + 3600
-            claim = f"{record.id}:{admission.fingerprint}:{time.time():.3f}"
-            if not await self.redis.set(key, claim, nx=True, ex=ttl):
+            claim = f"{record.id}:{admission.fingerprint}"
+            if not await self.redis.set(key, claim, nx=True, ex=self._claim_ttl):
                 existing = await self._claimed_job(key, admission.fingerprint)
                 if existing is not None:
                     return existing
-                await self.redis.set(key, claim, ex=ttl)
+                await self.redis.set(key, claim, ex=self._claim_ttl)
         admitted = await self._admit(
             keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec)],
             args=[
@@ -168,21 +167,28 @@ class RedisJobQueue:
             raise QueueFull(retry_after=max(1, int(self.settings.heartbeat_s)))
         return record
 
+    @property
+    def _claim_ttl(self) -> int:
+        """How long an Idempotency-Key's claim lasts: past its job's retention."""
+        return int(self.settings.job_retention_s) + 3600
+
     async def _claimed_job(self, key: str, fingerprint: str) -> JobRecord | None:
         """The job an Idempotency-Key names (IdempotencyConflict if it was claimed for another request), or
         None when there is none any more (its record expired before the claim did). A request that claimed
-        the key a moment ago may still be writing its record: for a claim that recent, wait briefly."""
+        the key a moment ago may still be writing its record: for a claim that recent (by the time left to
+        it, so no node's clock matters), wait briefly."""
         while True:
-            claim = await self.redis.get(key)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                claim, left_ms = await pipe.get(key).pttl(key).execute()
             if claim is None:
                 return None
-            job_id, claimed_for, claimed_at = (claim.decode().split(":") + ["0"])[:3]
+            job_id, _, claimed_for = claim.decode().partition(":")
             if claimed_for != fingerprint:
                 raise IdempotencyConflict()
             record = await self.get(job_id)
             if record is not None:
                 return record
-            if time.time() - float(claimed_at) > CLAIM_WRITE_S:
+            if self._claim_ttl - left_ms / 1000 > CLAIM_WRITE_S:
                 return None
             await asyncio.sleep(0.05)
 
