@@ -12,6 +12,7 @@ from standardwebhooks import Webhook as Verifier
 from app.api.main import create_app
 from tests.helpers import WebhookReceiver, make_settings
 from tests.redis.helpers import REDIS_URL, delete_keys
+from app.jobs import JobRecord
 from app.store.catalog import scan_store
 from tests.tiny_models import write_bare, write_generator
 
@@ -498,7 +499,6 @@ def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over
 
     from redis.asyncio import Redis
 
-    from app.jobs import JobRecord
     from app.queue.redis.keys import GROUP
     from app.queue.redis.worker import RedisWorker, _Held
 
@@ -535,7 +535,6 @@ def test_a_worker_stopping_while_redis_is_away_stops_cleanly_and_leaves_its_jobs
 
     from redis.asyncio import Redis
 
-    from app.jobs import JobRecord
     from app.queue.redis.worker import RedisWorker, _Held
     from tests.redis.helpers import free_port
 
@@ -696,7 +695,6 @@ def test_an_idempotency_claim_is_waited_for_only_while_its_record_may_still_be_b
 ):
     import asyncio
 
-    from app.jobs import JobRecord
     from app.queue.redis import queue as redis_queue
     from app.queue.redis.queue import RedisJobQueue, connect
 
@@ -760,3 +758,36 @@ def test_a_node_started_before_any_worker_announced_reads_the_catalog_again_at_t
         asyncio.run(announce())
         r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
         assert r.status_code == 202, r.text
+
+
+def test_jobs_queued_for_a_model_no_worker_serves_any_more_are_failed_when_its_workers_are_forgotten(
+    store, other_store, prefix
+):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    job_id = _queued_for_tiny_gen(store, prefix)  # announced by "serves-tiny-gen", which then goes silent
+
+    async def forget_it():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            other = _worker_on(other_store, prefix, redis, "serves-tiny-bare")
+            keys = other.keys
+            await other._create_groups()
+            stream = keys.stream("normal", "tiny-gen")
+            assert await redis.xlen(stream) == 1 and await redis.hexists(keys.held, job_id)
+            await other._beat()  # it forgets no one yet: tiny-gen's worker was heard a moment ago
+            assert await redis.hget(keys.job(job_id), "status") == b"queued"
+            await redis.hset(keys.announced, "serves-tiny-gen", time.time() - 601)  # silent past worker_forget_s
+            await other._beat()
+            assert await redis.hget(keys.job(job_id), "status") == b"failed"
+            record = JobRecord.model_validate_json(await redis.hget(keys.job(job_id), "record"))
+            assert "'tiny-gen' is no longer served" in record.error
+            assert await redis.xlen(stream) == 0 and not await redis.hexists(keys.held, job_id)
+            assert await redis.xlen(keys.stream("normal", "tiny-bare")) == 0  # a served model's stream is kept
+            assert await redis.exists(keys.stream("normal", "tiny-bare"))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(forget_it())

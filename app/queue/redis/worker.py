@@ -422,6 +422,29 @@ class RedisWorker:
         )
         if forgotten:
             log.warning("forgot workers silent for %.0f s: %s", self.settings.worker_forget_s, forgotten)
+            await self._fail_unserved()
+
+    async def _fail_unserved(self) -> None:
+        """Fail the jobs queued for models that no worker announces any more (every worker that served them
+        has been gone for ``worker_forget_s``): nobody would ever run them, and they hold places in the queue."""
+        announced = {name for raw in await self.redis.hvals(self.keys.catalogs) for name in json.loads(raw)}
+        head = f"{self.keys.prefix}:model:"
+        streams = [key.decode() async for key in self.redis.scan_iter(match=f"{head}*:jobs*", _type="STREAM")]
+        for stream in streams:
+            model = stream.removeprefix(head).split(":")[0]
+            if model in announced:
+                continue
+            for entry_id, fields in await self.redis.xrange(stream):
+                job_id = fields.get(b"job", b"").decode()
+                record = await self.records.get(job_id) if job_id else None
+                if record is not None:
+                    await self._fail_record(
+                        record,
+                        f"model {model!r} is no longer served: every worker that served it has been gone for "
+                        f"{self.settings.worker_forget_s:.0f} s",
+                    )
+                await self._retire(stream, entry_id.decode(), forget=job_id or None)
+            log.warning("failed the jobs queued for model %s, which no worker serves any more", model)
 
     async def _beat_once(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
