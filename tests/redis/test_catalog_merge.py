@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.queue.redis.catalog import merge, publish
+from app.queue.redis.catalog import merge, publish, unserved
 from app.store.catalog import ModelEntry
 
 
@@ -77,3 +77,16 @@ def test_a_worker_is_forgotten_only_after_its_lease():
     assert Settings(lease_s=15, worker_forget_s=16).worker_forget_s == 16
     with pytest.raises(pydantic.ValidationError, match="worker_forget_s must be longer than lease_s"):
         Settings(lease_s=15, worker_forget_s=15)
+
+
+def test_unserved_models_are_those_no_worker_heard_since_the_cutoff_serves_with_why():
+    found = unserved(
+        catalogs(
+            forgotten=[entry("only-forgotten"), entry("also-here")],
+            here=[entry("also-here"), entry("broken", status="error", error="bad config"), entry("fine")],
+            other=[entry("fine", status="error", error="too big here")],
+        ),
+        when(forgotten=50.0, here=100.0, other=100.0),
+        since=100.0,
+    )
+    assert found == {"only-forgotten": None, "broken": "bad config"}

@@ -783,7 +783,7 @@ def test_jobs_queued_for_a_model_no_worker_serves_any_more_are_failed_when_its_w
             await other._beat()
             assert await redis.hget(keys.job(job_id), "status") == b"failed"
             record = JobRecord.model_validate_json(await redis.hget(keys.job(job_id), "record"))
-            assert "'tiny-gen' is no longer served" in record.error
+            assert record.error.startswith("model 'tiny-gen' is not served by any worker: every worker that served it")
             assert await redis.xlen(stream) == 0 and not await redis.hexists(keys.held, job_id)
             assert await redis.xlen(keys.stream("normal", "tiny-bare")) == 0  # a served model's stream is kept
             assert await redis.exists(keys.stream("normal", "tiny-bare"))
@@ -791,3 +791,27 @@ def test_jobs_queued_for_a_model_no_worker_serves_any_more_are_failed_when_its_w
             await redis.aclose()
 
     asyncio.run(forget_it())
+
+
+def test_jobs_queued_for_a_model_that_failed_on_every_worker_are_failed_with_its_reason(store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def fail_it_everywhere():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            worker = _worker_on(store, prefix, redis, "serves-tiny-gen")  # the one that announced it, restarted
+            worker.entries["tiny-gen"].fail("its weights do not load: unexpected end of file")
+            await worker._beat()
+            record = JobRecord.model_validate_json(await redis.hget(worker.keys.job(job_id), "record"))
+            assert record.status.value == "failed"
+            assert record.error == (
+                "model 'tiny-gen' is not served by any worker: its weights do not load: unexpected end of file"
+            )
+        finally:
+            await redis.aclose()
+
+    asyncio.run(fail_it_everywhere())

@@ -46,3 +46,16 @@ def merge(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since:
                 models[name] = entry
     # copies: the parsed entries are shared between refreshes
     return {name: replace(models[name], loaded=name in loaded) for name in sorted(models)}
+
+
+def unserved(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float) -> dict[str, str | None]:
+    """The models some worker announced (one since forgotten included) that no worker heard from since
+    ``since`` serves, each with why: the error of the latest announcement, or None when only forgotten workers
+    announced it."""
+    heard = merge(catalogs, announced, since=since)
+    why: dict[str, str | None] = {}
+    for name in merge(catalogs, announced, since=float("-inf")):
+        entry = heard.get(name)
+        if entry is None or not entry.ready:
+            why[name] = None if entry is None else entry.error
+    return why

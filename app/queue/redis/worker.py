@@ -30,8 +30,8 @@ from redis.exceptions import ResponseError
 from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
-from app.queue.redis.catalog import publish
-from app.queue.redis.keys import GROUP, NEXT_ENTRIES, PRUNE, RENEW, Keys
+from app.queue.redis.catalog import publish, unserved
+from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, RENEW, Keys
 from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -408,43 +408,36 @@ class RedisWorker:
                 self.engine.cancel(data.decode())
 
     async def _beat(self) -> None:
-        """Publish this worker's catalog and heartbeat (API nodes merge the workers' catalogs), and forget the
-        workers silent for ``worker_forget_s``."""
+        """Publish this worker's catalog and heartbeat (API nodes merge the workers' catalogs), forget the
+        workers silent for ``worker_forget_s``, and fail the jobs queued for models no worker serves."""
         now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.catalogs, self.worker_id, publish(self.entries))
             pipe.hset(self.keys.announced, self.worker_id, now)
             pipe.hset(self.keys.workers, self.worker_id, now)
-            await pipe.execute()
-        forgotten = await self._prune(
-            keys=[self.keys.workers, self.keys.announced, self.keys.catalogs],
-            args=[now - self.settings.worker_forget_s],
-        )
+            pipe.hgetall(self.keys.catalogs).hgetall(self.keys.announced)
+            *_, catalogs, announced = await pipe.execute()
+        cutoff = now - self.settings.worker_forget_s
+        forgotten = await self._prune(keys=[self.keys.workers, self.keys.announced, self.keys.catalogs], args=[cutoff])
         if forgotten:
             log.warning("forgot workers silent for %.0f s: %s", self.settings.worker_forget_s, forgotten)
-            await self._fail_unserved()
+        for model, why in unserved(catalogs, announced, since=cutoff).items():
+            if why is None:
+                why = f"every worker that served it has been gone for {self.settings.worker_forget_s:.0f} s"
+            await self._fail_queued(model, f"model {model!r} is not served by any worker: {why}")
 
-    async def _fail_unserved(self) -> None:
-        """Fail the jobs queued for models that no worker announces any more (every worker that served them
-        has been gone for ``worker_forget_s``): nobody would ever run them, and they hold places in the queue."""
-        announced = {name for raw in await self.redis.hvals(self.keys.catalogs) for name in json.loads(raw)}
-        head = f"{self.keys.prefix}:model:"
-        streams = [key.decode() async for key in self.redis.scan_iter(match=f"{head}*:jobs*", _type="STREAM")]
-        for stream in streams:
-            model = stream.removeprefix(head).split(":")[0]
-            if model in announced:
-                continue
+    async def _fail_queued(self, model: str, error: str) -> None:
+        """Fail the jobs still queued for ``model``: no worker serves it any more, so nobody would run them,
+        and they hold places in the queue."""
+        for priority in HIGH_FIRST:
+            stream = self.keys.stream(priority, model)
             for entry_id, fields in await self.redis.xrange(stream):
                 job_id = fields.get(b"job", b"").decode()
                 record = await self.records.get(job_id) if job_id else None
                 if record is not None:
-                    await self._fail_record(
-                        record,
-                        f"model {model!r} is no longer served: every worker that served it has been gone for "
-                        f"{self.settings.worker_forget_s:.0f} s",
-                    )
+                    await self._fail_record(record, error)
                 await self._retire(stream, entry_id.decode(), forget=job_id or None)
-            log.warning("failed the jobs queued for model %s, which no worker serves any more", model)
+                log.warning("job %s failed: %s", job_id, error)
 
     async def _beat_once(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
