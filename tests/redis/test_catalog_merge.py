@@ -81,6 +81,7 @@ def test_a_worker_is_forgotten_only_after_its_lease():
 
 def test_unserved_models_are_those_no_worker_heard_since_the_cutoff_serves_with_why():
     found = unserved(
+        {"only-forgotten", "also-here", "broken", "fine", "never-announced"},
         catalogs(
             forgotten=[entry("only-forgotten"), entry("also-here")],
             here=[entry("also-here"), entry("broken", status="error", error="bad config"), entry("fine")],
@@ -89,4 +90,4 @@ def test_unserved_models_are_those_no_worker_heard_since_the_cutoff_serves_with_
         when(forgotten=50.0, here=100.0, other=100.0),
         since=100.0,
     )
-    assert found == {"only-forgotten": None, "broken": "bad config"}
+    assert found == {"only-forgotten": None, "broken": "bad config", "never-announced": None}

@@ -777,14 +777,19 @@ def test_jobs_queued_for_a_model_no_worker_serves_any_more_are_failed_when_its_w
             await other._create_groups()
             stream = keys.stream("normal", "tiny-gen")
             assert await redis.xlen(stream) == 1 and await redis.hexists(keys.held, job_id)
+            assert await redis.smembers(keys.queued_models) == {b"tiny-gen"}  # where workers look
             await other._beat()  # it forgets no one yet: tiny-gen's worker was heard a moment ago
             assert await redis.hget(keys.job(job_id), "status") == b"queued"
             await redis.hset(keys.announced, "serves-tiny-gen", time.time() - 601)  # silent past worker_forget_s
+            await other._beat()  # forgotten, but this worker has not been up that long: a slower pool may come
+            assert await redis.hget(keys.job(job_id), "status") == b"queued"
+            other._up_since -= 600
             await other._beat()
             assert await redis.hget(keys.job(job_id), "status") == b"failed"
             record = JobRecord.model_validate_json(await redis.hget(keys.job(job_id), "record"))
             assert record.error.startswith("model 'tiny-gen' is not served by any worker: every worker that served it")
             assert await redis.xlen(stream) == 0 and not await redis.hexists(keys.held, job_id)
+            assert await redis.smembers(keys.queued_models) == set()
             assert await redis.xlen(keys.stream("normal", "tiny-bare")) == 0  # a served model's stream is kept
             assert await redis.exists(keys.stream("normal", "tiny-bare"))
         finally:
@@ -805,6 +810,7 @@ def test_jobs_queued_for_a_model_that_failed_on_every_worker_are_failed_with_its
         try:
             worker = _worker_on(store, prefix, redis, "serves-tiny-gen")  # the one that announced it, restarted
             worker.entries["tiny-gen"].fail("its weights do not load: unexpected end of file")
+            worker._up_since -= 600  # up for worker_forget_s
             await worker._beat()
             record = JobRecord.model_validate_json(await redis.hget(worker.keys.job(job_id), "record"))
             assert record.status.value == "failed"

@@ -48,14 +48,14 @@ def merge(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since:
     return {name: replace(models[name], loaded=name in loaded) for name in sorted(models)}
 
 
-def unserved(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float) -> dict[str, str | None]:
-    """The models some worker announced (one since forgotten included) that no worker heard from since
-    ``since`` serves, each with why: the error of the latest announcement, or None when only forgotten workers
-    announced it."""
+def unserved(
+    models: set[str], catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float
+) -> dict[str, str | None]:
+    """Those of ``models`` that no worker heard from since ``since`` serves, each with why: the error of the
+    latest such worker's announcement, or None when none of them announced it."""
     heard = merge(catalogs, announced, since=since)
-    why: dict[str, str | None] = {}
-    for name in merge(catalogs, announced, since=float("-inf")):
-        entry = heard.get(name)
-        if entry is None or not entry.ready:
-            why[name] = None if entry is None else entry.error
-    return why
+    return {
+        name: heard[name].error if name in heard else None
+        for name in sorted(models)
+        if name not in heard or not heard[name].ready
+    }

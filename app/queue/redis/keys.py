@@ -15,6 +15,8 @@
 {p}:announced         hash: worker ID -> when it last published its catalog (unix time); kept when it stops, so
                       its models stay listed through a restart, and forgotten (PRUNE) after worker_forget_s
 {p}:workers           hash: worker ID -> last heartbeat (unix time), while it runs
+{p}:queued-models     set: the models jobs have been queued for (ADMIT adds; a worker failing the jobs of a model
+                      no worker serves removes it), so workers know which models' streams to look at
 {p}:webhooks          sorted set: webhook delivery IDs by due time (app.queue.redis.outbox)
 {p}:webhook:{id}      hash: one delivery (url, event, record JSON, attempts)
 """
@@ -138,11 +140,11 @@ return 1
 
 # Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
 # (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
-# stream. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel limit, the job key
-# prefix ("{p}:job:"), the owner ('' for none), the owner's job cap ('' for none), the webhook URL and its
-# events, comma-separated ('' for none). Returns 1 if admitted, 0
-# when the queue is full, -1 when the owner holds its cap. Entries whose record is gone or final are swept
-# first.
+# stream, queued-models set. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel
+# limit, the job key prefix ("{p}:job:"), the owner ('' for none), the owner's job cap ('' for none), the
+# webhook URL and its events, comma-separated ('' for none), the job's model ('' for none). Returns 1 if
+# admitted, 0 when the queue is full, -1 when the owner holds its cap. Entries whose record is gone or final
+# are swept first.
 # (Keys read through ARGV[7] are in the same deployment prefix; a Redis Cluster would need hash tags.)
 ADMIT = """
 local held, count = 0, 0
@@ -169,6 +171,7 @@ redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[10], 'webhook_events', ARGV[11]) end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
+if ARGV[12] ~= '' then redis.call('SADD', KEYS[4], ARGV[12]) end
 return 1
 """
 
@@ -222,6 +225,10 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"
+
+    @property
+    def queued_models(self) -> str:
+        return f"{self.prefix}:queued-models"
 
     @property
     def outbox(self) -> str:

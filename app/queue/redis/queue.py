@@ -144,7 +144,7 @@ class RedisJobQueue:
                     return existing
                 await self.redis.set(key, claim, ex=self._claim_ttl)
         admitted = await self._admit(
-            keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec)],
+            keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec), self.keys.queued_models],
             args=[
                 record.model_dump_json(),
                 spec.model_dump_json(),
@@ -157,6 +157,7 @@ class RedisJobQueue:
                 "" if admission.max_jobs is None else admission.max_jobs,
                 admission.webhook.url if admission.webhook else "",
                 ",".join(admission.webhook.events) if admission.webhook else "",
+                spec.model or "",
             ],
         )
         if admitted != 1:

@@ -82,6 +82,7 @@ class RedisWorker:
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
         self._prune = redis.register_script(PRUNE)
+        self._up_since = time.time()  # a worker judges which models no worker serves only after worker_forget_s
         self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
 
     @property
@@ -299,6 +300,7 @@ class RedisWorker:
         """Move a job this worker does not serve from a stream every worker reads to its model's stream."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.job_stream(spec), {"job": job_id})
+            pipe.sadd(self.keys.queued_models, spec.model)
             pipe.xack(stream, GROUP, entry_id)
             pipe.xdel(stream, entry_id)
             await pipe.execute()
@@ -409,35 +411,41 @@ class RedisWorker:
 
     async def _beat(self) -> None:
         """Publish this worker's catalog and heartbeat (API nodes merge the workers' catalogs), forget the
-        workers silent for ``worker_forget_s``, and fail the jobs queued for models no worker serves."""
+        workers silent for ``worker_forget_s``, and fail the jobs queued for models no worker serves (once this
+        worker has been up that long itself)."""
         now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.catalogs, self.worker_id, publish(self.entries))
             pipe.hset(self.keys.announced, self.worker_id, now)
             pipe.hset(self.keys.workers, self.worker_id, now)
-            pipe.hgetall(self.keys.catalogs).hgetall(self.keys.announced)
-            *_, catalogs, announced = await pipe.execute()
+            await pipe.execute()
         cutoff = now - self.settings.worker_forget_s
         forgotten = await self._prune(keys=[self.keys.workers, self.keys.announced, self.keys.catalogs], args=[cutoff])
         if forgotten:
             log.warning("forgot workers silent for %.0f s: %s", self.settings.worker_forget_s, forgotten)
-        for model, why in unserved(catalogs, announced, since=cutoff).items():
+        if now - self._up_since >= self.settings.worker_forget_s:  # after a whole deployment was down, the
+            await self._fail_unserved(cutoff)  # workers of some models may just be slower to start
+
+    async def _fail_unserved(self, cutoff: float) -> None:
+        """Fail the jobs still queued for the models no worker serves: none announced them since ``cutoff``,
+        or each that did failed to load them. Nobody would run those jobs, and they hold places in the queue."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.smembers(self.keys.queued_models).hgetall(self.keys.catalogs).hgetall(self.keys.announced)
+            queued, catalogs, announced = await pipe.execute()
+        for model, why in unserved({m.decode() for m in queued}, catalogs, announced, since=cutoff).items():
             if why is None:
                 why = f"every worker that served it has been gone for {self.settings.worker_forget_s:.0f} s"
-            await self._fail_queued(model, f"model {model!r} is not served by any worker: {why}")
-
-    async def _fail_queued(self, model: str, error: str) -> None:
-        """Fail the jobs still queued for ``model``: no worker serves it any more, so nobody would run them,
-        and they hold places in the queue."""
-        for priority in HIGH_FIRST:
-            stream = self.keys.stream(priority, model)
-            for entry_id, fields in await self.redis.xrange(stream):
-                job_id = fields.get(b"job", b"").decode()
-                record = await self.records.get(job_id) if job_id else None
-                if record is not None:
-                    await self._fail_record(record, error)
-                await self._retire(stream, entry_id.decode(), forget=job_id or None)
-                log.warning("job %s failed: %s", job_id, error)
+            error = f"model {model!r} is not served by any worker: {why}"
+            await self.redis.srem(self.keys.queued_models, model)  # first: a job queued meanwhile adds it again
+            for priority in HIGH_FIRST:
+                stream = self.keys.stream(priority, model)
+                for entry_id, fields in await self.redis.xrange(stream):
+                    job_id = fields.get(b"job", b"").decode()
+                    record = await self.records.get(job_id) if job_id else None
+                    if record is not None:
+                        await self._fail_record(record, error)
+                    await self._retire(stream, entry_id.decode(), forget=job_id or None)
+                    log.warning("job %s failed: %s", job_id, error)
 
     async def _beat_once(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
