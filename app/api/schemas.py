@@ -204,6 +204,11 @@ class ModelOut(BaseModel):
     loaded: bool = Field(False, description="in an engine's memory now (else it loads on first use)")
     weights_gb: float = Field(0.0, description="the weights' size: the memory they take")
     error: str | None = Field(None, description="why the model is not served")
+    workers: int | None = Field(
+        None,
+        description="with Redis: the workers serving it now (heard from within 3 heartbeats); 0 while none is, "
+        "when its jobs wait for one to come back",
+    )
     card: dict[str, Any] | None = Field(
         None, description="the model card with what the configs imply: tasks it really serves, image size, ..."
     )

@@ -46,6 +46,7 @@ class ModelEntry:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other components' configs
     weights_bytes: int = 0  # safetensors on disk: the memory the weights take in float32
     loaded: bool = False  # in an engine's memory now (set by the engine)
+    workers: int | None = None  # Redis mode: the workers serving it now (set by an API node's merge)
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, reason: str) -> None:
@@ -241,6 +242,8 @@ class ModelEntry:
         }
         if self.error:
             body["error"] = self.error
+        if self.workers is not None:
+            body["workers"] = self.workers
         if self.ready or self.has_card:
             card = self.card.model_dump(mode="json")
             card.update(

@@ -657,8 +657,8 @@ def test_the_catalog_merges_the_workers_and_forgets_the_silent_ones(store, other
 
     with client_for(store, prefix, embedded_worker=True, lease_s=1.5, worker_forget_s=30) as worker_node:
         with client_for(other_store, prefix, embedded_worker=True, worker_forget_s=30) as other_node:
-            models = {m["name"]: m["status"] for m in other_node.get("/v1/models").json()["models"]}
-            assert models == {"tiny-gen": "ready", "tiny-bare": "ready"}  # each from the worker that serves it
+            models = {m["name"]: (m["status"], m["workers"]) for m in other_node.get("/v1/models").json()["models"]}
+            assert models == {"tiny-gen": ("ready", 1), "tiny-bare": ("ready", 1)}  # each from the one serving it
             served = other_node.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 2})
             assert served.status_code == 200, served.text  # run by the worker of the other node
             worker_node.app.state.queue.embedded.engine.stop()  # it stops announcing; its catalog stays

@@ -24,11 +24,14 @@ def _read(raw: bytes) -> dict[str, ModelEntry]:
     return {name: ModelEntry.from_dict(data) for name, data in json.loads(raw).items()}
 
 
-def merge(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float) -> dict[str, ModelEntry]:
+def merge(
+    catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since: float, live_since: float | None = None
+) -> dict[str, ModelEntry]:
     """The deployment's catalog from the workers' own (``{p}:catalogs``) and when each was last published
     (``{p}:announced``), leaving out those older than ``since``. For each model, the entry of a worker that
     serves it (the latest published), loaded when any of them has it loaded; where none serves it, why not,
-    from the latest published of the others (its folder is broken there, or too big for its memory)."""
+    from the latest published of the others (its folder is broken there, or too big for its memory). With
+    ``live_since``, each entry counts the workers serving it that published since then (``workers``)."""
     heard: list[tuple[float, bytes]] = []
     for worker, raw in catalogs.items():
         when = float(announced.get(worker, 0) or 0)
@@ -37,15 +40,21 @@ def merge(catalogs: dict[bytes, bytes], announced: dict[bytes, bytes], *, since:
     heard.sort(key=lambda item: item[0], reverse=True)  # the latest first
     models: dict[str, ModelEntry] = {}
     loaded: set[str] = set()
-    for _, raw in heard:
+    serving: dict[str, int] = {}
+    for when, raw in heard:
         for name, entry in _read(raw).items():
             if entry.ready and entry.loaded:
                 loaded.add(name)
+            if entry.ready and live_since is not None and when >= live_since:
+                serving[name] = serving.get(name, 0) + 1
             chosen = models.get(name)
             if chosen is None or (entry.ready and not chosen.ready):
                 models[name] = entry
     # copies: the parsed entries are shared between refreshes
-    return {name: replace(models[name], loaded=name in loaded) for name in sorted(models)}
+    return {
+        name: replace(models[name], loaded=name in loaded, workers=None if live_since is None else serving.get(name, 0))
+        for name in sorted(models)
+    }
 
 
 def unserved(

@@ -112,7 +112,10 @@ class RedisJobQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.catalogs).hgetall(self.keys.announced).hvals(self.keys.workers)
             catalogs, announced, beats = await pipe.execute()
-        self.models = merge(catalogs, announced, since=time.time() - self.settings.worker_forget_s)
+        now = time.time()
+        self.models = merge(
+            catalogs, announced, since=now - self.settings.worker_forget_s, live_since=now - self.fresh_s
+        )
         self._workers_seen = max((float(b) for b in beats), default=0.0)
 
     async def _refresh_later(self) -> None:
@@ -225,6 +228,11 @@ class RedisJobQueue:
     async def depth(self) -> int:
         return int(await self.redis.hlen(self.keys.held))
 
+    @property
+    def fresh_s(self) -> float:
+        """A worker heard from within this long is alive (three heartbeats, at least 5 s)."""
+        return max(3 * self.settings.heartbeat_s, 5.0)
+
     async def ready(self) -> bool:
         """Redis answers now, and what it holds now shows a worker's fresh heartbeat and a model served.
         The catalog is read live, not taken from the last refresh: after Redis lost its data (a restart
@@ -234,7 +242,7 @@ class RedisJobQueue:
                 await self.refresh_catalog()
         except Exception:  # any failure to answer in time: not ready
             return False
-        fresh = time.time() - self._workers_seen < max(3 * self.settings.heartbeat_s, 5.0)
+        fresh = time.time() - self._workers_seen < self.fresh_s
         return fresh and any(e.ready for e in self.models.values())
 
     async def close(self) -> None:
