@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.redis.helpers import REDIS_URL, poll, submit, worker_pids_holding
-from tests.tiny_models import write_generator
+from tests.tiny_models import write_bare, write_generator
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +214,27 @@ def test_a_stop_past_its_grace_answers_waiters_202_with_the_location_and_exits_0
     assert api.proc.wait(30) == 0
     job_id = answer.json()["job_id"]  # the job goes on in Redis: another node has it
     assert poll(other.url, job_id, timeout=180)["status"] == "succeeded"
+
+
+def test_workers_of_different_stores_each_run_only_their_own_models_jobs(prefix, procs, store, tmp_path):
+    write_bare(tmp_path / "tiny-rgb")
+    api = procs("serve", prefix, store)
+    procs("worker", prefix, store)  # tiny-gen only
+    procs("worker", prefix, tmp_path)  # tiny-rgb only
+    api.wait_ready()
+    deadline = time.monotonic() + 60
+    while True:
+        models = {m["name"]: m.get("workers") for m in httpx.get(f"{api.url}/v1/models", timeout=5).json()["models"]}
+        if models == {"tiny-gen": 1, "tiny-rgb": 1}:
+            break
+        assert time.monotonic() < deadline, models
+        time.sleep(0.1)
+    async_ = {"Prefer": "respond-async"}
+    jobs = []
+    for seed in range(4):
+        jobs.append(submit(api.url, model="tiny-gen", steps=3, seed=seed))
+        r = httpx.post(f"{api.url}/v1/generate", json={"model": "tiny-rgb", "steps": 3, "seed": seed}, headers=async_)
+        assert r.status_code == 202, r.text
+        jobs.append(r.json()["job_id"])
+    outcomes = [poll(api.url, job_id, timeout=120) for job_id in jobs]
+    assert [o["status"] for o in outcomes] == ["succeeded"] * len(jobs), [o.get("error") for o in outcomes]
