@@ -96,7 +96,7 @@ def test_unserved_models_are_those_no_worker_heard_since_the_cutoff_serves_with_
 def test_each_model_counts_the_workers_serving_it_now():
     merged = merge(
         catalogs(
-            stopped=[entry("a"), entry("b")],  # its catalog is kept for a restart, but it is not serving now
+            stopped=[entry("a"), entry("b", loaded=True)],  # kept for a restart; it serves nothing now
             up=[entry("a"), entry("b", status="error", error="too big here")],
             also_up=[entry("a")],
         ),
@@ -105,6 +105,6 @@ def test_each_model_counts_the_workers_serving_it_now():
         live_since=90.0,
     )
     assert {name: e.workers for name, e in merged.items()} == {"a": 2, "b": 0}
-    assert merged["b"].ready  # the stopped worker served it: its jobs queue for it to come back
+    assert merged["b"].ready and not merged["b"].loaded  # the stopped worker served it: its jobs queue for it
     assert merged["a"].public()["workers"] == 2
     assert "workers" not in merge(catalogs(up=[entry("a")]), when(up=100.0), since=0.0)["a"].public()  # not counted

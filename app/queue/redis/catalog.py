@@ -31,7 +31,8 @@ def merge(
     (``{p}:announced``), leaving out those older than ``since``. For each model, the entry of a worker that
     serves it (the latest published), loaded when any of them has it loaded; where none serves it, why not,
     from the latest published of the others (its folder is broken there, or too big for its memory). With
-    ``live_since``, each entry counts the workers serving it that published since then (``workers``)."""
+    ``live_since``, each entry counts the workers serving it that published since then (``workers``), and
+    only those say whether it is loaded."""
     heard: list[tuple[float, bytes]] = []
     for worker, raw in catalogs.items():
         when = float(announced.get(worker, 0) or 0)
@@ -42,10 +43,11 @@ def merge(
     loaded: set[str] = set()
     serving: dict[str, int] = {}
     for when, raw in heard:
+        live = live_since is None or when >= live_since
         for name, entry in _read(raw).items():
-            if entry.ready and entry.loaded:
+            if entry.ready and entry.loaded and live:  # a stopped worker's catalog holds nothing in memory
                 loaded.add(name)
-            if entry.ready and live_since is not None and when >= live_since:
+            if entry.ready and live_since is not None and live:
                 serving[name] = serving.get(name, 0) + 1
             chosen = models.get(name)
             if chosen is None or (entry.ready and not chosen.ready):
