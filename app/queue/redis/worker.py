@@ -158,12 +158,18 @@ class RedisWorker:
             log.warning("job %s: its record is gone from Redis; not handing it back", job_id)
             await self._retire(held.stream, held.entry_id, forget=job_id)
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(held.stream, {"job": job_id})
-            pipe.xack(held.stream, GROUP, held.entry_id)
-            pipe.xdel(held.stream, held.entry_id)
-            await pipe.execute()
+        await self._requeue(job_id, held.stream, held.entry_id, to=held.stream)
         log.info("handed job %s back to the queue", job_id)
+
+    async def _requeue(self, job_id: str, stream: str, entry_id: str, *, to: str, model: str | None = None) -> None:
+        """Queue a job again at the end of stream ``to``, taking its entry off ``stream``, in one step."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(to, {"job": job_id})
+            if model is not None:
+                pipe.sadd(self.keys.queued_models, model)
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
 
     # -- taking jobs --------------------------------------------------------------------------------
     def _free(self) -> int:
@@ -268,11 +274,7 @@ class RedisWorker:
                 raise
             log.error("job entry %s (%r) is unusable: %s", entry_id, job_id, exc)
             self.held.pop(job_id, None)
-            with contextlib.suppress(Exception):  # the record itself may be what is broken
-                record = await self.records.get(job_id) if job_id else None
-                if record is not None:
-                    await self._fail_record(record, f"unusable job: {exc}")
-            await self._retire(stream, entry_id, forget=job_id)
+            await self._fail_entry(stream, entry_id, job_id, f"unusable job: {exc}")
 
     async def _start(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
         raw_record, status, raw_spec = await self.redis.hmget(self.keys.job(job_id), "record", "status", "spec")
@@ -298,13 +300,16 @@ class RedisWorker:
 
     async def _reroute(self, stream: str, entry_id: str, job_id: str, spec: JobSpec) -> None:
         """Move a job this worker does not serve from a stream every worker reads to its model's stream."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.job_stream(spec), {"job": job_id})
-            pipe.sadd(self.keys.queued_models, spec.model)
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            await pipe.execute()
+        await self._requeue(job_id, stream, entry_id, to=self.keys.job_stream(spec), model=spec.model)
         log.info("job %s: moved to the stream of model %s, which this worker does not serve", job_id, spec.model)
+
+    async def _fail_entry(self, stream: str, entry_id: str, job_id: str, error: str) -> None:
+        """Fail the job of an entry that will not run, and take the entry off its stream."""
+        with contextlib.suppress(Exception):  # the record itself may be what is broken
+            record = await self.records.get(job_id) if job_id else None
+            if record is not None:
+                await self._fail_record(record, error)
+        await self._retire(stream, entry_id, forget=job_id or None)
 
     async def _fail_record(self, record: JobRecord, error: str) -> None:
         """Fail a job this worker cannot run, by the same rule as the engine's events."""
@@ -441,10 +446,7 @@ class RedisWorker:
                 stream = self.keys.stream(priority, model)
                 for entry_id, fields in await self.redis.xrange(stream):
                     job_id = fields.get(b"job", b"").decode()
-                    record = await self.records.get(job_id) if job_id else None
-                    if record is not None:
-                        await self._fail_record(record, error)
-                    await self._retire(stream, entry_id.decode(), forget=job_id or None)
+                    await self._fail_entry(stream, entry_id.decode(), job_id, error)
                     log.warning("job %s failed: %s", job_id, error)
 
     async def _beat_once(self) -> None:
