@@ -3,12 +3,15 @@
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/bench_float32_paths.py
                         # oneDNN and PyTorch's own kernels as on a CPU without AVX-512
     python bench/bench_float32_paths.py --no-compile                # skip torch.compile (about a minute)
+    pip install openvino && python bench/bench_float32_paths.py --openvino   # add OpenVINO's CPU runtime
 
 Four measurements on the shipped ``photos`` network, float32, channels-last, the loader's phase
 upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one batch):
 
 1. oneDNN's 3x3 convolution rate (GFLOP/s) at the widths and resolutions of the network, and at
-   FFDNet's (96 channels at half resolution), each alone: is a narrow layer slower per FLOP?
+   FFDNet's (96 channels at half resolution), each alone: is a narrow layer slower per FLOP? Beside it
+   the rate NNPACK's Winograd convolutions reach on the same layer where this torch build has NNPACK
+   (counted at the direct convolution's FLOPs, so above oneDNN's rate means faster).
 2. A profile of the eager forward pass: each operator's share of the CPU time.
 3. What fusing the element-wise work could buy at most: FFDNet's forward pass on the photo and the network
    as it is, without its GroupNorms (identities), without its SiLUs, and without both, taking turns. These
@@ -18,11 +21,18 @@ upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one
    the element-wise work around the convolutions fused), taking turns; the compile time; the largest
    difference between their outputs. Inductor compiles diffusers' own ``ResnetBlock2D`` (the loader's fused
    forward calls a oneDNN operator directly, which inductor cannot trace into one graph per block).
+5. With ``--openvino``: the same network converted to OpenVINO (its GroupNorms as OpenVINO's
+   ``GroupNormalization``, float32 inference precision, latency hint, torch's thread count) against the
+   eager pass and FFDNet, taking turns, with the largest difference between the outputs and the share of
+   OpenVINO's own per-node time by kind of node. OpenVINO is a bench-only probe here, not a dependency of
+   the service; its CPU plugin crashed at the first inference with ``ONEDNN_MAX_CPU_ISA=AVX2`` set
+   (OpenVINO 2026.4.1), so this part runs on the CPU's own instruction set.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 from collections.abc import Callable
@@ -64,12 +74,25 @@ def seconds(fn, repeats: int) -> float:
 
 
 def conv_rates(repeats: int) -> None:
-    print("\n| 3x3 convolution | pixels | ms | GFLOP/s |\n|---|---:|---:|---:|")
+    nnpack = torch.backends.nnpack.is_available()
+    print(
+        "\n| 3x3 convolution | pixels | ms | GFLOP/s | NNPACK (Winograd) ms | its rate at the direct FLOPs |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     for cin, cout, h, w in CONVS:
         x = torch.randn(1, cin, h, w).contiguous(memory_format=torch.channels_last)
         conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=torch.channels_last)
-        s = seconds(lambda conv=conv, x=x: conv(x), repeats)
-        print(f"| {cin} -> {cout} | {h}x{w} | {s * 1e3:.2f} | {2 * cin * cout * 9 * h * w / s / 1e9:.0f} |")
+        flops = 2 * cin * cout * 9 * h * w
+        with torch.no_grad():
+            s = seconds(lambda conv=conv, x=x: conv(x), repeats)
+            row = f"| {cin} -> {cout} | {h}x{w} | {s * 1e3:.2f} | {flops / s / 1e9:.0f} |"
+            if nnpack:
+                planar, weight = x.contiguous(), conv.weight.contiguous()
+                n = seconds(lambda: torch._nnpack_spatial_convolution(planar, weight, conv.bias, [1, 1]), repeats)
+                row += f" {n * 1e3:.2f} | {flops / n / 1e9:.0f} |"
+            else:
+                row += " (no NNPACK) | |"
+        print(row)
 
 
 def profile(unet, x, t, rows: int = 8) -> None:
@@ -119,6 +142,65 @@ def bounds(served: torch.nn.Module, network: Callable[[], torch.nn.Module], x, t
         print(f"| {name} | {s:.3f} | {s / ffdnet:.2f} |")
 
 
+def openvino_pass(network: torch.nn.Module, x, t, served: torch.nn.Module, turns: int) -> None:
+    """Part 5: the network as OpenVINO's CPU plugin runs it, in turns with the eager pass and FFDNet."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino.frontend.pytorch import ConversionExtension
+
+    def group_norm(node):  # aten::group_norm(input, groups, weight, bias, eps, cudnn) as one OpenVINO node
+        groups, eps = (node.get_values_from_const_input(i) for i in (1, 4))
+        made = ops.group_normalization(node.get_input(0), node.get_input(2), node.get_input(3), int(groups), eps)
+        return [made.output(0)]
+
+    class Sample(torch.nn.Module):
+        def __init__(self, unet: torch.nn.Module) -> None:
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, x, t):
+            return self.unet(x, t).sample
+
+    planar = x.contiguous()
+    began = time.perf_counter()
+    with torch.no_grad():
+        converted = ov.convert_model(
+            Sample(without(network, ())),
+            example_input=(planar, t),
+            extension=[ConversionExtension("aten::group_norm", group_norm)],
+        )
+    settings = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+    }
+    core = ov.Core()
+    request = core.compile_model(converted, "CPU", settings).create_infer_request()
+    inputs = {0: planar.numpy(), 1: t.numpy()}
+    convert_s = time.perf_counter() - began
+    noisy = add_noise(load_photos("heldout")["mate-LadyBird-x4"], 25, seed=0)
+    with torch.inference_mode():
+        difference = float((torch.from_numpy(request.infer(inputs)[0]) - served(x, t).sample).abs().max())
+        passes = (lambda: run_ffdnet(noisy, 25), lambda: served(x, t), lambda: request.infer(inputs))
+        results = timed(*passes, repeats=turns)
+    print(f"\nOpenVINO {ov.__version__}: converted and compiled in {convert_s:.0f} s")
+    print(f"largest difference from the eager output: {difference:.1e}")
+    print(f"\n| pass (in turns, median of {turns}) | seconds | x FFDNet's |\n|---|---:|---:|")
+    names = ["FFDNet (forward pass on the photo)", "ours, eager, as served", "ours, OpenVINO"]
+    for name, (s, _) in zip(names, results):
+        print(f"| {name} | {s:.3f} | {s / results[0][0]:.2f} |")
+    profiled = core.compile_model(converted, "CPU", {**settings, "PERF_COUNT": True}).create_infer_request()
+    for _ in range(3):
+        profiled.infer(inputs)
+    kinds: collections.Counter = collections.Counter()
+    for node in profiled.get_profiling_info():
+        kinds[node.node_type] += node.real_time.total_seconds()
+    total = sum(kinds.values())
+    print("\n| OpenVINO node kind | share of its time |\n|---|---:|")
+    for kind, spent in kinds.most_common(8):
+        print(f"| {kind} | {100 * spent / total:.1f}% |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=str(ROOT / "model_store"))
@@ -126,6 +208,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-bounds", action="store_true")
+    parser.add_argument("--openvino", action="store_true", help="part 5 (needs `pip install openvino`)")
     args = parser.parse_args()
 
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, float32, channels-last")
@@ -143,6 +226,8 @@ def main() -> None:
         profile(unet, x, t)
         if not args.no_bounds:
             bounds(unet, network, x, t, 2 * args.repeats + 1)
+    if args.openvino:
+        openvino_pass(network(), x, t, unet, 2 * args.repeats + 1)
     if args.no_compile:
         return
     import torch._inductor.config as inductor
