@@ -41,6 +41,17 @@ class ApiError(Exception):
         self.status, self.loc, self.msg, self.type, self.headers = status, loc, msg, type, headers
 
 
+# What parsing a JSON body raises: JSONDecodeError and UnicodeDecodeError (bad syntax or encoding) and the
+# ValueError of an integer with more digits than Python converts are ValueErrors; deep nesting recurses.
+JSON_FAILURES = (ValueError, RecursionError)
+
+
+def invalid_json(exc: BaseException) -> ApiError:
+    """422 for a JSON body that does not parse, with the parser's reason."""
+    reason = "arrays or objects nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+    return ApiError(422, ["body"], f"invalid JSON: {reason}", type="json_invalid")
+
+
 def error_item(loc: list, msg: str, type: str) -> dict:
     loc = [part if isinstance(part, int) else _cut(str(part), MAX_ECHO) for part in loc]
     return {"loc": loc, "msg": _cut(str(msg), MAX_MESSAGE), "type": type}
@@ -80,6 +91,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
+        if status == 400 and isinstance(exc.__cause__, JSON_FAILURES):  # FastAPI parsing a JSON body
+            return await _api_error(request, invalid_json(exc.__cause__))
         loc = ["body"] if status in (400, 413) else ["path"] if status in (404, 405) else []
         msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         headers = dict(exc.headers or {})

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.errors import ApiError, brief
+from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
 from app.jobs import ImageData
 
@@ -107,8 +107,8 @@ def _base64(text: str, field: str) -> bytes:
 async def _from_json(request: Request, params: type[P], json_model: type[BaseModel]) -> tuple[P, bytes, list, bytes]:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, ["body"], f"invalid JSON: {exc}", type="json_invalid") from exc
+    except JSON_FAILURES as exc:
+        raise invalid_json(exc) from exc
     if not isinstance(body, dict):
         raise ApiError(422, ["body"], "the JSON body must be an object", type="model_attributes_type")
     full = _validate(json_model, body, "body")

@@ -68,6 +68,24 @@ def test_malformed_json_is_422(client):
     assert r.status_code == 422
 
 
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/denoise", "/v1/noise"])
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (b'{"image":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (b'{"seed": ' + b"9" * 5000 + b"}", "digits"),
+        (b'{"seed": "\xff\xfe\xfd"}', "invalid JSON"),
+    ],
+    ids=["deep", "long-integer", "not-utf8"],
+)
+def test_json_the_parser_rejects_is_422_with_its_reason(client, path, body, reason):
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["type"] == "json_invalid" and error["loc"] == ["body"] and reason in error["msg"]
+    assert client.post("/v1/generate", json={"class_label": 0, "steps": 2}).status_code == 200  # still serving
+
+
 def test_wrong_media_types_are_415(client):
     r = client.post(
         "/v1/generate", content=b"class_label=1", headers={"content-type": "application/x-www-form-urlencoded"}
