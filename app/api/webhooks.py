@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, get_args
 from urllib.parse import urlsplit
@@ -69,35 +70,72 @@ def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | Non
     return None
 
 
-async def refusal(url: str, allow_hosts: frozenset[str]) -> str | None:
-    """Why ``url`` may not receive webhooks, or None. Its host must resolve to public addresses only,
-    unless it is listed in ``allow_hosts``."""
+class Refused(Exception):
+    """A webhook URL that may not receive deliveries, with the reason."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one attempt goes: ``url`` names the address the host was checked to resolve to, so the
+    connection cannot reach another one (a name that resolves to a public address when checked and to an
+    internal one a moment later: DNS rebinding); ``headers`` and ``extensions`` keep the name for the
+    receiver (``Host``) and for TLS (the server name sent and the certificate checked)."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, str]
+
+
+async def destination(url: str, allow_hosts: frozenset[str]) -> Destination:
+    """The checked destination of ``url``; raises Refused with the reason. Its host must resolve to public
+    addresses only, unless it is listed in ``allow_hosts`` (then it is reached by its name)."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        return f"webhook is not a valid URL: {exc}"
+        raise Refused(f"webhook is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "webhook must be an http:// or https:// URL with a host"
+        raise Refused("webhook must be an http:// or https:// URL with a host")
     host = parts.hostname.lower()
     if host in allow_hosts:
-        return None
+        return Destination(url, {}, {})
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT_S):
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, asyncio.TimeoutError):
-            return f"webhook host {brief(host)} does not resolve"
+        except UnicodeError as exc:  # the IDNA codec: an empty or over-long label, as in "a..b"
+            raise Refused(f"webhook host {brief(host)} is not a valid host name") from exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Refused(f"webhook host {brief(host)} does not resolve") from exc
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        if not addresses:
+            raise Refused(f"webhook host {brief(host)} does not resolve")
     for ip in addresses:
         kind = address_kind(ip)
         if kind is not None:
-            return (
+            raise Refused(
                 f"webhook host {brief(host)} resolves to {ip}, a {kind} address: refused "
                 "(DIFFUSION_WEBHOOK_ALLOW_HOSTS lists the hosts allowed anyway)"
             )
+    if str(addresses[0]) == host:  # an address already
+        return Destination(url, {}, {})
+    name = host.encode("idna").decode("ascii")  # as the resolver took it (an internationalised name)
+    pinned = f"[{addresses[0]}]" if addresses[0].version == 6 else str(addresses[0])
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + (f"{pinned}:{parts.port}" if parts.port else pinned)
+    headers = {"host": f"{name}:{parts.port}" if parts.port else name}
+    tls = {"sni_hostname": name} if parts.scheme == "https" else {}
+    return Destination(parts._replace(netloc=netloc).geturl(), headers, tls)
+
+
+async def refusal(url: str, allow_hosts: frozenset[str]) -> str | None:
+    """Why ``url`` may not receive webhooks, or None."""
+    try:
+        await destination(url, allow_hosts)
+    except Refused as exc:
+        return str(exc)
     return None
 
 
@@ -202,13 +240,15 @@ class Dispatcher:
 
     async def _send(self, delivery: Delivery) -> str | None:
         """One attempt; None when the receiver took it (2xx), else what went wrong."""
-        why = await refusal(delivery.url, self.settings.webhook_hosts)  # the name may resolve elsewhere now
-        if why is not None:
-            return f"refused: {why}"
+        try:  # checked again: the name may resolve elsewhere now
+            target = await destination(delivery.url, self.settings.webhook_hosts)
+        except Refused as exc:
+            return f"refused: {exc}"
         job = JobOut.model_validate(job_body(JobRecord.model_validate_json(delivery.record)))  # as GET answers
         body = json.dumps(job.model_dump(mode="json"), separators=(",", ":"))
         now = datetime.now(timezone.utc)
         headers = {
+            **target.headers,
             "content-type": "application/json",
             "webhook-id": delivery.id,
             "webhook-timestamp": str(int(now.timestamp())),
@@ -217,13 +257,19 @@ class Dispatcher:
         try:  # the whole attempt within the timeout (a receiver that trickles its answer cannot hold it);
             # its body is not read: the status says it all
             async with asyncio.timeout(self.settings.webhook_timeout_s):  # (wait_for on 3.11 can eat a cancel)
-                status = await self._post(delivery.url, body, headers)
+                status = await self._post(target, body, headers)
         except (httpx.TimeoutException, asyncio.TimeoutError):
             return f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
         return None if 200 <= status < 300 else f"HTTP {status}"
 
-    async def _post(self, url: str, body: str, headers: dict) -> int:
-        async with self.client.stream("POST", url, content=body.encode(), headers=headers) as response:
+    async def _post(self, target: Destination, body: str, headers: dict) -> int:
+        request = self.client.build_request(
+            "POST", target.url, content=body.encode(), headers=headers, extensions=target.extensions
+        )
+        response = await self.client.send(request, stream=True)
+        try:
             return response.status_code
+        finally:
+            await response.aclose()

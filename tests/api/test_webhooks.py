@@ -3,15 +3,18 @@ package), the body as GET /v1/jobs/{id} answers, retries with backoff, no redire
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import socket
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook as Verifier
 
-from app.api.webhooks import backoff_s
+from app.api import webhooks
+from app.api.webhooks import Destination, Refused, backoff_s, destination
 from app.settings import Settings
 from tests.api.helpers import photo, png_bytes
 from tests.helpers import WebhookReceiver
@@ -161,6 +164,8 @@ def test_bad_webhook_fields_are_422_naming_the_field(make_client):
         ({"webhook": "http://:80/x"}, ["body", "webhook"]),
         ({"webhook": "http://127.0.0.1:99999/x"}, ["body", "webhook"]),
         ({"webhook": "http://no-such-host.invalid/x"}, ["body", "webhook"]),
+        ({"webhook": "http://a..b/x"}, ["body", "webhook"]),  # an empty label, which IDNA refuses
+        ({"webhook": f"http://{'a' * 64}.com/x"}, ["body", "webhook"]),  # a label over 63 characters
         ({"webhook_events": ["completed"]}, ["body", "webhook_events"]),
         ({"webhook": "http://127.0.0.1/x", "webhook_events": ["finished"]}, ["body", "webhook_events", 0]),
         ({"webhook": "http://127.0.0.1/x", "webhook_events": []}, ["body", "webhook_events"]),
@@ -228,3 +233,63 @@ def test_ipv6_addresses_that_carry_an_internal_ipv4_address_are_refused():
     ]:
         assert address_kind(ipaddress.ip_address(address)) == kind, address
     assert address_kind(ipaddress.ip_address("2606:4700:4700::1111")) is None
+
+
+def fake_dns(monkeypatch, names: dict[str, str]) -> list[str]:
+    """Resolve the given names to the given addresses (every other name as the system does); returns the
+    list of the names looked up, in order, as they are looked up."""
+    real, asked = socket.getaddrinfo, []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        asked.append(host)
+        if host in names:
+            return [
+                (
+                    socket.AF_INET6 if ":" in names[host] else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    6,
+                    "",
+                    (names[host], port),
+                )
+            ]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_named_host_is_reached_at_the_address_it_was_checked_to_have(monkeypatch):
+    fake_dns(monkeypatch, {"hook.example": "93.184.216.34", "six.example": "2606:2800:220:1::1"})
+
+    def checked(url: str, allow: frozenset[str] = frozenset()) -> Destination:
+        return asyncio.run(destination(url, allow))
+
+    assert checked("http://hook.example/x?y=1") == Destination(
+        "http://93.184.216.34/x?y=1", {"host": "hook.example"}, {}
+    )
+    assert checked("https://u:p@HOOK.example:8443/x") == Destination(
+        "https://u:p@93.184.216.34:8443/x", {"host": "hook.example:8443"}, {"sni_hostname": "hook.example"}
+    )
+    assert checked("https://six.example/x").url == "https://[2606:2800:220:1::1]/x"
+    assert checked("http://93.184.216.34:81/x") == Destination("http://93.184.216.34:81/x", {}, {})
+    # a host the operator allows is reached by its name, wherever it resolves then
+    assert checked("http://hook.example/x", frozenset({"hook.example"})) == Destination("http://hook.example/x", {}, {})
+    with pytest.raises(Refused, match="not a valid host name"):
+        checked("http://a..b/x")
+
+
+def test_a_delivery_connects_to_the_checked_address_and_does_not_look_the_name_up_again(make_client, monkeypatch):
+    """DNS rebinding: a name that resolves to a public address when checked and to an internal one when the
+    connection is made. The connection goes to the checked address, with the name in the Host header."""
+    asked = fake_dns(monkeypatch, {"hook.example": "127.0.0.1"})
+    monkeypatch.setattr(webhooks, "address_kind", lambda ip: None)  # 127.0.0.1 stands for a public address
+    client = make_client(webhook_secret=SECRET, webhook_backoff_s=0.05, webhook_timeout_s=1.0)
+    with WebhookReceiver() as receiver:
+        port = receiver.server.server_address[1]
+        body = {"class_label": 0, "steps": 2, "webhook": f"http://hook.example:{port}/hook"}
+        job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        (got,) = receiver.wait_for(1)
+    assert verified(got)["job_id"] == job_id
+    headers = {name.lower(): value for name, value in got["headers"].items()}
+    assert headers["host"] == f"hook.example:{port}" and got["path"] == "/hook"
+    assert asked.count("hook.example") == 2  # checked at submit and before the attempt; never by the connection
