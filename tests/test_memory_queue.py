@@ -15,6 +15,8 @@ from tests.helpers import make_settings
 class IdleEngine:
     """An engine that takes jobs and never runs them: everything stays queued."""
 
+    alive = True
+
     def __init__(self) -> None:
         self.jobs: list[str] = []
 

@@ -110,7 +110,7 @@ def install(app: FastAPI) -> None:
     async def _queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(
-            error_body([], f"{exc}; retry shortly", "queue_unavailable"),
+            error_body([], f"{exc}; retry shortly", exc.type),
             status_code=503,
             headers={"Retry-After": str(exc.retry_after)},
         )

@@ -219,7 +219,7 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "engine stopped"]
 
 
 class Readiness(BaseModel):

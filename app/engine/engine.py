@@ -100,6 +100,8 @@ class Engine:
         self._thread.start()
         if not loaded.wait(timeout):
             raise RuntimeError("the engine did not finish loading models in time")
+        if not self.alive:
+            raise RuntimeError("the engine thread died while loading the models (its error is in the log above)")
 
     def submit(self, job_id: str, spec: JobSpec) -> None:
         self._inbox.put(Submit(job_id, spec))
@@ -157,6 +159,10 @@ class Engine:
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
             self._load()
+        except Exception:  # a bug: each model's own failure is caught and marked on it
+            log.critical("loading the models failed:\n%s", traceback.format_exc())
+            self._alive = False
+            return
         finally:
             loaded.set()
         self._loop()

@@ -86,6 +86,10 @@ class ModelPool:
         except ModelRefused as exc:
             entry.fail(str(exc))
             raise
+        except Exception as exc:  # out of memory moving it to the device, say: not served here, with why
+            log.error("model %s failed to load: %s: %s", name, type(exc).__name__, exc)
+            entry.fail(f"failed to load: {type(exc).__name__}: {exc}")
+            raise ModelRefused(entry.error) from exc
         self.loaded[name] = model
         entry.loaded = True
         MODELS_LOADED.set(len(self.loaded))

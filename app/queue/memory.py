@@ -7,6 +7,7 @@ Engine events arrive from the engine thread and are handed to the event loop wit
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import AsyncIterator
 
@@ -14,11 +15,13 @@ from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload, preview_payload
 from app.metrics import JOBS_KEPT, job_finished
 from app.queue.outbox import MemoryOutbox, deliveries_for
-from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, TooManyJobs
+from app.queue.protocol import Admission, EngineStopped, IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry
 
+
+log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 5.0
 
@@ -39,6 +42,8 @@ class MemoryJobQueue:
         self.outbox = MemoryOutbox()  # webhook deliveries: as durable as this process
         self.durable = False
         self._janitor_task: asyncio.Task | None = None
+        self._closing = False
+        self._failed_held = False  # the jobs held when the engine died were failed
 
     @classmethod
     def start(cls, settings: Settings, models: dict[str, ModelEntry]) -> "MemoryJobQueue":
@@ -95,9 +100,19 @@ class MemoryJobQueue:
         JOBS_KEPT.set(count)
 
     async def _purge_later(self) -> None:
-        """Purge on a timer too, so results go when their time is up even if no request comes."""
+        """Purge on a timer too, so results go when their time is up even if no request comes; and see
+        whether the engine still runs."""
         await asyncio.sleep(min(PURGE_EVERY_S, self.settings.job_retention_s))
+        self.alive()
         self._purge()
+
+    def _fail_held(self) -> None:
+        """The engine died: fail every job not finished, with why, so no client waits on it for ever."""
+        self._failed_held = True
+        error = "the server's engine stopped before this job finished (its error is in the server's log)"
+        for record in list(self._records.values()):
+            if not record.status.finished:
+                self._apply(EngineEvent(job_id=record.id, type="failed", error=error))
 
     # -- protocol ----------------------------------------------------------------------------------
 
@@ -117,6 +132,8 @@ class MemoryJobQueue:
         if self._janitor_task is None:
             self._janitor_task = background.forever(self._purge_later)
         self._purge()
+        if not self.alive():
+            raise EngineStopped()
         key = admission.scoped_key
         if key and key in self._idempotency:
             job_id, claimed_for = self._idempotency[key]
@@ -138,6 +155,7 @@ class MemoryJobQueue:
         return record
 
     async def get(self, job_id: str) -> JobRecord | None:
+        self.alive()  # a job the engine held when it died is answered as failed, not as still queued
         self._purge()
         return self._records.get(job_id)
 
@@ -169,7 +187,18 @@ class MemoryJobQueue:
     async def ready(self) -> bool:
         return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())
 
+    def alive(self) -> bool:
+        """False once the engine thread has died (not stopped by ``close``); the jobs it held are failed
+        then, once."""
+        if self.engine is None or self.engine.alive or self._closing:
+            return True
+        if not self._failed_held:
+            log.critical("the engine has stopped: failing the jobs it held; this process must be restarted")
+            self._fail_held()
+        return False
+
     async def close(self) -> None:
+        self._closing = True
         if self._janitor_task is not None:
             await background.stop([self._janitor_task])
         if self.engine is not None:

@@ -34,9 +34,22 @@ class IdempotencyConflict(Exception):
 class QueueUnavailable(Exception):
     """The queue backend cannot be reached (Redis down or too slow); the client should retry."""
 
+    type = "queue_unavailable"
+
     def __init__(self, detail: str, retry_after: int = 2) -> None:
         super().__init__(f"the job queue is unreachable: {detail}")
         self.retry_after = retry_after
+
+
+class EngineStopped(QueueUnavailable):
+    """This process's engine thread has died (a bug; its error is in the log): it runs no more jobs, and
+    the process must be restarted. Its liveness probe (``/healthz``) says so."""
+
+    type = "engine_stopped"
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "this server's engine has stopped (its error is in the server's log)")
+        self.retry_after = 30
 
 
 class NoModels(RuntimeError):
@@ -98,5 +111,8 @@ class JobQueue(Protocol):
 
     async def ready(self) -> bool:
         """Models loaded, a worker alive, and the backend reachable now."""
+
+    def alive(self) -> bool:
+        """False once an engine thread in this process has died: the process must be restarted."""
 
     async def close(self) -> None: ...

@@ -36,6 +36,45 @@ def test_readiness_is_503_when_the_worker_is_gone(make_client):
     assert client.get("/readyz").status_code == 503
 
 
+def test_when_the_engine_dies_its_jobs_fail_new_ones_get_503_and_liveness_says_restart(make_client, monkeypatch):
+    client = make_client()
+    engine = client.app.state.queue.engine
+
+    def broken():
+        raise RuntimeError("a bug in the scheduler")
+
+    monkeypatch.setattr(engine.scheduler, "schedule", broken)
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 5}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 202  # accepted before the engine reached it
+    job = r.json()["job_id"]
+    engine._thread.join(30)
+    record = client.get(f"/v1/jobs/{job}").json()
+    assert record["status"] == "failed" and "engine stopped" in record["error"]  # not queued for ever
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 5})
+    assert r.status_code == 503 and r.json()["detail"][0]["type"] == "engine_stopped" and r.headers["retry-after"]
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.json() == {"status": "engine stopped"}
+    assert client.get("/readyz").status_code == 503
+
+
+def test_a_model_that_fails_to_load_for_any_reason_is_marked_and_the_others_are_served(make_client, monkeypatch):
+    from app.engine import models
+
+    real = models.load_model
+
+    def load(entry, device):
+        if entry.name == "tiny-rgb":
+            raise RuntimeError("CUDA out of memory")  # not a refusal of the folder: the device ran out
+        return real(entry, device)
+
+    monkeypatch.setattr(models, "load_model", load)
+    client = make_client()
+    assert client.get("/healthz").json() == {"status": "ok"}
+    broken = client.get("/v1/models/tiny-rgb").json()
+    assert broken["status"] == "error" and "CUDA out of memory" in broken["error"]
+    assert client.post("/v1/generate", json={"class_label": 0, "steps": 2}).status_code == 200
+
+
 def test_a_broken_model_is_shown_with_its_reason_and_the_others_are_served(tmp_path):
     write_generator(tmp_path / "good")
     broken = write_bare(tmp_path / "broken")

@@ -11,10 +11,12 @@ from app.api.schemas import Health, Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz() -> dict:
-    """The process answers."""
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "engine stopped"}})
+async def healthz(queue: QueueDep) -> JSONResponse:
+    """The process answers, and the engine it runs (if any) has not died; 503 otherwise: restart it."""
+    if queue.alive():
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "engine stopped"}, status_code=503)
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})

@@ -245,6 +245,11 @@ class RedisJobQueue:
         fresh = time.time() - self._workers_seen < self.fresh_s
         return fresh and any(e.ready for e in self.models.values())
 
+    def alive(self) -> bool:
+        """False once the engine of the worker embedded here has died (the process must be restarted; its
+        jobs go to the other workers when their leases run out)."""
+        return self.embedded is None or self.embedded.alive()
+
     async def close(self) -> None:
         if self.embedded is not None:
             await self.embedded.stop()

@@ -382,6 +382,10 @@ class RedisWorker:
         await self._retire(held.stream, held.entry_id, forget=job_id)
         self._room.set()
 
+    def alive(self) -> bool:
+        """False once the engine thread has died."""
+        return self._engine_alive()
+
     def _engine_alive(self) -> bool:
         if self.engine is not None and not self.engine.alive and not self.dead.is_set():
             log.critical(
