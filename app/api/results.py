@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -236,6 +237,8 @@ class Submission:
     async def run(self, spec: JobSpec, *, fingerprint: str, options: BaseModel) -> Response:
         """Submit ``spec`` (from the request ``options``, which may name a webhook) and answer."""
         webhook = await webhook_for(options, self.settings)
+        # the format Accept chose is part of the request: replayed with a key, another format is another request
+        fingerprint = hashlib.sha256(f"{fingerprint}:{spec.output_format}".encode()).hexdigest()
         return await run_job(
             self.queue,
             spec,

@@ -167,6 +167,17 @@ def test_an_idempotency_key_reused_with_another_body_is_422(client):
     assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
 
 
+def test_a_key_replayed_with_an_accept_that_picks_another_format_is_another_request(client):
+    key = {"Idempotency-Key": "reuse-accept"}
+    body = {"class_label": 0, "steps": 2, "seed": 1}
+    png = client.post("/v1/generate", json=body, headers={**key, "Accept": "image/png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    as_json = client.post("/v1/generate", json=body, headers={**key, "Accept": "application/json"})
+    assert as_json.json()["job_id"] == png.headers["x-job-id"]  # the same job, as JSON: the format agrees
+    webp = client.post("/v1/generate", json=body, headers={**key, "Accept": "image/webp"})
+    assert webp.status_code == 422 and webp.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
 def test_the_same_upload_with_the_same_key_is_the_same_job(client):
     headers = {"Idempotency-Key": "reuse-2", "Prefer": "respond-async"}
     data = {"model": "tiny-rgb", "sigma": "10", "seed": "4"}
