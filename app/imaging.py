@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,14 @@ class DecodedImage:
     alpha_dropped: bool
     source_mode: str
     frames_dropped: int = 0  # frames (or pages) after the first, not decoded: GIF/APNG/WebP animations, TIFF, MPO
+    exif_orientation: int = 1  # the EXIF orientation (2-8) the pixels were turned by, as a viewer shows them
+
+
+# The upload formats Pillow may open: raster formats it decodes itself or with the libraries its wheels carry.
+# Not EPS (it runs Ghostscript where that is installed), nor the scientific and legacy formats no photo comes in.
+# (A camera's multi-picture JPEG, MPO, opens through JPEG.)
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "QOI")
+ACCEPTED = ("PNG", "JPEG", "WebP", "AVIF", "GIF", "BMP", "TIFF", "PNM", "TGA", "QOI")  # the same, as people name them
 
 
 # What Pillow raises for a broken file: OSError (truncated, decoder errors), SyntaxError (bad structure),
@@ -88,20 +96,35 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         image.load()
     except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
-    pixels = image_to_pixels(image)
+    alpha_dropped, orientation = _has_alpha(image), _orientation(image)
+    if orientation != 1:  # a phone's photo, stored sideways: turned as every viewer (and browser) shows it
+        image = ImageOps.exif_transpose(image)
     return DecodedImage(
-        pixels=pixels, alpha_dropped=_has_alpha(image), source_mode=image.mode, frames_dropped=frames_dropped
+        pixels=image_to_pixels(image),
+        alpha_dropped=alpha_dropped,
+        source_mode=image.mode,
+        frames_dropped=frames_dropped,
+        exif_orientation=orientation,
     )
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag, 1 (as stored) when absent, unreadable or not one of the eight values."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except _BROKEN:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Read the header only, and check the pixel count before anything is decoded."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice its default limit
         raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except (UnidentifiedImageError, *_BROKEN) as exc:
-        raise ImageUndecodable("not a decodable image (PNG, JPEG, WebP, BMP, TIFF, ...)") from exc
+        raise ImageUndecodable(f"not a decodable image of a format taken here ({', '.join(ACCEPTED)})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels, more than the limit of {max_pixels}")

@@ -43,6 +43,7 @@ class ImageData(_Model):
     pixels: bytes
     alpha_dropped: bool = False
     frames_dropped: int = Field(0, ge=0, description="frames of an animation beyond the first, ignored")
+    exif_orientation: int = Field(1, ge=1, le=8, description="the EXIF orientation the pixels were turned by")
 
     @property
     def area(self) -> int:

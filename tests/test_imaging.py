@@ -332,7 +332,8 @@ MODE_CASES = [
     ModeCase("I;16", "png", pillow_file("I;16", "PNG", 257 * 10, 65535), SIXTEEN),
     ModeCase("I;16", "tiff-rounding", pillow_file("I;16", "TIFF", 128, 129), {(0, 0): (0,), (2, 1): (1,)}),
     ModeCase("I;16B", "tiff", pillow_file("I;16B", "TIFF", 257 * 10, 65535), SIXTEEN),
-    ModeCase("I;16L", "im", pillow_file("I;16L", "IM", 257 * 10, 65535), SIXTEEN),
+    # no upload format taken here stores I;16L (Pillow's own IM does; it is not taken): the image itself
+    ModeCase("I;16L", "image", lambda: two_values("I;16L", (8, 6), 257 * 10, 65535), SIXTEEN),
     ModeCase("F", "tiff", pillow_file("F", "TIFF", 0.5, 2.0), None, match=r"float images \(mode F\)"),
 ]
 
@@ -446,6 +447,44 @@ def test_opaque_rgb_reports_no_alpha_and_rgba_does():
 def test_not_an_image_is_undecodable():
     with pytest.raises(ImageUndecodable, match="not a decodable image"):
         decode_image(b"hello, world", max_pixels=LIMIT)
+
+
+def test_formats_outside_the_upload_list_are_not_opened():
+    """EPS would run Ghostscript where it is installed; formats no photo comes in are not parsed at all."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n"
+    sgi = save(Image.new("RGB", (8, 8)), "SGI")
+    for data in (eps, sgi):
+        with pytest.raises(ImageUndecodable, match="PNG, JPEG, WebP"):
+            decode_image(data, max_pixels=LIMIT)
+    for fmt in ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "PPM", "TGA"):
+        assert decode_image(save(Image.new("RGB", (8, 8)), fmt), max_pixels=LIMIT).pixels.shape == (8, 8, 3)
+    assert decode_image(save(Image.new("L", (8, 8)), "GIF"), max_pixels=LIMIT).pixels.shape == (8, 8, 1)
+
+
+def exif(orientation: int) -> Image.Exif:
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    return tags
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_the_exif_orientation_is_applied_as_a_viewer_shows_the_photo(fmt):
+    stored = np.zeros((16, 48, 3), dtype=np.uint8)  # wide as stored: a phone held upright writes it so
+    stored[:8, :8] = 255  # the stored top-left corner
+    lossless = {"WEBP": {"lossless": True}}.get(fmt, {})
+    data = save(Image.fromarray(stored), fmt, exif=exif(6), **lossless)
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert decoded.exif_orientation == 6 and decoded.pixels.shape == (48, 16, 3)  # tall, as shown
+    # orientation 6: shown turned 90 degrees clockwise, so the stored top-left corner is at the top right
+    assert decoded.pixels[:8, -8:].mean() > 200 and decoded.pixels[-8:, :8].mean() < 50
+    assert decode_image(
+        save(Image.fromarray(stored), fmt, exif=exif(1), **lossless), max_pixels=LIMIT
+    ).pixels.shape == (16, 48, 3)
+
+
+def test_an_orientation_out_of_range_is_ignored():
+    decoded = decode_image(save(Image.new("RGB", (12, 8)), "PNG", exif=exif(42)), max_pixels=LIMIT)
+    assert decoded.exif_orientation == 1 and decoded.pixels.shape == (8, 12, 3)
 
 
 def test_pixel_limit_before_decoding():

@@ -138,4 +138,5 @@ def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
         pixels=decoded.pixels.tobytes(),
         alpha_dropped=decoded.alpha_dropped,
         frames_dropped=decoded.frames_dropped,
+        exif_orientation=decoded.exif_orientation,
     )

@@ -56,10 +56,12 @@ def image_pixels(image: ImageData) -> np.ndarray:
 
 def upload_info(image: ImageData) -> dict:
     """What the service changed about an upload before using it: an alpha channel dropped, the frames of an
-    animation after the first ignored."""
+    animation after the first ignored, the pixels turned by their EXIF orientation."""
     info: dict = {"alpha_dropped": image.alpha_dropped}
     if image.frames_dropped:
         info["frames_dropped"] = image.frames_dropped
+    if image.exif_orientation != 1:
+        info["exif_orientation"] = image.exif_orientation
     return info
 
 

@@ -145,6 +145,18 @@ def test_an_animated_gif_says_its_other_frames_were_dropped(client):
     assert r.json()["info"]["frames_dropped"] == 2
 
 
+def test_a_sideways_stored_photo_comes_back_as_it_is_shown_and_info_says_so(client):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 48), 90, dtype=np.uint8)).save(buffer, format="JPEG", exif=exif)
+    files = {"file": ("phone.jpg", buffer.getvalue(), "image/jpeg")}
+    r = client.post("/v1/noise", files=files, data={"sigma": "1"})
+    assert r.status_code == 200, r.text
+    (image,) = r.json()["images"]
+    assert decode_b64(image["data"]).shape[:2] == (48, 16) and r.json()["info"]["exif_orientation"] == 6
+
+
 # -- what errors echo ----------------------------------------------------------------------------------------
 def test_a_huge_class_label_is_not_echoed_whole(client):
     r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": "x" * 2_000_000})

@@ -41,7 +41,8 @@ def _upload_body(json_model) -> dict:
 async def denoise(request: Request, submission: SubmissionDep):
     """Denoise an uploaded image (grey or RGB, any size up to the pixel limit; alpha is dropped and
     `info.alpha_dropped` says so, as `info.frames_dropped` does for the frames of an animation after the
-    first). `sigma` is the noise std on the 0-255 scale, or `auto`."""
+    first, and `info.exif_orientation` for a photo turned as its EXIF orientation says). `sigma` is the noise
+    std on the 0-255 scale, or `auto`."""
     upload = await read_image_request(
         request, "denoise", DenoiseParams, DenoiseJSON, max_pixels=submission.settings.max_pixels
     )
