@@ -114,6 +114,7 @@ def keys(argv: list[str] | None = None) -> None:
     ``diffusion-keys list``; ``diffusion-keys revoke NAME``."""
     import json
     import os
+    import tempfile
     from pathlib import Path
 
     from app.api.auth import KEYS, load_keys, new_key_entry
@@ -160,10 +161,13 @@ def keys(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             raise SystemExit(f"diffusion-keys: {exc}") from None
         entries.append(entry)
-        print(key)  # shown once: only its sha256 is stored
     KEYS.validate_python(entries)
-    path.write_text(json.dumps(entries, indent=2) + "\n")
-    path.chmod(0o600)
+    made, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # readable by its owner only
+    with os.fdopen(made, "w") as file:
+        file.write(json.dumps(entries, indent=2) + "\n")
+    os.replace(temporary, path)  # whole or not at all
+    if args.command == "create":
+        print(key)  # shown once, once it is stored: only its sha256 is kept
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -136,7 +136,7 @@ class Gate:
     async def caller(self, request: Request) -> Caller:
         if self.keys is None:
             return OPEN
-        presented = request.headers.get("x-api-key")
+        presented = request.headers.get("x-api-key", "").strip() or None  # an empty header is no key
         authorization = request.headers.get("authorization", "")
         if presented is None and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()

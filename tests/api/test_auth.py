@@ -56,6 +56,7 @@ def test_a_key_works_as_bearer_or_x_api_key(keyed):
     r = keyed.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers={"X-API-Key": "key-alice"})
     assert r.status_code == 200
     assert keyed.get("/v1/models", headers=auth("alice")).status_code == 200
+    assert keyed.get("/v1/models", headers={"X-API-Key": "", **auth("alice")}).status_code == 200  # empty: no key
 
 
 def test_a_key_without_the_scope_is_403(keyed):
@@ -129,7 +130,8 @@ def test_diffusion_keys_creates_a_key_that_works(tmp_path, store):
     key = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
     stored = json.loads(path.read_text())
     assert stored == [{"name": "dave", "sha256": digest(key), "scopes": ["generate"], "max_priority": "high"}]
-    assert key not in path.read_text()
+    assert key not in path.read_text() and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # written whole, nothing left beside it
     with TestClient(create_app(make_settings(store, api_keys_file=path))) as client:
         r = client.post(
             "/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers={"Authorization": f"Bearer {key}"}
