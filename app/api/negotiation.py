@@ -162,4 +162,7 @@ def require_acceptable(accept: str | None, media_type: str) -> None:
 
 
 def prefers_async(prefer: str | None) -> bool:
-    return any(p.strip().lower() == ASYNC_PREFERENCE for p in (prefer or "").split(","))
+    """``Prefer`` names respond-async (RFC 7240: each preference is a token, then ``=value`` and ``;``
+    parameters, which are ignored here)."""
+    preferences = _split(prefer or "", ",")
+    return any(p.split(";", 1)[0].split("=", 1)[0].strip().lower() == ASYNC_PREFERENCE for p in preferences)

@@ -200,6 +200,9 @@ def test_prefers_async():
     assert prefers_async("wait=5, Respond-Async")
     assert not prefers_async(None)
     assert not prefers_async("wait=5")
+    assert prefers_async("respond-async; foo")  # a preference's parameters do not hide its name
+    assert prefers_async('handling=lenient, respond-async ;x="a,b"')
+    assert not prefers_async('foo="respond-async"') and not prefers_async("respond-asyncx")
 
 
 def test_the_module_needs_no_torch():
