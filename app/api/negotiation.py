@@ -10,7 +10,11 @@ is 406, as the README promises.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Header
 
 from app.api.errors import ApiError
 from app.imaging import FORMAT_OF_MEDIA_TYPE, MEDIA_TYPES
@@ -159,6 +163,16 @@ def require_acceptable(accept: str | None, media_type: str) -> None:
     """Raise the 406 unless the client accepts ``media_type`` (routes that produce one type only)."""
     if negotiate(accept, [media_type]) is None:
         raise not_acceptable([media_type])
+
+
+def accepting(media_type: str) -> Callable[..., None]:
+    """A route dependency: 406 unless ``Accept`` allows ``media_type`` (routes that answer in one type only),
+    checked before the route runs (before a stream starts)."""
+
+    def check(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+        require_acceptable(accept, media_type)
+
+    return check
 
 
 def prefers_async(prefer: str | None) -> bool:

@@ -157,6 +157,21 @@ def test_a_sideways_stored_photo_comes_back_as_it_is_shown_and_info_says_so(clie
     assert decode_b64(image["data"]).shape[:2] == (48, 16) and r.json()["info"]["exif_orientation"] == 6
 
 
+def test_routes_that_answer_in_one_type_refuse_an_accept_without_it(client):
+    job = client.post("/v1/generate", json={"class_label": 0, "steps": 2}).json()["job_id"]
+    for path, refused, taken in [
+        ("/v1/models", "text/html", "application/json"),
+        ("/v1/models/tiny-gen", "image/png", "*/*"),
+        (f"/v1/jobs/{job}", "text/html", "application/*"),
+        (f"/v1/jobs/{job}/events", "application/json", "text/event-stream"),
+    ]:
+        r = client.get(path, headers={"Accept": refused})
+        assert r.status_code == 406 and r.json()["detail"][0]["loc"] == ["header", "accept"], path
+        assert client.get(path, headers={"Accept": taken}).status_code == 200, path
+    r = client.delete(f"/v1/jobs/{job}", headers={"Accept": "text/html"})
+    assert r.status_code == 406  # before anything is done: the job was finished anyway
+
+
 # -- what errors echo ----------------------------------------------------------------------------------------
 def test_a_huge_class_label_is_not_echoed_whole(client):
     r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": "x" * 2_000_000})

@@ -11,7 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from app.api.auth import Caller, CallerDep
 from app.api.deps import QueueDep
 from app.api.errors import ApiError
-from app.api.negotiation import JSON_MEDIA_TYPE, require_acceptable
+from app.api.negotiation import JSON_MEDIA_TYPE, accepting, require_acceptable
 from app.api.results import IMAGE_MEDIA, JOB_ERRORS, errors_for, json_errors_for
 from app.api.schemas import JobOut, job_body
 from app.jobs import JobRecord, JobStatus
@@ -34,10 +34,9 @@ def _no_job(job_id: str) -> ApiError:
     return ApiError(404, ["path", "job_id"], why, type="not_found")
 
 
-@router.get("/{job_id}", response_model=JobOut)
-async def get_job(queue: QueueDep, caller: CallerDep, accept: AcceptHeader = None, job_id: str = JobId) -> dict:
+@router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(accepting(JSON_MEDIA_TYPE))])
+async def get_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) -> dict:
     """Status (`queued|running|succeeded|failed|canceled`), progress `{step, total}`, result or error."""
-    require_acceptable(accept, JSON_MEDIA_TYPE)
     return job_body(await _record(queue, job_id, caller))
 
 
@@ -46,7 +45,12 @@ async def existing_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) 
     return await _record(queue, job_id, caller)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=json_errors_for(404, 405, 406, 422))
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses=json_errors_for(404, 405, 406, 422),
+    dependencies=[Depends(accepting("text/event-stream"))],
+)
 async def job_events(
     queue: QueueDep, record: Annotated[JobRecord, Depends(existing_job)]
 ) -> AsyncIterable[ServerSentEvent]:
@@ -79,7 +83,9 @@ async def get_image(
     return Response(image.data, media_type=image.media_type, headers=headers)
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses=errors_for(409))
+@router.delete(
+    "/{job_id}", response_model=JobOut, responses=errors_for(409), dependencies=[Depends(accepting(JSON_MEDIA_TYPE))]
+)
 async def cancel_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) -> dict:
     """Cancel a queued or running job: its rows leave the batch at the next step."""
     record = await _record(queue, job_id, caller)

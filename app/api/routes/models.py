@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 
 from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import ApiError, brief
+from app.api.negotiation import JSON_MEDIA_TYPE, accepting
 from app.api.resolve import none_announced
 from app.api.results import JOB_ERRORS, announced_models, errors_for
 from app.api.schemas import ModelList, ModelOut
 
-router = APIRouter(prefix="/models", tags=["models"], responses=JOB_ERRORS)
+router = APIRouter(
+    prefix="/models", tags=["models"], responses=JOB_ERRORS, dependencies=[Depends(accepting(JSON_MEDIA_TYPE))]
+)
 
 
 @router.get("", response_model=ModelList)
