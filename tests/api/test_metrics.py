@@ -68,3 +68,19 @@ def test_metrics_can_require_a_key_and_quota_refusals_are_counted(make_client, t
         r'diffusion_quota_refusals_total\{key="quick",quota="requests_per_minute"\} [1-9]',
         make_client(api_keys_file=keys).get("/metrics").text,
     )
+
+
+def test_every_series_the_service_defines_is_a_row_of_the_one_metrics_table():
+    import re
+    from pathlib import Path
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import app.metrics as defined
+
+    metrics = [m for m in vars(defined).values() if isinstance(m, MetricWrapperBase)]
+    names = {m._name + ("_total" if m._type == "counter" else "") for m in metrics}
+    lines = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text().splitlines()
+    rows = [n for n, line in enumerate(lines) if re.match(r"\| `diffusion_\w+` \|", line)]
+    assert {re.match(r"\| `(\w+)`", lines[n]).group(1) for n in rows} == names
+    assert rows == list(range(rows[0], rows[0] + len(rows)))  # no blank line cuts the table in two
