@@ -618,6 +618,34 @@ def test_a_worker_reads_only_the_jobs_of_the_models_it_serves(store, other_store
     asyncio.run(scenario())
 
 
+def test_a_worker_whose_engine_died_takes_no_more_jobs(store, prefix):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario():
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            worker = _worker_on(store, prefix, redis)
+            worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})  # its pause: a heartbeat
+            worker.engine.alive = False
+            await worker._read_once()
+            assert worker.held == {} and worker.engine.submitted == [] and worker.dead.is_set()
+            assert not worker.alive()
+            pending = await redis.xpending(worker.keys.stream("normal", "tiny-gen"), "workers")
+            assert pending["pending"] == 0  # still on its stream for a live worker, not taken
+            worker.engine.alive = True  # (a live one would take it: the test reads what a dead one leaves)
+            worker.dead.clear()
+            await worker._read_once()
+            assert list(worker.held) == [job_id]
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_job_queued_on_the_stream_every_worker_reads_moves_to_its_models_stream(store, other_store, prefix):
     import asyncio
 

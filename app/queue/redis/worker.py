@@ -225,6 +225,9 @@ class RedisWorker:
     async def _read_once(self) -> None:
         """Fill the free places: first with the jobs of workers gone silent (they have waited longest), then
         from the streams in priority order; when none has anything, wait on all."""
+        if not self._engine_alive():  # it would hold them until their lease ran out: leave them to live workers
+            await asyncio.sleep(self.settings.heartbeat_s)
+            return
         await self._wait_for_room()
         if time.monotonic() >= self._next_reclaim:  # an entry goes silent after a lease: look once a heartbeat
             self._next_reclaim = time.monotonic() + self.settings.heartbeat_s
