@@ -87,6 +87,7 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
+        _check_form_fields(form)
         mask = form.get("mask")
         if mask is not None and not (isinstance(mask, UploadFile) and takes_mask):
             raise ApiError(422, ["body", "mask"], "this request takes no mask", type="extra_forbidden")
@@ -95,6 +96,20 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
         return _validate(params, fields, "body"), await upload.read(), ["body", "file"], raw_mask
     finally:
         await form.close()
+
+
+def _check_form_fields(form) -> None:
+    """Each field once, and only ``file`` and ``mask`` as files: a field given twice, or an option sent as a
+    file (``-F sigma=@x``), would otherwise be dropped in silence and its default used."""
+    seen: dict[str, int] = {}
+    for name, value in form.multi_items():
+        seen[name] = seen.get(name, 0) + 1
+        if name not in ("file", "mask") and not isinstance(value, str):
+            raise ApiError(422, ["body", name], f"{name} must be a plain form field, not a file", type="string_type")
+    for name, count in seen.items():
+        if count > 1:
+            hint = " (webhook_events takes a comma-separated list)" if name == "webhook_events" else ""
+            raise ApiError(422, ["body", name], f"{name} is given {count} times; give it once{hint}", type="duplicate")
 
 
 def _base64(text: str, field: str) -> bytes:

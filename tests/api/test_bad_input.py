@@ -245,3 +245,19 @@ def test_a_chunked_body_over_the_limit_is_413(make_client):
 
     r = client.post("/v1/generate", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and ["body"] in errors_at(r)
+
+
+def test_a_multipart_field_given_twice_or_as_a_file_is_422_naming_it(client):
+    image = ("p.png", png_bytes(photo()), "image/png")
+    twice = [("file", image), ("model", (None, "tiny-rgb")), ("sigma", (None, "5")), ("sigma", (None, "50"))]
+    r = client.post("/v1/denoise", files=twice)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sigma"]
+    assert "2 times" in r.json()["detail"][0]["msg"]
+    as_file = [("file", image), ("model", (None, "tiny-rgb")), ("sigma", ("s.txt", b"5", "text/plain"))]
+    r = client.post("/v1/denoise", files=as_file)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sigma"]
+    assert "not a file" in r.json()["detail"][0]["msg"]
+    two_files = [("file", image), ("file", image), ("model", (None, "tiny-rgb")), ("sigma", (None, "5"))]
+    assert client.post("/v1/denoise", files=two_files).status_code == 422
+    once = [("file", image), ("model", (None, "tiny-rgb")), ("sigma", (None, "5"))]
+    assert client.post("/v1/denoise", files=once).status_code == 200
