@@ -4,9 +4,9 @@ its error bodies from here, so ``/openapi.json`` describes every answer (snapsho
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.diffusion.samplers import SamplerName
 from app.imaging import OutputFormat
@@ -20,6 +20,16 @@ ModelName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode reads JSON ``true`` as 1 (``"class_label": true`` as class 1): refused where
+        the field is not a boolean."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise ValueError(f"{info.field_name} takes no boolean")
+        return value
 
 
 def _comma_separated(value: Any) -> Any:

@@ -29,6 +29,10 @@ from tests.api.helpers import errors_at, photo, png_bytes
         ({"model": "../../etc/passwd"}, "model"),
         ({"class_label": 1, "colour": "red"}, "colour"),
         ({"class_label": [1]}, "class_label"),
+        ({"class_label": True}, "class_label"),  # not class 1
+        ({"steps": True}, "steps"),
+        ({"seed": False}, "seed"),
+        ({"guidance_scale": True}, "guidance_scale"),
     ],
 )
 def test_invalid_generate_fields_are_422_naming_the_field(client, body, field):
