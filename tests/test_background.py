@@ -138,6 +138,9 @@ def test_a_node_whose_queue_never_finishes_closing_still_shuts_down(tmp_path, mo
         outbox = None
         closes = 0
 
+        def alive(self):
+            return True
+
         async def close(self):
             HangingQueue.closes += 1
             try:

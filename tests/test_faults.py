@@ -137,7 +137,8 @@ def test_slow_headers_are_cut_off_and_a_trickling_body_is_a_408(serve):
 
 
 def test_finished_jobs_are_capped_and_forgotten_on_a_timer(serve, tmp_path):
-    server = serve(DIFFUSION_MAX_FINISHED_JOBS="3", DIFFUSION_JOB_RETENTION_S="2")
+    # a retention longer than the five jobs take on a busy machine: only the cap forgets the first two
+    server = serve(DIFFUSION_MAX_FINISHED_JOBS="3", DIFFUSION_JOB_RETENTION_S="8")
     ids = [
         httpx.post(server.url + "/v1/generate", json={"class_label": 0, "steps": 2, "seed": i}, timeout=30).json()[
             "job_id"
@@ -146,6 +147,6 @@ def test_finished_jobs_are_capped_and_forgotten_on_a_timer(serve, tmp_path):
     ]
     codes = [httpx.get(f"{server.url}/v1/jobs/{j}").status_code for j in ids]
     assert codes == [404, 404, 200, 200, 200]  # the oldest beyond the cap of 3 are gone
-    # no request touches the jobs now: the timer forgets them once their 2 s are up
+    # no request touches the jobs now: the timer forgets them once their 8 s are up
     wait_until(lambda: metric(server.url, "diffusion_finished_jobs_kept") == 0, timeout=30)
     assert re.search(r"diffusion_finished_jobs_kept 0", httpx.get(server.url + "/metrics").text)
