@@ -62,7 +62,7 @@ def serve(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=args.log_level,
         http=protocol_with(settings.header_timeout_s),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # 0: no wait (None would be for ever)
     )
     DrainingServer(config, drain).run()
 

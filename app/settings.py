@@ -27,7 +27,10 @@ DEFAULT_DENOISE_TILE = {"reduced": 192, "float32": 256}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DIFFUSION_", env_file=None, protected_namespaces=())
+    # allow_inf_nan: "inf" is no duration (it overflowed Redis TTLs and uvicorn's timeout), "nan" no size
+    model_config = SettingsConfigDict(
+        env_prefix="DIFFUSION_", env_file=None, protected_namespaces=(), allow_inf_nan=False
+    )
 
     model_store: Path = Field(Path("./model_store"), description="folder holding one sub-folder per model")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")

@@ -109,7 +109,8 @@ class Gate:
         if keys and any(k.requests_per_minute for k in keys):
             storage = MemoryStorage()
             if settings.queue_url:
-                uri = "async+" + settings.queue_url
+                # the limits library's names: async+redis://, async+rediss://, async+redis+unix://
+                uri = "async+" + ("redis+" if settings.queue_url.startswith("unix://") else "") + settings.queue_url
                 storage = RedisStorage(uri, implementation="redispy", key_prefix=f"{settings.redis_prefix}:rate")
             self.limiter = MovingWindowRateLimiter(storage)
 

@@ -24,6 +24,7 @@ from app.store.catalog import ModelEntry
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 5.0
+PURGE_MIN_S = 0.5  # however short the retention: the timer does not spin
 
 
 def _result_bytes(record: JobRecord) -> int:
@@ -102,7 +103,7 @@ class MemoryJobQueue:
     async def _purge_later(self) -> None:
         """Purge on a timer too, so results go when their time is up even if no request comes; and see
         whether the engine still runs."""
-        await asyncio.sleep(min(PURGE_EVERY_S, self.settings.job_retention_s))
+        await asyncio.sleep(max(PURGE_MIN_S, min(PURGE_EVERY_S, self.settings.job_retention_s)))
         self.alive()
         self._purge()
 

@@ -1,0 +1,39 @@
+"""Settings that would break the service later are refused at start, naming the setting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from app.api.auth import ApiKey, Gate
+from app.queue.memory import PURGE_MIN_S, MemoryJobQueue
+from tests.helpers import make_settings
+
+
+@pytest.mark.parametrize(
+    "name", ["job_retention_s", "sync_timeout_s", "shutdown_grace_s", "model_memory_gb", "webhook_backoff_s"]
+)
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_infinite_or_nan_numbers_are_refused_naming_the_setting(tmp_path, name, value):
+    with pytest.raises(ValidationError, match=name):
+        make_settings(tmp_path, **{name: value})
+
+
+def test_a_tiny_retention_does_not_make_the_purge_timer_spin(tmp_path, monkeypatch):
+    queue = MemoryJobQueue(make_settings(tmp_path, job_retention_s=1e-6), {}, engine=None)
+    slept = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    asyncio.run(queue._purge_later())
+    assert slept == [PURGE_MIN_S]
+
+
+def test_the_rate_limiter_takes_a_unix_socket_queue_url(tmp_path):
+    key = ApiKey(name="k", sha256="0" * 64, scopes=["generate"], requests_per_minute=60)
+    gate = Gate([key], make_settings(tmp_path, queue_url="unix:///run/redis.sock"))
+    assert gate.limiter is not None and type(gate.limiter.storage).__name__ == "RedisStorage"
