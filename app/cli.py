@@ -86,6 +86,11 @@ async def _run_worker(settings: Settings) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port, addr=settings.host)  # the engine's metrics, for Prometheus
+    from app.store.catalog import scan_store
+
+    if why := settings.unknown_models(set(scan_store(settings.model_store)), defaults=False):
+        print(f"diffusion-worker: {why}", file=sys.stderr)
+        return 2
     redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
     await node.start()

@@ -164,6 +164,31 @@ class Settings(BaseSettings):
         return DEFAULT_DENOISE_TILE["reduced" if reduced_precision else "float32"]
 
     @property
+    def preload_names(self) -> list[str]:
+        """The models DIFFUSION_PRELOAD names, in order (empty: every served model that fits)."""
+        return [name.strip() for name in (self.preload or "").split(",") if name.strip()]
+
+    def unknown_models(self, store_names: set[str], *, defaults: bool) -> str | None:
+        """Why the settings name a model the store lacks (a typo), or None: DIFFUSION_PRELOAD, and with
+        ``defaults`` the default generator and denoiser too (a node whose store is the whole catalog)."""
+        named = [("DIFFUSION_PRELOAD", name) for name in self.preload_names]
+        if defaults:
+            named += [
+                (setting, name)
+                for setting, name in (
+                    ("DIFFUSION_DEFAULT_GENERATOR", self.default_generator),
+                    ("DIFFUSION_DEFAULT_DENOISER", self.default_denoiser),
+                )
+                if name
+            ]
+        wrong = [f"{setting} names {name!r}" for setting, name in named if name not in store_names]
+        if not wrong:
+            return None
+        held = ", ".join(sorted(store_names)) or "none"
+        store = self.model_store.resolve()
+        return f"{'; '.join(wrong)}, which the model store {store} does not hold (it holds: {held})"
+
+    @property
     def heartbeat_s(self) -> float:
         """Redis workers beat, and renew their leases, three times per lease."""
         return self.lease_s / 3

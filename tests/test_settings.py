@@ -37,3 +37,19 @@ def test_the_rate_limiter_takes_a_unix_socket_queue_url(tmp_path):
     key = ApiKey(name="k", sha256="0" * 64, scopes=["generate"], requests_per_minute=60)
     gate = Gate([key], make_settings(tmp_path, queue_url="unix:///run/redis.sock"))
     assert gate.limiter is not None and type(gate.limiter.storage).__name__ == "RedisStorage"
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("default_generator", "tiny-gne"), ("default_denoiser", "nope"), ("preload", "tiny-gen, tiny-rbg")],
+)
+def test_a_model_name_the_store_lacks_is_refused_at_start_naming_the_setting(store, setting, value):
+    from fastapi.testclient import TestClient
+
+    from app.api.main import NoModels, create_app
+
+    with pytest.raises(NoModels, match=f"DIFFUSION_{setting.upper()} names '{value.split(', ')[-1]}'.*tiny-gen"):
+        with TestClient(create_app(make_settings(store, **{setting: value}))):
+            pass
+    with TestClient(create_app(make_settings(store, default_generator="tiny-gen", preload="tiny-gen"))) as client:
+        assert client.get("/readyz").status_code == 200  # names the store holds start as before

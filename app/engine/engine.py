@@ -128,12 +128,7 @@ class Engine:
         """Refuse models larger than the memory budget, then load DIFFUSION_PRELOAD's (default: every served
         model, in store order, while they fit); a model that fails is marked with its reason, not served."""
         self.pool.refuse_oversized()
-        preload = self.settings.preload
-        names = (
-            [n.strip() for n in preload.split(",") if n.strip()]
-            if preload
-            else [name for name, entry in self.entries.items() if entry.ready]
-        )
+        names = self.settings.preload_names or [name for name, entry in self.entries.items() if entry.ready]
         self.pool.preload(names)
 
     def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:

@@ -23,6 +23,8 @@ async def open_queue(settings: Settings) -> JobQueue:
         from app.queue.memory import MemoryJobQueue
 
         entries = scan_store(settings.model_store)
+        if why := settings.unknown_models(set(entries), defaults=True):
+            raise NoModels(why)
         queue = MemoryJobQueue.start(settings, entries)
         if not any(e.ready for e in entries.values()):
             await queue.close()
@@ -36,6 +38,9 @@ async def open_queue(settings: Settings) -> JobQueue:
         from app.queue.redis.worker import RedisWorker
 
         worker = RedisWorker(settings, queue.redis)
+        if why := settings.unknown_models(set(scan_store(settings.model_store)), defaults=False):
+            await queue.close()  # other workers may serve the default models: only the preload is checked
+            raise NoModels(why)
         await worker.start()
         if not worker.serves_anything:
             await worker.stop(grace=0)

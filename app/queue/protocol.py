@@ -53,7 +53,7 @@ class EngineStopped(QueueUnavailable):
 
 
 class NoModels(RuntimeError):
-    """The store holds no model that can be served."""
+    """The store holds no model that can be served, or not one the settings name."""
 
 
 @dataclass(frozen=True)
