@@ -89,6 +89,14 @@ def test_the_load_balancer_streams_events_unbuffered():
     assert re.search(r"server api:8000", conf)
 
 
+def test_the_load_balancer_lets_the_services_own_body_limit_answer():
+    from app.settings import Settings
+
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    megabytes = int(re.search(r"client_max_body_size (\d+)m;", conf).group(1))
+    assert megabytes * 1024 * 1024 > Settings.model_fields["max_body_bytes"].default  # its JSON 413, not nginx's
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 @pytest.mark.parametrize("name", ["compose.yaml", "compose.scale.yaml"])
 def test_compose_config_accepts_the_files(name):
