@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const KEY_STORE = "diffusion-api-key";
 const SAMPLES = ["cat", "coffee", "astronaut"];
 const FORWARD_STEPS = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000];
+const FORWARD_CONCURRENCY = 3;
 
 // -- messages and the API --------------------------------------------------------------------------------
 function showMessage(text) {
@@ -68,6 +69,16 @@ async function apiJson(path, options = {}) {
   const headers = new Headers(options.headers || {});
   headers.set("Accept", "application/json");
   return (await api(path, { ...options, headers })).json();
+}
+
+// A sync request still running at the server's sync timeout is answered 202 with the job: follow it to its end.
+async function finished(job) {
+  if (job.status === "queued" || job.status === "running") {
+    for await (const _ of events(`/v1/jobs/${job.job_id}/events`)); // the stream ends at a final status
+    job = await apiJson(`/v1/jobs/${job.job_id}`);
+  }
+  if (job.status !== "succeeded") throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
+  return job;
 }
 
 // Server-Sent Events over fetch (EventSource cannot send the API key).
@@ -256,8 +267,10 @@ function generateBody() {
     sampler: $("gen-sampler").value,
     num_images: Number($("gen-count").value),
   };
-  if (!$("gen-class-field").hidden && $("gen-class").value !== "") body.class_label = Number($("gen-class").value);
-  if (!$("gen-guidance-field").hidden && $("gen-guidance").value !== "") {
+  const unconditional = !$("gen-class-field").hidden && $("gen-class").value === "";
+  if (!$("gen-class-field").hidden && !unconditional) body.class_label = Number($("gen-class").value);
+  // guidance steers towards a class: with "any (unconditional)" there is none to steer towards
+  if (!$("gen-guidance-field").hidden && !unconditional && $("gen-guidance").value !== "") {
     body.guidance_scale = Number($("gen-guidance").value);
   }
   if (!$("gen-prompt-field").hidden) {
@@ -408,7 +421,7 @@ async function addNoise() {
   form.append("sigma", String(sigma));
   form.append("seed", "0");
   $("dn-status").textContent = "adding noise…";
-  const job = await apiJson("/v1/noise", { method: "POST", body: form });
+  const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form }));
   photo.noisy = b64ToBlob(job.images[0].data, job.images[0].media_type);
   photo.sigma = sigma;
   $("dn-noisy-given").checked = false;
@@ -430,7 +443,7 @@ async function denoise() {
   form.append("mode", $("dn-mode").value);
   form.append("sigma", $("dn-sigma-mode").value === "auto" ? "auto" : String(given ? sigmaValue() : photo.sigma));
   $("dn-status").textContent = "denoising…";
-  const job = await apiJson("/v1/denoise", { method: "POST", body: form });
+  const job = await finished(await apiJson("/v1/denoise", { method: "POST", body: form }));
   const denoised = b64ToBlob(job.images[0].data, job.images[0].media_type);
   if (given) {
     // the upload is the noisy image: there is no clean original to compare with
@@ -555,8 +568,10 @@ async function forward() {
     return item;
   });
   let done = 0;
-  await Promise.all(
-    FORWARD_STEPS.map(async (t, i) => {
+  // a few requests at a time: a key may hold only so many jobs at once (the README's example: 4)
+  await inTurns(
+    FORWARD_CONCURRENCY,
+    FORWARD_STEPS.map((t, i) => async () => {
       let src;
       const timestep = Math.min(t, last);
       if (t === 0) {
@@ -567,7 +582,7 @@ async function forward() {
         form.append("timestep", String(timestep));
         form.append("model", model.name);
         form.append("seed", seed);
-        const job = await apiJson("/v1/noise", { method: "POST", body: form });
+        const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form }));
         src = dataUrl(job.images[0]);
       }
       const label = t === 0 ? "t = 0 (x₀)" : timestep === t ? `t = ${t}` : `t = ${timestep} (T − 1)`;
@@ -581,6 +596,23 @@ async function forward() {
       $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length}`;
     }),
   );
+}
+
+async function inTurns(limit, tasks) {
+  // Run the tasks with at most `limit` at once; the first error stops the others from starting.
+  let next = 0;
+  let failed = false;
+  const lane = async () => {
+    while (!failed && next < tasks.length) {
+      try {
+        await tasks[next++]();
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, lane));
 }
 $("fw-form").addEventListener("submit", guard($("fw-submit"), forward));
 

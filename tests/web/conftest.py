@@ -100,6 +100,14 @@ def server(web_store):
 
 
 @pytest.fixture(scope="module")
+def impatient_server(web_store):
+    """A server whose sync requests answer 202 with the job at once: the page must follow the job."""
+    server = Server(web_store, DIFFUSION_SYNC_TIMEOUT_S="0.001")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def keyed_server(web_store, tmp_path_factory):
     from app.api.auth import digest
 
@@ -107,6 +115,8 @@ def keyed_server(web_store, tmp_path_factory):
     entries = [
         {"name": "web", "sha256": digest("web-secret-key"), "scopes": ["generate", "denoise"]},
         {"name": "slow", "sha256": digest("slow-key"), "scopes": ["generate"], "requests_per_minute": 4},
+        # the README's example key: at most 4 jobs at once
+        {"name": "four", "sha256": digest("four-key"), "scopes": ["generate", "denoise"], "max_concurrent_jobs": 4},
     ]
     keys.write_text(json.dumps(entries))
     server = Server(web_store, DIFFUSION_API_KEYS_FILE=str(keys))

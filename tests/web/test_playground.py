@@ -7,6 +7,7 @@ import json
 import re
 
 import httpx
+import pytest
 from playwright.sync_api import expect
 
 ORDER = """() => {
@@ -59,6 +60,35 @@ def test_generate_shows_previews_then_the_images_with_the_seeds_asked_for(server
     clean(watched)
 
 
+def test_any_class_generates_without_guidance(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    tab = page.get_by_role("tabpanel", name="Generate")
+    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
+    tab.get_by_label("Class").select_option(label="any (unconditional)")
+    tab.get_by_label("Seed", exact=True).fill("7")
+    tab.get_by_label("Steps").fill("4")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 7")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Copy as curl").click()
+    body = json.loads(page.locator("#gen-curl").inner_text().split("-d '", 1)[1].rstrip("'"))
+    assert "class_label" not in body and "guidance_scale" not in body
+    clean(watched)
+
+
+def test_the_page_follows_a_job_the_server_answered_202_for(impatient_server, open_page):
+    watched = open_page(impatient_server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("button", name="Sample: cat").click()
+    page.get_by_label("Noise σ (0–255)").fill("30")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Denoise", exact=True).click()
+    expect(page.get_by_role("img", name="Denoised photo")).to_be_visible(timeout=60_000)
+    clean(watched)
+
+
 def test_denoise_shows_original_noisy_and_denoised_side_by_side(server, open_page):
     watched = open_page(server)
     page = watched.page
@@ -95,9 +125,14 @@ def test_a_text_file_upload_shows_a_readable_error(server, open_page):
     assert watched.outside() == []
 
 
-def test_the_forward_strip_has_eleven_images(server, open_page):
-    watched = open_page(server)
+@pytest.mark.parametrize("key", [None, "four-key"])
+def test_the_forward_strip_has_eleven_images(server, keyed_server, open_page, key):
+    """Eleven /v1/noise requests, a few at a time: a key that may hold 4 jobs at once gets no 429."""
+    watched = open_page(keyed_server if key else server)
     page = watched.page
+    if key:
+        page.get_by_role("textbox", name="API key").fill(key)
+        page.get_by_role("button", name="Save key").click()
     page.get_by_role("tab", name="Forward process").click()
     page.get_by_role("tabpanel", name="Forward process").get_by_label("Schedule of model").select_option("tiny-gen")
     page.get_by_role("button", name="Show forward process").click()
@@ -108,7 +143,10 @@ def test_the_forward_strip_has_eleven_images(server, open_page):
     for i in range(11):  # every image decoded (the page's CSP forbids wait_for_function's eval)
         expect(strip.nth(i)).to_have_js_property("complete", True)
         assert strip.nth(i).evaluate("img => img.naturalWidth") > 0
-    clean(watched)
+    expect(page.get_by_role("alert")).to_have_count(0)
+    if key is None:  # (with keys, the first request before the key was saved logged its 401)
+        clean(watched)
+    assert watched.outside() == []
 
 
 def test_tabs_work_from_the_keyboard_and_every_control_has_a_label(server, open_page):
