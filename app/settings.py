@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ DEFAULT_MAX_BATCH_PIXELS = {"cpu": 2 * 256 * 256, "cuda": 64 * 256 * 256}
 # crops, is 0.01-0.02 dB better on tiles of at most 192 than of 256 (docs/denoising.md, "Smaller tiles") for
 # about 11% more time; in float32 on a CPU, where its time is tightest, it keeps 256.
 DEFAULT_DENOISE_TILE = {"reduced": 192, "float32": 256}
+WEBHOOK_BACKOFF_GROWTH = 3  # each retry waits 3x longer than the one before: 10 s, 30 s, 90 s, 270 s, 810 s by default
 
 
 class Settings(BaseSettings):
@@ -162,6 +164,18 @@ class Settings(BaseSettings):
         if reduced_precision is None:
             return min(DEFAULT_DENOISE_TILE.values())
         return DEFAULT_DENOISE_TILE["reduced" if reduced_precision else "float32"]
+
+    def webhook_backoff_after(self, attempt: int) -> float:
+        """The wait after failed webhook attempt number ``attempt`` (1 for the first), before a +-10% jitter."""
+        return self.webhook_backoff_s * WEBHOOK_BACKOFF_GROWTH ** (attempt - 1)
+
+    @property
+    def webhook_delivery_ttl_s(self) -> int:
+        """How long Redis keeps a webhook delivery: past its last attempt (every wait at its +10% jitter, every
+        attempt at its time limit and claim), and at least two days."""
+        waits = 1.1 * sum(self.webhook_backoff_after(a) for a in range(1, self.webhook_attempts))
+        attempts = self.webhook_attempts * (self.webhook_timeout_s + 30)
+        return math.ceil(max(2 * 24 * 3600, waits + attempts + 3600))
 
     @property
     def preload_names(self) -> list[str]:

@@ -34,14 +34,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT_S = 3.0
-BACKOFF_GROWTH = 3  # each retry waits 3x longer than the one before: 10 s, 30 s, 90 s, 270 s, 810 s by default
 EVENTS = list(get_args(WebhookEvent))  # in the order they happen
 CLOUD_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-
-
-def backoff_s(settings: Settings, attempt: int) -> float:
-    """The wait after failed attempt number ``attempt`` (1 for the first), before a +-10% jitter."""
-    return settings.webhook_backoff_s * BACKOFF_GROWTH ** (attempt - 1)
 
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -233,7 +227,7 @@ class Dispatcher:
             )
             await self.outbox.finish(delivery)
             return
-        delay = backoff_s(self.settings, delivery.attempts) * random.uniform(0.9, 1.1)
+        delay = self.settings.webhook_backoff_after(delivery.attempts) * random.uniform(0.9, 1.1)
         WEBHOOK_DELIVERIES.labels(delivery.event, "retried").inc()
         log.info("webhook %s attempt %d: %s; next in %.0f s", delivery.id, delivery.attempts, problem, delay)
         await self.outbox.retry(delivery, delay)

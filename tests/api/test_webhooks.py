@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook as Verifier
 
 from app.api import webhooks
-from app.api.webhooks import Destination, Refused, backoff_s, destination
+from app.api.webhooks import Destination, Refused, destination
 from app.settings import Settings
 from tests.api.helpers import photo, png_bytes
 from tests.helpers import WebhookReceiver
@@ -190,10 +190,18 @@ def test_the_secret_must_be_a_standard_webhooks_secret(tmp_path):
 
 def test_the_default_retries_make_at_least_five_attempts_over_at_least_ten_minutes(tmp_path):
     settings = Settings(model_store=tmp_path)
-    waits = [backoff_s(settings, attempt) for attempt in range(1, settings.webhook_attempts)]
+    waits = [settings.webhook_backoff_after(attempt) for attempt in range(1, settings.webhook_attempts)]
     assert settings.webhook_attempts >= 5
     assert 0.9 * sum(waits) >= 600  # even with the jitter at its lowest
     assert waits == sorted(waits) and waits[1] / waits[0] > 1
+
+
+def test_a_delivery_is_kept_in_redis_past_its_last_attempt_however_many_are_set(tmp_path):
+    for attempts in (6, 12, 20):
+        settings = Settings(model_store=tmp_path, webhook_attempts=attempts)
+        last = sum(1.1 * settings.webhook_backoff_after(a) for a in range(1, attempts))  # jitter at its highest
+        assert settings.webhook_delivery_ttl_s > last + attempts * settings.webhook_timeout_s
+        assert settings.webhook_delivery_ttl_s >= 2 * 24 * 3600
 
 
 def test_the_receiver_example_in_the_docs_accepts_our_signature_and_refuses_a_forged_one(monkeypatch, capsys):

@@ -98,9 +98,6 @@ end
 return gone
 """
 
-# Webhook deliveries outlive their job's record by this much at most (retries span about 20 minutes).
-DELIVERY_TTL_S = 2 * 24 * 3600
-
 # Change a record unless it is already final (so a late "succeeded" cannot undo a cancel, nor the
 # reverse), and queue the webhook deliveries the change fires in the same step (the rule of
 # app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,

@@ -86,7 +86,7 @@ class RedisJobQueue:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
-        self.records = RecordStore(redis, self.keys, settings.job_retention_s)
+        self.records = RecordStore(redis, self.keys, settings.job_retention_s, settings.webhook_delivery_ttl_s)
         self._admit = redis.register_script(ADMIT)
         self.outbox = RedisOutbox(redis, self.keys)
         self.models: dict[str, ModelEntry] = {}

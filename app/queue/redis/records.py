@@ -7,12 +7,12 @@ import json
 from redis.asyncio import Redis
 
 from app.jobs import JobRecord, event_payload
-from app.queue.redis.keys import DELIVERY_TTL_S, UPDATE_RECORD, Keys
+from app.queue.redis.keys import UPDATE_RECORD, Keys
 
 
 class RecordStore:
-    def __init__(self, redis: Redis, keys: Keys, retention_s: float) -> None:
-        self.redis, self.keys, self.retention_s = redis, keys, retention_s
+    def __init__(self, redis: Redis, keys: Keys, retention_s: float, delivery_ttl_s: int) -> None:
+        self.redis, self.keys, self.retention_s, self.delivery_ttl_s = redis, keys, retention_s, delivery_ttl_s
         self._update = redis.register_script(UPDATE_RECORD)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -32,6 +32,6 @@ class RecordStore:
             self.retention_s,
             record.id,
             self.keys.delivery(""),
-            DELIVERY_TTL_S,
+            self.delivery_ttl_s,
         ]
         return await self._update(keys=keys, args=args, client=pipe or self.redis)

@@ -65,7 +65,7 @@ class RedisWorker:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
-        self.records = RecordStore(redis, self.keys, settings.job_retention_s)
+        self.records = RecordStore(redis, self.keys, settings.job_retention_s, settings.webhook_delivery_ttl_s)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.entries: dict[str, ModelEntry] = {}
         self.engine = None
