@@ -130,6 +130,8 @@ class Settings(BaseSettings):
             raise ValueError(f"denoise_overlap must be less than half of denoise_tile ({tile}, set or by default)")
         if self.worker_forget_s <= self.lease_s:
             raise ValueError("worker_forget_s must be longer than lease_s: a worker is forgotten only after its jobs")
+        if self.embedded_worker is False and self.queue_url is None:
+            raise ValueError("embedded_worker=false needs a queue_url: without Redis the API process runs the engine")
         if self.queue_url is not None and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("queue_url must be a redis://, rediss:// or unix:// URL")
         if self.webhook_secret is not None:

@@ -53,3 +53,9 @@ def test_a_model_name_the_store_lacks_is_refused_at_start_naming_the_setting(sto
             pass
     with TestClient(create_app(make_settings(store, default_generator="tiny-gen", preload="tiny-gen"))) as client:
         assert client.get("/readyz").status_code == 200  # names the store holds start as before
+
+
+def test_no_embedded_worker_without_redis_is_refused(tmp_path):
+    with pytest.raises(ValidationError, match="embedded_worker=false needs a queue_url"):
+        make_settings(tmp_path, embedded_worker=False)
+    assert make_settings(tmp_path, embedded_worker=False, queue_url="redis://127.0.0.1:6379/0").embedded_worker is False
