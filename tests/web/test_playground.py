@@ -23,14 +23,38 @@ def clean(watched) -> None:
     assert watched.outside() == [], watched.outside()
 
 
+def fill_generate(page, *, class_name: str, seed: int, steps: int):
+    """The Generate tab, its fields filled for tiny-gen."""
+    tab = page.get_by_role("tabpanel", name="Generate")
+    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
+    tab.get_by_label("Class").select_option(label=class_name)
+    tab.get_by_label("Seed", exact=True).fill(str(seed))
+    tab.get_by_label("Steps").fill(str(steps))
+    return tab
+
+
+def copied_curl(page) -> tuple[str, dict]:
+    """ "Copy as curl": the command shown, and the JSON body it sends."""
+    page.get_by_role("button", name="Copy as curl").click()
+    command = page.locator("#gen-curl").inner_text()
+    return command, json.loads(command.split("-d '", 1)[1].rstrip("'"))
+
+
+def noise_then_denoise_the_cat(page) -> None:
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("button", name="Sample: cat").click()
+    expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
+    page.get_by_label("Noise σ (0–255)").fill("30")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Denoise", exact=True).click()
+    expect(page.get_by_role("img", name="Denoised photo")).to_be_visible(timeout=60_000)
+
+
 def test_generate_shows_previews_then_the_images_with_the_seeds_asked_for(server, open_page):
     watched = open_page(server)
     page = watched.page
-    tab = page.get_by_role("tabpanel", name="Generate")
-    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
-    tab.get_by_label("Class").select_option(label="b")
-    tab.get_by_label("Seed", exact=True).fill("42")
-    tab.get_by_label("Steps").fill("40")
+    tab = fill_generate(page, class_name="b", seed=42, steps=40)
     tab.get_by_label("Number of images").fill("2")
     page.evaluate(ORDER)
     page.get_by_role("button", name="Generate", exact=True).click()
@@ -49,10 +73,8 @@ def test_generate_shows_previews_then_the_images_with_the_seeds_asked_for(server
     )
 
     # "Copy as curl" reproduces the request: the same image comes back
-    page.get_by_role("button", name="Copy as curl").click()
-    command = page.locator("#gen-curl").inner_text()
+    command, body = copied_curl(page)
     assert command.startswith(f"curl -s {server.url}/v1/generate")
-    body = json.loads(command.split("-d '", 1)[1].rstrip("'"))
     assert body["seed"] == 42 and body["class_label"] == 1 and body["num_images"] == 2
     again = httpx.post(server.url + "/v1/generate", json=body, timeout=60).json()
     shown = page.get_by_role("img", name="Generated image, seed 42").get_attribute("src")
@@ -63,43 +85,24 @@ def test_generate_shows_previews_then_the_images_with_the_seeds_asked_for(server
 def test_any_class_generates_without_guidance(server, open_page):
     watched = open_page(server)
     page = watched.page
-    tab = page.get_by_role("tabpanel", name="Generate")
-    expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
-    tab.get_by_label("Class").select_option(label="any (unconditional)")
-    tab.get_by_label("Seed", exact=True).fill("7")
-    tab.get_by_label("Steps").fill("4")
+    fill_generate(page, class_name="any (unconditional)", seed=7, steps=4)
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.get_by_role("img", name="Generated image, seed 7")).to_be_visible(timeout=60_000)
-    page.get_by_role("button", name="Copy as curl").click()
-    body = json.loads(page.locator("#gen-curl").inner_text().split("-d '", 1)[1].rstrip("'"))
+    _, body = copied_curl(page)
     assert "class_label" not in body and "guidance_scale" not in body
     clean(watched)
 
 
 def test_the_page_follows_a_job_the_server_answered_202_for(impatient_server, open_page):
     watched = open_page(impatient_server)
-    page = watched.page
-    page.get_by_role("tab", name="Denoise").click()
-    page.get_by_role("button", name="Sample: cat").click()
-    page.get_by_label("Noise σ (0–255)").fill("30")
-    page.get_by_role("button", name="Add noise", exact=True).click()
-    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
-    page.get_by_role("button", name="Denoise", exact=True).click()
-    expect(page.get_by_role("img", name="Denoised photo")).to_be_visible(timeout=60_000)
+    noise_then_denoise_the_cat(watched.page)
     clean(watched)
 
 
 def test_denoise_shows_original_noisy_and_denoised_side_by_side(server, open_page):
     watched = open_page(server)
     page = watched.page
-    page.get_by_role("tab", name="Denoise").click()
-    page.get_by_role("button", name="Sample: cat").click()
-    expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
-    page.get_by_label("Noise σ (0–255)").fill("30")
-    page.get_by_role("button", name="Add noise", exact=True).click()
-    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
-    page.get_by_role("button", name="Denoise", exact=True).click()
-    expect(page.get_by_role("img", name="Denoised photo")).to_be_visible(timeout=60_000)
+    noise_then_denoise_the_cat(page)
     images = page.locator("#dn-results img")
     assert images.count() == 3 and all(images.nth(i).is_visible() for i in range(3))
     expect(page.locator("#dn-denoised-caption")).to_contain_text("PSNR", timeout=10_000)
