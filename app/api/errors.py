@@ -91,7 +91,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
-        if status == 400 and isinstance(exc.__cause__, JSON_FAILURES):  # FastAPI parsing a JSON body
+        json_body = request.headers.get("content-type", "").split(";")[0].strip().lower().endswith("json")
+        if status == 400 and json_body and isinstance(exc.__cause__, JSON_FAILURES):  # FastAPI parsing it
             return await _api_error(request, invalid_json(exc.__cause__))
         loc = ["body"] if status in (400, 413) else ["path"] if status in (404, 405) else []
         msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
