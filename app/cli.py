@@ -79,6 +79,7 @@ def worker(argv: list[str] | None = None) -> None:
 
 async def _run_worker(settings: Settings) -> int:
     from app.queue.factory import no_models_message
+    from app.queue.protocol import NoModels
     from app.queue.redis.queue import connect
     from app.queue.redis.worker import RedisWorker
 
@@ -86,14 +87,14 @@ async def _run_worker(settings: Settings) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port, addr=settings.host)  # the engine's metrics, for Prometheus
-    from app.store.catalog import scan_store
-
-    if why := settings.unknown_models(set(scan_store(settings.model_store)), defaults=False):
-        print(f"diffusion-worker: {why}", file=sys.stderr)
-        return 2
     redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
-    await node.start()
+    try:
+        await node.start()
+    except NoModels as exc:
+        print(f"diffusion-worker: {exc}", file=sys.stderr)
+        await redis.aclose()
+        return 2
     if not node.serves_anything:
         print(f"diffusion-worker: {no_models_message(settings, node.entries)}", file=sys.stderr)
         await node.stop(grace=0)

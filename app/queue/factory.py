@@ -38,10 +38,11 @@ async def open_queue(settings: Settings) -> JobQueue:
         from app.queue.redis.worker import RedisWorker
 
         worker = RedisWorker(settings, queue.redis)
-        if why := settings.unknown_models(set(scan_store(settings.model_store)), defaults=False):
-            await queue.close()  # other workers may serve the default models: only the preload is checked
-            raise NoModels(why)
-        await worker.start()
+        try:
+            await worker.start()
+        except NoModels:
+            await queue.close()
+            raise
         if not worker.serves_anything:
             await worker.stop(grace=0)
             await queue.close()

@@ -170,3 +170,19 @@ def submit(url: str, **body) -> str:
     )
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
+
+
+def on_redis(work):
+    """``await work(redis)`` on a fresh asyncio connection to the test server, closed after; its result."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    async def run():
+        connection = Redis.from_url(REDIS_URL)
+        try:
+            return await work(connection)
+        finally:
+            await connection.aclose()
+
+    return asyncio.run(run())

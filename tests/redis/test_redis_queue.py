@@ -11,7 +11,7 @@ from standardwebhooks import Webhook as Verifier
 
 from app.api.main import create_app
 from tests.helpers import WebhookReceiver, make_settings
-from tests.redis.helpers import REDIS_URL, delete_keys
+from tests.redis.helpers import REDIS_URL, delete_keys, on_redis
 from app.jobs import JobRecord
 from app.store.catalog import scan_store
 from tests.tiny_models import write_bare, write_generator
@@ -495,37 +495,30 @@ class StubEngine:
 
 
 def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over(store, prefix):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     from app.queue.redis.keys import GROUP
     from app.queue.redis.worker import RedisWorker, _Held
 
-    async def scenario():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=0.15)
-            worker = RedisWorker(settings, redis, worker_id="cut-off")
-            worker.engine = StubEngine()
-            await worker._create_groups()
-            stream = worker.keys.stream("normal")
-            for job in ("kept", "taken"):
-                entry_id = (await redis.xadd(stream, {"job": job})).decode()
-                await redis.xreadgroup(GROUP, "cut-off", {stream: ">"}, count=1)
-                worker.held[job] = _Held(stream, entry_id, JobRecord(id=job, kind="generate", model="m"))
-            taken = worker.held["taken"].entry_id
-            await redis.xclaim(stream, GROUP, "took-over", min_idle_time=0, message_ids=[taken])  # its takeover
-            await worker._renew_once()
-            owners = {
-                p["message_id"].decode(): p["consumer"].decode()
-                for p in await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
-            }
-            return list(worker.held), worker.engine.canceled, owners[taken]
-        finally:
-            await redis.aclose()
+    async def scenario(redis):
+        settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=0.15)
+        worker = RedisWorker(settings, redis, worker_id="cut-off")
+        worker.engine = StubEngine()
+        await worker._create_groups()
+        stream = worker.keys.stream("normal")
+        for job in ("kept", "taken"):
+            entry_id = (await redis.xadd(stream, {"job": job})).decode()
+            await redis.xreadgroup(GROUP, "cut-off", {stream: ">"}, count=1)
+            worker.held[job] = _Held(stream, entry_id, JobRecord(id=job, kind="generate", model="m"))
+        taken = worker.held["taken"].entry_id
+        await redis.xclaim(stream, GROUP, "took-over", min_idle_time=0, message_ids=[taken])  # its takeover
+        await worker._renew_once()
+        owners = {
+            p["message_id"].decode(): p["consumer"].decode()
+            for p in await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
+        }
+        return list(worker.held), worker.engine.canceled, owners[taken]
 
-    held, canceled, owner = asyncio.run(scenario())
+    held, canceled, owner = on_redis(scenario)
     assert held == ["kept"] and canceled == ["taken"]
     assert owner == "took-over"  # the renewal did not take it back
 
@@ -574,20 +567,13 @@ def _worker_on(folder, prefix, redis, name="a-worker"):
 
 def _queued_for_tiny_gen(store, prefix) -> str:
     """A job for tiny-gen, queued through an API node while a worker that serves tiny-gen has announced it."""
-    import asyncio
 
-    from redis.asyncio import Redis
+    async def announce(redis):
+        worker = _worker_on(store, prefix, redis, "serves-tiny-gen")
+        await worker._create_groups()
+        await worker._beat()
 
-    async def announce():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            worker = _worker_on(store, prefix, redis, "serves-tiny-gen")
-            await worker._create_groups()
-            await worker._beat()
-        finally:
-            await redis.aclose()
-
-    asyncio.run(announce())
+    on_redis(announce)
     with client_for(store, prefix, embedded_worker=False) as api:
         r = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
         assert r.status_code == 202, r.text
@@ -595,91 +581,67 @@ def _queued_for_tiny_gen(store, prefix) -> str:
 
 
 def test_a_worker_reads_only_the_jobs_of_the_models_it_serves(store, other_store, prefix):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     job_id = _queued_for_tiny_gen(store, prefix)
 
-    async def scenario():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            other = _worker_on(other_store, prefix, redis, "serves-tiny-bare")
-            await other._create_groups()
-            await other._read_once()  # its streams are empty: it waits a second and takes nothing
-            assert other.held == {} and other.engine.submitted == []
-            mine = _worker_on(store, prefix, redis, "serves-tiny-gen")
-            await mine._read_once()
-            assert list(mine.held) == mine.engine.submitted == [job_id]
-            assert mine.held[job_id].stream == mine.keys.stream("normal", "tiny-gen")
-        finally:
-            await redis.aclose()
+    async def scenario(redis):
+        other = _worker_on(other_store, prefix, redis, "serves-tiny-bare")
+        await other._create_groups()
+        await other._read_once()  # its streams are empty: it waits a second and takes nothing
+        assert other.held == {} and other.engine.submitted == []
+        mine = _worker_on(store, prefix, redis, "serves-tiny-gen")
+        await mine._read_once()
+        assert list(mine.held) == mine.engine.submitted == [job_id]
+        assert mine.held[job_id].stream == mine.keys.stream("normal", "tiny-gen")
 
-    asyncio.run(scenario())
+    on_redis(scenario)
 
 
 def test_a_worker_whose_engine_died_takes_no_more_jobs(store, prefix):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     job_id = _queued_for_tiny_gen(store, prefix)
 
-    async def scenario():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            worker = _worker_on(store, prefix, redis)
-            worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})  # its pause: a heartbeat
-            worker.engine.alive = False
-            await worker._read_once()
-            assert worker.held == {} and worker.engine.submitted == [] and worker.dead.is_set()
-            assert not worker.alive()
-            pending = await redis.xpending(worker.keys.stream("normal", "tiny-gen"), "workers")
-            assert pending["pending"] == 0  # still on its stream for a live worker, not taken
-            worker.engine.alive = True  # (a live one would take it: the test reads what a dead one leaves)
-            worker.dead.clear()
-            await worker._read_once()
-            assert list(worker.held) == [job_id]
-        finally:
-            await redis.aclose()
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis)
+        worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})  # its pause: a heartbeat
+        worker.engine.alive = False
+        await worker._read_once()
+        assert worker.held == {} and worker.engine.submitted == [] and worker.dead.is_set()
+        assert not worker.alive()
+        pending = await redis.xpending(worker.keys.stream("normal", "tiny-gen"), "workers")
+        assert pending["pending"] == 0  # still on its stream for a live worker, not taken
+        worker.engine.alive = True  # (a live one would take it: the test reads what a dead one leaves)
+        worker.dead.clear()
+        await worker._read_once()
+        assert list(worker.held) == [job_id]
 
-    asyncio.run(scenario())
+    on_redis(scenario)
 
 
 def test_a_job_queued_on_the_stream_every_worker_reads_moves_to_its_models_stream(store, other_store, prefix):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     job_id = _queued_for_tiny_gen(store, prefix)
 
-    async def scenario():  # as a job queued before jobs went on their model's stream
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            other = _worker_on(other_store, prefix, redis)
-            keys = other.keys
-            own = keys.stream("normal", "tiny-gen")
-            [(entry_id, fields)] = await redis.xrange(own)
-            await redis.xdel(own, entry_id)
-            await redis.xadd(keys.stream("normal"), fields)
-            await other._create_groups()
-            await other._read_once()
-            assert other.held == {} and other.engine.submitted == []
-            assert await redis.xlen(keys.stream("normal")) == 0
-            [(_, moved)] = await redis.xrange(own)
-            assert moved == {b"job": job_id.encode()}
-            status = await redis.hget(keys.job(job_id), "status")
-            assert status == b"queued"  # not failed by the worker that does not serve it
-        finally:
-            await redis.aclose()
+    async def scenario(redis):  # as a job queued before jobs went on their model's stream
+        other = _worker_on(other_store, prefix, redis)
+        keys = other.keys
+        own = keys.stream("normal", "tiny-gen")
+        [(entry_id, fields)] = await redis.xrange(own)
+        await redis.xdel(own, entry_id)
+        await redis.xadd(keys.stream("normal"), fields)
+        await other._create_groups()
+        await other._read_once()
+        assert other.held == {} and other.engine.submitted == []
+        assert await redis.xlen(keys.stream("normal")) == 0
+        [(_, moved)] = await redis.xrange(own)
+        assert moved == {b"job": job_id.encode()}
+        status = await redis.hget(keys.job(job_id), "status")
+        assert status == b"queued"  # not failed by the worker that does not serve it
 
-    asyncio.run(scenario())
+    on_redis(scenario)
 
 
 def test_the_catalog_merges_the_workers_and_forgets_the_silent_ones(store, other_store, prefix):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     from app.queue.redis.worker import RedisWorker
 
@@ -691,25 +653,21 @@ def test_the_catalog_merges_the_workers_and_forgets_the_silent_ones(store, other
             assert served.status_code == 200, served.text  # run by the worker of the other node
             worker_node.app.state.queue.embedded.engine.stop()  # it stops announcing; its catalog stays
 
-            async def age_and_beat():
-                redis = Redis.from_url(REDIS_URL)
-                try:
-                    keys = worker_node.app.state.queue.keys
-                    gen_worker = worker_node.app.state.queue.embedded.worker_id
-                    assert await redis.hexists(keys.catalogs, gen_worker)  # still listed: it may come back
-                    await redis.hset(keys.announced, gen_worker, time.time() - 31)  # silent past worker_forget_s
-                    beating = RedisWorker(
-                        make_settings(other_store, queue_url=REDIS_URL, redis_prefix=prefix, worker_forget_s=30),
-                        redis,
-                    )
-                    beating.entries = scan_store(other_store)
-                    await beating._beat()
-                    assert not await redis.hexists(keys.catalogs, gen_worker)
-                    assert not await redis.hexists(keys.announced, gen_worker)
-                finally:
-                    await redis.aclose()
+            async def age_and_beat(redis):
+                keys = worker_node.app.state.queue.keys
+                gen_worker = worker_node.app.state.queue.embedded.worker_id
+                assert await redis.hexists(keys.catalogs, gen_worker)  # still listed: it may come back
+                await redis.hset(keys.announced, gen_worker, time.time() - 31)  # silent past worker_forget_s
+                beating = RedisWorker(
+                    make_settings(other_store, queue_url=REDIS_URL, redis_prefix=prefix, worker_forget_s=30),
+                    redis,
+                )
+                beating.entries = scan_store(other_store)
+                await beating._beat()
+                assert not await redis.hexists(keys.catalogs, gen_worker)
+                assert not await redis.hexists(keys.announced, gen_worker)
 
-            asyncio.run(age_and_beat())
+            on_redis(age_and_beat)
             deadline = time.monotonic() + 10
             while "tiny-gen" in {m["name"] for m in other_node.get("/v1/models").json()["models"]}:
                 assert time.monotonic() < deadline, "the forgotten worker's model is still listed"
@@ -758,32 +716,25 @@ def test_an_idempotency_claim_is_waited_for_only_while_its_record_may_still_be_b
 def test_a_node_started_before_any_worker_announced_reads_the_catalog_again_at_the_first_request(
     store, prefix, monkeypatch
 ):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     from app.queue.redis import queue as redis_queue
 
     monkeypatch.setattr(redis_queue, "CATALOG_REFRESH_S", 3600)  # no background refresh comes in between
 
-    async def announce():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            worker = _worker_on(store, prefix, redis)
-            await worker._create_groups()
-            await worker._beat()
-        finally:
-            await redis.aclose()
+    async def announce(redis):
+        worker = _worker_on(store, prefix, redis)
+        await worker._create_groups()
+        await worker._beat()
 
     with client_for(store, prefix, embedded_worker=False) as api:
         assert api.get("/v1/models").json() == {"models": []}
-        asyncio.run(announce())
+        on_redis(announce)
         assert [m["name"] for m in api.get("/v1/models").json()["models"]] == ["tiny-gen"]
     delete_keys(prefix)
     with client_for(store, prefix, embedded_worker=False) as api:  # the same for a job request
         r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
         assert r.status_code == 503 and r.json()["detail"][0]["type"] == "model_unavailable"
-        asyncio.run(announce())
+        on_redis(announce)
         r = api.post("/v1/generate", json={"class_label": 0}, headers=ASYNC)
         assert r.status_code == 202, r.text
 
@@ -791,59 +742,53 @@ def test_a_node_started_before_any_worker_announced_reads_the_catalog_again_at_t
 def test_jobs_queued_for_a_model_no_worker_serves_any_more_are_failed_when_its_workers_are_forgotten(
     store, other_store, prefix
 ):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     job_id = _queued_for_tiny_gen(store, prefix)  # announced by "serves-tiny-gen", which then goes silent
 
-    async def forget_it():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            other = _worker_on(other_store, prefix, redis, "serves-tiny-bare")
-            keys = other.keys
-            await other._create_groups()
-            stream = keys.stream("normal", "tiny-gen")
-            assert await redis.xlen(stream) == 1 and await redis.hexists(keys.held, job_id)
-            assert await redis.smembers(keys.queued_models) == {b"tiny-gen"}  # where workers look
-            await other._beat()  # it forgets no one yet: tiny-gen's worker was heard a moment ago
-            assert await redis.hget(keys.job(job_id), "status") == b"queued"
-            await redis.hset(keys.announced, "serves-tiny-gen", time.time() - 601)  # silent past worker_forget_s
-            await other._beat()  # forgotten, but this worker has not been up that long: a slower pool may come
-            assert await redis.hget(keys.job(job_id), "status") == b"queued"
-            other._up_since -= 600
-            await other._beat()
-            assert await redis.hget(keys.job(job_id), "status") == b"failed"
-            record = JobRecord.model_validate_json(await redis.hget(keys.job(job_id), "record"))
-            assert record.error.startswith("model 'tiny-gen' is not served by any worker: every worker that served it")
-            assert await redis.xlen(stream) == 0 and not await redis.hexists(keys.held, job_id)
-            assert await redis.smembers(keys.queued_models) == set()
-        finally:
-            await redis.aclose()
+    async def forget_it(redis):
+        other = _worker_on(other_store, prefix, redis, "serves-tiny-bare")
+        keys = other.keys
+        await other._create_groups()
+        stream = keys.stream("normal", "tiny-gen")
+        assert await redis.xlen(stream) == 1 and await redis.hexists(keys.held, job_id)
+        assert await redis.smembers(keys.queued_models) == {b"tiny-gen"}  # where workers look
+        await other._beat()  # it forgets no one yet: tiny-gen's worker was heard a moment ago
+        assert await redis.hget(keys.job(job_id), "status") == b"queued"
+        await redis.hset(keys.announced, "serves-tiny-gen", time.time() - 601)  # silent past worker_forget_s
+        await other._beat()  # forgotten, but this worker has not been up that long: a slower pool may come
+        assert await redis.hget(keys.job(job_id), "status") == b"queued"
+        other._up_since -= 600
+        await other._beat()
+        assert await redis.hget(keys.job(job_id), "status") == b"failed"
+        record = JobRecord.model_validate_json(await redis.hget(keys.job(job_id), "record"))
+        assert record.error.startswith("model 'tiny-gen' is not served by any worker: every worker that served it")
+        assert await redis.xlen(stream) == 0 and not await redis.hexists(keys.held, job_id)
+        assert await redis.smembers(keys.queued_models) == set()
 
-    asyncio.run(forget_it())
+    on_redis(forget_it)
 
 
 def test_jobs_queued_for_a_model_that_failed_on_every_worker_are_failed_with_its_reason(store, prefix):
-    import asyncio
-
-    from redis.asyncio import Redis
 
     job_id = _queued_for_tiny_gen(store, prefix)
 
-    async def fail_it_everywhere():
-        redis = Redis.from_url(REDIS_URL)
-        try:
-            worker = _worker_on(store, prefix, redis, "serves-tiny-gen")  # the one that announced it, restarted
-            worker.entries["tiny-gen"].fail("its weights do not load: unexpected end of file")
-            worker._up_since -= 600  # up for worker_forget_s
-            await worker._beat()
-            record = JobRecord.model_validate_json(await redis.hget(worker.keys.job(job_id), "record"))
-            assert record.status.value == "failed"
-            assert record.error == (
-                "model 'tiny-gen' is not served by any worker: its weights do not load: unexpected end of file"
-            )
-        finally:
-            await redis.aclose()
+    async def fail_it_everywhere(redis):
+        worker = _worker_on(store, prefix, redis, "serves-tiny-gen")  # the one that announced it, restarted
+        worker.entries["tiny-gen"].fail("its weights do not load: unexpected end of file")
+        worker._up_since -= 600  # up for worker_forget_s
+        await worker._beat()
+        record = JobRecord.model_validate_json(await redis.hget(worker.keys.job(job_id), "record"))
+        assert record.status.value == "failed"
+        assert record.error == (
+            "model 'tiny-gen' is not served by any worker: its weights do not load: unexpected end of file"
+        )
 
-    asyncio.run(fail_it_everywhere())
+    on_redis(fail_it_everywhere)
+
+
+def test_a_worker_whose_preload_names_a_model_its_store_lacks_refuses_to_start(store, prefix):
+    from app.api.main import NoModels
+
+    with pytest.raises(NoModels, match="DIFFUSION_PRELOAD names 'tiny-gne'"):
+        with client_for(store, prefix, embedded_worker=True, preload="tiny-gne"):
+            pass

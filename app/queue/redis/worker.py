@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from app import background
 from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
 from app.metrics import job_finished
+from app.queue.protocol import NoModels
 from app.queue.redis.catalog import publish, unserved
 from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, RENEW, Keys
 from app.queue.redis.queue import unavailable
@@ -97,10 +98,14 @@ class RedisWorker:
 
     # -- life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Scan the store, load the models and start taking jobs. Raises NoModels, before loading anything,
+        when DIFFUSION_PRELOAD names a model the store lacks (the default models may be other workers')."""
         from app.engine.engine import Engine  # torch lives behind this import
 
         self._loop = asyncio.get_running_loop()
         self.entries = scan_store(self.settings.model_store)
+        if why := self.settings.unknown_models(set(self.entries), defaults=False):
+            raise NoModels(why)
         self.engine = Engine(self.settings, self.entries, self._from_engine)
         await asyncio.to_thread(self.engine.start)
         await self._create_groups()
