@@ -257,21 +257,24 @@ def apply_event(record: JobRecord, event: EngineEvent) -> bool:
     else:
         record.status = JobStatus(event.type)
         record.finished_at = event.at
-        record.started_at = record.started_at or event.at
+        if record.status == JobStatus.succeeded:  # it ran; a job failed or canceled in the queue never started
+            record.started_at = record.started_at or event.at
         record.result, record.error = event.result, event.error
         if record.status == JobStatus.succeeded:
             record.progress = Progress(step=record.progress.total, total=record.progress.total)
     return True
 
 
-def webhook_events(before: JobStatus, after: JobStatus) -> list[WebhookEvent]:
-    """The webhook events a change of status fires: ``started`` when a queued job has begun (even if it
-    finished within the same write), ``completed`` when it is final. A job canceled while queued never
-    started. (The Redis backend applies the same rule in its UPDATE_RECORD script.)"""
+def webhook_events(before: JobStatus, after: JobRecord) -> list[WebhookEvent]:
+    """The webhook events a record's change from status ``before`` fires: ``started`` when a queued job has
+    begun to run (even if it finished within the same write), ``completed`` when it is final. A job failed
+    or canceled while queued (a model that would not load, no worker serving its model, a cancel) never
+    started: it has no ``started_at``. (The Redis backend applies the same rule in its UPDATE_RECORD
+    script.)"""
     fired: list[WebhookEvent] = []
-    if before == JobStatus.queued and after not in (JobStatus.queued, JobStatus.canceled):
+    if before == JobStatus.queued and after.started_at is not None:
         fired.append("started")
-    if after.finished and not before.finished:
+    if after.status.finished and not before.finished:
         fired.append("completed")
     return fired
 

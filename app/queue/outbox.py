@@ -38,7 +38,7 @@ def deliveries_for(record: JobRecord, before) -> list[Delivery]:
         return []
     return [
         Delivery(Delivery.message_id(record.id, event), record.webhook.url, event, record.model_dump_json())
-        for event in webhook_events(before, record.status)
+        for event in webhook_events(before, record)
         if event in record.webhook.events
     ]
 

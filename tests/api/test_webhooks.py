@@ -83,6 +83,26 @@ def test_the_default_is_completed_only_and_it_fires_for_failures_and_cancels_too
     assert verified(request)["status"] == "canceled"
 
 
+def test_a_job_that_fails_before_it_runs_never_started_so_it_fires_completed_only(make_client, monkeypatch):
+    from app.engine import engine
+
+    def unplannable(*args, **kwargs):
+        raise ValueError("no plan for this job")
+
+    monkeypatch.setattr(engine, "plan_generate", unplannable)
+    client = hooked(make_client)
+    with WebhookReceiver() as receiver:
+        body = {"class_label": 0, "steps": 5, "webhook": receiver.url, "webhook_events": ["started", "completed"]}
+        job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        (request,) = receiver.wait_for(1)
+        time.sleep(0.5)  # a "started" message would have come by now
+        assert len(receiver.received) == 1
+    assert request["headers"]["webhook-id"] == f"msg_{job_id}_completed"
+    job = verified(request)
+    assert job["status"] == "failed" and "no plan for this job" in job["error"]
+    assert job["timings"]["run_ms"] == 0 and job["timings"]["queued_ms"] == job["timings"]["total_ms"]
+
+
 def test_a_failing_receiver_is_retried_with_the_same_message_id_until_it_takes_it(make_client):
     client = hooked(make_client)
     before = deliveries("completed", "retried"), deliveries("completed", "delivered")

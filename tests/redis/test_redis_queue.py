@@ -228,6 +228,30 @@ def test_webhooks_are_sent_once_each_by_whichever_node_claims_them(store, prefix
         assert job["status"] == ("succeeded" if event == "completed" else job["status"])
 
 
+def test_a_job_failed_before_it_ran_fires_completed_only_across_nodes(store, prefix, monkeypatch):
+    from app.engine import engine
+
+    def unplannable(*args, **kwargs):
+        raise ValueError("no plan for this job")
+
+    monkeypatch.setattr(engine, "plan_generate", unplannable)
+    secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
+    hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
+    with (
+        WebhookReceiver() as receiver,
+        client_for(store, prefix, embedded_worker=True, **hooks) as worker_node,
+        client_for(store, prefix, embedded_worker=False, **hooks) as api,
+    ):
+        body = {"class_label": 0, "steps": 3, "webhook": receiver.url, "webhook_events": "started,completed"}
+        job_id = api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        (request,) = receiver.wait_for(1)
+        time.sleep(1.0)  # a "started" message would have come by now
+        assert len(receiver.received) == 1
+        assert worker_node.get(f"/v1/jobs/{job_id}").json()["status"] == "failed"
+    assert request["headers"]["webhook-id"] == f"msg_{job_id}_completed"
+    assert Verifier(secret).verify(request["body"], request["headers"])["status"] == "failed"
+
+
 def test_a_high_priority_job_overtakes_the_low_priority_backlog_across_nodes(store, prefix):
     with (
         client_for(store, prefix, embedded_worker=True, worker_jobs=1) as worker_node,

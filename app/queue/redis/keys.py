@@ -101,7 +101,8 @@ return gone
 # Change a record unless it is already final (so a late "succeeded" cannot undo a cancel, nor the
 # reverse), and queue the webhook deliveries the change fires in the same step (the rule of
 # app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,
-# status, event JSON, retention seconds, job ID, delivery key prefix ("{p}:webhook:"), delivery TTL.
+# status, event JSON, retention seconds, job ID, delivery key prefix ("{p}:webhook:"), delivery TTL,
+# "1" if the job has started (its record has a ``started_at``) else "".
 # Returns 1 if changed, 0 if the record was already final, -1 if it is gone (expired, or lost by a Redis
 # restart without persistence).
 UPDATE_RECORD = """
@@ -124,7 +125,7 @@ end
 if current == 'succeeded' or current == 'failed' or current == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])
 local final = ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled'
-if current == 'queued' and ARGV[2] ~= 'queued' and ARGV[2] ~= 'canceled' then fire('started') end
+if current == 'queued' and ARGV[8] == '1' then fire('started') end
 if final then fire('completed') end
 if final then
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])))

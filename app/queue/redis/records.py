@@ -33,5 +33,6 @@ class RecordStore:
             record.id,
             self.keys.delivery(""),
             self.delivery_ttl_s,
+            "1" if record.started_at is not None else "",
         ]
         return await self._update(keys=keys, args=args, client=pipe or self.redis)
