@@ -89,15 +89,20 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     image = _open(data, max_pixels)
     if image.format == "PNG":
         _check_png_complete(data)
-    # Not caught: a JPEG cut and closed with an EOI marker decodes with grey rows (libjpeg only warns, and Pillow
-    # does not report its warnings). A JPEG simply cut short fails in ``load``.
+    elif image.format == "JPEG":
+        _check_jpeg_data(data, *image.size)
+    # Not caught: a JPEG cut part way and closed with an EOI marker decodes with grey rows (libjpeg only warns,
+    # and Pillow does not report its warnings). A JPEG simply cut short fails in ``load``.
     frames_dropped = _extra_frames(image)
+    # Pillow turns a TIFF by its orientation tag as it loads it, and drops the tag: read it first
+    turned_on_load = _orientation(image) if image.format == "TIFF" else None
     try:
         image.load()
     except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
-    alpha_dropped, orientation = _has_alpha(image), _orientation(image)
-    if orientation != 1:  # a phone's photo, stored sideways: turned as every viewer (and browser) shows it
+    alpha_dropped = _has_alpha(image)
+    orientation = turned_on_load or _orientation(image)
+    if turned_on_load is None and orientation != 1:  # a phone's photo, stored sideways: turned as viewers show it
         image = ImageOps.exif_transpose(image)
     return DecodedImage(
         pixels=image_to_pixels(image),
@@ -124,11 +129,80 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice its default limit
         raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except (UnidentifiedImageError, *_BROKEN) as exc:
+        known = _sniff(data)
+        if data.startswith(b"P7"):
+            raise ImageUndecodable("PAM (P7) files are not taken: send PNM (P1-P6) or another format") from exc
+        if known is not None:  # the format is one taken here, its layout or data is not
+            raise ImageUndecodable(f"a {known} file whose pixel layout or data this service cannot read") from exc
         raise ImageUndecodable(f"not a decodable image of a format taken here ({', '.join(ACCEPTED)})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels, more than the limit of {max_pixels}")
     return image
+
+
+# The leading bytes of formats taken here.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"qoif", "QOI"),
+)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format an upload says it is by its first bytes, where it is one of those above, or WebP/AVIF."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return next((name for signature, name in _SIGNATURES if data.startswith(signature)), None)
+
+
+# --- JPEG whose coded data is too short for its size -------------------------------------------------------
+# Every 8x8 block of a Huffman-coded JPEG (baseline, extended or progressive) costs at least one bit of coded
+# data (its DC difference), so a file whose scans hold fewer bits than its largest component has blocks was
+# cut (or its header altered) and libjpeg would fill the rest with grey. Arithmetic-coded files, which can
+# code a block in less than a bit, are not checked.
+_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: markers without a length
+
+
+def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
+    coded, huffman, at = 0, False, 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return  # not where a marker should be: leave the verdict to the decoder
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker in _NO_LENGTH:
+            at += 2
+            continue
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        huffman = huffman or marker in _HUFFMAN_FRAMES
+        at += 2 + length
+        if marker == 0xDA:  # a scan: coded bytes up to the next marker that is not a stuffed 0xFF or an RSTn
+            start = at
+            while (at := data.find(b"\xff", at)) != -1 and at + 1 < len(data) and (
+                data[at + 1] == 0x00 or 0xD0 <= data[at + 1] <= 0xD7
+            ):
+                at += 2
+            at = len(data) if at == -1 else at
+            coded += at - start
+    blocks = -(-width // 8) * -(-height // 8)
+    if huffman and coded * 8 < blocks:
+        raise ImageUndecodable(
+            f"image data is truncated: a {width}x{height} JPEG codes {blocks} blocks of 8x8 pixels in at least "
+            f"{blocks} bits, and this one holds {coded * 8}"
+        )
 
 
 def _extra_frames(image: Image.Image) -> int:

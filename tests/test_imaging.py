@@ -482,6 +482,80 @@ def test_the_exif_orientation_is_applied_as_a_viewer_shows_the_photo(fmt):
     ).pixels.shape == (16, 48, 3)
 
 
+def test_a_tiff_is_turned_once_and_its_orientation_reported():
+    stored = np.zeros((16, 48, 3), dtype=np.uint8)
+    stored[:8, :8] = 255
+    tags = {274: 6}  # TIFF's own orientation tag, which Pillow applies as it loads the file
+    decoded = decode_image(save(Image.fromarray(stored), "TIFF", tiffinfo=tags), max_pixels=LIMIT)
+    assert decoded.exif_orientation == 6 and decoded.pixels.shape == (48, 16, 3)
+    assert decoded.pixels[:8, -8:].mean() > 200 and decoded.pixels[-8:, :8].mean() < 50  # turned once, not twice
+
+
+def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
+    """The same JPEG with another size in its frame header (SOF0 from Pillow's encoder)."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 5] + struct.pack(">HH", height, width) + data[at + 9 :]
+
+
+def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_can_hold_is_refused():
+    small = save(Image.fromarray(noise(32, 32)), "JPEG", quality=90)
+    with pytest.raises(ImageUndecodable, match="truncated: a 4000x4000 JPEG codes 250000 blocks"):
+        decode_image(jpeg_with_size(small, 4000, 4000), max_pixels=20_000_000)
+    assert decode_image(small, max_pixels=LIMIT).pixels.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_the_smallest_real_jpegs_of_their_size_still_decode(progressive, mode):
+    """One flat colour, the lowest quality: the fewest coded bits a JPEG of that size can have."""
+    data = save(Image.new(mode, (2000, 1600), 255), "JPEG", quality=1, progressive=progressive, optimize=True)
+    assert decode_image(data, max_pixels=4_000_000).pixels.shape[:2] == (1600, 2000)
+
+
+@pytest.mark.parametrize("mode, bits", [("LA", 16), ("F", 16)])
+def test_a_tiff_layout_pillow_cannot_read_is_named_as_a_tiff(mode, bits):
+    """A TIFF Pillow identifies but cannot open (here: 16-bit grey with alpha, 16-bit float): the message
+    says it is a TIFF whose layout is not read, not that the format is unknown."""
+    header = save(Image.new("L", (8, 8)), "TIFF")
+    width, height = 8, 8
+    samples = 2 if mode == "LA" else 1
+    fmt = 1 if mode == "LA" else 3  # SampleFormat: unsigned integer, IEEE float
+    pixels = bytes(width * height * samples * bits // 8)
+    entries = [
+        (256, 3, 1, width),
+        (257, 3, 1, height),
+        (258, 3, 1, bits),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 0),
+        (277, 3, 1, samples),
+        (278, 3, 1, height),
+        (279, 4, 1, len(pixels)),
+        (339, 3, 1, fmt),
+    ]
+    if samples == 2:
+        entries.append((338, 3, 1, 2))  # ExtraSamples: unassociated alpha
+    entries.sort()
+    offset = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = offset if tag == 273 else value
+        ifd += struct.pack("<HHI", tag, kind, count) + (
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        )
+    data = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + pixels
+    assert header[:4] == data[:4]
+    with pytest.raises(ImageUndecodable) as refused:
+        decode_image(data, max_pixels=LIMIT)
+    assert "TIFF" in str(refused.value) and "format taken here" not in str(refused.value)
+
+
+def test_pam_is_refused_naming_what_pnm_means_here():
+    pam = b"P7\nWIDTH 8\nHEIGHT 8\nDEPTH 4\nMAXVAL 255\nTUPLTYPE RGB_ALPHA\nENDHDR\n" + bytes(8 * 8 * 4)
+    with pytest.raises(ImageUndecodable, match=r"PAM \(P7\) files are not taken: send PNM \(P1-P6\)"):
+        decode_image(pam, max_pixels=LIMIT)
+
+
 def test_an_orientation_out_of_range_is_ignored():
     decoded = decode_image(save(Image.new("RGB", (12, 8)), "PNG", exif=exif(42)), max_pixels=LIMIT)
     assert decoded.exif_orientation == 1 and decoded.pixels.shape == (8, 12, 3)

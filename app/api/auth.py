@@ -137,10 +137,32 @@ class Gate:
     async def caller(self, request: Request) -> Caller:
         if self.keys is None:
             return OPEN
+        key = self.authenticate(request)
+        await self._count(key)
+        return Caller(
+            name=key.name,
+            scopes=frozenset(key.scopes),
+            max_concurrent_jobs=key.max_concurrent_jobs,
+            max_priority=key.max_priority,
+        )
+
+    def authenticate(self, request: Request) -> ApiKey | None:
+        """The key the request presents (None on an open service); 401 for none, an unknown one, or two
+        different ones (``X-API-Key`` and a bearer key that disagree: which one was meant is not guessed)."""
+        if self.keys is None:
+            return None
         presented = request.headers.get("x-api-key", "").strip() or None  # an empty header is no key
         authorization = request.headers.get("authorization", "")
-        if presented is None and authorization[:7].lower() == "bearer ":
-            presented = authorization[7:].strip()
+        bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+        if presented and bearer and not hmac.compare_digest(presented.encode(), bearer.encode()):
+            raise ApiError(
+                401,
+                ["header", "x-api-key"],
+                "two different API keys (X-API-Key and Authorization: Bearer): send one",
+                type="unauthorized",
+                headers=CHALLENGE,
+            )
+        presented = presented or bearer
         if not presented:
             raise ApiError(
                 401,
@@ -152,13 +174,7 @@ class Gate:
         key = self.find(presented)
         if key is None:
             raise ApiError(401, ["header", "authorization"], "unknown API key", type="unauthorized", headers=CHALLENGE)
-        await self._count(key)
-        return Caller(
-            name=key.name,
-            scopes=frozenset(key.scopes),
-            max_concurrent_jobs=key.max_concurrent_jobs,
-            max_priority=key.max_priority,
-        )
+        return key
 
     async def _count(self, key: ApiKey) -> None:
         if self.limiter is None or key.requests_per_minute is None:

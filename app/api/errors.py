@@ -3,6 +3,7 @@ same as FastAPI's validation errors, so a client always finds the field at fault
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -64,15 +65,37 @@ def error_body(loc: list, msg: str, type: str) -> dict:
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+def serves_head(path: str) -> bool:
+    """HEAD is answered as GET (app.api.semantics) everywhere but on event streams."""
+    return not path.endswith("/events")
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette's own 405 names only the first route's):
-    each method is tried against the routes, through their public ``matches``."""
+    each method is tried against the routes, through their public ``matches``; HEAD goes where GET does."""
     routes = request.app.router.routes
-    return [
-        method
-        for method in METHODS
-        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
-    ]
+
+    def served(method: str) -> bool:
+        if method == "HEAD" and serves_head(request.url.path):
+            method = "GET"
+        return any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+
+    return [method for method in METHODS if served(method)]
+
+
+def _unparsed_json(request: Request, error: dict, document: Any) -> ApiError:
+    """The answer to a JSON body FastAPI could not parse: the 401 of a request without a valid key first (as
+    every other request of a keyed route gets), else 422 with the parser's reason and where it stopped."""
+    gate = getattr(request.app.state, "gate", None)
+    try:
+        if gate is not None:
+            gate.authenticate(request)
+    except ApiError as refused:
+        return refused
+    loc = error.get("loc", ())
+    position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    reason = str((error.get("ctx") or {}).get("error") or error.get("msg") or "not JSON")
+    return invalid_json(json.JSONDecodeError(reason, document if isinstance(document, str) else "", position))
 
 
 def install(app: FastAPI) -> None:
@@ -81,7 +104,10 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.loc, exc.msg, exc.type), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        unparsed = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if unparsed is not None:  # FastAPI could not parse the JSON body, before any dependency ran
+            return await _api_error(request, _unparsed_json(request, unparsed, exc.body))
         errors = [
             error_item(list(e.get("loc", [])), e.get("msg", "invalid"), e.get("type", "invalid"))
             for e in exc.errors()[:MAX_ERRORS]

@@ -9,12 +9,12 @@ from fastapi import Depends, FastAPI
 
 from app import background
 from app.api import docs, errors
-from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.auth import Gate, require
 from app.api import metrics
 from app.api.metrics import HttpMetrics
 from app.api.request_id import RequestId
+from app.api.semantics import Cors, HttpSemantics
 from app.api.webhooks import Dispatcher
 from app.api.limits import BodyLimit
 from app.api.schemas import SEED_MAX
@@ -100,11 +100,12 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
         return app.openapi_schema
 
     app.openapi = openapi
+    app.add_middleware(HttpSemantics)  # innermost: HEAD as GET, list fields joined, encoded bodies refused
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=origins,
             allow_methods=["*"],
             allow_headers=[

@@ -109,6 +109,11 @@ def check_steps(entry: ModelEntry, steps: int, loc: list) -> int:
     return steps
 
 
+def _amount(value: float) -> str:
+    """A cost as people read it: whole numbers with thousands separators, small ones to three figures."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
     """A request's compute (network evaluations x pixels per evaluation) against the configured cap."""
     cap = settings.max_job_megapixel_steps
@@ -116,8 +121,8 @@ def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
         raise ApiError(
             422,
             ["body"],
-            f"this request costs {megapixel_steps:,.0f} megapixel-steps ({fields}), more than the limit of "
-            f"{cap:,.0f} (DIFFUSION_MAX_JOB_MEGAPIXEL_STEPS): ask for fewer",
+            f"this request costs {_amount(megapixel_steps)} megapixel-steps ({fields}), more than the limit of "
+            f"{_amount(cap)} (DIFFUSION_MAX_JOB_MEGAPIXEL_STEPS): ask for fewer",
             type="too_expensive",
         )
 
@@ -172,7 +177,7 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     if isinstance(label, str):
         if named and label in named:
             return named.index(label)
-        if not (label.isdecimal() and len(label) <= 9):
+        if not (label.isascii() and label.isdigit() and len(label) <= 9):  # not '٣' nor '𝟕'
             valid = brief(", ".join(named), 200) if named else f"0..{count - 1}"
             raise ApiError(
                 422, ["body", "class_label"], f"unknown class {brief(label)}; valid: {valid}", type="unknown_class"
@@ -384,6 +389,8 @@ def noise_spec(options: NoiseParams, image: ImageData, submission: Submission) -
                 type="out_of_range",
             )
         model = entry.name
+    elif options.model is not None and options.model not in submission.models:
+        pick_model(submission.models, options.model, task=None, settings=submission.settings)  # its 404 (or 503)
     return NoiseSpec(
         model=model,
         image=image,

@@ -19,7 +19,8 @@ ModelName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # NaN and infinities are refused as such ("Input should be a finite number"), not by a bound they fail
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

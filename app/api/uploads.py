@@ -7,13 +7,16 @@ import base64
 import binascii
 import hashlib
 import json
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
@@ -24,8 +27,17 @@ MIN_SIDE = 8
 
 
 def media_type(request: Request) -> str:
-    """The request's content type, lower case, without parameters ("" when absent)."""
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+    """The request's content type, lower case, without parameters ("" when absent). Content-Type is a
+    single-valued field: given twice, which one the body is in is not guessed (400)."""
+    given = request.headers.getlist("content-type")
+    if len(given) > 1:
+        raise ApiError(
+            400,
+            ["header", "content-type"],
+            f"Content-Type is given {len(given)} times; send it once",
+            type="duplicate_header",
+        )
+    return (given[0] if given else "").split(";")[0].strip().lower()
 
 
 def unsupported_media_type(found: str, expected: str) -> ApiError:
@@ -76,13 +88,41 @@ async def read_image_request(
         )
     if not raw:
         raise ApiError(422, loc, "the image is empty", type="missing")
+    if raw_mask is not None and not raw_mask:  # given, but empty: not the same request as no mask
+        raise ApiError(422, ["body", "mask"], "the mask is empty", type="missing")
     image = _decode(raw, loc, max_pixels)
-    mask = _decode(raw_mask, ["body", "mask"], max_pixels) if raw_mask else None
+    mask = _decode(raw_mask, ["body", "mask"], max_pixels) if raw_mask is not None else None
     return ImageRequest(options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask)
 
 
-async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> tuple[P, bytes, list, bytes]:
-    form = await request.form()
+class _WholeMultipart(MultiPartParser):
+    """Starlette's parser, which also refuses a body that ends before its closing boundary: the part it was
+    in would otherwise be dropped in silence (and reported as a missing field)."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        if not self.ended:
+            await form.close()
+            raise MultiPartException("the body ends before its closing boundary (cut off?)")
+        return form
+
+
+async def _read_form(request: Request) -> FormData:
+    """The multipart form, with the limits of Starlette's ``Request.form()``; 400 for a malformed body."""
+    try:
+        async with aclosing(request.stream()) as stream:
+            return await _WholeMultipart(request.headers, stream).parse()
+    except MultiPartException as exc:
+        raise StarletteHTTPException(400, detail=exc.message) from exc
+
+
+async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> tuple[P, bytes, list, bytes | None]:
+    form = await _read_form(request)
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -92,7 +132,7 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
         if mask is not None and not (isinstance(mask, UploadFile) and takes_mask):
             raise ApiError(422, ["body", "mask"], "this request takes no mask", type="extra_forbidden")
         fields = {k: v for k, v in form.items() if k not in ("file", "mask") and isinstance(v, str) and v != ""}
-        raw_mask = await mask.read() if isinstance(mask, UploadFile) else b""
+        raw_mask = await mask.read() if isinstance(mask, UploadFile) else None
         return _validate(params, fields, "body"), await upload.read(), ["body", "file"], raw_mask
     finally:
         await form.close()
@@ -119,7 +159,9 @@ def _base64(text: str, field: str) -> bytes:
         raise ApiError(422, ["body", field], f"{field} is not valid base64", type="base64_invalid") from exc
 
 
-async def _from_json(request: Request, params: type[P], json_model: type[BaseModel]) -> tuple[P, bytes, list, bytes]:
+async def _from_json(
+    request: Request, params: type[P], json_model: type[BaseModel]
+) -> tuple[P, bytes, list, bytes | None]:
     try:
         body = json.loads(await request.body())
     except JSON_FAILURES as exc:
@@ -129,7 +171,7 @@ async def _from_json(request: Request, params: type[P], json_model: type[BaseMod
     full = _validate(json_model, body, "body")
     options = params.model_validate(full.model_dump(exclude={"image", "mask"}, exclude_unset=True))
     mask = getattr(full, "mask", None)
-    return options, _base64(full.image, "image"), ["body", "image"], _base64(mask, "mask") if mask else b""
+    return options, _base64(full.image, "image"), ["body", "image"], None if mask is None else _base64(mask, "mask")
 
 
 def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:

@@ -265,6 +265,10 @@ def test_a_request_over_the_compute_cap_is_422_naming_the_cost(make_client):
     assert ok.status_code == 200  # 16 x 16 pixels x 4 steps = 0.001 megapixel-steps
     r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 1000, "num_images": 16})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_expensive"
+    # 16 x 1000 x 256 pixels = 4.1 megapixel-steps; a cap under one is said as it is set, not rounded to 0
+    assert (
+        "costs 4.1 megapixel-steps" in r.json()["detail"][0]["msg"] and "limit of 0.5 " in r.json()["detail"][0]["msg"]
+    )
     big = upload(
         client, data={"model": "tiny-rgb", "sigma": "10", "mode": "sample", "steps": "1000"}, image=photo(256, 256)
     )

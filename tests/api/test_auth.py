@@ -59,6 +59,26 @@ def test_a_key_works_as_bearer_or_x_api_key(keyed):
     assert keyed.get("/v1/models", headers={"X-API-Key": "", **auth("alice")}).status_code == 200  # empty: no key
 
 
+def test_two_different_keys_in_one_request_are_401_and_the_same_key_twice_is_fine(keyed):
+    both = {"X-API-Key": "key-bob", **auth("alice")}
+    r = keyed.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=both)
+    assert r.status_code == 401 and "two different API keys" in r.json()["detail"][0]["msg"]
+    assert generate(keyed, "alice", steps=2).status_code == 200
+    same = {"X-API-Key": "key-alice", **auth("alice")}
+    assert (
+        keyed.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 2}, headers=same).status_code
+        == 200
+    )
+
+
+def test_a_body_that_is_not_json_is_401_without_a_key_as_any_other_body(keyed):
+    bad = {"content-type": "application/json"}
+    r = keyed.post("/v1/generate", content=b"{bad", headers=bad)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = keyed.post("/v1/generate", content=b"{bad", headers={**bad, **auth("alice")})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
 def test_a_key_without_the_scope_is_403(keyed):
     r = keyed.post(
         "/v1/denoise",

@@ -67,9 +67,66 @@ def test_a_model_that_only_generates_refuses_denoise(client):
     assert r.status_code == 422 and ["body", "model"] in errors_at(r)
 
 
-def test_malformed_json_is_422(client):
-    r = client.post("/v1/generate", content=b"{nope", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/denoise", "/v1/noise", "/generate"])
+def test_malformed_json_is_422_with_the_parsers_reason_and_where_it_stopped(client, path):
+    r = client.post(path, content=b'{"class_label": 7,}', headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["type"] == "json_invalid" and error["loc"] == ["body"]
+    assert error["msg"] == "invalid JSON: Expecting property name enclosed in double quotes: line 1 column 19 (char 18)"
+
+
+def test_nan_and_infinity_are_refused_as_such_not_by_a_bound(client):
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"class_label": 0, "eta": ' + literal + b', "guidance_scale": ' + literal + b"}"
+        r = client.post("/v1/generate", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        assert {(tuple(e["loc"]), e["type"]) for e in r.json()["detail"]} == {
+            (("body", "eta"), "finite_number"),
+            (("body", "guidance_scale"), "finite_number"),
+        }
+
+
+@pytest.mark.parametrize("label", ["\u0663", "\U0001d7d5", "\uff17"])  # Arabic-Indic 3, mathematical 7, full-width 7
+def test_a_class_label_in_other_scripts_digits_is_not_read_as_a_number(client, label):
+    r = client.post("/v1/generate", json={"class_label": label})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "unknown_class"
+    assert client.post("/v1/generate", json={"class_label": "2", "steps": 2}).status_code == 200
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_400_not_a_missing_field(client):
+    part = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png_bytes(photo())
+    headers = {"content-type": "multipart/form-data; boundary=xx"}
+    r = client.post("/v1/noise", content=part, headers=headers)
+    assert r.status_code == 400 and "closing boundary" in r.json()["detail"][0]["msg"]
+    sigma = b'\r\n--xx\r\nContent-Disposition: form-data; name="sigma"\r\n\r\n5\r\n--xx--\r\n'
+    assert client.post("/v1/noise", content=part + sigma + b"an epilogue", headers=headers).status_code == 200
+
+
+def test_an_unknown_model_is_404_on_noise_with_sigma_too(client):
+    files = {"file": ("p.png", png_bytes(photo()), "image/png")}
+    r = client.post("/v1/noise", files=files, data={"sigma": "5", "model": "no-such-model"})
+    assert r.status_code == 404 and errors_at(r) == [["body", "model"]]
+    r = client.post("/v1/noise", files=files, data={"sigma": "5", "model": "tiny-rgb"})
+    assert r.status_code == 200 and r.json()["model"] is None  # sigma noise needs no model's schedule
+
+
+def test_an_empty_mask_is_422_not_an_img2img_without_one(client):
+    image = png_bytes(photo(16, 16, channels=1))
+    form = {"model": "tiny-gen", "class_label": "0", "steps": "2"}
+    r = client.post(
+        "/v1/img2img", files={"file": ("p.png", image, "image/png"), "mask": ("m.png", b"", "image/png")}, data=form
+    )
+    assert (
+        r.status_code == 422
+        and errors_at(r) == [["body", "mask"]]
+        and r.json()["detail"][0]["msg"] == "the mask is empty"
+    )
+    body = {"model": "tiny-gen", "class_label": 0, "steps": 2, "image": base64.b64encode(image).decode(), "mask": ""}
+    r = client.post("/v1/img2img", json=body)
+    assert r.status_code == 422 and errors_at(r) == [["body", "mask"]]
+    del body["mask"]
+    assert client.post("/v1/img2img", json=body).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/v1/generate", "/v1/denoise", "/v1/noise"])
