@@ -6,6 +6,7 @@ Shared by the HTTP layer (decoding uploads) and the worker (encoding results); n
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -89,7 +90,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     image = _open(data, max_pixels)
     if image.format == "PNG":
         _check_png_complete(data)
-    elif image.format == "JPEG":
+    elif image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG, checked up to its first image's end
         _check_jpeg_data(data, *image.size)
     # Not caught: a JPEG cut part way and closed with an EOI marker decodes with grey rows (libjpeg only warns,
     # and Pillow does not report its warnings). A JPEG simply cut short fails in ``load``.
@@ -149,9 +150,11 @@ _SIGNATURES = (
     (b"MM\x00*", "TIFF"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
     (b"qoif", "QOI"),
 )
+
+
+_BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})  # the DIB headers' sizes, after the 14-byte file header
 
 
 def _sniff(data: bytes) -> str | None:
@@ -160,6 +163,8 @@ def _sniff(data: bytes) -> str | None:
         return "WebP"
     if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
         return "AVIF"
+    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
     return next((name for signature, name in _SIGNATURES if data.startswith(signature)), None)
 
 
@@ -169,12 +174,17 @@ def _sniff(data: bytes) -> str | None:
 # cut (or its header altered) and libjpeg would fill the rest with grey. Arithmetic-coded files, which can
 # code a block in less than a bit, are not checked.
 _HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+_MAX_MARKERS = 4096  # a real file has tens (a progressive one, with its tables, a few hundred at most)
 _NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: markers without a length
+# A marker that ends a scan: 0xFF (and any fill bytes 0xFF) then a byte that is not a stuffed 0x00 nor an RSTn
+_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
 
 
 def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
     coded, huffman, at = 0, False, 2
-    while at + 4 <= len(data):
+    for _ in range(_MAX_MARKERS):
+        if at + 4 > len(data):
+            break
         if data[at] != 0xFF:
             return  # not where a marker should be: leave the verdict to the decoder
         marker = data[at + 1]
@@ -190,13 +200,11 @@ def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
         huffman = huffman or marker in _HUFFMAN_FRAMES
         at += 2 + length
         if marker == 0xDA:  # a scan: coded bytes up to the next marker that is not a stuffed 0xFF or an RSTn
-            start = at
-            while (at := data.find(b"\xff", at)) != -1 and at + 1 < len(data) and (
-                data[at + 1] == 0x00 or 0xD0 <= data[at + 1] <= 0xD7
-            ):
-                at += 2
-            at = len(data) if at == -1 else at
+            end = _SCAN_END.search(data, at)
+            start, at = at, (end.start() if end else len(data))
             coded += at - start
+    else:
+        return  # markers without end (a hostile file of fill bytes or empty segments): the decoder judges it
     blocks = -(-width // 8) * -(-height // 8)
     if huffman and coded * 8 < blocks:
         raise ImageUndecodable(

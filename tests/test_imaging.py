@@ -504,6 +504,39 @@ def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_can_hold_is_refuse
     assert decode_image(small, max_pixels=LIMIT).pixels.shape == (32, 32, 3)
 
 
+def test_fill_bytes_before_a_restart_marker_do_not_end_the_check():
+    """Any number of 0xFF may precede a marker (ITU T.81 B.1.1.2), a restart marker inside a scan included."""
+    small = save(Image.fromarray(noise(32, 32)), "JPEG", quality=90, restart_marker_blocks=1)
+    first_restart = small.index(b"\xff\xd0")
+    filled = small[:first_restart] + b"\xff\xff" + small[first_restart:]
+    assert decode_image(filled, max_pixels=LIMIT).pixels.shape == (32, 32, 3)
+    with pytest.raises(ImageUndecodable, match="truncated: a 4000x4000 JPEG"):
+        decode_image(jpeg_with_size(filled, 4000, 4000), max_pixels=20_000_000)
+
+
+def test_a_cameras_multi_picture_jpeg_is_checked_too():
+    first = Image.fromarray(noise(32, 32))
+    mpo = save(first, "MPO", save_all=True, append_images=[Image.fromarray(noise(32, 32, seed=1))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    assert decode_image(mpo, max_pixels=LIMIT).frames_dropped == 1
+    with pytest.raises(ImageUndecodable, match="truncated: a 4000x4000 JPEG"):
+        decode_image(jpeg_with_size(mpo, 4000, 4000), max_pixels=20_000_000)
+
+
+def test_a_jpeg_of_endless_empty_markers_is_left_to_the_decoder():
+    hostile = save(Image.fromarray(noise(32, 32)), "JPEG")[:2] + b"\xff\x01" * 100_000 + b"\xff\xd9"
+    with pytest.raises(ImageUndecodable):
+        decode_image(hostile, max_pixels=LIMIT)
+
+
+def test_a_file_that_only_starts_like_a_bmp_is_not_called_one():
+    with pytest.raises(ImageUndecodable, match="not a decodable image of a format taken here"):
+        decode_image(b"BMW owners manual, page 1", max_pixels=LIMIT)
+    broken_bmp = save(Image.new("RGB", (8, 8)), "BMP")[:40]
+    with pytest.raises(ImageUndecodable, match="a BMP file whose pixel layout or data"):
+        decode_image(broken_bmp, max_pixels=LIMIT)
+
+
 @pytest.mark.parametrize("progressive", [False, True])
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_the_smallest_real_jpegs_of_their_size_still_decode(progressive, mode):

@@ -83,14 +83,24 @@ def allowed_methods(request: Request) -> list[str]:
     return [method for method in METHODS if served(method)]
 
 
-def _unparsed_json(request: Request, error: dict, document: Any) -> ApiError:
-    """The answer to a JSON body FastAPI could not parse: the 401 of a request without a valid key first (as
-    every other request of a keyed route gets), else 422 with the parser's reason and where it stopped."""
-    gate = getattr(request.app.state, "gate", None)
+def refusal(request: Request) -> ApiError | None:
+    """The 401 or 403 the route's key check would answer: FastAPI refuses a body it cannot parse before any
+    dependency runs, and every other request of a keyed route without a valid key gets that answer first.
+    (The checks, by route, are the ``admits`` of ``app.api.auth.require``'s dependencies: app.api.main.)"""
+    admits = getattr(request.app.state, "key_checks", {}).get(id(request.scope.get("route")))
     try:
-        if gate is not None:
-            gate.authenticate(request)
+        if admits is not None:
+            admits(request)
     except ApiError as refused:
+        return refused
+    return None
+
+
+def _unparsed_json(request: Request, error: dict, document: Any) -> ApiError:
+    """The answer to a JSON body FastAPI could not parse: the key check's refusal first, else 422 with the
+    parser's reason and where it stopped."""
+    refused = refusal(request)
+    if refused is not None:
         return refused
     loc = error.get("loc", ())
     position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
@@ -119,7 +129,7 @@ def install(app: FastAPI) -> None:
         status = exc.status_code
         json_body = request.headers.get("content-type", "").split(";")[0].strip().lower().endswith("json")
         if status == 400 and json_body and isinstance(exc.__cause__, JSON_FAILURES):  # FastAPI parsing it
-            return await _api_error(request, invalid_json(exc.__cause__))
+            return await _api_error(request, refusal(request) or invalid_json(exc.__cause__))
         loc = ["body"] if status in (400, 413) else ["path"] if status in (404, 405) else []
         msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         headers = dict(exc.headers or {})

@@ -130,12 +130,19 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
         [Depends(require("denoise"))],
         [Depends(require(None))],
     )
-    app.include_router(generate.router, prefix=v1, dependencies=may_generate)
-    app.include_router(images.router, prefix=v1, dependencies=may_denoise)
-    app.include_router(images.noise_router, prefix=v1, dependencies=may_denoise)
-    app.include_router(images.img2img_router, prefix=v1, dependencies=may_generate)
-    app.include_router(jobs.router, prefix=v1, dependencies=any_key)
-    app.include_router(models.router, prefix=v1, dependencies=any_key)
+    keyed = [
+        (generate.router, may_generate),
+        (images.router, may_denoise),
+        (images.noise_router, may_denoise),
+        (images.img2img_router, may_generate),
+        (jobs.router, any_key),
+        (models.router, any_key),
+    ]
+    for router, key_check in keyed:
+        app.include_router(router, prefix=v1, dependencies=key_check)
+    # Each route's key check, by the id of the route object routing puts in the scope: for the error
+    # handlers of bodies FastAPI refuses before any dependency runs (app.api.errors.refusal).
+    app.state.key_checks = {id(route): check[0].dependency.admits for router, check in keyed for route in router.routes}
     app.include_router(health.router)
     app.include_router(page.router)  # the playground at /, open like /docs (it asks for a key when needed)
     app.mount("/ui", page.static_files(), name="ui")

@@ -37,16 +37,29 @@ class HttpSemantics:
             for c in value.decode("latin-1").split(",")
         ]
         foreign = [c for c in codings if c and c.lower() != "identity"]
-        if foreign:
+        if foreign and _has_body(scope["headers"]):
             msg = f"unsupported content coding {brief(', '.join(foreign))}: send the body unencoded"
             body = error_body(["header", "content-encoding"], msg, "unsupported_content_encoding")
             await JSONResponse(body, status_code=415, headers={"Accept-Encoding": "identity"})(scope, receive, send)
             return
-        scope = {**scope, "headers": _joined(scope["headers"])}
+        scope["headers"] = _joined(scope["headers"])  # in place: outer layers read what routing adds to it
         if scope["method"] == "HEAD" and serves_head(scope["path"]):
-            await self.app({**scope, "method": "GET"}, receive, _bodiless(send))
+            # a copy, since the server reads the method from its own scope to send no body after the headers
+            inner = {**scope, "method": "GET"}
+            try:
+                await self.app(inner, receive, _bodiless(send))
+            finally:
+                scope.update({k: v for k, v in inner.items() if k not in ("method", "headers")})
             return
         await self.app(scope, receive, send)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A body follows: a Content-Length above 0, or a chunked one (Transfer-Encoding)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
 
 
 def _joined(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -91,5 +104,7 @@ class Cors(CORSMiddleware):
             return response
         reason = bytes(response.body).decode()  # "Disallowed CORS origin, method"
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-        body = error_body(["header", "origin"], f"CORS preflight refused: {reason}", "cors_refused")
+        refused = reason.removeprefix("Disallowed CORS ").split(", ")[0]  # the first header at fault
+        field = "origin" if refused == "origin" else f"access-control-request-{refused}"  # method, headers, ...
+        body = error_body(["header", field], f"CORS preflight refused: {reason}", "cors_refused")
         return JSONResponse(body, status_code=400, headers=headers)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
@@ -90,8 +91,9 @@ async def read_image_request(
         raise ApiError(422, loc, "the image is empty", type="missing")
     if raw_mask is not None and not raw_mask:  # given, but empty: not the same request as no mask
         raise ApiError(422, ["body", "mask"], "the mask is empty", type="missing")
-    image = _decode(raw, loc, max_pixels)
-    mask = _decode(raw_mask, ["body", "mask"], max_pixels) if raw_mask is not None else None
+    # decoded on a worker thread: a large upload takes the event loop from no other request meanwhile
+    image = await run_in_threadpool(_decode, raw, loc, max_pixels)
+    mask = await run_in_threadpool(_decode, raw_mask, ["body", "mask"], max_pixels) if raw_mask is not None else None
     return ImageRequest(options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask)
 
 

@@ -62,6 +62,17 @@ def test_an_encoded_body_is_415_naming_the_coding(client, coding):
     assert client.post("/v1/generate", content=payload, headers=plain).status_code == 200
 
 
+def test_a_content_coding_on_a_request_without_a_body_is_not_refused(client):
+    assert client.get("/healthz", headers={"content-encoding": "gzip"}).status_code == 200
+    assert client.post("/nowhere", headers={"content-encoding": "gzip"}).status_code == 404
+
+
+def test_head_is_counted_by_its_route_and_method(client):
+    client.head("/v1/models")
+    metrics = client.get("/metrics").text
+    assert 'diffusion_http_requests_total{method="HEAD",route="/v1/models",status="200"}' in metrics
+
+
 def test_content_type_given_twice_is_400(client):
     lines = [("content-type", "application/json"), ("content-type", "text/plain")]
     r = client.post("/v1/generate", content=b'{"class_label": 0}', headers=lines)
@@ -78,3 +89,6 @@ def test_a_refused_cors_preflight_answers_in_the_error_shape(make_client):
     assert "access-control-allow-origin" not in r.headers
     allowed = client.options("/v1/generate", headers={**preflight, "Origin": "https://app.example"})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+    odd = {**preflight, "Origin": "https://app.example", "Access-Control-Request-Headers": "x-custom"}
+    r = client.options("/v1/generate", headers=odd)
+    assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["header", "access-control-request-headers"]
