@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_body
+from app.api.middleware import HttpMiddleware
 
 
 class BodyTooLarge(HTTPException):
@@ -33,14 +34,12 @@ class BodyTooSlow(HTTPException):
         super().__init__(408, f"the request body {what}")
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        super().__init__(app)
+        self.max_bytes, self.timeout_s = max_bytes, timeout_s
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             body = error_body(["body"], f"request body too large: more than {self.max_bytes} bytes", "http_413")

@@ -7,8 +7,9 @@ import time
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from app.api.middleware import HttpMiddleware
 from app.api.deps import QueueDep
 from app.queue.protocol import QueueUnavailable
 from app.metrics import HTTP_REQUESTS, HTTP_SECONDS, QUEUE_DEPTH
@@ -26,14 +27,8 @@ def route_label(scope: Scope) -> str:
     return path
 
 
-class HttpMetrics:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class HttpMetrics(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         began, status = time.perf_counter(), 500
 
         async def counted(message: Message) -> None:
