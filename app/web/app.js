@@ -12,9 +12,21 @@ function showMessage(text) {
   const box = $("message");
   box.textContent = text;
   box.hidden = !text;
+  if (text) box.scrollIntoView({ block: "nearest" }); // on a phone the form may be far below it
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0, retryAfter = 0) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+// JSON.parse reads a 63-bit seed as a rounded float: keep such seeds' digits, as strings.
+function parseExact(text) {
+  return JSON.parse(text.replace(/"seed":\s*(\d{16,})/g, '"seed":"$1"'));
+}
 
 async function describe(response) {
   // The API's error body is {"detail": [{"loc": [...], "msg": ..., "type": ...}]}: say it in words.
@@ -58,32 +70,37 @@ async function api(path, options = {}) {
   try {
     response = await fetch(path, { ...options, headers });
   } catch (err) {
+    if (err.name === "AbortError") throw err;
     throw new ApiError(`Cannot reach the server: ${err.message}`);
   }
   if (response.status === 401) askForKey();
-  if (!response.ok) throw new ApiError(await describe(response));
+  if (!response.ok) {
+    const wait = Number(response.headers.get("Retry-After")) || 0;
+    throw new ApiError(await describe(response), response.status, wait);
+  }
   return response;
 }
 
 async function apiJson(path, options = {}) {
   const headers = new Headers(options.headers || {});
   headers.set("Accept", "application/json");
-  return (await api(path, { ...options, headers })).json();
+  return parseExact(await (await api(path, { ...options, headers })).text());
 }
 
 // A sync request still running at the server's sync timeout is answered 202 with the job: follow it to its end.
-async function finished(job) {
+async function finished(job, run) {
   if (job.status === "queued" || job.status === "running") {
-    for await (const _ of events(`/v1/jobs/${job.job_id}/events`)); // the stream ends at a final status
-    job = await apiJson(`/v1/jobs/${job.job_id}`);
+    run.jobs.add(job.job_id); // Cancel (or leaving the page) cancels it on the server
+    for await (const _ of events(`/v1/jobs/${job.job_id}/events`, run)); // the stream ends at a final status
+    job = await apiJson(`/v1/jobs/${job.job_id}`, { signal: run.signal });
   }
   if (job.status !== "succeeded") throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
   return job;
 }
 
 // Server-Sent Events over fetch (EventSource cannot send the API key).
-async function* events(path) {
-  const response = await api(path, { headers: { Accept: "text/event-stream" } });
+async function* events(path, run) {
+  const response = await api(path, { headers: { Accept: "text/event-stream" }, signal: run.signal });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -100,23 +117,63 @@ async function* events(path) {
         if (line.startsWith("event:")) event = line.slice(6).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
       }
-      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+      if (data.length) yield { event, data: parseExact(data.join("\n")) };
     }
   }
 }
 
-function guard(button, work) {
-  // Run an action with its button disabled; any error becomes a readable message.
+// An action in progress: its fetches stop on Cancel, and the jobs it follows are canceled on the server.
+class Run {
+  constructor() {
+    this.controller = new AbortController();
+    this.signal = this.controller.signal;
+    this.jobs = new Set();
+  }
+
+  cancel() {
+    this.controller.abort();
+    const key = localStorage.getItem(KEY_STORE);
+    const headers = key ? { Authorization: `Bearer ${key}` } : {};
+    // keepalive: the request still goes out when the page is being closed
+    for (const id of this.jobs) fetch(`/v1/jobs/${id}`, { method: "DELETE", headers, keepalive: true }).catch(() => {});
+  }
+}
+const runs = new Set();
+addEventListener("pagehide", () => runs.forEach((run) => run.cancel()));
+
+function guard(button, work, { status, cancel } = {}) {
+  // Run an action with its button disabled and its Cancel button shown; an error becomes a readable
+  // message, and the action's status line says how it ended.
   return async (event) => {
     if (event) event.preventDefault();
     showMessage("");
+    const hadFocus = document.activeElement === button;
+    const run = new Run();
+    runs.add(run);
     button.disabled = true;
+    const stop = () => run.cancel();
+    if (cancel) {
+      $(cancel).hidden = false;
+      $(cancel).addEventListener("click", stop);
+    }
     try {
-      await work();
+      await work(run);
     } catch (err) {
-      showMessage(err instanceof ApiError ? err.message : `Something went wrong: ${err.message}`);
+      if (run.signal.aborted) {
+        if (status) $(status).textContent = "canceled";
+      } else {
+        if (status) $(status).textContent = "failed: see the message above";
+        const lost = err instanceof TypeError ? `Lost the connection to the server (${err.message}).` : null;
+        showMessage(err instanceof ApiError ? err.message : lost || `Something went wrong: ${err.message}`);
+      }
     } finally {
+      runs.delete(run);
       button.disabled = false;
+      if (cancel) {
+        $(cancel).removeEventListener("click", stop);
+        $(cancel).hidden = true;
+      }
+      if (hadFocus) button.focus(); // a disabled button loses the focus: give it back
     }
   };
 }
@@ -125,8 +182,10 @@ function guard(button, work) {
 function askForKey() {
   $("key-panel").hidden = false;
   $("key-open").hidden = false;
+  $("key-status").textContent = "";
   $("api-key").focus();
 }
+if (localStorage.getItem(KEY_STORE)) $("key-open").hidden = false; // a saved key can be changed or forgotten
 
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -134,11 +193,13 @@ $("key-form").addEventListener("submit", (event) => {
   $("api-key").value = "";
   $("key-panel").hidden = true;
   showMessage("");
+  $("key-open").focus(); // the panel that held the focus is gone
   loadModels();
 });
 $("key-forget").addEventListener("click", () => {
   localStorage.removeItem(KEY_STORE);
   $("api-key").value = "";
+  $("key-status").textContent = "Key forgotten: this browser no longer holds it.";
 });
 $("key-open").addEventListener("click", askForKey);
 
@@ -151,6 +212,7 @@ function selectTab(tab) {
     other.tabIndex = selected ? 0 : -1;
     $(other.getAttribute("aria-controls")).hidden = !selected;
   }
+  showMessage(""); // a message was about the tab left
   tab.focus();
 }
 tabs.forEach((tab, i) => {
@@ -247,7 +309,14 @@ function fillModelFields() {
   $("gen-sampler").value = card.defaults.sampler;
   $("gen-guidance").value = card.defaults.guidance_scale;
   if (!$("gen-seed").value) $("gen-seed").value = randomSeed();
+  guidanceFollowsClass();
 }
+
+function guidanceFollowsClass() {
+  // guidance steers towards a class: with "any (unconditional)" there is none, and none is sent
+  $("gen-guidance").disabled = !$("gen-class-field").hidden && $("gen-class").value === "";
+}
+$("gen-class").addEventListener("change", guidanceFollowsClass);
 
 $("gen-model").addEventListener("change", fillModelFields);
 $("gen-random").addEventListener("click", () => {
@@ -304,24 +373,32 @@ async function copyCurl() {
 }
 $("gen-curl-copy").addEventListener("click", guard($("gen-curl-copy"), copyCurl));
 
-async function generate() {
+async function generate(run) {
   const body = generateBody();
   body.preview_every = Math.max(1, Math.floor(body.steps / 10));
   const progress = $("gen-progress");
-  progress.value = 0;
-  $("gen-preview").replaceChildren();
-  $("gen-results").replaceChildren();
-  $("gen-status").textContent = "queued";
+  $("gen-status").textContent = "sending…";
   const accepted = await apiJson("/v1/generate", {
     method: "POST",
     headers: { "Content-Type": "application/json", Prefer: "respond-async" },
     body: jsonWithExactSeed(body),
+    signal: run.signal,
   });
+  run.jobs.add(accepted.job_id);
+  // the last results stay until the server has taken the new request
+  progress.value = 0;
+  $("gen-preview").replaceChildren();
+  $("gen-results").replaceChildren();
+  $("gen-status").textContent = "queued";
   let outcome = null;
-  for await (const { event, data } of events(`/v1/jobs/${accepted.job_id}/events`)) {
+  for await (const { event, data } of events(`/v1/jobs/${accepted.job_id}/events`, run)) {
     if (data.progress && data.progress.total) {
-      progress.value = data.progress.step / data.progress.total;
-      $("gen-status").textContent = `step ${data.progress.step} of ${data.progress.total}`;
+      const { step, total } = data.progress;
+      progress.value = step / total;
+      // said in tenths, not at every step (a screen reader reads each change of the status line)
+      if (event === "progress" && (step === total || step % Math.max(1, Math.round(total / 10)) === 0)) {
+        $("gen-status").textContent = `step ${step} of ${total}`;
+      }
     }
     if (event === "preview") {
       $("gen-preview").replaceChildren(
@@ -333,7 +410,7 @@ async function generate() {
       outcome = event;
     }
   }
-  const job = await apiJson(`/v1/jobs/${accepted.job_id}`);
+  const job = await apiJson(`/v1/jobs/${accepted.job_id}`, { signal: run.signal });
   if (outcome !== "succeeded" || job.status !== "succeeded") {
     throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
   }
@@ -351,7 +428,7 @@ async function generate() {
     }),
   );
 }
-$("gen-form").addEventListener("submit", guard($("gen-submit"), generate));
+$("gen-form").addEventListener("submit", guard($("gen-submit"), generate, { status: "gen-status", cancel: "gen-cancel" }));
 
 // -- denoise ----------------------------------------------------------------------------------------------
 const photo = { original: null, noisy: null, sigma: null }; // Blobs, and the sigma the noise was added at
@@ -360,25 +437,41 @@ function setOriginal(blob, label) {
   photo.original = blob;
   photo.noisy = null;
   photo.sigma = null;
-  showImage("dn-original", blob, `Original photo (${label})`);
+  showMessage("");
+  $("dn-status").textContent = `${label} loaded: add noise, or tick "already noisy" and denoise`;
+  showImage("dn-original", blob, `Original photo (${label})`, () => {
+    // TIFF, PNM, TGA and QOI are read by the server but not shown by browsers: let the server say
+    $("dn-status").textContent = `${label}: this browser cannot show it; the server says whether it can read it`;
+  });
   $("dn-noisy-fig").hidden = true;
   $("dn-denoised-fig").hidden = true;
   $("dn-compare-box").hidden = true;
-  $("dn-status").textContent = `${label} loaded: add noise, or tick "already noisy" and denoise`;
 }
 
-function showImage(id, blob, alt) {
+function showImage(id, blob, alt, unshown = () => {}) {
   const img = $(id);
-  img.onerror = () => showMessage(`${alt}: the browser cannot show this file; it may not be an image.`);
+  img.onerror = () => {
+    showMessage(`${alt}: the browser cannot show this file; it may not be an image.`);
+    unshown();
+  };
   img.src = URL.createObjectURL(blob);
   img.alt = alt;
   $(`${id}-fig`).hidden = false;
 }
 
-async function loadSample(name) {
-  const response = await fetch(`/ui/samples/${name}.png`);
+async function sample(name) {
+  let response;
+  try {
+    response = await fetch(`/ui/samples/${name}.png`);
+  } catch (err) {
+    throw new ApiError(`Cannot reach the server: ${err.message}`);
+  }
   if (!response.ok) throw new ApiError(`sample ${name} is missing (${response.status})`);
-  setOriginal(await response.blob(), `sample: ${name}`);
+  return response.blob();
+}
+
+async function loadSample(name) {
+  setOriginal(await sample(name), `sample: ${name}`);
 }
 
 for (const name of SAMPLES) {
@@ -413,7 +506,7 @@ function sigmaValue() {
   return sigma;
 }
 
-async function addNoise() {
+async function addNoise(run) {
   if (!photo.original) throw new ApiError("Upload a photo or pick a sample first.");
   const sigma = sigmaValue();
   const form = new FormData();
@@ -421,20 +514,28 @@ async function addNoise() {
   form.append("sigma", String(sigma));
   form.append("seed", "0");
   $("dn-status").textContent = "adding noise…";
-  const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form }));
+  const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form, signal: run.signal }), run);
   photo.noisy = b64ToBlob(job.images[0].data, job.images[0].media_type);
   photo.sigma = sigma;
   $("dn-noisy-given").checked = false;
   $("dn-sigma-mode").value = "known";
   showImage("dn-noisy", photo.noisy, `Noisy photo (σ ${sigma})`);
   $("dn-noisy-caption").textContent = `Noisy (σ ${sigma})`;
+  $("dn-original-fig").hidden = false; // hidden by a denoise of an upload marked "already noisy"
   $("dn-denoised-fig").hidden = true;
+  $("dn-compare-box").hidden = true; // it compared the noisy image before this one
   $("dn-status").textContent = "noise added: now denoise it";
   await scoreAgainstOriginal("dn-noisy", "dn-noisy-caption", `Noisy (σ ${sigma})`);
 }
-$("dn-add-noise").addEventListener("click", guard($("dn-add-noise"), addNoise));
+$("dn-add-noise").addEventListener("click", guard($("dn-add-noise"), addNoise, { status: "dn-status", cancel: "dn-cancel" }));
+$("dn-sigma").addEventListener("keydown", (event) => {
+  if (event.key === "Enter") {
+    event.preventDefault(); // the σ field's Enter adds noise, not the form's Denoise
+    $("dn-add-noise").click();
+  }
+});
 
-async function denoise() {
+async function denoise(run) {
   const given = $("dn-noisy-given").checked;
   const noisy = given ? photo.original : photo.noisy;
   if (!noisy) throw new ApiError(photo.original ? 'Add noise first, or tick "My photo is already noisy".' : "Upload a photo or pick a sample first.");
@@ -443,7 +544,7 @@ async function denoise() {
   form.append("mode", $("dn-mode").value);
   form.append("sigma", $("dn-sigma-mode").value === "auto" ? "auto" : String(given ? sigmaValue() : photo.sigma));
   $("dn-status").textContent = "denoising…";
-  const job = await finished(await apiJson("/v1/denoise", { method: "POST", body: form }));
+  const job = await finished(await apiJson("/v1/denoise", { method: "POST", body: form, signal: run.signal }), run);
   const denoised = b64ToBlob(job.images[0].data, job.images[0].media_type);
   if (given) {
     // the upload is the noisy image: there is no clean original to compare with
@@ -461,7 +562,7 @@ async function denoise() {
   $("dn-status").textContent = `done in ${(job.timings.total_ms / 1000).toFixed(2)} s`;
   if (!given) await scoreAgainstOriginal("dn-denoised", "dn-denoised-caption", `Denoised${sigma}`);
 }
-$("dn-form").addEventListener("submit", guard($("dn-submit"), denoise));
+$("dn-form").addEventListener("submit", guard($("dn-submit"), denoise, { status: "dn-status", cancel: "dn-cancel" }));
 
 function updateCompare() {
   const cut = 100 - Number($("dn-compare").value);
@@ -547,15 +648,30 @@ let forwardUpload = null;
 $("fw-file").addEventListener("change", () => {
   forwardUpload = $("fw-file").files[0] || null;
 });
+$("fw-image").addEventListener("change", () => {
+  forwardUpload = null; // the sample picked now, not the file chosen before
+  $("fw-file").value = "";
+});
 
-async function forward() {
+// A request a key's quota refused (429) is sent again after the wait the server gives, a few times.
+async function patiently(send, run, waiting) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await send();
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 429) || attempt >= 20 || run.signal.aborted) throw err;
+      const wait = Math.min(Math.max(err.retryAfter, 1), 60);
+      waiting(wait);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      if (run.signal.aborted) throw err;
+    }
+  }
+}
+
+async function forward(run) {
   const model = models.find((m) => m.name === $("fw-model").value);
   if (!model) throw new ApiError("Pick a model for its noise schedule first.");
-  let image = forwardUpload;
-  if (!image) {
-    const response = await fetch(`/ui/samples/${$("fw-image").value}.png`);
-    image = await response.blob();
-  }
+  const image = forwardUpload || (await sample($("fw-image").value));
   const last = model.card.train_timesteps - 1;
   const strip = $("fw-strip");
   strip.replaceChildren();
@@ -582,7 +698,11 @@ async function forward() {
         form.append("timestep", String(timestep));
         form.append("model", model.name);
         form.append("seed", seed);
-        const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form }));
+        const send = () => apiJson("/v1/noise", { method: "POST", body: form, signal: run.signal });
+        const waiting = (wait) => {
+          $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length} images; the key's quota asks to wait ${wait} s`;
+        };
+        const job = await finished(await patiently(send, run, waiting), run);
         src = dataUrl(job.images[0]);
       }
       const label = t === 0 ? "t = 0 (x₀)" : timestep === t ? `t = ${t}` : `t = ${timestep} (T − 1)`;
@@ -593,7 +713,7 @@ async function forward() {
       caption.textContent = label;
       cells[i].append(img, caption);
       done++;
-      $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length}`;
+      $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length} images`;
     }),
   );
 }
@@ -614,6 +734,6 @@ async function inTurns(limit, tasks) {
   };
   await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, lane));
 }
-$("fw-form").addEventListener("submit", guard($("fw-submit"), forward));
+$("fw-form").addEventListener("submit", guard($("fw-submit"), forward, { status: "fw-status", cancel: "fw-cancel" }));
 
 loadModels();

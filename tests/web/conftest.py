@@ -117,6 +117,7 @@ def keyed_server(web_store, tmp_path_factory):
         {"name": "slow", "sha256": digest("slow-key"), "scopes": ["generate"], "requests_per_minute": 4},
         # the README's example key: at most 4 jobs at once
         {"name": "four", "sha256": digest("four-key"), "scopes": ["generate", "denoise"], "max_concurrent_jobs": 4},
+        {"name": "one", "sha256": digest("one-key"), "scopes": ["generate", "denoise"], "max_concurrent_jobs": 1},
     ]
     keys.write_text(json.dumps(entries))
     server = Server(web_store, DIFFUSION_API_KEYS_FILE=str(keys))

@@ -44,7 +44,7 @@ def noise_then_denoise_the_cat(page) -> None:
     page.get_by_role("tab", name="Denoise").click()
     page.get_by_role("button", name="Sample: cat").click()
     expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
-    page.get_by_label("Noise σ (0–255)").fill("30")
+    page.get_by_label("Noise σ (1–255)").fill("30")
     page.get_by_role("button", name="Add noise", exact=True).click()
     expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Denoise", exact=True).click()
@@ -90,7 +90,64 @@ def test_any_class_generates_without_guidance(server, open_page):
     expect(page.get_by_role("img", name="Generated image, seed 7")).to_be_visible(timeout=60_000)
     _, body = copied_curl(page)
     assert "class_label" not in body and "guidance_scale" not in body
+    expect(page.get_by_label("Guidance")).to_be_disabled()  # nothing to steer towards, and nothing sent
+    page.get_by_role("tabpanel", name="Generate").get_by_label("Class").select_option(label="b")
+    expect(page.get_by_label("Guidance")).to_be_enabled()
     clean(watched)
+
+
+def test_a_63_bit_seed_is_shown_and_named_exactly(server, open_page):
+    """JavaScript numbers round a seed this large (to ...726000): the page keeps its digits."""
+    watched = open_page(server)
+    page = watched.page
+    tab = fill_generate(page, class_name="a", seed=4563673470114726834, steps=2)
+    tab.get_by_label("Number of images").fill("2")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 4563673470114726834")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("img", name="Generated image, seed 4563673470114726835")).to_be_visible()
+    link = page.get_by_role("link", name="Download (seed 4563673470114726835)")
+    expect(link).to_have_attribute("download", re.compile(r"seed-4563673470114726835\."))
+    clean(watched)
+
+
+def test_cancel_stops_the_job_on_the_server(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    fill_generate(page, class_name="a", seed=1, steps=1000)
+    page.get_by_label("Number of images").fill("16")
+    with page.expect_response(lambda r: r.url.endswith("/v1/generate")) as accepted:
+        page.get_by_role("button", name="Generate", exact=True).click()
+    job = accepted.value.json()["job_id"]
+    expect(page.locator("#gen-status")).to_contain_text("step", timeout=30_000)
+    with page.expect_request(lambda r: r.method == "DELETE") as deleted:
+        page.get_by_role("button", name="Cancel").click()
+    assert deleted.value.url.endswith(f"/v1/jobs/{job}")
+    expect(page.locator("#gen-status")).to_have_text("canceled")
+    expect(page.get_by_role("alert")).to_have_count(0)  # a cancel is not an error
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_focused()
+    final = httpx.get(f"{server.url}/v1/jobs/{job}").json()
+    for _ in range(50):
+        if final["status"] != "running":
+            break
+        final = httpx.get(f"{server.url}/v1/jobs/{job}").json()
+    assert final["status"] == "canceled"
+
+
+def test_a_refused_request_keeps_the_last_results_says_it_failed_and_its_message_goes_with_the_tab(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    fill_generate(page, class_name="a", seed=3, steps=2)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 3")).to_be_visible(timeout=60_000)
+    page.get_by_role("tabpanel", name="Generate").get_by_label("Steps").fill("0")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("422")
+    expect(page.locator("#gen-status")).to_contain_text("failed")
+    expect(page.get_by_role("img", name="Generated image, seed 3")).to_be_visible()  # not wiped by the refusal
+    page.get_by_role("tab", name="Denoise").click()
+    expect(page.get_by_role("alert")).to_have_count(0)
 
 
 def test_the_page_follows_a_job_the_server_answered_202_for(impatient_server, open_page):
@@ -128,9 +185,10 @@ def test_a_text_file_upload_shows_a_readable_error(server, open_page):
     assert watched.outside() == []
 
 
-@pytest.mark.parametrize("key", [None, "four-key"])
+@pytest.mark.parametrize("key", [None, "four-key", "one-key"])
 def test_the_forward_strip_has_eleven_images(server, keyed_server, open_page, key):
-    """Eleven /v1/noise requests, a few at a time: a key that may hold 4 jobs at once gets no 429."""
+    """Eleven /v1/noise requests, a few at a time: a key that may hold 4 jobs at once gets no 429, and one
+    that may hold only 1 gets its 429s retried after the server's Retry-After."""
     watched = open_page(keyed_server if key else server)
     page = watched.page
     if key:
@@ -140,7 +198,8 @@ def test_the_forward_strip_has_eleven_images(server, keyed_server, open_page, ke
     page.get_by_role("tabpanel", name="Forward process").get_by_label("Schedule of model").select_option("tiny-gen")
     page.get_by_role("button", name="Show forward process").click()
     strip = page.locator("#fw-strip img")
-    expect(strip).to_have_count(11, timeout=30_000)
+    expect(strip).to_have_count(11, timeout=60_000)
+    expect(page.locator("#fw-status")).to_have_text("11 of 11 images")
     captions = page.locator("#fw-strip span").all_inner_texts()
     assert captions[0].startswith("t = 0") and captions[5] == "t = 500" and captions[-1] == "t = 999 (T − 1)"
     for i in range(11):  # every image decoded (the page's CSP forbids wait_for_function's eval)
@@ -206,6 +265,20 @@ def test_a_server_with_keys_asks_for_one_and_shows_429_with_its_wait(keyed_serve
     expect(alert).to_contain_text("429")
     expect(alert).to_contain_text(re.compile(r"try again in \d+ s"))
     assert watched.outside() == []
+
+
+def test_a_saved_key_can_be_changed_after_a_reload_and_forgetting_it_says_so(keyed_server, open_page):
+    watched = open_page(keyed_server)
+    page = watched.page
+    page.get_by_role("textbox", name="API key").fill("web-secret-key")
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value("tiny-gen")
+    page.reload()
+    expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value("tiny-gen")
+    page.get_by_role("button", name="API key").click()
+    page.get_by_role("button", name="Forget key").click()
+    expect(page.locator("#key-status")).to_have_text(re.compile("Key forgotten"))
+    assert page.evaluate("localStorage.getItem('diffusion-api-key')") is None
 
 
 def test_the_page_is_served_with_a_policy_that_keeps_it_on_this_server(server):
