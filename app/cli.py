@@ -44,12 +44,14 @@ def serve(argv: list[str] | None = None) -> None:
 
     from app.api.main import create_app
     from app.queue.factory import open_queue
-    from app.queue.protocol import NoModels
+    from app.queue.protocol import NoModels, QueueUnreachable
     from app.serving import DrainingServer, Drain, protocol_with
 
     try:
         backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
-    except NoModels as exc:  # fail fast, before binding the port, when nothing can be served
+        if settings.queue_url is not None:
+            asyncio.run(_reach_queue(settings))  # Redis answers, or one line says why not
+    except (NoModels, QueueUnreachable) as exc:  # fail fast, before binding the port, when nothing can be served
         print(f"diffusion-serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # With Redis the backend holds connections bound to an event loop: it opens in uvicorn's lifespan.
@@ -77,10 +79,20 @@ def worker(argv: list[str] | None = None) -> None:
     raise SystemExit(asyncio.run(_run_worker(settings)))
 
 
+async def _reach_queue(settings: Settings) -> None:
+    from app.queue.redis.queue import connect, reach
+
+    redis = connect(settings.queue_url)
+    try:
+        await reach(redis, settings)
+    finally:
+        await redis.aclose()
+
+
 async def _run_worker(settings: Settings) -> int:
     from app.queue.factory import no_models_message
-    from app.queue.protocol import NoModels
-    from app.queue.redis.queue import connect
+    from app.queue.protocol import NoModels, QueueUnreachable
+    from app.queue.redis.queue import connect, reach
     from app.queue.redis.worker import RedisWorker
 
     if settings.worker_metrics_port:
@@ -90,8 +102,9 @@ async def _run_worker(settings: Settings) -> int:
     redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
     try:
+        await reach(redis, settings)  # before the models load: a worker without Redis has nothing to do
         await node.start()
-    except NoModels as exc:
+    except (NoModels, QueueUnreachable) as exc:
         print(f"diffusion-worker: {exc}", file=sys.stderr)
         await redis.aclose()
         return 2

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     # -- scale-out on Redis (see README "Scaling out"); without queue_url, the in-process queue --------
     queue_url: str | None = Field(None, description="redis://host:port/db: use Redis Streams and separate workers")
+    queue_wait_s: float = Field(
+        30.0, ge=0, description="at start, how long a node or worker waits for Redis to answer before it gives up"
+    )
     redis_prefix: str = Field("diffusion", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="key prefix in Redis")
     embedded_worker: bool | None = Field(
         None, description="run a worker inside the API process; default: only without Redis"

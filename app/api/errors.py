@@ -147,7 +147,7 @@ def install(app: FastAPI) -> None:
     async def _queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(
-            error_body([], f"{exc}; retry shortly", exc.type),
+            error_body([], f"{exc.public}; retry shortly", exc.type),  # Redis's address and errno: the log only
             status_code=503,
             headers={"Retry-After": str(exc.retry_after)},
         )

@@ -36,6 +36,8 @@ class QueueUnavailable(Exception):
 
     type = "queue_unavailable"
 
+    public = "the job queue is unreachable"  # what a client is told; the detail is for the log
+
     def __init__(self, detail: str, retry_after: int = 2) -> None:
         super().__init__(f"the job queue is unreachable: {detail}")
         self.retry_after = retry_after
@@ -47,9 +49,15 @@ class EngineStopped(QueueUnavailable):
 
     type = "engine_stopped"
 
+    public = "this server's engine has stopped (its error is in the server's log)"
+
     def __init__(self) -> None:
-        Exception.__init__(self, "this server's engine has stopped (its error is in the server's log)")
+        Exception.__init__(self, self.public)
         self.retry_after = 30
+
+
+class QueueUnreachable(RuntimeError):
+    """Redis did not answer within ``queue_wait_s`` of the start: the node or worker does not start."""
 
 
 class NoModels(RuntimeError):

@@ -4,13 +4,18 @@ themselves; with its data lost, workers drop the jobs whose records vanished ins
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 import redis
 
-from tests.redis.helpers import OwnRedis, job_streams, poll, submit
+from app.queue.redis.queue import reach
+from app.settings import Settings
+from tests.redis.helpers import OwnRedis, free_port, job_streams, poll, submit
 from tests.tiny_models import write_generator
 
 
@@ -48,6 +53,8 @@ def test_redis_down_is_a_503_with_retry_after_and_everything_recovers(prefix, pr
         for r in answers:
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
+            # Redis's address and errno go to the log, not to clients
+            assert r.json()["detail"][0]["msg"] == "the job queue is unreachable; retry shortly"
         assert httpx.get(api.url + "/readyz", timeout=10).status_code == 503  # checked live
         assert httpx.get(api.url + "/healthz", timeout=10).status_code == 200  # the process itself is fine
         assert httpx.get(api.url + "/metrics", timeout=10).status_code == 200
@@ -87,3 +94,32 @@ def test_jobs_whose_records_vanished_are_dropped_not_run_on_or_handed_back(prefi
             client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("role", ["serve", "worker"])
+def test_a_node_or_worker_without_redis_waits_then_refuses_to_start_in_one_line(role, store):
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nobody listens there
+    command = [sys.executable, "-m", "app.cli", role, "--queue-url", url, "--model-store", str(store)]
+    env = {"DIFFUSION_QUEUE_WAIT_S": "1.5", "DIFFUSION_DEVICE": "cpu", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"diffusion-{role}: cannot reach the job queue at redis://:***@127.0.0.1:")
+    assert "within 1.5 s (DIFFUSION_QUEUE_WAIT_S)" in last and "s3cret" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "does not answer yet" in done.stderr  # it waited, saying so
+
+
+def test_reach_waits_for_redis_to_answer():
+    class Late:
+        pings = 0
+
+        async def ping(self):
+            self.pings += 1
+            if self.pings < 3:
+                raise redis.exceptions.ConnectionError("not yet")
+            return True
+
+    late = Late()
+    asyncio.run(reach(late, Settings(queue_url="redis://127.0.0.1:1/0", queue_wait_s=30)))
+    assert late.pings == 3

@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from typing import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,7 +24,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
-from app.queue.protocol import Admission, IdempotencyConflict, QueueFull, QueueUnavailable, TooManyJobs
+from app.queue.protocol import (
+    Admission,
+    IdempotencyConflict,
+    QueueFull,
+    QueueUnavailable,
+    QueueUnreachable,
+    TooManyJobs,
+)
 from app.queue.redis.catalog import merge
 from app.queue.redis.keys import ADMIT, Keys
 from app.queue.redis.outbox import RedisOutbox
@@ -51,6 +59,43 @@ def connect(url: str) -> Redis:
         if hasattr(socket, name):
             options[getattr(socket, name)] = value
     return Redis.from_url(url, socket_connect_timeout=2, socket_keepalive=True, socket_keepalive_options=options)
+
+
+def shown(url: str) -> str:
+    """A queue URL as logs and messages show it: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def reach(redis: Redis, settings: Settings) -> None:
+    """Wait until Redis answers, for up to ``queue_wait_s`` (a node started beside Redis may come up first);
+    QueueUnreachable, with one line saying where and why, when it does not."""
+    deadline = time.monotonic() + settings.queue_wait_s
+    while True:
+        try:
+            await redis.ping()
+            return
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            left = deadline - time.monotonic()
+            reason = f"{type(exc).__name__}: {exc}"
+            if left <= 0:
+                raise QueueUnreachable(
+                    f"cannot reach the job queue at {shown(settings.queue_url)} within {settings.queue_wait_s:g} s "
+                    f"(DIFFUSION_QUEUE_WAIT_S): {reason}"
+                ) from None
+            log.warning(
+                "the job queue at %s does not answer yet (%s); waiting up to %.0f s more",
+                shown(settings.queue_url),
+                reason,
+                left,
+            )
+            await asyncio.sleep(min(1.0, left))
 
 
 def unavailable(exc: Exception) -> bool:
@@ -99,7 +144,11 @@ class RedisJobQueue:
     @classmethod
     async def open(cls, settings: Settings) -> "RedisJobQueue":
         queue = cls(settings, connect(settings.queue_url))
-        await queue.redis.ping()
+        try:
+            await reach(queue.redis, settings)
+        except BaseException:
+            await queue.redis.aclose()
+            raise
         await queue.refresh_catalog()
         queue._tasks = [background.forever(queue._follow_events), background.forever(queue._refresh_later)]
         return queue
