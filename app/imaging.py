@@ -102,9 +102,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
     alpha_dropped = _has_alpha(image)
-    orientation = turned_on_load or _orientation(image)
-    if turned_on_load is None and orientation != 1:  # a phone's photo, stored sideways: turned as viewers show it
-        image = ImageOps.exif_transpose(image)
+    if turned_on_load is not None:
+        orientation = turned_on_load
+    else:
+        orientation = _orientation(image)
+        if orientation != 1:  # a phone's photo, stored sideways: turned as every viewer (and browser) shows it
+            image = ImageOps.exif_transpose(image)
     return DecodedImage(
         pixels=image_to_pixels(image),
         alpha_dropped=alpha_dropped,
@@ -130,9 +133,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice its default limit
         raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except (UnidentifiedImageError, *_BROKEN) as exc:
-        known = _sniff(data)
         if data.startswith(b"P7"):
             raise ImageUndecodable("PAM (P7) files are not taken: send PNM (P1-P6) or another format") from exc
+        known = _sniff(data)
         if known is not None:  # the format is one taken here, its layout or data is not
             raise ImageUndecodable(f"a {known} file whose pixel layout or data this service cannot read") from exc
         raise ImageUndecodable(f"not a decodable image of a format taken here ({', '.join(ACCEPTED)})") from exc

@@ -14,10 +14,10 @@ from typing import Generic, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
