@@ -33,6 +33,13 @@ def fill_generate(page, *, class_name: str, seed: int, steps: int):
     return tab
 
 
+def generated(page, *, class_name: str, seed: int, steps: int) -> None:
+    """Generate on tiny-gen, and wait for the image of that seed."""
+    fill_generate(page, class_name=class_name, seed=seed, steps=steps)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name=f"Generated image, seed {seed}").first).to_be_visible(timeout=60_000)
+
+
 def copied_curl(page) -> tuple[str, dict]:
     """ "Copy as curl": the command shown, and the JSON body it sends."""
     page.get_by_role("button", name="Copy as curl").click()
@@ -85,9 +92,7 @@ def test_generate_shows_previews_then_the_images_with_the_seeds_asked_for(server
 def test_any_class_generates_without_guidance(server, open_page):
     watched = open_page(server)
     page = watched.page
-    fill_generate(page, class_name="any (unconditional)", seed=7, steps=4)
-    page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.get_by_role("img", name="Generated image, seed 7")).to_be_visible(timeout=60_000)
+    generated(page, class_name="any (unconditional)", seed=7, steps=4)
     _, body = copied_curl(page)
     assert "class_label" not in body and "guidance_scale" not in body
     expect(page.get_by_label("Guidance")).to_be_disabled()  # nothing to steer towards, and nothing sent
@@ -137,9 +142,7 @@ def test_cancel_stops_the_job_on_the_server(server, open_page):
 def test_a_refused_request_keeps_the_last_results_says_it_failed_and_its_message_goes_with_the_tab(server, open_page):
     watched = open_page(server)
     page = watched.page
-    fill_generate(page, class_name="a", seed=3, steps=2)
-    page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.get_by_role("img", name="Generated image, seed 3")).to_be_visible(timeout=60_000)
+    generated(page, class_name="a", seed=3, steps=2)
     page.get_by_role("tabpanel", name="Generate").get_by_label("Steps").fill("0")
     page.get_by_role("button", name="Generate", exact=True).click()
     alert = page.get_by_role("alert")
