@@ -270,11 +270,12 @@ async def submission(
     return Submission(queue, settings, accept, prefer, idempotency_key, caller, request, request.app.state.drain)
 
 
-async def announced_models(queue: JobQueue) -> dict[str, ModelEntry]:
+async def announced_models(queue: JobQueue, *, now: bool = False) -> dict[str, ModelEntry]:
     """The catalog, read again now when the last refresh found none (a node that started before its workers
     announced, or Redis that lost its data): the first request after a worker's announcement is not refused
-    for want of a refresh."""
-    if not queue.models:
+    for want of a refresh. ``now``: read again in any case (the model routes, which show the statuses: while
+    Redis is away they answer 503 as every other route does, not the last catalog as if all were well)."""
+    if now or not queue.models:
         await queue.refresh_catalog()
     return queue.models
 

@@ -49,6 +49,8 @@ def test_redis_down_is_a_503_with_retry_after_and_everything_recovers(prefix, pr
             ),
             httpx.get(f"{api.url}/v1/jobs/{before['job_id']}", timeout=10),
             httpx.delete(f"{api.url}/v1/jobs/{before['job_id']}", timeout=10),
+            httpx.get(api.url + "/v1/models", timeout=10),  # not the last catalog, as if all were well
+            httpx.get(api.url + "/v1/models/tiny-gen", timeout=10),
         ]
         for r in answers:
             assert r.status_code == 503, r.text

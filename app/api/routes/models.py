@@ -19,12 +19,12 @@ router = APIRouter(
 @router.get("", response_model=ModelList)
 async def list_models(queue: QueueDep) -> dict:
     """Every model folder: its card with the tasks it really serves, its status, and why if not served."""
-    return {"models": [entry.public() for entry in (await announced_models(queue)).values()]}
+    return {"models": [entry.public() for entry in (await announced_models(queue, now=True)).values()]}
 
 
 @router.get("/{name}", response_model=ModelOut, responses=errors_for(503))
 async def get_model(queue: QueueDep, settings: SettingsDep, name: str = Path(max_length=64)) -> dict:
-    models = await announced_models(queue)
+    models = await announced_models(queue, now=True)
     entry = models.get(name)
     if entry is None and not models:
         raise none_announced(["path", "name"], settings)
