@@ -115,12 +115,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        unparsed = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        found = exc.errors()
+        unparsed = next((e for e in found if e.get("type") == "json_invalid"), None)
         if unparsed is not None:  # FastAPI could not parse the JSON body, before any dependency ran
             return await _api_error(request, _unparsed_json(request, unparsed, exc.body))
         errors = [
             error_item(list(e.get("loc", [])), e.get("msg", "invalid"), e.get("type", "invalid"))
-            for e in exc.errors()[:MAX_ERRORS]
+            for e in found[:MAX_ERRORS]
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 

@@ -35,11 +35,10 @@ class QueueUnavailable(Exception):
     """The queue backend cannot be reached (Redis down or too slow); the client should retry."""
 
     type = "queue_unavailable"
-
     public = "the job queue is unreachable"  # what a client is told; the detail is for the log
 
     def __init__(self, detail: str, retry_after: int = 2) -> None:
-        super().__init__(f"the job queue is unreachable: {detail}")
+        super().__init__(f"{self.public}: {detail}")
         self.retry_after = retry_after
 
 
@@ -48,7 +47,6 @@ class EngineStopped(QueueUnavailable):
     the process must be restarted. Its liveness probe (``/healthz``) says so."""
 
     type = "engine_stopped"
-
     public = "this server's engine has stopped (its error is in the server's log)"
 
     def __init__(self) -> None:
