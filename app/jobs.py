@@ -265,6 +265,13 @@ def apply_event(record: JobRecord, event: EngineEvent) -> bool:
     return True
 
 
+def hand_back(record: JobRecord) -> None:
+    """A job a stopping worker gives back unfinished: queued again for the next worker, which runs it from
+    its first step (its seed gives the same images). It is no longer running, so it reads so."""
+    record.status, record.started_at = JobStatus.queued, None
+    record.progress = Progress(step=0, total=record.progress.total)
+
+
 def webhook_events(before: JobStatus, after: JobRecord) -> list[WebhookEvent]:
     """The webhook events a record's change from status ``before`` fires: ``started`` when a queued job has
     begun to run (even if it finished within the same write), ``completed`` when it is final. A job failed

@@ -252,6 +252,45 @@ def test_a_job_failed_before_it_ran_fires_completed_only_across_nodes(store, pre
     assert Verifier(secret).verify(request["body"], request["headers"])["status"] == "failed"
 
 
+def test_a_job_a_stopping_worker_hands_back_reads_queued_and_fires_started_once(store, prefix):
+    from app.jobs import EngineEvent, Progress
+
+    secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
+    hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
+    _announce_tiny_gen(store, prefix)
+    with WebhookReceiver() as receiver, client_for(store, prefix, embedded_worker=False, **hooks) as api:
+        body = {"model": "tiny-gen", "class_label": 0, "steps": 4, "webhook": receiver.url}
+        body["webhook_events"] = "started,completed"
+        job_id = api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+
+        async def run_three_steps_then_stop(redis):
+            worker = _worker_on(store, prefix, redis, "stopping")
+            await worker._read_once()
+            assert list(worker.held) == [job_id]
+            progress = Progress(step=3, total=4)
+            worker._events.put_nowait([EngineEvent(job_id=job_id, type="started")])
+            worker._events.put_nowait([EngineEvent(job_id=job_id, type="progress", progress=progress)])
+            await worker._write_once()
+            await worker._write_once()
+            assert (await worker.records.get(job_id)).progress == progress
+            await worker.stop(grace=0)
+            assert worker.engine.canceled == [job_id]
+            return await redis.xlen(worker.keys.stream("normal", "tiny-gen"))
+
+        assert on_redis(run_three_steps_then_stop) == 1  # on its stream again, for the next worker
+        record = api.get(f"/v1/jobs/{job_id}").json()
+        assert record["status"] == "queued" and record["progress"] == {"step": 0, "total": 4}
+        assert record["timings"]["run_ms"] == 0  # it no longer counts as started
+        (started,) = receiver.wait_for(1)
+        with client_for(store, prefix, embedded_worker=True, **hooks) as worker_node:
+            receiver.wait_for(2)
+            assert worker_node.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+            time.sleep(1.0)  # a second "started" would have come by now
+    ids = [r["headers"]["webhook-id"] for r in receiver.received]
+    assert ids == [f"msg_{job_id}_started", f"msg_{job_id}_completed"]
+    assert Verifier(secret).verify(started["body"], started["headers"])["status"] == "running"
+
+
 def test_a_high_priority_job_overtakes_the_low_priority_backlog_across_nodes(store, prefix):
     with (
         client_for(store, prefix, embedded_worker=True, worker_jobs=1) as worker_node,
@@ -589,8 +628,8 @@ def _worker_on(folder, prefix, redis, name="a-worker"):
     return worker
 
 
-def _queued_for_tiny_gen(store, prefix) -> str:
-    """A job for tiny-gen, queued through an API node while a worker that serves tiny-gen has announced it."""
+def _announce_tiny_gen(store, prefix) -> None:
+    """A worker that serves tiny-gen announces it (and makes its stream group), so API nodes take its jobs."""
 
     async def announce(redis):
         worker = _worker_on(store, prefix, redis, "serves-tiny-gen")
@@ -598,6 +637,11 @@ def _queued_for_tiny_gen(store, prefix) -> str:
         await worker._beat()
 
     on_redis(announce)
+
+
+def _queued_for_tiny_gen(store, prefix) -> str:
+    """A job for tiny-gen, queued through an API node while a worker that serves tiny-gen has announced it."""
+    _announce_tiny_gen(store, prefix)
     with client_for(store, prefix, embedded_worker=False) as api:
         r = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC)
         assert r.status_code == 202, r.text

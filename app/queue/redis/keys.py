@@ -102,7 +102,8 @@ return gone
 # reverse), and queue the webhook deliveries the change fires in the same step (the rule of
 # app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,
 # status, event JSON, retention seconds, job ID, delivery key prefix ("{p}:webhook:"), delivery TTL,
-# "1" if the job has started (its record has a ``started_at``) else "".
+# "1" if the job has started (its record has a ``started_at``) else "". The job hash's ``started`` field
+# records that ``started`` fired.
 # Returns 1 if changed, 0 if the record was already final, -1 if it is gone (expired, or lost by a Redis
 # restart without persistence).
 UPDATE_RECORD = """
@@ -125,7 +126,10 @@ end
 if current == 'succeeded' or current == 'failed' or current == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])
 local final = ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled'
-if current == 'queued' and ARGV[8] == '1' then fire('started') end
+-- once per job: a job a stopping worker handed back is queued again, and its next start fires nothing
+if current == 'queued' and ARGV[8] == '1' and redis.call('HSETNX', KEYS[1], 'started', 1) == 1 then
+  fire('started')
+end
 if final then fire('completed') end
 if final then
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])))

@@ -28,7 +28,16 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app import background
-from app.jobs import PRIORITY_LEVEL, EngineEvent, JobRecord, JobSpec, aged_level, apply_event, preview_payload
+from app.jobs import (
+    PRIORITY_LEVEL,
+    EngineEvent,
+    JobRecord,
+    JobSpec,
+    aged_level,
+    apply_event,
+    hand_back,
+    preview_payload,
+)
 from app.metrics import job_finished
 from app.queue.protocol import NoModels
 from app.queue.redis.catalog import publish, unserved
@@ -139,15 +148,16 @@ class RedisWorker:
         deadline = time.monotonic() + grace
         while self.held and time.monotonic() < deadline and not self.dead.is_set():
             await asyncio.sleep(0.05)
-        for job_id in list(self.held):
-            held = self.held.pop(job_id)
+        unfinished = [(job_id, self.held.pop(job_id)) for job_id in list(self.held)]
+        for job_id, _ in unfinished:
             self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
-            with redis_away_logged(f"job {job_id}: live workers take it over after its lease"):
-                await self._hand_back(job_id, held)
-        await asyncio.sleep(0)  # let the last events be written
+        await asyncio.sleep(0)  # let the last events be written, so none lands after a hand-back
         deadline = time.monotonic() + 5
         while (not self._events.empty() or self._dirty) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        for job_id, held in unfinished:
+            with redis_away_logged(f"job {job_id}: live workers take it over after its lease"):
+                await self._hand_back(job_id, held)
         await background.stop(self._tasks)
         self._tasks.clear()
         try:
@@ -158,9 +168,12 @@ class RedisWorker:
                 await asyncio.to_thread(self.engine.stop)
 
     async def _hand_back(self, job_id: str, held: _Held) -> None:
-        """Put a job this worker will not finish back on its stream, for the next worker."""
-        if not await self.redis.exists(self.keys.job(job_id)):
-            log.warning("job %s: its record is gone from Redis; not handing it back", job_id)
+        """Put a job this worker will not finish back on its stream, for the next worker, its record queued
+        again first (so no later write of this worker's can undo the next worker's)."""
+        hand_back(held.record)
+        written = await self.records.update(held.record)
+        if written != 1:  # -1: its record is gone; 0: it is final (canceled while it ran here)
+            log.warning("job %s: its record is %s; not handing it back", job_id, "gone" if written == -1 else "final")
             await self._retire(held.stream, held.entry_id, forget=job_id)
             return
         await self._requeue(job_id, held.stream, held.entry_id, to=held.stream)
