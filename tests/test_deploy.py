@@ -141,7 +141,6 @@ def test_k8s_validation_catches_a_broken_manifest():
 def test_k8s_probes_grace_and_gpu():
     config = _by_kind("ConfigMap")["diffusion-config"]["data"]
     grace = float(config["DIFFUSION_SHUTDOWN_GRACE_S"])
-    assert Settings(model_store=ROOT, queue_url=config["DIFFUSION_QUEUE_URL"]).queue_url  # a valid setting
     deployments = _by_kind("Deployment")
     api = deployments["diffusion-api"]["spec"]["template"]["spec"]
     worker = deployments["diffusion-worker"]["spec"]["template"]["spec"]
@@ -172,5 +171,19 @@ def test_keda_scales_the_workers_on_the_shipped_models_job_streams():
     # streamLength (XLEN: queued or running) counts only without a consumerGroup, which makes KEDA read the
     # group's pending entries instead (already delivered, 5 per replica by default)
     assert all("consumerGroup" not in t["metadata"] and int(t["metadata"]["streamLength"]) > 0 for t in triggers)
-    redis_service = _by_kind("Service")["diffusion-redis"]
-    assert all(t["metadata"]["address"].startswith(redis_service["metadata"]["name"] + ".") for t in triggers)
+    # Redis's address is set once, in the ConfigMap: the triggers read it from the scaled workers' environment,
+    # fully qualified (KEDA's operator runs in its own namespace), and both Deployments build their URL from it
+    redis_service = _by_kind("Service")["diffusion-redis"]["metadata"]["name"]
+    namespace = _by_kind("Namespace")
+    assert config["REDIS_ADDRESS"] == f"{redis_service}.{next(iter(namespace))}.svc.cluster.local:6379"
+    assert "DIFFUSION_QUEUE_URL" not in config and all(
+        set(t["metadata"]) & {"address", "host"} == set() and t["metadata"]["addressFromEnv"] == "REDIS_ADDRESS"
+        for t in triggers
+    )
+    for name in ("diffusion-api", "diffusion-worker"):
+        (container,) = _by_kind("Deployment")[name]["spec"]["template"]["spec"]["containers"]
+        assert {"configMapRef": {"name": "diffusion-config"}} in container["envFrom"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["DIFFUSION_QUEUE_URL"] == "redis://$(REDIS_ADDRESS)/0"  # expanded by the kubelet
+        url = env["DIFFUSION_QUEUE_URL"].replace("$(REDIS_ADDRESS)", config["REDIS_ADDRESS"])
+        assert Settings(model_store=ROOT, queue_url=url).queue_url == url  # a valid setting once expanded
