@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
+from app.api.errors import METHODS
 from app.api.middleware import HttpMiddleware
 from app.api.deps import QueueDep
 from app.queue.protocol import QueueUnavailable
@@ -27,6 +28,12 @@ def route_label(scope: Scope) -> str:
     return path
 
 
+def method_label(scope: Scope) -> str:
+    """The request's method, or ``other``: HTTP lets a client send any token as a method (the server answers it
+    405 or 501), and a label taken from the client as it is would grow without bound."""
+    return scope["method"] if scope["method"] in METHODS else "other"
+
+
 class HttpMetrics(HttpMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         began, status = time.perf_counter(), 500
@@ -40,9 +47,9 @@ class HttpMetrics(HttpMiddleware):
         try:
             await self.app(scope, receive, counted)
         finally:
-            route = route_label(scope)
-            HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
-            HTTP_SECONDS.labels(route, scope["method"]).observe(time.perf_counter() - began)
+            route, method = route_label(scope), method_label(scope)
+            HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            HTTP_SECONDS.labels(route, method).observe(time.perf_counter() - began)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

@@ -52,6 +52,15 @@ def test_job_routes_are_counted_by_template_not_by_id(client):
     assert 'route="/v1/jobs/{job_id}"' in text and "a" * 32 not in text
 
 
+def test_methods_a_client_makes_up_are_counted_as_other_not_one_series_each(client):
+    for made_up in ("FOO", "BAR1", "PROPFIND"):
+        assert client.request(made_up, "/healthz").status_code == 405
+    after = samples(client)
+    methods = {dict(labels)["method"] for name, labels in after if name == "diffusion_http_requests_total"}
+    assert methods & {"FOO", "BAR1", "PROPFIND"} == set()
+    assert value(after, "diffusion_http_requests_total", route="/healthz", method="other", status="405") >= 3
+
+
 def test_metrics_can_require_a_key_and_quota_refusals_are_counted(make_client, tmp_path):
     keys = tmp_path / "keys.json"
     keys.write_text(
