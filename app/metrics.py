@@ -36,6 +36,11 @@ WEBHOOK_DELIVERIES = Counter(
 QUOTA_REFUSALS = Counter("diffusion_quota_refusals_total", "requests refused by a key's quota", ["key", "quota"])
 
 
+def job_submitted(record) -> None:
+    """Count a job just accepted (by the queue that created it: a replayed Idempotency-Key creates none)."""
+    JOBS_SUBMITTED.labels(record.kind, record.model or "").inc()
+
+
 def job_finished(record) -> None:
     """Count a job that just became final, with its wait and run times (from its record)."""
     JOBS_FINISHED.labels(record.kind, record.model or "", record.status.value).inc()

@@ -20,7 +20,7 @@ from app.api.webhooks import webhook_for
 from app.imaging import MEDIA_TYPES
 from app.jobs import JobRecord, JobSpec, JobStatus, Webhook
 from app.api.auth import OPEN, Caller, CallerDep
-from app.metrics import JOBS_SUBMITTED, QUOTA_REFUSALS
+from app.metrics import QUOTA_REFUSALS
 from app.queue.protocol import Admission, IdempotencyConflict, JobQueue, QueueFull, QueueUnavailable, TooManyJobs
 from app.serving import Drain
 from app.settings import Settings
@@ -118,8 +118,6 @@ async def submit(
             "this Idempotency-Key was used for a different request; use a new key for a new request",
             type="idempotency_key_reused",
         ) from exc
-
-    JOBS_SUBMITTED.labels(spec.kind, spec.model or "").inc()
     return record
 
 

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 
 from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload, preview_payload
-from app.metrics import JOBS_KEPT, job_finished
+from app.metrics import JOBS_KEPT, job_finished, job_submitted
 from app.queue.outbox import MemoryOutbox, deliveries_for
 from app.queue.protocol import Admission, EngineStopped, IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
@@ -153,6 +153,7 @@ class MemoryJobQueue:
         if key:
             self._idempotency[key] = (record.id, admission.fingerprint)
         self.engine.submit(record.id, spec)
+        job_submitted(record)
         return record
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -46,6 +46,20 @@ def test_metrics_count_requests_jobs_and_passes(client):
     assert ("diffusion_models_loaded", ()) in after and ("diffusion_queue_depth", ()) in after
 
 
+def test_a_replayed_idempotency_key_is_not_counted_as_a_new_job(client):
+    before = samples(client)
+    body, headers = {"class_label": 1, "steps": 2}, {"Prefer": "respond-async", "Idempotency-Key": "counted-once"}
+    job_ids = {client.post("/v1/generate", json=body, headers=headers).json()["job_id"] for _ in range(4)}
+    after = samples(client)
+    submitted = dict(kind="generate", model="tiny-gen")
+    assert len(job_ids) == 1
+    assert (
+        value(after, "diffusion_jobs_submitted_total", **submitted)
+        - value(before, "diffusion_jobs_submitted_total", **submitted)
+        == 1
+    )
+
+
 def test_job_routes_are_counted_by_template_not_by_id(client):
     client.get("/v1/jobs/" + "a" * 32)
     text = client.get("/metrics").text

@@ -291,6 +291,32 @@ def test_a_job_a_stopping_worker_hands_back_reads_queued_and_fires_started_once(
     assert Verifier(secret).verify(started["body"], started["headers"])["status"] == "running"
 
 
+def test_each_finished_job_is_counted_once_by_the_process_whose_write_ended_it(store, prefix):
+    from prometheus_client import REGISTRY
+
+    def finished(outcome):
+        labels = dict(kind="generate", model="tiny-gen", outcome=outcome)
+        return REGISTRY.get_sample_value("diffusion_jobs_finished_total", labels) or 0.0
+
+    _announce_tiny_gen(store, prefix)
+    canceled, succeeded = finished("canceled"), finished("succeeded")
+    with client_for(store, prefix, embedded_worker=False) as api:
+        job_id = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC).json()["job_id"]
+        assert api.delete(f"/v1/jobs/{job_id}").json()["status"] == "canceled"  # queued: no worker held it
+        assert finished("canceled") == canceled + 1
+
+        async def a_late_success(redis):  # a worker's "succeeded" for the job canceled meanwhile
+            from app.jobs import JobResult
+
+            worker = _worker_on(store, prefix, redis, "late")
+            record = JobRecord(id=job_id, kind="generate", model="tiny-gen", status="succeeded")
+            record.result = JobResult(images=[])
+            return await worker.records.update(record)
+
+        assert on_redis(a_late_success) == 0  # refused: the record was final
+    assert finished("canceled") == canceled + 1 and finished("succeeded") == succeeded
+
+
 def test_a_high_priority_job_overtakes_the_low_priority_backlog_across_nodes(store, prefix):
     with (
         client_for(store, prefix, embedded_worker=True, worker_jobs=1) as worker_node,
@@ -425,7 +451,6 @@ def test_a_sync_request_whose_job_record_is_lost_gets_a_503_saying_so(store, pre
 
 
 def test_a_job_canceled_without_the_worker_hearing_of_it_is_stopped_at_its_next_write(store, prefix):
-    import json
 
     import redis
 
@@ -442,13 +467,22 @@ def test_a_job_canceled_without_the_worker_hearing_of_it_is_stopped_at_its_next_
             assert time.monotonic() < deadline
             time.sleep(0.02)
         canceled, succeeded = finished("canceled"), finished("succeeded")
-        # An API node's cancel, with its broadcast lost (the worker was between two subscriptions).
+        worker = node.app.state.queue.embedded
+        stopped, cancel = [], worker.engine.cancel
+        worker.engine.cancel = lambda job: (stopped.append(job), cancel(job))
+
+        async def cancel_without_broadcast(redis):  # as an API node that missed the worker (its PUBLISH lost)
+            from app.jobs import EngineEvent, apply_event
+            from app.queue.redis.records import RecordStore
+
+            records = RecordStore(redis, worker.keys, 60, 60)
+            record = await records.get(job_id)
+            apply_event(record, EngineEvent(job_id=job_id, type="canceled"))
+            assert await records.update(record) == 1
+
+        on_redis(cancel_without_broadcast)
         client = redis.Redis.from_url(REDIS_URL)
         try:
-            key = f"{prefix}:job:{job_id}"
-            record = json.loads(client.hget(key, "record"))
-            client.hset(key, mapping={"record": json.dumps({**record, "status": "canceled"}), "status": "canceled"})
-            worker = node.app.state.queue.embedded
             while job_id in worker.held:
                 assert time.monotonic() < deadline + 30
                 time.sleep(0.02)
@@ -456,7 +490,9 @@ def test_a_job_canceled_without_the_worker_hearing_of_it_is_stopped_at_its_next_
         finally:
             client.close()
         assert node.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
-        assert (finished("canceled"), finished("succeeded")) == (canceled + 1, succeeded)  # stopped, not run out
+        assert set(stopped) == {job_id}  # stopped at its next write, not run out
+        # counted once, by the write that canceled it; the worker's own "canceled" write was refused
+        assert (finished("canceled"), finished("succeeded")) == (canceled + 1, succeeded)
 
 
 def test_redis_away_while_a_worker_takes_a_job_leaves_it_pending_not_failed(store, prefix):

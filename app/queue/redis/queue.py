@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.metrics import job_submitted
 from app.queue.protocol import (
     Admission,
     IdempotencyConflict,
@@ -218,6 +219,7 @@ class RedisJobQueue:
             if admitted == -1:
                 raise TooManyJobs(retry_after=max(1, int(self.settings.heartbeat_s)))
             raise QueueFull(retry_after=max(1, int(self.settings.heartbeat_s)))
+        job_submitted(record)
         return record
 
     @property

@@ -7,6 +7,7 @@ import json
 from redis.asyncio import Redis
 
 from app.jobs import JobRecord, event_payload
+from app.metrics import job_finished
 from app.queue.redis.keys import UPDATE_RECORD, Keys
 
 
@@ -21,7 +22,8 @@ class RecordStore:
 
     async def update(self, record: JobRecord, pipe=None):
         """Write ``record`` and announce it, unless the stored record is already final; queue the webhook
-        deliveries the change fires. Returns UPDATE_RECORD's answer (in a pipeline: once it runs)."""
+        deliveries the change fires. Returns UPDATE_RECORD's answer; in a pipeline, once it runs, the caller
+        hands that answer to ``written``."""
         kind, data = event_payload(record)
         message = json.dumps({"job_id": record.id, "kind": kind, "data": data})
         keys = [self.keys.job(record.id), self.keys.held, self.keys.events, self.keys.outbox]
@@ -35,4 +37,15 @@ class RecordStore:
             self.delivery_ttl_s,
             "1" if record.started_at is not None else "",
         ]
-        return await self._update(keys=keys, args=args, client=pipe or self.redis)
+        if pipe is not None:
+            return await self._update(keys=keys, args=args, client=pipe)
+        answer = await self._update(keys=keys, args=args, client=self.redis)
+        self.written(record, answer)
+        return answer
+
+    @staticmethod
+    def written(record: JobRecord, answer: int) -> None:
+        """Count a job in the metrics when this write made its record final: each job is counted once, by the
+        process whose write ended it (a worker, or the API node that canceled it)."""
+        if answer == 1 and record.status.finished:
+            job_finished(record)

@@ -38,7 +38,6 @@ from app.jobs import (
     hand_back,
     preview_payload,
 )
-from app.metrics import job_finished
 from app.queue.protocol import NoModels
 from app.queue.redis.catalog import publish, unserved
 from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, RENEW, Keys
@@ -377,13 +376,12 @@ class RedisWorker:
         for job_id in vanished:
             await self._drop_vanished(job_id)
         for job_id, at in updates.items():
+            self.records.written(self._dirty[job_id].record, answers[at])
             if answers[at] == 0 and not self._dirty[job_id].record.status.finished:
                 # Final elsewhere while it runs here: canceled by an API node whose broadcast this worker
                 # missed, or finished by a worker that took it over. Stop it; its "canceled" retires it.
                 self.engine.cancel(job_id)
         finished = [job_id for job_id, held in self._dirty.items() if held.record.status.finished]
-        for job_id in finished:
-            job_finished(self._dirty[job_id].record)
         self._dirty.clear()
         self._previews.clear()
         for job_id in finished:
