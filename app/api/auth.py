@@ -10,7 +10,8 @@ Scopes: ``generate`` (generate, img2img), ``denoise`` (denoise, noise), ``admin`
 scope). A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; none or an unknown one is a
 401 with ``WWW-Authenticate: Bearer``, a key without the scope a 403, a key over its requests per minute a
 429 with ``Retry-After`` (counted with the ``limits`` library: in memory, or in Redis across API nodes).
-Without a keys file the service is open, as before.
+Without a keys file the service is open, as before. The file is read again when it changes (looked at once a
+second), so ``diffusion-keys create`` and ``revoke`` take effect without a restart.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 Scope = Literal["generate", "denoise", "admin"]
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+DEFAULT_PRIORITY = "normal"
+KEYS_LOOK_S = 1.0  # how often a request looks whether the keys file changed
 
 
 class ApiKey(BaseModel):
@@ -78,14 +81,19 @@ class Caller:
     max_concurrent_jobs: int | None = None
     max_priority: str = "high"
 
-    def check_priority(self, priority: str) -> None:
-        if PRIORITY_LEVEL[priority] > PRIORITY_LEVEL[self.max_priority]:
+    def priority(self, asked: str | None) -> str:
+        """The priority a job runs at: the one asked for (403 above this key's cap), or when none is asked
+        for, normal or the key's cap if that is lower (a key capped at low is not refused for asking nothing)."""
+        if asked is None:
+            return min(DEFAULT_PRIORITY, self.max_priority, key=PRIORITY_LEVEL.__getitem__)
+        if PRIORITY_LEVEL[asked] > PRIORITY_LEVEL[self.max_priority]:
             raise ApiError(
                 403,
                 ["body", "priority"],
                 f"key {self.name!r} may ask for priority {self.max_priority!r} at most",
                 type="forbidden",
             )
+        return asked
 
     @property
     def admin(self) -> bool:
@@ -103,10 +111,14 @@ OPEN = Caller(name=None, scopes=frozenset({"generate", "denoise", "admin"}))
 
 
 class Gate:
-    def __init__(self, keys: list[ApiKey] | None, settings: Settings) -> None:
-        self.keys = keys
+    """Who may use the service: the keys file's keys (read again when the file changes), their scopes and
+    their requests per minute."""
+
+    def __init__(self, keys: list[ApiKey] | None, settings: Settings, path: Path | None = None) -> None:
+        self.keys, self.path = keys, path
+        self._seen, self._refused, self._next_look = _signature(path), None, 0.0
         self.limiter = None
-        if keys and any(k.requests_per_minute for k in keys):
+        if keys is not None:  # any key may be given a quota later, by a change of the file
             storage = MemoryStorage()
             if settings.queue_url:
                 # the limits library's names: async+redis://, async+rediss://, async+redis+unix://
@@ -124,7 +136,27 @@ class Gate:
                     settings.port,
                 )
             return cls(None, settings)
-        return cls(load_keys(settings.api_keys_file), settings)
+        return cls(load_keys(settings.api_keys_file), settings, Path(settings.api_keys_file))
+
+    def reload(self) -> None:
+        """Read the keys file again if it has changed since it was read (``diffusion-keys`` replaces it whole),
+        looking at most once a second: a created or revoked key takes effect within a second, without a
+        restart. A file that no longer reads leaves the keys in force, and says why in the log."""
+        now = time.monotonic()
+        if self.path is None or now < self._next_look:
+            return
+        self._next_look = now + KEYS_LOOK_S
+        seen = _signature(self.path)
+        if seen == self._seen or seen == self._refused:
+            return
+        try:
+            keys = load_keys(self.path)
+        except ValueError as exc:
+            self._refused = seen
+            log.error("%s; the %d keys read before stay in force", exc, len(self.keys or ()))
+            return
+        self.keys, self._seen, self._refused = keys, seen, None
+        log.info("API keys file %s read again: %d keys", self.path, len(keys))
 
     def find(self, presented: str) -> ApiKey | None:
         """The key whose hash matches, comparing every entry in constant time."""
@@ -134,10 +166,13 @@ class Gate:
                 match = key
         return match
 
-    async def caller(self, request: Request) -> Caller:
+    async def caller(self, request: Request, scope: str | None = None) -> Caller:
+        """The caller: 401 without a valid key, 403 without ``scope``, then counted against its quota (a
+        refused request is not)."""
         if self.keys is None:
             return OPEN
         key = self.authenticate(request)
+        check_scope(key, scope)
         await self._count(key)
         return Caller(
             name=key.name,
@@ -152,6 +187,7 @@ class Gate:
         own ``Authorization`` with the client's key in ``X-API-Key``."""
         if self.keys is None:
             return None
+        self.reload()
         presented = request.headers.get("x-api-key", "").strip() or None  # an empty header is no key
         authorization = request.headers.get("authorization", "")
         if presented is None and authorization[:7].lower() == "bearer ":
@@ -200,26 +236,34 @@ class Gate:
             )
 
 
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells a changed keys file from the one read: its modification time, size and inode."""
+    try:
+        found = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if found is None else (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+def check_scope(key: ApiKey | None, scope: str | None) -> None:
+    """403 unless ``key`` has ``scope`` (or admin); no key (an open service) may do everything."""
+    if key is not None and scope is not None and not Caller(name=key.name, scopes=frozenset(key.scopes)).may(scope):
+        msg = f"key {key.name!r} lacks the scope {scope!r}"
+        raise ApiError(403, ["header", "authorization"], msg, type="forbidden")
+
+
 def require(scope: str | None):
     """The dependency for a router: a valid key (when keys are configured) with ``scope``, if one is named."""
 
-    def check_scope(name: str | None, scopes: frozenset[str]) -> None:
-        if scope is not None and not Caller(name=name, scopes=scopes).may(scope):
-            msg = f"key {name!r} lacks the scope {scope!r}"
-            raise ApiError(403, ["header", "authorization"], msg, type="forbidden")
-
     async def dependency(request: Request) -> Caller:
-        caller = await request.app.state.gate.caller(request)
-        check_scope(caller.name, caller.scopes)
+        caller = await request.app.state.gate.caller(request, scope)
         request.state.caller = caller
         return caller
 
     def admits(request: Request) -> None:
         """The same 401 and 403, without counting the request against a quota: for the error handlers of a
         body that could not be parsed, which FastAPI refuses before any dependency runs."""
-        key = request.app.state.gate.authenticate(request)
-        if key is not None:
-            check_scope(key.name, frozenset(key.scopes))
+        check_scope(request.app.state.gate.authenticate(request), scope)
 
     dependency.admits = admits  # type: ignore[attr-defined]
     return dependency

@@ -253,7 +253,7 @@ def generate_spec(
     settings = submission.settings
     entry = pick_model(submission.models, req.model, task="generate", settings=settings)
     check_parameters(req, entry, also=("strength",) if image is not None else ())
-    submission.caller.check_priority(req.priority)
+    priority = submission.caller.priority(req.priority)
     if entry.extra_channels and mask is None:
         raise ApiError(
             422,
@@ -314,7 +314,7 @@ def generate_spec(
         guidance_scale=guidance,
         output_format=output_format(submission, req.output_format, width, height),
         pixels=pixels,
-        priority=req.priority,
+        priority=priority,
         preview_every=req.preview_every or 0,
     )
     if image is None:
@@ -337,7 +337,7 @@ def generate_spec(
 def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submission) -> DenoiseSpec:
     settings = submission.settings
     entry = pick_model(submission.models, options.model, task="denoise", settings=settings)
-    submission.caller.check_priority(options.priority)
+    priority = submission.caller.priority(options.priority)
     if options.mode == "mmse" and (options.steps or options.sampler or options.eta is not None or options.samples > 1):
         raise ApiError(
             422,
@@ -361,7 +361,7 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
         ensemble=options.ensemble,
         seed=or_default(options.seed, random_seed()),
         output_format=output_format(submission, options.output_format, image.width, image.height),
-        priority=options.priority,
+        priority=priority,
     )
     layout = spec.layout(
         model_channels=entry.channels,

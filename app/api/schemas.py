@@ -79,7 +79,9 @@ class GenerateRequest(_JobRequest):
         None, ge=0.0, le=20.0, description="classifier-free guidance w: (1+w) cond - w uncond; 0 = off"
     )
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp")
-    priority: Priority = Field("normal", description="low, normal or high: who joins the batch first")
+    priority: Priority | None = Field(
+        None, description="low, normal or high: who joins the batch first (default: normal, or the key's cap if lower)"
+    )
     preview_every: int | None = Field(
         None,
         ge=1,
@@ -139,7 +141,9 @@ class DenoiseParams(_JobRequest):
     )
     seed: Seed | None = None
     output_format: OutputFormat | None = None
-    priority: Priority = Field("normal", description="low, normal or high: who joins the batch first")
+    priority: Priority | None = Field(
+        None, description="low, normal or high: who joins the batch first (default: normal, or the key's cap if lower)"
+    )
 
 
 class DenoiseJSON(DenoiseParams):

@@ -20,6 +20,8 @@ KEYS = {
     "carol": ("key-carol", {"scopes": ["generate", "denoise"], "requests_per_minute": 2}),
     "root": ("key-root", {"scopes": ["admin"]}),
     "modest": ("key-modest", {"scopes": ["generate"], "max_priority": "normal"}),
+    "humble": ("key-humble", {"scopes": ["generate", "denoise"], "max_priority": "low"}),
+    "dana": ("key-dana", {"scopes": ["denoise"], "requests_per_minute": 2}),
 }
 
 
@@ -171,3 +173,63 @@ def test_a_key_may_not_ask_above_its_max_priority(keyed):
     r = generate(keyed, "modest", priority="high")
     assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "priority"]
     assert generate(keyed, "alice", priority="high").status_code == 200
+
+
+def test_a_key_capped_below_normal_runs_at_its_cap_when_it_asks_for_no_priority(keyed):
+    assert generate(keyed, "humble").status_code == 200  # not refused for the default it did not ask for
+    denoised = keyed.post(
+        "/v1/denoise",
+        files={"file": ("p.png", png_bytes(photo(32, 32)), "image/png")},
+        data={"model": "tiny-rgb", "sigma": "10"},
+        headers=auth("humble"),
+    )
+    assert denoised.status_code == 200, denoised.text
+    r = generate(keyed, "humble", priority="normal")  # asked for, above its cap: refused, as before
+    assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "priority"]
+
+
+def test_the_priority_a_job_runs_at_is_the_one_asked_for_else_normal_or_a_lower_cap():
+    from app.api.auth import Caller
+
+    def caller(cap):
+        return Caller(name="k", scopes=frozenset({"generate"}), max_priority=cap)
+
+    assert [caller(cap).priority(None) for cap in ("low", "normal", "high")] == ["low", "normal", "normal"]
+    assert caller("high").priority("high") == "high" and caller("normal").priority("low") == "low"
+
+
+def test_a_request_refused_for_its_scope_does_not_use_up_the_keys_minute(keyed):
+    for _ in range(3):
+        assert generate(keyed, "dana").status_code == 403
+    assert keyed.get("/v1/models", headers=auth("dana")).status_code == 200  # its 2 a minute are untouched
+    assert keyed.get("/v1/models", headers=auth("dana")).status_code == 200
+    assert keyed.get("/v1/models", headers=auth("dana")).status_code == 429
+
+
+def test_keys_created_or_revoked_with_diffusion_keys_take_effect_without_a_restart(
+    tmp_path, store, monkeypatch, caplog
+):
+    from app.api import auth as auth_module
+
+    monkeypatch.setattr(auth_module, "KEYS_LOOK_S", 0.0)  # look at every request (the service: once a second)
+    path = tmp_path / "keys.json"
+
+    def keys(*args):
+        command = [sys.executable, "-m", "app.cli", "keys", "--file", str(path), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    first = keys("create", "first", "--scopes", "generate")
+    with TestClient(create_app(make_settings(store, api_keys_file=path))) as client:
+
+        def status(key):
+            body = {"model": "tiny-gen", "class_label": 0, "steps": 1}
+            return client.post("/v1/generate", json=body, headers={"X-API-Key": key}).status_code
+
+        assert status(first) == 200
+        second = keys("create", "second", "--scopes", "generate")
+        assert status(second) == 200
+        keys("revoke", "first")
+        assert (status(first), status(second)) == (401, 200)
+        path.write_text("[{")  # a file broken by hand: the keys read before stay in force, and the log says why
+        assert (status(first), status(second)) == (401, 200)
+        assert "keys read before stay in force" in caplog.text
