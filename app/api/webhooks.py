@@ -39,14 +39,15 @@ CLOUD_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address(
 
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291), still routed by some tunnels
 
 
 def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """What makes an address unfit for a webhook (None: a public address). An IPv6 address that carries an
-    IPv4 one (mapped, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches."""
+    IPv4 one (mapped, compatible, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in NAT64:
+        if embedded is None and (ip in NAT64 or (ip in IPV4_COMPATIBLE and int(ip) > 1)):  # not :: nor ::1
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             return address_kind(embedded)
@@ -62,6 +63,15 @@ def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | Non
         if test():
             return kind
     return None
+
+
+def without_secrets(url: str) -> str:
+    """A webhook URL as the log shows it: without the user and password or the query, which may hold tokens."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
 
 
 class Refused(Exception):
@@ -221,7 +231,7 @@ class Dispatcher:
             log.warning(
                 "webhook %s to %s given up after %d attempt(s): %s",
                 delivery.id,
-                delivery.url,
+                without_secrets(delivery.url),
                 delivery.attempts,
                 problem,
             )

@@ -119,15 +119,18 @@ def test_a_failing_receiver_is_retried_with_the_same_message_id_until_it_takes_i
     assert 'diffusion_webhook_deliveries_total{event="completed",outcome="delivered"}' in metrics
 
 
-def test_a_delivery_is_given_up_after_its_attempts_and_redirects_are_not_followed(make_client):
+def test_a_delivery_is_given_up_after_its_attempts_and_redirects_are_not_followed(make_client, caplog):
     client = hooked(make_client, webhook_attempts=3)
     failed = deliveries("completed", "failed")
     with WebhookReceiver(statuses=(302,)) as receiver:
-        client.post("/v1/generate", json={"class_label": 1, "steps": 2, "webhook": receiver.url}, headers=ASYNC)
+        url = receiver.url.replace("http://", "http://user:s3cret@") + "?token=t0ken"
+        client.post("/v1/generate", json={"class_label": 1, "steps": 2, "webhook": url}, headers=ASYNC)
         receiver.wait_for(3)
         time.sleep(1.0)  # backoff 0.05, 0.15 s: a fourth attempt would have come
-        assert [r["path"] for r in receiver.received] == ["/hook"] * 3  # never /redirected
+        assert [r["path"] for r in receiver.received] == ["/hook?token=t0ken"] * 3  # never /redirected
     assert deliveries("completed", "failed") - failed == 1
+    (given_up,) = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+    assert receiver.url + "?…" in given_up and "s3cret" not in given_up and "t0ken" not in given_up
 
 
 def test_a_receiver_that_does_not_answer_in_time_is_retried(make_client):
@@ -258,6 +261,10 @@ def test_ipv6_addresses_that_carry_an_internal_ipv4_address_are_refused():
         ("64:ff9b::a9fe:a9fe", "cloud-metadata"),  # NAT64 of 169.254.169.254
         ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
         ("::ffff:192.168.1.1", "private"),
+        ("::127.0.0.1", "loopback"),  # IPv4-compatible (deprecated; a tunnel may still route it)
+        ("::a9fe:a9fe", "cloud-metadata"),
+        ("::1", "loopback"),
+        ("::", "unspecified"),
     ]:
         assert address_kind(ipaddress.ip_address(address)) == kind, address
     assert address_kind(ipaddress.ip_address("2606:4700:4700::1111")) is None
