@@ -47,6 +47,7 @@ def store(tmp_path_factory):
     write_generator(root / "tiny-gen")
     write_bare(root / "tiny-rgb")
     write_stable_diffusion(root / "tiny-sd-inpaint", inpainting=True)
+    write_stable_diffusion(root / "tiny-sd-unspaced", spacing=None)
     return root
 
 
@@ -104,6 +105,20 @@ def test_stable_diffusion_gives_the_pipelines_image(client, store, model, sample
         generator=torch.Generator("cpu").manual_seed(11),
     )
     assert_same_image(ours, theirs)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_a", "dpmpp_2m"])
+def test_a_config_without_a_timestep_spacing_takes_each_samplers_diffusers_default(client, store, sampler):
+    # SD 1.x's configs predate the key: diffusers fills it with the scheduler class's own default (DDIM
+    # leading; Euler, Euler ancestral and DPM-Solver linspace), also when a pipeline swaps its scheduler
+    body = {"model": "tiny-sd-unspaced", "prompt": "a red cat", "seed": 3, "steps": 6, "sampler": sampler}
+    ours = png(client.post("/v1/generate", json={**body, "guidance_scale": 2.0}, headers={"Accept": "image/png"}))
+    pipe = StableDiffusionPipeline.from_pretrained(
+        store / "tiny-sd-unspaced", safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    generator = torch.Generator("cpu").manual_seed(3)
+    call = dict(prompt="a red cat", num_inference_steps=6, guidance_scale=3.0, generator=generator)
+    assert_same_image(ours, diffusers_image(pipe, sampler, **call))
 
 
 def test_stable_diffusion_without_a_prompt_is_the_empty_prompt(client, store):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -141,10 +142,11 @@ def clip_text_encoder(tokenizer, *, width: int, layers: int, heads: int, positio
 
 
 def write_stable_diffusion(
-    folder: Path, *, prediction_type: str = "epsilon", spacing: str = "leading", inpainting: bool = False
+    folder: Path, *, prediction_type: str = "epsilon", spacing: str | None = "leading", inpainting: bool = False
 ) -> Path:
     """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder; with
-    ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels)."""
+    ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels); with ``spacing``
+    None its scheduler config names no timestep spacing, as configs saved before diffusers 0.16 (SD 1.x's)."""
     from diffusers import UNet2DConditionModel
 
     tokenizer = tiny_tokenizer()
@@ -163,8 +165,8 @@ def write_stable_diffusion(
         norm_num_groups=4,
         attention_head_dim=2,
     ).eval()
-    scheduler = sd_scheduler(prediction_type=prediction_type, timestep_spacing=spacing)
-    return save_stable_diffusion(
+    scheduler = sd_scheduler(prediction_type=prediction_type, timestep_spacing=spacing or "leading")
+    save_stable_diffusion(
         folder,
         unet=unet,
         vae=tiny_vae(),
@@ -173,6 +175,12 @@ def write_stable_diffusion(
         scheduler=scheduler,
         inpainting=inpainting,
     )
+    if spacing is None:
+        config_path = folder / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_path.read_text())
+        del config["timestep_spacing"]
+        config_path.write_text(json.dumps(config, indent=2))
+    return folder
 
 
 def sd_scheduler(**overrides):

@@ -86,7 +86,8 @@ def seeds_for(seed: int | None, count: int) -> list[int]:
 def check_plan(entry: ModelEntry, sampler: str, steps: int) -> None:
     """The sampler's timestep grid must stay on the model's schedule (else the job could only fail)."""
     config = entry.scheduler_config
-    spacing, offset = config.get("timestep_spacing", "leading"), int(config.get("steps_offset", 0))
+    spacing = get_sampler(sampler).spacing(config.get("timestep_spacing"))
+    offset = int(config.get("steps_offset", 0))
     if not get_sampler(sampler).fits(entry.train_timesteps, steps, spacing, offset):
         most = max(
             n

@@ -14,6 +14,7 @@ layer can import the registry's names without loading torch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -353,22 +354,43 @@ class Sampler:
     """
 
     name: str
-    plan: Callable[[NoiseSchedule, int], list[Step]]
+    plan_fn: Callable[[NoiseSchedule, int], list[Step]]
     step: StepFn
     draws_noise: Callable[[float, float], bool]
     keeps_history: bool = False
     description: str = ""
-    noise_scale: Callable[[NoiseSchedule, list[Step]], float] = lambda schedule, plan: 1.0
+    noise_scale_fn: Callable[[NoiseSchedule, list[Step]], float] = lambda schedule, plan: 1.0
     # The grid of training timesteps the plan evaluates, from (T, steps, spacing, steps_offset), so a request
     # can be checked without torch; None when the grid comes from sigmas and is always inside [0, T).
     grid: Callable[..., list[int]] | None = spaced_timesteps
+    # The timestep spacing of a scheduler config that names none: the default of the diffusers class this
+    # sampler matches, as diffusers itself fills a missing key (configs saved before diffusers 0.16 have none)
+    default_spacing: str = "leading"
 
-    def fits(self, num_train: int, num_steps: int, spacing: str, steps_offset: int) -> bool:
+    def spacing(self, configured: str | None) -> str:
+        return configured or self.default_spacing
+
+    def _schedule(self, schedule: NoiseSchedule) -> NoiseSchedule:
+        if schedule.spacing is not None:
+            return schedule
+        return dataclasses.replace(schedule, spacing=self.default_spacing)
+
+    def plan(self, schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+        """The steps this sampler walks from pure noise on ``schedule``, as its diffusers scheduler would."""
+        return self.plan_fn(self._schedule(schedule), num_steps)
+
+    def noise_scale(self, schedule: NoiseSchedule, plan: list[Step]) -> float:
+        """The initial noise's scale in x for ``plan`` (diffusers' ``init_noise_sigma``, in x)."""
+        return self.noise_scale_fn(self._schedule(schedule), plan)
+
+    def fits(self, num_train: int, num_steps: int, spacing: str | None, steps_offset: int) -> bool:
         """Whether ``num_steps`` steps stay on the schedule's timesteps (with ``leading`` spacing and an
         offset, as Stable Diffusion's configs have, T steps would reach timestep T, past the end)."""
         if not 1 <= num_steps <= num_train:
             return False
-        return self.grid is None or max(self.grid(num_train, num_steps, spacing, steps_offset=steps_offset)) < num_train
+        if self.grid is None:
+            return True
+        return max(self.grid(num_train, num_steps, self.spacing(spacing), steps_offset=steps_offset)) < num_train
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -386,6 +408,7 @@ SAMPLERS: dict[str, Sampler] = {
             keeps_history=True,
             description="DPM-Solver++(2M), deterministic",
             grid=dpm_timesteps,
+            default_spacing="linspace",
         ),
         # Karras et al. 2022 (diffusers EulerDiscreteScheduler)
         Sampler(
@@ -394,7 +417,8 @@ SAMPLERS: dict[str, Sampler] = {
             _euler,
             lambda t, eta: False,
             description="Euler, deterministic",
-            noise_scale=euler_noise_scale,
+            noise_scale_fn=euler_noise_scale,
+            default_spacing="linspace",
         ),
         # fresh noise at every step, the last included (diffusers draws it there too, times sigma_up = 0)
         Sampler(
@@ -403,7 +427,8 @@ SAMPLERS: dict[str, Sampler] = {
             _euler_ancestral,
             lambda t, eta: True,
             description="Euler ancestral",
-            noise_scale=euler_noise_scale,
+            noise_scale_fn=euler_noise_scale,
+            default_spacing="linspace",
         ),
         # DPM-Solver++(2M) on Karras sigmas: diffusers DPMSolverMultistepScheduler(use_karras_sigmas=True)
         Sampler(
@@ -414,6 +439,7 @@ SAMPLERS: dict[str, Sampler] = {
             keeps_history=True,
             description="DPM-Solver++(2M) on Karras sigmas, deterministic",
             grid=None,
+            default_spacing="linspace",
         ),
     )
 }

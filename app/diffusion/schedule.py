@@ -58,7 +58,7 @@ class NoiseSchedule:
     alphas_cumprod: torch.Tensor  # [T], float32
     prediction_type: PredictionType
     beta_schedule: str = "linear"
-    spacing: Spacing = "leading"
+    spacing: Spacing | None = None  # None: the config names none, and each sampler takes its class's default
     steps_offset: int = 0
     clip_sample: bool = True
     clip_sample_range: float = 1.0
@@ -70,8 +70,8 @@ class NoiseSchedule:
         prediction = config.get("prediction_type", "epsilon")
         if prediction not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {prediction!r}: expected one of {PREDICTION_TYPES}")
-        spacing = config.get("timestep_spacing", "leading")
-        if spacing not in SPACINGS:
+        spacing = config.get("timestep_spacing")
+        if spacing is not None and spacing not in SPACINGS:
             raise ValueError(f"unknown timestep_spacing {spacing!r}: expected one of {SPACINGS}")
         if config.get("thresholding"):
             raise ValueError("dynamic thresholding is not supported")
