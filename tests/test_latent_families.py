@@ -48,6 +48,7 @@ def store(tmp_path_factory):
     write_bare(root / "tiny-rgb")
     write_stable_diffusion(root / "tiny-sd-inpaint", inpainting=True)
     write_stable_diffusion(root / "tiny-sd-unspaced", spacing=None)
+    write_stable_diffusion(root / "tiny-sd-linspace", spacing="linspace")
     return root
 
 
@@ -345,17 +346,20 @@ def test_inpainting_works_on_latent_models_and_checks_the_mask(client):
 
 
 @pytest.mark.parametrize(
-    "model,sampler,strength",
+    "model,sampler,strength,steps",
     [
-        ("tiny-sd", "ddim", 1.0),
-        ("tiny-sd", "euler", 1.0),
-        ("tiny-sd", "ddim", 0.6),
-        ("tiny-sd-inpaint", "ddim", 1.0),
-        ("tiny-sd-inpaint", "euler_a", 1.0),
-        ("tiny-sd-inpaint", "dpmpp_2m_karras", 0.7),
+        ("tiny-sd", "ddim", 1.0, 5),
+        ("tiny-sd", "euler", 1.0, 5),
+        ("tiny-sd", "ddim", 0.6, 5),
+        ("tiny-sd-linspace", "ddim", 0.5, 6),  # the kept region is noised to the next timestep's level, not t - T//N
+        ("tiny-sd2", "ddim", 0.5, 5),
+        ("tiny-sd-unspaced", "dpmpp_2m", 0.5, 5),
+        ("tiny-sd-inpaint", "ddim", 1.0, 5),
+        ("tiny-sd-inpaint", "euler_a", 1.0, 5),
+        ("tiny-sd-inpaint", "dpmpp_2m_karras", 0.7, 5),
     ],
 )
-def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, sampler, strength):
+def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, sampler, strength, steps):
     from diffusers import StableDiffusionInpaintPipeline
 
     image, mask = a_photo(), np.zeros((16, 24), dtype=np.uint8)
@@ -365,7 +369,7 @@ def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, samp
         "model": model,
         "prompt": "a green door",
         "seed": "9",
-        "steps": "5",
+        "steps": str(steps),
         "strength": str(strength),
         "sampler": sampler,
         "guidance_scale": "3.0",
@@ -381,7 +385,7 @@ def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, samp
         image=Image.fromarray(image),
         mask_image=Image.fromarray(mask),
         strength=strength,
-        num_inference_steps=5,
+        num_inference_steps=steps,
         guidance_scale=4.0,
         width=24,
         height=16,

@@ -102,11 +102,13 @@ class Row:
     def keep_known(self, x: torch.Tensor) -> torch.Tensor:
         """Inpainting by replacement (RePaint, Lugmayr et al. 2022; diffusers' inpainting with a 4-channel
         network), after the step at ``self.index``: the region to keep is the image itself noised to the
-        next step's level with the row's first noise, sqrt(ab') x_0 + sqrt(1 - ab') n, and the bare image
-        after the last step. An inpainting network (``known.image`` None) needs none of it."""
+        level of the next step in the plan, sqrt(ab') x_0 + sqrt(1 - ab') n with the row's first noise (as
+        diffusers noises it to ``timesteps[i + 1]``; DDIM's own target t - T // N differs from it except on
+        leading spacing), and the bare image after the last step. An inpainting network (``known.image``
+        None) needs none of it."""
         if self.known is None or self.known.image is None:
             return x
-        ab_next = 1.0 if self.index == len(self.plan) - 1 else self.plan[self.index].ab_prev
+        ab_next = 1.0 if self.index == len(self.plan) - 1 else self.plan[self.index + 1].ab
         kept = ab_next**0.5 * self.known.image + (1 - ab_next) ** 0.5 * self.known.noise
         return self.known.mask * x + (1 - self.known.mask) * kept
 
