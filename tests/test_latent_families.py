@@ -478,3 +478,22 @@ def test_malformed_folders_are_refused_with_a_reason_not_fatal(tmp_path):
     entries = scan_store(tmp_path)
     assert entries["nulls"].ready
     assert not entries["labels"].ready and "id2label" in entries["labels"].error
+
+
+@pytest.mark.parametrize("component,tensor", [("unet", "conv_in.weight"), ("text_encoder", None), ("vae", None)])
+def test_weights_that_lack_a_tensor_are_refused_at_load_not_served_as_black_images(tmp_path, component, tensor):
+    from safetensors.torch import load_file, save_file
+
+    from app.store.catalog import ModelRefused, scan_store
+    from app.store.loader import load_model
+
+    folder = write_stable_diffusion(tmp_path / "holes")
+    (weights,) = (folder / component).glob("*.safetensors")
+    state = load_file(weights)
+    dropped = tensor or sorted(state)[0]
+    del state[dropped]
+    save_file(state, weights)
+    entry = scan_store(tmp_path)["holes"]
+    with pytest.raises(ModelRefused, match="lack or misshape") as refused:
+        load_model(entry, torch.device("cpu"))
+    assert dropped in str(refused.value) and component in str(refused.value)

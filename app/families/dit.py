@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel, Transformer2DModel
 from app.families.rewrites import faster_modules
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
-from app.families.latent import LatentModel
+from app.families.latent import LatentModel, load_whole
 from app.store.loader import schedule_of
 
 
@@ -43,8 +43,10 @@ def load(entry: ModelEntry, device: torch.device) -> DiT:
         else Transformer2DModel
     )
     try:
-        transformer = cls.from_pretrained(folder / "transformer", **options)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", **options)
+        transformer = load_whole(cls, folder / "transformer", **options)
+        vae = load_whole(AutoencoderKL, folder / "vae", **options)
+    except ModelRefused:
+        raise
     except Exception as exc:
         raise ModelRefused(f"components do not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     vae = vae.to(device).eval().requires_grad_(False)

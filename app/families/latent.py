@@ -7,7 +7,20 @@ from typing import Any
 
 import torch
 
+from app.store.catalog import ModelRefused
 from app.store.loader import LoadedModel
+
+
+def load_whole(cls: Any, folder, **options) -> Any:
+    """``cls.from_pretrained(folder)`` (diffusers or transformers), refused when its weights do not cover the
+    network: a missing or misshapen tensor would be left uninitialised, and every image come out wrong."""
+    model, info = cls.from_pretrained(folder, output_loading_info=True, **options)
+    for kind in ("missing_keys", "mismatched_keys"):
+        if found := list(info.get(kind) or []):
+            names = ", ".join(str(k if isinstance(k, str) else k[0]) for k in found[:3])
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            raise ModelRefused(f"{folder.name}: the weights lack or misshape {names}{more} ({kind.split('_')[0]})")
+    return model
 
 
 @dataclass(eq=False)

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from app.families.rewrites import faster_modules
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
-from app.families.latent import LatentModel
+from app.families.latent import LatentModel, load_whole
 from app.store.loader import schedule_of
 
 
@@ -65,10 +65,12 @@ def load(entry: ModelEntry, device: torch.device) -> StableDiffusion:
 
     folder, options = entry.path, dict(use_safetensors=True, local_files_only=True)
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", **options)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", **options)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **options)
+        unet = load_whole(UNet2DConditionModel, folder / "unet", **options)
+        vae = load_whole(AutoencoderKL, folder / "vae", **options)
+        text_encoder = load_whole(CLIPTextModel, folder / "text_encoder", **options)
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    except ModelRefused:
+        raise
     except Exception as exc:  # a component that does not load is a refused model, with diffusers' reason
         raise ModelRefused(f"components do not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     parts = [m.to(device).eval().requires_grad_(False) for m in (unet, vae, text_encoder)]
