@@ -497,3 +497,42 @@ def test_weights_that_lack_a_tensor_are_refused_at_load_not_served_as_black_imag
     with pytest.raises(ModelRefused, match="lack or misshape") as refused:
         load_model(entry, torch.device("cpu"))
     assert dropped in str(refused.value) and component in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "component,file,change,reason",
+    [
+        ("text_encoder", "config.json", {"hidden_size": 24}, "cross_attention_dim"),
+        ("vae", "config.json", {"latent_channels": 8}, "in_channels is 4"),
+        ("text_encoder", "config.json", {"max_position_embeddings": 8}, "model_max_length"),
+        ("tokenizer", "tokenizer_config.json", {"model_max_length": 1e30}, "model_max_length"),
+        ("unet", "config.json", {"class_embed_type": "timestep"}, "class_embed_type"),
+        ("unet", "config.json", {"out_channels": 8}, "out_channels is 8"),
+    ],
+)
+def test_components_that_do_not_fit_together_are_refused_at_scan_not_failed_at_every_request(
+    tmp_path, component, file, change, reason
+):
+    import json as _json
+
+    from app.store.catalog import scan_store
+
+    folder = write_stable_diffusion(tmp_path / "misfit")
+    path = folder / component / file
+    path.write_text(_json.dumps({**_json.loads(path.read_text()), **change}))
+    entry = scan_store(tmp_path)["misfit"]
+    assert not entry.ready and reason in entry.error, entry.error
+
+
+def test_a_dit_config_without_num_embeds_ada_norm_has_the_classes_default_of_1000(tmp_path):
+    import json as _json
+
+    from app.store.catalog import scan_store
+
+    folder = write_dit(tmp_path / "terse")
+    path = folder / "transformer" / "config.json"
+    config = _json.loads(path.read_text())
+    assert config.pop("num_embeds_ada_norm") == 1000
+    path.write_text(_json.dumps(config))
+    entry = scan_store(tmp_path)["terse"]
+    assert entry.ready and entry.num_classes == 1001 and entry.null_class == 1000

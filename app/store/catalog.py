@@ -184,8 +184,14 @@ class ModelEntry:
     def num_classes(self) -> int:
         """Label embeddings the network has (the null class included), 0 when unconditional."""
         key = self.spec.classes_key
-        count = int(self.denoiser_config.get(key) or 0) if key else 0
+        if key is None:
+            return 0
+        count = int(self.denoiser_config.get(key, self.spec.classes_default.get(self.denoiser_class)) or 0)
         return count + 1 if count and self.spec.null_after_classes else count
+
+    @property
+    def denoiser_class(self) -> str:
+        return self.denoiser_config.get("_class_name", self.spec.denoiser_classes[0])
 
     @property
     def train_timesteps(self) -> int:
@@ -298,7 +304,7 @@ def _check(entry: ModelEntry) -> None:
     spec, index = _family(folder)
     entry.family = spec.name
     entry.denoiser_config = _read_json(folder / spec.denoiser / "config.json")
-    kind = entry.denoiser_config.get("_class_name", spec.denoiser_classes[0])
+    kind = entry.denoiser_class
     if kind not in spec.denoiser_classes:
         raise ModelRefused(
             f"{spec.denoiser} is a {kind}: a {spec.name} model needs {' or '.join(spec.denoiser_classes)}"
@@ -325,6 +331,8 @@ def _check(entry: ModelEntry) -> None:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelRefused(f"id2label in model_index.json must map class indices to names: {exc}") from exc
         entry.card = ModelCard(null_class=None, class_names=names, tasks=list(spec.tasks))
+    if spec.latent:
+        _check_fit(entry)
     if entry.card.space_to_depth > 1 and spec.latent:
         raise ModelRefused("space_to_depth is for pixel models: a latent model's network sees its VAE's latents")
     if not spec.latent:  # the network sees the image's channels, each fold x fold block of pixels as channels
@@ -347,6 +355,39 @@ def _check(entry: ModelEntry) -> None:
             raise ModelRefused(f"card lists {rel} which does not exist")
         if sha256_file(target) != expected.lower():
             raise ModelRefused(f"sha256 of {rel} does not match the card")
+
+
+def _check_fit(entry: ModelEntry) -> None:
+    """A latent model's components must fit together, or every request would fail inside its network: the
+    denoiser reads and writes the VAE's latents (an inpainting UNet also the mask and the masked image; a
+    DiT may predict its variance too), attends to the text encoder's width, gets no conditioning the
+    service does not give, and the tokenizer's longest prompt fits the text encoder's positions."""
+    config, spec, latent = entry.denoiser_config, entry.spec, entry.latent_channels
+    inputs = int(config.get("in_channels") or latent)
+    outputs = int(config.get("out_channels") or inputs)
+    fits_in = (latent, latent + 5) if spec.text else (latent,)
+    fits_out = (latent, 2 * latent) if spec.name == "dit" else (latent,)
+    for key, value, fits in (("in_channels", inputs, fits_in), ("out_channels", outputs, fits_out)):
+        if value not in fits:
+            raise ModelRefused(
+                f"{spec.denoiser}'s {key} is {value}, but the vae's {latent} latent channels need "
+                f"{' or '.join(map(str, fits))}"
+            )
+    if not spec.text:
+        return
+    for key in ("class_embed_type", "addition_embed_type", "num_class_embeds"):
+        if config.get(key) is not None:
+            raise ModelRefused(f"unet has {key} {config[key]!r}: the service conditions it on the prompt only")
+    width = config.get("cross_attention_dim")
+    hidden = entry.configs["text_encoder"].get("hidden_size")
+    if hidden is not None and any(int(w) != int(hidden) for w in (width if isinstance(width, list) else [width])):
+        raise ModelRefused(f"unet's cross_attention_dim is {width}, but the text encoder's hidden_size is {hidden}")
+    positions = entry.configs["text_encoder"].get("max_position_embeddings")
+    longest = entry.configs["tokenizer"].get("model_max_length")
+    if positions is not None and (longest is None or float(longest) > int(positions)):
+        raise ModelRefused(
+            f"the tokenizer's model_max_length is {longest}, but the text encoder has {positions} positions"
+        )
 
 
 def _family(folder: Path) -> tuple[FamilySpec, dict[str, Any]]:

@@ -8,7 +8,7 @@ family is one entry here, one runtime module, and its tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Conditioning = Literal["none", "class", "text"]
@@ -30,6 +30,8 @@ class FamilySpec:
     # null class of its own at its end (DiT: num_embeds_ada_norm classes, the null label is that number).
     classes_key: str | None = "num_class_embeds"
     null_after_classes: bool = False
+    # That key's value where a denoiser class's config may leave it out (the class's own default)
+    classes_default: dict[str, int] = field(default_factory=dict)
     patch_key: str | None = None  # a transformer's patch size: its downsampling factor (else the UNet's levels)
     sizes: bool = False  # generates at any width and height (multiples of the factors), not only natively
 
@@ -74,6 +76,7 @@ FAMILIES: dict[str, FamilySpec] = {
             latent=True,
             classes_key="num_embeds_ada_norm",
             null_after_classes=True,
+            classes_default={"DiTTransformer2DModel": 1000},
             patch_key="patch_size",
         ),
     )
