@@ -536,3 +536,28 @@ def test_a_dit_config_without_num_embeds_ada_norm_has_the_classes_default_of_100
     path.write_text(_json.dumps(config))
     entry = scan_store(tmp_path)["terse"]
     assert entry.ready and entry.num_classes == 1001 and entry.null_class == 1000
+
+
+@pytest.mark.parametrize(
+    "scheduler,option,value",
+    [
+        ("DPMSolverMultistepScheduler", "algorithm_type", "sde-dpmsolver++"),
+        ("DPMSolverMultistepScheduler", "solver_order", 3),
+        ("DPMSolverMultistepScheduler", "use_lu_lambdas", True),
+        ("EulerDiscreteScheduler", "interpolation_type", "log_linear"),
+        ("EulerDiscreteScheduler", "use_karras_sigmas", True),
+    ],
+)
+def test_a_scheduler_option_no_sampler_implements_refuses_the_model_naming_it(tmp_path, scheduler, option, value):
+    import json as _json
+
+    from app.store.catalog import scan_store
+
+    folder = write_stable_diffusion(tmp_path / "options")
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = {**_json.loads(path.read_text()), "_class_name": scheduler}
+    path.write_text(_json.dumps(config))
+    assert scan_store(tmp_path)["options"].ready  # its options at their defaults: served
+    path.write_text(_json.dumps({**config, option: value}))
+    entry = scan_store(tmp_path)["options"]
+    assert not entry.ready and f"{option} {value!r}" in entry.error and scheduler in entry.error

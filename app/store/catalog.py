@@ -18,7 +18,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from app.store.card import CARD_FILE, ModelCard, SamplingDefaults
-from app.store.families import FAMILIES, PIPELINE_FAMILY, Conditioning, FamilySpec, sampler_for_scheduler
+from app.store.families import (
+    FAMILIES,
+    PIPELINE_FAMILY,
+    Conditioning,
+    FamilySpec,
+    sampler_for_scheduler,
+    unsupported_scheduler_option,
+)
 from app.store.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -317,6 +324,8 @@ def _check(entry: ModelEntry) -> None:
         if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
             log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    if why := unsupported_scheduler_option(entry.scheduler_config):
+        raise ModelRefused(why)
     entry.weights_bytes = sum(p.stat().st_size for p in folder.rglob("*.safetensors") if p.is_file())
     if (folder / CARD_FILE).exists():
         try:

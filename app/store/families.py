@@ -93,6 +93,48 @@ SCHEDULER_SAMPLERS = {
 }
 
 
+# Options of a folder's own scheduler class that change the steps it takes, with the value the service's
+# sampler for that class implements (diffusers' default). A folder whose scheduler sets another value is
+# refused: its default sampler would give another image than its pipeline, silently.
+SCHEDULER_OPTIONS = {
+    "DPMSolverMultistepScheduler": {
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "lower_order_final": True,
+        "euler_at_final": False,
+        "use_lu_lambdas": False,
+        "use_exponential_sigmas": False,
+        "use_beta_sigmas": False,
+        "use_flow_sigmas": False,
+        "final_sigmas_type": "zero",
+    },
+    "EulerDiscreteScheduler": {
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+        "use_exponential_sigmas": False,
+        "use_beta_sigmas": False,
+        "timestep_type": "discrete",
+        "final_sigmas_type": "zero",
+        "sigma_min": None,
+        "sigma_max": None,
+    },
+}
+
+
+def unsupported_scheduler_option(config: dict) -> str | None:
+    """Why a folder's scheduler config cannot be followed (None: it can): an option of its class, set to a
+    value no sampler here implements."""
+    kind = config.get("_class_name", "")
+    for key, implemented in SCHEDULER_OPTIONS.get(kind, {}).items():
+        if key in config and config[key] != implemented:
+            return (
+                f"scheduler {kind} sets {key} {config[key]!r}, which the service's "
+                f"{SCHEDULER_SAMPLERS[kind]} does not implement ({implemented!r}): edit scheduler/scheduler_config.json"
+            )
+    return None
+
+
 def sampler_for_scheduler(config: dict) -> str | None:
     name = SCHEDULER_SAMPLERS.get(config.get("_class_name", ""))
     if name == "dpmpp_2m" and config.get("use_karras_sigmas"):
