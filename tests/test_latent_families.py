@@ -8,6 +8,7 @@ g = w + 1. "Same image": at least 99.9% of pixels within one level of 255, none 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -49,6 +50,8 @@ def store(tmp_path_factory):
     write_stable_diffusion(root / "tiny-sd-inpaint", inpainting=True)
     write_stable_diffusion(root / "tiny-sd-unspaced", spacing=None)
     write_stable_diffusion(root / "tiny-sd-linspace", spacing="linspace")
+    write_stable_diffusion(root / "tiny-sd-clipping", clip_sample=True)
+    write_dit(root / "tiny-dit-clipping", clip_sample=True)
     return root
 
 
@@ -120,6 +123,37 @@ def test_a_config_without_a_timestep_spacing_takes_each_samplers_diffusers_defau
     generator = torch.Generator("cpu").manual_seed(3)
     call = dict(prompt="a red cat", num_inference_steps=6, guidance_scale=3.0, generator=generator)
     assert_same_image(ours, diffusers_image(pipe, sampler, **call))
+
+
+def test_a_clipping_ddim_config_gives_the_pipelines_image_on_latent_models(client, store):
+    # StableDiffusionPipeline turns clip_sample off in its scheduler; DiTPipeline clips x_0 and steps with
+    # use_clipped_model_output=False (pixel models here re-derive the noise from the clipped x_0: docs/digits.md)
+    from diffusers import DiTPipeline
+
+    assert json.loads((store / "tiny-sd-clipping" / "scheduler" / "scheduler_config.json").read_text())["clip_sample"]
+    body = {"model": "tiny-sd-clipping", "prompt": "a red cat", "seed": 4, "steps": 5, "sampler": "ddim"}
+    ours = png(client.post("/v1/generate", json={**body, "guidance_scale": 2.0}, headers={"Accept": "image/png"}))
+    pipe = StableDiffusionPipeline.from_pretrained(
+        store / "tiny-sd-clipping", safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    generator = torch.Generator("cpu").manual_seed(4)
+    call = dict(prompt="a red cat", num_inference_steps=5, guidance_scale=3.0, generator=generator)
+    assert_same_image(ours, diffusers_image(pipe, "ddim", **call))
+
+    body = {
+        "model": "tiny-dit-clipping",
+        "class_label": 3,
+        "seed": 2,
+        "steps": 5,
+        "sampler": "ddim",
+        "guidance_scale": 3,
+    }
+    ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
+    pipe = DiTPipeline.from_pretrained(store / "tiny-dit-clipping", local_files_only=True)
+    assert pipe.scheduler.config.clip_sample
+    generator = torch.Generator("cpu").manual_seed(2)
+    call = dict(class_labels=[3], num_inference_steps=5, guidance_scale=4.0, generator=generator)
+    assert_same_image(ours, diffusers_image(pipe, "ddim", **call))
 
 
 def test_stable_diffusion_without_a_prompt_is_the_empty_prompt(client, store):

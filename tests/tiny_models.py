@@ -142,7 +142,12 @@ def clip_text_encoder(tokenizer, *, width: int, layers: int, heads: int, positio
 
 
 def write_stable_diffusion(
-    folder: Path, *, prediction_type: str = "epsilon", spacing: str | None = "leading", inpainting: bool = False
+    folder: Path,
+    *,
+    prediction_type: str = "epsilon",
+    spacing: str | None = "leading",
+    inpainting: bool = False,
+    clip_sample: bool = False,
 ) -> Path:
     """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder; with
     ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels); with ``spacing``
@@ -176,11 +181,17 @@ def write_stable_diffusion(
         inpainting=inpainting,
     )
     if spacing is None:
-        config_path = folder / "scheduler" / "scheduler_config.json"
-        config = json.loads(config_path.read_text())
-        del config["timestep_spacing"]
-        config_path.write_text(json.dumps(config, indent=2))
+        edit_scheduler_config(folder, timestep_spacing=None)
+    if clip_sample:  # written after saving: StableDiffusionPipeline turns it off in the scheduler it is given
+        edit_scheduler_config(folder, clip_sample=True)
     return folder
+
+
+def edit_scheduler_config(folder: Path, **changes) -> None:
+    """Change keys of a saved folder's scheduler config (None: remove the key)."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}, indent=2))
 
 
 def sd_scheduler(**overrides):
@@ -216,7 +227,7 @@ def save_stable_diffusion(folder: Path, *, unet, vae, text_encoder, tokenizer, s
     return folder
 
 
-def write_dit(folder: Path) -> Path:
+def write_dit(folder: Path, *, clip_sample: bool = False) -> Path:
     """A tiny DiTPipeline folder: 16x16 images (8x8 latents, patches of 2), 1000 classes + the null class."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
@@ -232,8 +243,7 @@ def write_dit(folder: Path) -> Path:
         num_embeds_ada_norm=1000,
         norm_num_groups=4,
     ).eval()
-    # Latent models do not clip x_0 (with clipping, our DDIM re-derives eps from the clipped x_0, diffusers does not)
-    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler = DDIMScheduler(clip_sample=clip_sample)
     DiTPipeline(transformer=transformer, vae=tiny_vae(seed=8), scheduler=scheduler).save_pretrained(
         folder, safe_serialization=True
     )

@@ -241,8 +241,9 @@ def _ddim(model_output, x, *, schedule, ab, ab_prev, eta, noise, prev_x0, prev_a
         x0 = _clipped_x0(x0, schedule)
         # DDIM's update mixes x_0 and eps; after clipping x_0 the noise estimate must be re-derived from
         # it (GLIDE; diffusers' ``use_clipped_model_output=True``), or the step leaves the ODE it follows:
-        # eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)
-        eps = (x - _col(ab, x).sqrt() * x0) / _col(1 - ab, x).sqrt()
+        # eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab). Latent models step as their pipelines do, without.
+        if schedule.clipped_eps:
+            eps = (x - _col(ab, x).sqrt() * x0) / _col(1 - ab, x).sqrt()
     eta = ab.new_zeros(ab.shape) if eta is None else eta
     out = ddim_step(x0, eps, ab=ab, ab_prev=ab_prev, eta=eta, noise=noise)
     return out.to(x.dtype), x0

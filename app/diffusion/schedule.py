@@ -64,6 +64,8 @@ class NoiseSchedule:
     clip_sample_range: float = 1.0
     variance_type: str = "fixed_small"
     set_alpha_to_one: bool = True
+    # DDIM after clipping x_0: re-derive the noise estimate from it (diffusers' use_clipped_model_output=True)
+    clipped_eps: bool = True
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "NoiseSchedule":

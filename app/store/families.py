@@ -26,6 +26,7 @@ class FamilySpec:
     text: bool = False  # conditioned on a prompt (CLIP text encoder + tokenizer)
     latent: bool = False  # the network works on a VAE's latents
     scales_initial_noise: bool = False  # the diffusers pipeline multiplies its first noise by init_noise_sigma
+    honours_clip_sample: bool = True  # False: the pipeline turns its scheduler's clip_sample off (SD's does)
     # Class labels: the denoiser config's key for the label embeddings, and whether that count leaves out a
     # null class of its own at its end (DiT: num_embeds_ada_norm classes, the null label is that number).
     classes_key: str | None = "num_class_embeds"
@@ -61,6 +62,7 @@ FAMILIES: dict[str, FamilySpec] = {
             text=True,
             latent=True,
             scales_initial_noise=True,
+            honours_clip_sample=False,
             classes_key=None,
             sizes=True,
         ),

@@ -7,6 +7,7 @@ away from), and ``decode`` (a finished row to image pixels in [-1, 1]).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -49,10 +50,15 @@ class LoadedModel:
 
 
 def schedule_of(entry: ModelEntry) -> NoiseSchedule:
+    """The model's schedule, clipping as its diffusers pipeline does: not at all where the pipeline turns
+    ``clip_sample`` off (Stable Diffusion's); a clipping DDIM re-derives its noise estimate from the clipped
+    x_0 on pixel models (ours: docs/digits.md), and not on latent ones, as their pipelines step."""
     try:
-        return NoiseSchedule.from_config(entry.scheduler_config)
+        schedule = NoiseSchedule.from_config(entry.scheduler_config)
     except ValueError as exc:
         raise ModelRefused(f"scheduler config: {exc}") from exc
+    clip = schedule.clip_sample and entry.spec.honours_clip_sample
+    return dataclasses.replace(schedule, clip_sample=clip, clipped_eps=not entry.spec.latent)
 
 
 def load_model(entry: ModelEntry, device: torch.device) -> LoadedModel:
