@@ -595,3 +595,21 @@ def test_a_scheduler_option_no_sampler_implements_refuses_the_model_naming_it(tm
     path.write_text(_json.dumps({**config, option: value}))
     entry = scan_store(tmp_path)["options"]
     assert not entry.ready and f"{option} {value!r}" in entry.error and scheduler in entry.error
+
+
+def test_dit_class_names_take_each_synonym_as_dit_pipeline_does(tmp_path):
+    from diffusers import DiTPipeline
+
+    from app.api.resolve import class_index
+    from app.store.catalog import scan_store
+
+    folder = write_dit(tmp_path / "named")
+    index = json.loads((folder / "model_index.json").read_text())
+    names = {str(i): f"class {i}" for i in range(1000)}
+    names.update({"0": "tench, Tinca tinca", "1": "crane", "2": "crane, derrick"})
+    (folder / "model_index.json").write_text(json.dumps({**index, "id2label": names}))
+    entry = scan_store(tmp_path)["named"]
+    pipe = DiTPipeline.from_pretrained(folder, local_files_only=True)
+    for label in ("tench", "Tinca tinca", "derrick", "crane", "class 7"):  # "crane": the later class's, 2
+        assert [class_index(entry, label)] == pipe.get_label_ids([label]), label
+    assert class_index(entry, "tench, Tinca tinca") == 0  # the whole name too

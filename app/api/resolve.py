@@ -176,8 +176,8 @@ def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
             type="unsupported",
         )
     if isinstance(label, str):
-        if named and label in named:
-            return named.index(label)
+        if named and label in entry.class_lookup:
+            return entry.class_lookup[label]
         if not (label.isascii() and label.isdigit() and len(label) <= 9):  # not '٣' nor '𝟕'
             valid = brief(", ".join(named), 200) if named else f"0..{count - 1}"
             raise ApiError(

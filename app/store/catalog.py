@@ -197,6 +197,15 @@ class ModelEntry:
         return count + 1 if count and self.spec.null_after_classes else count
 
     @property
+    def class_lookup(self) -> dict[str, int]:
+        """Class names to indices: each comma-separated synonym, as DiTPipeline reads ImageNet's ("tench,
+        Tinca tinca": "tench" and "Tinca tinca"; a synonym two classes share is the later class's, as there),
+        and each whole name."""
+        names = self.card.class_names or []
+        synonyms = {part.strip(): i for i, name in enumerate(names) for part in name.split(",") if part.strip()}
+        return {**{name: i for i, name in enumerate(names)}, **synonyms}
+
+    @property
     def denoiser_class(self) -> str:
         return self.denoiser_config.get("_class_name", self.spec.denoiser_classes[0])
 
