@@ -52,6 +52,7 @@ def store(tmp_path_factory):
     write_stable_diffusion(root / "tiny-sd-linspace", spacing="linspace")
     write_stable_diffusion(root / "tiny-sd-clipping", clip_sample=True)
     write_dit(root / "tiny-dit-clipping", clip_sample=True)
+    write_stable_diffusion(root / "tiny-sd-deep", levels=4)
     return root
 
 
@@ -156,6 +157,28 @@ def test_a_clipping_ddim_config_gives_the_pipelines_image_on_latent_models(clien
     assert_same_image(ours, diffusers_image(pipe, "ddim", **call))
 
 
+def test_stable_diffusion_takes_any_size_its_pipeline_takes_not_only_multiples_of_the_unets_factor(client, store):
+    # 4 UNet levels halve the latents 3 times (factor 8 with the VAE's 2: 16); 40x24 makes 20x12 latents,
+    # which the UNet upsamples back to its skips' odd sizes, as diffusers runs it
+    assert client.get("/v1/models/tiny-sd-deep").json()["card"]["size_multiple"] == 2
+    body = {"model": "tiny-sd-deep", "prompt": "a red cat", "seed": 6, "steps": 4, "sampler": "ddim"}
+    body.update(width=24, height=40, guidance_scale=2.0)
+    ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
+    pipe = StableDiffusionPipeline.from_pretrained(
+        store / "tiny-sd-deep", safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    generator = torch.Generator("cpu").manual_seed(6)
+    call = dict(prompt="a red cat", num_inference_steps=4, guidance_scale=3.0, width=24, height=40)
+    assert_same_image(ours, diffusers_image(pipe, "ddim", generator=generator, **call))
+    odd = client.post("/v1/generate", json={**body, "width": 25})
+    assert odd.status_code == 422 and "multiple of 2" in odd.json()["detail"][0]["msg"]
+    image, mask = a_photo(40, 24), np.zeros((40, 24), dtype=np.uint8)
+    mask[8:30, 4:20] = 255
+    files = {"file": ("p.png", upload_png(image), "image/png"), "mask": ("m.png", upload_png(mask), "image/png")}
+    data = {"model": "tiny-sd-deep", "prompt": "a door", "seed": "2", "steps": "4", "strength": "0.5"}
+    assert png(client.post("/v1/img2img", files=files, data=data, headers={"Accept": "image/png"})).shape == (40, 24, 3)
+
+
 def test_stable_diffusion_without_a_prompt_is_the_empty_prompt(client, store):
     ours = png(
         client.post(
@@ -226,7 +249,7 @@ def test_models_describe_family_conditioning_and_parameters(client):
         ({"model": "tiny-dit", "prompt": "a dog", "class_label": 1}, "prompt"),
         ({"model": "tiny-gen", "prompt": "a dog", "class_label": 1}, "prompt"),
         ({"model": "tiny-gen", "class_label": 1, "width": 32}, "width"),
-        ({"model": "tiny-sd", "width": 18}, "width"),
+        ({"model": "tiny-sd", "width": 17}, "width"),  # not a multiple of the VAE's factor, 2
         ({"model": "tiny-sd", "height": 4000, "width": 8000}, "width"),
     ],
 )
@@ -341,7 +364,7 @@ def test_img2img_on_a_pixel_model_stays_near_the_image_at_low_strength(client):
 
 
 def test_img2img_refuses_what_it_cannot_do(client):
-    files = {"file": ("p.png", upload_png(a_photo(18, 24)), "image/png")}
+    files = {"file": ("p.png", upload_png(a_photo(17, 24)), "image/png")}  # 17: not a multiple of 2
     r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd", "prompt": "x"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "not_multiple"
     files = {"file": ("p.png", upload_png(a_photo()), "image/png")}

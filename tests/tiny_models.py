@@ -148,10 +148,12 @@ def write_stable_diffusion(
     spacing: str | None = "leading",
     inpainting: bool = False,
     clip_sample: bool = False,
+    levels: int = 2,
 ) -> Path:
     """A tiny StableDiffusionPipeline folder: 16x16 images (8x8 latents), a 1-layer CLIP text encoder; with
     ``inpainting`` a StableDiffusionInpaintPipeline folder (a UNet with 9 input channels); with ``spacing``
-    None its scheduler config names no timestep spacing, as configs saved before diffusers 0.16 (SD 1.x's)."""
+    None its scheduler config names no timestep spacing, as configs saved before diffusers 0.16 (SD 1.x's);
+    ``levels`` > 2 adds UNet levels (each halves the latents once more, as SD's four do)."""
     from diffusers import UNet2DConditionModel
 
     tokenizer = tiny_tokenizer()
@@ -163,9 +165,9 @@ def write_stable_diffusion(
         in_channels=9 if inpainting else 4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8,) + (16,) * (levels - 1),
+        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (levels - 1),
+        up_block_types=("UpBlock2D",) * (levels - 1) + ("CrossAttnUpBlock2D",),
         cross_attention_dim=16,
         norm_num_groups=4,
         attention_head_dim=2,

@@ -111,8 +111,9 @@ class ModelEntry:
 
     @property
     def size_multiple(self) -> int:
-        """Generated width and height must be multiples of this (the VAE's factor times the UNet's own)."""
-        return self.latent_factor * self.downsample_factor
+        """Generated width and height must be multiples of this: the VAE's factor, times the network's own
+        unless it takes latents of any size."""
+        return self.latent_factor * (1 if self.spec.any_latent_size else self.downsample_factor)
 
     @property
     def defaults(self) -> SamplingDefaults:

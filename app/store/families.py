@@ -35,6 +35,9 @@ class FamilySpec:
     classes_default: dict[str, int] = field(default_factory=dict)
     patch_key: str | None = None  # a transformer's patch size: its downsampling factor (else the UNet's levels)
     sizes: bool = False  # generates at any width and height (multiples of the factors), not only natively
+    # The network takes latents of any size (UNet2DConditionModel upsamples to its skips' sizes), so images
+    # need only be multiples of the VAE's factor, as its pipeline checks; else also of the network's own
+    any_latent_size: bool = False
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -63,6 +66,7 @@ FAMILIES: dict[str, FamilySpec] = {
             latent=True,
             scales_initial_noise=True,
             honours_clip_sample=False,
+            any_latent_size=True,
             classes_key=None,
             sizes=True,
         ),
