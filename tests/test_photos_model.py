@@ -74,3 +74,36 @@ def test_grey_photo_is_denoised_in_grey(service):
     out = decode_b64(r.json()["images"][0]["data"])
     assert out.shape == clean.shape
     assert psnr(out, clean) > psnr(noisy, clean) + 6.0
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_denoise_beside_other_jobs_is_the_one_alone_to_within_one_level(dtype):
+    # docs/fairness.md, "Batch invariance": oneDNN picks a kernel, and so its order of sums, by batch size,
+    # so a large row is not bit-exact across batches; the difference stays under one 8-bit level
+    from app.jobs import DenoiseSpec, ImageData
+    from tests.engine.harness import EngineHarness, pixels
+
+    from PIL import Image
+
+    clean = np.asarray(Image.open(CROP).convert("RGB"))[:96, :96]
+    target = noisy_upload(clean, 25, seed=3)
+
+    def spec(image, **options):
+        return DenoiseSpec(
+            model="photos", image=ImageData(width=96, height=96, channels=3, pixels=image.tobytes()), **options
+        )
+
+    jobs = {"mmse": dict(sigma=25.0), "sample": dict(sigma=25.0, mode="sample", steps=4, sampler="dpmpp_2m", seed=4)}
+    harness = EngineHarness(STORE, dtype=dtype)
+    try:
+        for name, options in jobs.items():
+            harness.submit(f"alone-{name}", spec(target, **options))
+            alone = pixels(harness.outcome(f"alone-{name}"))
+            for i in range(5):
+                other = spec(noisy_upload(clean, 10 + 10 * i, seed=i), sigma=15.0 + i, mode=("mmse", "sample")[i % 2])
+                harness.submit(f"other-{name}-{i}", other)
+            harness.submit(f"crowd-{name}", spec(target, **options))
+            crowd = pixels(harness.outcome(f"crowd-{name}"))
+            assert np.abs(alone - crowd).max() <= 1, name
+    finally:
+        harness.close()

@@ -9,8 +9,8 @@ forward, used where the pass runs float32 on the CPU without autograd:
 - adds the shortcut inside the second convolution (oneDNN's sum post-op, the operator that
   ``torch.compile`` fuses a convolution and an addition into: ``torch.ops.mkldnn._convolution_pointwise``),
   and skips the division by 1;
-- adds the time embedding as the first convolution's bias where every row of the batch has the same one
-  (one image's tiles at one step; else it adds it in place);
+- adds the time embedding in place (not as the first convolution's bias where the batch shares one: that
+  rounds otherwise, so a row's result would depend on the rest of its batch);
 - computes SiLU in place.
 
 Anything else (bf16 autocast, CUDA, gradients, training mode) runs diffusers' own forward. Measured on the
@@ -65,17 +65,9 @@ class FusedResnetBlock2D(ResnetBlock2D):
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or not self._fused(input_tensor):
             return super().forward(input_tensor, temb, *args, **kwargs)
-        h = F.silu(self.norm1(input_tensor), inplace=True)
-        conv1 = self.conv1
+        h = self.conv1(F.silu(self.norm1(input_tensor), inplace=True))
         if self.time_emb_proj is not None and temb is not None:
-            emb = self.time_emb_proj(temb if self.skip_time_act else self.nonlinearity(temb))
-            if bool((emb == emb[:1]).all()):  # one embedding for the batch: it is a bias
-                h = F.conv2d(h, conv1.weight, conv1.bias + emb[0], padding=conv1.padding)
-            else:
-                h = conv1(h)
-                h += emb[:, :, None, None]
-        else:
-            h = conv1(h)
+            h += self.time_emb_proj(temb if self.skip_time_act else self.nonlinearity(temb))[:, :, None, None]
         h = F.silu(self.norm2(h), inplace=True)  # dropout: none outside training
         shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
         conv2 = self.conv2
