@@ -200,10 +200,13 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
 
 
 # -- denoise -------------------------------------------------------------------------------------------
+SIGMA_255_MAX = 255.0  # the API's bound on a given sigma
+
+
 def _start_timestep(spec: DenoiseSpec, pixels: np.ndarray, schedule: NoiseSchedule, info: dict) -> float:
     """The timestep whose noise level matches the image's sigma (given, or estimated; 0-255 scale)."""
-    if spec.sigma is None:
-        sigma_255 = estimate_sigma(image_to_unit(pixels)) * 127.5
+    if spec.sigma is None:  # at most the largest sigma a request may give (an image of pure noise reads above)
+        sigma_255 = min(estimate_sigma(image_to_unit(pixels)) * 127.5, SIGMA_255_MAX)
         info["sigma_estimated"] = round(sigma_255, 3)
     else:
         sigma_255 = spec.sigma

@@ -271,3 +271,17 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_computes_it(monkey
     assert device.pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(RuntimeError, match="float16 needs a CUDA device"):
         device.pick_dtype("float16", torch.device("cpu"))
+
+
+def test_an_estimated_sigma_is_at_most_the_largest_a_request_may_give(store):
+    from app.jobs import DenoiseSpec, ImageData
+
+    salt_and_pepper = np.random.default_rng(0).integers(0, 2, (32, 32, 3), dtype=np.uint8) * 255
+    image = ImageData(width=32, height=32, channels=3, pixels=salt_and_pepper.tobytes())
+    h = EngineHarness(store)
+    try:
+        h.submit("noise", DenoiseSpec(model="tiny-rgb", image=image, sigma=None))
+        info = h.outcome("noise").result.info
+    finally:
+        h.close()
+    assert info["sigma_estimated"] == info["sigma"] == 255.0
