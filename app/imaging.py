@@ -66,6 +66,7 @@ class DecodedImage:
     source_mode: str
     frames_dropped: int = 0  # frames (or pages) after the first, not decoded: GIF/APNG/WebP animations, TIFF, MPO
     exif_orientation: int = 1  # the EXIF orientation (2-8) the pixels were turned by, as a viewer shows them
+    icc_profile: bytes | None = None  # the upload's colour profile (a phone's Display P3, say), for its results
 
 
 # The upload formats Pillow may open: raster formats it decodes itself or with the libraries its wheels carry.
@@ -114,7 +115,27 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         source_mode=image.mode,
         frames_dropped=frames_dropped,
         exif_orientation=orientation,
+        icc_profile=_icc_profile(image),
     )
+
+
+MAX_ICC_BYTES = 1 << 20  # a profile is a few kB; a larger one is not carried
+
+
+def _icc_profile(image: Image.Image) -> bytes | None:
+    """The image's embedded ICC profile (PNG, JPEG, WebP, TIFF ...), if it has a plausible one."""
+    profile = image.info.get("icc_profile")
+    return profile if isinstance(profile, bytes) and 128 <= len(profile) <= MAX_ICC_BYTES else None
+
+
+def icc_for(profile: bytes | None, channels: int, fmt: str) -> bytes | None:
+    """``profile`` if it describes the encoded image: an RGB profile for RGB, a grey one for grey (its header's
+    colour space, bytes 16-20). A CMYK upload's profile does not describe its RGB pixels, nor a grey profile
+    a WebP (which has no grey mode: Pillow stores grey as RGB)."""
+    if profile is None:
+        return None
+    wanted = b"RGB " if channels == 3 or fmt == "webp" else b"GRAY"
+    return profile if profile[16:20] == wanted else None
 
 
 def _orientation(image: Image.Image) -> int:
@@ -388,11 +409,16 @@ def _converted_pixels(image: Image.Image, target: str, channels: int) -> np.ndar
     return np.ascontiguousarray(array[:, :, :channels])
 
 
-def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
-    """uint8 [H, W, C] (C = 1 or 3) to the bytes of an output format (``OUTPUT_FORMATS``)."""
+def encode_image(pixels: np.ndarray, fmt: str, icc_profile: bytes | None = None) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) to the bytes of an output format (``OUTPUT_FORMATS``), with the upload's
+    colour profile where it describes the result (``icc_for``), so viewers show its colours as the upload's."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
-    array = pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    array = pixels[:, :, 0] if channels == 1 and pixels.ndim == 3 else pixels
+    options = dict(OUTPUT_FORMATS[fmt].save)
+    if profile := icc_for(icc_profile, channels, fmt):
+        options["icc_profile"] = profile
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, **OUTPUT_FORMATS[fmt].save)
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, **options)
     return buffer.getvalue()

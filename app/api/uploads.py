@@ -198,4 +198,5 @@ def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
         alpha_dropped=decoded.alpha_dropped,
         frames_dropped=decoded.frames_dropped,
         exif_orientation=decoded.exif_orientation,
+        icc_profile=decoded.icc_profile,
     )

@@ -65,8 +65,12 @@ def upload_info(image: ImageData) -> dict:
     return info
 
 
-def result_image(index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt: str) -> ResultImage:
-    return ResultImage(index=index, seed=seed, media_type=MEDIA_TYPES[fmt], data=encode_image(unit_to_image(x), fmt))
+def result_image(
+    index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt: str, upload: ImageData | None = None
+) -> ResultImage:
+    """A result encoded in ``fmt``, with the colour profile of the ``upload`` it was made from, if any."""
+    data = encode_image(unit_to_image(x), fmt, upload.icc_profile if upload is not None else None)
+    return ResultImage(index=index, seed=seed, media_type=MEDIA_TYPES[fmt], data=data)
 
 
 def preview_image(index: int, seed: int | None, x: torch.Tensor) -> ResultImage:
@@ -187,7 +191,8 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
 
     def collect(row: Row) -> None:
         """Decode (latent models: one image at a time through the VAE) and encode each image as it finishes."""
-        images[row.key] = result_image(row.key, spec.seeds[row.key], model.decode(row.x), spec.output_format)
+        upload = spec.image if isinstance(spec, Img2ImgSpec) else None
+        images[row.key] = result_image(row.key, spec.seeds[row.key], model.decode(row.x), spec.output_format, upload)
 
     def finish() -> JobResult:
         return JobResult(images=[images[i] for i in range(len(spec.seeds))])
@@ -320,7 +325,7 @@ class _Blend:
         if image.shape[0] == 3 and self.spec.image.channels == 1:
             image = image.mean(axis=0, keepdims=True)
         seed = self.spec.seed if self.spec.mode == "sample" else None
-        return JobResult(images=[result_image(0, seed, image, self.spec.output_format)], info=info)
+        return JobResult(images=[result_image(0, seed, image, self.spec.output_format, self.spec.image)], info=info)
 
 
 def denoise_tile(settings: Settings, runner: Runner) -> int:
@@ -374,4 +379,4 @@ def run_noise(spec: NoiseSpec, schedule: NoiseSchedule | None) -> JobResult:
     else:
         noisy = add_gaussian_noise(image, sigma=sigma_255_to_unit(spec.sigma), noise=noise)
         info.update(sigma=spec.sigma)
-    return JobResult(images=[result_image(0, spec.seed, noisy, spec.output_format)], info=info)
+    return JobResult(images=[result_image(0, spec.seed, noisy, spec.output_format, spec.image)], info=info)

@@ -157,6 +157,27 @@ def test_a_sideways_stored_photo_comes_back_as_it_is_shown_and_info_says_so(clie
     assert decode_b64(image["data"]).shape[:2] == (48, 16) and r.json()["info"]["exif_orientation"] == 6
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_an_uploads_colour_profile_comes_back_with_its_result_where_it_fits(client, fmt):
+    from PIL import ImageCms
+
+    rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk_header = rgb_profile[:16] + b"CMYK" + rgb_profile[20:]  # a CMYK photo's profile: its pixels became RGB
+
+    def profile_back(route, data, profile, mode="RGB"):
+        buffer = io.BytesIO()
+        Image.fromarray(photo(24, 24)).convert(mode).save(buffer, format="JPEG", icc_profile=profile)
+        files = {"file": ("p.jpg", buffer.getvalue(), "image/jpeg")}
+        r = client.post(route, files=files, data={**data, "output_format": fmt}, headers={"Accept": f"image/{fmt}"})
+        assert r.status_code == 200, r.text
+        return Image.open(io.BytesIO(r.content)).info.get("icc_profile")
+
+    for route, data in (("/v1/denoise", {"model": "tiny-rgb", "sigma": "20"}), ("/v1/noise", {"sigma": "5"})):
+        assert profile_back(route, data, rgb_profile) == rgb_profile, route
+        assert profile_back(route, data, cmyk_header) is None, route  # it does not describe RGB pixels
+        assert profile_back(route, data, None) is None, route
+
+
 def test_routes_that_answer_in_one_type_refuse_an_accept_without_it(client):
     job = client.post("/v1/generate", json={"class_label": 0, "steps": 2}).json()["job_id"]
     for path, refused, taken in [
