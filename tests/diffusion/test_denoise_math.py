@@ -109,6 +109,23 @@ def test_noise_level_estimate_is_not_raised_by_fine_texture(sigma_255):
     assert abs(estimate - sigma_255) < 0.05 * sigma_255 + 0.2
 
 
+@pytest.mark.parametrize("height,width", [(1600, 1400), (6000, 360), (300, 7200)])
+def test_a_large_upload_is_estimated_on_a_bounded_mosaic_of_its_crops(height, width):
+    from app.diffusion import noise_level
+
+    image = torch.zeros(1, height, width)
+    mosaic = noise_level._sampled(image)
+    assert height * width > noise_level.MAX_PIXELS >= mosaic.shape[1] * mosaic.shape[2] > noise_level.MAX_PIXELS // 2
+    small = torch.zeros(3, 256, 300)
+    assert noise_level._sampled(small) is small  # below the bound: the whole image, as before
+
+
+def test_a_large_uploads_estimate_holds_on_its_crops():
+    clean = torch.nn.functional.interpolate(smooth_image(200, 175)[None], size=(1600, 1400), mode="bilinear")[0]
+    noisy = (clean * 0.7) + (2 * 20 / 255) * torch.randn(clean.shape, generator=torch.Generator().manual_seed(8))
+    assert abs(estimate_sigma(noisy) * 127.5 - 20) < 0.5
+
+
 def _haar_hh(x: torch.Tensor) -> torch.Tensor:
     x = x.double()
     return (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
