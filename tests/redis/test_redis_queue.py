@@ -317,6 +317,36 @@ def test_each_finished_job_is_counted_once_by_the_process_whose_write_ended_it(s
     assert finished("canceled") == canceled + 1 and finished("succeeded") == succeeded
 
 
+def test_a_write_holding_a_job_whose_record_vanished_still_writes_and_counts_the_others(store, prefix):
+    from prometheus_client import REGISTRY
+
+    from app.jobs import EngineEvent, JobResult
+
+    def succeeded():
+        labels = dict(kind="generate", model="tiny-gen", outcome="succeeded")
+        return REGISTRY.get_sample_value("diffusion_jobs_finished_total", labels) or 0.0
+
+    _announce_tiny_gen(store, prefix)
+    with client_for(store, prefix, embedded_worker=False) as api:
+        body = {"model": "tiny-gen", "class_label": 0, "steps": 4}
+        gone, kept = (api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"] for _ in range(2))
+    before = succeeded()
+
+    async def one_write(redis):
+        worker = _worker_on(store, prefix, redis, "writer")
+        await worker._read_once()
+        assert set(worker.held) == {gone, kept}
+        await redis.delete(worker.keys.job(gone))  # its record expired, or Redis lost it
+        events = [EngineEvent(job_id=gone, type="started"), EngineEvent(job_id=kept, type="started")]
+        worker._events.put_nowait(events + [EngineEvent(job_id=kept, type="succeeded", result=JobResult(images=[]))])
+        await worker._write_once()
+        assert worker._dirty == {} and list(worker.held) == []
+        return (await worker.records.get(kept)).status.value
+
+    assert on_redis(one_write) == "succeeded"
+    assert succeeded() == before + 1
+
+
 def test_a_high_priority_job_overtakes_the_low_priority_backlog_across_nodes(store, prefix):
     with (
         client_for(store, prefix, embedded_worker=True, worker_jobs=1) as worker_node,

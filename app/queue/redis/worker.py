@@ -376,6 +376,8 @@ class RedisWorker:
         for job_id in vanished:
             await self._drop_vanished(job_id)
         for job_id, at in updates.items():
+            if job_id in vanished:  # dropped above: nothing to count, nothing to stop
+                continue
             self.records.written(self._dirty[job_id].record, answers[at])
             if answers[at] == 0 and not self._dirty[job_id].record.status.finished:
                 # Final elsewhere while it runs here: canceled by an API node whose broadcast this worker
