@@ -618,6 +618,11 @@ def test_a_scheduler_option_no_sampler_implements_refuses_the_model_naming_it(tm
     path.write_text(_json.dumps({**config, option: value}))
     entry = scan_store(tmp_path)["options"]
     assert not entry.ready and f"{option} {value!r}" in entry.error and scheduler in entry.error
+    card = {"tasks": ["generate"], "defaults": {"sampler": "ddim", "steps": 20, "guidance_scale": 6.5}}
+    (folder / "model_card.json").write_text(_json.dumps(card))
+    served = scan_store(tmp_path)["options"]  # a card names its default sampler: nothing silently differs
+    assert served.ready, served.error
+    assert served.defaults.sampler == "ddim"
 
 
 def test_dit_class_names_take_each_synonym_as_dit_pipeline_does(tmp_path):

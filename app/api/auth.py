@@ -33,14 +33,13 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.api.errors import ApiError
-from app.jobs import PRIORITY_LEVEL, Priority
+from app.jobs import DEFAULT_PRIORITY, PRIORITY_LEVEL, Priority
 from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 Scope = Literal["generate", "denoise", "admin"]
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
-DEFAULT_PRIORITY = "normal"
 KEYS_LOOK_S = 1.0  # how often a request looks whether the keys file changed
 
 

@@ -21,7 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
-from app.jobs import ImageData
+from app.jobs import DEFAULT_PRIORITY, ImageData
 
 P = TypeVar("P", bound=BaseModel)
 MIN_SIDE = 8
@@ -51,8 +51,13 @@ def unsupported_media_type(found: str, expected: str) -> ApiError:
 
 
 def fingerprint(kind: str, options: BaseModel, image: bytes = b"") -> str:
-    """What makes two requests the same request: their kind, their options as validated, their image."""
-    body = json.dumps({"kind": kind, "options": options.model_dump(mode="json")}, sort_keys=True)
+    """What makes two requests the same request: their kind, their options as validated, their image. A
+    priority left out reads as the default one, as before it could be left out (the same request either way
+    for a key without a cap, and across an upgrade)."""
+    values = options.model_dump(mode="json")
+    if "priority" in values and values["priority"] is None:
+        values["priority"] = DEFAULT_PRIORITY
+    body = json.dumps({"kind": kind, "options": values}, sort_keys=True)
     return hashlib.sha256(body.encode() + hashlib.sha256(image).digest()).hexdigest()
 
 

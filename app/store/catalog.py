@@ -334,8 +334,6 @@ def _check(entry: ModelEntry) -> None:
         if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
             log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
-    if why := unsupported_scheduler_option(entry.scheduler_config):
-        raise ModelRefused(why)
     entry.weights_bytes = sum(p.stat().st_size for p in folder.rglob("*.safetensors") if p.is_file())
     if (folder / CARD_FILE).exists():
         try:
@@ -350,6 +348,9 @@ def _check(entry: ModelEntry) -> None:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelRefused(f"id2label in model_index.json must map class indices to names: {exc}") from exc
         entry.card = ModelCard(null_class=None, class_names=names, tasks=list(spec.tasks))
+    if not entry.has_card and (why := unsupported_scheduler_option(entry.scheduler_config)):
+        # its default sampler comes from this scheduler, which no sampler here follows (a card names one)
+        raise ModelRefused(f"{why}, or give the model a card that names its default sampler")
     if spec.latent:
         _check_fit(entry)
     if entry.card.space_to_depth > 1 and spec.latent:

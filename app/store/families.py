@@ -100,8 +100,8 @@ SCHEDULER_SAMPLERS = {
 
 
 # Options of a folder's own scheduler class that change the steps it takes, with the value the service's
-# sampler for that class implements (diffusers' default). A folder whose scheduler sets another value is
-# refused: its default sampler would give another image than its pipeline, silently.
+# sampler for that class implements (diffusers' default). A folder without a card whose scheduler sets
+# another value is refused: its default sampler would give another image than its pipeline, silently.
 SCHEDULER_OPTIONS = {
     "DPMSolverMultistepScheduler": {
         "algorithm_type": "dpmsolver++",

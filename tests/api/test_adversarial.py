@@ -215,6 +215,15 @@ def test_an_idempotency_key_reused_with_another_body_is_422(client):
     assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
 
 
+def test_a_replay_that_spells_out_the_default_priority_is_the_same_request(client):
+    headers = {"Idempotency-Key": "reuse-priority", "Prefer": "respond-async"}
+    first = client.post("/v1/generate", json={"class_label": 0, "seed": 2}, headers=headers)
+    spelled = client.post("/v1/generate", json={"class_label": 0, "seed": 2, "priority": "normal"}, headers=headers)
+    assert first.status_code == 202 and spelled.json()["job_id"] == first.json()["job_id"]
+    high = client.post("/v1/generate", json={"class_label": 0, "seed": 2, "priority": "high"}, headers=headers)
+    assert high.status_code == 422  # another priority is another request
+
+
 def test_a_key_replayed_with_an_accept_that_picks_another_format_is_another_request(client):
     key = {"Idempotency-Key": "reuse-accept"}
     body = {"class_label": 0, "steps": 2, "seed": 1}
