@@ -279,7 +279,7 @@ def webhook_events(before: JobStatus, after: JobRecord) -> list[WebhookEvent]:
     begun to run (even if it finished within the same write), ``completed`` when it is final. A job failed
     or canceled while queued (a model that would not load, no worker serving its model, a cancel) never
     started: it has no ``started_at``. (The Redis backend applies the same rule in its UPDATE_RECORD
-    script.)"""
+    script, and fires ``started`` once per job: a job a stopping worker hands back is queued again.)"""
     fired: list[WebhookEvent] = []
     if before == JobStatus.queued and after.started_at is not None:
         fired.append("started")

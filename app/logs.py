@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+from urllib.parse import urlsplit
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -43,3 +44,18 @@ def configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def url_for_log(url: str) -> str:
+    """A URL as logs and messages show it: its user and password (either may be a token) as ``***``, its query
+    (which may hold one) as ``?…``; an IPv6 host in brackets."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: left out
+        port = None
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    secret = "***@" if parts.username is not None or parts.password is not None else ""
+    netloc = secret + host + (f":{port}" if port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")

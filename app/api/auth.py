@@ -113,9 +113,13 @@ class Gate:
     """Who may use the service: the keys file's keys (read again when the file changes), their scopes and
     their requests per minute."""
 
-    def __init__(self, keys: list[ApiKey] | None, settings: Settings, path: Path | None = None) -> None:
+    def __init__(
+        self, keys: list[ApiKey] | None, settings: Settings, path: Path | None = None, seen: tuple | None = None
+    ) -> None:
+        """``seen``: the keys file's signature (``_signature``) taken before ``keys`` were read from it, so a
+        change landing while they were read is read again."""
         self.keys, self.path = keys, path
-        self._seen, self._refused, self._next_look = _signature(path), None, 0.0
+        self._seen, self._refused, self._next_look = seen, None, 0.0
         self.limiter = None
         if keys is not None:  # any key may be given a quota later, by a change of the file
             storage = MemoryStorage()
@@ -135,7 +139,9 @@ class Gate:
                     settings.port,
                 )
             return cls(None, settings)
-        return cls(load_keys(settings.api_keys_file), settings, Path(settings.api_keys_file))
+        path = Path(settings.api_keys_file)
+        seen = _signature(path)
+        return cls(load_keys(path), settings, path, seen)
 
     def reload(self) -> None:
         """Read the keys file again if it has changed since it was read (``diffusion-keys`` replaces it whole),

@@ -27,6 +27,7 @@ from app import background
 from app.api.errors import ApiError, brief
 from app.api.schemas import JobOut, job_body
 from app.jobs import JobRecord, Webhook, WebhookEvent
+from app.logs import url_for_log
 from app.metrics import WEBHOOK_DELIVERIES
 from app.queue.outbox import Delivery, Outbox
 from app.settings import Settings
@@ -63,15 +64,6 @@ def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | Non
         if test():
             return kind
     return None
-
-
-def without_secrets(url: str) -> str:
-    """A webhook URL as the log shows it: without the user and password or the query, which may hold tokens."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
 
 
 class Refused(Exception):
@@ -231,7 +223,7 @@ class Dispatcher:
             log.warning(
                 "webhook %s to %s given up after %d attempt(s): %s",
                 delivery.id,
-                without_secrets(delivery.url),
+                url_for_log(delivery.url),
                 delivery.attempts,
                 problem,
             )

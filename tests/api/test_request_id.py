@@ -48,3 +48,13 @@ def test_cors_answers_a_browsers_preflight_for_configured_origins(make_client):
         "/v1/generate", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_urls_in_logs_show_no_user_password_or_query():
+    from app.logs import url_for_log
+
+    assert url_for_log("redis://:pw@127.0.0.1:6379/0") == "redis://***@127.0.0.1:6379/0"
+    assert url_for_log("https://tok3n@hooks.example.com/in?sig=abc#x") == "https://***@hooks.example.com/in?…"
+    assert url_for_log("http://[2001:db8::1]:8080/hook") == "http://[2001:db8::1]:8080/hook"
+    assert url_for_log("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?…"
+    assert url_for_log("redis://localhost:6379/0") == "redis://localhost:6379/0"

@@ -106,7 +106,7 @@ def test_a_node_or_worker_without_redis_waits_then_refuses_to_start_in_one_line(
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"diffusion-{role}: cannot reach the job queue at redis://:***@127.0.0.1:")
+    assert last.startswith(f"diffusion-{role}: cannot reach the job queue at redis://***@127.0.0.1:")
     assert "within 1.5 s (DIFFUSION_QUEUE_WAIT_S)" in last and "s3cret" not in done.stderr
     assert "Traceback" not in done.stderr
     assert "does not answer yet" in done.stderr  # it waited, saying so

@@ -15,7 +15,6 @@ import logging
 import socket
 import time
 from typing import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.logs import url_for_log
 from app.metrics import job_submitted
 from app.queue.protocol import (
     Admission,
@@ -62,20 +62,10 @@ def connect(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=2, socket_keepalive=True, socket_keepalive_options=options)
 
 
-def shown(url: str) -> str:
-    """A queue URL as logs and messages show it: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def reach(redis: Redis, settings: Settings) -> None:
     """Wait until Redis answers, for up to ``queue_wait_s`` (a node started beside Redis may come up first);
     QueueUnreachable, with one line saying where and why, when it does not."""
-    deadline = time.monotonic() + settings.queue_wait_s
+    deadline, where = time.monotonic() + settings.queue_wait_s, url_for_log(settings.queue_url)
     while True:
         try:
             await redis.ping()
@@ -87,12 +77,12 @@ async def reach(redis: Redis, settings: Settings) -> None:
             reason = f"{type(exc).__name__}: {exc}"
             if left <= 0:
                 raise QueueUnreachable(
-                    f"cannot reach the job queue at {shown(settings.queue_url)} within {settings.queue_wait_s:g} s "
+                    f"cannot reach the job queue at {where} within {settings.queue_wait_s:g} s "
                     f"(DIFFUSION_QUEUE_WAIT_S): {reason}"
                 ) from None
             log.warning(
                 "the job queue at %s does not answer yet (%s); waiting up to %.0f s more",
-                shown(settings.queue_url),
+                where,
                 reason,
                 left,
             )
