@@ -565,6 +565,7 @@ def test_weights_that_lack_a_tensor_are_refused_at_load_not_served_as_black_imag
         ("tokenizer", "tokenizer_config.json", {"model_max_length": 1e30}, "model_max_length"),
         ("unet", "config.json", {"class_embed_type": "timestep"}, "class_embed_type"),
         ("unet", "config.json", {"out_channels": 8}, "out_channels is 8"),
+        ("unet", "config.json", {"cross_attention_dim": None}, "cross_attention_dim is 1280"),  # the default
     ],
 )
 def test_components_that_do_not_fit_together_are_refused_at_scan_not_failed_at_every_request(
@@ -576,7 +577,8 @@ def test_components_that_do_not_fit_together_are_refused_at_scan_not_failed_at_e
 
     folder = write_stable_diffusion(tmp_path / "misfit")
     path = folder / component / file
-    path.write_text(_json.dumps({**_json.loads(path.read_text()), **change}))
+    config = {**_json.loads(path.read_text()), **change}
+    path.write_text(_json.dumps({key: value for key, value in config.items() if value is not None}))
     entry = scan_store(tmp_path)["misfit"]
     assert not entry.ready and reason in entry.error, entry.error
 

@@ -398,7 +398,7 @@ def _check_fit(entry: ModelEntry) -> None:
     for key in ("class_embed_type", "addition_embed_type", "num_class_embeds"):
         if config.get(key) is not None:
             raise ModelRefused(f"unet has {key} {config[key]!r}: the service conditions it on the prompt only")
-    width = config.get("cross_attention_dim")
+    width = config.get("cross_attention_dim", 1280)  # UNet2DConditionModel's own default
     hidden = entry.configs["text_encoder"].get("hidden_size")
     if hidden is not None and any(int(w) != int(hidden) for w in (width if isinstance(width, list) else [width])):
         raise ModelRefused(f"unet's cross_attention_dim is {width}, but the text encoder's hidden_size is {hidden}")
