@@ -19,7 +19,7 @@ from app.logs import request_id
 
 Priority = Literal["low", "normal", "high"]
 PRIORITY_LEVEL = {"low": 0, "normal": 1, "high": 2}
-DEFAULT_PRIORITY = "normal"  # a request's that asks for none (or its key's cap, if lower)
+DEFAULT_PRIORITY = "normal"  # the priority of a request that asks for none (its key's cap, if lower)
 PRIORITY_AGING_S = 60.0  # a job that has waited this long is served as one level higher, and so on
 
 

@@ -39,7 +39,7 @@ CROP = 256  # the crops' side (even: the 2x2 blocks stay whole)
 def _sampled(image: torch.Tensor) -> torch.Tensor:
     """The image, or past MAX_PIXELS a mosaic of evenly spaced CROP x CROP crops of it, MAX_PIXELS at most,
     in their places' order: the estimate runs on the engine's thread, and a 16-megapixel upload took seconds
-    there while other jobs waited. A million pixels leave the median of the noise well measured; the held-out
+    there while other jobs waited. Two million pixels leave the median of the noise well measured; the held-out
     photos (docs/denoising.md) are all below MAX_PIXELS, so their figures are unchanged."""
     _, height, width = image.shape
     if height * width <= MAX_PIXELS:
