@@ -73,6 +73,11 @@ def assert_same_image(ours: np.ndarray, theirs: np.ndarray) -> None:
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 4, f"max diff {diff.max()}, {(diff > 1).mean():.4%} > 1"
 
 
+def sd_pipeline(folder, cls=StableDiffusionPipeline):
+    """A Stable Diffusion folder loaded by diffusers itself, without a safety checker, offline."""
+    return cls.from_pretrained(folder, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+
+
 def diffusers_image(pipe, sampler: str, **call) -> np.ndarray:
     cls, extra = SCHEDULERS[sampler]
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
@@ -95,9 +100,7 @@ def test_stable_diffusion_gives_the_pipelines_image(client, store, model, sample
         "height": 16,
     }
     ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
-    pipe = StableDiffusionPipeline.from_pretrained(
-        store / model, safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / model)
     theirs = diffusers_image(
         pipe,
         sampler,
@@ -118,9 +121,7 @@ def test_a_config_without_a_timestep_spacing_takes_each_samplers_diffusers_defau
     # leading; Euler, Euler ancestral and DPM-Solver linspace), also when a pipeline swaps its scheduler
     body = {"model": "tiny-sd-unspaced", "prompt": "a red cat", "seed": 3, "steps": 6, "sampler": sampler}
     ours = png(client.post("/v1/generate", json={**body, "guidance_scale": 2.0}, headers={"Accept": "image/png"}))
-    pipe = StableDiffusionPipeline.from_pretrained(
-        store / "tiny-sd-unspaced", safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / "tiny-sd-unspaced")
     generator = torch.Generator("cpu").manual_seed(3)
     call = dict(prompt="a red cat", num_inference_steps=6, guidance_scale=3.0, generator=generator)
     assert_same_image(ours, diffusers_image(pipe, sampler, **call))
@@ -134,9 +135,7 @@ def test_a_clipping_ddim_config_gives_the_pipelines_image_on_latent_models(clien
     assert json.loads((store / "tiny-sd-clipping" / "scheduler" / "scheduler_config.json").read_text())["clip_sample"]
     body = {"model": "tiny-sd-clipping", "prompt": "a red cat", "seed": 4, "steps": 5, "sampler": "ddim"}
     ours = png(client.post("/v1/generate", json={**body, "guidance_scale": 2.0}, headers={"Accept": "image/png"}))
-    pipe = StableDiffusionPipeline.from_pretrained(
-        store / "tiny-sd-clipping", safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / "tiny-sd-clipping")
     generator = torch.Generator("cpu").manual_seed(4)
     call = dict(prompt="a red cat", num_inference_steps=5, guidance_scale=3.0, generator=generator)
     assert_same_image(ours, diffusers_image(pipe, "ddim", **call))
@@ -164,9 +163,7 @@ def test_stable_diffusion_takes_any_size_its_pipeline_takes_not_only_multiples_o
     body = {"model": "tiny-sd-deep", "prompt": "a red cat", "seed": 6, "steps": 4, "sampler": "ddim"}
     body.update(width=24, height=40, guidance_scale=2.0)
     ours = png(client.post("/v1/generate", json=body, headers={"Accept": "image/png"}))
-    pipe = StableDiffusionPipeline.from_pretrained(
-        store / "tiny-sd-deep", safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / "tiny-sd-deep")
     generator = torch.Generator("cpu").manual_seed(6)
     call = dict(prompt="a red cat", num_inference_steps=4, guidance_scale=3.0, width=24, height=40)
     assert_same_image(ours, diffusers_image(pipe, "ddim", generator=generator, **call))
@@ -187,9 +184,7 @@ def test_stable_diffusion_without_a_prompt_is_the_empty_prompt(client, store):
             headers={"Accept": "image/png"},
         )
     )
-    pipe = StableDiffusionPipeline.from_pretrained(
-        store / "tiny-sd", safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / "tiny-sd")
     theirs = diffusers_image(
         pipe,
         "ddim",
@@ -322,9 +317,7 @@ def test_img2img_gives_the_img2img_pipelines_image(client, store, sampler):
         headers={"Accept": "image/png"},
     )
     ours = png(r)
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-        store / "tiny-sd", safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / "tiny-sd", StableDiffusionImg2ImgPipeline)
     theirs = diffusers_image(
         pipe,
         sampler,
@@ -432,9 +425,7 @@ def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, samp
         "guidance_scale": "3.0",
     }
     ours = png(client.post("/v1/img2img", files=files, data=data, headers={"Accept": "image/png"}))
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(
-        store / model, safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    pipe = sd_pipeline(store / model, StableDiffusionInpaintPipeline)
     theirs = diffusers_image(
         pipe,
         sampler,

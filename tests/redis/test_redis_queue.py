@@ -25,6 +25,16 @@ def store(tmp_path_factory):
 
 
 ASYNC = {"Prefer": "respond-async"}
+SECRET = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
+HOOKS = dict(webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
+
+
+def finished(outcome: str) -> float:
+    """Jobs of tiny-gen this process counted as finished with ``outcome`` (diffusion_jobs_finished_total)."""
+    from prometheus_client import REGISTRY
+
+    labels = dict(kind="generate", model="tiny-gen", outcome=outcome)
+    return REGISTRY.get_sample_value("diffusion_jobs_finished_total", labels) or 0.0
 
 
 def client_for(store, prefix, **overrides):
@@ -205,12 +215,10 @@ def test_a_refusal_whose_window_redis_cannot_tell_waits_the_whole_window_not_a_5
 
 
 def test_webhooks_are_sent_once_each_by_whichever_node_claims_them(store, prefix):
-    secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
-    hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
     with (
         WebhookReceiver(statuses=(500, 200)) as receiver,
-        client_for(store, prefix, embedded_worker=True, **hooks) as node_a,
-        client_for(store, prefix, embedded_worker=False, **hooks) as node_b,
+        client_for(store, prefix, embedded_worker=True, **HOOKS) as node_a,
+        client_for(store, prefix, embedded_worker=False, **HOOKS) as node_b,
     ):
         body = {"class_label": 0, "steps": 3, "webhook": receiver.url, "webhook_events": "started,completed"}
         jobs = [
@@ -223,7 +231,7 @@ def test_webhooks_are_sent_once_each_by_whichever_node_claims_them(store, prefix
     ids = [r["headers"]["webhook-id"] for r in got]
     assert sorted(set(ids)) == sorted(f"msg_{j}_{e}" for j in jobs for e in ("started", "completed"))
     for request in got:
-        job = Verifier(secret).verify(request["body"], request["headers"])
+        job = Verifier(SECRET).verify(request["body"], request["headers"])
         event = request["headers"]["webhook-id"].rsplit("_", 1)[1]
         assert job["status"] == ("succeeded" if event == "completed" else job["status"])
 
@@ -235,12 +243,10 @@ def test_a_job_failed_before_it_ran_fires_completed_only_across_nodes(store, pre
         raise ValueError("no plan for this job")
 
     monkeypatch.setattr(engine, "plan_generate", unplannable)
-    secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
-    hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
     with (
         WebhookReceiver() as receiver,
-        client_for(store, prefix, embedded_worker=True, **hooks) as worker_node,
-        client_for(store, prefix, embedded_worker=False, **hooks) as api,
+        client_for(store, prefix, embedded_worker=True, **HOOKS) as worker_node,
+        client_for(store, prefix, embedded_worker=False, **HOOKS) as api,
     ):
         body = {"class_label": 0, "steps": 3, "webhook": receiver.url, "webhook_events": "started,completed"}
         job_id = api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
@@ -249,16 +255,14 @@ def test_a_job_failed_before_it_ran_fires_completed_only_across_nodes(store, pre
         assert len(receiver.received) == 1
         assert worker_node.get(f"/v1/jobs/{job_id}").json()["status"] == "failed"
     assert request["headers"]["webhook-id"] == f"msg_{job_id}_completed"
-    assert Verifier(secret).verify(request["body"], request["headers"])["status"] == "failed"
+    assert Verifier(SECRET).verify(request["body"], request["headers"])["status"] == "failed"
 
 
 def test_a_job_a_stopping_worker_hands_back_reads_queued_and_fires_started_once(store, prefix):
     from app.jobs import EngineEvent, Progress
 
-    secret = "whsec_" + base64.b64encode(b"redis-webhook-secret-0123456789").decode()
-    hooks = dict(webhook_secret=secret, webhook_allow_hosts="127.0.0.1", webhook_backoff_s=0.05)
     _announce_tiny_gen(store, prefix)
-    with WebhookReceiver() as receiver, client_for(store, prefix, embedded_worker=False, **hooks) as api:
+    with WebhookReceiver() as receiver, client_for(store, prefix, embedded_worker=False, **HOOKS) as api:
         body = {"model": "tiny-gen", "class_label": 0, "steps": 4, "webhook": receiver.url}
         body["webhook_events"] = "started,completed"
         job_id = api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
@@ -282,22 +286,16 @@ def test_a_job_a_stopping_worker_hands_back_reads_queued_and_fires_started_once(
         assert record["status"] == "queued" and record["progress"] == {"step": 0, "total": 4}
         assert record["timings"]["run_ms"] == 0  # it no longer counts as started
         (started,) = receiver.wait_for(1)
-        with client_for(store, prefix, embedded_worker=True, **hooks) as worker_node:
+        with client_for(store, prefix, embedded_worker=True, **HOOKS) as worker_node:
             receiver.wait_for(2)
             assert worker_node.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
             time.sleep(1.0)  # a second "started" would have come by now
     ids = [r["headers"]["webhook-id"] for r in receiver.received]
     assert ids == [f"msg_{job_id}_started", f"msg_{job_id}_completed"]
-    assert Verifier(secret).verify(started["body"], started["headers"])["status"] == "running"
+    assert Verifier(SECRET).verify(started["body"], started["headers"])["status"] == "running"
 
 
 def test_each_finished_job_is_counted_once_by_the_process_whose_write_ended_it(store, prefix):
-    from prometheus_client import REGISTRY
-
-    def finished(outcome):
-        labels = dict(kind="generate", model="tiny-gen", outcome=outcome)
-        return REGISTRY.get_sample_value("diffusion_jobs_finished_total", labels) or 0.0
-
     _announce_tiny_gen(store, prefix)
     canceled, succeeded = finished("canceled"), finished("succeeded")
     with client_for(store, prefix, embedded_worker=False) as api:
@@ -318,19 +316,13 @@ def test_each_finished_job_is_counted_once_by_the_process_whose_write_ended_it(s
 
 
 def test_a_write_holding_a_job_whose_record_vanished_still_writes_and_counts_the_others(store, prefix):
-    from prometheus_client import REGISTRY
-
     from app.jobs import EngineEvent, JobResult
-
-    def succeeded():
-        labels = dict(kind="generate", model="tiny-gen", outcome="succeeded")
-        return REGISTRY.get_sample_value("diffusion_jobs_finished_total", labels) or 0.0
 
     _announce_tiny_gen(store, prefix)
     with client_for(store, prefix, embedded_worker=False) as api:
         body = {"model": "tiny-gen", "class_label": 0, "steps": 4}
         gone, kept = (api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"] for _ in range(2))
-    before = succeeded()
+    before = finished("succeeded")
 
     async def one_write(redis):
         worker = _worker_on(store, prefix, redis, "writer")
@@ -344,7 +336,7 @@ def test_a_write_holding_a_job_whose_record_vanished_still_writes_and_counts_the
         return (await worker.records.get(kept)).status.value
 
     assert on_redis(one_write) == "succeeded"
-    assert succeeded() == before + 1
+    assert finished("succeeded") == before + 1
 
 
 def test_a_high_priority_job_overtakes_the_low_priority_backlog_across_nodes(store, prefix):
@@ -483,11 +475,6 @@ def test_a_sync_request_whose_job_record_is_lost_gets_a_503_saying_so(store, pre
 def test_a_job_canceled_without_the_worker_hearing_of_it_is_stopped_at_its_next_write(store, prefix):
 
     import redis
-
-    from app.metrics import JOBS_FINISHED
-
-    def finished(outcome):
-        return JOBS_FINISHED.labels("generate", "tiny-gen", outcome)._value.get()
 
     with client_for(store, prefix, embedded_worker=True) as node:
         body = {"class_label": 0, "steps": 1000, "num_images": 8, "sampler": "ddpm"}
