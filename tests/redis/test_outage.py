@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from app.queue.redis.queue import reach
+from app.queue.redis.queue import reach, unavailable
 from app.settings import Settings
 from tests.redis.helpers import OwnRedis, free_port, job_streams, poll, submit
 from tests.tiny_models import write_generator
@@ -67,6 +67,52 @@ def test_redis_down_is_a_503_with_retry_after_and_everything_recovers(prefix, pr
         assert again["status"] == "succeeded" and again["images"] == before["images"]
         assert poll(api.url, submit(api.url, steps=5, seed=2))["status"] == "succeeded"
     finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("reply", "away"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", True),
+        ("READONLY You can't write against a read only replica.", True),  # a failover's old master
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+        ("CLUSTERDOWN The cluster is down", True),
+        ("NOREPLICAS Not enough good replicas to write.", True),
+        ("LOADING Redis is loading the dataset in memory", True),
+        ("ERR wrong number of arguments for 'xadd' command", False),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        ("NOSCRIPT No matching script. Please use EVAL.", False),
+    ],
+)
+def test_replies_that_say_redis_cannot_serve_now_are_told_from_errors_in_the_request(reply, away):
+    # as redis-py parses them: most of these become classes of their own, with the code cut from the message
+    from redis._parsers import BaseParser
+
+    assert unavailable(BaseParser.parse_error(reply)) is away
+
+
+def test_a_full_redis_is_a_503_and_jobs_go_on_once_it_has_room(prefix, procs, store, tmp_path):
+    """deploy/k8s/redis.yaml runs Redis with maxmemory and noeviction: when full it refuses writes with
+    "OOM command not allowed", which must read as the queue being unavailable, not as a server error."""
+    server = OwnRedis(tmp_path, appendonly=False)
+    client = redis.Redis.from_url(server.url)
+    try:
+        api = procs("serve", prefix, store, queue_url=server.url)
+        procs("worker", prefix, store, queue_url=server.url)
+        api.wait_ready()
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # one byte: full, every write refused
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # redis-py cuts the "OOM" code from the message
+            client.set(f"{prefix}:probe", "x")
+        for headers in ({}, {"Prefer": "respond-async"}):
+            r = httpx.post(api.url + "/v1/generate", json={"class_label": 0}, headers=headers, timeout=10)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
+        client.config_set("maxmemory", 0)  # room again
+        assert poll(api.url, submit(api.url, steps=5, seed=3))["status"] == "succeeded"
+    finally:
+        client.close()
         server.stop()
 
 

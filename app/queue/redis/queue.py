@@ -18,7 +18,8 @@ from typing import AsyncIterator
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import background
@@ -47,7 +48,10 @@ CATALOG_REFRESH_S = 1.0
 READY_TIMEOUT_S = 1.0
 CLAIM_WRITE_S = 2.0  # an Idempotency-Key claimed this recently may still be writing its job's record
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
-# errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master
+# errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master.
+# redis-py raises most as classes of their own and cuts the code from the message ("OOM command not
+# allowed..." arrives as OutOfMemoryError("command not allowed...")); the others keep it in the message
+UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
 UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
 
 
@@ -91,7 +95,7 @@ async def reach(redis: Redis, settings: Settings) -> None:
 
 def unavailable(exc: Exception) -> bool:
     """Whether ``exc`` says Redis cannot serve now (rather than that the request was wrong)."""
-    if isinstance(exc, REDIS_DOWN):
+    if isinstance(exc, REDIS_DOWN + UNAVAILABLE_ERRORS):
         return True
     return isinstance(exc, ResponseError) and str(exc).upper().startswith(UNAVAILABLE_REPLIES)
 
