@@ -89,6 +89,20 @@ def test_the_load_balancer_streams_events_unbuffered():
     assert re.search(r"server api:8000", conf)
 
 
+def test_the_load_balancer_drops_idle_connections_before_the_replicas_do_and_says_who_asked():
+    import uvicorn
+
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream diffusion_api \{(.*?)\}", conf, re.S).group(1)
+    idle = float(re.search(r"keepalive_timeout (\d+)s;", upstream).group(1))
+    # the service runs uvicorn with its default keep-alive (app.cli): nginx must not reuse a connection the
+    # replica is closing, which would answer a POST with 502
+    assert idle < uvicorn.Config(app=None).timeout_keep_alive
+    assert "proxy_set_header X-Forwarded-For" in conf and "proxy_set_header X-Forwarded-Proto" in conf
+    api = _compose("compose.scale.yaml")["services"]["api"]
+    assert api["environment"]["FORWARDED_ALLOW_IPS"] == "*" and "ports" not in api  # only the lb reaches it
+
+
 def test_the_load_balancer_lets_the_services_own_body_limit_answer():
     from app.settings import Settings
 
@@ -139,16 +153,23 @@ def test_k8s_validation_catches_a_broken_manifest():
 
 
 def test_k8s_probes_grace_and_gpu():
+    from app.background import CLOSE_MARGIN_S
+
     config = _by_kind("ConfigMap")["diffusion-config"]["data"]
     grace = float(config["DIFFUSION_SHUTDOWN_GRACE_S"])
     deployments = _by_kind("Deployment")
     api = deployments["diffusion-api"]["spec"]["template"]["spec"]
     worker = deployments["diffusion-worker"]["spec"]["template"]["spec"]
     (api_container,) = api["containers"]
-    assert api_container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # in the Service while the process serves, so a missing worker or Redis gets the service's JSON 503s
+    assert api_container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert api_container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    pause = api_container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep" and float(pause[1]) > 0  # endpoints are removed before uvicorn stops accepting
+    assert api["terminationGracePeriodSeconds"] >= float(pause[1]) + grace + 5
+    # a stopping worker finishes for the grace, then writes and hands back within CLOSE_MARGIN_S more
+    assert worker["terminationGracePeriodSeconds"] >= grace + CLOSE_MARGIN_S + 5
     for pod in (api, worker):
-        assert pod["terminationGracePeriodSeconds"] >= grace + 5  # the service's own grace fits inside
         (container,) = pod["containers"]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
@@ -156,6 +177,44 @@ def test_k8s_probes_grace_and_gpu():
     assert worker["containers"][0]["command"][-1] == "worker"
     hpa = _by_kind("HorizontalPodAutoscaler")["diffusion-api"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "diffusion-api" and hpa["minReplicas"] >= 2
+    labels = deployments["diffusion-api"]["spec"]["template"]["metadata"]["labels"]
+    budget = _by_kind("PodDisruptionBudget")["diffusion-api"]["spec"]
+    assert budget["selector"]["matchLabels"] == labels and budget["minAvailable"] == 1
+    assert api["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"] == labels
+
+
+def test_k8s_redis_is_bounded_and_reachable_only_by_the_service_and_keda():
+    redis = _by_kind("StatefulSet")["diffusion-redis"]["spec"]["template"]
+    (container,) = redis["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # refuses writes (503), never drops a job
+    maxmemory = args[args.index("--maxmemory") + 1]
+    assert maxmemory.endswith("gb") and container["resources"]["limits"]["memory"].endswith("Mi")
+    limit_mb = int(container["resources"]["limits"]["memory"][:-2])
+    assert float(maxmemory[:-2]) * 1024 * 2 <= limit_mb  # room for the AOF rewrite's fork to copy every page
+    (policy,) = _by_kind("NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"] == redis["metadata"]["labels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    pods, keda = rule["from"]
+
+    def admitted(labels: dict) -> bool:
+        return all(labels.get(e["key"]) in e["values"] for e in pods["podSelector"]["matchExpressions"])
+
+    for name, deployment in _by_kind("Deployment").items():
+        assert admitted(deployment["spec"]["template"]["metadata"]["labels"]), name
+    assert not admitted({"app.kubernetes.io/name": "diffusion", "app.kubernetes.io/component": "redis"})
+    assert keda["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+
+
+def test_k8s_images_carry_the_projects_version():
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    images = {i["name"]: i["newTag"] for i in yaml.safe_load((K8S / "kustomization.yaml").read_text())["images"]}
+    assert set(images.values()) == {version}
+    for deployment in _by_kind("Deployment").values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        name, tag = container["image"].split(":")
+        assert name in images and tag == version and container.get("imagePullPolicy") != "Always"
 
 
 def test_keda_scales_the_workers_on_the_shipped_models_job_streams():
@@ -164,6 +223,15 @@ def test_keda_scales_the_workers_on_the_shipped_models_job_streams():
     assert scaled["scaleTargetRef"]["name"] in _by_kind("Deployment")
     triggers = scaled["triggers"]
     assert {t["type"] for t in triggers} == {"redis-streams"}
+    # KEDA takes the largest trigger unless a formula combines them: the sum of every stream's length, one
+    # worker per `target` jobs, and a worker holds no more than that, so a worker KEDA adds finds jobs to take
+    modifiers = scaled["advanced"]["scalingModifiers"]
+    assert sorted(modifiers["formula"].replace(" ", "").split("+")) == sorted(t["name"] for t in triggers)
+    assert modifiers["metricType"] == "AverageValue"
+    (worker,) = _by_kind("Deployment")["diffusion-worker"]["spec"]["template"]["spec"]["containers"]
+    worker_env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert int(worker_env["DIFFUSION_WORKER_JOBS"]) == int(modifiers["target"])
+    assert all(t["metadata"]["streamLength"] == modifiers["target"] for t in triggers)
     shipped = sorted(folder.name for folder in (ROOT / "model_store").iterdir() if folder.is_dir())
     model_streams = [s for _, s in Keys(config["DIFFUSION_REDIS_PREFIX"]).streams(shipped) if ":model:" in s]
     assert shipped == ["digits", "photos"] and len(model_streams) == 6
