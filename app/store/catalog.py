@@ -279,9 +279,8 @@ class ModelEntry:
                 guidance=self.spec.text or self.null_class is not None,
                 defaults=self.defaults.model_dump(mode="json"),
                 parameters=self.parameters,
+                size_multiple=self.size_multiple,  # img2img takes any size of these multiples, on every model
             )
-            if self.spec.latent and not self.card.image_size:
-                card["size_multiple"] = self.size_multiple
             card["tasks"] = self.tasks
             unavailable = {t: self.refusal(t) for t in self.card.tasks if self.refusal(t)}
             if unavailable:

@@ -129,6 +129,19 @@ def test_an_empty_mask_is_422_not_an_img2img_without_one(client):
     assert client.post("/v1/img2img", json=body).status_code == 200
 
 
+def test_every_models_card_says_the_multiple_img2img_needs(client):
+    card = client.get("/v1/models/tiny-gen").json()["card"]  # a pixel model, with a native size
+    multiple = card["size_multiple"]
+    assert multiple > 1
+    form = {"model": "tiny-gen", "class_label": "0", "steps": "2"}
+    odd = png_bytes(photo(multiple * 4 + 1, multiple * 4, channels=1))
+    r = client.post("/v1/img2img", files={"file": ("p.png", odd, "image/png")}, data=form)
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "not_multiple"
+    assert f"multiples of {multiple}" in r.json()["detail"][0]["msg"]
+    fits = png_bytes(photo(multiple * 4, multiple * 4, channels=1))
+    assert client.post("/v1/img2img", files={"file": ("p.png", fits, "image/png")}, data=form).status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/v1/generate", "/v1/denoise", "/v1/noise"])
 @pytest.mark.parametrize(
     "body,reason",
