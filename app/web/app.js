@@ -90,7 +90,7 @@ async function apiJson(path, options = {}) {
 // A sync request still running at the server's sync timeout is answered 202 with the job: follow it to its end.
 async function finished(job, run) {
   if (job.status === "queued" || job.status === "running") {
-    run.jobs.add(job.job_id); // Cancel (or leaving the page) cancels it on the server
+    run.track(job.job_id); // Cancel (or leaving the page) cancels it on the server
     for await (const _ of events(`/v1/jobs/${job.job_id}/events`, run)); // the stream ends at a final status
     job = await apiJson(`/v1/jobs/${job.job_id}`, { signal: run.signal });
   }
@@ -128,20 +128,51 @@ class Run {
     this.controller = new AbortController();
     this.signal = this.controller.signal;
     this.jobs = new Set();
+    this.quiet = false; // canceled by something else the person did: its status line is not "canceled"
+  }
+
+  // A job this action made or follows: canceled on the server on Cancel, at once if Cancel came first.
+  track(id) {
+    this.jobs.add(id);
+    if (this.signal.aborted) cancelJob(id);
   }
 
   cancel() {
     this.controller.abort();
-    const key = localStorage.getItem(KEY_STORE);
-    const headers = key ? { Authorization: `Bearer ${key}` } : {};
-    // keepalive: the request still goes out when the page is being closed
-    for (const id of this.jobs) fetch(`/v1/jobs/${id}`, { method: "DELETE", headers, keepalive: true }).catch(() => {});
+    for (const id of this.jobs) cancelJob(id);
   }
+}
+
+function cancelJob(id) {
+  const key = localStorage.getItem(KEY_STORE);
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  // keepalive: the request still goes out when the page is being closed
+  fetch(`/v1/jobs/${id}`, { method: "DELETE", headers, keepalive: true }).catch(() => {});
+}
+
+// A wait that Cancel ends early (as a canceled fetch does).
+function pause(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", done);
+      resolve();
+    }, seconds * 1000);
+    signal.addEventListener("abort", done, { once: true });
+    if (signal.aborted) done();
+  });
 }
 const runs = new Set();
 addEventListener("pagehide", () => runs.forEach((run) => run.cancel()));
 
-function guard(button, work, { status, cancel } = {}) {
+// Actions that share a status line, a Cancel button and what they show (the Denoise tab's Add noise and
+// Denoise) run one at a time: each disables the others' buttons while it runs.
+const photoLane = { buttons: ["dn-add-noise", "dn-submit"], run: null };
+
+function guard(button, work, { status, cancel, lane } = {}) {
   // Run an action with its button disabled and its Cancel button shown; an error becomes a readable
   // message, and the action's status line says how it ended.
   return async (event) => {
@@ -150,7 +181,9 @@ function guard(button, work, { status, cancel } = {}) {
     const hadFocus = document.activeElement === button;
     const run = new Run();
     runs.add(run);
-    button.disabled = true;
+    const buttons = lane ? lane.buttons.map($) : [button];
+    buttons.forEach((b) => (b.disabled = true));
+    if (lane) lane.run = run;
     const stop = () => run.cancel();
     if (cancel) {
       $(cancel).hidden = false;
@@ -160,7 +193,7 @@ function guard(button, work, { status, cancel } = {}) {
       await work(run);
     } catch (err) {
       if (run.signal.aborted) {
-        if (status) $(status).textContent = "canceled";
+        if (status && !run.quiet) $(status).textContent = "canceled";
       } else {
         if (status) $(status).textContent = "failed: see the message above";
         const lost = err instanceof TypeError ? `Lost the connection to the server (${err.message}).` : null;
@@ -168,7 +201,8 @@ function guard(button, work, { status, cancel } = {}) {
       }
     } finally {
       runs.delete(run);
-      button.disabled = false;
+      buttons.forEach((b) => (b.disabled = false));
+      if (lane && lane.run === run) lane.run = null;
       if (cancel) {
         $(cancel).removeEventListener("click", stop);
         $(cancel).hidden = true;
@@ -331,7 +365,7 @@ function generateBody() {
   if (!$("gen-seed").value) $("gen-seed").value = randomSeed();
   const body = {
     model: model.name,
-    seed: Number($("gen-seed").value), // exact for seeds below 2^53; the curl copy keeps the digits
+    seed: Number(seedDigits()), // exact for seeds below 2^53; the request and the curl copy keep the digits
     steps,
     sampler: $("gen-sampler").value,
     num_images: Number($("gen-count").value),
@@ -349,14 +383,22 @@ function generateBody() {
   return body;
 }
 
+function seedDigits() {
+  // the seed field's digits, as JSON writes a number: "007" is 7 (JSON has no leading zeros)
+  const text = $("gen-seed").value.trim();
+  if (!/^\d+$/.test(text)) throw new ApiError("The seed must be a whole number, 0 or more.");
+  return BigInt(text).toString();
+}
+
 function jsonWithExactSeed(body) {
   // JSON.stringify would round a 63-bit seed; write the field's own digits.
-  return JSON.stringify(body).replace(/"seed":\d+(\.\d+)?(e\+\d+)?/, `"seed":${$("gen-seed").value}`);
+  return JSON.stringify(body).replace(/"seed":\d+(\.\d+)?(e\+\d+)?/, `"seed":${seedDigits()}`);
 }
 
 function curlFor(body) {
   const key = localStorage.getItem(KEY_STORE) ? ` -H "Authorization: Bearer $DIFFUSION_API_KEY"` : "";
-  return `curl -s ${location.origin}/v1/generate -H 'content-type: application/json'${key} -d '${jsonWithExactSeed(body)}'`;
+  const quoted = jsonWithExactSeed(body).replaceAll("'", "'\\''"); // a prompt's ' ends the shell's quotes
+  return `curl -s ${location.origin}/v1/generate -H 'content-type: application/json'${key} -d '${quoted}'`;
 }
 
 async function copyCurl() {
@@ -378,13 +420,15 @@ async function generate(run) {
   body.preview_every = Math.max(1, Math.floor(body.steps / 10));
   const progress = $("gen-progress");
   $("gen-status").textContent = "sending…";
+  // Not aborted by Cancel: the server may have taken the job already, and only its answer names it. A run
+  // canceled meanwhile cancels the job as soon as it is named.
   const accepted = await apiJson("/v1/generate", {
     method: "POST",
     headers: { "Content-Type": "application/json", Prefer: "respond-async" },
     body: jsonWithExactSeed(body),
-    signal: run.signal,
   });
-  run.jobs.add(accepted.job_id);
+  run.track(accepted.job_id);
+  run.signal.throwIfAborted();
   // the last results stay until the server has taken the new request
   progress.value = 0;
   $("gen-preview").replaceChildren();
@@ -434,6 +478,11 @@ $("gen-form").addEventListener("submit", guard($("gen-submit"), generate, { stat
 const photo = { original: null, noisy: null, sigma: null }; // Blobs, and the sigma the noise was added at
 
 function setOriginal(blob, label) {
+  if (photoLane.run) {
+    // a new photo: what was being done to the last one is canceled, and its result never shown
+    photoLane.run.quiet = true;
+    photoLane.run.cancel();
+  }
   photo.original = blob;
   photo.noisy = null;
   photo.sigma = null;
@@ -515,6 +564,7 @@ async function addNoise(run) {
   form.append("seed", "0");
   $("dn-status").textContent = "adding noise…";
   const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form, signal: run.signal }), run);
+  run.signal.throwIfAborted();
   photo.noisy = b64ToBlob(job.images[0].data, job.images[0].media_type);
   photo.sigma = sigma;
   $("dn-noisy-given").checked = false;
@@ -527,7 +577,10 @@ async function addNoise(run) {
   $("dn-status").textContent = "noise added: now denoise it";
   await scoreAgainstOriginal("dn-noisy", "dn-noisy-caption", `Noisy (σ ${sigma})`);
 }
-$("dn-add-noise").addEventListener("click", guard($("dn-add-noise"), addNoise, { status: "dn-status", cancel: "dn-cancel" }));
+$("dn-add-noise").addEventListener(
+  "click",
+  guard($("dn-add-noise"), addNoise, { status: "dn-status", cancel: "dn-cancel", lane: photoLane }),
+);
 $("dn-sigma").addEventListener("keydown", (event) => {
   if (event.key === "Enter") {
     event.preventDefault(); // the σ field's Enter adds noise, not the form's Denoise
@@ -545,6 +598,7 @@ async function denoise(run) {
   form.append("sigma", $("dn-sigma-mode").value === "auto" ? "auto" : String(given ? sigmaValue() : photo.sigma));
   $("dn-status").textContent = "denoising…";
   const job = await finished(await apiJson("/v1/denoise", { method: "POST", body: form, signal: run.signal }), run);
+  run.signal.throwIfAborted();
   const denoised = b64ToBlob(job.images[0].data, job.images[0].media_type);
   if (given) {
     // the upload is the noisy image: there is no clean original to compare with
@@ -562,7 +616,7 @@ async function denoise(run) {
   $("dn-status").textContent = `done in ${(job.timings.total_ms / 1000).toFixed(2)} s`;
   if (!given) await scoreAgainstOriginal("dn-denoised", "dn-denoised-caption", `Denoised${sigma}`);
 }
-$("dn-form").addEventListener("submit", guard($("dn-submit"), denoise, { status: "dn-status", cancel: "dn-cancel" }));
+$("dn-form").addEventListener("submit", guard($("dn-submit"), denoise, { status: "dn-status", cancel: "dn-cancel", lane: photoLane }));
 
 function updateCompare() {
   const cut = 100 - Number($("dn-compare").value);
@@ -582,7 +636,12 @@ async function pixelsOf(img) {
 }
 
 async function scoreAgainstOriginal(id, captionId, label) {
-  const [a, b] = await Promise.all([pixelsOf($("dn-original")), pixelsOf($(id))]);
+  let a, b;
+  try {
+    [a, b] = await Promise.all([pixelsOf($("dn-original")), pixelsOf($(id))]);
+  } catch (_) {
+    return; // an original the browser cannot show (TIFF, PNM, TGA, QOI) has no pixels here to compare with
+  }
   if (a.width !== b.width || a.height !== b.height) return;
   $(captionId).textContent = `${label}: PSNR ${psnr(a, b).toFixed(2)} dB, SSIM ${ssim(a, b).toFixed(3)}`;
 }
@@ -662,8 +721,7 @@ async function patiently(send, run, waiting) {
       if (!(err instanceof ApiError && err.status === 429) || attempt >= 20 || run.signal.aborted) throw err;
       const wait = Math.min(Math.max(err.retryAfter, 1), 60);
       waiting(wait);
-      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
-      if (run.signal.aborted) throw err;
+      await pause(wait, run.signal); // Cancel ends the wait
     }
   }
 }
@@ -687,7 +745,7 @@ async function forward(run) {
   // a few requests at a time: a key may hold only so many jobs at once (the README's example: 4)
   await inTurns(
     FORWARD_CONCURRENCY,
-    FORWARD_STEPS.map((t, i) => async () => {
+    FORWARD_STEPS.map((t, i) => async (stopped) => {
       let src;
       const timestep = Math.min(t, last);
       if (t === 0) {
@@ -703,6 +761,7 @@ async function forward(run) {
           $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length} images; the key's quota asks to wait ${wait} s`;
         };
         const job = await finished(await patiently(send, run, waiting), run);
+        if (stopped()) return; // another image failed: the strip says so, and stays as it was then
         src = dataUrl(job.images[0]);
       }
       const label = t === 0 ? "t = 0 (x₀)" : timestep === t ? `t = ${t}` : `t = ${timestep} (T − 1)`;
@@ -719,13 +778,15 @@ async function forward(run) {
 }
 
 async function inTurns(limit, tasks) {
-  // Run the tasks with at most `limit` at once; the first error stops the others from starting.
+  // Run the tasks with at most `limit` at once; the first error stops the others from starting, and tells
+  // those already running (their argument: a function that says whether to stop).
   let next = 0;
   let failed = false;
+  const stopped = () => failed;
   const lane = async () => {
     while (!failed && next < tasks.length) {
       try {
-        await tasks[next++]();
+        await tasks[next++](stopped);
       } catch (err) {
         failed = true;
         throw err;

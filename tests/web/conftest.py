@@ -118,6 +118,7 @@ def keyed_server(web_store, tmp_path_factory):
         # the README's example key: at most 4 jobs at once
         {"name": "four", "sha256": digest("four-key"), "scopes": ["generate", "denoise"], "max_concurrent_jobs": 4},
         {"name": "one", "sha256": digest("one-key"), "scopes": ["generate", "denoise"], "max_concurrent_jobs": 1},
+        {"name": "rare", "sha256": digest("rare-key"), "scopes": ["generate", "denoise"], "requests_per_minute": 2},
     ]
     keys.write_text(json.dumps(entries))
     server = Server(web_store, DIFFUSION_API_KEYS_FILE=str(keys))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
+import shlex
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 ORDER = """() => {
@@ -139,6 +142,54 @@ def test_cancel_stops_the_job_on_the_server(server, open_page):
     assert final["status"] == "canceled"
 
 
+def final_status(server, job: str) -> str:
+    status = httpx.get(f"{server.url}/v1/jobs/{job}").json()["status"]
+    for _ in range(50):
+        if status not in ("queued", "running"):
+            break
+        status = httpx.get(f"{server.url}/v1/jobs/{job}").json()["status"]
+    return status
+
+
+def test_cancel_before_the_server_has_answered_cancels_the_job_it_makes(server, open_page):
+    """The request that makes the job is not dropped on Cancel (the server may have taken it, and only its
+    answer names the job): the job it names is canceled as soon as the answer comes."""
+    watched = open_page(server)
+    page = watched.page
+    held = []
+    page.route("**/v1/generate", lambda route: held.append(route))  # the request waits, as on a slow network
+    fill_generate(page, class_name="a", seed=1, steps=1000)
+    page.get_by_label("Number of images").fill("16")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#gen-status")).to_have_text("sending…")
+    page.get_by_role("button", name="Cancel").click()
+    assert len(held) == 1
+    with page.expect_response(lambda r: r.url.endswith("/v1/generate")) as accepted:
+        with page.expect_request(lambda r: r.method == "DELETE") as deleted:
+            held[0].continue_()
+    job = accepted.value.json()["job_id"]
+    assert deleted.value.url.endswith(f"/v1/jobs/{job}")
+    expect(page.locator("#gen-status")).to_have_text("canceled")
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert final_status(server, job) == "canceled"
+
+
+def test_seeds_are_sent_as_json_numbers_and_curl_copies_quote_a_prompts_apostrophe(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    fill_generate(page, class_name="a", seed=7, steps=2)
+    page.get_by_role("tabpanel", name="Generate").get_by_label("Seed", exact=True).fill("007")
+    with page.expect_request(lambda r: r.url.endswith("/v1/generate")) as sent:
+        page.get_by_role("button", name="Generate", exact=True).click()
+    assert json.loads(sent.value.post_data)["seed"] == 7  # "007" is not JSON
+    expect(page.get_by_role("img", name="Generated image, seed 7").first).to_be_visible(timeout=60_000)
+    body = {"model": "tiny-gen", "prompt": "a cat's toy", "seed": 7}
+    command = page.evaluate("body => curlFor(body)", body)
+    words = shlex.split(command)  # as a POSIX shell reads it
+    assert words[0] == "curl" and json.loads(words[words.index("-d") + 1]) == body
+    clean(watched)
+
+
 def test_a_refused_request_keeps_the_last_results_says_it_failed_and_its_message_goes_with_the_tab(server, open_page):
     watched = open_page(server)
     page = watched.page
@@ -186,6 +237,68 @@ def test_a_text_file_upload_shows_a_readable_error(server, open_page):
     expect(alert).to_contain_text("file")
     expect(alert).to_contain_text("422")  # the server's own refusal, in words
     assert watched.outside() == []
+
+
+def test_an_upload_the_browser_cannot_show_is_noised_and_denoised_without_scores(server, open_page):
+    """The server reads TIFF; the browser does not show it, so there is nothing to score against, which
+    is not a failure."""
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    tiff = io.BytesIO()
+    Image.open(io.BytesIO(httpx.get(server.url + "/ui/samples/cat.png").content)).save(tiff, format="TIFF")
+    page.get_by_role("tabpanel", name="Denoise").get_by_label("Upload a photo").set_input_files(
+        files=[{"name": "cat.tiff", "mimeType": "image/tiff", "buffer": tiff.getvalue()}]
+    )
+    page.get_by_label("Noise σ (1–255)").fill("30")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.locator("#dn-status")).to_have_text("noise added: now denoise it", timeout=30_000)
+    page.get_by_role("button", name="Denoise", exact=True).click()
+    expect(page.get_by_role("img", name="Denoised photo")).to_be_visible(timeout=60_000)
+    expect(page.locator("#dn-status")).to_contain_text("done in")
+    expect(page.locator("#dn-denoised-caption")).not_to_contain_text("PSNR")
+    expect(page.get_by_role("alert")).to_have_count(0)  # no failure said
+
+
+def test_a_new_photo_cancels_the_denoise_of_the_last_and_one_photo_action_runs_at_a_time(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("button", name="Sample: cat").click()
+    page.get_by_label("Noise σ (1–255)").fill("30")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
+    held = []
+    page.route("**/v1/denoise", lambda route: held.append(route))
+    page.get_by_role("button", name="Denoise", exact=True).click()
+    expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_disabled()  # they share one Cancel
+    expect(page.get_by_role("button", name="Cancel")).to_be_visible()
+    page.get_by_role("button", name="Sample: coffee").click()
+    expect(page.get_by_role("img", name="Original photo (sample: coffee)")).to_be_visible()
+    expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_enabled()
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator("#dn-status")).to_contain_text("sample: coffee loaded")  # not "canceled"
+    assert len(held) == 1
+    held[0].abort()  # the browser dropped it already; let the route go
+    expect(page.get_by_role("img", name="Denoised photo")).to_be_hidden()
+    expect(page.get_by_role("alert")).to_have_count(0)
+
+
+def test_cancel_ends_the_wait_a_429_asked_for(keyed_server, open_page):
+    watched = open_page(keyed_server)
+    page = watched.page
+    page.get_by_role("textbox", name="API key").fill("rare-key")  # 2 requests a minute
+    page.get_by_role("button", name="Save key").click()
+    page.get_by_role("tab", name="Forward process").click()
+    page.get_by_role("tabpanel", name="Forward process").get_by_label("Schedule of model").select_option("tiny-gen")
+    page.get_by_role("button", name="Show forward process").click()
+    status = page.locator("#fw-status")
+    expect(status).to_contain_text("asks to wait", timeout=30_000)
+    wait = int(re.search(r"wait (\d+) s", status.inner_text()).group(1))
+    assert wait >= 30  # the window is a minute: the wait is long, so the end below is the Cancel's doing
+    page.get_by_role("button", name="Cancel").click()
+    expect(status).to_have_text("canceled", timeout=10_000)
+    expect(page.get_by_role("button", name="Show forward process")).to_be_enabled()
 
 
 @pytest.mark.parametrize("key", [None, "four-key", "one-key"])
@@ -289,3 +402,8 @@ def test_the_page_is_served_with_a_policy_that_keeps_it_on_this_server(server):
     assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
     sample = httpx.get(server.url + "/ui/samples/cat.png")
     assert sample.headers["content-type"] == "image/png" and base64.b64encode(sample.content)
+    # revalidated at each load, as the page is: a new page never runs an old script after an upgrade
+    script = httpx.get(server.url + "/ui/app.js")
+    assert r.headers["cache-control"] == script.headers["cache-control"] == "no-cache"
+    again = httpx.get(server.url + "/ui/app.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status_code == 304

@@ -23,5 +23,15 @@ async def page() -> FileResponse:
     return FileResponse(WEB / "index.html", headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
 
 
+class Revalidated(StaticFiles):
+    """The page's script, styles and samples, revalidated at each load (their ETag makes that a 304), as
+    the page itself is: after an upgrade a browser never runs an old script under the new page."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def static_files() -> StaticFiles:
-    return StaticFiles(directory=WEB)
+    return Revalidated(directory=WEB)
