@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,18 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode an upload to grey or RGB uint8; refuse images over ``max_pixels`` before decoding them.
 
     Only the first frame of an animation (or page of a multi-page file) is decoded; the others are counted in
-    ``frames_dropped``. Raises ImageTooLarge, ImageUndecodable (truncated or corrupt data) or its subclass
-    ImageUnsupported (a mode such as 32-bit float, see ``image_to_pixels``).
+    ``frames_dropped`` (up to MAX_FRAMES_COUNTED). Raises ImageTooLarge, ImageUndecodable (truncated or
+    corrupt data) or its subclass ImageUnsupported (a mode such as 32-bit float, see ``image_to_pixels``).
     """
+    try:
+        return _decode(data, max_pixels)
+    except (ImageTooLarge, ImageUndecodable, MemoryError):
+        raise
+    except Exception as exc:  # Pillow's parsers raise TypeError, IndexError, KeyError ... on malformed files too
+        raise ImageUndecodable(f"image could not be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     image = _open(data, max_pixels)
     if image.format == "PNG":
         _check_png_complete(data)
@@ -108,7 +117,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     else:
         orientation = _orientation(image)
         if orientation != 1:  # a phone's photo, stored sideways: turned as every viewer (and browser) shows it
-            image = ImageOps.exif_transpose(image)
+            image = image.transpose(_TURNS[orientation])
     return DecodedImage(
         pixels=image_to_pixels(image),
         alpha_dropped=alpha_dropped,
@@ -136,6 +145,19 @@ def icc_for(profile: bytes | None, channels: int, fmt: str) -> bytes | None:
         return None
     wanted = b"RGB " if channels == 3 or fmt == "webp" else b"GRAY"
     return profile if profile[16:20] == wanted else None
+
+
+# How each EXIF orientation is undone (as ImageOps.exif_transpose does, without rewriting the EXIF data it
+# carries, which fails on a file with one mistyped tag: only the pixels are kept here)
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _orientation(image: Image.Image) -> int:
@@ -237,13 +259,28 @@ def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
         )
 
 
+MAX_FRAMES_COUNTED = 1000  # a file of more frames says 999 dropped
+
+
 def _extra_frames(image: Image.Image) -> int:
-    """Frames after the first. Called before ``load``: counting seeks through the file and back to frame 0,
-    which throws away an already loaded frame (GIF)."""
+    """Frames after the first, counted up to MAX_FRAMES_COUNTED: Pillow's ``n_frames`` walks every page of a
+    TIFF, in time that grows with the square of their number (a 20 MB upload of tiny pages: minutes).
+    Called before ``load``: counting seeks through the file and back to frame 0, which throws away an
+    already loaded frame (GIF)."""
+    if not getattr(image, "is_animated", False):  # one frame, or a format without frames
+        return 0
+    count = 1
     try:
-        return max(getattr(image, "n_frames", 1) - 1, 0)
+        while count < MAX_FRAMES_COUNTED:
+            try:
+                image.seek(count)
+            except EOFError:
+                break
+            count += 1
+        image.seek(0)
     except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
+    return count - 1
 
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})

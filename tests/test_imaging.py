@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.imaging import (
     FORMAT_OF_MEDIA_TYPE,
@@ -22,6 +22,7 @@ from app.imaging import (
     ImageTooLarge,
     ImageUndecodable,
     ImageUnsupported,
+    MAX_FRAMES_COUNTED,
     decode_image,
     encode_image,
     image_to_pixels,
@@ -480,6 +481,51 @@ def test_the_exif_orientation_is_applied_as_a_viewer_shows_the_photo(fmt):
     assert decode_image(
         save(Image.fromarray(stored), fmt, exif=exif(1), **lossless), max_pixels=LIMIT
     ).pixels.shape == (16, 48, 3)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_each_orientation_is_undone_as_pillows_exif_transpose_does(orientation):
+    stored = noise(12, 20)
+    data = save(Image.fromarray(stored), "PNG", exif=exif(orientation))
+    oracle = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    assert np.array_equal(decode_image(data, max_pixels=LIMIT).pixels, oracle)
+
+
+def test_a_photo_with_one_mistyped_exif_tag_is_still_turned():
+    """ImageOps.exif_transpose rewrites the EXIF data it carries, and fails on such a tag (a 500 before);
+    only the pixels are kept here, so only the orientation is read."""
+    ifd = struct.pack("<H", 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)  # orientation 6
+    ifd += struct.pack("<HHII", 0x011A, 2, 8, 38) + b"\0" * 4 + b"72/1\0\0\0\0"  # XResolution as text
+    raw = b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd
+    data = save(Image.fromarray(noise(16, 24)), "JPEG", exif=raw)
+    with pytest.raises(Exception):  # noqa: B017 - the failure this guards against, whatever Pillow raises
+        ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert decoded.exif_orientation == 6 and decoded.pixels.shape == (24, 16, 3)
+
+
+def test_multi_frame_files_cut_inside_a_later_frame_are_undecodable_not_errors():
+    first = Image.fromarray(noise(24, 32)).convert("P")
+    one = save(first, "GIF")
+    two = save(first, "GIF", save_all=True, append_images=[first.rotate(90)])
+    tiff = save(Image.fromarray(noise(24, 32)), "TIFF", save_all=True, append_images=[Image.fromarray(noise(24, 32))])
+    for data in (two[: len(one)], two[: len(one) + 20], tiff[:140]):  # Pillow raises IndexError, TypeError here
+        with pytest.raises(ImageUndecodable):
+            decode_image(data, max_pixels=LIMIT)
+    assert decode_image(two, max_pixels=LIMIT).frames_dropped == 1
+
+
+def test_frames_are_counted_up_to_a_cap():
+    """Pillow's n_frames walks every page of a TIFF in time that grows with the square of their number: a
+    20 MB upload of tiny pages would hold a core for minutes. Counting stops at the cap."""
+    page = Image.fromarray(noise(4, 4))
+    pages = MAX_FRAMES_COUNTED + 200
+    data = save(page, "TIFF", save_all=True, append_images=[page] * (pages - 1))
+    assert Image.open(io.BytesIO(data)).n_frames == pages
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert decoded.frames_dropped == MAX_FRAMES_COUNTED - 1 and decoded.pixels.shape == (4, 4, 3)
+    few = save(page, "TIFF", save_all=True, append_images=[page] * 4)
+    assert decode_image(few, max_pixels=LIMIT).frames_dropped == 4
 
 
 def test_a_tiff_is_turned_once_and_its_orientation_reported():
