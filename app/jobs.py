@@ -74,6 +74,10 @@ class GenerateSpec(_Model):
     def total_steps(self) -> int:
         return self.steps
 
+    @property
+    def image_count(self) -> int:
+        return len(self.seeds)
+
 
 class Img2ImgSpec(GenerateSpec):
     """Generation that starts from an image: its latent (or pixels) noised to the timestep ``strength`` of
@@ -128,6 +132,10 @@ class DenoiseSpec(_Model):
             ensemble=self.ensemble,
         )
 
+    @property
+    def image_count(self) -> int:
+        return 1  # one result image
+
 
 class NoiseSpec(_Model):
     kind: Literal["noise"] = "noise"
@@ -145,6 +153,10 @@ class NoiseSpec(_Model):
     @property
     def pixels(self) -> int:
         return self.image.area
+
+    @property
+    def image_count(self) -> int:
+        return 1  # one result image
 
 
 JobSpec = Annotated[Union[GenerateSpec, Img2ImgSpec, DenoiseSpec, NoiseSpec], Field(discriminator="kind")]

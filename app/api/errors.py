@@ -53,6 +53,17 @@ def invalid_json(exc: BaseException) -> ApiError:
     return ApiError(422, ["body"], f"invalid JSON: {reason}", type="json_invalid")
 
 
+def single_header(request: Request, name: str) -> str | None:
+    """The value of a field that may be given once (``name`` as people write it: "Content-Type"); given
+    twice, which one was meant is not guessed (400)."""
+    given = request.headers.getlist(name)
+    if len(given) > 1:
+        raise ApiError(
+            400, ["header", name.lower()], f"{name} is given {len(given)} times; send it once", type="duplicate_header"
+        )
+    return given[0] if given else None
+
+
 def error_item(loc: list, msg: str, type: str) -> dict:
     loc = [part if isinstance(part, int) else _cut(str(part), MAX_ECHO) for part in loc]
     return {"loc": loc, "msg": _cut(str(msg), MAX_MESSAGE), "type": type}

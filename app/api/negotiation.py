@@ -144,12 +144,22 @@ def not_acceptable(offered: list[str]) -> ApiError:
     return ApiError(406, ["header", "accept"], msg, type="not_acceptable")
 
 
-def negotiate_result(accept: str | None, requested_format: str | None) -> Negotiated:
+def negotiate_result(accept: str | None, requested_format: str | None, *, images: int = 1) -> Negotiated:
     """JSON or raw image bytes for a job result, and the image format; 406 when nothing offered is acceptable.
 
-    With a ``requested_format`` only JSON and that format's media type are offered."""
+    With a ``requested_format`` only JSON and that format's media type are offered; for several ``images``
+    only JSON (raw bytes carry one image), however much more the client likes an image type."""
     if requested_format is not None and requested_format not in MEDIA_TYPES:
         raise ValueError(f"unknown output format {requested_format!r}")
+    if images != 1:
+        if negotiate(accept, [JSON_MEDIA_TYPE]) is None:
+            raise ApiError(
+                406,
+                ["body", "num_images"],
+                "raw image bytes (Accept: image/...) carry one image: set num_images to 1 or accept JSON",
+                type="not_acceptable",
+            )
+        return Negotiated(raw=False, output_format=requested_format or DEFAULT_FORMAT)
     offered = [JSON_MEDIA_TYPE, MEDIA_TYPES[requested_format]] if requested_format else RESULT_TYPES
     best = negotiate(accept, offered)
     if best is None:

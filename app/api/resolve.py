@@ -128,10 +128,11 @@ def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
         )
 
 
-def output_format(submission: Submission, requested: str | None, width: int, height: int) -> str:
-    """The negotiated output format, refused (422) when the result is larger than the format can hold: the
-    encoder would fail on it (WebP: 16383 pixels a side, JPEG: 65500)."""
-    chosen = submission.negotiated(requested).output_format
+def output_format(submission: Submission, requested: str | None, width: int, height: int, images: int = 1) -> str:
+    """The negotiated output format (406 when Accept allows no answer for this many ``images``), refused (422)
+    when the result is larger than the format can hold: the encoder would fail on it (WebP: 16383 pixels a
+    side, JPEG: 65500)."""
+    chosen = submission.negotiated(requested, images=images).output_format
     limit = OUTPUT_FORMATS[chosen].max_side
     if max(width, height) > limit:
         raise ApiError(
@@ -263,14 +264,6 @@ def generate_spec(
             "send an image and a mask to /v1/img2img",
             type="wrong_task",
         )
-    negotiated = submission.negotiated(req.output_format)
-    if negotiated.raw and req.num_images != 1:
-        raise ApiError(
-            406,
-            ["body", "num_images"],
-            "raw image bytes (Accept: image/...) carry one image: set num_images to 1 or accept JSON",
-            type="not_acceptable",
-        )
     defaults = entry.defaults
     label = class_index(entry, req.class_label)
     text = entry.conditioning == "text"
@@ -313,7 +306,7 @@ def generate_spec(
         width=width if (req.width or req.height) else None,
         height=height if (req.width or req.height) else None,
         guidance_scale=guidance,
-        output_format=output_format(submission, req.output_format, width, height),
+        output_format=output_format(submission, req.output_format, width, height, images=req.num_images),
         pixels=pixels,
         priority=priority,
         preview_every=req.preview_every or 0,

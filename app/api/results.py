@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.api.deps import QueueDep, SettingsDep
-from app.api.errors import ApiError
+from app.api.errors import ApiError, single_header
 from app.api.negotiation import Negotiated, negotiate_result, prefers_async
 from app.api.schemas import ErrorBody, JobAccepted, JobOut, job_body, job_url
 from app.api.webhooks import webhook_for
@@ -225,9 +225,9 @@ class Submission:
     def models(self) -> dict[str, ModelEntry]:
         return self.queue.models
 
-    def negotiated(self, requested_format: str | None) -> Negotiated:
+    def negotiated(self, requested_format: str | None, *, images: int = 1) -> Negotiated:
         """JSON or raw image bytes, and the output format (406 when Accept allows neither)."""
-        return negotiate_result(self.accept, requested_format)
+        return negotiate_result(self.accept, requested_format, images=images)
 
     request: Request | None = None
     drain: Drain | None = None
@@ -243,7 +243,7 @@ class Submission:
             idempotency_key=self.idempotency_key,
             fingerprint=fingerprint,
             prefer_async=prefers_async(self.prefer),
-            raw=self.negotiated(spec.output_format).raw,
+            raw=self.negotiated(spec.output_format, images=spec.image_count).raw,
             timeout=self.settings.sync_timeout_s,
             caller=self.caller,
             webhook=webhook,
@@ -264,6 +264,7 @@ async def submission(
         Header(max_length=200, description="the same key returns the same job; reused with another body: 422"),
     ] = None,
 ) -> Submission:
+    single_header(request, "Idempotency-Key")  # given twice, which job it names is not guessed
     await announced_models(queue)
     return Submission(queue, settings, accept, prefer, idempotency_key, caller, request, request.app.state.drain)
 

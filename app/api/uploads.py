@@ -19,7 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json
+from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json, single_header
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
 from app.jobs import DEFAULT_PRIORITY, ImageData
 
@@ -30,15 +30,7 @@ MIN_SIDE = 8
 def media_type(request: Request) -> str:
     """The request's content type, lower case, without parameters ("" when absent). Content-Type is a
     single-valued field: given twice, which one the body is in is not guessed (400)."""
-    given = request.headers.getlist("content-type")
-    if len(given) > 1:
-        raise ApiError(
-            400,
-            ["header", "content-type"],
-            f"Content-Type is given {len(given)} times; send it once",
-            type="duplicate_header",
-        )
-    return (given[0] if given else "").split(";")[0].strip().lower()
+    return (single_header(request, "Content-Type") or "").split(";")[0].strip().lower()
 
 
 def unsupported_media_type(found: str, expected: str) -> ApiError:

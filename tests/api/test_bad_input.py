@@ -172,6 +172,16 @@ def test_wrong_media_types_are_415(client):
 def test_raw_bytes_of_several_images_are_406(client):
     r = client.post("/v1/generate", json={"class_label": 0, "num_images": 2}, headers={"Accept": "image/png"})
     assert r.status_code == 406 and ["body", "num_images"] in errors_at(r)
+    # JSON, if liked at all, carries several images, however much more an image type is liked (a browser's
+    # Accept for an image, say)
+    for accept in ("image/png, application/json;q=0.5", "image/avif,image/webp,image/*,*/*;q=0.8"):
+        r = client.post(
+            "/v1/generate", json={"class_label": 0, "steps": 2, "num_images": 2}, headers={"Accept": accept}
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json", accept
+        assert [i["media_type"] for i in r.json()["images"]] == ["image/png", "image/png"]
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 2}, headers={"Accept": "image/*, */*;q=0.8"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/")  # one image: its bytes
     r = client.post("/v1/generate", json={"class_label": 0, "output_format": "jpeg"}, headers={"Accept": "image/png"})
     assert r.status_code == 406
 

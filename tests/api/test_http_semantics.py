@@ -79,6 +79,20 @@ def test_content_type_given_twice_is_400(client):
     assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["header", "content-type"]
 
 
+def test_an_idempotency_key_given_twice_is_400_not_its_first_value(client):
+    """Which job two keys name is not guessed: before, the first was used and the second ignored."""
+    lines = [("idempotency-key", "first"), ("idempotency-key", "second"), ("prefer", "respond-async")]
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 2}, headers=lines)
+    assert r.status_code == 400 and r.json()["detail"][0] == {
+        "loc": ["header", "idempotency-key"],
+        "msg": "Idempotency-Key is given 2 times; send it once",
+        "type": "duplicate_header",
+    }
+    once = {"idempotency-key": "first", "prefer": "respond-async"}
+    job = client.post("/v1/generate", json={"class_label": 0, "steps": 2}, headers=once).json()["job_id"]
+    assert client.post("/v1/generate", json={"class_label": 0, "steps": 2}, headers=once).json()["job_id"] == job
+
+
 def test_a_refused_cors_preflight_answers_in_the_error_shape(make_client):
     client = make_client(cors_origins="https://app.example")
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
