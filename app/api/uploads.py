@@ -124,6 +124,14 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
     form = await _read_form(request)
     try:
         upload = form.get("file")
+        if isinstance(upload, str):  # a part without a filename is a text field to multipart parsers
+            raise ApiError(
+                422,
+                ["body", "file"],
+                "the field 'file' came as text: send the image as a file part, with a filename "
+                "(Content-Disposition: form-data; name=\"file\"; filename=\"photo.png\"; curl -F file=@photo.png)",
+                type="missing",
+            )
         if not isinstance(upload, UploadFile):
             raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
         _check_form_fields(form)

@@ -94,6 +94,22 @@ def test_a_class_label_in_other_scripts_digits_is_not_read_as_a_number(client, l
     assert client.post("/v1/generate", json={"class_label": "2", "steps": 2}).status_code == 200
 
 
+def test_an_image_part_without_a_filename_is_told_to_send_one(client):
+    """Multipart parsers read a part without a filename as text: the image is there, sent the wrong way."""
+    image = png_bytes(photo())
+    part = b'--xx\r\nContent-Disposition: form-data; name="file"\r\nContent-Type: image/png\r\n\r\n'
+    body = part + image + b'\r\n--xx\r\nContent-Disposition: form-data; name="sigma"\r\n\r\n5\r\n--xx--\r\n'
+    r = client.post("/v1/noise", content=body, headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 422 and errors_at(r) == [["body", "file"]] and "filename" in r.json()["detail"][0]["msg"]
+    named = body.replace(b'name="file"', b'name="file"; filename="p.png"')
+    assert (
+        client.post(
+            "/v1/noise", content=named, headers={"content-type": "multipart/form-data; boundary=xx"}
+        ).status_code
+        == 200
+    )
+
+
 def test_a_multipart_body_cut_before_its_closing_boundary_is_400_not_a_missing_field(client):
     part = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png_bytes(photo())
     headers = {"content-type": "multipart/form-data; boundary=xx"}
