@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 
@@ -27,16 +28,37 @@ def size(n: int) -> str:
     return f"{n / GB:.2f} GB" if n >= GB // 10 else f"{n / 1024**2:.2f} MB"
 
 
+# A container's memory limit (cgroup v2, then v1): the process is killed past it, whatever the host has
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
 def memory_budget(device: torch.device, setting_gb: float | None) -> int:
     """Bytes of weights the engine may hold: the setting, else what the device has less a margin (2 GiB on a
-    GPU; a quarter of the RAM, at least 2 GiB, on the CPU, which also holds the service and the jobs)."""
+    GPU; a quarter of the RAM, at least 2 GiB, on the CPU, which also holds the service and the jobs). The
+    CPU's RAM is the container's memory limit where one is set below the host's."""
     if setting_gb is not None:
         return int(setting_gb * GB)
     if device.type == "cuda":
         _, total = torch.cuda.mem_get_info(device)
         return max(0, total - 2 * GB)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = container_memory_limit()
+    if limit is not None:
+        total = min(total, limit)
     return max(0, total - max(2 * GB, total // 4))
+
+
+def container_memory_limit() -> int | None:
+    """The memory limit of this process's cgroup, None where none is set ("max", or v1's huge default)."""
+    for path in CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+        return None
+    return None
 
 
 class ModelPool:

@@ -103,3 +103,34 @@ def test_a_waiting_job_is_not_starved_by_a_stream_for_the_busy_model(two_store):
         assert b_done < a5_done  # b ran before the stream behind it, not after all of it
     finally:
         h.close()
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("4294967296\n", None, 4 * 2**30),  # a container limited to 4 GiB
+        ("max\n", None, None),  # cgroup v2 without a limit
+        (None, "9223372036854771712\n", None),  # cgroup v1's "no limit"
+        (None, "3221225472\n", 3 * 2**30),
+        (None, None, None),  # no cgroup files: not in a container
+    ],
+)
+def test_the_cpu_budget_follows_a_containers_memory_limit(tmp_path, monkeypatch, v2, v1, expected):
+    """A CPU worker in a container with a memory limit is killed past it, whatever the host has: its budget
+    for weights comes from the smaller of the two."""
+    import torch
+
+    from app.engine import models
+
+    files = (tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes")
+    for path, text in zip(files, (v2, v1)):
+        if text is not None:
+            path.write_text(text)
+    monkeypatch.setattr(models, "CGROUP_LIMITS", files)
+    assert models.container_memory_limit() == expected
+    host = models.os.sysconf("SC_PAGE_SIZE") * models.os.sysconf("SC_PHYS_PAGES")
+    ram = min(host, expected) if expected else host
+    budget = models.memory_budget(torch.device("cpu"), None)
+    assert budget == max(0, ram - max(2 * models.GB, ram // 4))
+    if expected == 4 * 2**30 and host > expected:
+        assert budget == 2 * models.GB  # 4 GiB less the 2 GiB kept for the service and its jobs
