@@ -173,6 +173,8 @@ def test_k8s_probes_grace_and_gpu():
         (container,) = pod["containers"]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+        assert tmp["emptyDir"]["sizeLimit"].endswith("Gi")  # a node's disk is not filled by uploads
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["containers"][0]["command"][-1] == "worker"
     hpa = _by_kind("HorizontalPodAutoscaler")["diffusion-api"]["spec"]
