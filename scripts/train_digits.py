@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p-uncond", type=float, default=0.1)
     parser.add_argument("--default-sampler", default="dpmpp_2m")
     parser.add_argument("--default-steps", type=int, default=20)
-    parser.add_argument("--default-guidance", type=float, default=0.5)
+    parser.add_argument("--default-guidance", type=float, default=0.25)  # the shipped card's (docs/digits.md)
     return parser.parse_args(argv)
 
 
