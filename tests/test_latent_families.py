@@ -634,3 +634,15 @@ def test_dit_class_names_take_each_synonym_as_dit_pipeline_does(tmp_path):
     for label in ("tench", "Tinca tinca", "derrick", "crane", "class 7"):  # "crane": the later class's, 2
         assert [class_index(entry, label)] == pipe.get_label_ids([label]), label
     assert class_index(entry, "tench, Tinca tinca") == 0  # the whole name too
+
+
+def test_a_card_whose_channels_are_not_the_vaes_is_refused_at_scan(tmp_path):
+    """Before, the card's channels were shown and img2img failed inside the VAE with a 500."""
+    from app.store.catalog import scan_store
+
+    folder = write_stable_diffusion(tmp_path / "grey")
+    (folder / "model_card.json").write_text(json.dumps({"channels": 1, "tasks": ["generate"]}))
+    entry = scan_store(tmp_path)["grey"]
+    assert not entry.ready and "the vae makes 3-channel images" in entry.error, entry.error
+    (folder / "model_card.json").write_text(json.dumps({"channels": 3, "tasks": ["generate"]}))
+    assert scan_store(tmp_path)["grey"].ready

@@ -129,7 +129,7 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
                 422,
                 ["body", "file"],
                 "the field 'file' came as text: send the image as a file part, with a filename "
-                "(Content-Disposition: form-data; name=\"file\"; filename=\"photo.png\"; curl -F file=@photo.png)",
+                '(Content-Disposition: form-data; name="file"; filename="photo.png"; curl -F file=@photo.png)',
                 type="missing",
             )
         if not isinstance(upload, UploadFile):

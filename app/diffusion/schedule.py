@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from app.diffusion.samplers import Step, get_sampler
+from app.diffusion.schedule_config import schedule_problem
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 Spacing = Literal["linspace", "leading", "trailing"]
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-SPACINGS = ("linspace", "leading", "trailing")
 
 
 def _cosine_betas(num_steps: int, max_beta: float = 0.999) -> torch.Tensor:
@@ -69,27 +68,18 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "NoiseSchedule":
-        prediction = config.get("prediction_type", "epsilon")
-        if prediction not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {prediction!r}: expected one of {PREDICTION_TYPES}")
-        spacing = config.get("timestep_spacing")
-        if spacing is not None and spacing not in SPACINGS:
-            raise ValueError(f"unknown timestep_spacing {spacing!r}: expected one of {SPACINGS}")
-        if config.get("thresholding"):
-            raise ValueError("dynamic thresholding is not supported")
-        variance = config.get("variance_type") or "fixed_small"
-        if variance not in ("fixed_small", "fixed_large"):
-            raise ValueError(f"variance_type {variance!r} is not supported: expected fixed_small or fixed_large")
+        if (problem := schedule_problem(config)) is not None:
+            raise ValueError(problem)
         betas = betas_from_config(config)
         return cls(
             alphas_cumprod=torch.cumprod(1.0 - betas, dim=0),
-            prediction_type=prediction,
+            prediction_type=config.get("prediction_type", "epsilon"),
             beta_schedule=config.get("beta_schedule", "linear"),
-            spacing=spacing,
+            spacing=config.get("timestep_spacing"),
             steps_offset=int(config.get("steps_offset", 0)),
             clip_sample=bool(config.get("clip_sample", True)),
             clip_sample_range=float(config.get("clip_sample_range", 1.0)),
-            variance_type=variance,
+            variance_type=config.get("variance_type") or "fixed_small",
             set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
         )
 

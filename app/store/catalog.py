@@ -12,11 +12,12 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from app.diffusion.schedule_config import schedule_problem
 from app.store.card import CARD_FILE, ModelCard, SamplingDefaults
 from app.store.families import (
     FAMILIES,
@@ -290,14 +291,11 @@ class ModelEntry:
 
 
 def safe_model_path(store: Path, name: str) -> Path:
-    """The folder of model ``name``, refusing names that are not plain or paths that leave the store."""
+    """The folder of model ``name``, refusing names that are not one plain path segment. The folder may be
+    a link to a folder elsewhere (a Hugging Face cache snapshot, say): the operator put it there."""
     if not _NAME.fullmatch(name):
         raise ModelRefused(f"invalid model name {name!r}: must match {NAME_PATTERN}")
-    root = store.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or path.parent != root:
-        raise ModelRefused(f"model {name!r} resolves outside the model store")
-    return path
+    return store / name
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -325,15 +323,20 @@ def _check(entry: ModelEntry) -> None:
         raise ModelRefused(
             f"{spec.denoiser} is a {kind}: a {spec.name} model needs {' or '.join(spec.denoiser_classes)}"
         )
-    _require_weights(folder, spec.denoiser)
+    weights = [_require_weights(folder, spec.denoiser)]
     for component in spec.components:
         entry.configs[component] = _component_config(folder, component)
+        if component != "tokenizer":
+            weights.append(_require_weights(folder, component))
     for ignored in ("safety_checker", "feature_extractor"):
         named = index.get(ignored)
         if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
             log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
-    entry.weights_bytes = sum(p.stat().st_size for p in folder.rglob("*.safetensors") if p.is_file())
+    if (problem := schedule_problem(entry.scheduler_config)) is not None:
+        raise ModelRefused(f"scheduler config: {problem}")
+    # the files that are loaded: not fp16 variants, single-file checkpoints or a safety checker beside them
+    entry.weights_bytes = sum(path.stat().st_size for path in weights)
     if (folder / CARD_FILE).exists():
         try:
             entry.card = ModelCard.model_validate(_read_json(folder / CARD_FILE))
@@ -352,6 +355,7 @@ def _check(entry: ModelEntry) -> None:
         raise ModelRefused(f"{why}, or give the model a card that names its default sampler")
     if spec.latent:
         _check_fit(entry)
+    _check_sizes(entry)
     if entry.card.space_to_depth > 1 and spec.latent:
         raise ModelRefused("space_to_depth is for pixel models: a latent model's network sees its VAE's latents")
     if not spec.latent:  # the network sees the image's channels, each fold x fold block of pixels as channels
@@ -374,6 +378,25 @@ def _check(entry: ModelEntry) -> None:
             raise ModelRefused(f"card lists {rel} which does not exist")
         if sha256_file(target) != expected.lower():
             raise ModelRefused(f"sha256 of {rel} does not match the card")
+
+
+def _check_sizes(entry: ModelEntry) -> None:
+    """The native size (the card's, else the network's ``sample_size``) is whole multiples of what the model
+    takes, and a card's channels are the images' (a latent model's: its VAE's)."""
+    size = entry.card.image_size or entry.denoiser_config.get("sample_size", 32)
+    sides = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if not (isinstance(sides, (list, tuple)) and len(sides) == 2 and all(type(v) is int and v > 0 for v in sides)):
+        origin = "the card's image_size" if entry.card.image_size else f"{entry.spec.denoiser}'s sample_size"
+        raise ModelRefused(f"{origin} is {size!r}: it must be a positive whole number or [height, width]")
+    height, width = entry.image_size
+    if height % entry.size_multiple or width % entry.size_multiple:
+        raise ModelRefused(
+            f"the native size {width}x{height} is not in multiples of {entry.size_multiple}, which the model needs"
+        )
+    if entry.spec.latent and entry.card.channels:
+        vae = int(entry.configs.get("vae", {}).get("out_channels", 3))
+        if entry.card.channels != vae:
+            raise ModelRefused(f"the card says {entry.card.channels} channels, but the vae makes {vae}-channel images")
 
 
 def _check_fit(entry: ModelEntry) -> None:
@@ -423,39 +446,49 @@ def _family(folder: Path) -> tuple[FamilySpec, dict[str, Any]]:
 
 
 def _component_config(folder: Path, component: str) -> dict[str, Any]:
-    """A component's config, its weights checked: the tokenizer has files, not weights."""
+    """A component's config (its weights are checked by the caller: the tokenizer has files, not weights)."""
     if component == "tokenizer":
         config = _read_json(folder / component / "tokenizer_config.json")
         if not any((folder / component / name).is_file() for name in ("vocab.json", "tokenizer.json")):
             raise ModelRefused("missing tokenizer/vocab.json (or tokenizer.json)")
         return config
-    _require_weights(folder, component)
     return _read_json(folder / component / "config.json")
 
 
-def _require_weights(folder: Path, component: str) -> None:
-    names = ("diffusion_pytorch_model.safetensors", "model.safetensors")
-    if not any((folder / component / name).is_file() for name in names):
-        raise ModelRefused(f"missing {component}/ safetensors weights ({' or '.join(names)})")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def _require_weights(folder: Path, component: str) -> Path:
+    """The weights file of ``component`` that is loaded (diffusers' name first, then transformers')."""
+    for name in WEIGHT_FILES:
+        if (folder / component / name).is_file():
+            return folder / component / name
+    raise ModelRefused(f"missing {component}/ safetensors weights ({' or '.join(WEIGHT_FILES)})")
 
 
 def safe_relative(folder: Path, rel: str) -> Path:
-    target = (folder / rel).resolve()
-    if not target.is_relative_to(folder.resolve()):
+    """A path the card names inside the model folder: relative, without "..". Its files may be links (a
+    Hugging Face cache links each file to its blob)."""
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
         raise ModelRefused(f"card path {rel!r} leaves the model folder")
-    return target
+    return folder / path
 
 
 def scan_folder(folder: Path) -> ModelEntry:
-    """One model folder, checked (ready, or failed with the reason); its name is the folder's."""
-    entry = ModelEntry(name=folder.name, path=folder)
+    """One model folder, checked (ready, or failed with the reason); its name is the folder's (a name that
+    is not UTF-8 is shown with its odd bytes escaped, and refused)."""
+    shown = folder.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    entry = ModelEntry(name=shown, path=folder)
     try:
         entry.path = safe_model_path(folder.parent, folder.name)
         _check(entry)
     except ModelRefused as exc:
         entry.fail(str(exc))
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a config of unexpected shape
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a config of unexpected shape
         entry.fail(f"malformed model folder: {type(exc).__name__}: {exc}")
+    except OSError as exc:  # a file the service may not read: this folder is refused, the others served
+        entry.fail(f"unreadable model folder: {type(exc).__name__}: {exc}")
     return entry
 
 
@@ -464,4 +497,5 @@ def scan_store(store: Path) -> dict[str, ModelEntry]:
     if not store.is_dir():
         return {}
     children = [c for c in sorted(store.iterdir()) if c.is_dir() and not c.name.startswith(".")]
-    return {child.name: scan_folder(child) for child in children}
+    entries = (scan_folder(child) for child in children)
+    return {entry.name: entry for entry in entries}

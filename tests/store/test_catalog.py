@@ -110,13 +110,109 @@ def test_names_that_could_escape_the_store_are_refused(tmp_path, name):
         safe_model_path(tmp_path, name)
 
 
-def test_a_symlink_leading_out_of_the_store_is_refused(tmp_path):
-    outside = write_bare(tmp_path / "outside" / "model")
+def test_a_folder_linked_from_elsewhere_is_served_and_its_card_may_name_linked_files(tmp_path):
+    """README: "copy or link it into the store". A Hugging Face cache snapshot links each file to a blob
+    outside the snapshot folder; the card's sha256 paths read through such links."""
+    from app.store.hashing import sha256_file
+
+    outside = write_generator(tmp_path / "cache" / "snapshot")
+    weights = outside / "unet" / "diffusion_pytorch_model.safetensors"
+    blob = tmp_path / "cache" / "blobs" / "abc123"
+    blob.parent.mkdir(parents=True)
+    weights.rename(blob)
+    os.symlink(blob, weights)
+    card = json.loads((outside / "model_card.json").read_text())
+    card["sha256"] = {"unet/diffusion_pytorch_model.safetensors": sha256_file(blob)}
+    (outside / "model_card.json").write_text(json.dumps(card))
     store = tmp_path / "store"
     store.mkdir()
-    os.symlink(outside, store / "sneaky")
-    entry = scan_store(store)["sneaky"]
-    assert entry.status == "error" and "outside" in entry.error
+    os.symlink(outside, store / "linked")
+    entry = scan_store(store)["linked"]
+    assert entry.ready, entry.error
+    assert entry.weights_bytes == blob.stat().st_size
+
+
+@pytest.mark.parametrize("rel", ["../outside.safetensors", "/etc/passwd", "unet/../../x", ""])
+def test_card_paths_that_leave_the_model_folder_are_refused(tmp_path, rel):
+    folder = write_generator(tmp_path / "m")
+    card = json.loads((folder / "model_card.json").read_text())
+    card["sha256"] = {rel: "0" * 64}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    entry = scan_store(tmp_path)["m"]
+    assert not entry.ready and "leaves the model folder" in entry.error
+
+
+def test_a_folder_the_service_cannot_read_is_refused_alone(tmp_path, monkeypatch):
+    """Tests run as root, whom file modes do not stop: the refusal a locked folder gives is simulated."""
+    from app.store import catalog
+
+    write_generator(tmp_path / "locked")
+    write_generator(tmp_path / "open")
+    family = catalog._family
+
+    def refuse(folder):
+        if folder.name == "locked":
+            raise PermissionError(13, "Permission denied", str(folder / "model_index.json"))
+        return family(folder)
+
+    monkeypatch.setattr(catalog, "_family", refuse)
+    entries = scan_store(tmp_path)
+    assert entries["open"].ready
+    assert not entries["locked"].ready and "Permission denied" in entries["locked"].error
+
+
+def test_a_folder_name_that_is_not_utf8_is_listed_escaped_and_refused(tmp_path):
+    write_generator(tmp_path / "fine")
+    os.symlink(tmp_path / "fine", os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    entries = scan_store(tmp_path)
+    (odd,) = [e for name, e in entries.items() if name != "fine"]
+    assert odd.name == "caf\\xe9" and not odd.ready and "invalid model name" in odd.error
+    json.dumps([e.public() for e in entries.values()])  # what GET /v1/models writes: no 500
+
+
+@pytest.mark.parametrize(
+    ("where", "change", "reason"),
+    [
+        ("unet", {"sample_size": None}, "sample_size is None"),  # UNet2DModel's own default
+        ("unet", {"sample_size": [16]}, "sample_size is [16]"),
+        ("card", {"image_size": [17, 17]}, "not in multiples of"),
+        ("card", {"image_size": [0, 16]}, "image_size"),
+        ("scheduler", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+        ("scheduler", {"thresholding": True}, "thresholding"),
+        ("scheduler", {"variance_type": "learned_range"}, "learned_range"),
+        ("scheduler", {"steps_offset": 1000}, "steps_offset"),  # the schedule has 1,000 steps: 0 to 999
+        ("scheduler", {"num_train_timesteps": 10**9}, "num_train_timesteps"),
+        ("scheduler", {"beta_schedule": "sigmoid"}, "beta_schedule"),
+    ],
+)
+def test_sizes_and_schedules_the_model_cannot_serve_are_refused_at_scan_not_at_its_first_job(
+    tmp_path, where, change, reason
+):
+    # the network's sample_size counts where no card gives the size
+    folder = (write_bare if where == "unet" else write_generator)(tmp_path / "m")
+    path = {
+        "unet": folder / "unet" / "config.json",
+        "card": folder / "model_card.json",
+        "scheduler": folder / "scheduler" / "scheduler_config.json",
+    }[where]
+    config = {**json.loads(path.read_text()), **change}
+    path.write_text(json.dumps({key: value for key, value in config.items() if value is not None or where == "unet"}))
+    entry = scan_store(tmp_path)["m"]
+    assert not entry.ready and reason in entry.error, entry.error
+    json.dumps(entry.public())
+
+
+def test_weights_are_counted_as_the_files_that_are_loaded(tmp_path):
+    folder = write_generator(tmp_path / "m")
+    loaded = (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert scan_store(tmp_path)["m"].weights_bytes == loaded
+    extra = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(extra)  # a variant, not loaded
+    (folder / "safety_checker").mkdir()
+    (folder / "safety_checker" / "model.safetensors").write_bytes(extra)  # ignored by the service
+    (folder / "v1-5-pruned.safetensors").write_bytes(extra)  # a single-file checkpoint beside the folder's
+    entry = scan_store(tmp_path)["m"]
+    assert entry.ready and entry.weights_bytes == loaded
 
 
 def test_card_with_null_class_beyond_the_embeddings_is_refused(tmp_path):
