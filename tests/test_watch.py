@@ -76,6 +76,22 @@ def test_a_late_follower_sees_the_latest_preview_at_once_and_none_once_the_job_e
     assert not watchers.wants(record.id, "succeeded")  # nothing is kept for it any more
 
 
+def test_a_preview_from_the_pass_that_ran_as_the_job_ended_is_not_kept(monkeypatch):
+    """A cancel is final at once, but the pass running then may still send a preview: keeping it would hold
+    the job's image (and make the Redis listener want its events) until 256 other jobs pushed it out."""
+    monkeypatch.setattr(watch, "ENDED_REMEMBERED", 2)
+    watchers = watch.Watchers()
+    record = JobRecord(id="f" * 32, kind="generate", model="m")
+    watchers.notify(record.id, preview(5))
+    watchers.notify(record.id, ("canceled", {}))
+    watchers.notify(record.id, preview(6))  # late, from the pass that was running
+    assert not watchers.wants(record.id, "succeeded")
+    for other in ("1", "2"):  # the ended jobs remembered are bounded: the oldest is forgotten
+        watchers.notify(other * 32, ("succeeded", {}))
+    watchers.notify(record.id, preview(7))
+    assert watchers.wants(record.id, "succeeded")
+
+
 def test_previews_are_kept_for_a_bounded_number_of_jobs_and_wanted_by_the_redis_listener(monkeypatch):
     monkeypatch.setattr(watch, "KEPT_PREVIEWS", 2)
     watchers = watch.Watchers()

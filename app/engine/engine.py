@@ -271,6 +271,8 @@ class Engine:
         waiting = [m for m in self._deferred if m.job_id == job_id]
         if waiting:
             self._deferred = [m for m in self._deferred if m.job_id != job_id]
+            # the busy models need not drain for it: the jobs still waiting say again which must, when retried
+            self._draining, self._jobs_ended = set(), True
             self._emit(EngineEvent(job_id=job_id, type="canceled"))
             return
         if job_id not in self._jobs:

@@ -99,9 +99,10 @@ class ModelPool:
             return self.loaded[name]
         entry = self.entries[name]
         idle = [n for n in self.loaded if n not in busy]
+        freeable = sum(self.entries[n].weights_bytes for n in idle)
+        if self.used - freeable + entry.weights_bytes > self.budget:
+            return None  # not even unloading every idle model makes room: unload none of them yet
         while self.used + entry.weights_bytes > self.budget:
-            if not idle:
-                return None
             self.unload(idle.pop(0))
         try:
             model = load_model(entry, self.device)

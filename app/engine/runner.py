@@ -156,7 +156,18 @@ class Runner:
 
     @torch.no_grad()
     def step(self, rows: list[Row]) -> list[Row]:
-        """Advance every row by one step of its own sampler; returns the rows that reached the end."""
+        """Advance every row by one step of its own sampler; returns the rows that reached the end. A step
+        that fails changes no row, its generators included: the engine runs the rows again (each job alone,
+        to find the one that fails), and the others must draw the same noise as they would have."""
+        states = [(r.generator, r.generator.get_state()) for r in rows if r.generator is not None]
+        try:
+            return self._step(rows)
+        except BaseException:
+            for generator, state in states:
+                generator.set_state(state)
+            raise
+
+    def _step(self, rows: list[Row]) -> list[Row]:
         output = self.denoiser_output(rows)
         schedule = rows[0].model.schedule
         updates = []  # applied only once every sub-batch has succeeded, so a failed step changes no row

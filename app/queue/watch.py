@@ -20,6 +20,7 @@ from app.queue.protocol import QueueUnavailable
 Current = Callable[[], Awaitable[JobRecord | None]]
 RECHECK_S = 5.0
 KEPT_PREVIEWS = 256  # jobs whose latest preview is kept; past that the oldest is dropped
+ENDED_REMEMBERED = 1024  # jobs whose final event was seen, so a preview from their last pass is not kept
 
 
 def lost(job_id: str) -> tuple[str, dict]:
@@ -32,16 +33,22 @@ class Watchers:
     def __init__(self) -> None:
         self._queues: dict[str, set[asyncio.Queue]] = {}
         self._previews: dict[str, tuple[str, dict]] = {}  # job -> its latest preview, while it runs
+        self._ended: dict[str, None] = {}  # jobs whose final event came, oldest first
 
     def notify(self, job_id: str, payload: tuple[str, dict]) -> None:
         kind = payload[0]
         if kind == "preview":
+            if job_id in self._ended:  # from a pass that ran as the job was canceled: nobody will see it
+                return
             self._previews.pop(job_id, None)  # re-inserted last: the dict's order is the eviction order
             self._previews[job_id] = payload
             while len(self._previews) > KEPT_PREVIEWS:
                 del self._previews[next(iter(self._previews))]
         elif kind not in TRANSIENT_EVENTS:
             self._previews.pop(job_id, None)
+            self._ended[job_id] = None
+            while len(self._ended) > ENDED_REMEMBERED:
+                del self._ended[next(iter(self._ended))]
         for queue in self._queues.get(job_id, ()):
             queue.put_nowait(payload)
 

@@ -68,6 +68,37 @@ def test_a_failing_job_fails_alone_and_the_worker_keeps_serving(harness):
     assert harness.outcome("after").type == "succeeded"
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "euler_a"])
+def test_a_failed_step_leaves_the_other_jobs_images_as_their_seeds_make_them(store, monkeypatch, sampler):
+    """When a step fails, the engine runs each job alone to find the one that fails. The others' noise
+    generators must not have moved on: a seed gives one image, whatever failed beside it."""
+    import dataclasses
+
+    from app.diffusion import samplers
+
+    alone = EngineHarness(store)
+    alone.submit("A", spec(steps=6, seed=7, sampler=sampler))
+    expected = pixels(alone.outcome("A"))
+    alone.close()
+
+    original = samplers.SAMPLERS[sampler].step
+
+    def step(out, x, **kw):
+        if (kw["eta"] == 0.5).any():  # only the poisoned job's rows have this eta
+            raise RuntimeError("sampler blew up")
+        return original(out, x, **kw)
+
+    monkeypatch.setitem(samplers.SAMPLERS, sampler, dataclasses.replace(samplers.SAMPLERS[sampler], step=step))
+    harness = EngineHarness(store)
+    try:
+        harness.engine.submit("A", spec(steps=6, seed=7, sampler=sampler))
+        harness.engine.submit("B", spec(steps=6, seed=99, sampler=sampler, eta=0.5))
+        assert harness.outcome("B").type == "failed"
+        assert np.array_equal(pixels(harness.outcome("A")), expected)
+    finally:
+        harness.close()
+
+
 def test_a_job_that_cannot_be_planned_fails_without_stopping_the_engine(harness):
     harness.submit("bad", GenerateSpec(model="missing", steps=3, sampler="ddim", seeds=[1]))
     assert harness.outcome("bad").type == "failed"

@@ -61,7 +61,7 @@ def test_a_job_waits_while_the_model_in_the_way_is_busy_then_runs(two_store):
         h.close()
 
 
-def test_a_waiting_job_can_be_cancelled(two_store):
+def test_a_waiting_job_can_be_cancelled_and_then_holds_nothing_back(two_store):
     h = EngineHarness(two_store, model_memory_gb=budget_for(two_store, 1.5), preload="gen-a")
     try:
         h.submit("long", spec("gen-a", steps=300))
@@ -69,6 +69,11 @@ def test_a_waiting_job_can_be_cancelled(two_store):
         h.submit("waiting", spec("gen-b"))
         h.engine.cancel("waiting")
         assert h.outcome("waiting").type == "canceled"
+        # gen-a need not drain any more: a new job for it joins the running batch
+        h.submit("short", spec("gen-a", steps=3, seed=2))
+        assert h.outcome("short").type == "succeeded"
+        long_steps = [e.progress.step for e in h.events["long"] if e.type == "progress"]
+        assert max(long_steps) < 300  # the short job finished while the long one still ran
         assert h.outcome("long").type == "succeeded"
     finally:
         h.close()
@@ -134,3 +139,27 @@ def test_the_cpu_budget_follows_a_containers_memory_limit(tmp_path, monkeypatch,
     assert budget == max(0, ram - max(2 * models.GB, ram // 4))
     if expected == 4 * 2**30 and host > expected:
         assert budget == 2 * models.GB  # 4 GiB less the 2 GiB kept for the service and its jobs
+
+
+def test_idle_models_stay_loaded_when_unloading_them_would_not_make_room(tmp_path, monkeypatch):
+    """A job for a model that cannot fit while another is busy waits; the idle models stay loaded meanwhile
+    (before, they were unloaded anyway, and reloaded for their next job, over and over)."""
+    import torch
+
+    from app.engine import models
+
+    write_generator(tmp_path / "a")
+    write_generator(tmp_path / "b")
+    write_generator(tmp_path / "big", classes=1400)
+    entries = scan_store(tmp_path)
+    size = entries["a"].weights_bytes
+    assert entries["big"].weights_bytes > 1.5 * size
+    loads = []
+    monkeypatch.setattr(models, "load_model", lambda entry, device: loads.append(entry.name) or object())
+    pool = models.ModelPool(entries, torch.device("cpu"), budget=int(size * 2.5))
+    pool.get("a", busy=set())
+    pool.get("b", busy=set())
+    assert pool.get("big", busy={"b"}) is None  # b is busy: unloading a alone cannot make room
+    assert list(pool.loaded) == ["a", "b"] and loads == ["a", "b"]
+    assert pool.get("big", busy=set()) is not None  # both idle: both go, big loads
+    assert list(pool.loaded) == ["big"] and loads == ["a", "b", "big"]
