@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 
 from app.engine.allocator import keep_freed_memory
 from app.engine.device import pick_device, pick_dtype
@@ -325,6 +326,11 @@ class Engine:
         if job is None:
             return
         try:
+            if not bool(torch.isfinite(row.x).all()):  # else it would be encoded as a black image, "succeeded"
+                raise FloatingPointError(
+                    "the model produced values that are not numbers (NaN or infinity) at these settings: "
+                    "try a lower guidance_scale, other steps or another sampler"
+                )
             job.plan.collect(row)
         except Exception as exc:
             log.error("job %s failed while collecting a row: %s", job.id, exc)

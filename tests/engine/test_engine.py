@@ -99,6 +99,24 @@ def test_a_failed_step_leaves_the_other_jobs_images_as_their_seeds_make_them(sto
         harness.close()
 
 
+def test_a_job_whose_network_output_is_not_a_number_fails_saying_so_not_a_black_image(harness):
+    unet = harness.engine.models["tiny-gen"].unet
+    original = unet.forward
+
+    def forward(x, t, class_labels=None, **kw):
+        out = original(x, t, class_labels=class_labels, **kw)
+        if class_labels is not None and (class_labels == 2).any():
+            out.sample[class_labels == 2] = float("nan")
+        return out
+
+    unet.forward = forward
+    for label in (0, 2):
+        harness.submit(f"job{label}", spec(steps=5, seed=label, label=label))
+    assert harness.outcome("job2").type == "failed" and "NaN" in harness.outcome("job2").error
+    assert harness.outcome("job0").type == "succeeded"
+    assert np.isfinite(pixels(harness.outcome("job0"))).all()
+
+
 def test_a_job_that_cannot_be_planned_fails_without_stopping_the_engine(harness):
     harness.submit("bad", GenerateSpec(model="missing", steps=3, sampler="ddim", seeds=[1]))
     assert harness.outcome("bad").type == "failed"
