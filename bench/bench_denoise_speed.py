@@ -8,10 +8,10 @@
                     # stay this CPU's)
     python bench/bench_denoise_speed.py --store /tmp/s2d   # another store's photos model (a candidate)
 
-The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and
-clipped, as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows,
-blend, PNG out; the client's decoding of the PNG is not timed) with: float32 or bfloat16 autocast;
-channels-last memory or not; tiles of 256 (the default) or one tile for the whole photo. FFDNet: its forward
+The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and clipped,
+as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows, blend, PNG out;
+the client's decoding of the PNG is not timed) with: float32 or bfloat16 autocast; channels-last memory or
+not; the default tiles (192 in bf16, 256 in float32) or one tile for the whole photo. FFDNet: its forward
 pass, sigma given. Prints the median of ``--repeats`` timed runs after one warm-up, and each variant's PSNR,
 so a faster path that costs quality shows it. Last, FFDNet, the service's default path, that path with
 diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites, app/families/rewrites.py)
@@ -52,7 +52,7 @@ from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 from diffusers.models.upsampling import Upsample2D  # noqa: E402
 
 from app.engine.allocator import keep_freed_memory  # noqa: E402
-from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
+from app.engine.device import bf16_probe_share, cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from app.engine.plans import denoise_tile  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
@@ -110,6 +110,9 @@ def main() -> None:
         f"native bf16: {'yes' if native_bf16 else 'skipped (--float32-only)' if cpu_has_bf16() else 'no (skipped)'}, "
         f"freed memory kept: {'yes' if kept else 'no'}"
     )
+    if native_bf16:  # the service takes bf16 only where the probe measures it faster (app/engine/device.py)
+        service = pick_dtype("auto", torch.device("cpu")) or "float32"
+        print(f"bf16 probe: {bf16_probe_share():.2f}x float32's time; the service runs {service}")
     device = torch.device("cpu")
     entry = scan_store(Path(args.store))["photos"]  # scanned once (the scan hashes the weights); loaded per variant
     rows = []

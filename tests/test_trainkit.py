@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_on_the_cpu_follows_the_choice_and_the_hardware(monkeypatch, native):
-    monkeypatch.setattr(trainkit, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(trainkit, "cpu_prefers_bf16", lambda: native)
     assert trainkit.resolve_precision("fp32", CPU) == "fp32"
     assert trainkit.resolve_precision("cuda-bf16", CPU) == "fp32"
     assert trainkit.resolve_precision("bf16", CPU) == ("bf16" if native else "fp32")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +31,44 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+BF16_SHARE = 0.9  # bf16 is taken where the probe runs in at most this share of float32's time
+
+
+def cpu_prefers_bf16() -> bool:
+    """Whether bf16 autocast pays on this CPU: it computes bf16 natively, and a probe measured it faster than
+    float32. Having the instructions is not enough: on an Intel Xeon VM with AVX512-BF16 but no AMX, bf16
+    convolutions took 1.4-1.8x float32's time and the photo denoiser 1.8x (docs/denoising.md), where AMD
+    EPYC VMs with AVX512-BF16 and Intel ones with AMX ran it in about 0.6x."""
+    return cpu_has_bf16() and bf16_probe_share() <= BF16_SHARE
+
+
+@lru_cache
+def bf16_probe_share() -> float:
+    """bf16 autocast's time as a share of float32's on a small stack of the 3x3 convolutions the networks
+    are made of (16 to 64 channels, channels-last, as the service runs them): medians of runs taken in turns,
+    measured once per process (about half a second)."""
+    layers = [torch.nn.Conv2d(c, c, 3, padding=1) for c in (16, 32, 64)]
+    inputs = [torch.randn(4, c, s, s).to(memory_format=torch.channels_last) for c, s in ((16, 96), (32, 48), (64, 24))]
+    for layer in layers:
+        layer.eval().to(memory_format=torch.channels_last)
+
+    def run(dtype: torch.dtype | None) -> float:
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            for layer, x in zip(layers, inputs):
+                for _ in range(2):
+                    layer(x)
+        return time.perf_counter() - start
+
+    for dtype in (None, torch.bfloat16, None, torch.bfloat16):  # warm-up: oneDNN builds its kernels
+        run(dtype)
+    fp32, bf16 = [], []
+    for _ in range(5):
+        fp32.append(run(None))
+        bf16.append(run(torch.bfloat16))
+    return statistics.median(bf16) / statistics.median(fp32)
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("DIFFUSION_DEVICE=cuda but no CUDA device is available")
@@ -40,17 +80,18 @@ def pick_device(choice: str) -> torch.device:
 def pick_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for the network, or None for plain float32.
 
-    bfloat16 by default on CUDA and on a CPU that computes it natively (AVX512-BF16 or AMX): it keeps
-    float32's range, so the UNet's activations cannot overflow as they can in float16, and on such a CPU it
-    halves the photo denoiser's time for 0.01 dB (bench/bench_denoise_speed.py); sampler arithmetic stays
-    in float32 either way. Other CPUs run float32 (bf16 emulated is slower). float16 needs CUDA.
+    bfloat16 by default on CUDA and on a CPU where it pays (``cpu_prefers_bf16``: native, and measured
+    faster): it keeps float32's range, so the UNet's activations cannot overflow as they can in float16,
+    and on such a CPU it cuts the photo denoiser's time by about 40% for 0.01 dB
+    (bench/bench_denoise_speed.py); sampler arithmetic stays in float32 either way. Other CPUs run float32.
+    float16 needs CUDA.
     """
     if choice == "float32":
         return None
     if choice == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_bf16() else None
+        return torch.bfloat16 if cpu_prefers_bf16() else None
     if choice == "float16" and device.type != "cuda":
         raise RuntimeError("DIFFUSION_DTYPE=float16 needs a CUDA device")
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
