@@ -3,6 +3,8 @@
 # CUDA (PyPI's torch 2.13.0, built on CUDA 13: the host needs NVIDIA driver >= 580 and --gpus; for an older
 # driver pass a CUDA 12 wheel index, e.g. --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126):
 #   docker build --build-arg DEVICE=cuda -t diffusion-service:cuda .
+# (the compose files use these names; deploy/k8s names them diffusion-service and diffusion-service-cuda, by
+# version, so that kustomize can point each at a registry: docs/deployment.md)
 # Where PyTorch's index is unreachable, put the torch wheel in docker/wheels/ (used first when present):
 #   cp /path/to/torch-2.13.0+cpu-cp311-*.whl docker/wheels/ && docker build -t diffusion-service .
 # Run read-only with a tmpfs /tmp:  docker run --read-only --tmpfs /tmp -p 8000:8000 diffusion-service

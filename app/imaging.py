@@ -6,6 +6,7 @@ Shared by the HTTP layer (decoding uploads) and the worker (encoding results); n
 from __future__ import annotations
 
 import io
+import logging
 import re
 import struct
 import zlib
@@ -15,6 +16,8 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     except (ImageTooLarge, ImageUndecodable, MemoryError):
         raise
     except Exception as exc:  # Pillow's parsers raise TypeError, IndexError, KeyError ... on malformed files too
+        if not isinstance(exc, _BROKEN):  # may be a bug here rather than in the file: keep its traceback
+            log.warning("an upload failed to decode with %s", type(exc).__name__, exc_info=True)
         raise ImageUndecodable(f"image could not be decoded: {type(exc).__name__}: {exc}") from exc
 
 
@@ -263,11 +268,14 @@ MAX_FRAMES_COUNTED = 1000  # a file of more frames says 999 dropped
 
 
 def _extra_frames(image: Image.Image) -> int:
-    """Frames after the first, counted up to MAX_FRAMES_COUNTED: Pillow's ``n_frames`` walks every page of a
-    TIFF, in time that grows with the square of their number (a 20 MB upload of tiny pages: minutes).
-    Called before ``load``: counting seeks through the file and back to frame 0, which throws away an
-    already loaded frame (GIF)."""
-    if not getattr(image, "is_animated", False):  # one frame, or a format without frames
+    """Frames after the first. A TIFF's pages are counted up to MAX_FRAMES_COUNTED: Pillow's ``n_frames``
+    walks every page in time that grows with the square of their number (a 20 MB upload of tiny pages:
+    minutes). Other formats keep ``n_frames``: PNG and WebP read it from a header, and GIF's count skips the
+    frames' data, where seeking to each frame would decode them all. Called before ``load``: counting seeks
+    through the file and back to frame 0, which throws away an already loaded frame (GIF)."""
+    if image.format != "TIFF":
+        return max(getattr(image, "n_frames", 1) - 1, 0)
+    if not image.is_animated:
         return 0
     count = 1
     try:

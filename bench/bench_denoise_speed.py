@@ -181,8 +181,12 @@ def main() -> None:
             "median_of_in_turns": args.turns,
             "rows": [{"path": name, "seconds": round(sec, 3), "psnr": round(psnr, 2)} for name, sec, psnr in rows],
         }
-        # a CPU with native bf16 run with --float32-only is an emulation of one without: its own table
-        key = "speed" if native_bf16 else "speed_float32_emulated" if cpu_has_bf16() else "speed_float32_cpu"
+        # by the precision the service runs here: bf16 where it pays; a CPU with native bf16 run with
+        # --float32-only is an emulation of one without, its own table; float32 on a CPU that runs it
+        if args.float32_only and cpu_has_bf16():
+            key = "speed_float32_emulated"
+        else:
+            key = "speed" if runner.autocast_dtype is not None else "speed_float32_cpu"
         record_metrics(Path(args.store), "photos", key, record)
 
 

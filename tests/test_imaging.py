@@ -527,6 +527,10 @@ def test_frames_are_counted_up_to_a_cap():
     assert decoded.frames_dropped == MAX_FRAMES_COUNTED - 1 and decoded.pixels.shape == (4, 4, 3)
     few = save(page, "TIFF", save_all=True, append_images=[page] * 4)
     assert decode_image(few, max_pixels=LIMIT).frames_dropped == 4
+    # other formats keep Pillow's own count (a header's, or GIF's, which skips the frames' data), uncapped
+    frames = [Image.new("L", (4, 4), i % 2 * 255) for i in range(pages)]  # alternating: none merged
+    gif = save(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(gif, max_pixels=LIMIT).frames_dropped == pages - 1
 
 
 def test_a_tiff_is_turned_once_and_its_orientation_reported():

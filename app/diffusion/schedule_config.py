@@ -24,14 +24,14 @@ def schedule_problem(config: dict[str, Any]) -> str | None:
     variance = config.get("variance_type") or "fixed_small"
     if variance not in ("fixed_small", "fixed_large"):
         return f"variance_type {variance!r} is not supported: expected fixed_small or fixed_large"
+    if config.get("rescale_betas_zero_snr"):  # diffusers rescales trained betas too
+        return "rescale_betas_zero_snr is not supported"
     trained = config.get("trained_betas")
     if trained is not None:
         if not isinstance(trained, list) or not 1 < len(trained) <= MAX_TRAIN_TIMESTEPS:
             return f"trained_betas must be a list of 2 to {MAX_TRAIN_TIMESTEPS} numbers"
         steps = len(trained)
     else:
-        if config.get("rescale_betas_zero_snr"):
-            return "rescale_betas_zero_snr is not supported"
         kind = config.get("beta_schedule", "linear")
         if kind not in BETA_SCHEDULES:
             return f"unknown beta_schedule {kind!r}: expected {', '.join(BETA_SCHEDULES[:-1])} or {BETA_SCHEDULES[-1]}"

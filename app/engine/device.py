@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -37,16 +40,32 @@ BF16_SHARE = 0.9  # bf16 is taken where the probe runs in at most this share of 
 def cpu_prefers_bf16() -> bool:
     """Whether bf16 autocast pays on this CPU: it computes bf16 natively, and a probe measured it faster than
     float32. Having the instructions is not enough: on an Intel Xeon VM with AVX512-BF16 but no AMX, bf16
-    convolutions took 1.4-1.8x float32's time and the photo denoiser 1.8x (docs/denoising.md), where AMD
-    EPYC VMs with AVX512-BF16 and Intel ones with AMX ran it in about 0.6x."""
-    return cpu_has_bf16() and bf16_probe_share() <= BF16_SHARE
+    convolutions took 1.4-1.8x float32's time, and the photo denoiser's default path 1.70x FFDNet's time in
+    bf16 against 1.16x in float32 (docs/denoising.md), where on AMD EPYC VMs with AVX512-BF16 and an Intel
+    one with AMX that path ran in bf16 in about 0.6x of its float32 time."""
+    if not cpu_has_bf16():
+        return False
+    share = bf16_probe_share()
+    log.info(
+        "bf16 probe: %.2fx float32's time on this CPU (bf16 is taken at %.2fx or less): %s",
+        share,
+        BF16_SHARE,
+        "bfloat16" if share <= BF16_SHARE else "float32",
+    )
+    return share <= BF16_SHARE
 
 
 @lru_cache
 def bf16_probe_share() -> float:
     """bf16 autocast's time as a share of float32's on a small stack of the 3x3 convolutions the networks
     are made of (16 to 64 channels, channels-last, as the service runs them): medians of runs taken in turns,
-    measured once per process (about half a second)."""
+    measured once per process (about half a second), on the thread that will run the networks. The global
+    random state is left as it was: a training run seeded before it draws the same numbers either way."""
+    with torch.random.fork_rng(devices=[]):
+        return _probe()
+
+
+def _probe() -> float:
     layers = [torch.nn.Conv2d(c, c, 3, padding=1) for c in (16, 32, 64)]
     inputs = [torch.randn(4, c, s, s).to(memory_format=torch.channels_last) for c, s in ((16, 96), (32, 48), (64, 24))]
     for layer in layers:

@@ -17,11 +17,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from app.engine.allocator import keep_freed_memory
 from app.engine.device import pick_device, pick_dtype
-from app.engine.plans import Plan, denoise_tile, plan_denoise, plan_generate, run_noise
+from app.engine.plans import Plan, denoise_tile, plan_denoise, plan_generate, require_finite, run_noise
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
 from app.jobs import PRIORITY_LEVEL, DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
@@ -74,7 +72,9 @@ class Engine:
         self.device = pick_device(settings.device)
         if settings.keep_freed_memory:  # the console scripts did so first, before any thread (allocator.py)
             keep_freed_memory()
-        self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
+        # the precision is picked on the engine thread, before the models load (_run_thread): on a CPU it may
+        # take a probe, which must run on the thread that will run the networks (start's docstring)
+        self.runner = Runner(self.device, None)
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
         self._deferred: list[Submit] = []  # jobs whose model waits for room in memory
@@ -154,6 +154,7 @@ class Engine:
 
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
+            self.runner.autocast_dtype = pick_dtype(self.settings.dtype, self.device)
             self._load()
         except Exception:  # a bug: each model's own failure is caught and marked on it
             log.critical("loading the models failed:\n%s", traceback.format_exc())
@@ -272,8 +273,10 @@ class Engine:
         waiting = [m for m in self._deferred if m.job_id == job_id]
         if waiting:
             self._deferred = [m for m in self._deferred if m.job_id != job_id]
-            # the busy models need not drain for it: the jobs still waiting say again which must, when retried
-            self._draining, self._jobs_ended = set(), True
+            if self._deferred:  # retried at the next turn: they say again which busy models must drain
+                self._jobs_ended = True
+            else:  # nothing waits: no model need drain
+                self._draining = set()
             self._emit(EngineEvent(job_id=job_id, type="canceled"))
             return
         if job_id not in self._jobs:
@@ -326,11 +329,7 @@ class Engine:
         if job is None:
             return
         try:
-            if not bool(torch.isfinite(row.x).all()):  # else it would be encoded as a black image, "succeeded"
-                raise FloatingPointError(
-                    "the model produced values that are not numbers (NaN or infinity) at these settings: "
-                    "try a lower guidance_scale, other steps or another sampler"
-                )
+            require_finite(row.x)  # else it would be encoded as a black image, "succeeded"
             job.plan.collect(row)
         except Exception as exc:
             log.error("job %s failed while collecting a row: %s", job.id, exc)

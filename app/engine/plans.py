@@ -65,6 +65,15 @@ def upload_info(image: ImageData) -> dict:
     return info
 
 
+def require_finite(x: torch.Tensor) -> None:
+    """Refuse a result that is not numbers (NaN or infinity): encoded, it would be a black image, "succeeded"."""
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            "the model produced values that are not numbers (NaN or infinity) at these settings: "
+            "try a lower guidance_scale, other steps or another sampler"
+        )
+
+
 def result_image(
     index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt: str, upload: ImageData | None = None
 ) -> ResultImage:
@@ -192,7 +201,9 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
     def collect(row: Row) -> None:
         """Decode (latent models: one image at a time through the VAE) and encode each image as it finishes."""
         upload = spec.image if isinstance(spec, Img2ImgSpec) else None
-        images[row.key] = result_image(row.key, spec.seeds[row.key], model.decode(row.x), spec.output_format, upload)
+        pixels = model.decode(row.x)
+        require_finite(pixels)  # a VAE may overflow where the latents did not (float16 on CUDA)
+        images[row.key] = result_image(row.key, spec.seeds[row.key], pixels, spec.output_format, upload)
 
     def finish() -> JobResult:
         return JobResult(images=[images[i] for i in range(len(spec.seeds))])

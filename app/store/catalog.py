@@ -185,8 +185,8 @@ class ModelEntry:
         """The native (height, width) in image pixels."""
         if self.card.image_size:
             return tuple(self.card.image_size)
-        size = self.denoiser_config.get("sample_size", 32)
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        # checked at scan (_check_sizes); a refused folder's card may still be shown: 0x0 there
+        h, w = sides(self.denoiser_config.get("sample_size", 32)) or (0, 0)
         return h * self.latent_factor * self.fold, w * self.latent_factor * self.fold
 
     @property
@@ -380,12 +380,17 @@ def _check(entry: ModelEntry) -> None:
             raise ModelRefused(f"sha256 of {rel} does not match the card")
 
 
+def sides(size: Any) -> tuple[int, int] | None:
+    """(height, width) from a size as configs give it, one whole number or two; None if it is not one."""
+    pair = (size, size) if type(size) is int else tuple(size) if isinstance(size, (list, tuple)) else ()
+    return pair if len(pair) == 2 and all(type(v) is int and v > 0 for v in pair) else None  # type: ignore[return-value]
+
+
 def _check_sizes(entry: ModelEntry) -> None:
     """The native size (the card's, else the network's ``sample_size``) is whole multiples of what the model
     takes, and a card's channels are the images' (a latent model's: its VAE's)."""
     size = entry.card.image_size or entry.denoiser_config.get("sample_size", 32)
-    sides = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
-    if not (isinstance(sides, (list, tuple)) and len(sides) == 2 and all(type(v) is int and v > 0 for v in sides)):
+    if sides(size) is None:
         origin = "the card's image_size" if entry.card.image_size else f"{entry.spec.denoiser}'s sample_size"
         raise ModelRefused(f"{origin} is {size!r}: it must be a positive whole number or [height, width]")
     height, width = entry.image_size

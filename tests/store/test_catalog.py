@@ -178,6 +178,7 @@ def test_a_folder_name_that_is_not_utf8_is_listed_escaped_and_refused(tmp_path):
         ("card", {"image_size": [17, 17]}, "not in multiples of"),
         ("card", {"image_size": [0, 16]}, "image_size"),
         ("scheduler", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+        ("scheduler", {"rescale_betas_zero_snr": True, "trained_betas": [0.001] * 10}, "rescale_betas_zero_snr"),
         ("scheduler", {"thresholding": True}, "thresholding"),
         ("scheduler", {"variance_type": "learned_range"}, "learned_range"),
         ("scheduler", {"steps_offset": 1000}, "steps_offset"),  # the schedule has 1,000 steps: 0 to 999
@@ -200,6 +201,10 @@ def test_sizes_and_schedules_the_model_cannot_serve_are_refused_at_scan_not_at_i
     entry = scan_store(tmp_path)["m"]
     assert not entry.ready and reason in entry.error, entry.error
     json.dumps(entry.public())
+    if where == "unet":  # with a card that names no size, the refused folder's card is still shown
+        (folder / "model_card.json").write_text(json.dumps({"tasks": ["generate"]}))
+        entry = scan_store(tmp_path)["m"]
+        assert not entry.ready and reason in entry.error and entry.public()["card"]["image_size"] == [0, 0]
 
 
 def test_weights_are_counted_as_the_files_that_are_loaded(tmp_path):

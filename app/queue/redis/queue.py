@@ -23,7 +23,7 @@ from redis.exceptions import TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import background
-from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event
+from app.jobs import TRANSIENT_EVENTS, EngineEvent, JobRecord, JobSpec, apply_event
 from app.logs import url_for_log
 from app.metrics import job_submitted
 from app.queue.protocol import (
@@ -171,7 +171,8 @@ class RedisJobQueue:
         """Hand the engines' events to this node's waiters (an error ends the subscription; it is renewed)."""
         async for data in pubsub.messages(self.redis, self.keys.events):
             event = json.loads(data)
-            if self._watchers.wants(event["job_id"], event["kind"]):
+            # a final event always: the watchers then drop a late preview of the job (watch.py)
+            if self._watchers.wants(event["job_id"], event["kind"]) or event["kind"] not in TRANSIENT_EVENTS:
                 self._watchers.notify(event["job_id"], (event["kind"], event["data"]))
 
     # -- protocol ----------------------------------------------------------------------------------
