@@ -38,11 +38,11 @@ BF16_SHARE = 0.9  # bf16 is taken where the probe runs in at most this share of 
 
 
 def cpu_prefers_bf16() -> bool:
-    """Whether bf16 autocast pays on this CPU: it computes bf16 natively, and a probe measured it faster than
-    float32. Having the instructions is not enough: on an Intel Xeon VM with AVX512-BF16 but no AMX, bf16
-    convolutions took 1.4-1.8x float32's time, and the photo denoiser's default path 1.70x FFDNet's time in
-    bf16 against 1.16x in float32 (docs/denoising.md), where on AMD EPYC VMs with AVX512-BF16 and an Intel
-    one with AMX that path ran in bf16 in about 0.6x of its float32 time."""
+    """Whether bf16 autocast pays on this CPU: it computes bf16 natively, and a probe measured it faster than float32.
+    Having the instructions is not enough: on an Intel Xeon VM with AVX512-BF16 but no AMX, bf16 convolutions
+    took up to 1.9x float32's time (bench/bench_bf16_convs.py), and the photo denoiser's default path 1.70x
+    FFDNet's time in bf16 against 1.16x in float32 (docs/denoising.md), where on AMD EPYC VMs with AVX512-BF16
+    and an Intel one with AMX that path ran in bf16 in about 0.6x of its float32 time."""
     if not cpu_has_bf16():
         return False
     share = bf16_probe_share()
@@ -71,21 +71,21 @@ def _probe() -> float:
     for layer in layers:
         layer.eval().to(memory_format=torch.channels_last)
 
-    def run(dtype: torch.dtype | None) -> float:
+    def run(bf16: bool) -> float:
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for layer, x in zip(layers, inputs):
                 for _ in range(2):
                     layer(x)
         return time.perf_counter() - start
 
-    for dtype in (None, torch.bfloat16, None, torch.bfloat16):  # warm-up: oneDNN builds its kernels
-        run(dtype)
-    fp32, bf16 = [], []
+    for bf16 in (False, True, False, True):  # warm-up: oneDNN builds its kernels
+        run(bf16)
+    fp32_times, bf16_times = [], []
     for _ in range(5):
-        fp32.append(run(None))
-        bf16.append(run(torch.bfloat16))
-    return statistics.median(bf16) / statistics.median(fp32)
+        fp32_times.append(run(False))
+        bf16_times.append(run(True))
+    return statistics.median(bf16_times) / statistics.median(fp32_times)
 
 
 def pick_device(choice: str) -> torch.device:
