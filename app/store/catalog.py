@@ -468,7 +468,14 @@ def _require_weights(folder: Path, component: str) -> Path:
     for name in WEIGHT_FILES:
         if (folder / component / name).is_file():
             return folder / component / name
-    raise ModelRefused(f"missing {component}/ safetensors weights ({' or '.join(WEIGHT_FILES)})")
+    where = folder / component
+    present = sorted(p.name for p in where.glob("*.safetensors*")) if where.is_dir() else []
+    found = ""
+    if any(name.endswith(".index.json") for name in present):
+        found = ": sharded weights are not served; save the component in one file (a larger max_shard_size)"
+    elif present:
+        found = f": found {', '.join(present[:3])}, a variant the service does not load; save float32 weights"
+    raise ModelRefused(f"missing {component}/ safetensors weights ({' or '.join(WEIGHT_FILES)}){found}")
 
 
 def safe_relative(folder: Path, rel: str) -> Path:

@@ -226,3 +226,24 @@ def test_card_with_null_class_beyond_the_embeddings_is_refused(tmp_path):
     card["null_class"] = 99
     (folder / "model_card.json").write_text(json.dumps(card))
     assert scan_store(tmp_path)["badcard"].status == "error"
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        (
+            ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model.safetensors.index.json"],
+            "sharded",
+        ),
+        (["diffusion_pytorch_model.fp16.safetensors"], "found diffusion_pytorch_model.fp16.safetensors"),
+    ],
+)
+def test_weights_the_service_does_not_load_are_named_in_the_refusal(tmp_path, files, reason):
+    folder = write_generator(tmp_path / "m")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()
+    for name in files:
+        (folder / "unet" / name).write_bytes(data)
+    entry = scan_store(tmp_path)["m"]
+    assert not entry.ready and "missing unet/ safetensors weights" in entry.error and reason in entry.error
