@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from app.metrics import MODELS_LOADED
-from app.store.catalog import ModelEntry, ModelRefused
+from app.store.catalog import ModelEntry, ModelRefused, check_hashes
 from app.store.loader import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class ModelPool:
         while self.used + entry.weights_bytes > self.budget:
             self.unload(idle.pop(0))
         try:
+            check_hashes(entry)
             model = load_model(entry, self.device)
         except ModelRefused as exc:
             entry.fail(str(exc))

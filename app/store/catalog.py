@@ -372,12 +372,18 @@ def _check(entry: ModelEntry) -> None:
     named = len(entry.card.class_names or [])
     if named and named + (entry.card.null_class is not None) > entry.num_classes:
         raise ModelRefused(f"the card names {named} classes but the network has {entry.num_classes} class embeddings")
+    check_hashes(entry)
+
+
+def check_hashes(entry: ModelEntry) -> None:
+    """The files the card lists have the sha256 it gives: at scan, and again before each load (a model unloaded
+    to make room loads again later, and its files may have been changed on disk meanwhile)."""
     for rel, expected in entry.card.sha256.items():
-        target = safe_relative(folder, rel)
+        target = safe_relative(entry.path, rel)
         if not target.is_file():
             raise ModelRefused(f"card lists {rel} which does not exist")
         if sha256_file(target) != expected.lower():
-            raise ModelRefused(f"sha256 of {rel} does not match the card")
+            raise ModelRefused(f"sha256 of {rel} does not match the card (changed on disk? restart the service)")
 
 
 def sides(size: Any) -> tuple[int, int] | None:

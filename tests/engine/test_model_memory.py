@@ -3,6 +3,8 @@ whose model must wait for room runs once a model is idle; a model larger than th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -163,3 +165,29 @@ def test_idle_models_stay_loaded_when_unloading_them_would_not_make_room(tmp_pat
     assert list(pool.loaded) == ["a", "b"] and loads == ["a", "b"]
     assert pool.get("big", busy=set()) is not None  # both idle: both go, big loads
     assert list(pool.loaded) == ["big"] and loads == ["a", "b", "big"]
+
+
+def test_a_model_whose_weights_changed_on_disk_after_an_unload_is_refused_at_its_next_load(tmp_path):
+    """The card's sha256 is checked before each load, not only at the scan: a model unloaded to make room
+    loads again later, and its files may have been replaced meanwhile."""
+    from app.store.hashing import sha256_file
+
+    for name in ("gen-a", "gen-b"):
+        folder = write_generator(tmp_path / name)
+        card = json.loads((folder / "model_card.json").read_text())
+        weights = "unet/diffusion_pytorch_model.safetensors"
+        card["sha256"] = {weights: sha256_file(folder / weights)}
+        (folder / "model_card.json").write_text(json.dumps(card))
+    h = EngineHarness(tmp_path, model_memory_gb=budget_for(tmp_path, 1.5), preload="gen-a")
+    try:
+        h.submit("b", spec("gen-b"))
+        assert h.outcome("b").type == "succeeded" and not h.engine.entries["gen-a"].loaded
+        changed = bytearray((tmp_path / "gen-a" / weights).read_bytes())
+        changed[-1] ^= 1  # one bit of the last weight: it would still load, as another model
+        (tmp_path / "gen-a" / weights).write_bytes(changed)
+        h.submit("a", spec("gen-a"))
+        outcome = h.outcome("a")
+        assert outcome.type == "failed" and "does not match the card" in outcome.error
+        assert h.engine.entries["gen-a"].status == "error"
+    finally:
+        h.close()
