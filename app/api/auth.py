@@ -36,6 +36,7 @@ from app.api.errors import ApiError
 from app.jobs import DEFAULT_PRIORITY, PRIORITY_LEVEL, Priority
 from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
+from app.store.hashing import file_signature
 
 log = logging.getLogger(__name__)
 Scope = Literal["generate", "denoise", "admin"]
@@ -116,7 +117,7 @@ class Gate:
     def __init__(
         self, keys: list[ApiKey] | None, settings: Settings, path: Path | None = None, seen: tuple | None = None
     ) -> None:
-        """``seen``: the keys file's signature (``_signature``) taken before ``keys`` were read from it, so a
+        """``seen``: the keys file's signature (``file_signature``) taken before ``keys`` were read from it, so a
         change landing while they were read is read again."""
         self.keys, self.path = keys, path
         self._seen, self._refused, self._next_look = seen, None, 0.0
@@ -140,7 +141,7 @@ class Gate:
                 )
             return cls(None, settings)
         path = Path(settings.api_keys_file)
-        seen = _signature(path)
+        seen = file_signature(path)
         return cls(load_keys(path), settings, path, seen)
 
     def reload(self) -> None:
@@ -151,7 +152,7 @@ class Gate:
         if self.path is None or now < self._next_look:
             return
         self._next_look = now + KEYS_LOOK_S
-        seen = _signature(self.path)
+        seen = file_signature(self.path)
         if seen == self._seen or seen == self._refused:
             return
         try:
@@ -239,15 +240,6 @@ class Gate:
                 type="rate_limited",
                 headers={"Retry-After": str(wait)},
             )
-
-
-def _signature(path: Path | None) -> tuple[int, int, int] | None:
-    """What tells a changed keys file from the one read: its modification time, size and inode."""
-    try:
-        found = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return None if found is None else (found.st_mtime_ns, found.st_size, found.st_ino)
 
 
 def check_scope(key: ApiKey | None, scope: str | None) -> None:

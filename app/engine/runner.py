@@ -159,15 +159,15 @@ class Runner:
         """Advance every row by one step of its own sampler; returns the rows that reached the end. A step
         that fails changes no row, its generators included: the engine runs the rows again (each job alone,
         to find the one that fails), and the others must draw the same noise as they would have."""
-        states = [(r.generator, r.generator.get_state()) for r in rows if r.generator is not None]
+        drawn: list[tuple[torch.Generator, torch.Tensor]] = []  # generators this step drew from, as they were
         try:
-            return self._step(rows)
+            return self._step(rows, drawn)
         except BaseException:
-            for generator, state in states:
+            for generator, state in drawn:
                 generator.set_state(state)
             raise
 
-    def _step(self, rows: list[Row]) -> list[Row]:
+    def _step(self, rows: list[Row], drawn: list[tuple[torch.Generator, torch.Tensor]]) -> list[Row]:
         output = self.denoiser_output(rows)
         schedule = rows[0].model.schedule
         updates = []  # applied only once every sub-batch has succeeded, so a failed step changes no row
@@ -183,6 +183,9 @@ class Runner:
             draws = [sampler.draws_noise(s.t, r.eta) for r, s in zip(subset, steps)]
             noise = None
             if any(draws):
+                for r, d in zip(subset, draws):  # a deterministic step saves nothing: its rows draw no noise
+                    if d and r.noise_at is None and r.generator is not None:
+                        drawn.append((r.generator, r.generator.get_state()))
                 noise = torch.cat([r.noise() if d else torch.zeros_like(r.x) for r, d in zip(subset, draws)])
             prev = None
             if sampler.keeps_history and any(r.prev_x0 is not None for r in subset):

@@ -27,7 +27,7 @@ from app.store.families import (
     sampler_for_scheduler,
     unsupported_scheduler_option,
 )
-from app.store.hashing import sha256_file
+from app.store.hashing import sha256_unless_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def check_hashes(entry: ModelEntry) -> None:
         target = safe_relative(entry.path, rel)
         if not target.is_file():
             raise ModelRefused(f"card lists {rel} which does not exist")
-        if sha256_file(target) != expected.lower():
+        if sha256_unless_unchanged(target) != expected.lower():
             raise ModelRefused(f"sha256 of {rel} does not match the card (changed on disk? restart the service)")
 
 
