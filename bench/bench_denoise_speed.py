@@ -52,7 +52,7 @@ from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 from diffusers.models.upsampling import Upsample2D  # noqa: E402
 
 from app.engine.allocator import keep_freed_memory  # noqa: E402
-from app.engine.device import bf16_probe_share, cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
+from app.engine.device import cpu_has_bf16, cpu_name, pick_dtype  # noqa: E402
 from app.engine.plans import denoise_tile  # noqa: E402
 from app.engine.runner import Runner  # noqa: E402
 from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
@@ -110,9 +110,8 @@ def main() -> None:
         f"native bf16: {'yes' if native_bf16 else 'skipped (--float32-only)' if cpu_has_bf16() else 'no (skipped)'}, "
         f"freed memory kept: {'yes' if kept else 'no'}"
     )
-    if native_bf16:  # the service takes bf16 only where the probe measures it faster (app/engine/device.py)
-        service = pick_dtype("auto", torch.device("cpu")) or "float32"
-        print(f"bf16 probe: {bf16_probe_share():.2f}x float32's time; the service runs {service}")
+    if native_bf16:  # the service takes bf16 only where it pays (app/engine/device.py)
+        print(f"the service runs {pick_dtype('auto', torch.device('cpu')) or 'float32'} on this CPU")
     device = torch.device("cpu")
     entry = scan_store(Path(args.store))["photos"]  # scanned once (the scan hashes the weights); loaded per variant
     rows = []

@@ -24,8 +24,8 @@ PRECISIONS = ("fp32", "cuda-bf16", "bf16")
 def resolve_precision(choice: str, device: torch.device) -> str:
     """The precision a run really uses: ``fp32`` or ``bf16`` (autocast; weights and optimiser stay float32).
 
-    ``cuda-bf16``: bf16 on CUDA only; ``bf16``: on CUDA and on a CPU where it pays (native and measured
-    faster: ``cpu_prefers_bf16``), float32 elsewhere."""
+    ``cuda-bf16``: bf16 on CUDA only; ``bf16``: on CUDA and on a CPU where it pays (AMX, or AVX512-BF16
+    on AMD: ``cpu_prefers_bf16``), float32 elsewhere."""
     if choice not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {choice!r}")
     if device.type == "cuda" and choice != "fp32":

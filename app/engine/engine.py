@@ -72,9 +72,7 @@ class Engine:
         self.device = pick_device(settings.device)
         if settings.keep_freed_memory:  # the console scripts did so first, before any thread (allocator.py)
             keep_freed_memory()
-        # the precision is picked on the engine thread, before the models load (_run_thread): on a CPU it may
-        # take a probe, which must run on the thread that will run the networks (start's docstring)
-        self.runner = Runner(self.device, None)
+        self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
         self._deferred: list[Submit] = []  # jobs whose model waits for room in memory
@@ -154,7 +152,6 @@ class Engine:
 
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
-            self.runner.autocast_dtype = pick_dtype(self.settings.dtype, self.device)
             self._load()
         except Exception:  # a bug: each model's own failure is caught and marked on it
             log.critical("loading the models failed:\n%s", traceback.format_exc())
