@@ -27,7 +27,15 @@ from PIL import Image
 
 from app.api.main import create_app
 from tests.helpers import make_settings
-from tests.tiny_models import write_bare, write_dit, write_generator, write_stable_diffusion
+from app.store.catalog import scan_store
+from app.store.loader import load_model
+from tests.tiny_models import (
+    write_bare,
+    write_dit,
+    write_generator,
+    write_stable_diffusion,
+    write_stable_diffusion_as,
+)
 
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
@@ -53,6 +61,7 @@ def store(tmp_path_factory):
     write_stable_diffusion(root / "tiny-sd-clipping", clip_sample=True)
     write_dit(root / "tiny-dit-clipping", clip_sample=True)
     write_stable_diffusion(root / "tiny-sd-deep", levels=4)
+    write_stable_diffusion_as(root / "tiny-sd-fp16", dtype=torch.float16, variant="fp16", max_shard_size="20KB")
     return root
 
 
@@ -113,6 +122,38 @@ def test_stable_diffusion_gives_the_pipelines_image(client, store, model, sample
         generator=torch.Generator("cpu").manual_seed(11),
     )
     assert_same_image(ours, theirs)
+
+
+def test_stable_diffusion_saved_as_fp16_shards_gives_the_pipelines_image_in_float32(client, store):
+    """A Hugging Face snapshot downloaded with variant="fp16" holds only fp16 files, large components sharded:
+    served as diffusers loads it with that variant in float32, every component held in float32."""
+    body = {"model": "tiny-sd-fp16", "prompt": "a red cat", "seed": 3, "steps": 4, "sampler": "euler"}
+    ours = png(client.post("/v1/generate", json={**body, "guidance_scale": 3.0}, headers={"Accept": "image/png"}))
+    pipe = StableDiffusionPipeline.from_pretrained(
+        store / "tiny-sd-fp16",
+        variant="fp16",
+        torch_dtype=torch.float32,
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
+    theirs = diffusers_image(
+        pipe,
+        "euler",
+        prompt="a red cat",
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        height=16,
+        width=16,
+        generator=torch.Generator("cpu").manual_seed(3),
+    )
+    assert_same_image(ours, theirs)
+    weights = client.get("/v1/models/tiny-sd-fp16").json()["weights"]
+    assert weights["unet"].startswith("diffusion_pytorch_model.safetensors.index.fp16.json, ")
+    assert weights["text_encoder"].startswith("model.safetensors.index.fp16.json, ")
+    loaded = load_model(scan_store(store)["tiny-sd-fp16"], torch.device("cpu"))
+    for part in (loaded.unet, loaded.vae, loaded.text_encoder):
+        assert {p.dtype for p in part.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_a", "dpmpp_2m"])

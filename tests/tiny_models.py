@@ -27,6 +27,14 @@ def tiny_unet(*, channels: int = 1, size: int = 16, num_class_embeds: int | None
     ).eval()
 
 
+def float32_bytes_of(path: Path) -> int:
+    """The memory a safetensors file's tensors take once loaded, floating ones as float32 (by loading it)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path).values()
+    return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors)
+
+
 def tiny_scheduler(**overrides) -> DDPMScheduler:
     config = dict(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
     config.update(overrides)
@@ -226,6 +234,19 @@ def save_stable_diffusion(folder: Path, *, unet, vae, text_encoder, tokenizer, s
         feature_extractor=None,
         requires_safety_checker=False,
     ).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_stable_diffusion_as(folder: Path, *, dtype: torch.dtype, **layout) -> Path:
+    """``write_stable_diffusion``'s model saved by diffusers in another layout: ``dtype`` weights, with
+    save_pretrained's ``variant`` and ``max_shard_size`` (fp16 shards, as Hugging Face snapshots hold)."""
+    from diffusers import StableDiffusionPipeline
+
+    source = write_stable_diffusion(folder.parent / f".{folder.name}-source")  # hidden: not scanned as a model
+    pipe = StableDiffusionPipeline.from_pretrained(
+        source, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    pipe.to(dtype).save_pretrained(folder, safe_serialization=True, **layout)
     return folder
 
 

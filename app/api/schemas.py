@@ -218,6 +218,11 @@ class ModelOut(BaseModel):
     status: Literal["ready", "error"]
     loaded: bool = Field(False, description="in an engine's memory now (else it loads on first use)")
     weights_gb: float = Field(0.0, description="the weights' size: the memory they take")
+    weights: dict[str, str] = Field(
+        default_factory=dict,
+        description="each component's weights that are loaded: the file, or a sharded one's index and its count "
+        "of shards (a variant such as fp16 where the folder has no plain file)",
+    )
     error: str | None = Field(None, description="why the model is not served")
     workers: int | None = Field(
         None,

@@ -3,7 +3,7 @@
 A store may hold more models than fit: a model loads on first use, and when the budget is full the least
 recently used model with no job in the engine is unloaded to make room. A job whose model cannot get room
 yet (every loaded model is busy) waits until one is idle; a model larger than the whole budget is not
-served, and says so. Sizes are the weights' safetensors bytes on disk (what they take in float32).
+served, and says so. Sizes are what the weights take once loaded, in float32 (app/store/weights.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel, Transformer2DModel
 from app.families.rewrites import faster_modules
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
-from app.families.latent import LatentModel, load_whole
+from app.families.latent import LatentModel, load_component
 from app.store.loader import schedule_of
 
 
@@ -36,15 +36,14 @@ class DiT(LatentModel):
 
 
 def load(entry: ModelEntry, device: torch.device) -> DiT:
-    folder, options = entry.path, dict(use_safetensors=True, local_files_only=True)
     cls = (
         DiTTransformer2DModel
         if entry.denoiser_config.get("_class_name") == "DiTTransformer2DModel"
         else Transformer2DModel
     )
     try:
-        transformer = load_whole(cls, folder / "transformer", **options)
-        vae = load_whole(AutoencoderKL, folder / "vae", **options)
+        transformer = load_component(entry, "transformer", cls)
+        vae = load_component(entry, "vae", AutoencoderKL)
     except ModelRefused:
         raise
     except Exception as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from app.store.catalog import ModelRefused
+from app.store.catalog import ModelEntry, ModelRefused
 from app.store.loader import LoadedModel
 
 
@@ -21,6 +21,16 @@ def load_whole(cls: Any, folder, **options) -> Any:
             more = f" and {len(found) - 3} more" if len(found) > 3 else ""
             raise ModelRefused(f"{folder.name}: the weights lack or misshape {names}{more} ({kind.split('_')[0]})")
     return model
+
+
+def load_component(entry: ModelEntry, component: str, cls: Any) -> Any:
+    """One component with ``load_whole``, from the weights the catalog chose (the plain files, else a variant
+    such as fp16; sharded or not), held in float32 whatever the files hold: transformers would otherwise keep
+    an fp16 file's precision, which the CPU computes slowly or not at all."""
+    weights = entry.weights[component]
+    precision = "dtype" if cls.__module__.startswith("transformers") else "torch_dtype"
+    options = {"use_safetensors": True, "local_files_only": True, "variant": weights.variant, precision: torch.float32}
+    return load_whole(cls, entry.path / component, **options)
 
 
 @dataclass(eq=False)

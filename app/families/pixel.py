@@ -48,8 +48,9 @@ def load(entry: ModelEntry, device: torch.device) -> PixelModel:
     except Exception as exc:  # diffusers raises assorted errors for bad configs
         raise ModelRefused(f"unet config: {exc}") from exc
     try:
-        weights = [entry.path / "unet" / n for n in ("diffusion_pytorch_model.safetensors", "model.safetensors")]
-        state = load_file(next(p for p in weights if p.is_file()))  # the catalog checked that one exists
+        state = {}  # the file, or each shard (the catalog chose them: app/store/weights.py)
+        for name in entry.weights["unet"].files:
+            state.update(load_file(entry.path / "unet" / name))
     except Exception as exc:
         raise ModelRefused(f"unreadable safetensors weights: {exc}") from exc
     try:

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from app.families.rewrites import faster_modules
 from app.jobs import GenerateSpec
 from app.store.catalog import ModelEntry, ModelRefused
-from app.families.latent import LatentModel, load_whole
+from app.families.latent import LatentModel, load_component
 from app.store.loader import schedule_of
 
 
@@ -63,12 +63,11 @@ class StableDiffusion(LatentModel):
 def load(entry: ModelEntry, device: torch.device) -> StableDiffusion:
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder, options = entry.path, dict(use_safetensors=True, local_files_only=True)
     try:
-        unet = load_whole(UNet2DConditionModel, folder / "unet", **options)
-        vae = load_whole(AutoencoderKL, folder / "vae", **options)
-        text_encoder = load_whole(CLIPTextModel, folder / "text_encoder", **options)
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        unet = load_component(entry, "unet", UNet2DConditionModel)
+        vae = load_component(entry, "vae", AutoencoderKL)
+        text_encoder = load_component(entry, "text_encoder", CLIPTextModel)
+        tokenizer = CLIPTokenizer.from_pretrained(entry.path / "tokenizer", local_files_only=True)
     except ModelRefused:
         raise
     except Exception as exc:  # a component that does not load is a refused model, with diffusers' reason

@@ -1,9 +1,9 @@
 """Find the models in the store and check them before any weight is loaded (no torch here).
 
-Each sub-folder is a candidate: its name must match ``NAME_PATTERN``, it must resolve inside the store
-(no symlink escapes), hold a diffusers ``UNet2DModel`` config, a scheduler config, safetensors weights
-and no pickle files; the card's sha256 must match. A folder that fails is kept with its reason, so
-``GET /v1/models/{name}`` can say why it is not served.
+Each sub-folder is a candidate (a link to a folder elsewhere too): its name must match ``NAME_PATTERN``;
+it must hold its family's configs, a scheduler config, safetensors weights for each component in a layout
+``save_pretrained`` writes (``app/store/weights.py``) and no pickle files; the card's sha256 must match. A
+folder that fails is kept with its reason, so ``GET /v1/models/{name}`` can say why it is not served.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from app.store.families import (
     unsupported_scheduler_option,
 )
 from app.store.hashing import sha256_unless_unchanged
+from app.store.weights import Weights, WeightsRefused, find_weights
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class ModelEntry:
     denoiser_config: dict[str, Any] = field(default_factory=dict)  # unet/ or transformer/ config.json
     family: str = "pixel"
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other components' configs
-    weights_bytes: int = 0  # safetensors on disk: the memory the weights take in float32
+    weights: dict[str, Weights] = field(default_factory=dict)  # each component's weights that are loaded
+    weights_bytes: int = 0  # the memory the weights take once loaded (in float32, whatever the files hold)
     loaded: bool = False  # in an engine's memory now (set by the engine)
     workers: int | None = None  # Redis mode: the workers serving it now (set by an API node's merge)
     scheduler_config: dict[str, Any] = field(default_factory=dict)
@@ -235,6 +237,7 @@ class ModelEntry:
             "scheduler_config": self.scheduler_config,
             "family": self.family,
             "configs": self.configs,
+            "weights": {component: w.to_dict() for component, w in self.weights.items()},
             "weights_bytes": self.weights_bytes,
             "loaded": self.loaded,
         }
@@ -252,6 +255,7 @@ class ModelEntry:
             scheduler_config=data.get("scheduler_config", {}),
             family=data.get("family", "pixel"),
             configs=data.get("configs", {}),
+            weights={c: Weights.from_dict(w) for c, w in data.get("weights", {}).items()},
             weights_bytes=data.get("weights_bytes", 0),
             loaded=data.get("loaded", False),
         )
@@ -263,6 +267,7 @@ class ModelEntry:
             "status": self.status,
             "loaded": self.loaded,
             "weights_gb": round(self.weights_bytes / 1024**3, 3),
+            "weights": {component: w.describe() for component, w in self.weights.items()},
         }
         if self.error:
             body["error"] = self.error
@@ -323,11 +328,11 @@ def _check(entry: ModelEntry) -> None:
         raise ModelRefused(
             f"{spec.denoiser} is a {kind}: a {spec.name} model needs {' or '.join(spec.denoiser_classes)}"
         )
-    weights = [_require_weights(folder, spec.denoiser)]
+    entry.weights[spec.denoiser] = _weights(folder, spec.denoiser)
     for component in spec.components:
         entry.configs[component] = _component_config(folder, component)
         if component != "tokenizer":
-            weights.append(_require_weights(folder, component))
+            entry.weights[component] = _weights(folder, component)
     for ignored in ("safety_checker", "feature_extractor"):
         named = index.get(ignored)
         if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
@@ -335,8 +340,8 @@ def _check(entry: ModelEntry) -> None:
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     if (problem := schedule_problem(entry.scheduler_config)) is not None:
         raise ModelRefused(f"scheduler config: {problem}")
-    # the files that are loaded: not fp16 variants, single-file checkpoints or a safety checker beside them
-    entry.weights_bytes = sum(path.stat().st_size for path in weights)
+    # the files that are loaded: not the variants beside them, single-file checkpoints or a safety checker
+    entry.weights_bytes = sum(w.float32_bytes for w in entry.weights.values())
     if (folder / CARD_FILE).exists():
         try:
             entry.card = ModelCard.model_validate(_read_json(folder / CARD_FILE))
@@ -466,22 +471,12 @@ def _component_config(folder: Path, component: str) -> dict[str, Any]:
     return _read_json(folder / component / "config.json")
 
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
-
-
-def _require_weights(folder: Path, component: str) -> Path:
-    """The weights file of ``component`` that is loaded (diffusers' name first, then transformers')."""
-    for name in WEIGHT_FILES:
-        if (folder / component / name).is_file():
-            return folder / component / name
-    where = folder / component
-    present = sorted(p.name for p in where.glob("*.safetensors*")) if where.is_dir() else []
-    found = ""
-    if any(name.endswith(".index.json") for name in present):
-        found = ": sharded weights are not served; save the component in one file (a larger max_shard_size)"
-    elif present:
-        found = f": found {', '.join(present[:3])}, a variant the service does not load; save float32 weights"
-    raise ModelRefused(f"missing {component}/ safetensors weights ({' or '.join(WEIGHT_FILES)}){found}")
+def _weights(folder: Path, component: str) -> Weights:
+    """The weights of ``component`` that are loaded (app/store/weights.py), a refusal naming what is wrong."""
+    try:
+        return find_weights(folder, component)
+    except WeightsRefused as exc:
+        raise ModelRefused(str(exc)) from exc
 
 
 def safe_relative(folder: Path, rel: str) -> Path:
