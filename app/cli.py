@@ -95,12 +95,12 @@ async def _run_worker(settings: Settings) -> int:
     from app.queue.redis.queue import connect, reach
     from app.queue.redis.worker import RedisWorker
 
-    if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.worker_metrics_port, addr=settings.host)  # the engine's metrics, for Prometheus
     redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
+    if settings.worker_metrics_port:  # the engine's metrics for Prometheus, and the worker's liveness
+        from app.metrics import serve_worker_http
+
+        serve_worker_http(settings.worker_metrics_port, settings.host, node.live)
     try:
         await reach(redis, settings)  # before the models load: a worker without Redis has nothing to do
         await node.start()

@@ -1,10 +1,16 @@
 """The service's Prometheus metrics (prometheus-client), all named ``diffusion_*``, in the process's default
-registry: API nodes serve them at ``/metrics``; a Redis worker on ``DIFFUSION_WORKER_METRICS_PORT``. The list,
-with example queries: docs/metrics.md."""
+registry: API nodes serve them at ``/metrics``; a Redis worker on ``DIFFUSION_WORKER_METRICS_PORT``, beside its
+``/healthz``. The list, with example queries: docs/metrics.md."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import json
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -48,3 +54,35 @@ def job_finished(record) -> None:
         JOB_WAIT_SECONDS.labels(record.kind).observe(max(0.0, record.started_at - record.created_at))
         if record.finished_at is not None:
             JOB_RUN_SECONDS.labels(record.kind).observe(max(0.0, record.finished_at - record.started_at))
+
+
+def serve_worker_http(port: int, addr: str, live: Callable[[], bool]) -> ThreadingWSGIServer:
+    """A Redis worker's port, on a thread of its own: ``/metrics`` for Prometheus, and ``/healthz`` for its
+    liveness probe (200 while ``live()``, else 503: restart the process). Every other path answers 404."""
+    metrics = make_wsgi_app()
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/healthz":
+            ok = live()
+            body = json.dumps({"status": "ok" if ok else "worker stuck or stopped"}).encode()
+            status = "200 OK" if ok else "503 Service Unavailable"
+        else:
+            body, status = json.dumps({"detail": "not found: /metrics or /healthz"}).encode(), "404 Not Found"
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = make_server(addr, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
+    return server
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args) -> None:  # probes every few seconds: not a log line each
+        pass

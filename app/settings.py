@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long a worker finishes its jobs before handing them back"
     )
+    engine_stuck_s: float = Field(
+        600.0,
+        gt=0,
+        description="an engine busy this long in one turn (a forward pass, a model load on first use) is stuck: "
+        "a Redis worker stops and hands its jobs back, and /healthz answers 503, so the process is restarted",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":

@@ -164,6 +164,14 @@ def test_k8s_probes_grace_and_gpu():
     # in the Service while the process serves, so a missing worker or Redis gets the service's JSON 503s
     assert api_container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert api_container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    (worker_container,) = worker["containers"]
+    # the worker's health port is its metrics port: the probe asks /healthz (a blocked event loop is 503)
+    probe = worker_container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and probe["port"] == "metrics"
+    ports = {p["name"]: p["containerPort"] for p in worker_container["ports"]}
+    env = {e["name"]: e.get("value") for e in worker_container.get("env", [])}
+    port = env.get("DIFFUSION_WORKER_METRICS_PORT", config.get("DIFFUSION_WORKER_METRICS_PORT"))
+    assert str(ports["metrics"]) == port
     pause = api_container["lifecycle"]["preStop"]["exec"]["command"]
     assert pause[0] == "sleep" and float(pause[1]) > 0  # endpoints are removed before uvicorn stops accepting
     assert api["terminationGracePeriodSeconds"] >= float(pause[1]) + grace + 5

@@ -84,6 +84,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._alive = False
         self.passes = 0  # forward passes run; a figure for tests and benchmarks
+        self._turn_began: float | None = None  # when the loop's current turn began work; None while it waits
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self, timeout: float = 600.0) -> None:
@@ -116,6 +117,13 @@ class Engine:
     @property
     def alive(self) -> bool:
         return self._alive and self._thread is not None and self._thread.is_alive()
+
+    def busy_s(self) -> float:
+        """How long the loop has been in its current turn (0 while it waits for work): a turn is one forward
+        pass and the arrivals before it, so one far longer than any pass means the engine is stuck (a hung
+        device, a deadlock) though its thread lives."""
+        began = self._turn_began
+        return 0.0 if began is None else max(0.0, time.monotonic() - began)
 
     # -- the loop (engine thread only) ------------------------------------------------------------
     @property
@@ -175,7 +183,11 @@ class Engine:
                 if self._deferred and self._jobs_ended:  # a model may be idle now, making room
                     self._retry_deferred()
                 block = self.scheduler.idle
+                if block:
+                    self._turn_began = None  # waiting for work is not being stuck
                 running = self._drain(block=block)
+                if block:
+                    self._turn_began = time.monotonic()
                 self._flush()
                 if not running:
                     return
@@ -185,6 +197,7 @@ class Engine:
                 if batch:
                     self._run(batch)
                 self._flush()
+                self._turn_began = time.monotonic()  # the next turn's work begins
         except Exception:  # a bug in the loop itself: say so loudly; readiness turns false
             log.critical("engine loop died:\n%s", traceback.format_exc())
         finally:

@@ -45,6 +45,7 @@ class MemoryJobQueue:
         self._janitor_task: asyncio.Task | None = None
         self._closing = False
         self._failed_held = False  # the jobs held when the engine died were failed
+        self._stuck = False  # the engine was found stuck (logged once until it moves again)
 
     @classmethod
     def start(cls, settings: Settings, models: dict[str, ModelEntry]) -> "MemoryJobQueue":
@@ -190,8 +191,16 @@ class MemoryJobQueue:
         return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())
 
     def alive(self) -> bool:
-        """False once the engine thread has died (not stopped by ``close``); the jobs it held are failed
-        then, once."""
+        """False once the engine thread has died (not stopped by ``close``): the jobs it held are failed then,
+        once; and while it is stuck (busy in one turn past ``engine_stuck_s``): its jobs may still finish if it
+        comes back before the process is restarted."""
+        if self.engine is not None and self.engine.alive and not self._closing:
+            stuck = (busy := self.engine.busy_s()) > self.settings.engine_stuck_s
+            if stuck and not self._stuck:
+                log.critical("the engine has been in one turn for %.0f s: it is stuck; restart this process", busy)
+            self._stuck = stuck
+            if stuck:
+                return False
         if self.engine is None or self.engine.alive or self._closing:
             return True
         if not self._failed_held:

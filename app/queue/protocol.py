@@ -43,11 +43,12 @@ class QueueUnavailable(Exception):
 
 
 class EngineStopped(QueueUnavailable):
-    """This process's engine thread has died (a bug; its error is in the log): it runs no more jobs, and
-    the process must be restarted. Its liveness probe (``/healthz``) says so."""
+    """This process's engine thread has died (a bug; its error is in the log) or is stuck in one turn past
+    ``engine_stuck_s``: it runs no more jobs, and the process must be restarted. Its liveness probe
+    (``/healthz``) says so."""
 
     type = "engine_stopped"
-    public = "this server's engine has stopped (its error is in the server's log)"
+    public = "this server's engine has stopped or is stuck (the server's log says why)"
 
     def __init__(self) -> None:
         Exception.__init__(self, self.public)
@@ -119,6 +120,6 @@ class JobQueue(Protocol):
         """Models loaded, a worker alive, and the backend reachable now."""
 
     def alive(self) -> bool:
-        """False once an engine thread in this process has died: the process must be restarted."""
+        """False once an engine thread in this process has died or is stuck: the process must be restarted."""
 
     async def close(self) -> None: ...

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -55,6 +57,37 @@ def test_when_the_engine_dies_its_jobs_fail_new_ones_get_503_and_liveness_says_r
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json() == {"status": "engine stopped"}
     assert client.get("/readyz").status_code == 503
+
+
+def test_a_stuck_engine_turns_liveness_to_503_keeps_its_jobs_and_recovers_if_it_moves_again(make_client):
+    client = make_client(engine_stuck_s=0.3)
+    engine = client.app.state.queue.engine
+    inside, release = threading.Event(), threading.Event()
+    real = engine.runner.step
+
+    def hung(rows):  # a forward pass that does not return (a hung device, a deadlock)
+        inside.set()
+        release.wait(30)
+        return real(rows)
+
+    engine.runner.step = hung
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 2}, headers={"Prefer": "respond-async"})
+    job = r.json()["job_id"]
+    assert inside.wait(30)
+    time.sleep(0.5)  # past engine_stuck_s
+    assert engine.busy_s() > 0.3
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.json() == {"status": "engine stopped"}
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 2})
+    assert r.status_code == 503 and r.json()["detail"][0]["type"] == "engine_stopped"
+    assert client.get(f"/v1/jobs/{job}").json()["status"] in ("queued", "running")  # not failed: it may finish
+    release.set()
+    for _ in range(300):
+        if client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded":
+            break
+        time.sleep(0.05)
+    assert client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded"
+    assert client.get("/healthz").json() == {"status": "ok"}  # it moved again: the waiting turn is not stuck
 
 
 def test_a_model_that_fails_to_load_for_any_reason_is_marked_and_the_others_are_served(make_client, monkeypatch):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from fastapi.testclient import TestClient
@@ -599,6 +602,10 @@ class StubEngine:
 
     def __init__(self):
         self.alive, self.submitted, self.canceled, self.stopped = True, [], [], False
+        self.busy = 0.0  # seconds in its current turn
+
+    def busy_s(self):
+        return self.busy
 
     def submit(self, job_id, spec):
         self.submitted.append(job_id)
@@ -735,6 +742,50 @@ def test_a_worker_whose_engine_died_takes_no_more_jobs(store, prefix):
         worker.dead.clear()
         await worker._read_once()
         assert list(worker.held) == [job_id]
+
+    on_redis(scenario)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def test_a_worker_whose_engine_is_stuck_hands_its_jobs_back_and_its_health_port_says_restart(store, prefix):
+    from app.metrics import serve_worker_http
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis)
+        await worker._read_once()
+        assert list(worker.held) == [job_id]
+        server = serve_worker_http(0, "127.0.0.1", worker.live)
+        url = f"http://127.0.0.1:{server.server_port}"
+        try:
+            assert await asyncio.to_thread(_get, url + "/healthz") == (200, '{"status": "ok"}')
+            code, text = await asyncio.to_thread(_get, url + "/metrics")
+            assert code == 200 and "diffusion_rows_running" in text
+            assert (await asyncio.to_thread(_get, url + "/elsewhere"))[0] == 404
+            # the event loop blocked (its ticker silent): the health port says so, though its thread answers
+            worker._loop_tick = time.monotonic() - worker.loop_stale_s - 1
+            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 503
+            await asyncio.wait_for(worker._tick_once(), 5)
+            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 200
+            # the engine stuck in one turn: no longer alive, the process stops and hands its job back
+            worker.engine.busy = worker.settings.engine_stuck_s + 1
+            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 503
+            assert not worker.alive() and worker.dead.is_set()
+            await worker.stop(grace=30)  # a dead engine finishes nothing: no wait for the grace
+            assert worker.held == {} and worker.engine.canceled == [job_id]
+            stream = worker.keys.stream("normal", "tiny-gen")
+            assert (await redis.xpending(stream, "workers"))["pending"] == 0 and await redis.xlen(stream) == 1
+        finally:
+            server.shutdown()
+            server.server_close()
 
     on_redis(scenario)
 

@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "engine stopped"}})
 async def healthz(queue: QueueDep) -> JSONResponse:
-    """The process answers, and the engine it runs (if any) has not died; 503 otherwise: restart it."""
+    """The process answers, and its engine (if any) has neither died nor got stuck; 503 otherwise: restart it."""
     if queue.alive():
         return JSONResponse({"status": "ok"})
     return JSONResponse({"status": "engine stopped"}, status_code=503)

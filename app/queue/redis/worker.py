@@ -92,7 +92,8 @@ class RedisWorker:
         self._renew = redis.register_script(RENEW)
         self._prune = redis.register_script(PRUNE)
         self._up_since = time.time()  # a worker judges which models no worker serves only after worker_forget_s
-        self.dead = asyncio.Event()  # set when the engine thread has died: the process should exit
+        self.dead = asyncio.Event()  # set when the engine thread has died or is stuck: the process should exit
+        self._loop_tick: float | None = None  # when this worker's event loop last ran its ticker (monotonic)
 
     @property
     def capacity(self) -> int:
@@ -111,14 +112,16 @@ class RedisWorker:
         from app.engine.engine import Engine  # torch lives behind this import
 
         self._loop = asyncio.get_running_loop()
+        self._tasks = [background.forever(self._tick_once)]  # from the start: liveness while models load
         self.entries = scan_store(self.settings.model_store)
         if why := self.settings.unknown_models(set(self.entries), defaults=False):
             raise NoModels(why)
-        self.engine = Engine(self.settings, self.entries, self._from_engine)
-        await asyncio.to_thread(self.engine.start)
+        engine = Engine(self.settings, self.entries, self._from_engine)
+        await asyncio.to_thread(engine.start)
+        self.engine = engine  # judged alive (or stuck) once it has started: not while it loads the models
         await self._create_groups()
         await self._beat()
-        self._tasks = [
+        self._tasks += [
             background.forever(step)
             for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
         ]
@@ -404,16 +407,48 @@ class RedisWorker:
         self._room.set()
 
     def alive(self) -> bool:
-        """False once the engine thread has died."""
+        """False once the engine thread has died or is stuck."""
         return self._engine_alive()
 
     def _engine_alive(self) -> bool:
-        if self.engine is not None and not self.engine.alive and not self.dead.is_set():
+        if self.engine is None or self.dead.is_set():
+            return not self.dead.is_set()
+        if not self.engine.alive:
             log.critical(
                 "the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over"
             )
             self.dead.set()
+        elif (busy := self.engine.busy_s()) > self.settings.engine_stuck_s:
+            log.critical(
+                "the engine has been in one turn for %.0f s (DIFFUSION_ENGINE_STUCK_S=%g): it is stuck; this "
+                "worker stops and hands its jobs back for live workers",
+                busy,
+                self.settings.engine_stuck_s,
+            )
+            self.dead.set()
         return not self.dead.is_set()
+
+    def live(self) -> bool:
+        """The worker's liveness, asked from its metrics thread (``/healthz`` on the metrics port): its event loop
+        turns (a blocked loop renews no lease and reads no job, yet the thread that answers lives on), and its
+        engine has neither died nor got stuck."""
+        tick = self._loop_tick
+        if tick is not None and time.monotonic() - tick > self.loop_stale_s:
+            return False
+        engine = self.engine
+        if engine is not None and (not engine.alive or engine.busy_s() > self.settings.engine_stuck_s):
+            return False
+        return not self.dead.is_set()
+
+    @property
+    def loop_stale_s(self) -> float:
+        """An event loop whose ticker has not run for this long is blocked."""
+        return max(30.0, 6 * self.settings.heartbeat_s)
+
+    async def _tick_once(self) -> None:
+        self._loop_tick = time.monotonic()
+        self._engine_alive()  # a stuck engine is noticed even while no job is held
+        await asyncio.sleep(min(1.0, self.settings.heartbeat_s))
 
     async def _renew_once(self) -> None:
         """Renew the leases of the jobs held here; stop those another worker has taken over meanwhile."""
