@@ -8,6 +8,8 @@
 # Where PyTorch's index is unreachable, put the torch wheel in docker/wheels/ (used first when present):
 #   cp /path/to/torch-2.13.0+cpu-cp311-*.whl docker/wheels/ && docker build -t diffusion-service .
 # Run read-only with a tmpfs /tmp:  docker run --read-only --tmpfs /tmp -p 8000:8000 diffusion-service
+# (HOME is /tmp: the service user has no home, and caches that libraries keep there, such as Triton's kernels on
+# CUDA, need a writable one)
 
 # -- dependencies: a layer of their own, rebuilt only when pyproject.toml or the torch source changes ----------
 FROM python:3.11-slim AS deps
@@ -40,6 +42,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/srv \
     HF_HUB_OFFLINE=1 \
+    HOME=/tmp \
     HF_HOME=/tmp/huggingface \
     DIFFUSION_DEVICE=${DEVICE} \
     DIFFUSION_HOST=0.0.0.0 \

@@ -47,6 +47,9 @@ def test_dockerfile_installs_dependencies_before_the_code_and_runs_as_non_root()
     assert f"TORCH_VERSION={pin}" in dockerfile  # the same torch as pyproject.toml
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
     assert "driver >= 580" in dockerfile  # the CUDA variant says what it needs
+    # the service user has no home and the root file system is read-only: libraries' caches go to the tmpfs
+    env = dict(re.findall(r"^\s+(?:ENV\s+)?([A-Z_]+)=(\S+?)\s*\\?$", dockerfile, flags=re.MULTILINE))
+    assert env["HOME"] == "/tmp" and env["HF_HOME"].startswith("/tmp/")
 
 
 def test_dockerignore_keeps_the_repository_and_venv_out_of_the_build():
