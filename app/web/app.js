@@ -497,12 +497,19 @@ function setOriginal(blob, label) {
   $("dn-compare-box").hidden = true;
 }
 
+function forget(img) {
+  // A blob: URL keeps its photo in the page's memory until it is revoked: one visit may show many photos.
+  // An image already shown stays on screen (the before/after view borrows the noisy and denoised ones).
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+}
+
 function showImage(id, blob, alt, unshown = () => {}) {
   const img = $(id);
   img.onerror = () => {
     showMessage(`${alt}: the browser cannot show this file; it may not be an image.`);
     unshown();
   };
+  forget(img);
   img.src = URL.createObjectURL(blob);
   img.alt = alt;
   $(`${id}-fig`).hidden = false;
@@ -732,6 +739,7 @@ async function forward(run) {
   const image = forwardUpload || (await sample($("fw-image").value));
   const last = model.card.train_timesteps - 1;
   const strip = $("fw-strip");
+  strip.querySelectorAll("img").forEach(forget);
   strip.replaceChildren();
   const seed = $("fw-seed").value || "0";
   // One /v1/noise call per timestep, all with the same seed: the same noise n at every t, growing as

@@ -284,6 +284,32 @@ def test_a_new_photo_cancels_the_denoise_of_the_last_and_one_photo_action_runs_a
     expect(page.get_by_role("alert")).to_have_count(0)
 
 
+LOADS = "(img, url) => new Promise((done) => { const probe = new Image(); probe.onload = () => done('loads'); \
+probe.onerror = () => done('revoked'); probe.src = url; })"
+
+
+def test_a_photo_replaced_frees_the_memory_its_blob_url_held(server, open_page):
+    """The page shows photos through blob: URLs, which hold the photo until revoked: one visit may load many."""
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("button", name="Sample: cat").click()
+    original = page.get_by_role("img", name="Original photo (sample: cat)")
+    expect(original).to_be_visible()
+    first = original.get_attribute("src")
+    assert first.startswith("blob:") and original.evaluate(LOADS, first) == "loads"
+    page.get_by_role("button", name="Sample: coffee").click()
+    replaced = page.get_by_role("img", name="Original photo (sample: coffee)")
+    expect(replaced).to_be_visible()
+    second = replaced.get_attribute("src")
+    assert second != first and replaced.evaluate(LOADS, second) == "loads"
+    expect(replaced).to_have_js_property("complete", True)
+    assert replaced.evaluate("img => img.naturalWidth") > 0  # what is shown stays shown
+    clean(watched)
+    assert replaced.evaluate(LOADS, first) == "revoked"
+    expect(page.get_by_role("alert")).to_have_count(0)
+
+
 def test_cancel_ends_the_wait_a_429_asked_for(keyed_server, open_page):
     watched = open_page(keyed_server)
     page = watched.page
@@ -325,7 +351,13 @@ def test_the_forward_strip_has_eleven_images(server, keyed_server, open_page, ke
         assert strip.nth(i).evaluate("img => img.naturalWidth") > 0
     expect(page.get_by_role("alert")).to_have_count(0)
     if key is None:  # (with keys, the first request before the key was saved logged its 401)
+        first = strip.nth(0).get_attribute("src")
+        page.get_by_role("button", name="Show forward process").click()  # again: the last strip's x_0 is freed
+        expect(strip.nth(0)).not_to_have_attribute("src", first, timeout=60_000)
+        expect(strip).to_have_count(11, timeout=60_000)
+        expect(page.locator("#fw-status")).to_have_text("11 of 11 images", timeout=60_000)
         clean(watched)
+        assert strip.nth(0).evaluate(LOADS, first) == "revoked"  # (the probe's failed load is logged: after clean)
     assert watched.outside() == []
 
 
