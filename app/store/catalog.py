@@ -308,8 +308,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelRefused(f"missing {path.parent.name}/{path.name}")
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelRefused(f"unreadable {path.parent.name}/{path.name}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # (nested past parsing)
+        raise ModelRefused(f"unreadable {path.parent.name}/{path.name}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelRefused(f"{path.parent.name}/{path.name} is not a JSON object")
     return data
@@ -498,7 +498,7 @@ def scan_folder(folder: Path) -> ModelEntry:
         _check(entry)
     except ModelRefused as exc:
         entry.fail(str(exc))
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a config of unexpected shape
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # unexpected shape
         entry.fail(f"malformed model folder: {type(exc).__name__}: {exc}")
     except OSError as exc:  # a file the service may not read: this folder is refused, the others served
         entry.fail(f"unreadable model folder: {type(exc).__name__}: {exc}")

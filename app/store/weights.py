@@ -97,8 +97,8 @@ def _shards(where: Path, index: str, names: set[str]) -> tuple[str, ...]:
     rel = f"{where.name}/{index}"
     try:
         data = json.loads((where / index).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsRefused(f"unreadable {rel}: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # (nesting too deep to parse)
+        raise WeightsRefused(f"unreadable {rel}: {type(exc).__name__}: {exc}") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise WeightsRefused(f"{rel} has no weight_map of tensor names to files")
@@ -131,9 +131,19 @@ def float32_bytes(path: Path) -> int:
                 continue
             count = 1
             for side in tensor["shape"]:
-                count *= int(side)
+                if type(side) is not int or side < 0:
+                    raise ValueError(f"{key} has a shape of {tensor['shape']!r}")
+                count *= side
             dtype = str(tensor["dtype"])
             total += count * (4 if dtype.startswith(("F", "BF")) else _ITEM_BYTES.get(dtype, 4))
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        RecursionError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:
         raise WeightsRefused(f"{rel} is not a safetensors file (unreadable header: {exc})") from exc
     return total

@@ -96,6 +96,11 @@ def test_a_variant_is_chosen_by_precision_first_then_by_name(tmp_path):
     assert scan_store(tmp_path)["m"].weights["unet"].variant == "ema"
 
 
+def _header(header: dict) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw
+
+
 def _index(folder):
     return folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
 
@@ -142,15 +147,38 @@ def _first_shard(folder):
             lambda f: _first_shard(f).write_bytes(b"\xff" * 16),
             "is not a safetensors file (its header length is unreadable)",
         ),
+        (  # nested too deep for Python's parser: one such file must not stop the whole store's scan
+            lambda f: _first_shard(f).write_bytes(len(b"[" * 100_000).to_bytes(8, "little") + b"[" * 100_000),
+            "is not a safetensors file (unreadable header",
+        ),
+        (lambda f: _index(f).write_text("[" * 100_000), "unreadable unet/diffusion_pytorch_model.safetensors.index"),
+        (
+            lambda f: _first_shard(f).write_bytes(
+                _header({"w": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 0]}})
+            ),
+            "w has a shape of [-1, 4]",
+        ),
     ],
 )
 def test_weights_that_cannot_be_loaded_as_they_are_are_refused_at_scan_naming_why(tmp_path, spoil, reason):
     folder = save(tmp_path / "m", tiny_unet(channels=3), max_shard_size=SHARD)
+    save(tmp_path / "other", tiny_unet(channels=3))
     spoil(folder)
-    entry = scan_store(tmp_path)["m"]
+    entries = scan_store(tmp_path)
+    entry = entries["m"]
     assert not entry.ready and reason in entry.error, entry.error
+    assert entries["other"].ready  # refused alone
     if reason.startswith("diffusion_pytorch_model-00001"):
         assert entry.error.endswith("which is missing")
+
+
+def test_a_config_nested_too_deep_to_parse_refuses_its_model_alone(tmp_path):
+    save(tmp_path / "other", tiny_unet(channels=3))
+    folder = save(tmp_path / "m", tiny_unet(channels=3))
+    (folder / "unet" / "config.json").write_text("[" * 100_000)
+    entries = scan_store(tmp_path)
+    assert not entries["m"].ready and "unreadable unet/config.json: RecursionError" in entries["m"].error
+    assert entries["other"].ready
 
 
 def test_a_component_without_weights_names_what_it_holds(tmp_path):
