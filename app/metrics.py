@@ -5,6 +5,7 @@ registry: API nodes serve them at ``/metrics``; a Redis worker on ``DIFFUSION_WO
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from socketserver import ThreadingMixIn
@@ -74,7 +75,9 @@ def serve_worker_http(port: int, addr: str, live: Callable[[], bool]) -> Threadi
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
-    server = make_server(addr, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]  # "::" and "::1" are IPv6 addresses
+    server_class = type("WorkerHTTPServer", (ThreadingWSGIServer,), {"address_family": family})
+    server = make_server(addr, port, app, server_class=server_class, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
     return server
 

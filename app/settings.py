@@ -130,7 +130,8 @@ class Settings(BaseSettings):
         600.0,
         gt=0,
         description="an engine busy this long in one turn (a forward pass, a model load on first use) is stuck: "
-        "a Redis worker stops and hands its jobs back, and /healthz answers 503, so the process is restarted",
+        "a Redis worker stops (its jobs are taken over after their lease), and /healthz answers 503, so the process is "
+        "restarted",
     )
 
     @model_validator(mode="after")

@@ -184,10 +184,8 @@ class Engine:
                     self._retry_deferred()
                 block = self.scheduler.idle
                 if block:
-                    self._turn_began = None  # waiting for work is not being stuck
+                    self._turn_began = None  # waiting for work is not being stuck (_drain starts the clock)
                 running = self._drain(block=block)
-                if block:
-                    self._turn_began = time.monotonic()
                 self._flush()
                 if not running:
                     return
@@ -213,6 +211,8 @@ class Engine:
                     message: Message = self._inbox.get(block=block)
                 except queue.Empty:
                     return True
+                if self._turn_began is None:  # woken: this turn's work (a first-use model load too) starts now
+                    self._turn_began = time.monotonic()
                 block = False
                 if isinstance(message, Submit):
                     arrivals.append(message)

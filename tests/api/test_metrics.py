@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.auth import digest
@@ -107,3 +108,50 @@ def test_every_series_the_service_defines_is_a_row_of_the_one_metrics_table():
     rows = [n for n, line in enumerate(lines) if re.match(r"\| `diffusion_\w+` \|", line)]
     assert {re.match(r"\| `(\w+)`", lines[n]).group(1) for n in rows} == names
     assert rows == list(range(rows[0], rows[0] + len(rows)))  # no blank line cuts the table in two
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        pytest.param("::1", marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")),
+    ],
+)
+def test_a_workers_port_serves_metrics_and_its_liveness_on_ipv4_and_ipv6(host):
+    import urllib.error
+    import urllib.request
+
+    from app.metrics import serve_worker_http
+
+    live = [True]
+    server = serve_worker_http(0, host, lambda: live[0])
+    base = f"http://{'[::1]' if ':' in host else host}:{server.server_port}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    try:
+        code, text = get("/metrics")
+        assert code == 200 and any(f.name == "diffusion_rows_running" for f in text_string_to_metric_families(text))
+        assert get("/healthz") == (200, '{"status": "ok"}')
+        live[0] = False
+        assert get("/healthz") == (503, '{"status": "worker stuck or stopped"}')
+        assert get("/other")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -90,6 +90,36 @@ def test_a_stuck_engine_turns_liveness_to_503_keeps_its_jobs_and_recovers_if_it_
     assert client.get("/healthz").json() == {"status": "ok"}  # it moved again: the waiting turn is not stuck
 
 
+def test_a_model_load_on_first_use_that_hangs_an_idle_engine_is_stuck_too(make_client, monkeypatch):
+    from app.engine import models
+
+    inside, release = threading.Event(), threading.Event()
+    real = models.load_model
+
+    def load(entry, device):
+        if entry.name == "tiny-rgb":  # not preloaded: loaded by the first job, on an engine that waited idle
+            inside.set()
+            release.wait(30)
+        return real(entry, device)
+
+    monkeypatch.setattr(models, "load_model", load)
+    client = make_client(engine_stuck_s=0.3, preload="tiny-gen")
+    engine = client.app.state.queue.engine
+    assert engine.busy_s() == 0.0  # idle
+    r = client.post("/v1/generate", json={"model": "tiny-rgb", "steps": 2}, headers={"Prefer": "respond-async"})
+    job = r.json()["job_id"]
+    assert inside.wait(30)
+    time.sleep(0.5)
+    assert engine.busy_s() > 0.3 and client.get("/healthz").status_code == 503
+    release.set()
+    for _ in range(300):
+        if client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded":
+            break
+        time.sleep(0.05)
+    assert client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded"
+    assert client.get("/healthz").status_code == 200
+
+
 def test_a_model_that_fails_to_load_for_any_reason_is_marked_and_the_others_are_served(make_client, monkeypatch):
     from app.engine import models
 

@@ -754,38 +754,52 @@ def _get(url: str) -> tuple[int, str]:
         return refused.code, refused.read().decode()
 
 
-def test_a_worker_whose_engine_is_stuck_hands_its_jobs_back_and_its_health_port_says_restart(store, prefix):
+def test_a_stuck_worker_says_so_on_its_health_port_and_a_job_that_hangs_every_worker_fails_at_max_attempts(
+    store, prefix
+):
     from app.metrics import serve_worker_http
 
     job_id = _queued_for_tiny_gen(store, prefix)
 
     async def scenario(redis):
-        worker = _worker_on(store, prefix, redis)
-        await worker._read_once()
-        assert list(worker.held) == [job_id]
-        server = serve_worker_http(0, "127.0.0.1", worker.live)
-        url = f"http://127.0.0.1:{server.server_port}"
-        try:
-            assert await asyncio.to_thread(_get, url + "/healthz") == (200, '{"status": "ok"}')
-            code, text = await asyncio.to_thread(_get, url + "/metrics")
-            assert code == 200 and "diffusion_rows_running" in text
-            assert (await asyncio.to_thread(_get, url + "/elsewhere"))[0] == 404
-            # the event loop blocked (its ticker silent): the health port says so, though its thread answers
-            worker._loop_tick = time.monotonic() - worker.loop_stale_s - 1
-            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 503
-            await asyncio.wait_for(worker._tick_once(), 5)
-            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 200
-            # the engine stuck in one turn: no longer alive, the process stops and hands its job back
-            worker.engine.busy = worker.settings.engine_stuck_s + 1
-            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 503
-            assert not worker.alive() and worker.dead.is_set()
-            await worker.stop(grace=30)  # a dead engine finishes nothing: no wait for the grace
-            assert worker.held == {} and worker.engine.canceled == [job_id]
+        def stub(name):
+            worker = _worker_on(store, prefix, redis, name)
+            worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})  # taken over after 0.3 s
+            return worker
+
+        stream = None
+        for attempt in range(1, 4):  # max_attempts 3
+            worker = stub(f"stuck-{attempt}")
             stream = worker.keys.stream("normal", "tiny-gen")
-            assert (await redis.xpending(stream, "workers"))["pending"] == 0 and await redis.xlen(stream) == 1
-        finally:
-            server.shutdown()
-            server.server_close()
+            await worker._read_once()  # the first reads it new; the others take it over from a stuck one
+            assert list(worker.held) == [job_id]
+            server = serve_worker_http(0, "127.0.0.1", worker.live)
+            url = f"http://127.0.0.1:{server.server_port}"
+            try:
+                assert await asyncio.to_thread(_get, url + "/healthz") == (200, '{"status": "ok"}')
+                if attempt == 1:  # the event loop blocked (its ticker silent): said, though the port's thread answers
+                    worker._loop_tick = time.monotonic() - worker.loop_stale_s - 1
+                    assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 503
+                    await asyncio.wait_for(worker._tick_once(), 5)
+                    assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 200
+                worker.engine.busy = worker.settings.engine_stuck_s + 1  # the job hangs its engine
+                assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 503
+                assert not worker.alive() and worker.dead.is_set()
+            finally:
+                server.shutdown()
+                server.server_close()
+            await worker.stop(grace=30)  # a stuck engine finishes nothing: no wait for the grace
+            assert worker.held == {} and worker.engine.canceled == [job_id]
+            # not handed back as new (which would reset its count of attempts): left for a takeover
+            assert (await redis.xpending(stream, "workers"))["pending"] == 1 and await redis.xlen(stream) == 1
+            assert (await worker.records.get(job_id)).status.value != "failed"
+            await asyncio.sleep(0.35)
+        last = stub("after-three")
+        await last._read_once()
+        assert last.held == {} and last.engine.submitted == []
+        record = await last.records.get(job_id)
+        assert record.status.value == "failed" and "crashed workers 3 times" in record.error
+        assert await redis.xlen(stream) == 0
 
     on_redis(scenario)
 

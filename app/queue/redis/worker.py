@@ -143,7 +143,8 @@ class RedisWorker:
         return self.keys.streams(self.served)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking work, finish what is held within ``grace`` seconds, hand back the rest."""
+        """Stop taking work, finish what is held within ``grace`` seconds, hand back the rest (a dead or stuck
+        engine's: left for a takeover after their lease, which counts as an attempt)."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await background.stop(self._intake)
         self._intake.clear()
@@ -153,6 +154,14 @@ class RedisWorker:
         unfinished = [(job_id, self.held.pop(job_id)) for job_id in list(self.held)]
         for job_id, _ in unfinished:
             self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
+        if self.dead.is_set():
+            # A dead or stuck engine: its jobs stay pending here until their lease runs out, and the worker
+            # that takes one over counts a delivery more, as after a crash; so a job that hangs every device
+            # is failed after max_attempts instead of being handed from worker to worker for ever.
+            log.warning(
+                "leaving %d job(s) to be taken over after their lease: %s", len(unfinished), list(dict(unfinished))
+            )
+            unfinished = []
         await asyncio.sleep(0)  # let the last events be written, so none lands after a hand-back
         deadline = time.monotonic() + 5
         while (not self._events.empty() or self._dirty) and time.monotonic() < deadline:
@@ -421,7 +430,7 @@ class RedisWorker:
         elif (busy := self.engine.busy_s()) > self.settings.engine_stuck_s:
             log.critical(
                 "the engine has been in one turn for %.0f s (DIFFUSION_ENGINE_STUCK_S=%g): it is stuck; this "
-                "worker stops and hands its jobs back for live workers",
+                "worker stops; live workers take its jobs over after their lease",
                 busy,
                 self.settings.engine_stuck_s,
             )
