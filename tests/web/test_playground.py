@@ -9,6 +9,7 @@ import re
 import shlex
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
@@ -221,6 +222,48 @@ def test_denoise_shows_original_noisy_and_denoised_side_by_side(server, open_pag
     slider = page.get_by_label("Before/after")
     slider.fill("20")
     assert "inset(0px 80%" in page.locator("#dn-compare-after").evaluate("e => getComputedStyle(e).clipPath")
+    clean(watched)
+
+
+PIXELS = """img => { const canvas = document.createElement("canvas"); canvas.width = img.naturalWidth;
+canvas.height = img.naturalHeight; const context = canvas.getContext("2d"); context.drawImage(img, 0, 0);
+return [img.naturalWidth, img.naturalHeight, Array.from(context.getImageData(0, 0, img.naturalWidth,
+img.naturalHeight).data)]; }"""
+
+
+def reference_scores(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """PSNR over RGB, and mean SSIM on luma over every 7x7 window inside the image (uniform weights, sample
+    covariance: scikit-image's default), computed window by window."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    mse = ((a[..., :3] - b[..., :3]) ** 2).mean()
+    psnr = 10 * np.log10(255**2 / mse)
+    x, y = (im[..., :3] @ np.array([0.299, 0.587, 0.114]) for im in (a, b))
+    wx, wy = sliding_window_view(x, (7, 7)), sliding_window_view(y, (7, 7))
+    mx, my = wx.mean(axis=(2, 3)), wy.mean(axis=(2, 3))
+    vx, vy = wx.var(axis=(2, 3), ddof=1), wy.var(axis=(2, 3), ddof=1)
+    cov = ((wx - mx[..., None, None]) * (wy - my[..., None, None])).sum(axis=(2, 3)) / 48
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(psnr), float(ssim.mean())
+
+
+def test_the_scores_under_the_photos_are_psnr_and_ssim_as_scikit_image_computes_them(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    noise_then_denoise_the_cat(page)
+    expect(page.locator("#dn-denoised-caption")).to_contain_text("SSIM", timeout=10_000)
+
+    def pixels(image_id):
+        width, height, data = page.locator(f"#{image_id}").evaluate(PIXELS)
+        return np.array(data, dtype=float).reshape(height, width, 4)
+
+    original = pixels("dn-original")
+    for image_id in ("dn-noisy", "dn-denoised"):
+        shown = page.locator(f"#{image_id}-caption").inner_text()
+        psnr, ssim = (float(v) for v in re.search(r"PSNR ([\d.]+) dB, SSIM ([\d.-]+)", shown).groups())
+        want_psnr, want_ssim = reference_scores(original, pixels(image_id))
+        assert abs(psnr - want_psnr) <= 0.005 and abs(ssim - want_ssim) <= 0.0005, (shown, want_psnr, want_ssim)
     clean(watched)
 
 
