@@ -23,6 +23,9 @@ class IdleEngine:
     def submit(self, job_id, spec) -> None:
         self.jobs.append(job_id)
 
+    def busy_s(self) -> float:
+        return 0.0  # waiting for work: not stuck
+
 
 def noise_spec(side: int) -> NoiseSpec:
     image = ImageData(width=side, height=side, channels=1, pixels=bytes(side * side))
