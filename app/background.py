@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Collection
 
@@ -92,3 +93,43 @@ async def within(awaitable: Awaitable[object], timeout_s: float, what: str) -> b
     log.error("%s did not end within %.0f s; going on without it. Tasks:\n%s", what, timeout_s, stacks(others))
     task.cancel()
     return False
+
+
+class _Repeatable:
+    """An action run as one task at a time: asked again while it runs, it runs once more after."""
+
+    def __init__(self, action: Callable[[], Awaitable[None]], name: str) -> None:
+        self.action, self.name = action, name
+        self.task: asyncio.Task | None = None
+        self.again = False
+
+    def __call__(self) -> None:
+        if self.task is not None:
+            self.again = True
+            return
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self.again = False
+                try:
+                    await self.action()
+                except Exception:
+                    log.exception("%s failed; what was served before still is", self.name)
+                if not self.again:
+                    return
+        finally:
+            self.task = None
+
+
+def on_sighup(action: Callable[[], Awaitable[None]], *, name: str = "reloading the model store") -> Callable[[], None]:
+    """Run ``action`` on the running loop at each SIGHUP (one run at a time; a SIGHUP during a run runs it once
+    more after). Returns what removes the handler. Where this thread cannot take signals (not the main
+    thread: an app run by a test client), nothing is installed."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, _Repeatable(action, name))
+    except (RuntimeError, ValueError, NotImplementedError):
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)

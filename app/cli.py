@@ -116,6 +116,7 @@ async def _run_worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    background.on_sighup(node.reload_store)  # kill -HUP: read the model store again
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(node.dead.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in waits:

@@ -141,6 +141,9 @@ def test_a_node_whose_queue_never_finishes_closing_still_shuts_down(tmp_path, mo
         def alive(self):
             return True
 
+        async def reload_store(self):
+            pass
+
         async def close(self):
             HangingQueue.closes += 1
             try:
@@ -157,3 +160,38 @@ def test_a_node_whose_queue_never_finishes_closing_still_shuts_down(tmp_path, mo
     assert HangingQueue.closes == 1
     (record,) = [r for r in caplog.records if "did not end" in r.getMessage()]
     assert "closing the job queue" in record.getMessage() and "in close" in record.getMessage()
+
+
+def test_a_sighup_during_a_reload_runs_it_once_more_after_and_a_failed_one_is_logged(caplog):
+    import os
+    import signal
+
+    runs: list[int] = []
+    release = asyncio.Event()
+
+    async def reload() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            await release.wait()
+        if len(runs) == 2:
+            raise RuntimeError("the store is unreadable")
+
+    async def scenario() -> list[int]:
+        remove = background.on_sighup(reload)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGHUP)  # during the first run: once more after it, not at once
+        os.kill(os.getpid(), signal.SIGHUP)  # (asked twice meanwhile: still once)
+        await asyncio.sleep(0.2)
+        assert runs == [0]
+        release.set()
+        await asyncio.sleep(0.2)
+        assert runs == [0, 1]  # the second failed: logged, and the handler still works
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.2)
+        remove()
+        return runs
+
+    with caplog.at_level(logging.ERROR, logger="app.background"):
+        assert asyncio.run(scenario()) == [0, 1, 2]
+    assert "reloading the model store failed" in caplog.text and "the store is unreadable" in caplog.text

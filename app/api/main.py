@@ -72,9 +72,11 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
         app.state.queue = backend
         dispatcher = Dispatcher(settings, backend.outbox)
         dispatcher.start()
+        ignore_sighup = background.on_sighup(backend.reload_store)  # kill -HUP: read the model store again
         try:
             yield
         finally:
+            ignore_sighup()
             await dispatcher.close()
             # A node must exit even if its queue's teardown hangs (it finishes held jobs within the grace).
             await background.within(

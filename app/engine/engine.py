@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,7 +51,13 @@ class Stop:
     pass
 
 
-Message = Submit | Cancel | Stop
+@dataclass(frozen=True)
+class Reload:
+    fresh: dict[str, ModelEntry]  # a new scan of the store
+    done: Future  # answered with the models served from now on
+
+
+Message = Submit | Cancel | Stop | Reload
 
 
 @dataclass
@@ -109,6 +116,13 @@ class Engine:
     def cancel(self, job_id: str) -> None:
         self._inbox.put(Cancel(job_id))
 
+    def reload(self, fresh: dict[str, ModelEntry]) -> Future:
+        """Serve a new scan of the store (``ModelPool.reload``); the future answers with the models served
+        from then on, once the engine thread has taken them (after the forward pass it is in, if any)."""
+        done: Future = Future()
+        self._inbox.put(Reload(fresh, done))
+        return done
+
     def stop(self, timeout: float = 10.0) -> None:
         self._inbox.put(Stop())
         if self._thread is not None:
@@ -143,7 +157,7 @@ class Engine:
 
         A waiting job's turn must come: new jobs for the busy models it waits on queue behind it, so those
         models drain and go idle (else a steady stream for a loaded model would keep another out forever)."""
-        busy = {job.spec.model for job in self._jobs.values()}
+        busy = self._busy_models()
         model = None if spec.model in self._draining else self.pool.get(spec.model, busy=busy)
         if model is None:
             log.debug("job %s waits for room in memory for model %s", job_id, spec.model)
@@ -180,6 +194,8 @@ class Engine:
     def _loop(self) -> None:
         try:
             while True:
+                if self._jobs_ended and self.pool.stale:  # a changed model's last job may have ended
+                    self.pool.drop_stale(busy=self._busy_models())
                 if self._deferred and self._jobs_ended:  # a model may be idle now, making room
                     self._retry_deferred()
                 block = self.scheduler.idle
@@ -221,9 +237,25 @@ class Engine:
                 arrivals = []
                 if isinstance(message, Stop):
                     return False
+                if isinstance(message, Reload):
+                    self._reload(message)
+                    continue
                 self._cancel(message.job_id)
         finally:
             self._accept_all(arrivals)
+
+    def _busy_models(self) -> set[str]:
+        return {job.spec.model for job in self._jobs.values() if job.spec.model}
+
+    def _reload(self, message: Reload) -> None:
+        try:
+            self.entries = self.pool.reload(message.fresh, busy=self._busy_models())
+        except Exception as exc:  # a bug: the models served stay as they were, and the caller hears why
+            log.error("reloading the model store failed:\n%s", traceback.format_exc())
+            message.done.set_exception(exc)
+            return
+        self._jobs_ended = True  # waiting jobs are retried: their model may have come, gone or changed
+        message.done.set_result(self.entries)
 
     def _accept_all(self, arrivals: list[Submit]) -> None:
         by_model: dict[str, list] = {}

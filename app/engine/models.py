@@ -65,10 +65,33 @@ class ModelPool:
     def __init__(self, entries: dict[str, ModelEntry], device: torch.device, budget: int) -> None:
         self.entries, self.device, self.budget = entries, device, budget
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self.loaded_from: dict[str, ModelEntry] = {}  # the entry each loaded model was loaded from
+        self.stale: set[str] = set()  # loaded, but changed or removed in the store since: unloaded once idle
 
     @property
     def used(self) -> int:
-        return sum(self.entries[name].weights_bytes for name in self.loaded)
+        return sum(self.loaded_from[name].weights_bytes for name in self.loaded)
+
+    def reload(self, fresh: dict[str, ModelEntry], *, busy: set[str]) -> dict[str, ModelEntry]:
+        """Take a new scan of the store as the served models. A loaded model whose folder is unchanged keeps
+        its entry and stays in memory; one changed or removed is stale: the jobs running on it finish on the
+        weights they began with, and it is unloaded once none does (a new job for it waits until then, and
+        runs on the new files)."""
+        merged = {}
+        for name, entry in fresh.items():
+            old = self.loaded_from.get(name)
+            merged[name] = old if old is not None and old.files == entry.files and old.ready else entry
+        self.stale = {name for name, old in self.loaded_from.items() if merged.get(name) is not old}
+        self.entries = merged
+        self.refuse_oversized()
+        self.drop_stale(busy=busy)
+        return merged
+
+    def drop_stale(self, *, busy: set[str]) -> None:
+        """Unload the stale models no job uses any more."""
+        for name in [n for n in self.stale if n not in busy]:
+            self.stale.discard(name)
+            self.unload(name, why="its folder changed or left the store")
 
     def refuse_oversized(self) -> None:
         for entry in self.entries.values():
@@ -94,12 +117,16 @@ class ModelPool:
     def get(self, name: str, *, busy: set[str]) -> LoadedModel | None:
         """The model, loaded if need be; None when it cannot have room yet (the models that would have to
         go are all busy). Raises ModelRefused when it does not load."""
+        if name in self.stale:
+            if name in busy:
+                return None  # its jobs finish on the weights they began with; then it loads from its new files
+            self.drop_stale(busy=busy)
         if name in self.loaded:
             self.loaded.move_to_end(name)
             return self.loaded[name]
         entry = self.entries[name]
         idle = [n for n in self.loaded if n not in busy]
-        freeable = sum(self.entries[n].weights_bytes for n in idle)
+        freeable = sum(self.loaded_from[n].weights_bytes for n in idle)
         if self.used - freeable + entry.weights_bytes > self.budget:
             return None  # not even unloading every idle model makes room: unload none of them yet
         while self.used + entry.weights_bytes > self.budget:
@@ -114,17 +141,19 @@ class ModelPool:
             log.error("model %s failed to load: %s: %s", name, type(exc).__name__, exc)
             entry.fail(f"failed to load: {type(exc).__name__}: {exc}")
             raise ModelRefused(entry.error) from exc
-        self.loaded[name] = model
+        self.loaded[name], self.loaded_from[name] = model, entry
         entry.loaded = True
         MODELS_LOADED.set(len(self.loaded))
         log.info("loaded model %s on %s (%.2f of %.2f GB used)", name, self.device, self.used / GB, self.budget / GB)
         return model
 
-    def unload(self, name: str) -> None:
-        self.loaded.pop(name, None)
-        self.entries[name].loaded = False
+    def unload(self, name: str, why: str = "least recently used, idle, to make room") -> None:
+        if self.loaded.pop(name, None) is None:
+            return
+        self.loaded_from.pop(name).loaded = False
+        self.stale.discard(name)
         MODELS_LOADED.set(len(self.loaded))
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        log.info("unloaded model %s (least recently used, idle) to make room", name)
+        log.info("unloaded model %s (%s)", name, why)

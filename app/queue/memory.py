@@ -18,7 +18,7 @@ from app.queue.outbox import MemoryOutbox, deliveries_for
 from app.queue.protocol import Admission, EngineStopped, IdempotencyConflict, QueueFull, TooManyJobs
 from app.queue.watch import Watchers
 from app.settings import Settings
-from app.store.catalog import ModelEntry
+from app.store.catalog import ModelEntry, scan_store
 
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,13 @@ class MemoryJobQueue:
 
     async def refresh_catalog(self) -> None:
         """The models are this process's own: nothing to read again."""
+
+    async def reload_store(self) -> None:
+        if self.engine is None or not self.engine.alive:
+            return
+        fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights: off the loop
+        self.models = await asyncio.wrap_future(self.engine.reload(fresh))
+        log.info("model store read again: serving %s", ", ".join(n for n, e in self.models.items() if e.ready))
 
     async def ready(self) -> bool:
         return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())

@@ -116,6 +116,11 @@ class JobQueue(Protocol):
     async def refresh_catalog(self) -> None:
         """Read ``models`` again now, where they come from elsewhere (Redis: the workers' announcements)."""
 
+    async def reload_store(self) -> None:
+        """Scan the model store again and serve what it holds now (SIGHUP): models added are served, those
+        removed no longer, and one changed runs its new files once its running jobs are done. Nothing where
+        this process runs no engine (an API node whose workers are elsewhere: signal them)."""
+
     async def ready(self) -> bool:
         """Models loaded, a worker alive, and the backend reachable now."""
 

@@ -27,7 +27,7 @@ from app.store.families import (
     sampler_for_scheduler,
     unsupported_scheduler_option,
 )
-from app.store.hashing import sha256_unless_unchanged
+from app.store.hashing import file_signature, sha256_unless_unchanged
 from app.store.weights import Weights, WeightsRefused, find_weights
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class ModelEntry:
     weights: dict[str, Weights] = field(default_factory=dict)  # each component's weights that are loaded
     weights_bytes: int = 0  # the memory the weights take once loaded (in float32, whatever the files hold)
     loaded: bool = False  # in an engine's memory now (set by the engine)
+    files: tuple = ()  # each file of the folder with its signature at scan: a rescan tells a changed folder
     workers: int | None = None  # Redis mode: the workers serving it now (set by an API node's merge)
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
@@ -388,7 +389,8 @@ def check_hashes(entry: ModelEntry) -> None:
         if not target.is_file():
             raise ModelRefused(f"card lists {rel} which does not exist")
         if sha256_unless_unchanged(target) != expected.lower():
-            raise ModelRefused(f"sha256 of {rel} does not match the card (changed on disk? restart the service)")
+            why = "changed on disk? mend the file or the card, then send SIGHUP"
+            raise ModelRefused(f"sha256 of {rel} does not match the card ({why})")
 
 
 def sides(size: Any) -> tuple[int, int] | None:
@@ -495,6 +497,7 @@ def scan_folder(folder: Path) -> ModelEntry:
     entry = ModelEntry(name=shown, path=folder)
     try:
         entry.path = safe_model_path(folder.parent, folder.name)
+        entry.files = _signatures(entry.path)
         _check(entry)
     except ModelRefused as exc:
         entry.fail(str(exc))
@@ -503,6 +506,13 @@ def scan_folder(folder: Path) -> ModelEntry:
     except OSError as exc:  # a file the service may not read: this folder is refused, the others served
         entry.fail(f"unreadable model folder: {type(exc).__name__}: {exc}")
     return entry
+
+
+def _signatures(folder: Path) -> tuple:
+    """(path, modification time, size, inode) of every file in the folder, through links (a Hugging Face
+    snapshot's files link to its blobs): what a later scan compares to tell whether the model changed."""
+    found = (p for p in folder.rglob("*") if not p.is_dir())
+    return tuple(sorted((p.relative_to(folder).as_posix(), file_signature(p)) for p in found))
 
 
 def scan_store(store: Path) -> dict[str, ModelEntry]:

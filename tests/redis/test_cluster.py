@@ -3,6 +3,7 @@ restarted API nodes; poison jobs stop; cancel, backpressure and idempotency work
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 
@@ -238,3 +239,41 @@ def test_workers_of_different_stores_each_run_only_their_own_models_jobs(prefix,
         jobs.append(r.json()["job_id"])
     outcomes = [poll(api.url, job_id, timeout=120) for job_id in jobs]
     assert [o["status"] for o in outcomes] == ["succeeded"] * len(jobs), [o.get("error") for o in outcomes]
+
+
+def _models(url: str) -> dict:
+    return {m["name"]: m for m in httpx.get(f"{url}/v1/models", timeout=5).json()["models"]}
+
+
+def _until(check, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return found
+
+
+def test_sighup_makes_a_worker_and_an_in_process_server_serve_what_their_store_holds_now(prefix, procs, tmp_path):
+    worker_store, solo_store = tmp_path / "worker", tmp_path / "solo"
+    write_bare(worker_store / "tiny-rgb")
+    write_bare(solo_store / "tiny-rgb")
+    api = procs("serve", prefix, worker_store)
+    worker = procs("worker", prefix, worker_store)
+    solo = procs("serve", prefix, solo_store, queue_url=None)
+    api.wait_ready()
+    solo.wait_ready()
+    # a worker: the model added is announced and its jobs run, the one removed leaves the catalog
+    write_generator(worker_store / "tiny-gen")
+    shutil.rmtree(worker_store / "tiny-rgb")
+    worker.proc.send_signal(signal.SIGHUP)
+    _until(lambda: _models(api.url).get("tiny-gen", {}).get("workers") == 1, "tiny-gen announced")
+    assert "tiny-rgb" not in _models(api.url)  # its only worker announced that it serves it no more
+    assert poll(api.url, submit(api.url, model="tiny-gen", steps=3))["status"] == "succeeded"
+    # in-process: the same, through the API process's own engine
+    write_generator(solo_store / "tiny-gen")
+    shutil.rmtree(solo_store / "tiny-rgb")
+    solo.proc.send_signal(signal.SIGHUP)
+    _until(lambda: "tiny-gen" in _models(solo.url), "tiny-gen served in-process")
+    assert "tiny-rgb" not in _models(solo.url) and httpx.get(f"{solo.url}/v1/models/tiny-rgb").status_code == 404
+    assert poll(solo.url, submit(solo.url, model="tiny-gen", steps=3))["status"] == "succeeded"
+    assert worker.proc.poll() is None and solo.proc.poll() is None  # SIGHUP ends neither

@@ -162,6 +162,12 @@ class RedisJobQueue:
         )
         self._workers_seen = max((float(b) for b in beats), default=0.0)
 
+    async def reload_store(self) -> None:
+        """The embedded worker's store, if this node runs one; the catalog then comes from the announcements."""
+        if self.embedded is not None:
+            await self.embedded.reload_store()
+            await self.refresh_catalog()
+
     async def _refresh_later(self) -> None:
         """Refresh the catalog after a while (on an error, background.forever keeps the last one and retries)."""
         await asyncio.sleep(CATALOG_REFRESH_S)

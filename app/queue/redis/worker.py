@@ -128,6 +128,18 @@ class RedisWorker:
         self._intake = [background.forever(self._read_once)]
         log.info("worker %s serving %s", self.worker_id, self.served)
 
+    async def reload_store(self) -> None:
+        """Scan the store again and serve what it holds now: the engine takes the new scan (models changed or
+        removed leave memory once their jobs are done), the streams of the models added get their group, and
+        the catalog is announced at once, so API nodes route to this worker the jobs of what it now serves."""
+        if self.engine is None or not self._engine_alive():
+            return
+        fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights
+        self.entries = await asyncio.wrap_future(self.engine.reload(fresh))
+        await self._create_groups()
+        await self._beat()
+        log.info("model store read again: serving %s", self.served)
+
     @property
     def served(self) -> list[str]:
         """The models this worker serves now (one that fails to load here stops being served here)."""

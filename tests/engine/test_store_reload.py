@@ -1,0 +1,108 @@
+"""Reading the model store again (SIGHUP): models added are served, removed ones refused and unloaded, a changed
+one finishes its running jobs on its old weights and then runs its new files; an unchanged one stays loaded."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from app.jobs import GenerateSpec
+from app.store.card import ModelCard, SamplingDefaults
+from app.store.catalog import scan_store
+from app.store.writer import save_model
+from tests.engine.harness import EngineHarness, pixels
+from tests.tiny_models import tiny_scheduler, tiny_unet, write_generator
+
+
+def spec(model, *, steps=4, seed=0):
+    return GenerateSpec(model=model, steps=steps, sampler="ddim", seeds=[seed], class_label=0)
+
+
+def write_other_weights(folder):
+    """``write_generator``'s model with other weights (another seed): the same configs and card."""
+    card = ModelCard(
+        tasks=["generate"],
+        class_names=["a", "b", "c"],
+        null_class=3,
+        image_size=(16, 16),
+        channels=1,
+        defaults=SamplingDefaults(sampler="ddim", steps=4, guidance_scale=0.0),
+    )
+    return save_model(folder, unet=tiny_unet(num_class_embeds=4, seed=7), scheduler=tiny_scheduler(), card=card)
+
+
+def reload(h, store):
+    return h.engine.reload(scan_store(store)).result(30)
+
+
+def test_a_model_added_is_served_and_one_removed_is_refused_and_unloaded(tmp_path):
+    store = tmp_path / "store"
+    write_generator(store / "gen-a")
+    h = EngineHarness(store)
+    try:
+        assert list(h.engine.models) == ["gen-a"]
+        h.submit("early", spec("gen-b"))
+        assert h.outcome("early").type == "failed"  # not in the store yet
+        write_generator(store / "gen-b")
+        shutil.rmtree(store / "gen-a")
+        served = reload(h, store)
+        assert list(served) == ["gen-b"] and served is h.engine.entries
+        assert list(h.engine.models) == []  # gen-a was idle: unloaded at once
+        h.submit("b", spec("gen-b"))
+        assert h.outcome("b").type == "succeeded"
+        h.submit("a", spec("gen-a"))
+        a = h.outcome("a")
+        assert a.type == "failed" and "not served" in a.error
+    finally:
+        h.close()
+
+
+def test_an_unchanged_loaded_model_stays_loaded_with_its_entry(tmp_path):
+    store = tmp_path / "store"
+    write_generator(store / "gen-a")
+    h = EngineHarness(store)
+    try:
+        model, entry = h.engine.models["gen-a"], h.engine.entries["gen-a"]
+        served = reload(h, store)
+        assert served["gen-a"] is entry and h.engine.models["gen-a"] is model and entry.loaded
+    finally:
+        h.close()
+
+
+def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_the_new_files(tmp_path):
+    store, new = tmp_path / "store", tmp_path / "new"
+    write_generator(store / "gen-a")
+    write_other_weights(new / "gen-a")
+    before = EngineHarness(store)
+    after = EngineHarness(new)
+    try:  # what each set of weights gives for the two jobs below, each alone
+        before.submit("long", spec("gen-a", steps=60, seed=1))
+        after.submit("next", spec("gen-a", seed=5))
+        old_long, new_next = pixels(before.outcome("long")), pixels(after.outcome("next"))
+        before.submit("next", spec("gen-a", seed=5))
+        old_next = pixels(before.outcome("next"))
+    finally:
+        before.close()
+        after.close()
+    assert not np.array_equal(old_next, new_next)  # the two weights tell apart
+
+    h = EngineHarness(store)
+    try:
+        h.submit("long", spec("gen-a", steps=60, seed=1))
+        h.wait_for_step("long", 2)
+        shutil.rmtree(store / "gen-a")
+        shutil.copytree(new / "gen-a", store / "gen-a")
+        served = reload(h, store)
+        assert served["gen-a"] is not h.engine.pool.loaded_from["gen-a"]  # the old weights still run "long"
+        h.submit("next", spec("gen-a", seed=5))
+        long, following = h.outcome("long"), h.outcome("next")
+        assert long.type == following.type == "succeeded"
+        assert np.array_equal(pixels(long), old_long)  # begun on the old weights, finished on them
+        assert np.array_equal(pixels(following), new_next)  # the new files, once the old job was done
+        long_done = [e.at for e in h.events["long"] if e.type == "succeeded"][0]
+        next_started = [e.at for e in h.events["next"] if e.type == "started"][0]
+        assert next_started >= long_done
+        assert h.engine.pool.loaded_from["gen-a"] is served["gen-a"] and h.engine.pool.stale == set()
+    finally:
+        h.close()
