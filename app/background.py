@@ -116,7 +116,7 @@ class _Repeatable:
                 try:
                     await self.action()
                 except Exception:
-                    log.exception("%s failed; what was served before still is", self.name)
+                    log.exception("%s failed", self.name)
                 if not self.again:
                     return
         finally:
@@ -129,7 +129,26 @@ def on_sighup(action: Callable[[], Awaitable[None]], *, name: str = "reloading t
     thread: an app run by a test client), nothing is installed."""
     loop = asyncio.get_running_loop()
     try:
+        before = signal.getsignal(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, _Repeatable(action, name))
     except (RuntimeError, ValueError, NotImplementedError):
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)  # (which leaves SIGHUP's default: ending the process)
+        signal.signal(signal.SIGHUP, before)
+
+    return remove
+
+
+def hold_sighup() -> None:
+    """Until ``on_sighup`` takes over, a SIGHUP is logged and ignored, not the end of the process (its
+    default): a process still loading its models is not yet ready to read the store again."""
+
+    def early(signum, frame) -> None:
+        log.warning("SIGHUP while starting: the model store is read again only once the service is up; send it then")
+
+    try:
+        signal.signal(signal.SIGHUP, early)
+    except ValueError:  # not the main thread
+        pass

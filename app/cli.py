@@ -47,6 +47,7 @@ def serve(argv: list[str] | None = None) -> None:
     from app.queue.protocol import NoModels, QueueUnreachable
     from app.serving import DrainingServer, Drain, protocol_with
 
+    background.hold_sighup()  # a SIGHUP while the models load does not end the process
     try:
         backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
         if settings.queue_url is not None:
@@ -95,6 +96,7 @@ async def _run_worker(settings: Settings) -> int:
     from app.queue.redis.queue import connect, reach
     from app.queue.redis.worker import RedisWorker
 
+    background.hold_sighup()  # a SIGHUP while the models load does not end the process
     redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
     if settings.worker_metrics_port:  # the engine's metrics for Prometheus, and the worker's liveness

@@ -195,3 +195,25 @@ def test_a_sighup_during_a_reload_runs_it_once_more_after_and_a_failed_one_is_lo
     with caplog.at_level(logging.ERROR, logger="app.background"):
         assert asyncio.run(scenario()) == [0, 1, 2]
     assert "reloading the model store failed" in caplog.text and "the store is unreadable" in caplog.text
+
+
+def test_a_sighup_before_the_handler_is_logged_not_the_end_and_removing_the_handler_restores_it(caplog):
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        background.hold_sighup()
+        held = signal.getsignal(signal.SIGHUP)
+        with caplog.at_level(logging.WARNING, logger="app.background"):
+            os.kill(os.getpid(), signal.SIGHUP)  # still starting: logged, the process goes on
+
+        async def scenario():
+            remove = background.on_sighup(lambda: asyncio.sleep(0))
+            remove()
+
+        asyncio.run(scenario())
+        assert signal.getsignal(signal.SIGHUP) is held  # not SIGHUP's default, which would end the process
+        assert "SIGHUP while starting" in caplog.text
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -76,12 +76,12 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
         try:
             yield
         finally:
-            ignore_sighup()
             await dispatcher.close()
             # A node must exit even if its queue's teardown hangs (it finishes held jobs within the grace).
             await background.within(
                 backend.close(), settings.shutdown_grace_s + background.CLOSE_MARGIN_S, "closing the job queue"
             )
+            ignore_sighup()
 
     app = FastAPI(
         title="Diffusion service",

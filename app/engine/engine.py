@@ -248,6 +248,8 @@ class Engine:
         return {job.spec.model for job in self._jobs.values() if job.spec.model}
 
     def _reload(self, message: Reload) -> None:
+        if not message.done.set_running_or_notify_cancel():
+            return  # the caller gave up waiting (it is stopping): nothing changes
         try:
             self.entries = self.pool.reload(message.fresh, busy=self._busy_models())
         except Exception as exc:  # a bug: the models served stay as they were, and the caller hears why

@@ -191,7 +191,9 @@ class MemoryJobQueue:
         if self.engine is None or not self.engine.alive:
             return
         fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights: off the loop
-        self.models = await asyncio.wrap_future(self.engine.reload(fresh))
+        # taken between two passes; a stuck engine never takes it (and is restarted): stop waiting then
+        taken = asyncio.wrap_future(self.engine.reload(fresh))
+        self.models = await asyncio.wait_for(taken, self.settings.engine_stuck_s)
         log.info("model store read again: serving %s", ", ".join(n for n, e in self.models.items() if e.ready))
 
     async def ready(self) -> bool:

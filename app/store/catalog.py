@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -509,10 +510,19 @@ def scan_folder(folder: Path) -> ModelEntry:
 
 
 def _signatures(folder: Path) -> tuple:
-    """(path, modification time, size, inode) of every file in the folder, through links (a Hugging Face
-    snapshot's files link to its blobs): what a later scan compares to tell whether the model changed."""
-    found = (p for p in folder.rglob("*") if not p.is_dir())
-    return tuple(sorted((p.relative_to(folder).as_posix(), file_signature(p)) for p in found))
+    """(path, modification time, size, inode) of every file in the folder, through links to files and to
+    folders (a Hugging Face snapshot's files link to its blobs; a component folder may be a link): what a
+    later scan compares to tell whether the model changed. A folder linked twice is walked once."""
+    found, seen = [], set()
+    for where, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(where)
+        if real in seen:
+            folders[:] = []  # a loop of links, or a folder reached twice
+            continue
+        seen.add(real)
+        rel = Path(where).relative_to(folder)
+        found += [((rel / name).as_posix(), file_signature(Path(where) / name)) for name in files]
+    return tuple(sorted(found))
 
 
 def scan_store(store: Path) -> dict[str, ModelEntry]:

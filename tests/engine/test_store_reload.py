@@ -106,3 +106,47 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
         assert h.engine.pool.loaded_from["gen-a"] is served["gen-a"] and h.engine.pool.stale == set()
     finally:
         h.close()
+
+
+def test_a_reload_its_caller_stopped_waiting_for_changes_nothing_and_the_engine_goes_on(tmp_path):
+    import threading
+
+    store = tmp_path / "store"
+    write_generator(store / "gen-a")
+    h = EngineHarness(store)
+    inside, release = threading.Event(), threading.Event()
+    real = h.engine.runner.step
+
+    def held(rows):
+        inside.set()
+        release.wait(30)
+        return real(rows)
+
+    h.engine.runner.step = held
+    try:
+        h.submit("a", spec("gen-a"))
+        assert inside.wait(30)
+        write_generator(store / "gen-b")
+        asked = h.engine.reload(scan_store(store))
+        assert asked.cancel()  # the caller gave up (it was stopping) before the engine took it
+        release.set()
+        assert h.outcome("a").type == "succeeded"
+        h.submit("b", spec("gen-b"))
+        assert h.outcome("b").type == "failed" and h.engine.alive  # not taken; the engine lives on
+        assert reload(h, store).keys() == {"gen-a", "gen-b"}
+    finally:
+        h.close()
+
+
+def test_a_change_behind_a_linked_component_folder_is_seen_by_a_rescan(tmp_path):
+    from app.store.catalog import scan_folder
+
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    folder = write_generator(store / "gen-a")
+    (folder / "unet").rename(elsewhere)
+    (folder / "unet").symlink_to(elsewhere, target_is_directory=True)
+    before = scan_folder(folder)
+    assert before.ready and "unet/diffusion_pytorch_model.safetensors" in dict(before.files)
+    write_other_weights(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "unet" / "diffusion_pytorch_model.safetensors", elsewhere)
+    assert scan_folder(folder).files != before.files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -607,6 +608,13 @@ class StubEngine:
     def busy_s(self):
         return self.busy
 
+    def reload(self, fresh):
+        from concurrent.futures import Future
+
+        done = Future()
+        done.set_result(fresh)
+        return done
+
     def submit(self, job_id, spec):
         self.submitted.append(job_id)
 
@@ -742,6 +750,49 @@ def test_a_worker_whose_engine_died_takes_no_more_jobs(store, prefix):
         worker.dead.clear()
         await worker._read_once()
         assert list(worker.held) == [job_id]
+
+    on_redis(scenario)
+
+
+def test_a_reload_that_removes_a_model_hands_its_jobs_not_yet_started_back_for_another_worker(store, prefix, tmp_path):
+    job_id = _queued_for_tiny_gen(store, prefix)
+    mine = tmp_path / "store"
+    shutil.copytree(store, mine)
+
+    async def scenario(redis):
+        worker = _worker_on(mine, prefix, redis, "reloading")
+        await worker._read_once()
+        assert list(worker.held) == [job_id]  # not started yet (waiting for memory, say)
+        shutil.rmtree(mine / "tiny-gen")
+        await worker.reload_store()
+        assert worker.held == {} and worker.engine.canceled == [job_id] and worker.served == []
+        stream = worker.keys.stream("normal", "tiny-gen")
+        assert (await redis.xpending(stream, "workers"))["pending"] == 0 and await redis.xlen(stream) == 1
+        assert (await worker.records.get(job_id)).status.value == "queued"  # for the next worker that serves it
+        other = _worker_on(store, prefix, redis, "serves-it")
+        await other._read_once()
+        assert list(other.held) == [job_id]
+
+    on_redis(scenario)
+
+
+def test_jobs_of_a_model_no_worker_announces_are_failed_but_not_one_a_live_worker_holds(store, prefix):
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario(redis):
+        holder = _worker_on(store, prefix, redis, "holder")
+        holder.settings = holder.settings.model_copy(update={"lease_s": 0.3})
+        await holder._read_once()
+        assert list(holder.held) == [job_id]
+        await redis.delete(holder.keys.catalogs, holder.keys.announced)  # as after the holder's reload
+        judge = _worker_on(store, prefix, redis, "judge")
+        judge.settings = judge.settings.model_copy(update={"lease_s": 0.3})
+        await judge._fail_unserved(cutoff=time.time())
+        assert (await judge.records.get(job_id)).status.value == "queued"  # its holder runs it
+        await asyncio.sleep(0.4)  # the holder silent past its lease: nobody runs it
+        await judge._fail_unserved(cutoff=time.time())
+        record = await judge.records.get(job_id)
+        assert record.status.value == "failed" and "not served by any worker" in record.error
 
     on_redis(scenario)
 

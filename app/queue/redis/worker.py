@@ -33,6 +33,7 @@ from app.jobs import (
     EngineEvent,
     JobRecord,
     JobSpec,
+    JobStatus,
     aged_level,
     apply_event,
     hand_back,
@@ -135,7 +136,17 @@ class RedisWorker:
         if self.engine is None or not self._engine_alive():
             return
         fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights
-        self.entries = await asyncio.wrap_future(self.engine.reload(fresh))
+        gone = {name for name in self.served if name not in fresh or not fresh[name].ready}
+        taken = asyncio.wrap_future(self.engine.reload(fresh))
+        self.entries = await asyncio.wait_for(taken, self.settings.engine_stuck_s)
+        # the jobs of a model no longer served here that have not started (waiting for memory, say) go back
+        # to their stream for another worker; those running finish here on the weights they began with
+        for job_id, held in list(self.held.items()):
+            if held.record.model in gone and held.record.status == JobStatus.queued:
+                del self.held[job_id]
+                self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
+                await self._hand_back(job_id, held)
+                self._room.set()
         await self._create_groups()
         await self._beat()
         log.info("model store read again: serving %s", self.served)
@@ -337,6 +348,9 @@ class RedisWorker:
         if spec.model is not None and spec.model not in self.served and stream != self.keys.job_stream(spec):
             await self._reroute(stream, entry_id, job_id, spec)  # queued before jobs went on their model's stream
             return
+        if spec.model is not None and spec.model not in self.served:  # read just before a reload removed it
+            await self._requeue(job_id, stream, entry_id, to=stream)  # for a worker that serves it
+            return
         self.held[job_id] = _Held(stream=stream, entry_id=entry_id, record=record)
         self.engine.submit(job_id, spec)
         if (await self.redis.hget(self.keys.job(job_id), "status") or b"").decode() == "canceled":
@@ -525,7 +539,17 @@ class RedisWorker:
             await self.redis.srem(self.keys.queued_models, model)  # first: a job queued meanwhile adds it again
             for priority in HIGH_FIRST:
                 stream = self.keys.stream(priority, model)
+                # a job that a live worker holds (its lease renewed) finishes there: that worker stopped
+                # serving the model after taking it (a reload), or is about to announce it
+                try:
+                    pending = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=10_000)
+                except ResponseError:  # no such stream or group: nothing is held on it
+                    pending = []
+                held = {p["message_id"] for p in pending if p["time_since_delivered"] < self.lease_ms}
                 for entry_id, fields in await self.redis.xrange(stream):
+                    if entry_id in held:
+                        await self.redis.sadd(self.keys.queued_models, model)  # looked at again next time
+                        continue
                     job_id = fields.get(b"job", b"").decode()
                     await self._fail_entry(stream, entry_id.decode(), job_id, error)
                     log.warning("job %s failed: %s", job_id, error)
