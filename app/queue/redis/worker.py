@@ -137,16 +137,17 @@ class RedisWorker:
             return
         fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights
         gone = {name for name in self.served if name not in fresh or not fresh[name].ready}
-        taken = asyncio.wrap_future(self.engine.reload(fresh))
-        self.entries = await asyncio.wait_for(taken, self.settings.engine_stuck_s)
-        # the jobs of a model no longer served here that have not started (waiting for memory, say) go back
-        # to their stream for another worker; those running finish here on the weights they began with
+        # First, the jobs of a model no longer served here that have not started (waiting for memory, say) go
+        # back to their stream for another worker, before the engine, given the scan, would fail them as not
+        # served here; those running finish here on the weights they began with.
         for job_id, held in list(self.held.items()):
             if held.record.model in gone and held.record.status == JobStatus.queued:
                 del self.held[job_id]
                 self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
                 await self._hand_back(job_id, held)
                 self._room.set()
+        taken = asyncio.wrap_future(self.engine.reload(fresh))
+        self.entries = await asyncio.wait_for(taken, self.settings.engine_stuck_s)
         await self._create_groups()
         await self._beat()
         log.info("model store read again: serving %s", self.served)
