@@ -142,8 +142,9 @@ def on_sighup(action: Callable[[], Awaitable[None]], *, name: str = "reloading t
 
 
 def hold_sighup() -> None:
-    """Until ``on_sighup`` takes over, a SIGHUP is logged and ignored, not the end of the process (its
-    default): a process still loading its models is not yet ready to read the store again."""
+    """Until ``on_sighup`` takes over, and again once its handler is removed at shutdown, a SIGHUP is logged and
+    ignored, not the end of the process (its default): a process that is still loading its models, or already
+    stopping, does not read the store again."""
 
     def early(signum, frame) -> None:
         log.warning("SIGHUP while starting: the model store is read again only once the service is up; send it then")

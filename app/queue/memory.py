@@ -188,6 +188,7 @@ class MemoryJobQueue:
         """The models are this process's own: nothing to read again."""
 
     async def reload_store(self) -> None:
+        """``JobQueue.reload_store``: this process's engine takes the new scan; the API validates against it."""
         if self.engine is None or not self.engine.alive:
             return
         fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights: off the loop

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 
 from app.jobs import GenerateSpec
 from app.store.card import ModelCard, SamplingDefaults
@@ -36,38 +37,38 @@ def reload(h, store):
     return h.engine.reload(scan_store(store)).result(30)
 
 
-def test_a_model_added_is_served_and_one_removed_is_refused_and_unloaded(tmp_path):
+@pytest.fixture
+def served_a(tmp_path):
+    """A store holding gen-a, and an engine serving it (loaded)."""
     store = tmp_path / "store"
     write_generator(store / "gen-a")
     h = EngineHarness(store)
-    try:
-        assert list(h.engine.models) == ["gen-a"]
-        h.submit("early", spec("gen-b"))
-        assert h.outcome("early").type == "failed"  # not in the store yet
-        write_generator(store / "gen-b")
-        shutil.rmtree(store / "gen-a")
-        served = reload(h, store)
-        assert list(served) == ["gen-b"] and served is h.engine.entries
-        assert list(h.engine.models) == []  # gen-a was idle: unloaded at once
-        h.submit("b", spec("gen-b"))
-        assert h.outcome("b").type == "succeeded"
-        h.submit("a", spec("gen-a"))
-        a = h.outcome("a")
-        assert a.type == "failed" and "not served" in a.error
-    finally:
-        h.close()
+    yield store, h
+    h.close()
 
 
-def test_an_unchanged_loaded_model_stays_loaded_with_its_entry(tmp_path):
-    store = tmp_path / "store"
-    write_generator(store / "gen-a")
-    h = EngineHarness(store)
-    try:
-        model, entry = h.engine.models["gen-a"], h.engine.entries["gen-a"]
-        served = reload(h, store)
-        assert served["gen-a"] is entry and h.engine.models["gen-a"] is model and entry.loaded
-    finally:
-        h.close()
+def test_a_model_added_is_served_and_one_removed_is_refused_and_unloaded(served_a):
+    store, h = served_a
+    assert list(h.engine.models) == ["gen-a"]
+    h.submit("early", spec("gen-b"))
+    assert h.outcome("early").type == "failed"  # not in the store yet
+    write_generator(store / "gen-b")
+    shutil.rmtree(store / "gen-a")
+    served = reload(h, store)
+    assert list(served) == ["gen-b"] and served is h.engine.entries
+    assert list(h.engine.models) == []  # gen-a was idle: unloaded at once
+    h.submit("b", spec("gen-b"))
+    assert h.outcome("b").type == "succeeded"
+    h.submit("a", spec("gen-a"))
+    a = h.outcome("a")
+    assert a.type == "failed" and "not served" in a.error
+
+
+def test_an_unchanged_loaded_model_stays_loaded_with_its_entry(served_a):
+    store, h = served_a
+    model, entry = h.engine.models["gen-a"], h.engine.entries["gen-a"]
+    served = reload(h, store)
+    assert served["gen-a"] is entry and h.engine.models["gen-a"] is model and entry.loaded
 
 
 def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_the_new_files(tmp_path):
@@ -108,12 +109,10 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
         h.close()
 
 
-def test_a_reload_its_caller_stopped_waiting_for_changes_nothing_and_the_engine_goes_on(tmp_path):
+def test_a_reload_its_caller_stopped_waiting_for_changes_nothing_and_the_engine_goes_on(served_a):
     import threading
 
-    store = tmp_path / "store"
-    write_generator(store / "gen-a")
-    h = EngineHarness(store)
+    store, h = served_a
     inside, release = threading.Event(), threading.Event()
     real = h.engine.runner.step
 
@@ -123,19 +122,16 @@ def test_a_reload_its_caller_stopped_waiting_for_changes_nothing_and_the_engine_
         return real(rows)
 
     h.engine.runner.step = held
-    try:
-        h.submit("a", spec("gen-a"))
-        assert inside.wait(30)
-        write_generator(store / "gen-b")
-        asked = h.engine.reload(scan_store(store))
-        assert asked.cancel()  # the caller gave up (it was stopping) before the engine took it
-        release.set()
-        assert h.outcome("a").type == "succeeded"
-        h.submit("b", spec("gen-b"))
-        assert h.outcome("b").type == "failed" and h.engine.alive  # not taken; the engine lives on
-        assert reload(h, store).keys() == {"gen-a", "gen-b"}
-    finally:
-        h.close()
+    h.submit("a", spec("gen-a"))
+    assert inside.wait(30)
+    write_generator(store / "gen-b")
+    asked = h.engine.reload(scan_store(store))
+    assert asked.cancel()  # the caller gave up (it was stopping) before the engine took it
+    release.set()
+    assert h.outcome("a").type == "succeeded"
+    h.submit("b", spec("gen-b"))
+    assert h.outcome("b").type == "failed" and h.engine.alive  # not taken; the engine lives on
+    assert reload(h, store).keys() == {"gen-a", "gen-b"}
 
 
 def test_a_change_behind_a_linked_component_folder_is_seen_by_a_rescan(tmp_path):
