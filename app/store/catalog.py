@@ -319,7 +319,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _check(entry: ModelEntry) -> None:
     folder = entry.path
-    pickles = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    pickles = [rel for rel, _ in entry.files if PurePosixPath(rel).suffix.lower() in PICKLE_SUFFIXES]  # one walk
     if pickles:
         raise ModelRefused(f"pickle weights are refused ({', '.join(pickles)}): save with safetensors")
     spec, index = _family(folder)

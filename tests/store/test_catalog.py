@@ -70,6 +70,16 @@ def test_space_to_depth_on_a_latent_model_is_refused(tmp_path):
     assert entry.status == "error" and "space_to_depth is for pixel models" in entry.error
 
 
+def test_pickle_weights_behind_a_linked_component_folder_are_refused_too(tmp_path):
+    folder = write_bare(tmp_path / "store" / "m")
+    (folder / "unet").rename(tmp_path / "unet-elsewhere")
+    (folder / "unet").symlink_to(tmp_path / "unet-elsewhere", target_is_directory=True)
+    assert scan_store(tmp_path / "store")["m"].ready
+    (tmp_path / "unet-elsewhere" / "diffusion_pytorch_model.bin").write_bytes(b"pickled")
+    entry = scan_store(tmp_path / "store")["m"]
+    assert not entry.ready and "unet/diffusion_pytorch_model.bin" in entry.error
+
+
 def test_pickle_weights_are_refused(tmp_path):
     folder = write_bare(tmp_path / "pickled")
     torch.save({"w": torch.zeros(1)}, folder / "unet" / "diffusion_pytorch_model.bin")
