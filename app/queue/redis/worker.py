@@ -346,11 +346,8 @@ class RedisWorker:
             await self._retire(stream, entry_id)
             return
         spec = SPEC.validate_json(raw_spec)
-        if spec.model is not None and spec.model not in self.served and stream != self.keys.job_stream(spec):
-            await self._reroute(stream, entry_id, job_id, spec)  # queued before jobs went on their model's stream
-            return
-        if spec.model is not None and spec.model not in self.served:  # read just before a reload removed it
-            await self._requeue(job_id, stream, entry_id, to=stream)  # for a worker that serves it
+        if spec.model is not None and spec.model not in self.served:
+            await self._reroute(stream, entry_id, job_id, spec)
             return
         self.held[job_id] = _Held(stream=stream, entry_id=entry_id, record=record)
         self.engine.submit(job_id, spec)
@@ -358,7 +355,9 @@ class RedisWorker:
             self.engine.cancel(job_id)  # canceled while we were picking it up: the broadcast came too early
 
     async def _reroute(self, stream: str, entry_id: str, job_id: str, spec: JobSpec) -> None:
-        """Move a job this worker does not serve from a stream every worker reads to its model's stream."""
+        """Put a job of a model this worker does not serve at the end of that model's stream, for a worker that
+        does: from a stream every worker reads (queued before jobs went on their model's stream), or from the
+        model's own (read just before a reload removed the model here)."""
         await self._requeue(job_id, stream, entry_id, to=self.keys.job_stream(spec), model=spec.model)
         log.info("job %s: moved to the stream of model %s, which this worker does not serve", job_id, spec.model)
 
@@ -446,21 +445,24 @@ class RedisWorker:
         """False once the engine thread has died or is stuck."""
         return self._engine_alive()
 
+    def _engine_trouble(self) -> str | None:
+        """What is wrong with the engine, if anything: it died, or it is stuck in one turn."""
+        engine = self.engine
+        if engine is None:
+            return None
+        if not engine.alive:
+            return "the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over"
+        if (busy := engine.busy_s()) > self.settings.engine_stuck_s:
+            return (
+                f"the engine has been in one turn for {busy:.0f} s (DIFFUSION_ENGINE_STUCK_S="
+                f"{self.settings.engine_stuck_s:g}): it is stuck; this worker stops; live workers take its jobs "
+                "over after their lease"
+            )
+        return None
+
     def _engine_alive(self) -> bool:
-        if self.engine is None or self.dead.is_set():
-            return not self.dead.is_set()
-        if not self.engine.alive:
-            log.critical(
-                "the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over"
-            )
-            self.dead.set()
-        elif (busy := self.engine.busy_s()) > self.settings.engine_stuck_s:
-            log.critical(
-                "the engine has been in one turn for %.0f s (DIFFUSION_ENGINE_STUCK_S=%g): it is stuck; this "
-                "worker stops; live workers take its jobs over after their lease",
-                busy,
-                self.settings.engine_stuck_s,
-            )
+        if not self.dead.is_set() and (trouble := self._engine_trouble()) is not None:
+            log.critical(trouble)
             self.dead.set()
         return not self.dead.is_set()
 
@@ -471,10 +473,7 @@ class RedisWorker:
         tick = self._loop_tick
         if tick is not None and time.monotonic() - tick > self.loop_stale_s:
             return False
-        engine = self.engine
-        if engine is not None and (not engine.alive or engine.busy_s() > self.settings.engine_stuck_s):
-            return False
-        return not self.dead.is_set()
+        return not self.dead.is_set() and self._engine_trouble() is None
 
     @property
     def loop_stale_s(self) -> float:
