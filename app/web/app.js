@@ -170,7 +170,8 @@ addEventListener("pagehide", () => runs.forEach((run) => run.cancel()));
 
 // Actions that share a status line, a Cancel button and what they show (the Denoise tab's Add noise and
 // Denoise) run one at a time: each disables the others' buttons while it runs.
-const photoLane = { buttons: ["dn-add-noise", "dn-submit"], run: null };
+// While a sample photo is on its way (arriving > 0) they stay disabled too: there is nothing yet to act on.
+const photoLane = { buttons: ["dn-add-noise", "dn-submit"], run: null, arriving: 0 };
 
 function guard(button, work, { status, cancel, lane } = {}) {
   // Run an action with its button disabled and its Cancel button shown; an error becomes a readable
@@ -201,7 +202,7 @@ function guard(button, work, { status, cancel, lane } = {}) {
       }
     } finally {
       runs.delete(run);
-      buttons.forEach((b) => (b.disabled = false));
+      if (!lane || !lane.arriving) buttons.forEach((b) => (b.disabled = false));
       if (lane && lane.run === run) lane.run = null;
       if (cancel) {
         $(cancel).removeEventListener("click", stop);
@@ -527,7 +528,17 @@ async function sample(name) {
 }
 
 async function loadSample(name) {
-  setOriginal(await sample(name), `sample: ${name}`);
+  // Add noise and Denoise wait for the photo: clicked before it is here, they would act on none (or the last)
+  const lane = photoLane.buttons.map($);
+  photoLane.arriving += 1;
+  lane.forEach((b) => (b.disabled = true));
+  try {
+    setOriginal(await sample(name), `sample: ${name}`);
+  } finally {
+    photoLane.arriving -= 1;
+    // a run of the lane still going (or being canceled) gives them back when it ends
+    if (!photoLane.arriving && !photoLane.run) lane.forEach((b) => (b.disabled = false));
+  }
 }
 
 for (const name of SAMPLES) {

@@ -327,6 +327,29 @@ def test_a_new_photo_cancels_the_denoise_of_the_last_and_one_photo_action_runs_a
     expect(page.get_by_role("alert")).to_have_count(0)
 
 
+def test_add_noise_waits_for_a_sample_photo_still_on_its_way(server, open_page):
+    """Clicked before the sample is here, Add noise would have nothing to act on (its error then wiped by
+    the photo's arrival): it and Denoise stay disabled until the photo is loaded."""
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    held = []
+    page.route("**/ui/samples/cat.png", lambda route: held.append(route))  # a slow network
+    page.get_by_role("button", name="Sample: cat").click()
+    expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_disabled()
+    expect(page.get_by_role("button", name="Denoise", exact=True)).to_be_disabled()
+    assert len(held) == 1
+    held[0].continue_()
+    expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
+    expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_enabled()
+    expect(page.get_by_role("button", name="Denoise", exact=True)).to_be_enabled()
+    page.get_by_label("Noise σ (1–255)").fill("30")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert watched.outside() == []
+
+
 LOADS = "(img, url) => new Promise((done) => { const probe = new Image(); probe.onload = () => done('loads'); \
 probe.onerror = () => done('revoked'); probe.src = url; })"
 
