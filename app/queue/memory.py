@@ -198,7 +198,8 @@ class MemoryJobQueue:
         log.info("model store read again: serving %s", ", ".join(n for n, e in self.models.items() if e.ready))
 
     async def ready(self) -> bool:
-        return self.engine is not None and self.engine.alive and any(e.ready for e in self.models.values())
+        """Not while the engine is dead or stuck (``alive``): a balancer sends new work elsewhere meanwhile."""
+        return self.engine is not None and self.alive() and any(e.ready for e in self.models.values())
 
     def alive(self) -> bool:
         """False once the engine thread has died (not stopped by ``close``): the jobs it held are failed then,

@@ -87,12 +87,14 @@ def test_a_stuck_engine_turns_liveness_to_503_keeps_its_jobs_and_recovers_if_it_
     assert engine.busy_s() > 0.3
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json() == {"status": "engine stopped"}
+    assert client.get("/readyz").status_code == 503  # no new traffic to it either, until it moves or restarts
     r = client.post("/v1/generate", json={"class_label": 0, "steps": 2})
     assert r.status_code == 503 and r.json()["detail"][0]["type"] == "engine_stopped"
     assert client.get(f"/v1/jobs/{job}").json()["status"] in ("queued", "running")  # not failed: it may finish
     release.set()
     assert status_within(client, job, "succeeded", 15)
     assert client.get("/healthz").json() == {"status": "ok"}  # it moved again: the waiting turn is not stuck
+    assert client.get("/readyz").status_code == 200
 
 
 def test_a_model_load_on_first_use_that_hangs_an_idle_engine_is_stuck_too(make_client, monkeypatch):
