@@ -149,8 +149,14 @@ class Engine:
         """Refuse models larger than the memory budget, then load DIFFUSION_PRELOAD's (default: every served
         model, in store order, while they fit); a model that fails is marked with its reason, not served."""
         self.pool.refuse_oversized()
+        self._preload()
+
+    def _preload(self) -> None:
+        """Load DIFFUSION_PRELOAD's models (default: every served one, in store order, while they fit) that
+        are not in memory: at start, after a reload of the store (added or changed models), and when a
+        changed model's last job on its old weights has ended, so its first job after does not wait for it."""
         names = self.settings.preload_names or [name for name, entry in self.entries.items() if entry.ready]
-        self.pool.preload(names)
+        self.pool.preload([name for name in names if name not in self.pool.loaded], busy=self._busy_models())
 
     def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:
         """The job's model, in memory; None (the job waits) while every model that would make room is busy.
@@ -195,7 +201,8 @@ class Engine:
         try:
             while True:
                 if self._jobs_ended and self.pool.stale:  # a changed model's last job may have ended
-                    self.pool.drop_stale(busy=self._busy_models())
+                    if self.pool.drop_stale(busy=self._busy_models()):
+                        self._preload()  # its new files
                 if self._deferred and self._jobs_ended:  # a model may be idle now, making room
                     self._retry_deferred()
                 block = self.scheduler.idle
@@ -256,6 +263,7 @@ class Engine:
             log.error("reloading the model store failed:\n%s", traceback.format_exc())
             message.done.set_exception(exc)
             return
+        self._preload()  # before the answer: a model that fails to load is refused from then on, with why
         self._jobs_ended = True  # waiting jobs are retried: their model may have come, gone or changed
         message.done.set_result(self.entries)
 

@@ -87,11 +87,13 @@ class ModelPool:
         self.drop_stale(busy=busy)
         return merged
 
-    def drop_stale(self, *, busy: set[str]) -> None:
-        """Unload the stale models no job uses any more."""
-        for name in [n for n in self.stale if n not in busy]:
+    def drop_stale(self, *, busy: set[str]) -> list[str]:
+        """Unload the stale models no job uses any more; the names unloaded."""
+        dropped = [n for n in self.stale if n not in busy]
+        for name in dropped:
             self.stale.discard(name)
             self.unload(name, why="its folder changed or left the store")
+        return dropped
 
     def refuse_oversized(self) -> None:
         for entry in self.entries.values():
@@ -101,7 +103,8 @@ class ModelPool:
                     "(DIFFUSION_MODEL_MEMORY_GB)"
                 )
 
-    def preload(self, names: list[str]) -> None:
+    def preload(self, names: list[str], *, busy: set[str]) -> None:
+        """Load these models where they fit beside those in memory (none is unloaded for them)."""
         for name in names:
             entry = self.entries.get(name)
             if entry is None or not entry.ready:
@@ -110,7 +113,7 @@ class ModelPool:
                 log.warning("model %s does not fit the memory budget beside the others: it loads on first use", name)
             else:
                 try:
-                    self.get(name, busy=set())
+                    self.get(name, busy=busy)
                 except ModelRefused:
                     continue  # marked with its reason; the others still load
 

@@ -4,6 +4,7 @@ one finishes its running jobs on its old weights and then runs its new files; an
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_a_model_added_is_served_and_one_removed_is_refused_and_unloaded(served_
     shutil.rmtree(store / "gen-a")
     served = reload(h, store)
     assert list(served) == ["gen-b"] and served is h.engine.entries
-    assert list(h.engine.models) == []  # gen-a was idle: unloaded at once
+    assert list(h.engine.models) == ["gen-b"]  # gen-a was idle: unloaded at once; gen-b loaded, as at start
     h.submit("b", spec("gen-b"))
     assert h.outcome("b").type == "succeeded"
     h.submit("a", spec("gen-a"))
@@ -105,6 +106,33 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
         next_started = [e.at for e in h.events["next"] if e.type == "started"][0]
         assert next_started >= long_done
         assert h.engine.pool.loaded_from["gen-a"] is served["gen-a"] and h.engine.pool.stale == set()
+    finally:
+        h.close()
+
+
+def test_models_added_or_changed_are_loaded_by_the_reload_or_when_the_old_weights_last_job_ends(tmp_path):
+    """As at start (DIFFUSION_PRELOAD, by default every served model that fits), so the first job after a
+    reload does not wait for its model to load."""
+    store, new = tmp_path / "store", tmp_path / "new"
+    write_generator(store / "gen-a")
+    write_other_weights(new / "gen-a")
+    h = EngineHarness(store)
+    try:
+        h.submit("long", spec("gen-a", steps=60, seed=1))
+        h.wait_for_step("long", 2)
+        shutil.rmtree(store / "gen-a")
+        shutil.copytree(new / "gen-a", store / "gen-a")
+        write_generator(store / "gen-b")
+        served = reload(h, store)
+        assert h.engine.models["gen-b"].entry is served["gen-b"]  # added: loaded before the answer
+        assert h.engine.models["gen-a"].entry is not served["gen-a"]  # "long" still runs on the old weights
+        assert h.outcome("long").type == "succeeded"
+        deadline = time.monotonic() + 30
+        while getattr(h.engine.models.get("gen-a"), "entry", None) is not served["gen-a"]:
+            assert time.monotonic() < deadline, "the changed model was not loaded again"
+            time.sleep(0.01)
+        # its new files, before any job asks
+        assert served["gen-a"].loaded and h.engine.pool.stale == set()
     finally:
         h.close()
 
