@@ -93,6 +93,7 @@ async function finished(job, run) {
     run.track(job.job_id); // Cancel (or leaving the page) cancels it on the server
     for await (const _ of events(`/v1/jobs/${job.job_id}/events`, run)); // the stream ends at a final status
     job = await apiJson(`/v1/jobs/${job.job_id}`, { signal: run.signal });
+    run.jobs.delete(job.job_id); // it has ended: nothing to cancel
   }
   if (job.status !== "succeeded") throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
   return job;
@@ -199,6 +200,10 @@ function guard(button, work, { status, cancel, lane } = {}) {
         if (status) $(status).textContent = "failed: see the message above";
         const lost = err instanceof TypeError ? `Lost the connection to the server (${err.message}).` : null;
         showMessage(err instanceof ApiError ? err.message : lost || `Something went wrong: ${err.message}`);
+        // what the run still has going (the forward tab's other images) is dropped, its jobs canceled:
+        // nothing would show their results, and they would hold the key's places in its quota
+        run.quiet = true;
+        run.cancel();
       }
     } finally {
       runs.delete(run);
@@ -297,15 +302,20 @@ function figure(src, alt, caption) {
 // -- models -----------------------------------------------------------------------------------------------
 let models = [];
 let samplers = ["ddim"];
+const MODEL_BUTTONS = ["gen-submit", "gen-curl-copy", "fw-submit"]; // what needs the model list to act
+
+let modelLoads = 0; // a key saved again starts a new load: an older one's late answer is dropped
 
 async function loadModels() {
+  const load = ++modelLoads;
   try {
     const [list, spec] = await Promise.all([apiJson("/v1/models"), fetch("/openapi.json").then((r) => r.json())]);
+    if (load !== modelLoads) return;
     models = list.models.filter((m) => m.status === "ready" && m.card);
     const sampler = spec.components.schemas.GenerateRequest.properties.sampler;
     samplers = (sampler.anyOf || [sampler]).flatMap((s) => s.enum || []);
   } catch (err) {
-    showMessage(err.message);
+    if (load === modelLoads) showMessage(err.message);
     return;
   }
   const generators = models.filter((m) => m.card.tasks.includes("generate"));
@@ -318,6 +328,7 @@ async function loadModels() {
   models.forEach((m) => option($("fw-model"), m.name, `${m.name} (${m.card.train_timesteps} steps)`));
   if (!generators.length) showMessage("No model on this server generates images.");
   fillModelFields();
+  MODEL_BUTTONS.forEach((id) => ($(id).disabled = false)); // disabled in the page until the models are here
 }
 
 function currentModel() {
@@ -477,8 +488,10 @@ $("gen-form").addEventListener("submit", guard($("gen-submit"), generate, { stat
 
 // -- denoise ----------------------------------------------------------------------------------------------
 const photo = { original: null, noisy: null, sigma: null }; // Blobs, and the sigma the noise was added at
+let photoPicks = 0; // counts the photos picked (samples, uploads, drops): a sample that arrives late is not shown
 
 function setOriginal(blob, label) {
+  photoPicks += 1;
   if (photoLane.run) {
     // a new photo: what was being done to the last one is canceled, and its result never shown
     photoLane.run.quiet = true;
@@ -532,8 +545,10 @@ async function loadSample(name) {
   const lane = photoLane.buttons.map($);
   photoLane.arriving += 1;
   lane.forEach((b) => (b.disabled = true));
+  const pick = ++photoPicks;
   try {
-    setOriginal(await sample(name), `sample: ${name}`);
+    const blob = await sample(name);
+    if (pick === photoPicks) setOriginal(blob, `sample: ${name}`); // else a photo picked since replaced it
   } finally {
     photoLane.arriving -= 1;
     // a run of the lane still going (or being canceled) gives them back when it ends

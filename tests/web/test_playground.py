@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shlex
+import time
 
 import httpx
 import numpy as np
@@ -25,6 +26,16 @@ ORDER = """() => {
 def clean(watched) -> None:
     assert watched.errors == [], watched.errors
     assert watched.outside() == [], watched.outside()
+
+
+def held_by(page, held: list, count: int = 1, seconds: float = 30.0) -> None:
+    """Wait until the route appending to ``held`` holds ``count`` requests: the page sends a request after
+    the click that asks for it, and the route sees it only then (the page's own wait lets events run)."""
+    for _ in range(int(seconds / 0.02)):
+        if len(held) >= count:
+            return
+        page.wait_for_timeout(20)
+    assert len(held) >= count, f"{len(held)} of {count} requests reached the route"
 
 
 def fill_generate(page, *, class_name: str, seed: int, steps: int):
@@ -135,19 +146,16 @@ def test_cancel_stops_the_job_on_the_server(server, open_page):
     expect(page.get_by_role("alert")).to_have_count(0)  # a cancel is not an error
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
     expect(page.get_by_role("button", name="Generate", exact=True)).to_be_focused()
-    final = httpx.get(f"{server.url}/v1/jobs/{job}").json()
-    for _ in range(50):
-        if final["status"] != "running":
-            break
-        final = httpx.get(f"{server.url}/v1/jobs/{job}").json()
-    assert final["status"] == "canceled"
+    assert final_status(server, job) == "canceled"
 
 
-def final_status(server, job: str) -> str:
+def final_status(server, job: str, seconds: float = 30.0) -> str:
+    """The job's status once it has left queued and running (the page's DELETE is sent with keepalive and
+    may reach the server after the page has moved on), or as it is after ``seconds``."""
+    deadline = time.monotonic() + seconds
     status = httpx.get(f"{server.url}/v1/jobs/{job}").json()["status"]
-    for _ in range(50):
-        if status not in ("queued", "running"):
-            break
+    while status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
         status = httpx.get(f"{server.url}/v1/jobs/{job}").json()["status"]
     return status
 
@@ -164,6 +172,7 @@ def test_cancel_before_the_server_has_answered_cancels_the_job_it_makes(server, 
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.locator("#gen-status")).to_have_text("sending…")
     page.get_by_role("button", name="Cancel").click()
+    held_by(page, held)
     assert len(held) == 1
     with page.expect_response(lambda r: r.url.endswith("/v1/generate")) as accepted:
         with page.expect_request(lambda r: r.method == "DELETE") as deleted:
@@ -321,6 +330,7 @@ def test_a_new_photo_cancels_the_denoise_of_the_last_and_one_photo_action_runs_a
     expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_enabled()
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
     expect(page.locator("#dn-status")).to_contain_text("sample: coffee loaded")  # not "canceled"
+    held_by(page, held)
     assert len(held) == 1
     held[0].abort()  # the browser dropped it already; let the route go
     expect(page.get_by_role("img", name="Denoised photo")).to_be_hidden()
@@ -338,6 +348,7 @@ def test_add_noise_waits_for_a_sample_photo_still_on_its_way(server, open_page):
     page.get_by_role("button", name="Sample: cat").click()
     expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_disabled()
     expect(page.get_by_role("button", name="Denoise", exact=True)).to_be_disabled()
+    held_by(page, held)
     assert len(held) == 1
     held[0].continue_()
     expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
@@ -348,6 +359,75 @@ def test_add_noise_waits_for_a_sample_photo_still_on_its_way(server, open_page):
     expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("alert")).to_have_count(0)
     assert watched.outside() == []
+
+
+def test_a_sample_that_arrives_after_an_upload_does_not_replace_it(server, open_page):
+    """The photo picked last is the one shown, whichever arrives last."""
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    held = []
+    page.route("**/ui/samples/cat.png", lambda route: held.append(route))  # a slow network
+    page.get_by_role("button", name="Sample: cat").click()
+    held_by(page, held)
+    mine = httpx.get(server.url + "/ui/samples/coffee.png").content
+    page.get_by_role("tabpanel", name="Denoise").get_by_label("Upload a photo").set_input_files(
+        files=[{"name": "mine.png", "mimeType": "image/png", "buffer": mine}]
+    )
+    expect(page.get_by_role("img", name="Original photo (mine.png)")).to_be_visible()
+    held[0].continue_()
+    expect(page.get_by_role("button", name="Sample: cat")).to_be_enabled()  # its load has ended
+    expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_enabled()
+    expect(page.get_by_role("img", name="Original photo (mine.png)")).to_be_visible()
+    expect(page.locator("#dn-status")).to_contain_text("mine.png loaded")
+    clean(watched)
+
+
+def test_generate_and_the_forward_process_wait_for_the_model_list(server, open_page):
+    """Clicked before the models are read, they would say "pick a model" while the list fills in."""
+    watched = open_page(server)
+    page = watched.page
+    held = []
+    page.route("**/v1/models", lambda route: held.append(route))
+    page.reload()
+    held_by(page, held)
+    buttons = ("#gen-submit", "#gen-curl-copy", "#fw-submit")  # Generate, Copy as curl; the forward tab's
+    for button in buttons:
+        expect(page.locator(button)).to_be_disabled()
+    held[0].continue_()
+    for button in buttons:
+        expect(page.locator(button)).to_be_enabled()
+    expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value("tiny-gen")
+    expect(page.get_by_role("alert")).to_have_count(0)
+
+
+def test_a_failed_image_of_the_forward_process_drops_the_others_requests(server, open_page):
+    """Its other requests would go on (a 429 among them sent again and again, saying so on the status line)
+    holding the key's places in its quota, with nothing to show them."""
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Forward process").click()
+    page.get_by_role("tabpanel", name="Forward process").get_by_label("Schedule of model").select_option("tiny-gen")
+    held = []
+    page.route("**/v1/noise", lambda route: held.append(route))
+    page.get_by_role("button", name="Show forward process").click()
+    held_by(page, held, 3)  # three at a time
+    held[0].fulfill(
+        status=503,
+        json={"detail": [{"loc": [], "msg": "the server is stopping", "type": "shutting_down"}]},
+        headers={"Retry-After": "1"},
+    )
+    expect(page.locator("#fw-status")).to_have_text("failed: see the message above")
+    expect(page.get_by_role("alert")).to_contain_text("503")
+    for route in held[1:]:  # dropped by the page, not left to run
+        for _ in range(500):
+            if route.request.failure is not None:
+                break
+            page.wait_for_timeout(20)
+        assert route.request.failure is not None
+    assert len(held) == 3  # and no more sent
+    expect(page.get_by_role("button", name="Show forward process")).to_be_enabled()
+    expect(page.locator("#fw-status")).to_have_text("failed: see the message above")
 
 
 LOADS = "(img, url) => new Promise((done) => { const probe = new Image(); probe.onload = () => done('loads'); \
@@ -472,7 +552,8 @@ def test_a_server_with_keys_asks_for_one_and_shows_429_with_its_wait(keyed_serve
 
     page.get_by_role("button", name="API key").click()
     page.get_by_role("textbox", name="API key").fill("slow-key")  # 4 requests a minute
-    page.get_by_role("button", name="Save key").click()
+    with page.expect_response(lambda r: r.url.endswith("/v1/models")):  # the models, read with the new key
+        page.get_by_role("button", name="Save key").click()
     expect(tab.get_by_label("Model")).to_have_value("tiny-gen")
     for _ in range(3):
         page.get_by_role("button", name="Generate", exact=True).click()
