@@ -65,12 +65,11 @@ class ModelPool:
     def __init__(self, entries: dict[str, ModelEntry], device: torch.device, budget: int) -> None:
         self.entries, self.device, self.budget = entries, device, budget
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
-        self.loaded_from: dict[str, ModelEntry] = {}  # the entry each loaded model was loaded from
         self.stale: set[str] = set()  # loaded, but changed or removed in the store since: unloaded once idle
 
     @property
     def used(self) -> int:
-        return sum(self.loaded_from[name].weights_bytes for name in self.loaded)
+        return sum(model.entry.weights_bytes for model in self.loaded.values())
 
     def reload(self, fresh: dict[str, ModelEntry], *, busy: set[str]) -> dict[str, ModelEntry]:
         """Take a new scan of the store as the served models. A loaded model whose folder is unchanged keeps
@@ -79,9 +78,9 @@ class ModelPool:
         runs on the new files)."""
         merged = {}
         for name, entry in fresh.items():
-            old = self.loaded_from.get(name)
+            old = self.loaded[name].entry if name in self.loaded else None  # the entry it was loaded from
             merged[name] = old if old is not None and old.files == entry.files and old.ready else entry
-        self.stale = {name for name, old in self.loaded_from.items() if merged.get(name) is not old}
+        self.stale = {name for name, model in self.loaded.items() if merged.get(name) is not model.entry}
         self.entries = merged
         self.refuse_oversized()
         self.drop_stale(busy=busy)
@@ -129,7 +128,7 @@ class ModelPool:
             return self.loaded[name]
         entry = self.entries[name]
         idle = [n for n in self.loaded if n not in busy]
-        freeable = sum(self.loaded_from[n].weights_bytes for n in idle)
+        freeable = sum(self.loaded[n].entry.weights_bytes for n in idle)
         if self.used - freeable + entry.weights_bytes > self.budget:
             return None  # not even unloading every idle model makes room: unload none of them yet
         while self.used + entry.weights_bytes > self.budget:
@@ -144,16 +143,17 @@ class ModelPool:
             log.error("model %s failed to load: %s: %s", name, type(exc).__name__, exc)
             entry.fail(f"failed to load: {type(exc).__name__}: {exc}")
             raise ModelRefused(entry.error) from exc
-        self.loaded[name], self.loaded_from[name] = model, entry
+        self.loaded[name] = model
         entry.loaded = True
         MODELS_LOADED.set(len(self.loaded))
         log.info("loaded model %s on %s (%.2f of %.2f GB used)", name, self.device, self.used / GB, self.budget / GB)
         return model
 
     def unload(self, name: str, why: str = "least recently used, idle, to make room") -> None:
-        if self.loaded.pop(name, None) is None:
+        model = self.loaded.pop(name, None)
+        if model is None:
             return
-        self.loaded_from.pop(name).loaded = False
+        model.entry.loaded = False
         self.stale.discard(name)
         MODELS_LOADED.set(len(self.loaded))
         gc.collect()

@@ -4,6 +4,7 @@ whose model must wait for room runs once a model is idle; a model larger than th
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -157,7 +158,12 @@ def test_idle_models_stay_loaded_when_unloading_them_would_not_make_room(tmp_pat
     size = entries["a"].weights_bytes
     assert entries["big"].weights_bytes > 1.5 * size
     loads = []
-    monkeypatch.setattr(models, "load_model", lambda entry, device: loads.append(entry.name) or object())
+
+    def fake(entry, device):  # a loaded model that only says what it was loaded from
+        loads.append(entry.name)
+        return SimpleNamespace(entry=entry)
+
+    monkeypatch.setattr(models, "load_model", fake)
     pool = models.ModelPool(entries, torch.device("cpu"), budget=int(size * 2.5))
     pool.get("a", busy=set())
     pool.get("b", busy=set())

@@ -96,7 +96,7 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
         shutil.rmtree(store / "gen-a")
         shutil.copytree(new / "gen-a", store / "gen-a")
         served = reload(h, store)
-        assert served["gen-a"] is not h.engine.pool.loaded_from["gen-a"]  # the old weights still run "long"
+        assert served["gen-a"] is not h.engine.pool.loaded["gen-a"].entry  # the old weights still run "long"
         h.submit("next", spec("gen-a", seed=5))
         long, following = h.outcome("long"), h.outcome("next")
         assert long.type == following.type == "succeeded"
@@ -105,7 +105,7 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
         long_done = [e.at for e in h.events["long"] if e.type == "succeeded"][0]
         next_started = [e.at for e in h.events["next"] if e.type == "started"][0]
         assert next_started >= long_done
-        assert h.engine.pool.loaded_from["gen-a"] is served["gen-a"] and h.engine.pool.stale == set()
+        assert h.engine.pool.loaded["gen-a"].entry is served["gen-a"] and h.engine.pool.stale == set()
     finally:
         h.close()
 
