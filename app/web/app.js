@@ -596,12 +596,13 @@ async function addNoise(run) {
   form.append("sigma", String(sigma));
   form.append("seed", "0");
   $("dn-status").textContent = "adding noise…";
+  // the noise added here is known: denoise with its σ (set now, so what is chosen while it comes stays chosen)
+  $("dn-noisy-given").checked = false;
+  $("dn-sigma-mode").value = "known";
   const job = await finished(await apiJson("/v1/noise", { method: "POST", body: form, signal: run.signal }), run);
   run.signal.throwIfAborted();
   photo.noisy = b64ToBlob(job.images[0].data, job.images[0].media_type);
   photo.sigma = sigma;
-  $("dn-noisy-given").checked = false;
-  $("dn-sigma-mode").value = "known";
   showImage("dn-noisy", photo.noisy, `Noisy photo (σ ${sigma})`);
   $("dn-noisy-caption").textContent = `Noisy (σ ${sigma})`;
   $("dn-original-fig").hidden = false; // hidden by a denoise of an upload marked "already noisy"
@@ -781,6 +782,7 @@ async function forward(run) {
   const model = models.find((m) => m.name === $("fw-model").value);
   if (!model) throw new ApiError("Pick a model for its noise schedule first.");
   const image = forwardUpload || (await sample($("fw-image").value));
+  run.signal.throwIfAborted(); // canceled while the sample came: the last strip stays
   const last = model.card.train_timesteps - 1;
   const strip = $("fw-strip");
   strip.querySelectorAll("img").forEach(forget);

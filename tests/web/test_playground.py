@@ -430,6 +430,48 @@ def test_a_failed_image_of_the_forward_process_drops_the_others_requests(server,
     expect(page.locator("#fw-status")).to_have_text("failed: see the message above")
 
 
+def test_what_is_chosen_while_noise_is_added_stays_chosen(server, open_page):
+    """Add noise sets the denoise fields for the noise it adds when it starts, not over a later choice."""
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Denoise").click()
+    page.get_by_role("button", name="Sample: cat").click()
+    expect(page.get_by_role("img", name="Original photo (sample: cat)")).to_be_visible()
+    page.get_by_label("Noise σ (1–255)").fill("30")
+    held = []
+    page.route("**/v1/noise", lambda route: held.append(route))
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    held_by(page, held)
+    page.get_by_label("My photo is already noisy").check()
+    page.get_by_label("σ for denoising").select_option("auto")
+    held[0].continue_()
+    expect(page.get_by_role("img", name="Noisy photo (σ 30)")).to_be_visible(timeout=30_000)
+    expect(page.locator("#dn-status")).to_contain_text("noise added")
+    expect(page.get_by_label("My photo is already noisy")).to_be_checked()
+    expect(page.get_by_label("σ for denoising")).to_have_value("auto")
+
+
+def test_cancel_while_the_forward_process_fetches_its_sample_keeps_the_last_strip(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    page.get_by_role("tab", name="Forward process").click()
+    page.get_by_role("tabpanel", name="Forward process").get_by_label("Schedule of model").select_option("tiny-gen")
+    page.get_by_role("button", name="Show forward process").click()
+    strip = page.locator("#fw-strip img")
+    expect(page.locator("#fw-status")).to_have_text("11 of 11 images", timeout=60_000)
+    shown = strip.nth(0).get_attribute("src")
+    held = []
+    page.route("**/ui/samples/*.png", lambda route: held.append(route))  # a slow network
+    page.get_by_role("button", name="Show forward process").click()
+    held_by(page, held)
+    page.get_by_role("button", name="Cancel").click()
+    held[0].continue_()
+    expect(page.locator("#fw-status")).to_have_text("canceled")
+    expect(strip).to_have_count(11)
+    assert strip.nth(0).get_attribute("src") == shown
+    expect(page.get_by_role("alert")).to_have_count(0)
+
+
 LOADS = "(img, url) => new Promise((done) => { const probe = new Image(); probe.onload = () => done('loads'); \
 probe.onerror = () => done('revoked'); probe.src = url; })"
 
