@@ -197,9 +197,15 @@ function guard(button, work, { status, cancel, lane } = {}) {
       if (run.signal.aborted) {
         if (status && !run.quiet) $(status).textContent = "canceled";
       } else {
-        if (status) $(status).textContent = "failed: see the message above";
         const lost = err instanceof TypeError ? `Lost the connection to the server (${err.message}).` : null;
-        showMessage(err instanceof ApiError ? err.message : lost || `Something went wrong: ${err.message}`);
+        const message = err instanceof ApiError ? err.message : lost || `Something went wrong: ${err.message}`;
+        if (status && button.closest('[role="tabpanel"]')?.hidden) {
+          // the person has gone to another tab: the message waits on this tab's status line, not over that one
+          $(status).textContent = `failed: ${message}`;
+        } else {
+          if (status) $(status).textContent = "failed: see the message above";
+          showMessage(message);
+        }
         // what the run still has going (the forward tab's other images) is dropped, its jobs canceled:
         // nothing would show their results, and they would hold the key's places in its quota
         run.quiet = true;

@@ -472,6 +472,29 @@ def test_cancel_while_the_forward_process_fetches_its_sample_keeps_the_last_stri
     expect(page.get_by_role("alert")).to_have_count(0)
 
 
+def test_a_failure_on_a_tab_left_waits_on_its_status_line_not_over_the_tab_shown(server, open_page):
+    watched = open_page(server)
+    page = watched.page
+    fill_generate(page, class_name="a", seed=1, steps=4)
+    held = []
+    page.route("**/v1/generate", lambda route: held.append(route))
+    page.get_by_role("button", name="Generate", exact=True).click()
+    held_by(page, held)
+    page.get_by_role("tab", name="Denoise").click()
+    held[0].fulfill(
+        status=503,
+        json={"detail": [{"loc": [], "msg": "the server is stopping", "type": "shutting_down"}]},
+        headers={"Retry-After": "1"},
+    )
+    status = page.locator("#gen-status")
+    expect(status).to_contain_text("failed: ")
+    expect(status).to_contain_text("503")
+    expect(page.get_by_role("alert")).to_have_count(0)  # the Denoise tab shows nothing about it
+    page.get_by_role("tab", name="Generate").click()
+    expect(status).to_be_visible()
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
+
+
 LOADS = "(img, url) => new Promise((done) => { const probe = new Image(); probe.onload = () => done('loads'); \
 probe.onerror = () => done('revoked'); probe.src = url; })"
 
