@@ -34,6 +34,14 @@ def write_other_weights(folder):
     return save_model(folder, unet=tiny_unet(num_class_embeds=4, seed=7), scheduler=tiny_scheduler(), card=card)
 
 
+def change_under_a_running_job(h, store, new):
+    """Job "long" runs on gen-a; meanwhile the store's gen-a is replaced by the one in ``new``."""
+    h.submit("long", spec("gen-a", steps=60, seed=1))
+    h.wait_for_step("long", 2)
+    shutil.rmtree(store / "gen-a")
+    shutil.copytree(new / "gen-a", store / "gen-a")
+
+
 def reload(h, store):
     return h.engine.reload(scan_store(store)).result(30)
 
@@ -91,10 +99,7 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
 
     h = EngineHarness(store)
     try:
-        h.submit("long", spec("gen-a", steps=60, seed=1))
-        h.wait_for_step("long", 2)
-        shutil.rmtree(store / "gen-a")
-        shutil.copytree(new / "gen-a", store / "gen-a")
+        change_under_a_running_job(h, store, new)
         served = reload(h, store)
         assert served["gen-a"] is not h.engine.pool.loaded["gen-a"].entry  # the old weights still run "long"
         h.submit("next", spec("gen-a", seed=5))
@@ -118,10 +123,7 @@ def test_models_added_or_changed_are_loaded_by_the_reload_or_when_the_old_weight
     write_other_weights(new / "gen-a")
     h = EngineHarness(store)
     try:
-        h.submit("long", spec("gen-a", steps=60, seed=1))
-        h.wait_for_step("long", 2)
-        shutil.rmtree(store / "gen-a")
-        shutil.copytree(new / "gen-a", store / "gen-a")
+        change_under_a_running_job(h, store, new)
         write_generator(store / "gen-b")
         served = reload(h, store)
         assert h.engine.models["gen-b"].entry is served["gen-b"]  # added: loaded before the answer

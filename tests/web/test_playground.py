@@ -38,6 +38,16 @@ def held_by(page, held: list, count: int = 1, seconds: float = 30.0) -> None:
     assert len(held) >= count, f"{len(held)} of {count} requests reached the route"
 
 
+def slow_cat_sample(page) -> list:
+    """The Denoise tab, its "Sample: cat" clicked, the sample's request held (a slow network): the list
+    that will hold its route."""
+    page.get_by_role("tab", name="Denoise").click()
+    held = []
+    page.route("**/ui/samples/cat.png", lambda route: held.append(route))
+    page.get_by_role("button", name="Sample: cat").click()
+    return held
+
+
 def fill_generate(page, *, class_name: str, seed: int, steps: int):
     """The Generate tab, its fields filled for tiny-gen."""
     tab = page.get_by_role("tabpanel", name="Generate")
@@ -342,10 +352,7 @@ def test_add_noise_waits_for_a_sample_photo_still_on_its_way(server, open_page):
     the photo's arrival): it and Denoise stay disabled until the photo is loaded."""
     watched = open_page(server)
     page = watched.page
-    page.get_by_role("tab", name="Denoise").click()
-    held = []
-    page.route("**/ui/samples/cat.png", lambda route: held.append(route))  # a slow network
-    page.get_by_role("button", name="Sample: cat").click()
+    held = slow_cat_sample(page)
     expect(page.get_by_role("button", name="Add noise", exact=True)).to_be_disabled()
     expect(page.get_by_role("button", name="Denoise", exact=True)).to_be_disabled()
     held_by(page, held)
@@ -365,10 +372,7 @@ def test_a_sample_that_arrives_after_an_upload_does_not_replace_it(server, open_
     """The photo picked last is the one shown, whichever arrives last."""
     watched = open_page(server)
     page = watched.page
-    page.get_by_role("tab", name="Denoise").click()
-    held = []
-    page.route("**/ui/samples/cat.png", lambda route: held.append(route))  # a slow network
-    page.get_by_role("button", name="Sample: cat").click()
+    held = slow_cat_sample(page)
     held_by(page, held)
     mine = httpx.get(server.url + "/ui/samples/coffee.png").content
     page.get_by_role("tabpanel", name="Denoise").get_by_label("Upload a photo").set_input_files(
