@@ -154,9 +154,21 @@ class Engine:
     def _preload(self) -> None:
         """Load DIFFUSION_PRELOAD's models (default: every served one, in store order, while they fit) that
         are not in memory: at start, after a reload of the store (added or changed models), and when a
-        changed model's last job on its old weights has ended, so its first job after does not wait for it."""
+        changed model's last job on its old weights has ended, so its first job after does not wait for it.
+
+        Not while jobs wait for room in memory: what they wait for comes first, and a model loaded ahead of
+        it would only be unloaded again to make that room. Each load is timed as one turn, as a load on first
+        use is: several in a row are not one turn that looks stuck."""
+        if self._deferred:
+            return
         names = self.settings.preload_names or [name for name, entry in self.entries.items() if entry.ready]
-        self.pool.preload([name for name in names if name not in self.pool.loaded], busy=self._busy_models())
+        busy = self._busy_models()
+        for name in names:
+            if name in self.pool.loaded:
+                continue
+            if self._turn_began is not None:  # in the loop (at start, before it, nothing is timed)
+                self._turn_began = time.monotonic()
+            self.pool.preload([name], busy=busy)
 
     def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:
         """The job's model, in memory; None (the job waits) while every model that would make room is busy.
@@ -263,7 +275,10 @@ class Engine:
             log.error("reloading the model store failed:\n%s", traceback.format_exc())
             message.done.set_exception(exc)
             return
-        self._preload()  # before the answer: a model that fails to load is refused from then on, with why
+        try:
+            self._preload()  # before the answer: a model that fails to load is refused from then on, with why
+        except Exception:  # a bug (a model's own failure is marked on it): they load on first use instead
+            log.error("loading the models after a reload failed:\n%s", traceback.format_exc())
         self._jobs_ended = True  # waiting jobs are retried: their model may have come, gone or changed
         message.done.set_result(self.entries)
 

@@ -103,7 +103,8 @@ class ModelPool:
                 )
 
     def preload(self, names: list[str], *, busy: set[str]) -> None:
-        """Load these models where they fit beside those in memory (none is unloaded for them)."""
+        """Load these models where they fit beside those in memory (none is unloaded for them). They go in as
+        the least recently used: a model no job has asked for yet is the first to make room for one asked for."""
         for name in names:
             entry = self.entries.get(name)
             if entry is None or not entry.ready:
@@ -112,7 +113,8 @@ class ModelPool:
                 log.warning("model %s does not fit the memory budget beside the others: it loads on first use", name)
             else:
                 try:
-                    self.get(name, busy=busy)
+                    if self.get(name, busy=busy) is not None:
+                        self.loaded.move_to_end(name, last=False)
                 except ModelRefused:
                     continue  # marked with its reason; the others still load
 

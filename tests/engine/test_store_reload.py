@@ -176,3 +176,85 @@ def test_a_change_behind_a_linked_component_folder_is_seen_by_a_rescan(tmp_path)
     write_other_weights(tmp_path / "other")
     shutil.copy(tmp_path / "other" / "unet" / "diffusion_pytorch_model.safetensors", elsewhere)
     assert scan_folder(folder).files != before.files
+
+
+def counted_loads(monkeypatch, delay_s: float = 0.0) -> list[str]:
+    """The names of the models loaded from now on, in order (each load made ``delay_s`` slower)."""
+    from app.engine import models
+
+    loads, real = [], models.load_model
+
+    def load(entry, device):
+        loads.append(entry.name)
+        time.sleep(delay_s)
+        return real(entry, device)
+
+    monkeypatch.setattr(models, "load_model", load)
+    return loads
+
+
+def test_a_model_a_job_waits_for_is_loaded_before_any_other_the_preload_would_load(tmp_path, monkeypatch):
+    """Room for one model: gen-a made room for gen-b; gen-b changes under a long job, and the next job
+    for it waits. When the long job ends, the room goes to gen-b's new files, not first to gen-a (the
+    preload's first model), which would be unloaded again at once."""
+    from tests.engine.test_model_memory import budget_for
+
+    store, new = tmp_path / "store", tmp_path / "new"
+    write_generator(store / "gen-a")
+    write_generator(store / "gen-b")
+    write_other_weights(new / "gen-b")
+    loads = counted_loads(monkeypatch)
+    h = EngineHarness(store, model_memory_gb=budget_for(store, 1.5))
+    try:
+        h.submit("b", spec("gen-b"))
+        assert h.outcome("b").type == "succeeded"
+        h.submit("long", spec("gen-b", steps=80, seed=1))
+        h.wait_for_step("long", 2)
+        shutil.rmtree(store / "gen-b")
+        shutil.copytree(new / "gen-b", store / "gen-b")
+        served = reload(h, store)
+        h.submit("next", spec("gen-b", seed=5))
+        assert h.outcome("long").type == h.outcome("next").type == "succeeded"
+        assert loads == ["gen-a", "gen-b", "gen-b"]  # at start, for "b", for "next": none wasted
+        assert list(h.engine.models) == ["gen-b"] and h.engine.models["gen-b"].entry is served["gen-b"]
+    finally:
+        h.close()
+
+
+def test_a_reload_that_loads_several_models_times_each_load_as_one_turn(tmp_path, monkeypatch):
+    """Loads in a row are not one long turn: the engine is not judged stuck for a reload that adds many."""
+    store = tmp_path / "store"
+    write_generator(store / "gen-a")
+    h = EngineHarness(store)
+    try:
+        for name in ("gen-b", "gen-c", "gen-d", "gen-e", "gen-f"):
+            write_generator(store / name)
+        loads = counted_loads(monkeypatch, delay_s=0.4)  # 2 s in all
+        asked, longest = h.engine.reload(scan_store(store)), 0.0
+        while not asked.done():
+            longest = max(longest, h.engine.busy_s())
+            time.sleep(0.01)
+        assert loads == ["gen-b", "gen-c", "gen-d", "gen-e", "gen-f"]
+        assert longest < 1.2, longest  # one load and a little, not the five
+    finally:
+        h.close()
+
+
+def test_a_model_the_reload_loaded_is_the_first_to_make_room_for_one_asked_for(tmp_path):
+    from tests.engine.test_model_memory import budget_for
+
+    store = tmp_path / "store"
+    write_generator(store / "gen-a")
+    h = EngineHarness(store, model_memory_gb=budget_for(store, 2.5))
+    try:
+        h.submit("a", spec("gen-a"))
+        assert h.outcome("a").type == "succeeded"
+        write_generator(store / "gen-b")
+        write_generator(store / "gen-c")
+        reload(h, store)
+        assert list(h.engine.models) == ["gen-b", "gen-a"]  # gen-c does not fit beside them
+        h.submit("c", spec("gen-c"))
+        assert h.outcome("c").type == "succeeded"
+        assert list(h.engine.models) == ["gen-a", "gen-c"]  # gen-b, asked for by no job, made room
+    finally:
+        h.close()
