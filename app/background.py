@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Collection
+from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 # How long a stop may take past its grace (handing jobs back, writing the last events, stopping the engine)
@@ -139,6 +140,21 @@ def on_sighup(action: Callable[[], Awaitable[None]], *, name: str = "reloading t
         signal.signal(signal.SIGHUP, before)
 
     return remove
+
+
+async def answer_while(future: Future, moving: Callable[[], bool], *, every_s: float = 1.0):
+    """The result of ``future``, which another thread answers (the engine's, between two passes), waited for
+    as long as ``moving()`` says that thread still lives and moves: a reload that loads many models takes
+    longer than any one turn, and a dead or stuck engine never answers. Once it does not move, the future is
+    canceled (if not yet taken, it never will be) and this raises."""
+    waiting = asyncio.wrap_future(future)
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), every_s)
+        except TimeoutError:
+            if not moving():
+                waiting.cancel()
+                raise RuntimeError("the engine died or got stuck before it answered") from None
 
 
 def hold_sighup() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -10,6 +12,7 @@ from app.jobs import ImageData, NoiseSpec
 from app.queue.memory import MemoryJobQueue
 from app.queue.protocol import Admission, IdempotencyConflict, QueueFull
 from tests.helpers import make_settings
+from tests.tiny_models import write_generator
 
 
 class IdleEngine:
@@ -69,3 +72,43 @@ def test_an_idempotency_key_returns_its_job_for_the_same_request_only(tmp_path):
 
     run(scenario())
     assert len(queue.engine.jobs) == 1
+
+
+class ReloadingEngine(IdleEngine):
+    """Answers a reload after ``answer_s`` (the models it loads meanwhile), each turn ``busy_s`` long."""
+
+    def __init__(self, answer_s: float | None, busy_s: float = 0.0) -> None:
+        super().__init__()
+        self.answer_s, self.busy, self.asked = answer_s, busy_s, []
+
+    def reload(self, fresh) -> Future:
+        done: Future = Future()
+        self.asked.append(done)
+
+        def answer():
+            if done.set_running_or_notify_cancel():
+                done.set_result(fresh)
+
+        if self.answer_s is not None:
+            threading.Timer(self.answer_s, answer).start()
+        return done
+
+    def busy_s(self) -> float:
+        return self.busy
+
+
+def test_a_reload_that_loads_for_longer_than_a_stuck_turn_is_waited_for_while_the_engine_moves(tmp_path):
+    write_generator(tmp_path / "gen-a")
+    engine = ReloadingEngine(answer_s=1.0)  # several loads, each a short turn
+    queue = MemoryJobQueue(make_settings(tmp_path, engine_stuck_s=0.3), {}, engine)
+    run(queue.reload_store())
+    assert list(queue.models) == ["gen-a"]
+
+
+def test_a_reload_on_a_stuck_engine_gives_up_and_the_engine_never_takes_it(tmp_path):
+    write_generator(tmp_path / "gen-a")
+    engine = ReloadingEngine(answer_s=None, busy_s=5.0)
+    queue = MemoryJobQueue(make_settings(tmp_path, engine_stuck_s=0.3), {}, engine)
+    with pytest.raises(RuntimeError, match="stuck"):
+        run(queue.reload_store())
+    assert engine.asked[0].cancelled() and queue.models == {}

@@ -192,9 +192,8 @@ class MemoryJobQueue:
         if self.engine is None or not self.engine.alive:
             return
         fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights: off the loop
-        # taken between two passes; a stuck engine never takes it (and is restarted): stop waiting then
-        taken = asyncio.wrap_future(self.engine.reload(fresh))
-        self.models = await asyncio.wait_for(taken, self.settings.engine_stuck_s)
+        # taken between two passes (and its models loaded); a stuck engine never takes it: stop waiting then
+        self.models = await background.answer_while(self.engine.reload(fresh), self.alive)
         log.info("model store read again: serving %s", ", ".join(n for n, e in self.models.items() if e.ready))
 
     async def ready(self) -> bool:

@@ -146,8 +146,7 @@ class RedisWorker:
                 self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
                 await self._hand_back(job_id, held)
                 self._room.set()
-        taken = asyncio.wrap_future(self.engine.reload(fresh))
-        self.entries = await asyncio.wait_for(taken, self.settings.engine_stuck_s)
+        self.entries = await background.answer_while(self.engine.reload(fresh), self._engine_alive)
         await self._create_groups()
         await self._beat()
         log.info("model store read again: serving %s", self.served)
