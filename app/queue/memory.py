@@ -15,7 +15,7 @@ from app import background
 from app.jobs import EngineEvent, JobRecord, JobSpec, apply_event, event_payload, preview_payload
 from app.metrics import JOBS_KEPT, job_finished, job_submitted
 from app.queue.outbox import MemoryOutbox, deliveries_for
-from app.queue.protocol import Admission, EngineStopped, IdempotencyConflict, QueueFull, TooManyJobs
+from app.queue.protocol import Admission, EngineStopped, IdempotencyConflict, QueueFull, TooManyJobs, stuck_for
 from app.queue.watch import Watchers
 from app.settings import Settings
 from app.store.catalog import ModelEntry, scan_store
@@ -205,7 +205,8 @@ class MemoryJobQueue:
         once; and while it is stuck (busy in one turn past ``engine_stuck_s``): its jobs may still finish if it
         comes back before the process is restarted."""
         if self.engine is not None and self.engine.alive and not self._closing:
-            stuck = (busy := self.engine.busy_s()) > self.settings.engine_stuck_s
+            busy = stuck_for(self.engine, self.settings)
+            stuck = busy is not None
             if stuck and not self._stuck:
                 log.critical("the engine has been in one turn for %.0f s: it is stuck; restart this process", busy)
             self._stuck = stuck

@@ -55,6 +55,14 @@ class EngineStopped(QueueUnavailable):
         self.retry_after = 30
 
 
+def stuck_for(engine, settings) -> float | None:
+    """How long ``engine`` has been in one turn, where that is past ``engine_stuck_s`` (a hung device, a
+    deadlock: its thread lives but runs nothing); None while it moves. The in-process queue and the Redis
+    worker judge their engine by this."""
+    busy = engine.busy_s()
+    return busy if busy > settings.engine_stuck_s else None
+
+
 class QueueUnreachable(RuntimeError):
     """Redis did not answer within ``queue_wait_s`` of the start: the node or worker does not start."""
 

@@ -39,7 +39,7 @@ from app.jobs import (
     hand_back,
     preview_payload,
 )
-from app.queue.protocol import NoModels
+from app.queue.protocol import NoModels, stuck_for
 from app.queue.redis.catalog import publish, unserved
 from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, RENEW, Keys
 from app.queue.redis.queue import unavailable
@@ -451,7 +451,7 @@ class RedisWorker:
             return None
         if not engine.alive:
             return "the engine thread died: no more lease renewals or heartbeats; live workers take the jobs over"
-        if (busy := engine.busy_s()) > self.settings.engine_stuck_s:
+        if (busy := stuck_for(engine, self.settings)) is not None:
             return (
                 f"the engine has been in one turn for {busy:.0f} s (DIFFUSION_ENGINE_STUCK_S="
                 f"{self.settings.engine_stuck_s:g}): it is stuck; this worker stops; live workers take its jobs "
