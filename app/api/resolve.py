@@ -158,37 +158,20 @@ def check_pixels(pixels: int, settings: Settings, loc: list) -> None:
 # -- generate ------------------------------------------------------------------------------------------
 def class_index(entry: ModelEntry, label: int | str | None) -> int | None:
     """The class index to condition on; None means unconditional (the model's null class)."""
-    named = entry.card.class_names
-    count = len(named) if named else entry.num_classes - (1 if entry.null_class is not None else 0)
-    if label is None:
-        if entry.num_classes and entry.null_class is None:
-            raise ApiError(
-                422,
-                ["body", "class_label"],
-                f"model {entry.name!r} is class-conditional without a null class: class_label is required",
-                type="missing",
-            )
-        return None
-    if not entry.num_classes:
-        raise ApiError(
-            422,
-            ["body", "class_label"],
-            f"model {entry.name!r} is unconditional: it takes no class_label",
-            type="unsupported",
-        )
-    if isinstance(label, str):
+    if isinstance(label, str) and entry.num_classes:
+        named = entry.card.class_names
         if named and label in entry.class_lookup:
             return entry.class_lookup[label]
         if not (label.isascii() and label.isdigit() and len(label) <= 9):  # not '٣' nor '𝟕'
-            valid = brief(", ".join(named), 200) if named else f"0..{count - 1}"
+            valid = brief(", ".join(named), 200) if named else f"0..{entry.class_count - 1}"
             raise ApiError(
                 422, ["body", "class_label"], f"unknown class {brief(label)}; valid: {valid}", type="unknown_class"
             )
         label = int(label)
-    if not 0 <= label < count:
-        raise ApiError(
-            422, ["body", "class_label"], f"class_label must be between 0 and {count - 1}", type="out_of_range"
-        )
+    refused = entry.label_refusal(0 if isinstance(label, str) else label)  # a name, to an unconditional model
+    if refused is not None:
+        kind, why = refused
+        raise ApiError(422, ["body", "class_label"], why, type=kind)
     return label
 
 

@@ -311,6 +311,9 @@ class Engine:
             if model is None:
                 return
             if isinstance(spec, GenerateSpec):
+                refused = model.entry.label_refusal(spec.class_label)
+                if refused is not None:  # checked by the API against the model as it was then
+                    raise ValueError(f"{refused[1]} (model {spec.model!r} changed since the job was accepted)")
                 plan = plan_generate(job_id, spec, model)
             elif isinstance(spec, DenoiseSpec):
                 tile = denoise_tile(self.settings, self.runner)

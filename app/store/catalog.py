@@ -203,6 +203,27 @@ class ModelEntry:
         return count + 1 if count and self.spec.null_after_classes else count
 
     @property
+    def class_count(self) -> int:
+        """The classes a request may name (the null class not among them), 0 when unconditional."""
+        named = self.card.class_names
+        return len(named) if named else max(0, self.num_classes - (1 if self.null_class is not None else 0))
+
+    def label_refusal(self, label: int | None) -> tuple[str, str] | None:
+        """Why this model cannot condition on class index ``label`` (None: unconditional), as (error type,
+        message), or None. The API checks a request by it, and the engine checks a job again against the
+        model it runs on, which may have changed in the store since the job was accepted."""
+        if label is None:
+            if self.num_classes and self.null_class is None:
+                why = f"model {self.name!r} is class-conditional without a null class: class_label is required"
+                return "missing", why
+            return None
+        if not self.num_classes:
+            return "unsupported", f"model {self.name!r} is unconditional: it takes no class_label"
+        if not 0 <= label < self.class_count:
+            return "out_of_range", f"class_label must be between 0 and {self.class_count - 1}"
+        return None
+
+    @property
     def class_lookup(self) -> dict[str, int]:
         """Class names to indices: each comma-separated synonym, as DiTPipeline reads ImageNet's ("tench,
         Tinca tinca": "tench" and "Tinca tinca"; a synonym two classes share is the later class's, as there),

@@ -258,3 +258,24 @@ def test_a_model_the_reload_loaded_is_the_first_to_make_room_for_one_asked_for(t
         assert list(h.engine.models) == ["gen-a", "gen-c"]  # gen-b, asked for by no job, made room
     finally:
         h.close()
+
+
+def test_a_job_checked_against_a_model_that_changed_since_fails_alone_saying_why(tmp_path):
+    """The API checked the class label against the model as it was; the store's model now has fewer classes.
+    The job fails before it runs, naming the label's range (it had failed inside the network with an
+    IndexError), and a job that fits the model as it is runs."""
+    store = tmp_path / "store"
+    write_generator(store / "gen-a", classes=2)
+    h = EngineHarness(store)
+    try:
+        h.submit("stale", GenerateSpec(model="gen-a", steps=4, sampler="ddim", seeds=[0], class_label=3))
+        h.submit("fits", spec("gen-a"))
+        stale, fits = h.outcome("stale"), h.outcome("fits")
+        assert stale.type == "failed"
+        assert (
+            "class_label must be between 0 and 1" in stale.error and "changed since the job was accepted" in stale.error
+        )
+        assert "IndexError" not in stale.error
+        assert fits.type == "succeeded"
+    finally:
+        h.close()
