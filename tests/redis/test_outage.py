@@ -80,6 +80,10 @@ def test_redis_down_is_a_503_with_retry_after_and_everything_recovers(prefix, pr
         ("CLUSTERDOWN The cluster is down", True),
         ("NOREPLICAS Not enough good replicas to write.", True),
         ("LOADING Redis is loading the dataset in memory", True),
+        ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", True),
+        ("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.", True),
+        ("BUSYGROUP Consumer Group name already exists", False),  # a request's error, though it starts "BUSY"
+        ("BUSYKEY Target key name already exists.", False),
         ("ERR wrong number of arguments for 'xadd' command", False),
         ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
         ("NOSCRIPT No matching script. Please use EVAL.", False),
@@ -90,6 +94,22 @@ def test_replies_that_say_redis_cannot_serve_now_are_told_from_errors_in_the_req
     from redis._parsers import BaseParser
 
     assert unavailable(BaseParser.parse_error(reply)) is away
+
+
+@pytest.mark.parametrize("reply", ["BUSY Redis is busy running a script.", "MISCONF Redis is unable to persist"])
+def test_such_replies_are_told_also_inside_a_pipeline_or_an_aborted_transaction(reply):
+    """redis-py puts the failed command in front of a pipeline's reply, and a transaction that Redis discarded
+    arrives as EXECABORT naming the reply that made it fail (the catalog refresh and job claims use both)."""
+    from redis._parsers import BaseParser
+    from redis.asyncio.client import Pipeline
+
+    in_pipeline = BaseParser.parse_error(reply)
+    Pipeline.annotate_exception(None, in_pipeline, 1, ("HGETALL", "catalogs"))  # as redis-py does
+    assert str(in_pipeline).startswith("Command # 1 (HGETALL catalogs) of pipeline caused error: ")
+    discarded = BaseParser.parse_error(f"EXECABORT Transaction discarded because of: {reply}")
+    assert unavailable(in_pipeline) and unavailable(discarded)
+    request_error = BaseParser.parse_error("EXECABORT Transaction discarded because of: WRONGTYPE Operation")
+    assert not unavailable(request_error)
 
 
 def test_a_full_redis_is_a_503_and_jobs_go_on_once_it_has_room(prefix, procs, store, tmp_path):
@@ -111,6 +131,36 @@ def test_a_full_redis_is_a_503_and_jobs_go_on_once_it_has_room(prefix, procs, st
             assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
         client.config_set("maxmemory", 0)  # room again
         assert poll(api.url, submit(api.url, steps=5, seed=3))["status"] == "succeeded"
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_redis_that_cannot_save_its_snapshot_is_a_503_and_jobs_go_on_once_it_can(prefix, procs, store, tmp_path):
+    """A full or lost disk: with snapshots configured, Redis refuses every write with MISCONF once a save
+    failed (stop-writes-on-bgsave-error, its default). That is the queue being unavailable, not a 500."""
+    import shutil
+
+    folder = tmp_path / "redis-data"
+    folder.mkdir()
+    server = OwnRedis(folder, appendonly=False)
+    client = redis.Redis.from_url(server.url)
+    try:
+        api = procs("serve", prefix, store, queue_url=server.url)
+        procs("worker", prefix, store, queue_url=server.url)
+        api.wait_ready()
+        client.config_set("save", "3600 1")
+        shutil.rmtree(folder)  # where it saves is gone
+        client.bgsave()
+        wait_until(lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err")
+        with pytest.raises(redis.exceptions.ResponseError, match="MISCONF"):
+            client.set(f"{prefix}:probe", "x")
+        for headers in ({}, {"Prefer": "respond-async"}, {"Prefer": "respond-async", "Idempotency-Key": "k1"}):
+            r = httpx.post(api.url + "/v1/generate", json={"class_label": 0}, headers=headers, timeout=10)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
+        client.config_set("save", "")  # snapshots off: writes are taken again
+        assert poll(api.url, submit(api.url, steps=5, seed=4))["status"] == "succeeded"
     finally:
         client.close()
         server.stop()

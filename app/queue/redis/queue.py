@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import socket
 import time
 from typing import AsyncIterator
@@ -50,9 +51,15 @@ CLAIM_WRITE_S = 2.0  # an Idempotency-Key claimed this recently may still be wri
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
 # errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master.
 # redis-py raises most as classes of their own and cuts the code from the message ("OOM command not
-# allowed..." arrives as OutOfMemoryError("command not allowed...")); the others keep it in the message
+# allowed..." arrives as OutOfMemoryError("command not allowed...")); the others keep it in the message.
+# MISCONF: writes refused since a snapshot failed to save (a full disk; stop-writes-on-bgsave-error, the
+# default). BUSY: a long script or function holds the server (every command waits for it).
 UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
-UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
+UNAVAILABLE_REPLIES = frozenset(
+    {"READONLY", "OOM", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MISCONF", "BUSY"}
+)
+# redis-py puts a pipeline's or a transaction's failed command in front of the reply it got
+_WRAPPED_REPLY = re.compile(r"(?:of pipeline caused error|Transaction discarded because of): (\S+)")
 
 
 def connect(url: str) -> Redis:
@@ -97,7 +104,18 @@ def unavailable(exc: Exception) -> bool:
     """Whether ``exc`` says Redis cannot serve now (rather than that the request was wrong)."""
     if isinstance(exc, REDIS_DOWN + UNAVAILABLE_ERRORS):
         return True
-    return isinstance(exc, ResponseError) and str(exc).upper().startswith(UNAVAILABLE_REPLIES)
+    return isinstance(exc, ResponseError) and reply_code(exc) in UNAVAILABLE_REPLIES
+
+
+def reply_code(exc: ResponseError) -> str:
+    """The code of the error Redis replied (its first word: "BUSY", not "BUSYGROUP"), also where redis-py
+    wrapped the reply in a pipeline's or transaction's message; redis-py 6 and later keep it as status_code
+    (which an aborted transaction's error holds as "EXECABORT", so the wrapped reply is read first)."""
+    message = str(exc)
+    wrapped = _WRAPPED_REPLY.search(message)
+    if wrapped:
+        return wrapped.group(1).upper()
+    return (getattr(exc, "status_code", None) or message.split(" ", 1)[0]).upper()
 
 
 def as_queue_unavailable(exc: Exception, what: str = "") -> QueueUnavailable | None:
