@@ -776,6 +776,40 @@ def test_a_reload_that_removes_a_model_hands_its_jobs_not_yet_started_back_for_a
     on_redis(scenario)
 
 
+def test_a_job_of_a_model_a_reload_removes_read_while_the_engine_takes_the_reload_goes_to_another_worker(
+    store, prefix, tmp_path
+):
+    """The engine answers a reload after its current pass: a job of the removed model read meanwhile is not
+    given to it (it would fail the job as not served here) but left on its stream for a worker serving it."""
+    from concurrent.futures import Future
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+    mine = tmp_path / "store"
+    shutil.copytree(store, mine)
+
+    async def scenario(redis):
+        worker = _worker_on(mine, prefix, redis, "reloading")
+        asked, answer = [], Future()
+        worker.engine.reload = lambda fresh: asked.append(fresh) or answer
+        shutil.rmtree(mine / "tiny-gen")
+        reloading = asyncio.create_task(worker.reload_store())
+        while not asked:  # the engine has the reload, and has not answered
+            await asyncio.sleep(0.01)
+        assert worker.served == []
+        await worker._read_once()
+        assert worker.held == {} and worker.engine.submitted == []
+        stream = worker.keys.stream("normal", "tiny-gen")
+        assert (await redis.xpending(stream, "workers"))["pending"] == 0 and await redis.xlen(stream) == 1
+        answer.set_result(asked[0])
+        await reloading
+        assert worker.served == [] and "tiny-gen" not in worker.entries
+        other = _worker_on(store, prefix, redis, "serves-it")
+        await other._read_once()
+        assert list(other.held) == [job_id]
+
+    on_redis(scenario)
+
+
 def test_jobs_of_a_model_no_worker_announces_are_failed_but_not_one_a_live_worker_holds(store, prefix):
     job_id = _queued_for_tiny_gen(store, prefix)
 

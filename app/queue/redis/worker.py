@@ -80,6 +80,7 @@ class RedisWorker:
         self.entries: dict[str, ModelEntry] = {}
         self.engine = None
         self.held: dict[str, _Held] = {}
+        self._withdrawn: set[str] = set()  # models a reload in progress removes: their jobs are no longer taken
         self._events: asyncio.Queue = asyncio.Queue()
         self._room = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -137,9 +138,11 @@ class RedisWorker:
             return
         fresh = await asyncio.to_thread(scan_store, self.settings.model_store)  # hashes cards' weights
         gone = {name for name in self.served if name not in fresh or not fresh[name].ready}
-        # First, the jobs of a model no longer served here that have not started (waiting for memory, say) go
-        # back to their stream for another worker, before the engine, given the scan, would fail them as not
-        # served here; those running finish here on the weights they began with.
+        # First, a removed model is no longer served here: a job of it read while the engine takes the scan is
+        # moved on for another worker (_start), not given to the engine, which would fail it as not served.
+        # Its jobs taken before that and not started (waiting for memory, say) go back to their stream for
+        # another worker; those running finish here on the weights they began with.
+        self._withdrawn = gone
         for job_id, held in list(self.held.items()):
             if held.record.model in gone and held.record.status == JobStatus.queued:
                 del self.held[job_id]
@@ -147,6 +150,7 @@ class RedisWorker:
                 await self._hand_back(job_id, held)
                 self._room.set()
         self.entries = await background.answer_while(self.engine.reload(fresh), self._engine_alive)
+        self._withdrawn = set()
         await self._create_groups()
         await self._beat()
         log.info("model store read again: serving %s", self.served)
@@ -154,7 +158,7 @@ class RedisWorker:
     @property
     def served(self) -> list[str]:
         """The models this worker serves now (one that fails to load here stops being served here)."""
-        return sorted(name for name, entry in self.entries.items() if entry.ready)
+        return sorted(name for name, entry in self.entries.items() if entry.ready and name not in self._withdrawn)
 
     @property
     def serves_anything(self) -> bool:
