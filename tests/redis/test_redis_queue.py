@@ -654,6 +654,41 @@ def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over
     assert owner == "took-over"  # the renewal did not take it back
 
 
+def test_a_stop_puts_back_the_entries_read_but_not_taken_so_the_next_worker_counts_no_crash(store, prefix):
+    """The intake reads several entries at once and takes them one by one; a stop between two of them had left
+    the rest pending on this worker, unheld: the next worker took each over after a lease as delivery 2 (with
+    max_attempts 1: failed as having crashed a worker)."""
+    _announce_tiny_gen(store, prefix)
+    with client_for(store, prefix, embedded_worker=False) as api:
+        jobs = [api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers=ASYNC) for _ in range(3)]
+    jobs = [r.json()["job_id"] for r in jobs]
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "stopping")
+        real_start, second = worker._start, asyncio.Event()
+
+        async def start(stream, entry_id, job_id, *, delivered):
+            if worker.held:  # the second entry of the read: the stop lands here
+                second.set()
+                await asyncio.Event().wait()
+            await real_start(stream, entry_id, job_id, delivered=delivered)
+
+        worker._start = start
+        worker._intake = [asyncio.create_task(worker._read_once())]
+        await asyncio.wait_for(second.wait(), 10)
+        await worker.stop(grace=0)
+        assert worker.held == {} and worker.engine.canceled == [jobs[0]]  # the one taken is handed back
+        stream = worker.keys.stream("normal", "tiny-gen")
+        assert (await redis.xpending(stream, "workers"))["pending"] == 0 and await redis.xlen(stream) == 3
+        other = _worker_on(store, prefix, redis, "next")
+        other.settings = other.settings.model_copy(update={"max_attempts": 1})
+        await other._read_once()
+        assert sorted(other.held) == sorted(jobs)  # each as a first delivery: none failed as a crash
+        assert [(await other.records.get(job)).status.value for job in jobs] == ["queued"] * 3
+
+    on_redis(scenario)
+
+
 def test_a_worker_stopping_while_redis_is_away_stops_cleanly_and_leaves_its_jobs_to_a_takeover(store):
     import asyncio
 

@@ -175,6 +175,8 @@ class RedisWorker:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await background.stop(self._intake)
         self._intake.clear()
+        with redis_away_logged("entries read but not taken wait out their lease for a takeover"):
+            await self._put_back_untaken()
         deadline = time.monotonic() + grace
         while self.held and time.monotonic() < deadline and not self.dead.is_set():
             await asyncio.sleep(0.05)
@@ -204,6 +206,29 @@ class RedisWorker:
         finally:
             if self.engine is not None:
                 await asyncio.to_thread(self.engine.stop)
+
+    async def _put_back_untaken(self) -> None:
+        """Put back on their streams the entries this worker read but did not take: a stop that lands while
+        the intake goes through one read's entries leaves the rest pending here, unheld and unrenewed. Left
+        so, they would wait out a lease and the next worker would count each as a crash (a job failed after
+        ``max_attempts`` clean restarts, as in a rolling deploy). Each goes back as a new entry, so no
+        delivery is counted."""
+        taken = {held.entry_id for held in self.held.values()}
+        for _, stream in self.streams:
+            pending = await self.redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=10_000, consumername=self.worker_id
+            )
+            for entry in pending:
+                entry_id = entry["message_id"].decode()
+                if entry_id in taken:
+                    continue
+                found = await self.redis.xrange(stream, min=entry_id, max=entry_id, count=1)
+                if not found:  # deleted already (retired): only its acknowledgement is missing
+                    await self.redis.xack(stream, GROUP, entry_id)
+                    continue
+                job_id = found[0][1].get(b"job", b"").decode()
+                await self._requeue(job_id, stream, entry_id, to=stream)
+                log.info("put job %s back on its stream: read here but not taken before the stop", job_id)
 
     async def _hand_back(self, job_id: str, held: _Held) -> None:
         """Put a job this worker will not finish back on its stream, for the next worker, its record queued
