@@ -215,9 +215,14 @@ class RedisWorker:
         delivery is counted."""
         taken = {held.entry_id for held in self.held.values()}
         for _, stream in self.streams:
-            pending = await self.redis.xpending_range(
-                stream, GROUP, min="-", max="+", count=10_000, consumername=self.worker_id
-            )
+            try:
+                pending = await self.redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=10_000, consumername=self.worker_id
+                )
+            except ResponseError as exc:
+                if unavailable(exc):
+                    raise
+                continue  # NOGROUP: the stream went with Redis's data, and what was pending on it
             for entry in pending:
                 entry_id = entry["message_id"].decode()
                 if entry_id in taken:
