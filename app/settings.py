@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="largest job: network evaluations x pixels per evaluation, in megapixels; "
         "above it a request gets 422",
     )
+    max_attention_positions: int = Field(
+        128 * 128,
+        ge=1,
+        description="most positions one attention layer may attend over (its cost grows with their square: "
+        "Stable Diffusion 1.x at 1024x1024 has 16,384 in its first level and its VAE); above it a request gets 422",
+    )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
     max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) accepted")
     job_retention_s: float = Field(600.0, gt=0, description="how long finished jobs stay fetchable")

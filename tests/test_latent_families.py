@@ -408,6 +408,31 @@ def test_img2img_refuses_what_it_cannot_do(client):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "width"]
 
 
+def test_an_image_whose_attention_costs_past_the_limit_is_422_before_any_work(store, tmp_path):
+    """Attention's cost grows with the square of its positions, which megapixel-steps do not price: a 2048x2048
+    img2img on a model attending at 1/4 of its pixels (the shipped digits) had held the engine for minutes a
+    step. Each family's finest attention layer, from its configs: here 64 positions allowed."""
+    write_bare(tmp_path / "plain", attention=False)
+    with TestClient(create_app(make_settings(store, max_attention_positions=64))) as c:
+        ok = c.post("/v1/generate", json={"model": "tiny-sd", "prompt": "a", "width": 16, "height": 16, "steps": 1})
+        assert ok.status_code == 200, ok.text  # 8 x 8 positions in its first level (VAE factor 2)
+        r = c.post("/v1/generate", json={"model": "tiny-sd", "prompt": "a", "width": 18, "height": 16, "steps": 1})
+        error = r.json()["detail"][0]
+        assert r.status_code == 422 and error["type"] == "too_expensive" and error["loc"] == ["body", "width"]
+        assert "72 positions in down block 0" in error["msg"] and "DIFFUSION_MAX_ATTENTION_POSITIONS" in error["msg"]
+        assert "at most 256 pixels, e.g. 16x16" in error["msg"]
+        files = {"file": ("p.png", upload_png(a_photo(32, 32)), "image/png")}
+        r = c.post("/v1/img2img", files=files, data={"model": "tiny-gen", "class_label": "0"})  # its middle block
+        error = r.json()["detail"][0]
+        assert r.status_code == 422 and error["loc"] == ["body", "file"] and "in its middle block" in error["msg"]
+        r = c.post("/v1/img2img", files=files, data={"model": "tiny-dit", "class_label": "0"})
+        assert r.status_code == 422 and "its VAE's middle block" in r.json()["detail"][0]["msg"]
+    with TestClient(create_app(make_settings(tmp_path, max_attention_positions=64))) as c:
+        files = {"file": ("p.png", upload_png(a_photo(32, 32)), "image/png")}
+        r = c.post("/v1/img2img", files=files, data={"model": "plain", "steps": "2"})
+        assert r.status_code == 200, r.text  # it attends nowhere: only megapixel-steps price it
+
+
 def test_inpainting_keeps_the_unmasked_part_of_a_pixel_image_exactly(client):
     image = np.full((16, 16), 60, dtype=np.uint8)
     image[:, 8:] = 220

@@ -12,7 +12,9 @@ from app.store.card import ModelCard, SamplingDefaults
 from app.store.writer import save_model
 
 
-def tiny_unet(*, channels: int = 1, size: int = 16, num_class_embeds: int | None = None, seed: int = 0) -> UNet2DModel:
+def tiny_unet(
+    *, channels: int = 1, size: int = 16, num_class_embeds: int | None = None, seed: int = 0, attention: bool = True
+) -> UNet2DModel:
     torch.manual_seed(seed)
     return UNet2DModel(
         sample_size=size,
@@ -24,6 +26,7 @@ def tiny_unet(*, channels: int = 1, size: int = 16, num_class_embeds: int | None
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
         num_class_embeds=num_class_embeds,
+        add_attention=attention,  # the middle block's (the only attention layer)
     ).eval()
 
 
@@ -56,11 +59,10 @@ def write_generator(folder: Path, *, classes: int = 3, size: int = 16, steps: in
     return save_model(folder, unet=unet, scheduler=tiny_scheduler(), card=card)
 
 
-def write_bare(folder: Path, *, channels: int = 3, size: int = 16) -> Path:
+def write_bare(folder: Path, *, channels: int = 3, size: int = 16, attention: bool = True) -> Path:
     """A plain diffusers folder with no card: serves both tasks with defaults from its configs."""
-    return save_model(
-        folder, unet=tiny_unet(channels=channels, size=size, seed=1), scheduler=tiny_scheduler(), card=None
-    )
+    unet = tiny_unet(channels=channels, size=size, seed=1, attention=attention)
+    return save_model(folder, unet=unet, scheduler=tiny_scheduler(), card=None)
 
 
 def write_conditional_bare(folder: Path, *, classes: int = 4, size: int = 16) -> Path:

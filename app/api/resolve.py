@@ -4,6 +4,7 @@ input, for any model the store accepts, ends as a failed job. Errors name the fi
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import TYPE_CHECKING, TypeVar
 
@@ -126,6 +127,29 @@ def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
             f"{_amount(cap)} (DIFFUSION_MAX_JOB_MEGAPIXEL_STEPS): ask for fewer",
             type="too_expensive",
         )
+
+
+def check_attention(entry: ModelEntry, height: int, width: int, settings: Settings, loc: list) -> None:
+    """The image against the model's finest attention layer: its cost grows with the square of its positions,
+    which megapixel-steps (linear in pixels) do not price; one forward pass of a model that attends at a
+    coarse level could otherwise take hours for an image ``max_pixels`` allows (the engine judged stuck)."""
+    found = entry.attention_stride
+    if found is None:
+        return
+    stride, where = found
+    positions, cap = -(-height // stride) * -(-width // stride), settings.max_attention_positions
+    if positions <= cap:
+        return
+    side = stride * math.isqrt(cap)
+    example = f", e.g. {side}x{side}" if side % entry.size_multiple == 0 else ""
+    raise ApiError(
+        422,
+        loc,
+        f"at {width}x{height} model {entry.name!r} attends over {positions:,} positions in {where} (one per "
+        f"{stride}x{stride} pixels; attention's cost grows with their square), more than the limit of {cap:,} "
+        f"(DIFFUSION_MAX_ATTENTION_POSITIONS): ask for at most {cap * stride * stride:,} pixels{example}",
+        type="too_expensive",
+    )
 
 
 def output_format(submission: Submission, requested: str | None, width: int, height: int, images: int = 1) -> str:
@@ -264,6 +288,7 @@ def generate_spec(
         )
     steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
     height, width = image_size(req, entry, settings) if image is None else start_image_size(req, image, entry)
+    check_attention(entry, height, width, settings, ["body", "width"] if image is None else ["body", "file"])
     pixels = req.num_images * height * width
     evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
     check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")

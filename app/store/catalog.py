@@ -121,6 +121,36 @@ class ModelEntry:
         return self.latent_factor * (1 if self.spec.any_latent_size else self.downsample_factor)
 
     @property
+    def attention_stride(self) -> tuple[int, str] | None:
+        """(image pixels per position along each side, where) of this model's attention layer at the finest
+        resolution, whose cost grows with the square of its positions (a convolution's with their number);
+        None where the model attends nowhere. From the configs as diffusers reads them: a UNet's blocks
+        named ``*Attn*`` (level i works at 1/2^i), its middle block (at the coarsest level: UNet2DModel's
+        unless ``add_attention`` is off, UNet2DConditionModel's cross-attention one), a transformer's patches
+        (every block attends over all of them), and a VAE's middle block (at the latents' resolution)."""
+        config, base = self.denoiser_config, self.latent_factor * self.fold
+        found: list[tuple[int, str]] = []
+        if self.spec.patch_key is not None:
+            found.append((base * int(config.get(self.spec.patch_key) or 1), "its transformer's blocks"))
+        else:
+            down, up = list(config.get("down_block_types") or []), list(config.get("up_block_types") or [])
+            levels = [(i, f"down block {i}") for i, kind in enumerate(down) if "Attn" in str(kind)]
+            levels += [(len(up) - 1 - j, f"up block {j}") for j, kind in enumerate(up) if "Attn" in str(kind)]
+            conditional = self.denoiser_class == "UNet2DConditionModel"
+            mid = config.get("mid_block_type", "UNetMidBlock2DCrossAttn" if conditional else "UNetMidBlock2D")
+            if (
+                down
+                and mid is not None
+                and ("Attn" in str(mid) or (not conditional and config.get("add_attention", True)))
+            ):
+                levels.append((len(down) - 1, "its middle block"))
+            found += [(base * 2**level, where) for level, where in levels]
+        vae = self.configs.get("vae")
+        if self.spec.latent and vae is not None and vae.get("mid_block_add_attention", True):
+            found.append((self.latent_factor, "its VAE's middle block"))
+        return min(found, key=lambda f: f[0]) if found else None
+
+    @property
     def defaults(self) -> SamplingDefaults:
         """The card's defaults; without a card, a latent model samples as its pipeline does: its scheduler's
         sampler, 50 steps, and diffusers' default guidance (7.5 for Stable Diffusion, 4 for DiT; ours is
