@@ -226,6 +226,7 @@ class Engine:
                     return
                 batch, admitted = self.scheduler.schedule()
                 self._admit(admitted)
+                self._flush()  # "started" now, not after a first pass that may take minutes
                 batch = [t for t in batch if t.row_id in self._rows]  # less the rows of jobs that failed
                 if batch:
                     self._run(batch)

@@ -35,6 +35,29 @@ def test_request_joins_a_batch_already_running(harness):
     assert harness.engine.passes == 300
 
 
+def test_a_job_is_told_started_before_its_first_pass_ends(harness):
+    """A first pass may take minutes (a large image): the job had read "queued" for all of it, and its
+    "started" webhook waited as long."""
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+    real = harness.engine.runner.step
+
+    def held(rows):
+        inside.set()
+        release.wait(30)
+        return real(rows)
+
+    harness.engine.runner.step = held
+    try:
+        harness.submit("first", spec(steps=2))
+        assert inside.wait(30)
+        assert [e.type for e in harness.events["first"]] == ["started"]  # published while the pass runs
+    finally:
+        release.set()
+    assert harness.outcome("first").type == "succeeded"
+
+
 def test_cancelled_job_leaves_at_the_next_step(harness):
     harness.submit("doomed", spec(steps=1000))
     harness.submit("other", spec(steps=40, seed=5))
