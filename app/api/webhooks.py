@@ -85,11 +85,19 @@ class Destination:
 async def destination(url: str, allow_hosts: frozenset[str]) -> Destination:
     """The checked destination of ``url``; raises Refused with the reason. Its host must resolve to public
     addresses only, unless it is listed in ``allow_hosts`` (then it is reached by its name)."""
+    # urlsplit drops tabs and line breaks before it parses, but the URL as given is what would be sent: every
+    # delivery would fail on it
+    bad = next((i for i, c in enumerate(url) if c <= " " or c == "\x7f"), None)
+    if bad is not None:
+        raise Refused(f"webhook URL holds a space or control character ({url[bad]!r}) at {bad}: percent-encode it")
     try:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError as exc:
         raise Refused(f"webhook is not a valid URL: {exc}") from exc
+    if port == 0:
+        raise Refused("webhook port 0 cannot be connected to")
+    port = port or (443 if parts.scheme == "https" else 80)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Refused("webhook must be an http:// or https:// URL with a host")
     host = parts.hostname.lower()

@@ -190,6 +190,12 @@ def test_bad_webhook_fields_are_422_naming_the_field(make_client):
         ({"webhook": "http://no-such-host.invalid/x"}, ["body", "webhook"]),
         ({"webhook": "http://a..b/x"}, ["body", "webhook"]),  # an empty label, which IDNA refuses
         ({"webhook": f"http://{'a' * 64}.com/x"}, ["body", "webhook"]),  # a label over 63 characters
+        # what every delivery would fail on, though urlsplit drops tabs and line breaks before it parses
+        ({"webhook": "http://127.0.0.1/ho\nok"}, ["body", "webhook"]),
+        ({"webhook": "http://127.0.0.1/a\tb"}, ["body", "webhook"]),
+        ({"webhook": "http://127.0.0.1/a b"}, ["body", "webhook"]),
+        ({"webhook": "http://127.0.0.1/x?q=\x7f"}, ["body", "webhook"]),
+        ({"webhook": "http://127.0.0.1:0/x"}, ["body", "webhook"]),
         ({"webhook_events": ["completed"]}, ["body", "webhook_events"]),
         ({"webhook": "http://127.0.0.1/x", "webhook_events": ["finished"]}, ["body", "webhook_events", 0]),
         ({"webhook": "http://127.0.0.1/x", "webhook_events": []}, ["body", "webhook_events"]),
