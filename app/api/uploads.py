@@ -124,18 +124,14 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
     form = await _read_form(request)
     try:
         upload = form.get("file")
-        if isinstance(upload, str):  # a part without a filename is a text field to multipart parsers
-            raise ApiError(
-                422,
-                ["body", "file"],
-                "the field 'file' came as text: send the image as a file part, with a filename "
-                '(Content-Disposition: form-data; name="file"; filename="photo.png"; curl -F file=@photo.png)',
-                type="missing",
-            )
+        if isinstance(upload, str):
+            raise _came_as_text("file", "the image", "photo.png")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, ["body", "file"], "multipart upload needs an image in the field 'file'", type="missing")
         _check_form_fields(form)
         mask = form.get("mask")
+        if isinstance(mask, str) and takes_mask:
+            raise _came_as_text("mask", "the mask", "mask.png")
         if mask is not None and not (isinstance(mask, UploadFile) and takes_mask):
             raise ApiError(422, ["body", "mask"], "this request takes no mask", type="extra_forbidden")
         fields = {k: v for k, v in form.items() if k not in ("file", "mask") and isinstance(v, str) and v != ""}
@@ -143,6 +139,17 @@ async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> 
         return _validate(params, fields, "body"), await upload.read(), ["body", "file"], raw_mask
     finally:
         await form.close()
+
+
+def _came_as_text(field: str, what: str, example: str) -> ApiError:
+    """A part without a filename is a text field to multipart parsers (``curl -F mask=mask.png``, no ``@``)."""
+    return ApiError(
+        422,
+        ["body", field],
+        f"the field '{field}' came as text: send {what} as a file part, with a filename "
+        f'(Content-Disposition: form-data; name="{field}"; filename="{example}"; curl -F {field}=@{example})',
+        type="missing",
+    )
 
 
 def _check_form_fields(form) -> None:

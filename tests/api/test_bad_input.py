@@ -127,6 +127,22 @@ def test_an_unknown_model_is_404_on_noise_with_sigma_too(client):
     assert r.status_code == 200 and r.json()["model"] is None  # sigma noise needs no model's schedule
 
 
+def test_a_mask_sent_as_text_is_422_saying_to_send_it_as_a_file(client):
+    """curl -F mask=mask.png (no @) sends the name as a text field: it had been answered "this request takes no
+    mask", on a request that takes one."""
+    image = png_bytes(photo(16, 16, channels=1))
+    form = {"model": "tiny-gen", "class_label": "0", "steps": "2", "mask": "mask.png"}
+    r = client.post("/v1/img2img", files={"file": ("p.png", image, "image/png")}, data=form)
+    assert r.status_code == 422 and errors_at(r) == [["body", "mask"]]
+    assert (
+        "the field 'mask' came as text" in r.json()["detail"][0]["msg"] and "-F mask=@" in r.json()["detail"][0]["msg"]
+    )
+    r = client.post("/v1/denoise", files={"file": ("p.png", image, "image/png")}, data={"sigma": "5", "mask": "m"})
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"] == "this request takes no mask"
+    r = client.post("/v1/denoise", files={"file": (None, "photo.png")}, data={"sigma": "5"})  # the image, likewise
+    assert r.status_code == 422 and "the field 'file' came as text" in r.json()["detail"][0]["msg"]
+
+
 def test_an_empty_mask_is_422_not_an_img2img_without_one(client):
     image = png_bytes(photo(16, 16, channels=1))
     form = {"model": "tiny-gen", "class_label": "0", "steps": "2"}
