@@ -261,7 +261,9 @@ async def submission(
     prefer: Annotated[str | None, Header(description="`respond-async` for 202 and a job ID")] = None,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=200, description="the same key returns the same job; reused with another body: 422"),
+        Header(
+            min_length=1, max_length=200, description="the same key returns the same job; reused with another body: 422"
+        ),
     ] = None,
 ) -> Submission:
     single_header(request, "Idempotency-Key")  # given twice, which job it names is not guessed

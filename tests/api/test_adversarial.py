@@ -244,6 +244,12 @@ def test_the_same_upload_with_the_same_key_is_the_same_job(client):
     assert other.status_code == 422
 
 
+def test_an_empty_idempotency_key_is_422_not_a_request_without_one(client):
+    """Sent twice, an empty key had made two jobs: the client believed itself protected from duplicates."""
+    r = client.post("/v1/generate", json={"class_label": 0}, headers={"Idempotency-Key": "", "Prefer": "respond-async"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
 # -- content negotiation -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("accept", ["text/html", "image/png;q=0", "image/png;q=0, application/json;q=0"])
 def test_an_accept_nothing_produced_is_406(client, accept):
