@@ -268,13 +268,14 @@ MAX_FRAMES_COUNTED = 1000  # a file of more frames says 999 dropped
 
 
 def _extra_frames(image: Image.Image) -> int:
-    """Frames after the first. A TIFF's pages are counted up to MAX_FRAMES_COUNTED: Pillow's ``n_frames``
-    walks every page in time that grows with the square of their number (a 20 MB upload of tiny pages:
-    minutes). Other formats keep ``n_frames``: PNG and WebP read it from a header, and GIF's count skips the
-    frames' data, where seeking to each frame would decode them all. Called before ``load``: counting seeks
-    through the file and back to frame 0, which throws away an already loaded frame (GIF)."""
+    """Frames after the first, up to MAX_FRAMES_COUNTED - 1 (as the README says). A TIFF's pages are counted
+    to the cap: Pillow's ``n_frames`` walks every page in time that grows with the square of their number (a
+    20 MB upload of tiny pages: minutes). Other formats take ``n_frames``, capped: PNG and WebP read it from a
+    header (which may claim any number), and GIF's count skips the frames' data, where seeking to each frame
+    would decode them all. Called before ``load``: counting seeks through the file and back to frame 0, which
+    throws away an already loaded frame (GIF)."""
     if image.format != "TIFF":
-        return max(getattr(image, "n_frames", 1) - 1, 0)
+        return min(max(getattr(image, "n_frames", 1) - 1, 0), MAX_FRAMES_COUNTED - 1)
     if not image.is_animated:
         return 0
     count = 1

@@ -527,10 +527,20 @@ def test_frames_are_counted_up_to_a_cap():
     assert decoded.frames_dropped == MAX_FRAMES_COUNTED - 1 and decoded.pixels.shape == (4, 4, 3)
     few = save(page, "TIFF", save_all=True, append_images=[page] * 4)
     assert decode_image(few, max_pixels=LIMIT).frames_dropped == 4
-    # other formats keep Pillow's own count (a header's, or GIF's, which skips the frames' data), uncapped
+    # other formats take Pillow's own count (a header's, or GIF's, which skips the frames' data), capped alike
     frames = [Image.new("L", (4, 4), i % 2 * 255) for i in range(pages)]  # alternating: none merged
     gif = save(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    assert decode_image(gif, max_pixels=LIMIT).frames_dropped == pages - 1
+    assert Image.open(io.BytesIO(gif)).n_frames == pages
+    assert decode_image(gif, max_pixels=LIMIT).frames_dropped == MAX_FRAMES_COUNTED - 1
+    few_gif = save(frames[0], "GIF", save_all=True, append_images=frames[1:5])
+    assert decode_image(few_gif, max_pixels=LIMIT).frames_dropped == 4
+    # a PNG of one frame whose animation header claims 2**31 - 1 (it had said as many dropped)
+    png = save(page, "PNG")
+    actl = struct.pack(">II", 2**31 - 1, 0)
+    chunk = struct.pack(">I", len(actl)) + b"acTL" + actl + struct.pack(">I", zlib.crc32(b"acTL" + actl))
+    claimed = png[:33] + chunk + png[33:]  # after the signature (8) and IHDR (25)
+    assert Image.open(io.BytesIO(claimed)).n_frames >= 2**31 - 1
+    assert decode_image(claimed, max_pixels=LIMIT).frames_dropped == MAX_FRAMES_COUNTED - 1
 
 
 def test_a_tiff_is_turned_once_and_its_orientation_reported():
