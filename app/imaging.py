@@ -216,6 +216,8 @@ def _sniff(data: bytes) -> str | None:
         return "AVIF"
     if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
+    if len(data) >= 3 and data[0:1] == b"P" and data[1:2] in b"123456" and data[2:3] in b" \t\r\n#":
+        return "PNM"  # P1-P6, then whitespace or a comment before the width
     return next((name for signature, name in _SIGNATURES if data.startswith(signature)), None)
 
 

@@ -688,3 +688,16 @@ def test_jpeg_encoding_and_media_types():
         encode_image(pixels, "gif")
     assert MEDIA_TYPES == {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
     assert FORMAT_OF_MEDIA_TYPE == {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"P5\n32 32\n70000\n" + bytes(4096), b"P6\n32 32\n0\n" + bytes(4096), b"P5 -4 4 255\n" + bytes(16)],
+)
+def test_a_broken_pnm_is_called_one_not_a_format_not_taken(data):
+    """Its maximum past 65535 or 0, or a negative width: the list of formats taken names PNM, so "not a format
+    taken here" had contradicted itself."""
+    with pytest.raises(ImageUndecodable, match="a PNM file whose pixel layout or data"):
+        decode_image(data, max_pixels=LIMIT)
+    with pytest.raises(ImageUndecodable, match="not a decodable image of a format taken here"):
+        decode_image(b"P9 is not a page of a PNM file", max_pixels=LIMIT)
