@@ -30,6 +30,14 @@ def brief(value: Any, limit: int = MAX_ECHO) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _said(error: dict) -> str:
+    """A validation error's message; a body that is missing says so (pydantic's "Field required" at ``body``
+    does not tell an empty body from a missing field)."""
+    if error.get("type") == "missing" and list(error.get("loc", [])) == ["body"]:
+        return "the request body is empty: send a JSON object"
+    return error.get("msg", "invalid")
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
@@ -130,10 +138,7 @@ def install(app: FastAPI) -> None:
         unparsed = next((e for e in found if e.get("type") == "json_invalid"), None)
         if unparsed is not None:  # FastAPI could not parse the JSON body, before any dependency ran
             return await _api_error(request, _unparsed_json(request, unparsed, exc.body))
-        errors = [
-            error_item(list(e.get("loc", [])), e.get("msg", "invalid"), e.get("type", "invalid"))
-            for e in found[:MAX_ERRORS]
-        ]
+        errors = [error_item(list(e.get("loc", [])), _said(e), e.get("type", "invalid")) for e in found[:MAX_ERRORS]]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

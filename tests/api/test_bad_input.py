@@ -377,3 +377,9 @@ def test_a_multipart_field_given_twice_or_as_a_file_is_422_naming_it(client):
     assert client.post("/v1/denoise", files=two_files).status_code == 422
     once = [("file", image), ("model", (None, "tiny-rgb")), ("sigma", (None, "5"))]
     assert client.post("/v1/denoise", files=once).status_code == 200
+
+
+def test_an_empty_json_body_says_it_is_empty(client):
+    r = client.post("/v1/generate", content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and errors_at(r) == [["body"]]
+    assert r.json()["detail"][0]["msg"] == "the request body is empty: send a JSON object"  # not "Field required"
