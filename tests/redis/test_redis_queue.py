@@ -654,6 +654,33 @@ def test_a_worker_cut_off_past_its_lease_stops_the_jobs_another_worker_took_over
     assert owner == "took-over"  # the renewal did not take it back
 
 
+def test_a_job_that_fails_to_start_after_the_engine_has_it_is_canceled_there(store, prefix):
+    """An error after the engine was given the job (here the check for a cancel that came too early) fails the
+    job; the engine had gone on running it, outside the worker's count of what it holds."""
+    from redis.exceptions import ResponseError
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "starting")
+        real = redis.hget
+
+        async def hget(key, field):
+            if field == "status" and worker.engine.submitted:
+                raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+            return await real(key, field)
+
+        redis.hget = hget
+        try:
+            await worker._read_once()
+        finally:
+            redis.hget = real
+        assert worker.engine.submitted == [job_id] and worker.engine.canceled == [job_id] and worker.held == {}
+        assert (await worker.records.get(job_id)).status.value == "failed"
+
+    on_redis(scenario)
+
+
 def test_a_stop_puts_back_the_entries_read_but_not_taken_so_the_next_worker_counts_no_crash(store, prefix):
     """The intake reads several entries at once and takes them one by one; a stop between two of them had left
     the rest pending on this worker, unheld: the next worker took each over after a lease as delivery 2 (with

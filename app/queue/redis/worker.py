@@ -362,7 +362,8 @@ class RedisWorker:
                     self.engine.cancel(job_id)
                 raise
             log.error("job entry %s (%r) is unusable: %s", entry_id, job_id, exc)
-            self.held.pop(job_id, None)
+            if self.held.pop(job_id, None) is not None:  # the engine has it: it would run a job failed here
+                self.engine.cancel(job_id)
             await self._fail_entry(stream, entry_id, job_id, f"unusable job: {exc}")
 
     async def _start(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
