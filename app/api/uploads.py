@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -166,11 +167,28 @@ def _check_form_fields(form) -> None:
             raise ApiError(422, ["body", name], f"{name} is given {count} times; give it once{hint}", type="duplicate")
 
 
+_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+_BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
 def _base64(text: str, field: str) -> bytes:
+    """An image in base64 as clients write it: the standard or the URL-safe alphabet, padded or not, with line
+    breaks (``base64`` wraps at 76 columns, Python's ``encodebytes`` too) and a ``data:`` URL's prefix (a
+    browser's ``FileReader.readAsDataURL``) allowed; anything else is a 422 naming what is wrong."""
+    data = text.strip()
+    prefix = _DATA_URL.match(data)
+    data = "".join(data[prefix.end() if prefix else 0 :].split()).translate(str.maketrans("-_", "+/"))
+    bad = next((c for c in data if c not in _BASE64_ALPHABET), None)
+    if bad is not None:
+        why = f"{brief(bad)} is not a base64 character"
+        if data.startswith("data:"):
+            why = "a data: URL must be base64 (data:<type>;base64,<data>)"
+        raise ApiError(422, ["body", field], f"{field} is not valid base64: {why}", type="base64_invalid")
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode(data if "=" in data else data + "=" * (-len(data) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(422, ["body", field], f"{field} is not valid base64", type="base64_invalid") from exc
+        why = "its length or padding is wrong (cut short?)"
+        raise ApiError(422, ["body", field], f"{field} is not valid base64: {why}", type="base64_invalid") from exc
 
 
 async def _from_json(

@@ -383,3 +383,29 @@ def test_an_empty_json_body_says_it_is_empty(client):
     r = client.post("/v1/generate", content=b"", headers={"content-type": "application/json"})
     assert r.status_code == 422 and errors_at(r) == [["body"]]
     assert r.json()["detail"][0]["msg"] == "the request body is empty: send a JSON object"  # not "Field required"
+
+
+def test_base64_images_are_taken_as_clients_write_them(client):
+    """Line breaks (base64 wraps at 76 columns), a data: URL's prefix (a browser's readAsDataURL) and the
+    URL-safe alphabet without padding had all been "not valid base64"; what is not base64 is named."""
+    image = png_bytes(photo(16, 16))
+    body = {"model": "tiny-rgb", "sigma": 10, "seed": 3}
+    plain = client.post(
+        "/v1/denoise", json={**body, "image": base64.b64encode(image).decode()}, headers={"Accept": "image/png"}
+    )
+    assert plain.status_code == 200, plain.text
+    written = [
+        base64.encodebytes(image).decode(),
+        "data:image/png;base64," + base64.b64encode(image).decode(),
+        base64.urlsafe_b64encode(image).decode().rstrip("="),
+    ]
+    for text in written:
+        r = client.post("/v1/denoise", json={**body, "image": text}, headers={"Accept": "image/png"})
+        assert r.status_code == 200 and r.content == plain.content, text[:40]
+    for text, said in [
+        ("iVBOR$w0KGgo=", "'$' is not a base64 character"),
+        ("data:image/png,%89PNG", "a data: URL must be base64"),
+        ("QUJDR", "length or padding"),  # 5 characters: no padding makes them whole bytes
+    ]:
+        r = client.post("/v1/denoise", json={**body, "image": text})
+        assert r.status_code == 422 and errors_at(r) == [["body", "image"]] and said in r.json()["detail"][0]["msg"]
