@@ -55,6 +55,20 @@ class EngineHarness:
                     raise TimeoutError(f"job {job_id} never reached step {step}")
                 self._cond.wait(left)
 
+    def hold_passes(self) -> tuple[threading.Event, threading.Event]:
+        """From now on each forward pass waits, once inside, until ``release`` is set (30 s at most);
+        ``inside`` is set when one is."""
+        inside, release = threading.Event(), threading.Event()
+        real = self.engine.runner.step
+
+        def held(rows):
+            inside.set()
+            release.wait(30)
+            return real(rows)
+
+        self.engine.runner.step = held
+        return inside, release
+
     def close(self) -> None:
         self.engine.stop()
 

@@ -38,17 +38,7 @@ def test_request_joins_a_batch_already_running(harness):
 def test_a_job_is_told_started_before_its_first_pass_ends(harness):
     """A first pass may take minutes (a large image): the job had read "queued" for all of it, and its
     "started" webhook waited as long."""
-    import threading
-
-    inside, release = threading.Event(), threading.Event()
-    real = harness.engine.runner.step
-
-    def held(rows):
-        inside.set()
-        release.wait(30)
-        return real(rows)
-
-    harness.engine.runner.step = held
+    inside, release = harness.hold_passes()
     try:
         harness.submit("first", spec(steps=2))
         assert inside.wait(30)

@@ -140,18 +140,8 @@ def test_models_added_or_changed_are_loaded_by_the_reload_or_when_the_old_weight
 
 
 def test_a_reload_its_caller_stopped_waiting_for_changes_nothing_and_the_engine_goes_on(served_a):
-    import threading
-
     store, h = served_a
-    inside, release = threading.Event(), threading.Event()
-    real = h.engine.runner.step
-
-    def held(rows):
-        inside.set()
-        release.wait(30)
-        return real(rows)
-
-    h.engine.runner.step = held
+    inside, release = h.hold_passes()
     h.submit("a", spec("gen-a"))
     assert inside.wait(30)
     write_generator(store / "gen-b")

@@ -5,6 +5,7 @@ themselves; with its data lost, workers drop the jobs whose records vanished ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -70,6 +71,30 @@ def test_redis_down_is_a_503_with_retry_after_and_everything_recovers(prefix, pr
         server.stop()
 
 
+@contextlib.contextmanager
+def refusing_redis(prefix, procs, store, folder):
+    """An API node and a worker on a Redis server of the test's own (its data in ``folder``), which the test
+    then makes refuse writes: (the API node, a client of that server)."""
+    server = OwnRedis(folder, appendonly=False)
+    client = redis.Redis.from_url(server.url)
+    try:
+        api = procs("serve", prefix, store, queue_url=server.url)
+        procs("worker", prefix, store, queue_url=server.url)
+        api.wait_ready()
+        yield api, client
+    finally:
+        client.close()
+        server.stop()
+
+
+def assert_job_requests_get_503(api, header_sets) -> None:
+    """A job request with each set of headers is the queue being unavailable: 503 with Retry-After."""
+    for headers in header_sets:
+        r = httpx.post(api.url + "/v1/generate", json={"class_label": 0}, headers=headers, timeout=10)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
+
+
 @pytest.mark.parametrize(
     ("reply", "away"),
     [
@@ -115,25 +140,14 @@ def test_such_replies_are_told_also_inside_a_pipeline_or_an_aborted_transaction(
 def test_a_full_redis_is_a_503_and_jobs_go_on_once_it_has_room(prefix, procs, store, tmp_path):
     """deploy/k8s/redis.yaml runs Redis with maxmemory and noeviction: when full it refuses writes with
     "OOM command not allowed", which must read as the queue being unavailable, not as a server error."""
-    server = OwnRedis(tmp_path, appendonly=False)
-    client = redis.Redis.from_url(server.url)
-    try:
-        api = procs("serve", prefix, store, queue_url=server.url)
-        procs("worker", prefix, store, queue_url=server.url)
-        api.wait_ready()
+    with refusing_redis(prefix, procs, store, tmp_path) as (api, client):
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("maxmemory", 1)  # one byte: full, every write refused
         with pytest.raises(redis.exceptions.OutOfMemoryError):  # redis-py cuts the "OOM" code from the message
             client.set(f"{prefix}:probe", "x")
-        for headers in ({}, {"Prefer": "respond-async"}):
-            r = httpx.post(api.url + "/v1/generate", json={"class_label": 0}, headers=headers, timeout=10)
-            assert r.status_code == 503, r.text
-            assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
+        assert_job_requests_get_503(api, ({}, {"Prefer": "respond-async"}))
         client.config_set("maxmemory", 0)  # room again
         assert poll(api.url, submit(api.url, steps=5, seed=3))["status"] == "succeeded"
-    finally:
-        client.close()
-        server.stop()
 
 
 def test_a_redis_that_cannot_save_its_snapshot_is_a_503_and_jobs_go_on_once_it_can(prefix, procs, store, tmp_path):
@@ -143,27 +157,18 @@ def test_a_redis_that_cannot_save_its_snapshot_is_a_503_and_jobs_go_on_once_it_c
 
     folder = tmp_path / "redis-data"
     folder.mkdir()
-    server = OwnRedis(folder, appendonly=False)
-    client = redis.Redis.from_url(server.url)
-    try:
-        api = procs("serve", prefix, store, queue_url=server.url)
-        procs("worker", prefix, store, queue_url=server.url)
-        api.wait_ready()
+    with refusing_redis(prefix, procs, store, folder) as (api, client):
         client.config_set("save", "3600 1")
         shutil.rmtree(folder)  # where it saves is gone
         client.bgsave()
         wait_until(lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err")
         with pytest.raises(redis.exceptions.ResponseError, match="MISCONF"):
             client.set(f"{prefix}:probe", "x")
-        for headers in ({}, {"Prefer": "respond-async"}, {"Prefer": "respond-async", "Idempotency-Key": "k1"}):
-            r = httpx.post(api.url + "/v1/generate", json={"class_label": 0}, headers=headers, timeout=10)
-            assert r.status_code == 503, r.text
-            assert r.headers["retry-after"].isdigit() and r.json()["detail"][0]["type"] == "queue_unavailable"
+        assert_job_requests_get_503(
+            api, ({}, {"Prefer": "respond-async"}, {"Prefer": "respond-async", "Idempotency-Key": "k1"})
+        )
         client.config_set("save", "")  # snapshots off: writes are taken again
         assert poll(api.url, submit(api.url, steps=5, seed=4))["status"] == "succeeded"
-    finally:
-        client.close()
-        server.stop()
 
 
 def test_jobs_whose_records_vanished_are_dropped_not_run_on_or_handed_back(prefix, procs, store, tmp_path):
