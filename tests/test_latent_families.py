@@ -562,17 +562,28 @@ def test_steps_past_the_schedules_end_are_422_not_a_failed_job(client):
     client.delete(f"/v1/jobs/{ok.json()['job_id']}")
 
 
+def test_a_dpm_grid_that_collapses_is_422_not_an_image_of_noise(client):
+    """DPM-Solver's leading spacing at T steps puts every timestep at 0 (diffusers' rule: T // (T + 1) = 0): the
+    job had run one step from pure noise and answered a noise image as succeeded."""
+    r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 1000, "sampler": "dpmpp_2m"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "steps"]
+    assert "dpmpp_2m takes at most 999 steps" in r.json()["detail"][0]["msg"]
+    ok = client.post(
+        "/v1/generate",
+        json={"model": "tiny-gen", "class_label": 0, "steps": 999, "sampler": "dpmpp_2m"},
+        headers={"Prefer": "respond-async"},
+    )
+    assert ok.status_code == 202
+    client.delete(f"/v1/jobs/{ok.json()['job_id']}")
+
+
 def test_img2img_with_a_merged_dpm_grid_still_runs(client):
-    image = np.full((16, 16), 120, dtype=np.uint8)
-    data = {
-        "model": "tiny-gen",
-        "class_label": "a",
-        "steps": "1000",
-        "sampler": "dpmpp_2m",
-        "strength": "0.5",
-        "seed": "2",
-    }
-    r = client.post("/v1/img2img", files={"file": ("p.png", upload_png(image), "image/png")}, data=data)
+    # linspace spacing at T steps rounds two timesteps to one: 999 steps run (a collapsed grid is refused above)
+    image = np.full((16, 16, 3), 120, dtype=np.uint8)
+    data = {"model": "tiny-sd-linspace", "prompt": "a", "steps": "1000", "sampler": "dpmpp_2m", "strength": "0.5"}
+    r = client.post(
+        "/v1/img2img", files={"file": ("p.png", upload_png(image), "image/png")}, data={**data, "seed": "2"}
+    )
     assert r.status_code == 200 and r.json()["status"] == "succeeded"
 
 

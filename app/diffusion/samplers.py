@@ -391,7 +391,10 @@ class Sampler:
             return False
         if self.grid is None:
             return True
-        return max(self.grid(num_train, num_steps, self.spacing(spacing), steps_offset=steps_offset)) < num_train
+        grid = self.grid(num_train, num_steps, self.spacing(spacing), steps_offset=steps_offset)
+        # A grid whose repeats were merged takes fewer steps than asked; one that collapses (DPM-Solver's
+        # leading spacing at T steps: every timestep 0, one step from pure noise) would answer noise
+        return max(grid) < num_train and 2 * len(grid) >= num_steps
 
 
 SAMPLERS: dict[str, Sampler] = {
