@@ -716,6 +716,32 @@ def test_a_stop_puts_back_the_entries_read_but_not_taken_so_the_next_worker_coun
     on_redis(scenario)
 
 
+def test_a_stop_leaves_an_entry_another_worker_took_over_meanwhile_to_that_worker(store, prefix):
+    """Put back only what this worker still owns, checked in the same step: an entry of its that another
+    worker took over after a lease would otherwise run there and again from the new entry."""
+    from app.queue.redis.keys import GROUP
+
+    _queued_for_tiny_gen(store, prefix)
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "stopping")
+        stream = worker.keys.stream("normal", "tiny-gen")
+        ((_, [(entry_id, _)]),) = await redis.xreadgroup(GROUP, "stopping", {stream: ">"}, count=1)
+        put_back = worker._put_back
+
+        async def taken_over_first(**kwargs):  # after the stop listed the entry as its own, before it acts
+            await redis.xclaim(stream, GROUP, "took-over", min_idle_time=0, message_ids=[entry_id])
+            return await put_back(**kwargs)
+
+        worker._put_back = taken_over_first
+        await worker.stop(grace=0)
+        pending = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
+        assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry_id, b"took-over")]
+        assert await redis.xlen(stream) == 1  # not added again
+
+    on_redis(scenario)
+
+
 def test_a_worker_stopping_while_redis_is_away_stops_cleanly_and_leaves_its_jobs_to_a_takeover(store):
     import asyncio
 
@@ -868,6 +894,28 @@ def test_a_job_of_a_model_a_reload_removes_read_while_the_engine_takes_the_reloa
         other = _worker_on(store, prefix, redis, "serves-it")
         await other._read_once()
         assert list(other.held) == [job_id]
+
+    on_redis(scenario)
+
+
+def test_a_reload_the_engine_fails_leaves_the_models_served_as_they_were(store, prefix, tmp_path):
+    """The models a reload would remove stop being read when it begins; if the engine refuses the reload (it
+    goes on serving the old scan), they are read again: their jobs had been left queued, the catalog still
+    announcing the models."""
+    from concurrent.futures import Future
+
+    mine = tmp_path / "store"
+    shutil.copytree(store, mine)
+
+    async def scenario(redis):
+        worker = _worker_on(mine, prefix, redis, "failed-reload")
+        failed = Future()
+        failed.set_exception(RuntimeError("the pool could not take the scan"))
+        worker.engine.reload = lambda fresh: failed
+        shutil.rmtree(mine / "tiny-gen")
+        with pytest.raises(RuntimeError):
+            await worker.reload_store()
+        assert worker.served == ["tiny-gen"] and "tiny-gen" in worker.entries
 
     on_redis(scenario)
 

@@ -73,6 +73,21 @@ end
 return lost
 """
 
+# Put an entry this consumer read but did not take back at the end of its stream as a new entry (its
+# delivery count starts again), in one step with the check that this consumer still owns it: one that another
+# worker took over meanwhile is that worker's. KEYS: the stream. ARGV: the group, the consumer, the entry ID.
+# Returns 1 when put back, 0 when not owned here, -1 when it was deleted already (acknowledged only).
+PUT_BACK = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #pending == 0 then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if #entry == 0 then return -1 end
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+return 1
+"""
+
 # Forget the workers silent since before a cutoff: their heartbeats, and their catalogs (so the models only they
 # served leave the merged catalog). Checked and deleted in one step, so a worker beating again meanwhile is not
 # forgotten. KEYS: workers hash, announced hash, catalogs hash. ARGV: the cutoff (unix time). Returns the IDs

@@ -41,7 +41,7 @@ from app.jobs import (
 )
 from app.queue.protocol import NoModels, stuck_for
 from app.queue.redis.catalog import publish, unserved
-from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, RENEW, Keys
+from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, PUT_BACK, RENEW, Keys
 from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -92,6 +92,7 @@ class RedisWorker:
         self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
+        self._put_back = redis.register_script(PUT_BACK)
         self._prune = redis.register_script(PRUNE)
         self._up_since = time.time()  # a worker judges which models no worker serves only after worker_forget_s
         self.dead = asyncio.Event()  # set when the engine thread has died or is stuck: the process should exit
@@ -143,14 +144,16 @@ class RedisWorker:
         # Its jobs taken before that and not started (waiting for memory, say) go back to their stream for
         # another worker; those running finish here on the weights they began with.
         self._withdrawn = gone
-        for job_id, held in list(self.held.items()):
-            if held.record.model in gone and held.record.status == JobStatus.queued:
-                del self.held[job_id]
-                self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
-                await self._hand_back(job_id, held)
-                self._room.set()
-        self.entries = await background.answer_while(self.engine.reload(fresh), self._engine_alive)
-        self._withdrawn = set()
+        try:
+            for job_id, held in list(self.held.items()):
+                if held.record.model in gone and held.record.status == JobStatus.queued:
+                    del self.held[job_id]
+                    self.engine.cancel(job_id)  # its "canceled" event is ignored: the job is no longer held
+                    await self._hand_back(job_id, held)
+                    self._room.set()
+            self.entries = await background.answer_while(self.engine.reload(fresh), self._engine_alive)
+        finally:  # a reload that failed leaves the models served as they were, and their jobs taken again
+            self._withdrawn = set()
         await self._create_groups()
         await self._beat()
         log.info("model store read again: serving %s", self.served)
@@ -212,7 +215,9 @@ class RedisWorker:
         the intake goes through one read's entries leaves the rest pending here, unheld and unrenewed. Left
         so, they would wait out a lease and the next worker would count each as a crash (a job failed after
         ``max_attempts`` clean restarts, as in a rolling deploy). Each goes back as a new entry, so no
-        delivery is counted."""
+        delivery is counted, in one step with the check that this worker still owns it (PUT_BACK). An entry
+        delivered before (taken over from a silent worker, not yet started here) is left for the next
+        takeover, which counts it: a new entry would forget the crashes it has seen."""
         taken = {held.entry_id for held in self.held.values()}
         for _, stream in self.streams:
             try:
@@ -225,15 +230,10 @@ class RedisWorker:
                 continue  # NOGROUP: the stream went with Redis's data, and what was pending on it
             for entry in pending:
                 entry_id = entry["message_id"].decode()
-                if entry_id in taken:
+                if entry_id in taken or entry["times_delivered"] > 1:
                     continue
-                found = await self.redis.xrange(stream, min=entry_id, max=entry_id, count=1)
-                if not found:  # deleted already (retired): only its acknowledgement is missing
-                    await self.redis.xack(stream, GROUP, entry_id)
-                    continue
-                job_id = found[0][1].get(b"job", b"").decode()
-                await self._requeue(job_id, stream, entry_id, to=stream)
-                log.info("put job %s back on its stream: read here but not taken before the stop", job_id)
+                if await self._put_back(keys=[stream], args=[GROUP, self.worker_id, entry_id]) == 1:
+                    log.info("put entry %s back on %s: read here but not taken before the stop", entry_id, stream)
 
     async def _hand_back(self, job_id: str, held: _Held) -> None:
         """Put a job this worker will not finish back on its stream, for the next worker, its record queued
