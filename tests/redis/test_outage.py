@@ -135,6 +135,9 @@ def test_such_replies_are_told_also_inside_a_pipeline_or_an_aborted_transaction(
     assert unavailable(in_pipeline) and unavailable(discarded)
     request_error = BaseParser.parse_error("EXECABORT Transaction discarded because of: WRONGTYPE Operation")
     assert not unavailable(request_error)
+    named_so = BaseParser.parse_error("WRONGTYPE Operation against a key holding the wrong kind of value")
+    Pipeline.annotate_exception(None, named_so, 1, ("GET", "idem:x of pipeline caused error: BUSY"))  # a client's key
+    assert not unavailable(named_so)  # the reply is read after the command's text, not inside it
 
 
 def test_a_full_redis_is_a_503_and_jobs_go_on_once_it_has_room(prefix, procs, store, tmp_path):

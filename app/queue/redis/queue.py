@@ -112,9 +112,9 @@ def reply_code(exc: ResponseError) -> str:
     wrapped the reply in a pipeline's or transaction's message; redis-py 6 and later keep it as status_code
     (which an aborted transaction's error holds as "EXECABORT", so the wrapped reply is read first)."""
     message = str(exc)
-    wrapped = _WRAPPED_REPLY.search(message)
+    wrapped = _WRAPPED_REPLY.findall(message)  # the last: the command's text before it may hold anything
     if wrapped:
-        return wrapped.group(1).upper()
+        return wrapped[-1].upper()
     return (getattr(exc, "status_code", None) or message.split(" ", 1)[0]).upper()
 
 
