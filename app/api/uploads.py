@@ -167,8 +167,9 @@ def _check_form_fields(form) -> None:
             raise ApiError(422, ["body", name], f"{name} is given {count} times; give it once{hint}", type="duplicate")
 
 
-_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
-_BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+# RFC 2397: data:[<media type>][;<parameter>=<value>]*;base64,<data> (the media type may be left out)
+_DATA_URL = re.compile(r'data:(?:[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=(?:[\w.+-]+|"[^"]*"))*;base64,', re.IGNORECASE)
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
 def _base64(text: str, field: str) -> bytes:
@@ -178,10 +179,10 @@ def _base64(text: str, field: str) -> bytes:
     data = text.strip()
     prefix = _DATA_URL.match(data)
     data = "".join(data[prefix.end() if prefix else 0 :].split()).translate(str.maketrans("-_", "+/"))
-    bad = next((c for c in data if c not in _BASE64_ALPHABET), None)
+    bad = _NOT_BASE64.search(data)  # a regular expression: a 20 MB field in tens of ms, not a Python loop's 0.5 s
     if bad is not None:
-        why = f"{brief(bad)} is not a base64 character"
-        if data.startswith("data:"):
+        why = f"{brief(bad.group())} is not a base64 character"
+        if data[:5].lower() == "data:":
             why = "a data: URL must be base64 (data:<type>;base64,<data>)"
         raise ApiError(422, ["body", field], f"{field} is not valid base64: {why}", type="base64_invalid")
     try:

@@ -397,6 +397,7 @@ def test_base64_images_are_taken_as_clients_write_them(client):
     written = [
         base64.encodebytes(image).decode(),
         "data:image/png;base64," + base64.b64encode(image).decode(),
+        "DATA:;base64," + base64.b64encode(image).decode(),  # RFC 2397: the media type may be left out
         base64.urlsafe_b64encode(image).decode().rstrip("="),
     ]
     for text in written:
