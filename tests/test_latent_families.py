@@ -427,10 +427,26 @@ def test_an_image_whose_attention_costs_past_the_limit_is_422_before_any_work(st
         assert r.status_code == 422 and error["loc"] == ["body", "file"] and "in its middle block" in error["msg"]
         r = c.post("/v1/img2img", files=files, data={"model": "tiny-dit", "class_label": "0"})
         assert r.status_code == 422 and "its VAE's middle block" in r.json()["detail"][0]["msg"]
+    with TestClient(create_app(make_settings(store, max_attention_positions=32))) as c:  # under its own size
+        r = c.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "steps": 1})
+        error = r.json()["detail"][0]
+        assert r.status_code == 422 and error["loc"] == ["body", "model"] and "at its native size" in error["msg"]
     with TestClient(create_app(make_settings(tmp_path, max_attention_positions=64))) as c:
         files = {"file": ("p.png", upload_png(a_photo(32, 32)), "image/png")}
         r = c.post("/v1/img2img", files=files, data={"model": "plain", "steps": "2"})
         assert r.status_code == 200, r.text  # it attends nowhere: only megapixel-steps price it
+
+
+def test_the_finest_attention_is_read_as_diffusers_builds_the_network(store):
+    """Block types a config leaves out are diffusers' defaults (UNet2DModel attends from its second level);
+    a VAE's own attention blocks count where they are finer than its middle block."""
+    entries = scan_store(store)
+    gen, sd = entries["tiny-gen"], entries["tiny-sd"]
+    assert gen.attention_stride == (2, "its middle block") and sd.attention_stride == (2, "down block 0")
+    gen.denoiser_config = {k: v for k, v in gen.denoiser_config.items() if not k.endswith("block_types")}
+    assert gen.attention_stride == (2, "down block 1")
+    sd.configs["vae"] = {**sd.configs["vae"], "down_block_types": ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"]}
+    assert sd.attention_stride == (1, "its VAE's encoder block 0")
 
 
 def test_inpainting_keeps_the_unmasked_part_of_a_pixel_image_exactly(client):

@@ -129,10 +129,11 @@ def check_cost(megapixel_steps: float, settings: Settings, fields: str) -> None:
         )
 
 
-def check_attention(entry: ModelEntry, height: int, width: int, settings: Settings, loc: list) -> None:
+def check_attention(entry: ModelEntry, height: int, width: int, settings: Settings, loc: list | None) -> None:
     """The image against the model's finest attention layer: its cost grows with the square of its positions,
     which megapixel-steps (linear in pixels) do not price; one forward pass of a model that attends at a
-    coarse level could otherwise take hours for an image ``max_pixels`` allows (the engine judged stuck)."""
+    coarse level could otherwise take hours for an image ``max_pixels`` allows (the engine judged stuck).
+    ``loc``: the field that chose the size; None where the request chose none (the model's native size)."""
     found = entry.attention_stride
     if found is None:
         return
@@ -142,12 +143,15 @@ def check_attention(entry: ModelEntry, height: int, width: int, settings: Settin
         return
     side = stride * math.isqrt(cap)
     example = f", e.g. {side}x{side}" if side % entry.size_multiple == 0 else ""
+    remedy = f"ask for at most {cap * stride * stride:,} pixels{example}"
+    if loc is None:  # the model's own size: nothing the client can change
+        remedy = "this service does not run it at its native size"
     raise ApiError(
         422,
-        loc,
+        loc or ["body", "model"],
         f"at {width}x{height} model {entry.name!r} attends over {positions:,} positions in {where} (one per "
         f"{stride}x{stride} pixels; attention's cost grows with their square), more than the limit of {cap:,} "
-        f"(DIFFUSION_MAX_ATTENTION_POSITIONS): ask for at most {cap * stride * stride:,} pixels{example}",
+        f"(DIFFUSION_MAX_ATTENTION_POSITIONS): {remedy}",
         type="too_expensive",
     )
 
@@ -288,7 +292,8 @@ def generate_spec(
         )
     steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
     height, width = image_size(req, entry, settings) if image is None else start_image_size(req, image, entry)
-    check_attention(entry, height, width, settings, ["body", "width"] if image is None else ["body", "file"])
+    sized = ["body", "file"] if image is not None else ["body", "width"] if (req.width or req.height) else None
+    check_attention(entry, height, width, settings, sized)
     pixels = req.num_images * height * width
     evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
     check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")

@@ -32,6 +32,17 @@ from app.store.hashing import file_signature, sha256_unless_unchanged
 from app.store.weights import Weights, WeightsRefused, find_weights
 
 log = logging.getLogger(__name__)
+# The block types diffusers' UNet classes take where a config leaves them out (their __init__ defaults)
+_DEFAULT_BLOCKS = {
+    "UNet2DModel": (
+        ("DownBlock2D",) + ("AttnDownBlock2D",) * 3,
+        ("AttnUpBlock2D",) * 3 + ("UpBlock2D",),
+    ),
+    "UNet2DConditionModel": (
+        ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    ),
+}
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -131,9 +142,11 @@ class ModelEntry:
         config, base = self.denoiser_config, self.latent_factor * self.fold
         found: list[tuple[int, str]] = []
         if self.spec.patch_key is not None:
-            found.append((base * int(config.get(self.spec.patch_key) or 1), "its transformer's blocks"))
+            found.append((base * self.downsample_factor, "its transformer's blocks"))
         else:
-            down, up = list(config.get("down_block_types") or []), list(config.get("up_block_types") or [])
+            default_down, default_up = _DEFAULT_BLOCKS.get(self.denoiser_class, ((), ()))
+            down = list(config.get("down_block_types") or default_down)
+            up = list(config.get("up_block_types") or default_up)
             levels = [(i, f"down block {i}") for i, kind in enumerate(down) if "Attn" in str(kind)]
             levels += [(len(up) - 1 - j, f"up block {j}") for j, kind in enumerate(up) if "Attn" in str(kind)]
             conditional = self.denoiser_class == "UNet2DConditionModel"
@@ -146,8 +159,16 @@ class ModelEntry:
                 levels.append((len(down) - 1, "its middle block"))
             found += [(base * 2**level, where) for level, where in levels]
         vae = self.configs.get("vae")
-        if self.spec.latent and vae is not None and vae.get("mid_block_add_attention", True):
-            found.append((self.latent_factor, "its VAE's middle block"))
+        if self.spec.latent and vae is not None:
+            if vae.get("mid_block_add_attention", True):
+                found.append((self.latent_factor, "its VAE's middle block"))
+            for i, kind in enumerate(vae.get("down_block_types") or []):  # AttnDownEncoderBlock2D: at 1/2^i
+                if "Attn" in str(kind):
+                    found.append((2**i, f"its VAE's encoder block {i}"))
+            ups = list(vae.get("up_block_types") or [])
+            for j, kind in enumerate(ups):  # the decoder's block j works at the latents' size x 2^j
+                if "Attn" in str(kind):
+                    found.append((max(1, self.latent_factor >> j), f"its VAE's decoder block {j}"))
         return min(found, key=lambda f: f[0]) if found else None
 
     @property
