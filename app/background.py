@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -155,6 +156,26 @@ async def answer_while(future: Future, moving: Callable[[], bool], *, every_s: f
             if not moving():
                 waiting.cancel()
                 raise RuntimeError("the engine died or got stuck before it answered") from None
+
+
+def exit_on_stop_while_starting() -> None:
+    """Until the process installs its own SIGTERM and SIGINT handlers (the worker once its models are loaded,
+    uvicorn once it serves), either signal ends it at once, with 0: nothing is held yet (Redis being reached,
+    models loading). Without a handler, Python as a container's PID 1 (an exec-form command) ignored SIGTERM,
+    since the kernel sends PID 1 only the signals it handles, so a pod stopped while it loaded ran on to the
+    end of its load, took jobs, and was killed at the end of its termination grace holding them. The model
+    loading thread is not waited for (``os._exit``)."""
+
+    def stopped(signum, frame) -> None:
+        log.warning("stopped by signal %d while starting: nothing was held", signum)
+        logging.shutdown()
+        os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, stopped)
+        except ValueError:  # not the main thread
+            pass
 
 
 def hold_sighup() -> None:

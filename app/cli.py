@@ -48,6 +48,7 @@ def serve(argv: list[str] | None = None) -> None:
     from app.serving import DrainingServer, Drain, protocol_with
 
     background.hold_sighup()  # a SIGHUP while the models load does not end the process
+    background.exit_on_stop_while_starting()  # uvicorn installs its own handlers once it serves
     try:
         backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
         if settings.queue_url is not None:
@@ -97,12 +98,13 @@ async def _run_worker(settings: Settings) -> int:
     from app.queue.redis.worker import RedisWorker
 
     background.hold_sighup()  # a SIGHUP while the models load does not end the process
+    background.exit_on_stop_while_starting()  # replaced below, once the worker may hold jobs
     redis = connect(settings.queue_url)
     node = RedisWorker(settings, redis)
     if settings.worker_metrics_port:  # the engine's metrics for Prometheus, and the worker's liveness
         from app.metrics import serve_worker_http
 
-        serve_worker_http(settings.worker_metrics_port, settings.host, node.live)
+        serve_worker_http(settings.worker_metrics_port, settings.host, node.live, node.ready)
     try:
         await reach(redis, settings)  # before the models load: a worker without Redis has nothing to do
         await node.start()

@@ -57,10 +57,15 @@ def job_finished(record) -> None:
             JOB_RUN_SECONDS.labels(record.kind).observe(max(0.0, record.finished_at - record.started_at))
 
 
-def serve_worker_http(port: int, addr: str, live: Callable[[], bool]) -> ThreadingWSGIServer:
-    """A Redis worker's port, on a thread of its own: ``/metrics`` for Prometheus, and ``/healthz`` for its
-    liveness probe (200 while ``live()``, else 503: restart the process). Every other path answers 404."""
+def serve_worker_http(
+    port: int, addr: str, live: Callable[[], bool], ready: Callable[[], bool] | None = None
+) -> ThreadingWSGIServer:
+    """A Redis worker's port, on a thread of its own: ``/metrics`` for Prometheus, ``/healthz`` for its
+    liveness probe (200 while ``live()``, else 503: restart the process), and ``/readyz`` for its readiness
+    (200 while ``ready()``: its models loaded and jobs taken; a rollout waits for it before it stops an old
+    worker). Every other path answers 404."""
     metrics = make_wsgi_app()
+    ready = ready or live
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -70,8 +75,13 @@ def serve_worker_http(port: int, addr: str, live: Callable[[], bool]) -> Threadi
             ok = live()
             body = json.dumps({"status": "ok" if ok else "worker stuck or stopped"}).encode()
             status = "200 OK" if ok else "503 Service Unavailable"
+        elif path == "/readyz":
+            ok = ready()
+            body = json.dumps({"status": "ready" if ok else "loading models, stopping, stuck or stopped"}).encode()
+            status = "200 OK" if ok else "503 Service Unavailable"
         else:
-            body, status = json.dumps({"detail": "not found: /metrics or /healthz"}).encode(), "404 Not Found"
+            body = json.dumps({"detail": "not found: /metrics, /healthz or /readyz"}).encode()
+            status = "404 Not Found"
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 

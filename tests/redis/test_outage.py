@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -229,3 +230,27 @@ def test_reach_waits_for_redis_to_answer():
     late = Late()
     asyncio.run(reach(late, Settings(queue_url="redis://127.0.0.1:1/0", queue_wait_s=30)))
     assert late.pings == 3
+
+
+@pytest.mark.parametrize("role", ["worker", "serve"])
+def test_a_stop_while_starting_ends_the_process_at_once_with_0(role, prefix, procs, store, tmp_path):
+    """Nothing is held while Redis is reached or the models load. Without a handler, Python as a container's
+    PID 1 ignores SIGTERM (the kernel sends PID 1 only what it handles): a pod stopped then ran on through its
+    load, took jobs, and was killed holding them. Here the process is not PID 1, where SIGTERM had killed it
+    by signal (-15)."""
+    from tests.redis.helpers import free_port
+
+    log = tmp_path / f"{role}.log"
+    proc = procs(
+        role,
+        prefix,
+        store,
+        queue_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: it waits for Redis
+        log=log,
+        DIFFUSION_QUEUE_WAIT_S="120",
+        DIFFUSION_LOG_FORMAT="text",
+    )
+    wait_until(lambda: log.exists() and b"does not answer yet" in log.read_bytes(), timeout=60)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(20) == 0
+    assert b"stopped by signal 15 while starting" in log.read_bytes()

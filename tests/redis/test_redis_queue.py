@@ -949,6 +949,29 @@ def _get(url: str) -> tuple[int, str]:
         return refused.code, refused.read().decode()
 
 
+def test_a_worker_is_ready_on_its_health_port_only_while_it_takes_jobs(store, prefix):
+    """/readyz (a rollout waits for it): 503 while its models load and once it stops, 200 in between; /healthz
+    stays 200 through the load (the liveness probe must not restart a worker that loads)."""
+    from app.metrics import serve_worker_http
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "readiness")
+        server = serve_worker_http(0, "127.0.0.1", worker.live, worker.ready)
+        url = f"http://127.0.0.1:{server.server_port}"
+        try:
+            assert (await asyncio.to_thread(_get, url + "/readyz"))[0] == 503  # not taking jobs yet
+            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 200
+            worker._intake = [asyncio.create_task(asyncio.sleep(3600))]  # as start() leaves it
+            assert await asyncio.to_thread(_get, url + "/readyz") == (200, '{"status": "ready"}')
+            await worker.stop(grace=0)
+            assert (await asyncio.to_thread(_get, url + "/readyz"))[0] == 503
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    on_redis(scenario)
+
+
 def test_a_stuck_worker_says_so_on_its_health_port_and_a_job_that_hangs_every_worker_fails_at_max_attempts(
     store, prefix
 ):

@@ -509,6 +509,10 @@ class RedisWorker:
             return False
         return not self.dead.is_set() and self._engine_trouble() is None
 
+    def ready(self) -> bool:
+        """Taking jobs: its models loaded (the intake runs from the end of ``start`` until ``stop``), and live."""
+        return bool(self._intake) and self.live()
+
     @property
     def loop_stale_s(self) -> float:
         """An event loop whose ticker has not run for this long is blocked."""
