@@ -106,6 +106,12 @@ def test_the_load_balancer_drops_idle_connections_before_the_replicas_do_and_say
     assert api["environment"]["FORWARDED_ALLOW_IPS"] == "*" and "ports" not in api  # only the lb reaches it
 
 
+def test_the_load_balancer_passes_the_host_with_its_port():
+    """The API builds redirects (a trailing slash) from Host: without the port they pointed at port 80."""
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    assert re.search(r"proxy_set_header\s+Host\s+\$http_host;", conf)
+
+
 def test_the_load_balancer_lets_the_services_own_body_limit_answer():
     from app.settings import Settings
 
@@ -171,6 +177,9 @@ def test_k8s_probes_grace_and_gpu():
     # the worker's health port is its metrics port: the probe asks /healthz (a blocked event loop is 503)
     probe = worker_container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and probe["port"] == "metrics"
+    # ready once its models are loaded: a rollout keeps the old worker until then
+    ready = worker_container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/readyz" and ready["port"] == "metrics"
     ports = {p["name"]: p["containerPort"] for p in worker_container["ports"]}
     env = {e["name"]: e.get("value") for e in worker_container.get("env", [])}
     port = env.get("DIFFUSION_WORKER_METRICS_PORT", config.get("DIFFUSION_WORKER_METRICS_PORT"))
@@ -196,6 +205,19 @@ def test_k8s_probes_grace_and_gpu():
     assert api["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"] == labels
 
 
+def test_k8s_autoscaled_deployments_leave_their_replicas_to_the_autoscalers():
+    """A replica count in a Deployment that an HPA or KEDA scales is applied again at every kubectl apply:
+    an upgrade cut 8 workers to 1 (each handing its jobs back) and a loaded API to 2."""
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"]
+        for d in _manifests()
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    }
+    assert scaled == {"diffusion-api", "diffusion-worker"}
+    for name in scaled:
+        assert "replicas" not in _by_kind("Deployment")[name]["spec"]
+
+
 def test_k8s_redis_is_bounded_and_reachable_only_by_the_service_and_keda():
     redis = _by_kind("StatefulSet")["diffusion-redis"]["spec"]["template"]
     (container,) = redis["spec"]["containers"]
@@ -205,6 +227,8 @@ def test_k8s_redis_is_bounded_and_reachable_only_by_the_service_and_keda():
     assert maxmemory.endswith("gb") and container["resources"]["limits"]["memory"].endswith("Mi")
     limit_mb = int(container["resources"]["limits"]["memory"][:-2])
     assert float(maxmemory[:-2]) * 1024 * 2 <= limit_mb  # room for the AOF rewrite's fork to copy every page
+    # it holds every accepted job: not the first pod a node under memory pressure evicts (usage over request)
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
     (policy,) = _by_kind("NetworkPolicy").values()
     assert policy["spec"]["podSelector"]["matchLabels"] == redis["metadata"]["labels"]
     (rule,) = policy["spec"]["ingress"]
