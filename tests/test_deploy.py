@@ -205,6 +205,35 @@ def test_k8s_probes_grace_and_gpu():
     assert api["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"] == labels
 
 
+def test_k8s_pods_meet_the_restricted_pod_security_standard():
+    """A namespace that enforces Pod Security "restricted" admits every pod: non-root, RuntimeDefault seccomp,
+    no privilege escalation, every capability dropped (and the root filesystem read-only besides)."""
+    pods = [d["spec"]["template"]["spec"] for d in _manifests() if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(pods) == 3
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+            assert context["readOnlyRootFilesystem"] is True
+
+
+def test_the_ingress_example_lets_the_services_own_limits_answer():
+    """ingress-nginx's defaults (a 1m body, a 60 s read timeout) would answer before the service does."""
+    (ingress,) = yaml.safe_load_all((K8S / "examples" / "ingress-nginx.yaml").read_text())
+    kubernetes_validate.validate(ingress, K8S_VERSION, strict=True)
+    notes = ingress["metadata"]["annotations"]
+    body = notes["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert body.endswith("m") and int(body[:-1]) * 1024 * 1024 > Settings.model_fields["max_body_bytes"].default
+    assert (
+        int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > Settings.model_fields["sync_timeout_s"].default
+    )
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = _by_kind("Service")[backend["name"]]
+    assert backend["port"]["number"] in [p["port"] for p in service["spec"]["ports"]]
+
+
 def test_k8s_autoscaled_deployments_leave_their_replicas_to_the_autoscalers():
     """A replica count in a Deployment that an HPA or KEDA scales is applied again at every kubectl apply:
     an upgrade cut 8 workers to 1 (each handing its jobs back) and a loaded API to 2."""
