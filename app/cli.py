@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from app import background
 from app.logs import configure_logging
-from app.settings import Settings
+from app.settings import Settings, unknown_variables
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -26,6 +27,8 @@ def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Set
     values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     configure_logging(args.log_level, settings.log_format)
+    for variable in unknown_variables(os.environ):
+        logging.getLogger(__name__).warning("%s is not a setting: ignored", variable)
     if settings.keep_freed_memory and (worker or settings.runs_embedded_worker):  # a process that runs an engine
         from app.engine.allocator import keep_freed_memory
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
 import math
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-
-import base64
-import binascii
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -229,3 +230,21 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# Read by the test suite, not by the service
+NOT_SETTINGS = frozenset({"DIFFUSION_BROWSER_TESTS"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``DIFFUSION_*`` environment variables no setting reads, each with the closest setting's name where
+    one is close: pydantic-settings ignores them, so a misspelled one (``DIFFUSION_SHUTDOWN_GRACE``) would leave
+    its setting at the default without a word. The processes log them at start."""
+    known = {f"DIFFUSION_{name.upper()}" for name in Settings.model_fields}
+    said = []
+    for key in sorted(environ):
+        name = key.upper()
+        if name.startswith("DIFFUSION_") and name not in known and name not in NOT_SETTINGS:
+            close = difflib.get_close_matches(name, known, n=1)
+            said.append(key + (f" (did you mean {close[0]}?)" if close else ""))
+    return said

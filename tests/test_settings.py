@@ -59,3 +59,20 @@ def test_no_embedded_worker_without_redis_is_refused(tmp_path):
     with pytest.raises(ValidationError, match="embedded_worker=false needs a queue_url"):
         make_settings(tmp_path, embedded_worker=False)
     assert make_settings(tmp_path, embedded_worker=False, queue_url="redis://127.0.0.1:6379/0").embedded_worker is False
+
+
+def test_a_diffusion_variable_no_setting_reads_is_named_with_the_setting_meant():
+    """pydantic-settings ignores them: a misspelled one had left its setting at the default without a word."""
+    from app.settings import unknown_variables
+
+    environ = {
+        "DIFFUSION_SHUTDOWN_GRACE": "5",
+        "diffusion_port": "8001",  # a setting, in any case, as pydantic-settings reads it
+        "DIFFUSION_BROWSER_TESTS": "required",  # the test suite's
+        "DIFFUSION_NOTHING_LIKE_IT_AT_ALL_XYZ": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [
+        "DIFFUSION_NOTHING_LIKE_IT_AT_ALL_XYZ",
+        "DIFFUSION_SHUTDOWN_GRACE (did you mean DIFFUSION_SHUTDOWN_GRACE_S?)",
+    ]

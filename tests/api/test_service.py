@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import os
 import subprocess
 import sys
 import threading
@@ -181,8 +182,10 @@ def test_the_cli_exits_with_a_message_on_an_empty_store(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "DIFFUSION_SHUTDOWN_GRACE": "5"},  # misspelled: said, not ignored in silence
     )
     assert out.returncode == 2 and "no loadable model" in out.stderr
+    assert "DIFFUSION_SHUTDOWN_GRACE (did you mean DIFFUSION_SHUTDOWN_GRACE_S?) is not a setting" in out.stderr
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
