@@ -62,6 +62,19 @@ def _compose(name: str) -> dict:
     return yaml.safe_load((ROOT / "docker" / name).read_text())
 
 
+def test_single_host_compose_gives_the_process_its_grace_and_its_engines_stop():
+    """In-process, a stop waits for clients up to the shutdown grace, then for the engine's thread: a kill at
+    exactly their sum (40 s before) could land on a pass that ends late, and the exit code 0 become 137."""
+    import inspect
+
+    from app.engine.engine import Engine
+
+    (service,) = _compose("compose.yaml")["services"].values()
+    kill_after = int(service["stop_grace_period"].rstrip("s"))
+    engine_join = inspect.signature(Engine.stop).parameters["timeout"].default
+    assert kill_after >= Settings.model_fields["shutdown_grace_s"].default + engine_join + 5
+
+
 def test_single_host_compose_runs_read_only_with_a_tmpfs():
     api = _compose("compose.yaml")["services"]["api"]
     assert (ROOT / "docker" / api["build"]["context"] / api["build"]["dockerfile"]).is_file()
