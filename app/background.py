@@ -171,11 +171,7 @@ def exit_on_stop_while_starting() -> None:
         logging.shutdown()
         os._exit(0)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            signal.signal(sig, stopped)
-        except ValueError:  # not the main thread
-            pass
+    _handle((signal.SIGTERM, signal.SIGINT), stopped)
 
 
 def hold_sighup() -> None:
@@ -186,7 +182,14 @@ def hold_sighup() -> None:
     def early(signum, frame) -> None:
         log.warning("SIGHUP while starting: the model store is read again only once the service is up; send it then")
 
-    try:
-        signal.signal(signal.SIGHUP, early)
-    except ValueError:  # not the main thread
-        pass
+    _handle((signal.SIGHUP,), early)
+
+
+def _handle(signals: tuple[signal.Signals, ...], handler: Callable) -> None:
+    """Install a process-wide handler for these signals, from the main thread (elsewhere Python refuses it:
+    a service run inside another program's thread, as in tests, keeps that program's handlers)."""
+    for sig in signals:
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass

@@ -65,19 +65,19 @@ def serve_worker_http(
     (200 while ``ready()``: its models loaded and jobs taken; a rollout waits for it before it stops an old
     worker). Every other path answers 404."""
     metrics = make_wsgi_app()
-    ready = ready or live
+    probes = {  # path: (check, what 200 says, what 503 says)
+        "/healthz": (live, "ok", "worker stuck or stopped"),
+        "/readyz": (ready or live, "ready", "loading models, stopping, stuck or stopped"),
+    }
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return metrics(environ, start_response)
-        if path == "/healthz":
-            ok = live()
-            body = json.dumps({"status": "ok" if ok else "worker stuck or stopped"}).encode()
-            status = "200 OK" if ok else "503 Service Unavailable"
-        elif path == "/readyz":
-            ok = ready()
-            body = json.dumps({"status": "ready" if ok else "loading models, stopping, stuck or stopped"}).encode()
+        if path in probes:
+            check, up, down = probes[path]
+            ok = check()
+            body = json.dumps({"status": up if ok else down}).encode()
             status = "200 OK" if ok else "503 Service Unavailable"
         else:
             body = json.dumps({"detail": "not found: /metrics, /healthz or /readyz"}).encode()
