@@ -406,15 +406,21 @@ _CONVERSIONS = {
 def image_to_pixels(image: Image.Image) -> np.ndarray:
     """uint8 [H, W, 1] (grey) or [H, W, 3] (colour) pixels of a Pillow image; alpha is dropped, not composited.
 
-    16-bit grey (I;16*, and I holding 0..65535) is scaled to 8 bits with rounding; palettes become grey if every
-    palette colour is grey, else RGB. Raises ImageUnsupported for F (float, unknown range), I outside 0..65535,
-    and modes this code does not know.
+    16-bit grey (I;16*, and I holding 0..65535) is scaled to 8 bits with rounding, a 12-bit TIFF's grey from its
+    12 bits; palettes become grey if every palette colour is grey, else RGB. Raises ImageUnsupported for F
+    (float, unknown range), I outside 0..65535, a TIFF's signed 8- or 16-bit samples, and modes this code does
+    not know.
     """
     mode = image.mode
     if mode in _REFUSED:
         raise ImageUnsupported(_REFUSED[mode])
+    bits, signed = _tiff_samples(image)
+    if signed and bits < 32:  # Pillow reads signed 8-bit as unsigned (-1 as 255); 32-bit is its own mode I
+        raise ImageUnsupported(
+            f"signed {bits}-bit integer images (TIFF SampleFormat 2) are not supported: send unsigned 8- or 16-bit"
+        )
     if mode in _SIXTEEN_BIT:
-        return _sixteen_bit_pixels(image)
+        return _sixteen_bit_pixels(image, bits if 8 < bits < 16 else 16)
     if mode in ("P", "PA"):
         return _palette_pixels(image)
     if mode in _CONVERSIONS:
@@ -422,14 +428,31 @@ def image_to_pixels(image: Image.Image) -> np.ndarray:
     raise ImageUnsupported(f"images in mode {mode} are not supported: send grey, RGB or RGBA, 8- or 16-bit")
 
 
-def _sixteen_bit_pixels(image: Image.Image) -> np.ndarray:
+def _tiff_samples(image: Image.Image) -> tuple[int, bool]:
+    """(bits per sample, signed) from a TIFF's BitsPerSample and SampleFormat tags; (0, False) for other files."""
+    tags = getattr(image, "tag_v2", None)
+    if image.format != "TIFF" or tags is None:
+        return 0, False
+    bits, sample_format = (_first(tags.get(tag, default)) for tag, default in ((258, 0), (339, 1)))
+    return int(bits or 0), sample_format == 2
+
+
+def _first(value):
+    """A TIFF tag's first value (Pillow gives a tuple per sample, or one value)."""
+    return value[0] if isinstance(value, tuple) and value else value
+
+
+def _sixteen_bit_pixels(image: Image.Image, bits: int = 16) -> np.ndarray:
+    """Grey of ``bits`` significant bits (16; 12 in a 12-bit TIFF, which Pillow holds as I;16) to 8 bits."""
     values = np.asarray(image)  # uint16 in the mode's byte order (>u2 for I;16B), int32 for I
     if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
         raise ImageUnsupported(
             "32-bit integer images (mode I) with values outside 0..65535 are not supported: send 8- or 16-bit"
         )
-    # round(v / 257) maps 0..65535 onto 0..255 (257 * k -> k); v / 257 is never k + 0.5, so no ties to break.
-    eight = (values.astype(np.uint32) + 128) // 257
+    # round(v * 255 / top), for 16 bits round(v / 257), which maps 257 * k to k. No ties to break: v * 255 / top
+    # = k + 0.5 would need 510 * v (even) = (2k + 1) * top (odd, as top is).
+    top = (1 << bits) - 1
+    eight = (np.minimum(values.astype(np.uint32), top) * 510 + top) // (2 * top)
     return np.ascontiguousarray(eight.astype(np.uint8)[:, :, None])
 
 

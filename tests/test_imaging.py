@@ -247,6 +247,24 @@ def premultiplied_grey_tiff() -> bytes:
     return tiff_extra_samples(straight, 1)
 
 
+def grey_tiff(bits: int, sample_format: int, values: list[int]) -> Callable[[], bytes]:
+    """A one-row little-endian grey TIFF made by hand (Pillow writes neither 12-bit nor signed 8-bit ones): one
+    uncompressed strip of ``values``, packed at ``bits`` per sample (MSB first) as signed or unsigned."""
+
+    def make() -> bytes:
+        if bits == 12:
+            data = b"".join(bytes([a >> 4, (a & 15) << 4 | b >> 8, b & 255]) for a, b in zip(values[::2], values[1::2]))
+        else:
+            data = np.array(values, dtype=f"<{'i' if sample_format == 2 else 'u'}{bits // 8}").tobytes()
+        tags = {256: len(values), 257: 1, 258: bits, 259: 1, 262: 1, 273: 0, 277: 1, 278: 1, 279: len(data), 339: 0}
+        tags[339] = sample_format
+        tags[273] = 8 + 2 + 12 * len(tags) + 4  # the strip follows the one IFD
+        entries = b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in tags.items())
+        return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + data
+
+    return make
+
+
 GREY, COLOUR = {(0, 0): (128,), (2, 1): (255,)}, {(0, 0): (255, 0, 0), (2, 1): (0, 255, 0)}  # palette pixels
 SIXTEEN = {(0, 0): (10,), (2, 1): (255,)}  # 257 * 10 and 65535
 RGB_PIXELS = {(0, 0): (1, 2, 3), (2, 1): (250, 128, 0)}
@@ -333,6 +351,16 @@ MODE_CASES = [
     ModeCase("I;16", "png", pillow_file("I;16", "PNG", 257 * 10, 65535), SIXTEEN),
     ModeCase("I;16", "tiff-rounding", pillow_file("I;16", "TIFF", 128, 129), {(0, 0): (0,), (2, 1): (1,)}),
     ModeCase("I;16B", "tiff", pillow_file("I;16B", "TIFF", 257 * 10, 65535), SIXTEEN),
+    # a 12-bit TIFF, which Pillow holds as I;16 with values 0..4095: scaled from 12 bits, not read as near black
+    ModeCase(
+        "I;16",
+        "tiff-12-bit",
+        grey_tiff(12, 1, [0, 2048, 4095, 16]),
+        {(0, 0): (0,), (1, 0): (128,), (2, 0): (255,), (3, 0): (1,)},
+    ),
+    # signed samples: Pillow reads signed 8-bit as unsigned (-1 as 255) and signed 16-bit as mode I
+    ModeCase("L", "tiff-signed-8-bit", grey_tiff(8, 2, [-1, 127]), None, match="signed 8-bit integer images"),
+    ModeCase("I", "tiff-signed-16-bit", grey_tiff(16, 2, [5, 32767]), None, match="signed 16-bit integer images"),
     # no upload format taken here stores I;16L (Pillow's own IM does; it is not taken): the image itself
     ModeCase("I;16L", "image", lambda: two_values("I;16L", (8, 6), 257 * 10, 65535), SIXTEEN),
     ModeCase("F", "tiff", pillow_file("F", "TIFF", 0.5, 2.0), None, match=r"float images \(mode F\)"),
