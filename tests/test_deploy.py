@@ -151,9 +151,68 @@ def test_ci_runs_the_readme_test_command():
 
 # -- Kubernetes ---------------------------------------------------------------------------------------------
 def _manifests() -> list[dict]:
-    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = kustomization["resources"]
     assert sorted(listed) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    return [doc for name in listed for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+    docs = [doc for name in listed for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+    return docs + [_generated_config_map(generator) for generator in kustomization["configMapGenerator"]]
+
+
+def _generated_config_map(generator: dict) -> dict:
+    """A configMapGenerator's ConfigMap as kustomize makes it from env files (KEY=value lines, # comments),
+    under its own name (kustomize adds a hash of the content: see the test that renders it)."""
+    data = {}
+    for name in generator["envs"]:
+        for line in (K8S / name).read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key, value = line.split("=", 1)
+                data[key.strip()] = value
+    labels = generator.get("options", {}).get("labels", {})
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": generator["name"], "labels": labels},
+        "data": data,
+    }
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (which ships kustomize) not installed")
+def test_k8s_settings_change_rolls_both_deployments(tmp_path):
+    """kubectl apply -k renders the kustomization: the settings' ConfigMap is named by a hash of its content and
+    both Deployments refer to that name, so a changed setting changes their pod templates and rolls the pods
+    (a plain ConfigMap would change under running pods, which keep the environment they started with)."""
+
+    def config_names(docs: list[dict]) -> tuple[str, dict[str, str]]:
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        refs = {}
+        for doc in docs:
+            if doc["kind"] == "Deployment":
+                (container,) = doc["spec"]["template"]["spec"]["containers"]
+                refs[doc["metadata"]["name"]] = next(e["configMapRef"]["name"] for e in container["envFrom"])
+        return config["metadata"]["name"], refs
+
+    rendered = _kustomize(K8S)
+    name, refs = config_names(rendered)
+    assert name.startswith("diffusion-config-") and refs == {"diffusion-api": name, "diffusion-worker": name}
+    (config,) = [d for d in rendered if d["kind"] == "ConfigMap"]
+    assert config == {**_by_kind("ConfigMap")["diffusion-config"], "metadata": config["metadata"]}
+    assert config["metadata"]["namespace"] == "diffusion"
+    for doc in rendered:
+        if not doc["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+    changed = tmp_path / "k8s"
+    shutil.copytree(K8S, changed)
+    env = changed / "config.env"
+    env.write_text(env.read_text().replace("DIFFUSION_LOG_FORMAT=json", "DIFFUSION_LOG_FORMAT=text"))
+    new_name, new_refs = config_names(_kustomize(changed))
+    assert new_name != name and new_refs == {"diffusion-api": new_name, "diffusion-worker": new_name}
 
 
 def _by_kind(kind: str) -> dict[str, dict]:
