@@ -11,24 +11,25 @@ A component folder holds its weights in one of the layouts ``save_pretrained`` w
 The plain files are loaded where they exist, else a variant (fp32, fp16, bf16, then others by name): a
 Hugging Face snapshot downloaded with ``variant="fp16"`` has only those. The weights are held in float32
 whatever the file's precision (the runner computes in bf16 or float16 by autocast where that pays), so
-their memory is counted from the tensors' shapes in the files' headers, not from the files' sizes.
+their memory is counted from the tensors' shapes in the files' headers (read by safetensors), not from the files' sizes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError, safe_open
 
 STEMS = ("diffusion_pytorch_model", "model")  # diffusers' name first, then transformers'
 PREFERRED_VARIANTS = ("fp32", "fp16", "bf16")
 _VARIANT = r"[A-Za-z0-9_]+"
 _SINGLE = re.compile(rf"^(?P<stem>{'|'.join(STEMS)})\.(?P<variant>{_VARIANT})\.safetensors$")
 _INDEX = re.compile(rf"^(?P<stem>{'|'.join(STEMS)})\.safetensors\.index\.(?P<variant>{_VARIANT})\.json$")
-_HEADER_LIMIT = 100_000_000  # safetensors' own limit on a header's size
 _ITEM_BYTES = {"I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -115,35 +116,17 @@ def _shards(where: Path, index: str, names: set[str]) -> tuple[str, ...]:
 
 def float32_bytes(path: Path) -> int:
     """The memory a safetensors file's tensors take once loaded, floating ones as float32: read from its
-    header (8 bytes of length, then JSON of each tensor's dtype and shape), not from the data."""
+    header by safetensors itself (each tensor's dtype and shape), not from the data. safetensors checks the
+    header against the file as it does when the model loads, so a file cut short is refused here, at scan."""
     rel = f"{path.parent.name}/{path.name}"
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if not 0 < length <= _HEADER_LIMIT:
-            raise WeightsRefused(f"{rel} is not a safetensors file (its header length is unreadable)")
-        raw = handle.read(length)
     try:
-        header = json.loads(raw)
-        total = 0
-        for key, tensor in header.items():
-            if key == "__metadata__":
-                continue
-            count = 1
-            for side in tensor["shape"]:
-                if type(side) is not int or side < 0:
-                    raise ValueError(f"{key} has a shape of {tensor['shape']!r}")
-                count *= side
-            dtype = str(tensor["dtype"])
-            total += count * (4 if dtype.startswith(("F", "BF")) else _ITEM_BYTES.get(dtype, 4))
-    except (
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        RecursionError,
-        AttributeError,
-        KeyError,
-        TypeError,
-        ValueError,
-    ) as exc:
-        raise WeightsRefused(f"{rel} is not a safetensors file (unreadable header: {exc})") from exc
+        with safe_open(path, framework="numpy") as handle:  # maps the file; reads only its header
+            total = 0
+            for key in handle.keys():
+                tensor = handle.get_slice(key)
+                dtype = tensor.get_dtype()
+                count = math.prod(tensor.get_shape())
+                total += count * (4 if dtype.startswith(("F", "BF")) else _ITEM_BYTES.get(dtype, 4))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsRefused(f"{rel} cannot be loaded by safetensors: {exc}") from exc
     return total
