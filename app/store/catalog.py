@@ -46,6 +46,9 @@ _DEFAULT_BLOCKS = {
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
+# What a config value of an unexpected shape raises where it is read: a string for a list (TypeError), 1e999
+# for an int (OverflowError), a nesting too deep to parse (RecursionError) ...
+MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError, ArithmeticError)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 Status = Literal["ready", "error"]
 
@@ -348,25 +351,35 @@ class ModelEntry:
         if self.workers is not None:
             body["workers"] = self.workers
         if self.ready or self.has_card:
-            card = self.card.model_dump(mode="json")
-            card.update(
-                family=self.family,
-                conditioning=self.conditioning,
-                image_size=list(self.image_size),
-                channels=self.channels,
-                prediction_type=self.scheduler_config.get("prediction_type", "epsilon"),
-                train_timesteps=self.train_timesteps,
-                guidance=self.spec.text or self.null_class is not None,
-                defaults=self.defaults.model_dump(mode="json"),
-                parameters=self.parameters,
-                size_multiple=self.size_multiple,  # img2img takes any size of these multiples, on every model
-            )
-            card["tasks"] = self.tasks
-            unavailable = {t: self.refusal(t) for t in self.card.tasks if self.refusal(t)}
-            if unavailable:
-                card["tasks_unavailable"] = unavailable
-            body["card"] = card
+            try:
+                body["card"] = self._card()
+            except MALFORMED as exc:  # a folder refused for a config value of the wrong shape: its card as written
+                if self.ready:
+                    raise
+                log.debug("model %r: card shown as written (%s: %s)", self.name, type(exc).__name__, exc)
+                body["card"] = self.card.model_dump(mode="json")
         return body
+
+    def _card(self) -> dict[str, Any]:
+        """The card as listed: as written, with what the configs say (family, sizes, defaults, tasks ...)."""
+        card = self.card.model_dump(mode="json")
+        card.update(
+            family=self.family,
+            conditioning=self.conditioning,
+            image_size=list(self.image_size),
+            channels=self.channels,
+            prediction_type=self.scheduler_config.get("prediction_type", "epsilon"),
+            train_timesteps=self.train_timesteps,
+            guidance=self.spec.text or self.null_class is not None,
+            defaults=self.defaults.model_dump(mode="json"),
+            parameters=self.parameters,
+            size_multiple=self.size_multiple,  # img2img takes any size of these multiples, on every model
+        )
+        card["tasks"] = self.tasks
+        unavailable = {t: self.refusal(t) for t in self.card.tasks if self.refusal(t)}
+        if unavailable:
+            card["tasks_unavailable"] = unavailable
+        return card
 
 
 def safe_model_path(store: Path, name: str) -> Path:
@@ -574,7 +587,7 @@ def scan_folder(folder: Path) -> ModelEntry:
         _check(entry)
     except ModelRefused as exc:
         entry.fail(str(exc))
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # unexpected shape
+    except MALFORMED as exc:  # a config value of an unexpected shape (a string for a list, 1e999 for an int ...)
         entry.fail(f"malformed model folder: {type(exc).__name__}: {exc}")
     except OSError as exc:  # a file the service may not read: this folder is refused, the others served
         entry.fail(f"unreadable model folder: {type(exc).__name__}: {exc}")

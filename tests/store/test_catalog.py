@@ -112,6 +112,37 @@ def test_bad_config_is_refused_and_other_models_still_load(tmp_path):
     assert entries["good"].status == "ready"
 
 
+@pytest.mark.parametrize(
+    ("value", "raised"), [("1e999", "OverflowError"), ("Infinity", "OverflowError"), ("NaN", "ValueError")]
+)
+def test_a_config_number_that_is_not_finite_refuses_its_model_alone(tmp_path, value, raised):
+    """Python's JSON reads 1e999 and Infinity as inf, which int() refuses with OverflowError: the scan (at start
+    and at every reload) had raised it and stopped the whole service."""
+    write_generator(tmp_path / "good")
+    folder = write_bare(tmp_path / "broken")
+    config = (folder / "unet" / "config.json").read_text()
+    (folder / "unet" / "config.json").write_text(config.replace('"in_channels": 3', f'"in_channels": {value}'))
+    entries = scan_store(tmp_path)
+    assert entries["broken"].status == "error" and raised in entries["broken"].error, entries["broken"].error
+    assert entries["good"].status == "ready"
+
+
+def test_a_refused_model_with_a_card_is_listed_with_its_card_as_written(tmp_path):
+    """A config value of the wrong shape refuses the folder at scan; the listing (GET /v1/models) then shows the
+    reason and the card as written, where computing the card's sizes from that config had raised (a 500 for
+    the whole list)."""
+    folder = write_generator(tmp_path / "typo")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["block_out_channels"] = 16  # a number where diffusers wants a list
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    write_bare(tmp_path / "good")
+    entries = scan_store(tmp_path)
+    listed = json.loads(json.dumps(entries["typo"].public()))
+    assert listed["status"] == "error" and "malformed model folder: TypeError" in listed["error"]
+    assert listed["card"]["class_names"] == ["a", "b", "c"] and "size_multiple" not in listed["card"]
+    assert entries["good"].public()["card"]["size_multiple"] == 2  # a ready model's card is complete
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     folder = write_bare(tmp_path / "mismatch")
     config = json.loads((folder / "unet" / "config.json").read_text())
