@@ -53,6 +53,8 @@ def load(entry: ModelEntry, device: torch.device) -> PixelModel:
             state.update(load_file(entry.path / "unet" / name))
     except Exception as exc:
         raise ModelRefused(f"unreadable safetensors weights: {exc}") from exc
+    if len(entry.weights["unet"].files) == 1:  # as from_pretrained: only unsharded files are that old
+        unet._fix_state_dict_keys_on_load(state)  # diffusers' renaming of pre-0.12 attention weights (query ...)
     try:
         unet.load_state_dict(state, strict=True)
     except RuntimeError as exc:

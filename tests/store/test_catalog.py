@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline
+from diffusers import DDPMPipeline, UNet2DModel
+from safetensors.torch import load_file, save_file
 
 from app.store.catalog import ModelRefused, safe_model_path, scan_store
 from app.store.loader import load_model
@@ -110,6 +111,28 @@ def test_bad_config_is_refused_and_other_models_still_load(tmp_path):
     entries = scan_store(tmp_path)
     assert entries["broken"].status == "error" and "config.json" in entries["broken"].error
     assert entries["good"].status == "ready"
+
+
+def test_a_pixel_model_saved_with_the_old_attention_weight_names_loads_as_diffusers_loads_it(tmp_path):
+    """Weights saved before diffusers 0.12 name attention's projections query, key, value and proj_attn;
+    from_pretrained renames them (_fix_state_dict_keys_on_load), and so does the service's loader."""
+    folder = write_bare(tmp_path / "old", attention=True)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    old_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renamed = {}
+    for key, value in state.items():
+        for new, old in old_names.items():
+            key = key.replace(f".attentions.0.{new}.", f".attentions.0.{old}.")
+        renamed[key] = value
+    assert any(".query." in key for key in renamed) and renamed.keys() != state.keys()
+    save_file(renamed, path)
+    entry = scan_store(tmp_path)["old"]
+    loaded = load_model(entry, torch.device("cpu"))
+    reference = UNet2DModel.from_pretrained(folder / "unet").eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    with torch.inference_mode():
+        assert torch.allclose(loaded.unet(x, t).sample, reference(x, t).sample, atol=1e-5)
 
 
 @pytest.mark.parametrize(
