@@ -442,8 +442,9 @@ def _check(entry: ModelEntry) -> None:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelRefused(f"id2label in model_index.json must map class indices to names: {exc}") from exc
         entry.card = ModelCard(null_class=None, class_names=names, tasks=list(spec.tasks))
-    if not entry.has_card and (why := unsupported_scheduler_option(entry.scheduler_config)):
-        # its default sampler comes from this scheduler, which no sampler here follows (a card names one)
+    if not entry.has_card and spec.latent and (why := unsupported_scheduler_option(entry.scheduler_config)):
+        # its default sampler comes from this scheduler, which no sampler here follows (a card names one); a
+        # pixel model's comes from the card's defaults whatever its scheduler
         raise ModelRefused(f"{why}, or give the model a card that names its default sampler")
     if spec.latent:
         _check_fit(entry)

@@ -135,6 +135,19 @@ def test_a_pixel_model_saved_with_the_old_attention_weight_names_loads_as_diffus
         assert torch.allclose(loaded.unet(x, t).sample, reference(x, t).sample, atol=1e-5)
 
 
+def test_a_pixel_model_without_a_card_is_served_whatever_its_schedulers_options(tmp_path):
+    """Its default sampler is the card's (DDIM, 50 steps), not its scheduler's: an SDE DPM-Solver config (which
+    refuses a latent model without a card, whose default comes from it) had refused it too."""
+    folder = write_bare(tmp_path / "sde")
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.update(_class_name="DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++")
+    path.write_text(json.dumps(config))
+    entry = scan_store(tmp_path)["sde"]
+    assert entry.ready, entry.error
+    assert (entry.defaults.sampler, entry.defaults.steps) == ("ddim", 50)
+
+
 @pytest.mark.parametrize(
     ("value", "raised"), [("1e999", "OverflowError"), ("Infinity", "OverflowError"), ("NaN", "ValueError")]
 )
