@@ -83,7 +83,10 @@ class Engine:
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
         self._deferred: list[Submit] = []  # jobs whose model waits for room in memory
-        self._draining: set[str] = set()  # busy models a waiting job needs gone: new jobs for them queue behind
+        # models a waiting job needs gone (or, changed in the store, drained of jobs on their old weights), each
+        # with the highest priority level among the jobs waiting on it: new jobs for them at that level or below
+        # queue behind
+        self._draining: dict[str, int] = {}
         self._jobs_ended = False  # a job ended since the waiting jobs were last retried: a model may be idle
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, _Job] = {}
@@ -173,21 +176,26 @@ class Engine:
     def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:
         """The job's model, in memory; None (the job waits) while every model that would make room is busy.
 
-        A waiting job's turn must come: new jobs for the busy models it waits on queue behind it, so those
-        models drain and go idle (else a steady stream for a loaded model would keep another out forever)."""
+        A waiting job's turn must come: new jobs of its priority or lower for the models it waits on (busy, or
+        idle but in the way) queue behind it, so those models drain and go idle (else a steady stream for a
+        loaded model would keep another out forever). A job of higher priority is not held behind it."""
+        level = PRIORITY_LEVEL[spec.priority]
+        held = self._draining.get(spec.model, -1) >= level
         busy = self._busy_models()
-        model = None if spec.model in self._draining else self.pool.get(spec.model, busy=busy)
+        model = None if held else self.pool.get(spec.model, busy=busy)
         if model is None:
             log.debug("job %s waits for room in memory for model %s", job_id, spec.model)
-            if spec.model not in self._draining:
-                self._draining |= busy
+            if not held:
+                for name in self.pool.in_the_way(spec.model, busy=busy):
+                    self._draining[name] = max(self._draining.get(name, -1), level)
             self._deferred.append(Submit(job_id, spec))
         return model
 
     def _retry_deferred(self) -> None:
-        """Retry the waiting jobs, in the order they came, once a job has ended (a model may be idle)."""
-        deferred, self._deferred, self._draining, self._jobs_ended = self._deferred, [], set(), False
-        for message in deferred:
+        """Retry the waiting jobs once a job has ended (a model may be idle): by priority, then in the order
+        they came, each saying again which models must drain for it."""
+        deferred, self._deferred, self._draining, self._jobs_ended = self._deferred, [], {}, False
+        for message in sorted(deferred, key=lambda m: -PRIORITY_LEVEL[m.spec.priority]):
             self._accept(message.job_id, message.spec)
 
     def _run_thread(self, loaded: threading.Event) -> None:
@@ -347,7 +355,7 @@ class Engine:
             if self._deferred:  # retried at the next turn: they say again which busy models must drain
                 self._jobs_ended = True
             else:  # nothing waits: no model need drain
-                self._draining = set()
+                self._draining = {}
             self._emit(EngineEvent(job_id=job_id, type="canceled"))
             return
         if job_id not in self._jobs:

@@ -118,6 +118,22 @@ class ModelPool:
                 except ModelRefused:
                     continue  # marked with its reason; the others still load
 
+    def in_the_way(self, name: str, *, busy: set[str]) -> list[str]:
+        """The models whose jobs must end before ``name`` can be had (``get`` gives None until then): itself
+        while jobs on the weights its folder has since changed run; else the least recently used models, busy
+        or idle, that loading it unloads (``get`` unloads idle ones in this order once it can make room)."""
+        if name in self.stale and name in busy:
+            return [name]
+        excess = self.used + self.entries[name].weights_bytes - self.budget
+        found = []
+        for other, model in self.loaded.items():  # least recently used first
+            if excess <= 0:
+                break
+            if other != name:
+                found.append(other)
+                excess -= model.entry.weights_bytes
+        return found
+
     def get(self, name: str, *, busy: set[str]) -> LoadedModel | None:
         """The model, loaded if need be; None when it cannot have room yet (the models that would have to
         go are all busy). Raises ModelRefused when it does not load."""

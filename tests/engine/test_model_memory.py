@@ -113,6 +113,81 @@ def test_a_waiting_job_is_not_starved_by_a_stream_for_the_busy_model(two_store):
         h.close()
 
 
+def event_at(h: EngineHarness, job_id: str, kind: str) -> float:
+    return next(e.at for e in h.events[job_id] if e.type == kind)
+
+
+def test_a_job_that_needs_two_busy_models_gone_is_not_starved_by_streams_for_both(tmp_path):
+    """z needs both x and y unloaded. Once x drained, z still did not fit beside the busy y, the models it
+    waited on were counted again as the busy ones only, and x's later jobs started: x and y took turns
+    draining and z waited behind every job that came after it."""
+    write_generator(tmp_path / "gen-x")
+    write_generator(tmp_path / "gen-y")
+    write_generator(tmp_path / "gen-z", classes=2000)  # more weights: fits only alone
+    sizes = {name: e.weights_bytes for name, e in scan_store(tmp_path).items()}
+    assert sizes["gen-x"] + sizes["gen-y"] <= sizes["gen-z"] < sizes["gen-x"] + sizes["gen-z"]
+    h = EngineHarness(tmp_path, model_memory_gb=sizes["gen-z"] / GB, preload="gen-x,gen-y")
+    try:
+        assert sorted(h.engine.models) == ["gen-x", "gen-y"]
+        h.submit("x1", spec("gen-x", steps=40))
+        h.submit("y1", spec("gen-y", steps=120))
+        h.wait_for_step("x1", 2)
+        h.wait_for_step("y1", 2)
+        h.submit("z", spec("gen-z"))
+        later = [f"{m}{i}" for i in range(2, 5) for m in ("x", "y")]
+        for i, job in enumerate(later):
+            h.submit(job, spec(f"gen-{job[0]}", steps=20, seed=i))
+        assert h.outcome("z").type == "succeeded"
+        assert all(h.outcome(job).type == "succeeded" for job in later)
+        z_started = event_at(h, "z", "started")
+        assert all(event_at(h, job, "started") > z_started for job in later)
+    finally:
+        h.close()
+
+
+def test_a_model_changed_in_the_store_holds_back_only_its_own_new_jobs(two_store, tmp_path):
+    """While a changed model's job on its old weights runs, its new jobs wait; those for another loaded model
+    join that model's running batch (every busy model had been counted as in the way, and drained)."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(two_store, store)
+    h = EngineHarness(store)  # room for both
+    try:
+        h.submit("a-old", spec("gen-a", steps=400))
+        h.submit("b1", spec("gen-b", steps=150))
+        h.wait_for_step("a-old", 2)
+        h.wait_for_step("b1", 2)
+        config = store / "gen-a" / "unet" / "config.json"
+        config.write_text(config.read_text() + " ")  # the folder changed: gen-a's next job takes its new files
+        h.engine.reload(scan_store(store)).result(30)
+        h.submit("a-new", spec("gen-a", seed=1))
+        h.submit("b2", spec("gen-b", steps=3, seed=2))
+        assert h.outcome("b2").type == "succeeded" and h.outcome("b1").type == "succeeded"
+        assert event_at(h, "b2", "succeeded") < event_at(h, "b1", "succeeded")  # joined b1's batch
+        assert h.outcome("a-new").type == "succeeded" and h.outcome("a-old").type == "succeeded"
+        assert event_at(h, "a-new", "started") > event_at(h, "a-old", "succeeded")  # on the new weights
+    finally:
+        h.close()
+
+
+def test_a_high_priority_job_is_not_held_behind_a_low_one_waiting_for_room(two_store):
+    """b (low) waits for gen-a to drain; a high-priority job for gen-a had queued behind it, and so behind the
+    whole low job once gen-b was loaded in gen-a's place."""
+    h = EngineHarness(two_store, model_memory_gb=budget_for(two_store, 1.5), preload="gen-a")
+    try:
+        h.submit("a1", spec("gen-a", steps=100))
+        h.wait_for_step("a1", 2)
+        h.submit("b-low", spec("gen-b", steps=100).model_copy(update={"priority": "low"}))
+        h.submit("a-normal", spec("gen-a", steps=3, seed=1).model_copy(update={"priority": "low"}))
+        h.submit("a-high", spec("gen-a", steps=3, seed=2).model_copy(update={"priority": "high"}))
+        assert all(h.outcome(job).type == "succeeded" for job in ("a1", "b-low", "a-normal", "a-high"))
+        assert event_at(h, "a-high", "succeeded") < event_at(h, "a1", "succeeded")  # joined a1's batch
+        assert event_at(h, "a-normal", "started") > event_at(h, "b-low", "started")  # of b's level: behind it
+    finally:
+        h.close()
+
+
 @pytest.mark.parametrize(
     ("v2", "v1", "expected"),
     [
