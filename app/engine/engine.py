@@ -23,7 +23,16 @@ from app.engine.device import pick_device, pick_dtype
 from app.engine.plans import Plan, denoise_tile, plan_denoise, plan_generate, require_finite, run_noise
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
-from app.jobs import PRIORITY_LEVEL, DenoiseSpec, EngineEvent, GenerateSpec, JobSpec, NoiseSpec, Progress
+from app.jobs import (
+    PRIORITY_LEVEL,
+    DenoiseSpec,
+    EngineEvent,
+    GenerateSpec,
+    JobSpec,
+    NoiseSpec,
+    Progress,
+    aged_level,
+)
 from app.settings import Settings
 from app.engine.models import ModelPool, memory_budget
 from app.metrics import PASS_ROWS, PASS_SECONDS, ROWS_RUNNING
@@ -39,6 +48,7 @@ Publish = Callable[[list[EngineEvent]], None]
 class Submit:
     job_id: str
     spec: JobSpec
+    waiting_since: float | None = None  # when it began to wait for room in memory (engine thread only)
 
 
 @dataclass(frozen=True)
@@ -173,13 +183,16 @@ class Engine:
                 self._turn_began = time.monotonic()
             self.pool.preload([name], busy=busy)
 
-    def _model_for(self, job_id: str, spec: JobSpec) -> LoadedModel | None:
+    def _model_for(self, job_id: str, spec: JobSpec, waiting_since: float | None) -> LoadedModel | None:
         """The job's model, in memory; None (the job waits) while every model that would make room is busy.
 
         A waiting job's turn must come: new jobs of its priority or lower for the models it waits on (busy, or
         idle but in the way) queue behind it, so those models drain and go idle (else a steady stream for a
-        loaded model would keep another out forever). A job of higher priority is not held behind it."""
-        level = PRIORITY_LEVEL[spec.priority]
+        loaded model would keep another out forever). A job of higher priority is not held behind it; priorities
+        age while jobs wait, as in the scheduler."""
+        now = time.monotonic()
+        since = now if waiting_since is None else waiting_since
+        level = self._level(spec, now - since)
         held = self._draining.get(spec.model, -1) >= level
         busy = self._busy_models()
         model = None if held else self.pool.get(spec.model, busy=busy)
@@ -188,15 +201,21 @@ class Engine:
             if not held:
                 for name in self.pool.in_the_way(spec.model, busy=busy):
                     self._draining[name] = max(self._draining.get(name, -1), level)
-            self._deferred.append(Submit(job_id, spec))
+            self._deferred.append(Submit(job_id, spec, since))
         return model
+
+    def _level(self, spec: JobSpec, waited_s: float) -> int:
+        """A job's priority level, a level higher per ``aging_s`` it has waited for room (as the scheduler's
+        rows age), so a low job's turn comes under a stream of higher ones for the models in its way."""
+        return aged_level(PRIORITY_LEVEL[spec.priority], waited_s, self.scheduler.aging_s)
 
     def _retry_deferred(self) -> None:
         """Retry the waiting jobs once a job has ended (a model may be idle): by priority, then in the order
         they came, each saying again which models must drain for it."""
         deferred, self._deferred, self._draining, self._jobs_ended = self._deferred, [], {}, False
-        for message in sorted(deferred, key=lambda m: -PRIORITY_LEVEL[m.spec.priority]):
-            self._accept(message.job_id, message.spec)
+        now = time.monotonic()
+        for message in sorted(deferred, key=lambda m: -self._level(m.spec, now - m.waiting_since)):
+            self._accept(message.job_id, message.spec, message.waiting_since)
 
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
@@ -304,7 +323,7 @@ class Engine:
         for message in arrivals:
             self._accept(message.job_id, message.spec)
 
-    def _accept(self, job_id: str, spec: JobSpec) -> None:
+    def _accept(self, job_id: str, spec: JobSpec, waiting_since: float | None = None) -> None:
         try:
             if isinstance(spec, NoiseSpec):  # a timestep needs the model's schedule, not its weights
                 schedule = schedule_of(self.entries[spec.model]) if spec.model else None
@@ -316,7 +335,7 @@ class Engine:
                 return
             if spec.model not in self.entries or not self.entries[spec.model].ready:
                 raise ValueError(f"model {spec.model!r} is not served by this worker")
-            model = self._model_for(job_id, spec)
+            model = self._model_for(job_id, spec, waiting_since)
             if model is None:
                 return
             if isinstance(spec, GenerateSpec):

@@ -188,6 +188,27 @@ def test_a_high_priority_job_is_not_held_behind_a_low_one_waiting_for_room(two_s
         h.close()
 
 
+def test_a_low_job_waiting_for_room_ages_past_a_stream_of_normal_ones(two_store):
+    """Normal jobs for the model in its way are not held behind a low one, but its level rises while it waits
+    (as the scheduler's rows age): then they are, the model drains, and the low job runs before the stream
+    ends."""
+    h = EngineHarness(two_store, model_memory_gb=budget_for(two_store, 1.5), preload="gen-a")
+    h.engine.scheduler.aging_s = 0.05
+    try:
+        h.submit("a0", spec("gen-a", steps=20))
+        h.wait_for_step("a0", 2)
+        h.submit("b-low", spec("gen-b").model_copy(update={"priority": "low"}))
+        stream = [f"a{i}" for i in range(1, 16)]
+        for previous, job in zip(["a0", *stream], stream):  # two in flight: gen-a is never idle by itself
+            h.submit(job, spec("gen-a", steps=20, seed=len(job)))
+            h.wait_for_step(previous, 2)
+        assert h.outcome("b-low").type == "succeeded"
+        assert all(h.outcome(job).type == "succeeded" for job in stream)
+        assert event_at(h, "b-low", "started") < event_at(h, stream[-1], "started")
+    finally:
+        h.close()
+
+
 @pytest.mark.parametrize(
     ("v2", "v1", "expected"),
     [
