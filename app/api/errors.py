@@ -169,7 +169,10 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": str(exc.retry_after)},
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body([], "internal error", "internal"), status_code=500)
+
+def internal_error(method: str, path: str) -> JSONResponse:
+    """The answer to an error no handler took (a bug): logged with its traceback (call it while handling
+    the exception). Sent by ``RequestId``, inside which the request's ID is still known, and which puts it on
+    the answer; Starlette's own handler for ``Exception`` runs outside every middleware."""
+    log.exception("unhandled error on %s %s", method, path)
+    return JSONResponse(error_body([], "internal error", "internal"), status_code=500)

@@ -9,6 +9,7 @@ import uuid
 
 from starlette.types import Message, Receive, Scope, Send
 
+from app.api.errors import internal_error
 from app.api.middleware import HttpMiddleware
 from app.logs import request_id as current
 
@@ -22,13 +23,22 @@ class RequestId(HttpMiddleware):
         request_id = given if _VALID.fullmatch(given) else uuid.uuid4().hex
         token = current.set(request_id)
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started:  # the answer is under way: only the server can end it
+                raise
+            # a bug: answered here, where the log line and the answer still know the request's ID
+            await internal_error(scope["method"], scope["path"])(scope, receive, send_with_id)
         finally:
             current.reset(token)

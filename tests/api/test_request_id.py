@@ -58,3 +58,22 @@ def test_urls_in_logs_show_no_user_password_or_query():
     assert url_for_log("http://[2001:db8::1]:8080/hook") == "http://[2001:db8::1]:8080/hook"
     assert url_for_log("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?…"
     assert url_for_log("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_an_unhandled_error_is_a_json_500_with_the_request_id_on_the_answer_and_the_log_line(make_client, caplog):
+    """Starlette runs a handler for Exception outside every middleware: the 500 had no X-Request-ID and its log
+    line no request ID, where an operator needs them most."""
+    client = make_client()
+
+    async def broken(job_id):  # stands for a bug
+        raise RuntimeError("simulated bug")
+
+    client.app.state.queue.get = broken
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.ERROR, logger="app"):
+        r = client.get("/v1/jobs/" + "a" * 32, headers={"X-Request-ID": "trace-500"})
+    assert r.status_code == 500 and r.headers["x-request-id"] == "trace-500"
+    assert r.json() == {"detail": [{"loc": [], "msg": "internal error", "type": "internal"}]}
+    (logged,) = [rec for rec in caplog.records if rec.getMessage().startswith("unhandled error on GET /v1/jobs/")]
+    assert logged.request_id == "trace-500" and logged.exc_info[0] is RuntimeError
+    assert client.get("/healthz").status_code == 200  # and the service keeps serving
