@@ -71,6 +71,11 @@ class Refused(Exception):
     """A webhook URL that may not receive deliveries, with the reason."""
 
 
+class Unresolved(Refused):
+    """A webhook host that does not resolve now: refused at submit; at delivery, where the resolver may be
+    away for a moment (EAI_AGAIN, a timeout), the attempt fails and is retried."""
+
+
 @dataclass(frozen=True)
 class Destination:
     """Where one attempt goes: ``url`` names the address the host was checked to resolve to, so the
@@ -108,10 +113,10 @@ async def destination(url: str, allow_hosts: frozenset[str]) -> Destination:
         except UnicodeError as exc:  # the IDNA codec: an empty or over-long label, as in "a..b"
             raise Refused(f"webhook host {brief(host)} is not a valid host name") from exc
         except (OSError, asyncio.TimeoutError) as exc:
-            raise Refused(f"webhook host {brief(host)} does not resolve") from exc
+            raise Unresolved(f"webhook host {brief(host)} does not resolve") from exc
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         if not addresses:
-            raise Refused(f"webhook host {brief(host)} does not resolve")
+            raise Unresolved(f"webhook host {brief(host)} does not resolve")
     for ip in addresses:
         kind = address_kind(ip)
         if kind is not None:
@@ -251,6 +256,8 @@ class Dispatcher:
         """One attempt; None when the receiver took it (2xx), else what went wrong."""
         try:  # checked again: the name may resolve elsewhere now
             target = await destination(delivery.url, self.settings.webhook_hosts)
+        except Unresolved as exc:  # it resolved at submit: the resolver may be away for a moment
+            return str(exc)
         except Refused as exc:
             return f"refused: {exc}"
         job = JobOut.model_validate(job_body(JobRecord.model_validate_json(delivery.record)))  # as GET answers

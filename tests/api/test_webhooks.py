@@ -337,3 +337,29 @@ def test_a_delivery_connects_to_the_checked_address_and_does_not_look_the_name_u
     headers = {name.lower(): value for name, value in got["headers"].items()}
     assert headers["host"] == f"hook.example:{port}" and got["path"] == "/hook"
     assert asked.count("hook.example") == 2  # checked at submit and before the attempt; never by the connection
+
+
+def test_a_host_that_does_not_resolve_for_a_moment_at_delivery_is_retried(make_client, monkeypatch):
+    """A resolver away for a moment (EAI_AGAIN) had counted as a refused address: the delivery was given up
+    after one attempt and removed from the outbox."""
+    asked = fake_dns(monkeypatch, {"hook.example": "127.0.0.1"})
+    monkeypatch.setattr(webhooks, "address_kind", lambda ip: None)  # 127.0.0.1 stands for a public address
+    resolve = socket.getaddrinfo
+
+    def flaky(host, *args, **kwargs):  # the second lookup (the first attempt's) fails
+        if host == "hook.example" and asked.count(host) == 1:
+            asked.append(host)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", flaky)
+    client = hooked(make_client)
+    retried, refused = deliveries("completed", "retried"), deliveries("completed", "refused")
+    with WebhookReceiver() as receiver:
+        port = receiver.server.server_address[1]
+        body = {"class_label": 0, "steps": 2, "webhook": f"http://hook.example:{port}/hook"}
+        job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
+        (got,) = receiver.wait_for(1)
+    assert verified(got)["job_id"] == job_id
+    assert asked.count("hook.example") == 3  # at submit, the failed lookup, the lookup of the second attempt
+    assert deliveries("completed", "retried") - retried == 1 and deliveries("completed", "refused") == refused
