@@ -110,6 +110,9 @@ class Caller:
 OPEN = Caller(name=None, scopes=frozenset({"generate", "denoise", "admin"}))
 
 
+_NOTHING_REFUSED = ("nothing refused yet",)  # no file_signature is this (a missing file's is None)
+
+
 class Gate:
     """Who may use the service: the keys file's keys (read again when the file changes), their scopes and
     their requests per minute."""
@@ -120,7 +123,8 @@ class Gate:
         """``seen``: the keys file's signature (``file_signature``) taken before ``keys`` were read from it, so a
         change landing while they were read is read again."""
         self.keys, self.path = keys, path
-        self._seen, self._refused, self._next_look = seen, None, 0.0
+        # the signature of a file refused (no file: None), so it is not read again until it changes
+        self._seen, self._refused, self._next_look = seen, _NOTHING_REFUSED, 0.0
         self.limiter = None
         if keys is not None:  # any key may be given a quota later, by a change of the file
             storage = MemoryStorage()
@@ -161,7 +165,7 @@ class Gate:
             self._refused = seen
             log.error("%s; the %d keys read before stay in force", exc, len(self.keys or ()))
             return
-        self.keys, self._seen, self._refused = keys, seen, None
+        self.keys, self._seen, self._refused = keys, seen, _NOTHING_REFUSED
         log.info("API keys file %s read again: %d keys", self.path, len(keys))
 
     def find(self, presented: str) -> ApiKey | None:

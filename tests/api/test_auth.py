@@ -230,6 +230,14 @@ def test_keys_created_or_revoked_with_diffusion_keys_take_effect_without_a_resta
         assert status(second) == 200
         keys("revoke", "first")
         assert (status(first), status(second)) == (401, 200)
+        valid = path.read_text()
         path.write_text("[{")  # a file broken by hand: the keys read before stay in force, and the log says why
         assert (status(first), status(second)) == (401, 200)
         assert "keys read before stay in force" in caplog.text
+        path.write_text(valid)  # mended
+        assert (status(first), status(second)) == (401, 200)
+        caplog.clear()
+        path.unlink()  # gone (a mounted secret removed, say): the same, and the log says so too
+        assert (status(first), status(second)) == (401, 200)
+        (said,) = [r.getMessage() for r in caplog.records if "stay in force" in r.getMessage()]
+        assert "No such file" in said and "the 1 keys read before stay in force" in said
