@@ -91,12 +91,41 @@ async function apiJson(path, options = {}) {
 async function finished(job, run) {
   if (job.status === "queued" || job.status === "running") {
     run.track(job.job_id); // Cancel (or leaving the page) cancels it on the server
-    for await (const _ of events(`/v1/jobs/${job.job_id}/events`, run)); // the stream ends at a final status
+    for await (const _ of jobEvents(job.job_id, run)); // to its final status
     job = await apiJson(`/v1/jobs/${job.job_id}`, { signal: run.signal });
     run.jobs.delete(job.job_id); // it has ended: nothing to cancel
   }
   if (job.status !== "succeeded") throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
   return job;
+}
+
+const TRANSIENT_EVENTS = new Set(["progress", "preview"]); // any other event is a job's final one
+const STREAM_RETRIES = 6; // reconnections in a row (after 1, 2, 4, 8, 8, 8 s) before the job is given up on
+
+// A job's events, to its final one. A stream that breaks or ends before it (an API node stopped by a rolling
+// deploy, a proxy's idle timeout, the network for a moment) is asked for again, and the server answers with
+// where the job stands now: the job runs on meanwhile, and is not canceled for a lost connection.
+async function* jobEvents(jobId, run) {
+  for (let failures = 0; ; ) {
+    let error = null;
+    try {
+      for await (const item of events(`/v1/jobs/${jobId}/events`, run)) {
+        failures = 0;
+        yield item;
+        if (!TRANSIENT_EVENTS.has(item.event)) return;
+      }
+    } catch (err) {
+      if (run.signal.aborted || !reconnectable(err)) throw err;
+      error = err;
+    }
+    if (++failures > STREAM_RETRIES) throw error || new ApiError("The job's progress stream kept ending early.");
+    await pause(Math.min(2 ** (failures - 1), 8), run.signal);
+  }
+}
+
+// The network, or a proxy or server in between that is going away: worth asking again.
+function reconnectable(err) {
+  return err instanceof TypeError || (err instanceof ApiError && [0, 502, 503, 504].includes(err.status));
 }
 
 // Server-Sent Events over fetch (EventSource cannot send the API key).
@@ -310,13 +339,18 @@ let models = [];
 let samplers = ["ddim"];
 const MODEL_BUTTONS = ["gen-submit", "gen-curl-copy", "fw-submit"]; // what needs the model list to act
 
+const MODELS_AGAIN_S = 5;
+const NO_MODELS_YET = `No model is served yet (no worker has said what it serves): asking again every ${MODELS_AGAIN_S} s.`;
+const NONE_READY = `No model on this server is ready (GET /v1/models says why): asking again every ${MODELS_AGAIN_S} s.`;
 let modelLoads = 0; // a key saved again starts a new load: an older one's late answer is dropped
 
 async function loadModels() {
   const load = ++modelLoads;
+  let listed = 0;
   try {
     const [list, spec] = await Promise.all([apiJson("/v1/models"), fetch("/openapi.json").then((r) => r.json())]);
     if (load !== modelLoads) return;
+    listed = list.models.length;
     models = list.models.filter((m) => m.status === "ready" && m.card);
     const sampler = spec.components.schemas.GenerateRequest.properties.sampler;
     samplers = (sampler.anyOf || [sampler]).flatMap((s) => s.enum || []);
@@ -324,6 +358,13 @@ async function loadModels() {
     if (load === modelLoads) showMessage(err.message);
     return;
   }
+  if (!models.length) {
+    // none served yet (API nodes up before any worker has said what it serves): asked for again until some are
+    showMessage(listed ? NONE_READY : NO_MODELS_YET);
+    setTimeout(() => load === modelLoads && loadModels(), MODELS_AGAIN_S * 1000);
+    return;
+  }
+  if ([NO_MODELS_YET, NONE_READY].includes($("message").textContent)) showMessage("");
   const generators = models.filter((m) => m.card.tasks.includes("generate"));
   const select = $("gen-model");
   select.replaceChildren();
@@ -453,8 +494,10 @@ async function generate(run) {
   $("gen-results").replaceChildren();
   $("gen-status").textContent = "queued";
   let outcome = null;
-  for await (const { event, data } of events(`/v1/jobs/${accepted.job_id}/events`, run)) {
-    if (data.progress && data.progress.total) {
+  for await (const { event, data } of jobEvents(accepted.job_id, run)) {
+    if (event === "progress" && data.status === "queued") {
+      $("gen-status").textContent = "queued"; // waiting for a place in a batch, or for a worker
+    } else if (data.progress && data.progress.total) {
       const { step, total } = data.progress;
       progress.value = step / total;
       // said in tenths, not at every step (a screen reader reads each change of the status line)

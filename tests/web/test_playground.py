@@ -657,3 +657,59 @@ def test_the_page_is_served_with_a_policy_that_keeps_it_on_this_server(server):
     assert r.headers["cache-control"] == script.headers["cache-control"] == "no-cache"
     again = httpx.get(server.url + "/ui/app.js", headers={"If-None-Match": script.headers["etag"]})
     assert again.status_code == 304
+
+
+@pytest.mark.parametrize("how", ["broken", "ended"])
+def test_a_lost_event_stream_is_asked_for_again_and_the_job_is_not_canceled(server, open_page, how):
+    """The job's first event stream breaks (the network) or ends before the final event (an API node stopped by
+    a rolling deploy): the page had called it a lost connection and canceled the job, which ran on fine."""
+    watched = open_page(server)
+    page = watched.page
+    streams, deletes = [], []
+    page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+
+    def first_breaks(route):
+        streams.append(route.request.url)
+        if len(streams) > 1:
+            route.continue_()
+        elif how == "broken":
+            route.abort("failed")
+        else:  # one event, as a queued job's first, then the end: the server went away
+            job = route.request.url.split("/")[-2]
+            queued = {"job_id": job, "status": "queued", "progress": {"step": 0, "total": 30}}
+            body = f"event: progress\ndata: {json.dumps(queued)}\n\n"
+            route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+
+    page.route("**/v1/jobs/*/events", first_breaks)
+    fill_generate(page, class_name="a", seed=3, steps=30)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    if how == "ended":  # a queued job says so (not "step 0 of 30") until its stream is asked for again
+        expect(page.locator("#gen-status")).to_have_text("queued")
+    expect(page.get_by_role("img", name="Generated image, seed 3")).to_be_visible(timeout=60_000)
+    expect(page.locator("#gen-status")).to_contain_text("done in")
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert len(streams) == 2 and len(set(streams)) == 1 and deletes == []
+
+
+def test_a_page_opened_before_any_model_is_served_asks_again_until_one_is(server, open_page):
+    """API nodes up before any worker has said what it serves list no model: the page said none generates
+    images and never asked again, so Generate stayed unusable until a reload."""
+    watched = open_page(server)
+    page = watched.page
+    asked = []
+
+    def empty_first(route):
+        asked.append(route.request.url)
+        if len(asked) == 1:
+            route.fulfill(status=200, headers={"content-type": "application/json"}, body='{"models": []}')
+        else:
+            route.continue_()
+
+    page.route("**/v1/models", empty_first)
+    page.reload()
+    expect(page.get_by_role("alert")).to_contain_text("No model is served yet")
+    expect(page.locator("#gen-submit")).to_be_disabled()
+    expect(page.locator("#gen-submit")).to_be_enabled(timeout=15_000)  # asked again 5 s later
+    expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value("tiny-gen")
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert len(asked) == 2
