@@ -99,6 +99,32 @@ def test_an_idempotency_key_reused_with_another_body_is_422_across_nodes(store, 
         assert other.status_code == 422 and other.json()["detail"][0]["type"] == "idempotency_key_reused"
 
 
+def test_an_idempotency_claim_lasts_while_its_job_does_and_outlives_its_record(store, prefix):
+    """The claim expired a fixed time after the submit: a job that ended more than an hour later was still kept
+    while a retry with its key made a new job (another seed), as did one still running."""
+    import redis as sync_redis
+
+    from app.queue.redis.keys import CLAIM_MARGIN_S, Keys
+
+    raw = sync_redis.Redis.from_url(REDIS_URL)
+    keys = Keys(prefix)
+    try:
+        with client_for(store, prefix, embedded_worker=True, job_retention_s=60) as client:
+            client.app.state.queue.embedded.engine.stop()  # keep the catalog, stop serving: the job waits
+            headers = {"Prefer": "respond-async", "Idempotency-Key": "long"}
+            job = client.post("/v1/generate", json={"class_label": 0}, headers=headers).json()["job_id"]
+            claim = keys.idempotency(":long")
+            assert raw.get(claim).decode().startswith(job) and raw.ttl(claim) == -1  # no expiry while it waits
+            again = client.post("/v1/generate", json={"class_label": 0}, headers=headers).json()["job_id"]
+            assert again == job
+            assert client.delete(f"/v1/jobs/{job}").json()["status"] == "canceled"
+            record_ttl, claim_ttl = raw.ttl(keys.job(job)), raw.ttl(claim)
+            assert 0 < record_ttl <= 60 and 60 + CLAIM_MARGIN_S - 5 <= claim_ttl <= 60 + CLAIM_MARGIN_S
+            assert client.post("/v1/generate", json={"class_label": 0}, headers=headers).json()["job_id"] == job
+    finally:
+        raw.close()
+
+
 def test_an_unusable_job_entry_fails_that_job_and_the_worker_keeps_serving(store, prefix):
     import redis as sync_redis
 

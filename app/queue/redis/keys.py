@@ -121,6 +121,8 @@ return gone
 # records that ``started`` fired.
 # Returns 1 if changed, 0 if the record was already final, -1 if it is gone (expired, or lost by a Redis
 # restart without persistence).
+# An Idempotency-Key's claim outlives its job's record by this much, so a retry finds the job while it is kept.
+CLAIM_MARGIN_S = 3600
 UPDATE_RECORD = """
 local function fire(event)
   local wanted = redis.call('HGET', KEYS[1], 'webhook_events')
@@ -149,17 +151,20 @@ if final then fire('completed') end
 if final then
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])))
   redis.call('HDEL', KEYS[2], ARGV[5])
+  local claim = redis.call('HGET', KEYS[1], 'claim')  -- an Idempotency-Key's: it outlives the record
+  if claim then redis.call('EXPIRE', claim, math.ceil(tonumber(ARGV[4])) + CLAIM_MARGIN_S) end
 end
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
-"""
+""".replace("CLAIM_MARGIN_S", str(CLAIM_MARGIN_S))
 
 
 # Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
 # (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
 # stream, queued-models set. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel
 # limit, the job key prefix ("{p}:job:"), the owner ('' for none), the owner's job cap ('' for none), the
-# webhook URL and its events, comma-separated ('' for none), the job's model ('' for none). Returns 1 if
+# webhook URL and its events, comma-separated ('' for none), the job's model ('' for none), the key of its
+# Idempotency-Key's claim ('' for none). Returns 1 if
 # admitted, 0 when the queue is full, -1 when the owner holds its cap. Entries whose record is gone or final
 # are swept first.
 # (Keys read through ARGV[7] are in the same deployment prefix; a Redis Cluster would need hash tags.)
@@ -189,6 +194,10 @@ if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[10], 'webhook
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
 if ARGV[12] ~= '' then redis.call('SADD', KEYS[4], ARGV[12]) end
+if ARGV[13] ~= '' then  -- its Idempotency-Key's claim lasts while the job does: its expiry is set once it ends
+  redis.call('PERSIST', ARGV[13])
+  redis.call('HSET', KEYS[1], 'claim', ARGV[13])
+end
 return 1
 """
 

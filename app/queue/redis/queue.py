@@ -36,7 +36,7 @@ from app.queue.protocol import (
     TooManyJobs,
 )
 from app.queue.redis.catalog import merge
-from app.queue.redis.keys import ADMIT, Keys
+from app.queue.redis.keys import ADMIT, CLAIM_MARGIN_S, Keys
 from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -230,6 +230,7 @@ class RedisJobQueue:
                 admission.webhook.url if admission.webhook else "",
                 ",".join(admission.webhook.events) if admission.webhook else "",
                 spec.model or "",
+                key or "",
             ],
         )
         if admitted != 1:
@@ -243,8 +244,9 @@ class RedisJobQueue:
 
     @property
     def _claim_ttl(self) -> int:
-        """How long an Idempotency-Key's claim lasts: past its job's retention."""
-        return int(self.settings.job_retention_s) + 3600
+        """How long an Idempotency-Key's claim lasts until its job is admitted (then while the job runs, and
+        once it has ended past its record's retention: ADMIT, UPDATE_RECORD)."""
+        return int(self.settings.job_retention_s) + CLAIM_MARGIN_S
 
     async def _claimed_job(self, key: str, fingerprint: str) -> JobRecord | None:
         """The job an Idempotency-Key names (IdempotencyConflict if it was claimed for another request), or
