@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -127,7 +127,16 @@ def _unparsed_json(request: Request, error: dict, document: Any) -> ApiError:
     return invalid_json(json.JSONDecodeError(reason, document if isinstance(document, str) else "", position))
 
 
+class NoContent(Exception):
+    """Answered 204 with no body: an event stream whose client has had the job's final event (an
+    EventSource then stops reconnecting)."""
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(NoContent)
+    async def _no_content(_: Request, exc: NoContent) -> Response:
+        return Response(status_code=204)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.loc, exc.msg, exc.type), status_code=exc.status, headers=exc.headers)

@@ -60,6 +60,22 @@ def test_events_of_a_finished_job_give_its_outcome_at_once(client):
     assert lines == ["event: succeeded"]
 
 
+def test_the_final_event_has_an_id_and_a_stream_asked_for_again_after_it_is_204(client):
+    """An EventSource reconnects whenever a stream ends, sending the last event's id: without ids it was sent
+    the final event again every few seconds for the job's whole retention."""
+    job_id = submit(client, steps=20)
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        blocks = stream.read().decode().replace("\r\n", "\n").strip().split("\n\n")
+    final = dict(line.split(": ", 1) for line in blocks[-1].splitlines() if ": " in line)
+    assert final["event"] == "succeeded" and final["id"] == "succeeded"
+    assert all("id: " not in block for block in blocks[:-1])  # progress events carry none
+    again = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "succeeded"})
+    assert again.status_code == 204 and again.content == b""
+    for other in ("", "failed", "progress"):  # not the job's end: its final event, as before
+        with client.stream("GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": other}) as stream:
+            assert stream.status_code == 200 and "event: succeeded" in stream.read().decode()
+
+
 def test_cancel_a_running_job(client):
     job_id = submit(client, steps=1000)
     r = client.delete(f"/v1/jobs/{job_id}")

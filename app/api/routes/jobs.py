@@ -10,11 +10,11 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.auth import Caller, CallerDep
 from app.api.deps import QueueDep
-from app.api.errors import ApiError
+from app.api.errors import ApiError, NoContent
 from app.api.negotiation import JSON_MEDIA_TYPE, accepting, require_acceptable
 from app.api.results import IMAGE_MEDIA, JOB_ERRORS, errors_for, json_errors_for
 from app.api.schemas import JobOut, job_body
-from app.jobs import JobRecord, JobStatus
+from app.jobs import TRANSIENT_EVENTS, JobRecord, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=JOB_ERRORS)
 AcceptHeader = Annotated[str | None, Header(alias="accept", include_in_schema=False)]
@@ -45,18 +45,33 @@ async def existing_job(queue: QueueDep, caller: CallerDep, job_id: str = JobId) 
     return await _record(queue, job_id, caller)
 
 
+async def unfollowed_job(
+    record: Annotated[JobRecord, Depends(existing_job)],
+    last_event_id: Annotated[str | None, Header(alias="last-event-id", include_in_schema=False)] = None,
+) -> JobRecord:
+    """The job, unless the client's last event was its final one (204: an EventSource stops there)."""
+    if record.status.finished and last_event_id == record.status.value:
+        raise NoContent
+    return record
+
+
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses=json_errors_for(404, 405, 406, 422),
+    responses={
+        204: {"description": "the client's `Last-Event-ID` names the job's final event: it has the job's end"},
+        **json_errors_for(404, 405, 406, 422),
+    },
     dependencies=[Depends(accepting("text/event-stream"))],
 )
 async def job_events(
-    queue: QueueDep, record: Annotated[JobRecord, Depends(existing_job)]
+    queue: QueueDep, record: Annotated[JobRecord, Depends(unfollowed_job)]
 ) -> AsyncIterable[ServerSentEvent]:
-    """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`."""
+    """Server-Sent Events: `progress` while the job runs, then one of `succeeded`, `failed`, `canceled`,
+    whose `id` is its name. A stream asked for again with that `Last-Event-ID` (as an `EventSource`
+    reconnecting after the end does) is answered `204`: it had the job's end already."""
     async for kind, data in queue.events(record.id):
-        yield ServerSentEvent(event=kind, data=data)
+        yield ServerSentEvent(event=kind, data=data, id=None if kind in TRANSIENT_EVENTS else kind)
 
 
 @router.get(
