@@ -16,6 +16,7 @@ import logging
 import random
 import re
 import socket
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, get_args
@@ -173,11 +174,25 @@ async def webhook_for(options: Any, settings: Settings) -> Webhook | None:
     return Webhook(url=url, events=sorted(set(options.webhook_events), key=EVENTS.index))
 
 
+def receiver_of(url: str) -> str:
+    """Who receives deliveries to ``url``: its scheme, host and port (not its path or credentials)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:  # refused at its attempt, with the reason
+        return url
+
+
 class Dispatcher:
-    """Sends the outbox's due deliveries: one task per API node, any number of nodes."""
+    """Sends the outbox's due deliveries: one task per API node, any number of nodes. Up to ``IN_FLIGHT``
+    deliveries are sent at once, each claimed as a place frees, and at most ``PER_RECEIVER`` of them to one
+    receiver (scheme, host and port): one that takes its whole timeout holds a few places, not every other
+    client's deliveries. One job's deliveries go in order (``started`` before ``completed``)."""
 
     POLL_S = 0.25
-    BATCH = 32
+    IN_FLIGHT = 32
+    PER_RECEIVER = 4
+    RECEIVER_BUSY_S = 1.0  # a delivery to a receiver with all its places taken is due again after this
 
     def __init__(self, settings: Settings, outbox: Outbox) -> None:
         self.settings, self.outbox = settings, outbox
@@ -185,6 +200,9 @@ class Dispatcher:
         self.signer = Signer(secret.get_secret_value()) if secret is not None else None
         self.client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
+        self._sending: set[asyncio.Task] = set()
+        self._last_of_job: dict[str, asyncio.Task] = {}  # each job's latest delivery in flight: the next waits
+        self._to_receiver: Counter[str] = Counter()  # deliveries in flight to each receiver
 
     def start(self) -> None:
         """Start sending, when a secret is configured (without one no webhook is accepted)."""
@@ -201,23 +219,55 @@ class Dispatcher:
     async def close(self) -> None:
         if self._task is not None:
             await background.stop([self._task])
+        if self._sending:  # their claims' leases run out: they are sent again, by this node or another
+            await background.stop(list(self._sending))
         if self.client is not None:
             await self.client.aclose()
 
     async def _dispatch_once(self) -> None:
-        lease = self.settings.webhook_timeout_s + 30  # longer than one attempt, DNS included
-        claimed = await self.outbox.claim(lease_s=lease, limit=self.BATCH)
-        if not claimed:
+        free = self.IN_FLIGHT - len(self._sending)
+        claimed = []
+        if free > 0:
+            # longer than two attempts, DNS included: a job's second delivery may wait for its first
+            lease = 2 * self.settings.webhook_timeout_s + 30
+            claimed = await self.outbox.claim(lease_s=lease, limit=free)
+        started = 0
+        for delivery in sorted(claimed, key=lambda d: EVENTS.index(d.event)):
+            receiver = receiver_of(delivery.url)
+            if self._to_receiver[receiver] >= self.PER_RECEIVER:
+                # not an attempt: due again a little later, behind what falls due meanwhile
+                await self.outbox.retry(delivery, self.RECEIVER_BUSY_S)
+                continue
+            self._send_soon(delivery, receiver)
+            started += 1
+        if started and len(self._sending) < self.IN_FLIGHT:
+            return  # more may be due already
+        if self._sending:  # until a place frees, or a while passes
+            await asyncio.wait(self._sending, timeout=self.POLL_S, return_when=asyncio.FIRST_COMPLETED)
+        else:
             await asyncio.sleep(self.POLL_S)
-            return
-        by_job: dict[str, list[Delivery]] = {}
-        for delivery in claimed:  # one job's events in order (started before completed) ...
-            by_job.setdefault(delivery.job_id, []).append(delivery)
-        await asyncio.gather(*(self._deliver_in_turn(group) for group in by_job.values()))  # ... jobs at once
 
-    async def _deliver_in_turn(self, deliveries: list[Delivery]) -> None:
-        for delivery in sorted(deliveries, key=lambda d: EVENTS.index(d.event)):
-            await self._deliver(delivery)
+    def _send_soon(self, delivery: Delivery, receiver: str) -> None:
+        before = self._last_of_job.get(delivery.job_id)
+        task = asyncio.create_task(self._deliver_after(before, delivery), name=f"webhook {delivery.id}")
+        self._sending.add(task)
+        self._last_of_job[delivery.job_id] = task
+        self._to_receiver[receiver] += 1
+
+        def done(finished: asyncio.Task) -> None:
+            self._sending.discard(finished)
+            if self._last_of_job.get(delivery.job_id) is finished:
+                del self._last_of_job[delivery.job_id]
+            self._to_receiver[receiver] -= 1
+            if not self._to_receiver[receiver]:
+                del self._to_receiver[receiver]
+
+        task.add_done_callback(done)
+
+    async def _deliver_after(self, before: asyncio.Task | None, delivery: Delivery) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # only the order matters here, not how it went
+        await self._deliver(delivery)
 
     async def _deliver(self, delivery: Delivery) -> None:
         delivery.attempts += 1

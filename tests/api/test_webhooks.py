@@ -15,6 +15,7 @@ from standardwebhooks import Webhook as Verifier
 
 from app.api import webhooks
 from app.api.webhooks import Destination, Refused, destination
+from app.jobs import JobRecord
 from app.settings import Settings
 from tests.api.helpers import photo, png_bytes
 from tests.helpers import WebhookReceiver
@@ -363,3 +364,54 @@ def test_a_host_that_does_not_resolve_for_a_moment_at_delivery_is_retried(make_c
     assert verified(got)["job_id"] == job_id
     assert asked.count("hook.example") == 3  # at submit, the failed lookup, the lookup of the second attempt
     assert deliveries("completed", "retried") - retried == 1 and deliveries("completed", "refused") == refused
+
+
+def test_a_receiver_that_never_answers_holds_a_few_places_not_other_clients_deliveries(tmp_path):
+    """Deliveries were sent 32 at a time, the next claim waiting for the slowest of them: 40 due to a receiver
+    that never answers held another client's delivery for a whole timeout per 32 of them ahead."""
+    from app.api.webhooks import Dispatcher
+    from app.queue.outbox import Delivery, MemoryOutbox
+    from tests.helpers import make_settings
+
+    settings = make_settings(tmp_path, webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1", webhook_timeout_s=120.0)
+    outbox = MemoryOutbox()
+
+    def due(job: str, url: str) -> None:
+        record = JobRecord(id=job, kind="generate", model="m", status="succeeded")
+        outbox.add(Delivery(Delivery.message_id(job, "completed"), url, "completed", record.model_dump_json()))
+
+    for i in range(40):
+        due(f"{i:032x}", "http://127.0.0.1:9/slow")
+    due("f" * 32, "http://127.0.0.1:8/fast")  # due last
+
+    async def scenario() -> tuple[int, int]:
+        dispatcher = Dispatcher(settings, outbox)
+        release, fast = asyncio.Event(), asyncio.Event()
+        hanging, most = 0, 0
+
+        async def post(target, body, headers):
+            nonlocal hanging, most
+            if target.url.endswith("/fast"):
+                fast.set()
+                return 200
+            hanging += 1
+            most = max(most, hanging)
+            await release.wait()  # stands for a receiver that never answers
+            hanging -= 1
+            return 200
+
+        dispatcher._post = post
+        dispatcher.RECEIVER_BUSY_S = 0.05  # the deliveries put back come round again soon
+        dispatcher.start()
+        try:
+            await asyncio.wait_for(fast.wait(), 60)  # a bound on a hang, not a measure of speed
+            held = hanging
+            release.set()
+            while len(outbox):
+                await asyncio.sleep(0.05)
+        finally:
+            await dispatcher.close()
+        return held, most
+
+    held, most = asyncio.run(scenario())
+    assert held == most == Dispatcher.PER_RECEIVER  # the slow receiver held its own places only, then the rest
