@@ -16,6 +16,7 @@ import logging
 import random
 import re
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -192,7 +193,6 @@ class Dispatcher:
     POLL_S = 0.25
     IN_FLIGHT = 32
     PER_RECEIVER = 4
-    RECEIVER_BUSY_S = 1.0  # a delivery to a receiver with all its places taken is due again after this
 
     def __init__(self, settings: Settings, outbox: Outbox) -> None:
         self.settings, self.outbox = settings, outbox
@@ -203,6 +203,10 @@ class Dispatcher:
         self._sending: set[asyncio.Task] = set()
         self._last_of_job: dict[str, asyncio.Task] = {}  # each job's latest delivery in flight: the next waits
         self._to_receiver: Counter[str] = Counter()  # deliveries in flight to each receiver
+        # a delivery to a receiver whose places are all taken is due again this much later (within one attempt's
+        # time a place frees); until then its job's later deliveries are put back behind it
+        self.receiver_busy_s = settings.webhook_timeout_s
+        self._put_back: dict[str, float] = {}  # job -> until when one of its deliveries is put back
 
     def start(self) -> None:
         """Start sending, when a secret is configured (without one no webhook is accepted)."""
@@ -231,17 +235,21 @@ class Dispatcher:
             # longer than two attempts, DNS included: a job's second delivery may wait for its first
             lease = 2 * self.settings.webhook_timeout_s + 30
             claimed = await self.outbox.claim(lease_s=lease, limit=free)
-        started = 0
+        now = time.monotonic()
+        self._put_back = {job: until for job, until in self._put_back.items() if until > now}
         for delivery in sorted(claimed, key=lambda d: EVENTS.index(d.event)):
             receiver = receiver_of(delivery.url)
-            if self._to_receiver[receiver] >= self.PER_RECEIVER:
-                # not an attempt: due again a little later, behind what falls due meanwhile
-                await self.outbox.retry(delivery, self.RECEIVER_BUSY_S)
+            until = self._put_back.get(delivery.job_id)
+            if until is not None or self._to_receiver[receiver] >= self.PER_RECEIVER:
+                # not an attempt: due again later, behind what falls due meanwhile (and behind its job's
+                # earlier delivery, put back before it)
+                delay = self.receiver_busy_s if until is None else until - now + 0.001
+                await self.outbox.retry(delivery, delay)
+                self._put_back[delivery.job_id] = now + delay
                 continue
             self._send_soon(delivery, receiver)
-            started += 1
-        if started and len(self._sending) < self.IN_FLIGHT:
-            return  # more may be due already
+        if claimed and len(self._sending) < self.IN_FLIGHT:
+            return  # more may be due already (a backlog put back is passed through at once)
         if self._sending:  # until a place frees, or a while passes
             await asyncio.wait(self._sending, timeout=self.POLL_S, return_when=asyncio.FIRST_COMPLETED)
         else:

@@ -401,7 +401,7 @@ def test_a_receiver_that_never_answers_holds_a_few_places_not_other_clients_deli
             return 200
 
         dispatcher._post = post
-        dispatcher.RECEIVER_BUSY_S = 0.05  # the deliveries put back come round again soon
+        dispatcher.receiver_busy_s = 0.05  # the deliveries put back come round again soon
         dispatcher.start()
         try:
             await asyncio.wait_for(fast.wait(), 60)  # a bound on a hang, not a measure of speed
@@ -415,3 +415,54 @@ def test_a_receiver_that_never_answers_holds_a_few_places_not_other_clients_deli
 
     held, most = asyncio.run(scenario())
     assert held == most == Dispatcher.PER_RECEIVER  # the slow receiver held its own places only, then the rest
+
+
+def test_a_jobs_deliveries_keep_their_order_when_one_is_put_back_for_a_busy_receiver(tmp_path):
+    """``started`` put back while the receiver's places were taken, then the job ended: ``completed``, due
+    earlier than the put-back ``started``, had gone first."""
+    from app.api.webhooks import Dispatcher
+    from app.queue.outbox import Delivery, MemoryOutbox
+    from tests.helpers import make_settings
+
+    settings = make_settings(tmp_path, webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1")
+    outbox = MemoryOutbox()
+
+    def due(job: str, event: str) -> None:
+        record = JobRecord(id=job, kind="generate", model="m", status="succeeded")
+        outbox.add(
+            Delivery(Delivery.message_id(job, event), "http://127.0.0.1:9/hook", event, record.model_dump_json())
+        )
+
+    async def scenario() -> list[str]:
+        dispatcher = Dispatcher(settings, outbox)
+        dispatcher.receiver_busy_s = 0.5
+        release, sent = asyncio.Event(), []
+
+        async def post(target, body, headers):
+            job = json.loads(body)["job_id"]
+            sent.append(headers["webhook-id"])
+            if job.startswith("a"):
+                await release.wait()  # the receiver's places are taken
+            return 200
+
+        dispatcher._post = post
+        for i in range(Dispatcher.PER_RECEIVER):
+            due(f"a{i:031x}", "completed")
+        dispatcher.start()
+        try:
+            while len(sent) < Dispatcher.PER_RECEIVER:
+                await asyncio.sleep(0.01)
+            due("b" * 32, "started")  # put back: the receiver is full
+            while outbox._due[Delivery.message_id("b" * 32, "started")][0] <= time.time():
+                await asyncio.sleep(0.01)
+            release.set()
+            while len(outbox) > 1:  # the four answered: places free before started is due again
+                await asyncio.sleep(0.01)
+            due("b" * 32, "completed")  # the job ended meanwhile
+            while len(outbox):
+                await asyncio.sleep(0.01)
+        finally:
+            await dispatcher.close()
+        return [s for s in sent if "_b" in s]
+
+    assert asyncio.run(scenario()) == [f"msg_{'b' * 32}_started", f"msg_{'b' * 32}_completed"]
