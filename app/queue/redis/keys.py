@@ -123,6 +123,9 @@ return gone
 # restart without persistence).
 # An Idempotency-Key's claim outlives its job's record by this much, so a retry finds the job while it is kept.
 CLAIM_MARGIN_S = 3600
+# ... and lasts this long while its job waits or runs (UPDATE_RECORD sets it as above once the job ends; this
+# bounds a claim whose job was ended by a worker older than that rule)
+CLAIM_WHILE_KEPT_S = 7 * 24 * 3600
 UPDATE_RECORD = """
 local function fire(event)
   local wanted = redis.call('HGET', KEYS[1], 'webhook_events')
@@ -194,12 +197,12 @@ if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[10], 'webhook
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
 if ARGV[12] ~= '' then redis.call('SADD', KEYS[4], ARGV[12]) end
-if ARGV[13] ~= '' then  -- its Idempotency-Key's claim lasts while the job does: its expiry is set once it ends
-  redis.call('PERSIST', ARGV[13])
+if ARGV[13] ~= '' then  -- its Idempotency-Key's claim lasts while the job does: set again once it ends
+  redis.call('EXPIRE', ARGV[13], CLAIM_WHILE_KEPT_S)
   redis.call('HSET', KEYS[1], 'claim', ARGV[13])
 end
 return 1
-"""
+""".replace("CLAIM_WHILE_KEPT_S", str(CLAIM_WHILE_KEPT_S))
 
 
 @dataclass(frozen=True)
