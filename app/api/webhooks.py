@@ -17,7 +17,7 @@ import random
 import re
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, get_args
@@ -203,9 +203,10 @@ class Dispatcher:
         self._sending: set[asyncio.Task] = set()
         self._last_of_job: dict[str, asyncio.Task] = {}  # each job's latest delivery in flight: the next waits
         self._to_receiver: Counter[str] = Counter()  # deliveries in flight to each receiver
-        # a delivery to a receiver whose places are all taken is due again this much later (within one attempt's
-        # time a place frees); until then its job's later deliveries are put back behind it
-        self.receiver_busy_s = settings.webhook_timeout_s
+        # how long each receiver's recent attempts took (a moving average; the most recent receivers only): a
+        # delivery to a receiver whose places are all taken is due again about that much later, when a place
+        # is likely free (a quick receiver: soon; one that never answers: its timeout)
+        self._takes: OrderedDict[str, float] = OrderedDict()
         self._put_back: dict[str, float] = {}  # job -> until when one of its deliveries is put back
 
     def start(self) -> None:
@@ -243,7 +244,7 @@ class Dispatcher:
             if until is not None or self._to_receiver[receiver] >= self.PER_RECEIVER:
                 # not an attempt: due again later, behind what falls due meanwhile (and behind its job's
                 # earlier delivery, put back before it)
-                delay = self.receiver_busy_s if until is None else until - now + 0.001
+                delay = self._busy_for(receiver) if until is None else until - now + 0.001
                 await self.outbox.retry(delivery, delay)
                 self._put_back[delivery.job_id] = now + delay
                 continue
@@ -257,7 +258,7 @@ class Dispatcher:
 
     def _send_soon(self, delivery: Delivery, receiver: str) -> None:
         before = self._last_of_job.get(delivery.job_id)
-        task = asyncio.create_task(self._deliver_after(before, delivery), name=f"webhook {delivery.id}")
+        task = asyncio.create_task(self._deliver_after(before, delivery, receiver), name=f"webhook {delivery.id}")
         self._sending.add(task)
         self._last_of_job[delivery.job_id] = task
         self._to_receiver[receiver] += 1
@@ -272,10 +273,27 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
-    async def _deliver_after(self, before: asyncio.Task | None, delivery: Delivery) -> None:
+    async def _deliver_after(self, before: asyncio.Task | None, delivery: Delivery, receiver: str) -> None:
         if before is not None:
             await asyncio.wait([before])  # only the order matters here, not how it went
-        await self._deliver(delivery)
+        began = time.monotonic()
+        try:
+            await self._deliver(delivery)
+        finally:
+            self._took(receiver, time.monotonic() - began)
+
+    TAKES_KEPT = 1024  # receivers whose attempts' times are remembered
+
+    def _took(self, receiver: str, seconds: float) -> None:
+        before = self._takes.pop(receiver, seconds)
+        self._takes[receiver] = 0.7 * before + 0.3 * seconds
+        if len(self._takes) > self.TAKES_KEPT:
+            self._takes.popitem(last=False)
+
+    def _busy_for(self, receiver: str) -> float:
+        """How long a delivery to ``receiver``, whose places are all taken, is put back."""
+        took = self._takes.get(receiver, self.POLL_S)
+        return min(max(took, self.POLL_S), self.settings.webhook_timeout_s)
 
     async def _deliver(self, delivery: Delivery) -> None:
         delivery.attempts += 1

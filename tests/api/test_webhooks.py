@@ -401,7 +401,6 @@ def test_a_receiver_that_never_answers_holds_a_few_places_not_other_clients_deli
             return 200
 
         dispatcher._post = post
-        dispatcher.receiver_busy_s = 0.05  # the deliveries put back come round again soon
         dispatcher.start()
         try:
             await asyncio.wait_for(fast.wait(), 60)  # a bound on a hang, not a measure of speed
@@ -435,7 +434,6 @@ def test_a_jobs_deliveries_keep_their_order_when_one_is_put_back_for_a_busy_rece
 
     async def scenario() -> list[str]:
         dispatcher = Dispatcher(settings, outbox)
-        dispatcher.receiver_busy_s = 0.5
         release, sent = asyncio.Event(), []
 
         async def post(target, body, headers):
@@ -466,3 +464,20 @@ def test_a_jobs_deliveries_keep_their_order_when_one_is_put_back_for_a_busy_rece
         return [s for s in sent if "_b" in s]
 
     assert asyncio.run(scenario()) == [f"msg_{'b' * 32}_started", f"msg_{'b' * 32}_completed"]
+
+
+def test_a_delivery_for_a_busy_receiver_is_put_back_for_about_as_long_as_its_attempts_take(tmp_path):
+    """A whole timeout for every receiver had held a quick receiver's burst of more than 4 deliveries 10 s."""
+    from app.api.webhooks import Dispatcher
+    from app.queue.outbox import MemoryOutbox
+    from tests.helpers import make_settings
+
+    dispatcher = Dispatcher(make_settings(tmp_path, webhook_timeout_s=30.0), MemoryOutbox())
+    assert dispatcher._busy_for("http://new:") == Dispatcher.POLL_S  # nothing known: soon
+    for _ in range(3):
+        dispatcher._took("http://quick:", 0.02)
+        dispatcher._took("http://dead:", 30.0)
+    assert dispatcher._busy_for("http://quick:") == Dispatcher.POLL_S
+    assert dispatcher._busy_for("http://dead:") == 30.0
+    dispatcher._took("http://slow:", 4.0)
+    assert dispatcher._busy_for("http://slow:") == 4.0
