@@ -11,7 +11,8 @@ A component folder holds its weights in one of the layouts ``save_pretrained`` w
 The plain files are loaded where they exist, else a variant (fp32, fp16, bf16, then others by name): a
 Hugging Face snapshot downloaded with ``variant="fp16"`` has only those. The weights are held in float32
 whatever the file's precision (the runner computes in bf16 or float16 by autocast where that pays), so
-their memory is counted from the tensors' shapes in the files' headers (read by safetensors), not from the files' sizes.
+their memory is counted from the tensors' shapes in the files' headers (read by safetensors), not from the
+files' sizes.
 """
 
 from __future__ import annotations

@@ -323,18 +323,25 @@ def test_a_named_host_is_reached_at_the_address_it_was_checked_to_have(monkeypat
         checked("http://a..b/x")
 
 
-def test_a_delivery_connects_to_the_checked_address_and_does_not_look_the_name_up_again(make_client, monkeypatch):
-    """DNS rebinding: a name that resolves to a public address when checked and to an internal one when the
-    connection is made. The connection goes to the checked address, with the name in the Host header."""
-    asked = fake_dns(monkeypatch, {"hook.example": "127.0.0.1"})
-    monkeypatch.setattr(webhooks, "address_kind", lambda ip: None)  # 127.0.0.1 stands for a public address
-    client = make_client(webhook_secret=SECRET, webhook_backoff_s=0.05, webhook_timeout_s=1.0)
+def delivered_by_name(client) -> tuple[dict, int]:
+    """A job whose webhook names hook.example (``fake_dns`` has it resolve to the receiver's address): its one
+    delivery, checked to be signed and to carry the job, and the receiver's port."""
     with WebhookReceiver() as receiver:
         port = receiver.server.server_address[1]
         body = {"class_label": 0, "steps": 2, "webhook": f"http://hook.example:{port}/hook"}
         job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
         (got,) = receiver.wait_for(1)
     assert verified(got)["job_id"] == job_id
+    return got, port
+
+
+def test_a_delivery_connects_to_the_checked_address_and_does_not_look_the_name_up_again(make_client, monkeypatch):
+    """DNS rebinding: a name that resolves to a public address when checked and to an internal one when the
+    connection is made. The connection goes to the checked address, with the name in the Host header."""
+    asked = fake_dns(monkeypatch, {"hook.example": "127.0.0.1"})
+    monkeypatch.setattr(webhooks, "address_kind", lambda ip: None)  # 127.0.0.1 stands for a public address
+    client = make_client(webhook_secret=SECRET, webhook_backoff_s=0.05, webhook_timeout_s=1.0)
+    got, port = delivered_by_name(client)
     headers = {name.lower(): value for name, value in got["headers"].items()}
     assert headers["host"] == f"hook.example:{port}" and got["path"] == "/hook"
     assert asked.count("hook.example") == 2  # checked at submit and before the attempt; never by the connection
@@ -356,12 +363,7 @@ def test_a_host_that_does_not_resolve_for_a_moment_at_delivery_is_retried(make_c
     monkeypatch.setattr(socket, "getaddrinfo", flaky)
     client = hooked(make_client)
     retried, refused = deliveries("completed", "retried"), deliveries("completed", "refused")
-    with WebhookReceiver() as receiver:
-        port = receiver.server.server_address[1]
-        body = {"class_label": 0, "steps": 2, "webhook": f"http://hook.example:{port}/hook"}
-        job_id = client.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"]
-        (got,) = receiver.wait_for(1)
-    assert verified(got)["job_id"] == job_id
+    delivered_by_name(client)
     assert asked.count("hook.example") == 3  # at submit, the failed lookup, the lookup of the second attempt
     assert deliveries("completed", "retried") - retried == 1 and deliveries("completed", "refused") == refused
 
