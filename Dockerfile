@@ -56,6 +56,6 @@ COPY app ./app
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["/srv/.venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
+    CMD ["/srv/.venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DIFFUSION_PORT', '8000'), timeout=4)"]
 # the API (with its embedded worker unless DIFFUSION_QUEUE_URL is set); a Redis worker: "python -m app.cli worker"
 CMD ["/srv/.venv/bin/python", "-m", "app.cli", "serve"]

@@ -393,3 +393,37 @@ def test_keda_scales_the_workers_on_the_shipped_models_job_streams():
         assert env["DIFFUSION_QUEUE_URL"] == "redis://$(REDIS_ADDRESS)/0"  # expanded by the kubelet
         url = env["DIFFUSION_QUEUE_URL"].replace("$(REDIS_ADDRESS)", config["REDIS_ADDRESS"])
         assert Settings(model_store=ROOT, queue_url=url).queue_url == url  # a valid setting once expanded
+
+
+def test_the_images_healthcheck_asks_the_port_the_service_listens_on(tmp_path):
+    """It asked port 8000 whatever DIFFUSION_PORT said: a container run on another port stayed unhealthy."""
+    import http.server
+    import json
+    import threading
+
+    from tests.redis.helpers import free_port
+
+    line = re.search(r"^\s+CMD (\[.*\])$", (ROOT / "Dockerfile").read_text().split("HEALTHCHECK", 1)[1], re.M)
+    command = json.loads(line.group(1))
+    assert command[0] == "/srv/.venv/bin/python"
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", port), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+
+        def check(env: dict) -> int:
+            return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30).returncode
+
+        assert check({"DIFFUSION_PORT": str(port)}) == 0
+        assert check({"DIFFUSION_PORT": str(free_port())}) != 0  # nothing listens there: unhealthy
+    finally:
+        server.shutdown()
