@@ -990,6 +990,12 @@ def test_a_worker_is_ready_on_its_health_port_only_while_it_takes_jobs(store, pr
             assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 200
             worker._intake = [asyncio.create_task(asyncio.sleep(3600))]  # as start() leaves it
             assert await asyncio.to_thread(_get, url + "/readyz") == (200, '{"status": "ready"}')
+            served = dict(worker.entries)
+            worker.entries = {}  # a reload found no model (the store emptied or unmounted): it takes no jobs
+            assert (await asyncio.to_thread(_get, url + "/readyz"))[0] == 503
+            assert (await asyncio.to_thread(_get, url + "/healthz"))[0] == 200  # not restarted for it
+            worker.entries = served
+            assert (await asyncio.to_thread(_get, url + "/readyz"))[0] == 200
             await worker.stop(grace=0)
             assert (await asyncio.to_thread(_get, url + "/readyz"))[0] == 503
         finally:

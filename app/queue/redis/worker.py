@@ -510,8 +510,9 @@ class RedisWorker:
         return not self.dead.is_set() and self._engine_trouble() is None
 
     def ready(self) -> bool:
-        """Taking jobs: its models loaded (the intake runs from the end of ``start`` until ``stop``), and live."""
-        return bool(self._intake) and self.live()
+        """Taking jobs: its models loaded (the intake runs from the end of ``start`` until ``stop``), at least
+        one of them served (a reload may leave none: the store emptied or unmounted), and live."""
+        return bool(self._intake) and self.serves_anything and self.live()
 
     @property
     def loop_stale_s(self) -> float:
