@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -151,6 +152,10 @@ class Settings(BaseSettings):
             raise ValueError("embedded_worker=false needs a queue_url: without Redis the API process runs the engine")
         if self.queue_url is not None and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("queue_url must be a redis://, rediss:// or unix:// URL")
+        if self.queue_url is not None and self.queue_url.startswith(("redis://", "rediss://")):
+            database = urlsplit(self.queue_url).path.strip("/")
+            if database and not database.isdigit():  # redis-py would take database 0 without a word
+                raise ValueError(f"queue_url's database must be a number, as in redis://host:6379/0, not {database!r}")
         if self.webhook_secret is not None:
             secret = self.webhook_secret.get_secret_value().removeprefix("whsec_")
             try:

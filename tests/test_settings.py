@@ -55,6 +55,15 @@ def test_a_model_name_the_store_lacks_is_refused_at_start_naming_the_setting(sto
         assert client.get("/readyz").status_code == 200  # names the store holds start as before
 
 
+@pytest.mark.parametrize("database", ["l5", "staging", "0/extra"])
+def test_a_queue_url_whose_database_is_not_a_number_is_refused(tmp_path, database):
+    """redis-py ignores a database path it cannot read and takes database 0, beside whatever else is there."""
+    with pytest.raises(ValidationError, match=f"queue_url's database must be a number.*{database!r}"):
+        make_settings(tmp_path, queue_url=f"redis://127.0.0.1:6379/{database}")
+    for fine in ("redis://h:6379/15", "redis://h:6379/", "redis://h:6379", "rediss://:pw@h/2", "unix:///r.sock?db=3"):
+        assert make_settings(tmp_path, queue_url=fine).queue_url == fine
+
+
 def test_no_embedded_worker_without_redis_is_refused(tmp_path):
     with pytest.raises(ValidationError, match="embedded_worker=false needs a queue_url"):
         make_settings(tmp_path, embedded_worker=False)
