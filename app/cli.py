@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from app import background
 from app.logs import configure_logging
@@ -140,11 +142,9 @@ def keys(argv: list[str] | None = None) -> None:
     """``diffusion-keys create NAME --scopes generate,denoise``: make a key, print it once, store its hash;
     ``diffusion-keys list``; ``diffusion-keys revoke NAME``."""
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
-    from app.api.auth import KEYS, load_keys, new_key_entry
+    from app.api.auth import load_keys
 
     parser = argparse.ArgumentParser(prog="diffusion-keys", description="Manage the service's API keys.")
     parser.add_argument(
@@ -163,12 +163,38 @@ def keys(argv: list[str] | None = None) -> None:
     revoke = commands.add_parser("revoke", help="remove a key")
     revoke.add_argument("name")
     args = parser.parse_args(argv)
-    path = Path(args.file)
-    entries = [k.model_dump(exclude_none=True) for k in load_keys(path)] if path.exists() else []
+    path = Path(args.file).resolve()  # a link to the keys file: the file it names is rewritten, the link kept
+
+    def read() -> list[dict]:
+        try:
+            return [k.model_dump(exclude_none=True) for k in load_keys(path)] if path.exists() else []
+        except ValueError as exc:
+            raise SystemExit(f"diffusion-keys: {exc}") from None
+
     if args.command == "list":
-        for entry in entries:
+        for entry in read():
             print(json.dumps({k: v for k, v in entry.items() if k != "sha256"}))
         return
+    # one change at a time: two runs at once (two operators, a script) would each write what they read, and
+    # the later would undo the earlier (a revoked key back in force, a created one never stored)
+    folder = os.open(path.parent, os.O_RDONLY)  # the lock is the folder's: nothing is left beside the file
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        key = _change_keys(args, path, read())
+    finally:
+        os.close(folder)  # and the lock with it
+    if key is not None:
+        print(key)  # shown once, once it is stored: only its sha256 is kept
+
+
+def _change_keys(args: argparse.Namespace, path: Path, entries: list[dict]) -> str | None:
+    """Create or revoke a key in ``entries`` (read under the lock) and write the file whole; the new key."""
+    import json
+    import tempfile
+
+    from app.api.auth import KEYS, new_key_entry
+
+    key = None
     if args.command == "revoke":
         kept = [e for e in entries if e["name"] != args.name]
         if len(kept) == len(entries):
@@ -190,11 +216,18 @@ def keys(argv: list[str] | None = None) -> None:
         entries.append(entry)
     KEYS.validate_python(entries)
     made, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # readable by its owner only
+    if path.exists():  # as it was: readable by the service's user, if the operator made it so
+        before = path.stat()
+        os.fchmod(made, before.st_mode & 0o777)
+        try:
+            os.fchown(made, before.st_uid, before.st_gid)
+        except PermissionError:
+            if before.st_uid != os.getuid():
+                print(f"diffusion-keys: {path} is now owned by this user, not uid {before.st_uid}", file=sys.stderr)
     with os.fdopen(made, "w") as file:
         file.write(json.dumps(entries, indent=2) + "\n")
     os.replace(temporary, path)  # whole or not at all
-    if args.command == "create":
-        print(key)  # shown once, once it is stored: only its sha256 is kept
+    return key
 
 
 def main(argv: list[str] | None = None) -> None:

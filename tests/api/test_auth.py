@@ -161,6 +161,65 @@ def test_diffusion_keys_creates_a_key_that_works(tmp_path, store):
         assert r.status_code == 200
 
 
+def diffusion_keys(path, *args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "app.cli", "keys", "--file", str(path), *args]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_diffusion_keys_keeps_the_files_mode_and_rewrites_a_linked_file_where_it_is(tmp_path):
+    """The file was rewritten 0600 whatever its mode (a service running as another user, which the operator had
+    let read it, could no longer: the revoked key stayed in force), and a link was replaced by a plain file."""
+    target = tmp_path / "secrets" / "keys.json"
+    target.parent.mkdir()
+    assert diffusion_keys(target, "create", "mallory").returncode == 0
+    target.chmod(0o640)
+    link = tmp_path / "keys.json"
+    link.symlink_to(target)
+    assert diffusion_keys(link, "revoke", "mallory").returncode == 0
+    assert link.is_symlink() and json.loads(target.read_text()) == []
+    assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_diffusion_keys_runs_at_once_both_land(tmp_path, monkeypatch):
+    """Two runs each read the file and wrote what they had read plus their change: the later undid the earlier
+    (here a revoked key came back). Each run now reads and writes under a lock on the file's folder."""
+    import threading
+
+    from app import cli
+    from app.api import auth as auth_module
+
+    path = tmp_path / "keys.json"
+    assert diffusion_keys(path, "create", "mallory").returncode == 0
+    real, both_read = auth_module.load_keys, threading.Barrier(2)
+
+    def slow_read(where):
+        keys = real(where)
+        try:
+            both_read.wait(timeout=1.0)  # with the lock, the other run cannot read until this one has written
+        except threading.BrokenBarrierError:
+            pass
+        return keys
+
+    monkeypatch.setattr(auth_module, "load_keys", slow_read)
+    runs = [
+        threading.Thread(target=cli.keys, args=(["--file", str(path), "revoke", "mallory"],)),
+        threading.Thread(target=cli.keys, args=(["--file", str(path), "create", "dave"],)),
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(30)
+    assert [entry["name"] for entry in json.loads(path.read_text())] == ["dave"]
+
+
+def test_diffusion_keys_says_what_is_wrong_with_a_broken_file_in_one_line(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text("[{")
+    out = diffusion_keys(path, "list")
+    assert out.returncode == 1 and out.stderr.startswith("diffusion-keys: DIFFUSION_API_KEYS_FILE")
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3
+
+
 def test_an_unreadable_keys_file_refuses_to_start(tmp_path, store):
     bad = tmp_path / "keys.json"
     bad.write_text('[{"name": "x", "sha256": "short", "scopes": []}]')
