@@ -406,6 +406,18 @@ def test_img2img_refuses_what_it_cannot_do(client):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "strength"]
     r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd", "width": "24"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "width"]
+    # DiT puts its patches back together as a square: any other shape had failed inside it (a 500)
+    for height, width in ((16, 24), (24, 16)):
+        files = {"file": ("p.png", upload_png(a_photo(height, width)), "image/png")}
+        for extra in ({}, {"mask": ("m.png", upload_png(a_photo(height, width)), "image/png")}):  # and inpainting
+            r = client.post("/v1/img2img", files={**files, **extra}, data={"model": "tiny-dit", "class_label": "3"})
+            error = r.json()["detail"][0]
+            assert r.status_code == 422 and error["type"] == "not_square" and f"{width}x{height}" in error["msg"], (
+                r.text
+            )
+    square = {"file": ("p.png", upload_png(a_photo(16, 16)), "image/png")}
+    r = client.post("/v1/img2img", files=square, data={"model": "tiny-dit", "class_label": "3", "steps": "2"})
+    assert r.status_code == 200, r.text
 
 
 def test_an_image_whose_attention_costs_past_the_limit_is_422_before_any_work(store, tmp_path):

@@ -256,6 +256,13 @@ def start_image_size(req: GenerateRequest, image: ImageData, entry: ModelEntry) 
             f"image is {image.width}x{image.height}; model {entry.name!r} needs both sides multiples of {multiple}",
             type="not_multiple",
         )
+    if entry.square_only and image.width != image.height:
+        raise ApiError(
+            422,
+            ["body", "file"],
+            f"image is {image.width}x{image.height}; model {entry.name!r} ({entry.family}) takes square images only",
+            type="not_square",
+        )
     return image.height, image.width
 
 

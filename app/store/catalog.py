@@ -295,6 +295,12 @@ class ModelEntry:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     @property
+    def square_only(self) -> bool:
+        """A transformer (DiT) works on square images only: diffusers' DiT puts its patches back together as a
+        square (side = the square root of their count), and any other shape fails inside it."""
+        return self.spec.patch_key is not None
+
+    @property
     def downsample_factor(self) -> int:
         """How much the denoising network downsamples (a transformer works on patches: its patch size; a
         space-to-depth UNet's fold counts)."""
