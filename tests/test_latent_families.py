@@ -605,6 +605,18 @@ def test_a_dpm_grid_that_collapses_is_422_not_an_image_of_noise(client):
     client.delete(f"/v1/jobs/{ok.json()['job_id']}")
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_trailing_spacing_at_a_count_whose_grid_reaches_timestep_minus_1_is_422(client, sampler):
+    """np.arange's rounding gives trailing spacing one point too many at 61, 103, 121 ... of 1,000 steps, the last
+    at timestep -1 (in diffusers too), which reads the schedule's far end: the job had answered a broken image."""
+    r = client.post("/v1/generate", json={"model": "tiny-sd2", "prompt": "a", "steps": 61, "sampler": sampler})
+    error = r.json()["detail"][0]
+    assert r.status_code == 422 and error["loc"] == ["body", "steps"]
+    assert f"{sampler} cannot take 61 steps" in error["msg"] and "60 or 62 can" in error["msg"]
+    ok = client.post("/v1/generate", json={"model": "tiny-sd2", "prompt": "a", "steps": 60, "sampler": sampler})
+    assert ok.status_code == 200, ok.text
+
+
 def test_img2img_with_a_merged_dpm_grid_still_runs(client):
     # linspace spacing at T steps rounds two timesteps to one: 999 steps run (a collapsed grid is refused above)
     image = np.full((16, 16, 3), 120, dtype=np.uint8)

@@ -90,17 +90,19 @@ def check_plan(entry: ModelEntry, sampler: str, steps: int) -> None:
     spacing = get_sampler(sampler).spacing(config.get("timestep_spacing"))
     offset = int(config.get("steps_offset", 0))
     if not get_sampler(sampler).fits(entry.train_timesteps, steps, spacing, offset):
-        most = max(
+        fitting = [
             n
             for n in range(1, entry.train_timesteps + 1)
             if get_sampler(sampler).fits(entry.train_timesteps, n, spacing, offset)
-        )
-        raise ApiError(
-            422,
-            ["body", "steps"],
-            f"{sampler} takes at most {most} steps on model {entry.name!r} ({spacing} spacing, steps_offset {offset})",
-            type="out_of_range",
-        )
+        ]
+        where = f"on model {entry.name!r} ({spacing} spacing, steps_offset {offset})"
+        if steps > max(fitting):
+            why = f"{sampler} takes at most {max(fitting)} steps {where}"
+        else:  # a count whose grid leaves the schedule between counts that fit
+            near = sorted(fitting, key=lambda n: (abs(n - steps), n))[:2]
+            why = f"{sampler} cannot take {steps} steps {where}: its timesteps leave the schedule; "
+            why += f"{near[0]} or {near[1]} can"
+        raise ApiError(422, ["body", "steps"], why, type="out_of_range")
 
 
 def check_steps(entry: ModelEntry, steps: int, loc: list) -> int:

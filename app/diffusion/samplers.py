@@ -393,8 +393,10 @@ class Sampler:
             return True
         grid = self.grid(num_train, num_steps, self.spacing(spacing), steps_offset=steps_offset)
         # A grid whose repeats were merged takes fewer steps than asked; one that collapses (DPM-Solver's
-        # leading spacing at T steps: every timestep 0, one step from pure noise) would answer noise
-        return max(grid) < num_train and 2 * len(grid) >= num_steps
+        # leading spacing at T steps: every timestep 0, one step from pure noise) would answer noise. Trailing
+        # spacing at 61, 103, 121 ... of 1,000 steps gets one point too many from arange's rounding, the last
+        # at timestep -1 (in diffusers too), which reads the schedule's far end: noise again
+        return max(grid) < num_train and min(grid) >= 0 and 2 * len(grid) >= num_steps
 
 
 SAMPLERS: dict[str, Sampler] = {
