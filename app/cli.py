@@ -12,22 +12,33 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app import background
 from app.logs import configure_logging
 from app.settings import Settings, unknown_variables
+
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]  # uvicorn's: trace is below debug
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model-store", help="model folder (default: DIFFUSION_MODEL_STORE or ./model_store)")
     parser.add_argument("--queue-url", help="redis://... to use Redis (default: DIFFUSION_QUEUE_URL; none: in-process)")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     return parser
 
 
 def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Settings:
     values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
-    settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:  # one line per setting, naming it; never the value (it may be a secret)
+        prog = "diffusion-worker" if worker else "diffusion-serve"
+        for error in exc.errors():
+            where = f"DIFFUSION_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else ""
+            print(f"{prog}: {where}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(args.log_level, settings.log_format)
     for variable in unknown_variables(os.environ):
         logging.getLogger(__name__).warning("%s is not a setting: ignored", variable)
@@ -54,6 +65,14 @@ def serve(argv: list[str] | None = None) -> None:
 
     background.hold_sighup()  # a SIGHUP while the models load does not end the process
     background.exit_on_stop_while_starting()  # uvicorn installs its own handlers once it serves
+    if settings.api_keys_file is not None:  # before the models load: a bad keys file is found at once
+        from app.api.auth import load_keys
+
+        try:
+            load_keys(Path(settings.api_keys_file))
+        except ValueError as exc:
+            print(f"diffusion-serve: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     try:
         backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
         if settings.queue_url is not None:
@@ -70,6 +89,7 @@ def serve(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's own lines go through the service's logging: its format, the request's ID
         http=protocol_with(settings.header_timeout_s),
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # 0: no wait (None would be for ever)
     )
@@ -109,7 +129,15 @@ async def _run_worker(settings: Settings) -> int:
     if settings.worker_metrics_port:  # the engine's metrics for Prometheus, and the worker's liveness
         from app.metrics import serve_worker_http
 
-        serve_worker_http(settings.worker_metrics_port, settings.host, node.live, node.ready)
+        try:
+            serve_worker_http(settings.worker_metrics_port, settings.host, node.live, node.ready)
+        except OSError as exc:  # the port is taken, say
+            print(
+                f"diffusion-worker: DIFFUSION_WORKER_METRICS_PORT {settings.worker_metrics_port}: {exc}",
+                file=sys.stderr,
+            )
+            await redis.aclose()
+            return 2
     try:
         await reach(redis, settings)  # before the models load: a worker without Redis has nothing to do
         await node.start()

@@ -36,6 +36,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
+TRACE = 5
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
@@ -43,6 +46,7 @@ def configure_logging(level: str, log_format: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    logging.addLevelName(TRACE, "TRACE")  # uvicorn's level below DEBUG (--log-level trace)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

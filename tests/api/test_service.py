@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import os
 import subprocess
@@ -186,6 +187,69 @@ def test_the_cli_exits_with_a_message_on_an_empty_store(tmp_path):
     )
     assert out.returncode == 2 and "no loadable model" in out.stderr
     assert "DIFFUSION_SHUTDOWN_GRACE (did you mean DIFFUSION_SHUTDOWN_GRACE_S?) is not a setting" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "said"),
+    [
+        (
+            ["serve"],
+            {"DIFFUSION_QUEUE_LIMIT": "abc"},
+            "diffusion-serve: DIFFUSION_QUEUE_LIMIT: Input should be a valid",
+        ),
+        (["serve"], {"DIFFUSION_LEASE_S": "900"}, "diffusion-serve: worker_forget_s must be longer than lease_s"),
+        (["worker"], {"DIFFUSION_WEBHOOK_SECRET": "whsec_c2hvcnQtc2VjcmV0"}, "diffusion-worker: webhook_secret must"),
+        (["serve"], {"DIFFUSION_API_KEYS_FILE": "/nonexistent/keys.json"}, "diffusion-serve: DIFFUSION_API_KEYS_FILE"),
+    ],
+)
+def test_a_bad_setting_stops_the_cli_with_one_line_naming_it_and_never_its_value(tmp_path, command, env, said):
+    """Pydantic's traceback (18 to 44 lines, exit 1) had echoed the start and end of the value, a secret's too;
+    a keys file that does not read was found only after the models had loaded."""
+    write_generator(tmp_path / "tiny-gen")
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", *command, "--model-store", str(tmp_path), "--queue-url", "redis://h:1/0"]
+        if command == ["worker"]
+        else [sys.executable, "-m", "app.cli", *command, "--model-store", str(tmp_path), "--port", "8766"],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a bound on a hang, not a measure
+        env={**os.environ, "DIFFUSION_DEVICE": "cpu", **env},
+    )
+    assert out.returncode == 2 and out.stderr.startswith(said), out.stderr
+    assert "Traceback" not in out.stderr and "loaded model" not in out.stderr
+    assert all(value[6:] not in out.stderr for value in env.values() if value.startswith("whsec_"))
+
+
+def test_json_logs_put_uvicorns_lines_in_json_too_with_the_requests_id(tmp_path):
+    """uvicorn kept its own plain-text configuration: its start-up and access lines were not JSON, and the
+    access lines had no request ID."""
+    import httpx
+
+    from tests.redis.helpers import free_port
+
+    write_generator(tmp_path / "tiny-gen")
+    logs, port = tmp_path / "log.txt", free_port()
+    command = [sys.executable, "-m", "app.cli", "serve", "--model-store", str(tmp_path), "--port", str(port)]
+    env = {**os.environ, "DIFFUSION_DEVICE": "cpu", "DIFFUSION_LOG_FORMAT": "json"}
+    with logs.open("w") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
+        try:
+            deadline = time.monotonic() + 60  # a bound on start-up, not a measure of it
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline and process.poll() is None
+                    time.sleep(0.1)
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"X-Request-ID": "trace-77"}).is_success
+        finally:
+            process.terminate()
+            process.wait(30)
+    lines = [json.loads(line) for line in logs.read_text().splitlines() if line.strip()]
+    assert any(line["logger"] == "uvicorn.error" and "Uvicorn running" in line["message"] for line in lines)
+    (access,) = [line for line in lines if line["logger"] == "uvicorn.access" and "/v1/models" in line["message"]]
+    assert access["request_id"] == "trace-77"
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
