@@ -170,7 +170,6 @@ def keys(argv: list[str] | None = None) -> None:
     """``diffusion-keys create NAME --scopes generate,denoise``: make a key, print it once, store its hash;
     ``diffusion-keys list``; ``diffusion-keys revoke NAME``."""
     import json
-    from pathlib import Path
 
     from app.api.auth import load_keys
 
