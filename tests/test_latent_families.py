@@ -605,6 +605,29 @@ def test_a_dpm_grid_that_collapses_is_422_not_an_image_of_noise(client):
     client.delete(f"/v1/jobs/{ok.json()['job_id']}")
 
 
+@pytest.mark.parametrize("offset", [0, None])
+def test_a_stable_diffusion_config_with_steps_offset_0_or_none_steps_as_its_pipeline_sets_it(tmp_path, offset):
+    """Stable Diffusion's pipelines set steps_offset to 1 whatever the config says (an "outdated" config): with
+    leading spacing the service had stepped from timestep 800 where the pipeline steps from 801."""
+    from diffusers import StableDiffusionPipeline
+
+    from app.diffusion.samplers import spaced_timesteps
+    from app.diffusion.schedule import NoiseSchedule
+    from app.store.catalog import scan_store
+
+    folder = write_stable_diffusion(tmp_path / "old-config")
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.pop("steps_offset") if offset is None else config.update(steps_offset=offset)
+    path.write_text(json.dumps(config))
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.scheduler.set_timesteps(5)
+    entry = scan_store(tmp_path)["old-config"]
+    schedule = NoiseSchedule.from_config(entry.scheduler_config)
+    ours = spaced_timesteps(schedule.num_train_timesteps, 5, schedule.spacing, steps_offset=schedule.steps_offset)
+    assert ours == pipe.scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
 def test_trailing_spacing_at_a_count_whose_grid_reaches_timestep_minus_1_is_422(client, sampler):
     """np.arange's rounding gives trailing spacing one point too many at 61, 103, 121 ... of 1,000 steps, the last

@@ -27,6 +27,9 @@ class FamilySpec:
     latent: bool = False  # the network works on a VAE's latents
     scales_initial_noise: bool = False  # the diffusers pipeline multiplies its first noise by init_noise_sigma
     honours_clip_sample: bool = True  # False: the pipeline turns its scheduler's clip_sample off (SD's does)
+    # The steps_offset the pipeline sets on its scheduler whatever the config says (SD's: 1, calling another
+    # "outdated"); None: the config's own
+    steps_offset: int | None = None
     # Class labels: the denoiser config's key for the label embeddings, and whether that count leaves out a
     # null class of its own at its end (DiT: num_embeds_ada_norm classes, the null label is that number).
     classes_key: str | None = "num_class_embeds"
@@ -66,6 +69,7 @@ FAMILIES: dict[str, FamilySpec] = {
             latent=True,
             scales_initial_noise=True,
             honours_clip_sample=False,
+            steps_offset=1,
             any_latent_size=True,
             classes_key=None,
             sizes=True,
