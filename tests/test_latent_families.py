@@ -734,6 +734,7 @@ def test_a_dit_config_without_num_embeds_ada_norm_has_the_classes_default_of_100
         ("DPMSolverMultistepScheduler", "algorithm_type", "sde-dpmsolver++"),
         ("DPMSolverMultistepScheduler", "solver_order", 3),
         ("DPMSolverMultistepScheduler", "use_lu_lambdas", True),
+        ("DPMSolverMultistepScheduler", "lambda_min_clipped", -5.1),  # its grid starts lower: 995, not 999
         ("EulerDiscreteScheduler", "interpolation_type", "log_linear"),
         ("EulerDiscreteScheduler", "use_karras_sigmas", True),
     ],

@@ -118,6 +118,7 @@ SCHEDULER_OPTIONS = {
         "use_beta_sigmas": False,
         "use_flow_sigmas": False,
         "final_sigmas_type": "zero",
+        "lambda_min_clipped": float("-inf"),  # (JSON's -Infinity, as save_pretrained writes it)
     },
     "EulerDiscreteScheduler": {
         "interpolation_type": "linear",
