@@ -431,15 +431,11 @@ def _check(entry: ModelEntry) -> None:
         if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
             log.info("model %r: %s is ignored (the service does not run it)", entry.name, ignored)
     entry.scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
-    forced = spec.steps_offset
-    if forced is not None and entry.scheduler_config.get("steps_offset", 0) != forced:  # as its pipeline does
-        log.info(
-            "model %r: steps_offset %s taken as %d, as its pipeline takes it",
-            entry.name,
-            entry.scheduler_config.get("steps_offset", "unset"),
-            forced,
-        )
-        entry.scheduler_config = {**entry.scheduler_config, "steps_offset": forced}
+    for key, value in spec.scheduler_overrides.items():  # as its pipeline sets them on its scheduler
+        if entry.scheduler_config.get(key) != value:
+            said = entry.scheduler_config.get(key, "unset")
+            log.info("model %r: scheduler %s %s taken as %s, as its pipeline sets it", entry.name, key, said, value)
+            entry.scheduler_config = {**entry.scheduler_config, key: value}
     if (problem := schedule_problem(entry.scheduler_config)) is not None:
         raise ModelRefused(f"scheduler config: {problem}")
     # the files that are loaded: not the variants beside them, single-file checkpoints or a safety checker

@@ -9,7 +9,7 @@ family is one entry here, one runtime module, and its tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Conditioning = Literal["none", "class", "text"]
 
@@ -26,10 +26,9 @@ class FamilySpec:
     text: bool = False  # conditioned on a prompt (CLIP text encoder + tokenizer)
     latent: bool = False  # the network works on a VAE's latents
     scales_initial_noise: bool = False  # the diffusers pipeline multiplies its first noise by init_noise_sigma
-    honours_clip_sample: bool = True  # False: the pipeline turns its scheduler's clip_sample off (SD's does)
-    # The steps_offset the pipeline sets on its scheduler whatever the config says (SD's: 1, calling another
-    # "outdated"); None: the config's own
-    steps_offset: int | None = None
+    # What the pipeline sets on its scheduler whatever the folder's config says (Stable Diffusion's turns
+    # clip_sample off and sets steps_offset 1, calling another "outdated"): the catalog reads the config so
+    scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     # Class labels: the denoiser config's key for the label embeddings, and whether that count leaves out a
     # null class of its own at its end (DiT: num_embeds_ada_norm classes, the null label is that number).
     classes_key: str | None = "num_class_embeds"
@@ -68,8 +67,7 @@ FAMILIES: dict[str, FamilySpec] = {
             text=True,
             latent=True,
             scales_initial_noise=True,
-            honours_clip_sample=False,
-            steps_offset=1,
+            scheduler_overrides={"clip_sample": False, "steps_offset": 1},
             any_latent_size=True,
             classes_key=None,
             sizes=True,

@@ -51,14 +51,14 @@ class LoadedModel:
 
 def schedule_of(entry: ModelEntry) -> NoiseSchedule:
     """The model's schedule, clipping as its diffusers pipeline does: not at all where the pipeline turns
-    ``clip_sample`` off (Stable Diffusion's); a clipping DDIM re-derives its noise estimate from the clipped
-    x_0 on pixel models (ours: docs/digits.md), and not on latent ones, as their pipelines step."""
+    ``clip_sample`` off (Stable Diffusion's: the catalog read the config so, ``scheduler_overrides``); a
+    clipping DDIM re-derives its noise estimate from the clipped x_0 on pixel models (ours: docs/digits.md),
+    and not on latent ones, as their pipelines step."""
     try:
         schedule = NoiseSchedule.from_config(entry.scheduler_config)
     except ValueError as exc:
         raise ModelRefused(f"scheduler config: {exc}") from exc
-    clip = schedule.clip_sample and entry.spec.honours_clip_sample
-    return dataclasses.replace(schedule, clip_sample=clip, clipped_eps=not entry.spec.latent)
+    return dataclasses.replace(schedule, clipped_eps=not entry.spec.latent)
 
 
 def load_model(entry: ModelEntry, device: torch.device) -> LoadedModel:
