@@ -1119,6 +1119,7 @@ def test_an_idempotency_claim_is_waited_for_only_while_its_record_may_still_be_b
     import asyncio
 
     from app.queue.redis import queue as redis_queue
+    from app.queue.redis.keys import CLAIM_WHILE_KEPT_S
     from app.queue.redis.queue import RedisJobQueue, connect
 
     real_sleep = asyncio.sleep
@@ -1138,13 +1139,89 @@ def test_an_idempotency_claim_is_waited_for_only_while_its_record_may_still_be_b
             record = JobRecord(id="fresh", kind="generate", model="tiny-gen")
             old, new = queue.keys.idempotency("old"), queue.keys.idempotency("new")
             await queue.redis.set(old, "expired:fp", ex=queue._claim_ttl - 3600)  # its record expired long ago
-            assert await queue._claimed_job(old, "fp") is None and slept == []  # at once: nothing to wait for
+            assert await queue._claimed_job(old, "fp") == (None, b"expired:fp") and slept == []  # at once
+            # admitted (a week's claim), its record evicted: nothing is being written either
+            await queue.redis.set(old, "evicted:fp", ex=CLAIM_WHILE_KEPT_S)
+            assert await queue._claimed_job(old, "fp") == (None, b"evicted:fp") and slept == []
+            assert await queue._claimed_job(queue.keys.idempotency("none"), "fp") == (None, None)
             await queue.redis.set(new, "fresh:fp", ex=queue._claim_ttl)  # claimed a moment ago, record not yet written
-            assert (await queue._claimed_job(new, "fp")).id == "fresh" and len(slept) == 3
+            found, _ = await queue._claimed_job(new, "fp")
+            assert found.id == "fresh" and len(slept) == 3
             with pytest.raises(redis_queue.IdempotencyConflict):
                 await queue._claimed_job(new, "another request")
         finally:
             monkeypatch.undo()
+            await queue.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_two_replays_of_a_key_whose_job_is_gone_make_one_job(store, prefix):
+    """Both found the claim naming no job and each wrote its own over it: two jobs ran for one key."""
+    import asyncio
+
+    from app.jobs import GenerateSpec
+    from app.queue.protocol import Admission
+    from app.queue.redis.keys import CLAIM_MARGIN_S
+    from app.queue.redis.queue import RedisJobQueue, connect
+
+    async def scenario():
+        settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix)
+        nodes = [RedisJobQueue(settings, connect(REDIS_URL)) for _ in range(2)]
+        admission = Admission(idempotency_key="again", fingerprint="fp")
+        claim = nodes[0].keys.idempotency(":again")
+        try:
+            await nodes[0].redis.set(claim, "gone:fp", ex=CLAIM_MARGIN_S)  # its record's retention is over
+            both_read = asyncio.Barrier(2)
+
+            def reading_together(read):  # each node has read the claim before either acts on it (first reads)
+                first = [True]
+
+                async def read_then_wait(*args):
+                    found = await read(*args)
+                    if first:
+                        first.clear()
+                        await asyncio.wait_for(both_read.wait(), 5)
+                    return found
+
+                return read_then_wait
+
+            for node in nodes:
+                node._claimed_job = reading_together(node._claimed_job)
+            spec = GenerateSpec(model="tiny-gen", steps=2, sampler="ddim", seeds=[0], class_label=0)
+            made = await asyncio.gather(*(node.submit(spec, admission) for node in nodes))
+            assert made[0].id == made[1].id
+            assert (await nodes[0].redis.get(claim)).decode().startswith(made[0].id)
+            assert await nodes[0].redis.xlen(nodes[0].keys.job_stream(spec)) == 1
+        finally:
+            for node in nodes:
+                await node.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_key_at_its_job_cap_hears_so_even_when_the_queue_is_full(store, prefix):
+    """The in-process backend says too_many_jobs (the key's own limit, which waiting on others' jobs does not
+    lift); Redis said queue_full."""
+    import asyncio
+
+    from app.jobs import GenerateSpec
+    from app.queue.protocol import Admission, TooManyJobs
+    from app.queue.redis.queue import RedisJobQueue, connect
+
+    async def scenario():
+        settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, queue_limit=1)
+        queue = RedisJobQueue(settings, connect(REDIS_URL))
+        admission = Admission(owner="alice", max_jobs=1)
+        try:
+            await queue.submit(
+                GenerateSpec(model="tiny-gen", steps=2, sampler="ddim", seeds=[0], class_label=0), admission
+            )
+            with pytest.raises(TooManyJobs):
+                await queue.submit(
+                    GenerateSpec(model="tiny-gen", steps=2, sampler="ddim", seeds=[0], class_label=0), admission
+                )
+        finally:
             await queue.redis.aclose()
 
     asyncio.run(scenario())

@@ -162,6 +162,17 @@ return 1
 """.replace("CLAIM_MARGIN_S", str(CLAIM_MARGIN_S))
 
 
+# Replace an Idempotency-Key's claim that names no job any more (its record expired or was evicted) with
+# this request's, only if it still holds what the request read: of two requests replaying the key at once,
+# one makes the job and the other finds it. KEYS: the claim. ARGV: the claim read, the new claim, its TTL (s).
+# Returns 1 if replaced.
+REPLACE_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
 # Admit a job unless the deployment already holds ``queue_limit`` jobs or ``queue_max_pixels`` image pixels
 # (checked and written in one step, so API nodes cannot overshoot together). KEYS: job hash, held hash,
 # stream, queued-models set. ARGV: record JSON, spec JSON, job ID, queue limit, the job's pixels, pixel
@@ -183,14 +194,14 @@ for i = 1, #entries, 2 do
     held, count = held + tonumber(entries[i + 1]), count + 1
   end
 end
-if count >= tonumber(ARGV[4]) then return 0 end
-if ARGV[9] ~= '' then  -- the key's own cap on jobs queued or running
+if ARGV[9] ~= '' then  -- the key's own cap on jobs queued or running (before the queue's, as in-process)
   local mine = 0
   for i = 1, #entries, 2 do
     if redis.call('HGET', ARGV[7] .. entries[i], 'owner') == ARGV[8] then mine = mine + 1 end
   end
   if mine >= tonumber(ARGV[9]) then return -1 end
 end
+if count >= tonumber(ARGV[4]) then return 0 end
 if held > 0 and held + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2], 'owner', ARGV[8])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[10], 'webhook_events', ARGV[11]) end

@@ -36,7 +36,7 @@ from app.queue.protocol import (
     TooManyJobs,
 )
 from app.queue.redis.catalog import merge
-from app.queue.redis.keys import ADMIT, CLAIM_MARGIN_S, Keys
+from app.queue.redis.keys import ADMIT, CLAIM_MARGIN_S, REPLACE_CLAIM, Keys
 from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -146,6 +146,7 @@ class RedisJobQueue:
         self.keys = Keys(settings.redis_prefix)
         self.records = RecordStore(redis, self.keys, settings.job_retention_s, settings.webhook_delivery_ttl_s)
         self._admit = redis.register_script(ADMIT)
+        self._replace_claim = redis.register_script(REPLACE_CLAIM)
         self.outbox = RedisOutbox(redis, self.keys)
         self.models: dict[str, ModelEntry] = {}
         self._watchers = Watchers()
@@ -209,12 +210,9 @@ class RedisJobQueue:
         record = JobRecord.new(spec, admission.owner, admission.webhook)
         key = self.keys.idempotency(admission.scoped_key) if admission.scoped_key else None
         if key:
-            claim = f"{record.id}:{admission.fingerprint}"
-            if not await self.redis.set(key, claim, nx=True, ex=self._claim_ttl):
-                existing = await self._claimed_job(key, admission.fingerprint)
-                if existing is not None:
-                    return existing
-                await self.redis.set(key, claim, ex=self._claim_ttl)
+            existing = await self._claim(key, f"{record.id}:{admission.fingerprint}", admission.fingerprint)
+            if existing is not None:
+                return existing
         admitted = await self._admit(
             keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec), self.keys.queued_models],
             args=[
@@ -248,24 +246,39 @@ class RedisJobQueue:
         once it has ended past its record's retention: ADMIT, UPDATE_RECORD)."""
         return int(self.settings.job_retention_s) + CLAIM_MARGIN_S
 
-    async def _claimed_job(self, key: str, fingerprint: str) -> JobRecord | None:
+    async def _claim(self, key: str, claim: str, fingerprint: str) -> JobRecord | None:
+        """Claim an Idempotency-Key for this request (None), or the job it already names. A claim that names
+        no job any more is replaced in one step with the check that it still holds what was read
+        (REPLACE_CLAIM), so of two requests replaying the key at once only one makes a job."""
+        while True:
+            if await self.redis.set(key, claim, nx=True, ex=self._claim_ttl):
+                return None
+            existing, stale = await self._claimed_job(key, fingerprint)
+            if existing is not None:
+                return existing
+            if stale is not None and await self._replace_claim(keys=[key], args=[stale, claim, self._claim_ttl]):
+                return None
+            # the claim expired meanwhile, or another request replaced it: read it again
+
+    async def _claimed_job(self, key: str, fingerprint: str) -> tuple[JobRecord | None, bytes | None]:
         """The job an Idempotency-Key names (IdempotencyConflict if it was claimed for another request), or
-        None when there is none any more (its record expired before the claim did). A request that claimed
-        the key a moment ago may still be writing its record: for a claim that recent (by the time left to
-        it, so no node's clock matters), wait briefly."""
+        (None, the claim) when it names none any more (its record expired before the claim did, or was
+        evicted), or (None, None) when there is no claim. A request that claimed the key a moment ago may
+        still be writing its record: for a claim that recent (by the time left to it, which only a claim not
+        yet admitted has at its first TTL; no node's clock matters), wait briefly."""
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 claim, left_ms = await pipe.get(key).pttl(key).execute()
             if claim is None:
-                return None
+                return None, None
             job_id, _, claimed_for = claim.decode().partition(":")
             if claimed_for != fingerprint:
                 raise IdempotencyConflict()
             record = await self.get(job_id)
             if record is not None:
-                return record
-            if self._claim_ttl - left_ms / 1000 > CLAIM_WRITE_S:
-                return None
+                return record, None
+            if not 0 <= self._claim_ttl - left_ms / 1000 <= CLAIM_WRITE_S:
+                return None, claim
             await asyncio.sleep(0.05)
 
     @reachable
