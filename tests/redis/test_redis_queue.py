@@ -1306,3 +1306,40 @@ def test_a_worker_whose_preload_names_a_model_its_store_lacks_refuses_to_start(s
     with pytest.raises(NoModels, match="DIFFUSION_PRELOAD names 'tiny-gne'"):
         with client_for(store, prefix, embedded_worker=True, preload="tiny-gne"):
             pass
+
+
+def test_consumers_that_hold_nothing_are_deleted_at_a_clean_stop_and_once_idle(store, prefix):
+    """Every worker ID became a consumer of each stream it read, and none was ever deleted: with restarts and
+    autoscaling the group's consumer list grew without bound."""
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import RedisWorker
+
+    async def beat_then_restart(redis):
+        beating = _worker_on(store, prefix, redis, "beating")
+        beating.settings = make_settings(
+            store, queue_url=REDIS_URL, redis_prefix=prefix, lease_s=0.2, worker_forget_s=0.5
+        )
+        await beating._create_groups()
+        stream = beating.keys.stream("normal", "tiny-gen")
+        await redis.xadd(stream, {"job": "f" * 32})
+        await redis.xreadgroup(GROUP, "died-holding", {stream: ">"}, count=1)  # left for a takeover
+        await redis.xgroup_createconsumer(stream, GROUP, "stopped-long-ago")  # holds nothing
+        await asyncio.sleep(0.6)  # both idle for longer than worker_forget_s
+        await redis.xgroup_createconsumer(stream, GROUP, "alive")  # holds nothing, but read a moment ago
+        await beating._beat()
+        consumers = {c["name"].decode() for c in await redis.xinfo_consumers(stream, GROUP)}
+        assert consumers == {"died-holding", "alive"}
+
+        settings = make_settings(store, queue_url=REDIS_URL, redis_prefix=prefix, shutdown_grace_s=0)
+        worker = RedisWorker(settings, redis, worker_id="restarted")
+        await worker.start()
+        await redis.xadd(stream, {"job": "0" * 32})  # a job whose record is gone: read, then retired
+        deadline = time.monotonic() + 10
+        while await redis.xlen(stream) > 1:
+            assert time.monotonic() < deadline, "the entry was not read"
+            await asyncio.sleep(0.05)
+        assert "restarted" in {c["name"].decode() for c in await redis.xinfo_consumers(stream, GROUP)}
+        await worker.stop(grace=0)
+        assert {c["name"].decode() for c in await redis.xinfo_consumers(stream, GROUP)} == {"died-holding", "alive"}
+
+    on_redis(beat_then_restart)

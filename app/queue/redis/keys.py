@@ -113,6 +113,30 @@ end
 return gone
 """
 
+# Delete the consumers of the group "workers" that hold no entries and have been idle for a while (workers
+# that stopped or died; a live one that is deleted is made again by its next read, holding nothing lost), or
+# that are this worker's own at a clean stop: every worker ID becomes a consumer of each stream it reads, and
+# Redis keeps them until they are deleted. Checked and deleted in one step, so no entry read meanwhile is
+# dropped with its consumer. KEYS: streams. ARGV: the group, the idle time in ms, a consumer to delete
+# whatever its idle time ('' for none). Returns how many were deleted.
+PRUNE_CONSUMERS = """
+local deleted = 0
+for _, stream in ipairs(KEYS) do
+  local consumers = redis.pcall('XINFO', 'CONSUMERS', stream, ARGV[1])
+  if not consumers.err then  -- no such stream or group: nothing to delete
+    for _, consumer in ipairs(consumers) do
+      local field = {}
+      for i = 1, #consumer, 2 do field[consumer[i]] = consumer[i + 1] end
+      if field['pending'] == 0 and (field['idle'] >= tonumber(ARGV[2]) or field['name'] == ARGV[3]) then
+        redis.call('XGROUP', 'DELCONSUMER', stream, ARGV[1], field['name'])
+        deleted = deleted + 1
+      end
+    end
+  end
+end
+return deleted
+"""
+
 # Change a record unless it is already final (so a late "succeeded" cannot undo a cancel, nor the
 # reverse), and queue the webhook deliveries the change fires in the same step (the rule of
 # app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,

@@ -41,7 +41,7 @@ from app.jobs import (
 )
 from app.queue.protocol import NoModels, stuck_for
 from app.queue.redis.catalog import publish, unserved
-from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, PUT_BACK, RENEW, Keys
+from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, PRUNE_CONSUMERS, PUT_BACK, RENEW, Keys
 from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -94,6 +94,7 @@ class RedisWorker:
         self._renew = redis.register_script(RENEW)
         self._put_back = redis.register_script(PUT_BACK)
         self._prune = redis.register_script(PRUNE)
+        self._prune_consumers = redis.register_script(PRUNE_CONSUMERS)
         self._up_since = time.time()  # a worker judges which models no worker serves only after worker_forget_s
         self.dead = asyncio.Event()  # set when the engine thread has died or is stuck: the process should exit
         self._loop_tick: float | None = None  # when this worker's event loop last ran its ticker (monotonic)
@@ -203,6 +204,8 @@ class RedisWorker:
                 await self._hand_back(job_id, held)
         await background.stop(self._tasks)
         self._tasks.clear()
+        with redis_away_logged("this worker's consumers are deleted by another's heartbeat once idle"):
+            await self._delete_consumers(mine_now=True)
         try:
             with redis_away_logged("this worker's heartbeat goes stale by itself"):
                 await self.redis.hdel(self.keys.workers, self.worker_id)  # its catalog stays, for a restart
@@ -562,8 +565,16 @@ class RedisWorker:
         forgotten = await self._prune(keys=[self.keys.workers, self.keys.announced, self.keys.catalogs], args=[cutoff])
         if forgotten:
             log.warning("forgot workers silent for %.0f s: %s", self.settings.worker_forget_s, forgotten)
+        await self._delete_consumers(mine_now=False)
         if now - self._up_since >= self.settings.worker_forget_s:  # after a whole deployment was down, the
             await self._fail_unserved(cutoff)  # workers of some models may just be slower to start
+
+    async def _delete_consumers(self, *, mine_now: bool) -> None:
+        """Delete the consumers on this worker's streams that hold nothing and were idle for ``worker_forget_s``
+        (stopped or dead workers'), and with ``mine_now`` (a clean stop) this worker's own that hold nothing."""
+        streams = [stream for _, stream in self.streams]
+        idle_ms = int(self.settings.worker_forget_s * 1000)
+        await self._prune_consumers(keys=streams, args=[GROUP, idle_ms, self.worker_id if mine_now else ""])
 
     async def _fail_unserved(self, cutoff: float) -> None:
         """Fail the jobs still queued for the models no worker serves: none announced them since ``cutoff``,
