@@ -288,14 +288,23 @@ def field_noise(entropy: tuple[int, ...], step: int, channels: int, box: Box) ->
 
 
 def _tile_noise(
-    seed: int, layout: DenoiseLayout, key: tuple[int, int, int], channels: int
+    seed: int, ensemble: int, layout: DenoiseLayout, key: tuple[int, int, int], channels: int
 ) -> Callable[[int], torch.Tensor]:
     """What row ``key`` = (view, plane, tile) draws at each step of ``mode: sample``: its tile's share of the
     field of its view and plane, turned as the view is. Where tiles overlap their chains draw the same
     noise, so the blend cross-fades two near-equal draws instead of averaging two independent ones (which
-    left bands of less grain along every seam)."""
+    left bands of less grain along every seam).
+
+    Sample k of seed s draws as the single sample of seed s + k, each of its flips/rotations (``ensemble``)
+    from a field of its own: the identity's is seed s + k's, another's is seeded by a hash of (s + k, the
+    transform), so seeds s and s + 1 share none (with the seed plus the view index, seed s + 1's identity
+    drew what seed s's mirror did)."""
     view, plane, box = key
-    entropy = ((seed + view) % 2**63, plane)  # sample k of seed s draws as the single sample of seed s + k
+    sample, transform = divmod(view, ensemble)
+    base = (seed + sample) % 2**63
+    if transform:
+        base = int(np.random.SeedSequence([base, transform]).generate_state(1, np.uint64)[0]) % 2**63
+    entropy = (base, plane)
 
     def noise_at(step: int) -> torch.Tensor:
         field = field_noise(entropy, step, channels, layout.boxes[box])
@@ -369,7 +378,7 @@ def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: in
                 init=_tile_start(padded, layout, key, channels, scale),
                 key=key,
                 eta=spec.eta,
-                noise_at=_tile_noise(spec.seed, layout, key, channels),
+                noise_at=_tile_noise(spec.seed, spec.ensemble, layout, key, channels),
             )
         )
     blend = _Blend(spec, layout, channels, overlap)

@@ -101,7 +101,7 @@ def test_tiles_draw_one_noise_field_where_they_overlap():
         canvas = torch.full((3, layout.height, layout.width), float("nan"))
         shared = 0
         for b, (y, x, h, w) in enumerate(layout.boxes):
-            drawn = _tile_noise(5, layout, (view, 0, b), 3)(2)
+            drawn = _tile_noise(5, 8, layout, (view, 0, b), 3)(2)
             assert drawn.shape[1:] == ((3, w, h) if layout.views[view][0] % 2 else (3, h, w))
             noise = invert_transform(drawn[0], layout.views[view])
             region = canvas[:, y : y + h, x : x + w]
@@ -113,7 +113,7 @@ def test_tiles_draw_one_noise_field_where_they_overlap():
         fields.append(canvas)
     assert abs(float(fields[0].mean())) < 0.05 and abs(float(fields[0].std()) - 1) < 0.05  # standard normal
     assert all(not torch.equal(fields[0], other) for other in fields[1:])  # views (and samples) draw their own
-    step_3 = invert_transform(_tile_noise(5, layout, (0, 0, 0), 3)(3)[0], layout.views[0])
+    step_3 = invert_transform(_tile_noise(5, 8, layout, (0, 0, 0), 3)(3)[0], layout.views[0])
     assert not torch.equal(step_3, fields[0][:, : step_3.shape[1], : step_3.shape[2]])  # and each step anew
 
 

@@ -25,17 +25,21 @@ def run(harness, job_id, image, **options) -> tuple[np.ndarray, dict]:
     return pixels(event).astype(np.float64), event.result.info
 
 
-@pytest.mark.parametrize("size, tiles", [((32, 32), 1), ((80, 96), 4)], ids=["one tile", "four tiles"])
-def test_averaged_samples_are_the_mean_of_the_single_samples(store, size, tiles):
+@pytest.mark.parametrize(
+    "size, tiles, ensemble",
+    [((32, 32), 1, 1), ((80, 96), 4, 1), ((32, 32), 1, 2)],
+    ids=["one tile", "four tiles", "two views each"],
+)
+def test_averaged_samples_are_the_mean_of_the_single_samples(store, size, tiles, ensemble):
     harness = EngineHarness(store)
     try:
         image = photo(*size, seed=2)  # sample k of seed s draws as the single sample of seed s + k, tiled or not
-        first, _ = run(harness, "a", image, seed=7)
-        second, _ = run(harness, "b", image, seed=8)
-        both, info = run(harness, "c", image, seed=7, samples=2)
+        first, _ = run(harness, "a", image, seed=7, ensemble=ensemble)
+        second, _ = run(harness, "b", image, seed=8, ensemble=ensemble)
+        both, info = run(harness, "c", image, seed=7, samples=2, ensemble=ensemble)
     finally:
         harness.close()
-    assert info["samples"] == 2 and info["tiles"] == tiles
+    assert info["samples"] == 2 and info["tiles"] == tiles and info.get("ensemble", 1) == ensemble
     assert np.abs(first - second).max() > 10  # the two samples really differ (ancestral noise)
     # averaging happens before rounding to uint8, so the mean of the rounded singles is within one level
     assert np.abs(both - (first + second) / 2).max() <= 1.0
@@ -59,3 +63,34 @@ def test_ensemble_of_two_is_the_mean_of_the_image_and_its_mirror(store):
     assert info["ensemble"] == 2
     assert np.abs(plain - mirrored[:, ::-1]).max() > 2  # the tiny network is not mirror-symmetric
     assert np.abs(both - (plain + mirrored[:, ::-1]) / 2).max() <= 1.0
+
+
+def test_neighbouring_seeds_share_no_noise_field_across_their_views():
+    """The mirror view of seed s drew, in image coordinates, exactly what the identity view of seed s + 1
+    drew: with ensemble 8, seeds s and s + 1 shared 7 of their 8 fields and came out near-duplicates."""
+    from app.diffusion.layout import DenoiseLayout
+    from app.engine.plans import _tile_noise
+
+    ensemble = len(ENSEMBLE_ORDER)
+    layout = DenoiseLayout.of(
+        height=16,
+        width=16,
+        image_channels=3,
+        model_channels=3,
+        factor=1,
+        tile=64,
+        overlap=8,
+        samples=1,
+        ensemble=ensemble,
+    )
+
+    def fields(seed):
+        return [
+            invert_transform(_tile_noise(seed, ensemble, layout, (view, 0, 0), 3)(5)[0], layout.views[view])
+            for view in range(ensemble)
+        ]
+
+    mine, next_seed = fields(100), fields(101)
+    for a in mine:
+        for b in next_seed:
+            assert not torch.equal(a, b)
