@@ -65,13 +65,16 @@ def linspace32(start: float, end: float, steps: int) -> np.ndarray:
 
 
 def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
-    """[h, w] float32 weights: 1 inside, ramping down over ``overlap`` pixels at each border."""
+    """[h, w] float32 weights: 1 inside, ramping down over ``overlap`` pixels at each border (over half the
+    side where the side is shorter than two overlaps: a tile that small still fades into its neighbours,
+    instead of being averaged with them at full weight up to its edge, where a network is least sure)."""
 
     def ramp(n: int) -> np.ndarray:
-        if overlap <= 0 or n <= 2 * overlap:
+        width = min(overlap, n // 2)
+        if width <= 0:
             return np.ones(n, dtype=np.float32)
-        edge = linspace32(0.05, 1.0, overlap)
-        return np.concatenate([edge, np.ones(n - 2 * overlap, dtype=np.float32), edge[::-1]])
+        edge = linspace32(0.05, 1.0, width)
+        return np.concatenate([edge, np.ones(n - 2 * width, dtype=np.float32), edge[::-1]])
 
     return ramp(h)[:, None] * ramp(w)[None, :]
 

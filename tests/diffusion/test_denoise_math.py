@@ -66,6 +66,18 @@ def test_blend_window_ramps_to_a_floor_not_to_zero():
     assert window.min() > 0 and window[20, 20] == 1
 
 
+@pytest.mark.parametrize("width, tile, overlap", [(260, 192, 16), (260, 192, 95), (300, 256, 100)])
+def test_neighbouring_tiles_fade_into_each_other_even_when_no_wider_than_two_overlaps(width, tile, overlap):
+    """Tiles of at most twice the overlap (a large overlap the settings accept) were blended flat: a tile of
+    0s beside a tile of 1s jumped by 0.5 at the second tile's edge."""
+    boxes = tile_boxes(1, width, tile=tile, overlap=overlap)
+    assert len(boxes) == 2
+    tiles = [np.full((1, h, w), float(i), np.float32) for i, (_, _, h, w) in enumerate(boxes)]
+    row = blend(tiles, boxes, 1, width, overlap)[0, 0]
+    assert row[0] == 0 and row[-1] == 1 and np.all(np.diff(row) >= 0)
+    assert np.abs(np.diff(row)).max() < 0.1
+
+
 def test_pad_to_multiple_reflects_and_keeps_the_original_size():
     image = smooth_image(30, 45).permute(1, 2, 0).numpy()  # [H, W, C]
     padded, size = pad_to_multiple(image, 8)
