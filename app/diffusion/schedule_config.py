@@ -31,7 +31,7 @@ def schedule_problem(config: dict[str, Any]) -> str | None:
         if not isinstance(trained, list) or not 1 < len(trained) <= MAX_TRAIN_TIMESTEPS:
             return f"trained_betas must be a list of 2 to {MAX_TRAIN_TIMESTEPS} numbers"
         if not all(_beta(beta) for beta in trained):
-            return "trained_betas must be numbers from 0 up to 1 (not 1)"
+            return "trained_betas must be numbers greater than 0 and less than 1"
         steps = len(trained)
     else:
         kind = config.get("beta_schedule", "linear")
@@ -39,7 +39,7 @@ def schedule_problem(config: dict[str, Any]) -> str | None:
             return f"unknown beta_schedule {kind!r}: expected {', '.join(BETA_SCHEDULES[:-1])} or {BETA_SCHEDULES[-1]}"
         for name, default in (("beta_start", 0.0001), ("beta_end", 0.02)):
             if not _beta(value := config.get(name, default)):  # Infinity (JSON as Python reads it) gave NaN alphas
-                return f"{name} must be a number from 0 up to 1 (not 1), not {value!r}"
+                return f"{name} must be a number greater than 0 and less than 1, not {value!r}"
         steps = config.get("num_train_timesteps", 1000)
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 < steps <= MAX_TRAIN_TIMESTEPS:
             return f"num_train_timesteps must be a whole number from 2 to {MAX_TRAIN_TIMESTEPS}, not {steps!r}"
@@ -50,5 +50,7 @@ def schedule_problem(config: dict[str, Any]) -> str | None:
 
 
 def _beta(value: Any) -> bool:
-    """A noise variance a schedule can take: a finite number in [0, 1)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+    """A noise variance a schedule can take: a finite number in (0, 1). A first beta of 0 leaves timestep 0
+    without noise (sigma 0, which no noise level maps to: a denoise chain started 14x too noisy, euler ended
+    in NaN), and a 0 later repeats a noise level, so sigma no longer rises with t."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1

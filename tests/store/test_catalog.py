@@ -269,7 +269,10 @@ def test_a_folder_name_that_is_not_utf8_is_listed_escaped_and_refused(tmp_path):
         ("scheduler", {"steps_offset": 1000}, "steps_offset"),  # the schedule has 1,000 steps: 0 to 999
         ("scheduler", {"num_train_timesteps": 10**9}, "num_train_timesteps"),
         ("scheduler", {"beta_schedule": "sigmoid"}, "beta_schedule"),
-        ("scheduler", {"beta_end": float("inf")}, "beta_end must be a number from 0 up to 1"),  # NaN alphas
+        ("scheduler", {"beta_end": float("inf")}, "beta_end must be a number greater than 0"),  # NaN alphas
+        ("scheduler", {"beta_start": 0}, "beta_start must be a number greater than 0"),  # sigma 0 at t = 0
+        ("scheduler", {"beta_schedule": "scaled_linear", "beta_start": 0.0}, "beta_start must be"),
+        ("scheduler", {"trained_betas": [0.0] + [0.001] * 9}, "trained_betas must be numbers greater than 0"),
         ("scheduler", {"beta_start": float("nan")}, "beta_start must be a number"),
         ("scheduler", {"beta_end": "0.02"}, "beta_end must be a number"),
         ("scheduler", {"trained_betas": [0.001] * 9 + [float("inf")]}, "trained_betas must be numbers"),
