@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from app import background
 from app.api import docs, errors
 
 from app.api.auth import Gate, require
+from app.api.uploads import json_body_first, upload_body_first
 from app.api import metrics
 from app.api.metrics import HttpMetrics
 from app.api.request_id import RequestId
@@ -127,29 +128,34 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
     docs.install(app)
     app.state.gate = Gate.from_settings(settings)  # API keys, scopes and quotas: one dependency per router
     v1 = "/v1"
-    may_generate, may_denoise, any_key = (
-        [Depends(require("generate"))],
-        [Depends(require("denoise"))],
-        [Depends(require(None))],
-    )
+    # Each router's key check, after what refuses a body before it could be read (not counted against the
+    # key's requests per minute: FastAPI parses a JSON body before any dependency, the upload routes parse
+    # theirs in uploads.upload_body_first).
     keyed = [
-        (generate.router, may_generate),
-        (images.router, may_denoise),
-        (images.noise_router, may_denoise),
-        (images.img2img_router, may_generate),
-        (jobs.router, any_key),
-        (models.router, any_key),
+        (generate.router, [Depends(json_body_first)], "generate"),
+        (images.router, [Depends(upload_body_first)], "denoise"),
+        (images.noise_router, [Depends(upload_body_first)], "denoise"),
+        (images.img2img_router, [Depends(upload_body_first)], "generate"),
+        (jobs.router, [], None),
+        (models.router, [], None),
     ]
-    for router, key_check in keyed:
-        app.include_router(router, prefix=v1, dependencies=key_check)
     # Each route's key check, by the id of the route object routing puts in the scope: for the error
-    # handlers of bodies FastAPI refuses before any dependency runs (app.api.errors.refusal).
-    app.state.key_checks = {id(route): check[0].dependency.admits for router, check in keyed for route in router.routes}
+    # handlers of bodies refused before the check runs (app.api.errors.refusal).
+    app.state.key_checks = {}
+
+    def include(router: APIRouter, first: list, scope: str | None, **options) -> None:
+        key_check = require(scope)
+        app.include_router(router, dependencies=[*first, Depends(key_check)], **options)
+        # routing puts the router's own route objects in the scope, under every prefix it is included at
+        app.state.key_checks.update({id(route): key_check.admits for route in router.routes})
+
+    for router, first, scope in keyed:
+        include(router, first, scope, prefix=v1)
     app.include_router(health.router)
     app.include_router(page.router)  # the playground at /, open like /docs (it asks for a key when needed)
     app.mount("/ui", page.static_files(), name="ui")
-    app.include_router(metrics.router, dependencies=any_key if settings.metrics_require_key else [])
+    app.include_router(metrics.router, dependencies=[Depends(require(None))] if settings.metrics_require_key else [])
     # The names users know, answering exactly as their /v1 twins (documented once, under /v1).
-    app.include_router(generate.router, include_in_schema=False, dependencies=may_generate)
-    app.include_router(images.router, include_in_schema=False, dependencies=may_denoise)
+    include(generate.router, [Depends(json_body_first)], "generate", include_in_schema=False)
+    include(images.router, [Depends(upload_body_first)], "denoise", include_in_schema=False)
     return app

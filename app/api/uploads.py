@@ -8,9 +8,10 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json, single_header
+from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json, refusal, single_header
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
 from app.jobs import DEFAULT_PRIORITY, ImageData
 
@@ -71,20 +72,64 @@ def _validate(model: type[P], data: dict, prefix: str) -> P:
         ) from exc
 
 
+@dataclass(frozen=True)
+class UploadBody:
+    """An upload route's body as parsed, not yet validated: a multipart form, or a JSON document."""
+
+    form: FormData | None = None
+    document: Any = None
+
+
+async def parse_upload_body(request: Request) -> UploadBody:
+    """The body of an upload route parsed (415 for another content type, 400 for a malformed form, 422 for
+    what is not JSON; the size limit's 413 as it streams), nothing in it validated yet."""
+    content_type = media_type(request)
+    if content_type == "multipart/form-data":
+        return UploadBody(form=await _read_form(request))
+    if content_type == "application/json":
+        try:
+            return UploadBody(document=json.loads(await request.body()))
+        except JSON_FAILURES as exc:
+            raise invalid_json(exc) from exc
+    raise unsupported_media_type(content_type, "multipart/form-data (field 'file') or application/json (field 'image')")
+
+
+async def upload_body_first(request: Request) -> AsyncIterator[None]:
+    """The upload routes' first dependency, before the key check counts the request: their body is read and
+    parsed here, as FastAPI parses a JSON body before any dependency, so a body refused before it could be
+    read (over the size limit, not JSON, a malformed form, another content type) is not counted on these
+    routes either. The key check's 401 or 403 comes first, as on every route."""
+    try:
+        body = await parse_upload_body(request)
+    except (ApiError, StarletteHTTPException) as exc:
+        raise refusal(request) or exc from None
+    request.state.upload_body = body
+    try:
+        yield
+    finally:
+        if body.form is not None:
+            await body.form.close()
+
+
+def json_body_first(request: Request) -> None:
+    """The JSON routes' first dependency, before the key check counts the request: another content type is
+    415, not counted (the key check's 401 or 403 first)."""
+    if media_type(request) != "application/json":
+        raise refusal(request) or unsupported_media_type(media_type(request), "application/json")
+
+
 async def read_image_request(
     request: Request, kind: str, params: type[P], json_model: type[BaseModel], *, max_pixels: int
 ) -> ImageRequest[P]:
     """Options and decoded image from ``multipart/form-data`` (field ``file``) or JSON (field ``image``); a
-    ``mask`` image too where the JSON model has that field (multipart field ``mask``)."""
-    content_type = media_type(request)
-    if content_type == "multipart/form-data":
-        options, raw, loc, raw_mask = await _from_form(request, params, takes_mask="mask" in json_model.model_fields)
-    elif content_type == "application/json":
-        options, raw, loc, raw_mask = await _from_json(request, params, json_model)
+    ``mask`` image too where the JSON model has that field (multipart field ``mask``). The body as
+    ``upload_body_first`` parsed it, or parsed here."""
+    body = getattr(request.state, "upload_body", None) or await parse_upload_body(request)
+    if body.form is not None:
+        takes_mask = "mask" in json_model.model_fields
+        options, raw, loc, raw_mask = await _from_form(body.form, params, takes_mask=takes_mask)
     else:
-        raise unsupported_media_type(
-            content_type, "multipart/form-data (field 'file') or application/json (field 'image')"
-        )
+        options, raw, loc, raw_mask = _from_json(body.document, params, json_model)
     if not raw:
         raise ApiError(422, loc, "the image is empty", type="missing")
     if raw_mask is not None and not raw_mask:  # given, but empty: not the same request as no mask
@@ -121,8 +166,7 @@ async def _read_form(request: Request) -> FormData:
         raise StarletteHTTPException(400, detail=exc.message) from exc
 
 
-async def _from_form(request: Request, params: type[P], *, takes_mask: bool) -> tuple[P, bytes, list, bytes | None]:
-    form = await _read_form(request)
+async def _from_form(form: FormData, params: type[P], *, takes_mask: bool) -> tuple[P, bytes, list, bytes | None]:
     try:
         upload = form.get("file")
         if isinstance(upload, str):
@@ -192,13 +236,7 @@ def _base64(text: str, field: str) -> bytes:
         raise ApiError(422, ["body", field], f"{field} is not valid base64: {why}", type="base64_invalid") from exc
 
 
-async def _from_json(
-    request: Request, params: type[P], json_model: type[BaseModel]
-) -> tuple[P, bytes, list, bytes | None]:
-    try:
-        body = json.loads(await request.body())
-    except JSON_FAILURES as exc:
-        raise invalid_json(exc) from exc
+def _from_json(body: Any, params: type[P], json_model: type[BaseModel]) -> tuple[P, bytes, list, bytes | None]:
     if not isinstance(body, dict):
         raise ApiError(422, ["body"], "the JSON body must be an object", type="model_attributes_type")
     full = _validate(json_model, body, "body")

@@ -300,3 +300,49 @@ def test_keys_created_or_revoked_with_diffusion_keys_take_effect_without_a_resta
         assert (status(first), status(second)) == (401, 200)
         (said,) = [r.getMessage() for r in caplog.records if "stay in force" in r.getMessage()]
         assert "No such file" in said and "the 1 keys read before stay in force" in said
+
+
+def test_a_body_refused_before_it_is_read_is_not_counted_on_any_route(tmp_path, store):
+    """The upload routes counted the request before reading their body, so a body that was not JSON, a cut-off
+    form or one over the size limit used up the key's minute there and not on /v1/generate; and a 415 was
+    counted everywhere."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "erin",
+                    "sha256": digest("key-erin"),
+                    "scopes": ["generate", "denoise"],
+                    "requests_per_minute": 2,
+                }
+            ]
+        )
+    )
+    erin = {"Authorization": "Bearer key-erin"}
+    cut = b'--b\r\nContent-Disposition: form-data; name="sigma"\r\n\r\n25\r\n--b\r\nContent-Disposition: form-da'
+
+    def chunks():
+        for _ in range(8):
+            yield b"x" * 1024
+
+    refused = [
+        ("/v1/denoise", b"{bad", "application/json", 422),
+        ("/denoise", b"{bad", "application/json", 422),
+        ("/v1/noise", cut, "multipart/form-data; boundary=b", 400),
+        ("/v1/img2img", chunks(), "application/json", 413),
+        ("/v1/denoise", b"sigma=25", "text/plain", 415),
+        ("/v1/generate", b"{}", "text/plain", 415),
+        ("/v1/generate", b"{bad", "application/json", 422),
+    ]
+    with TestClient(create_app(make_settings(store, api_keys_file=keys, max_body_bytes=4096))) as client:
+        assert (
+            client.post("/v1/denoise", content=b"{bad", headers={"content-type": "application/json"}).status_code == 401
+        )
+        for path, body, content_type, status in refused:
+            r = client.post(path, content=body, headers={**erin, "content-type": content_type})
+            assert r.status_code == status, (path, r.text)
+        assert client.get("/v1/models", headers=erin).status_code == 200  # its 2 a minute are untouched
+        r = client.post("/v1/denoise", json={"image": "not base64!"}, headers=erin)  # parsed: a field's 422 counts
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image"]
+        assert client.get("/v1/models", headers=erin).status_code == 429

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 
 from app.api import resolve
 from app.api.results import RESPONSES, SubmissionDep
 from app.api.schemas import GenerateRequest, JobOut
-from app.api.uploads import fingerprint, media_type, unsupported_media_type
+from app.api.uploads import fingerprint
 
 router = APIRouter(tags=["generate"])
 
 
-def require_json(request: Request) -> None:
-    if media_type(request) != "application/json":
-        raise unsupported_media_type(media_type(request), "application/json")
-
-
-@router.post("/generate", response_model=JobOut, responses=RESPONSES, dependencies=[Depends(require_json)])
+@router.post("/generate", response_model=JobOut, responses=RESPONSES)
 async def generate(body: GenerateRequest, submission: SubmissionDep):
     """Generate `num_images` images. Sync by default; `Prefer: respond-async` answers 202 with a job."""
     spec = resolve.generate_spec(body, submission)
