@@ -44,3 +44,14 @@ def test_the_document_declares_the_api_keys():
     assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     assert doc["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}, {}]
     assert "security" not in doc["paths"]["/healthz"]["get"]
+
+
+def test_multipart_fields_are_described_as_the_server_takes_them():
+    """webhook_events was an array in the multipart schema, which a generated client sends as one part per
+    item; the server takes one comma-separated field (and refuses a field given twice)."""
+    doc = document()
+    for path in ("/v1/denoise", "/v1/noise", "/v1/img2img"):
+        form = doc["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        for name, schema in form.items():
+            assert schema.get("type") != "array", (path, name)
+        assert form["webhook_events"]["type"] == "string" and "comma-separated" in form["webhook_events"]["description"]

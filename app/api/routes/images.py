@@ -14,6 +14,20 @@ noise_router = APIRouter(tags=["noise"])
 img2img_router = APIRouter(tags=["generate"])
 
 
+def _form_field(schema: dict) -> dict:
+    """A JSON field's schema as a multipart field: a list is one comma-separated text field (the server takes
+    one part per field; OpenAPI's default for an array in a form is a part per item, which it refuses)."""
+    if schema.get("type") != "array":
+        return schema
+    choices = ", ".join(schema.get("items", {}).get("enum", []))
+    return {
+        "type": "string",
+        "title": schema.get("title"),
+        "description": f"{schema.get('description', '')}; a comma-separated list"
+        + (f" of {choices}" if choices else ""),
+    }
+
+
 def _upload_body(json_model) -> dict:
     """OpenAPI for an endpoint that takes the image as multipart or as base64 JSON."""
     form_schema = {
@@ -21,7 +35,7 @@ def _upload_body(json_model) -> dict:
         "required": ["file"],
         "properties": {
             "file": {"type": "string", "format": "binary", "description": "the image file"},
-            **{k: v for k, v in json_model.model_json_schema()["properties"].items() if k != "image"},
+            **{k: _form_field(v) for k, v in json_model.model_json_schema()["properties"].items() if k != "image"},
         },
     }
     if "mask" in form_schema["properties"]:
