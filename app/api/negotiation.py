@@ -144,11 +144,14 @@ def not_acceptable(offered: list[str]) -> ApiError:
     return ApiError(406, ["header", "accept"], msg, type="not_acceptable")
 
 
-def negotiate_result(accept: str | None, requested_format: str | None, *, images: int = 1) -> Negotiated:
+def negotiate_result(
+    accept: str | None, requested_format: str | None, *, images: int = 1, formats: list[str] | None = None
+) -> Negotiated:
     """JSON or raw image bytes for a job result, and the image format; 406 when nothing offered is acceptable.
 
-    With a ``requested_format`` only JSON and that format's media type are offered; for several ``images``
-    only JSON (raw bytes carry one image), however much more the client likes an image type."""
+    With a ``requested_format`` only JSON and that format's media type are offered, else JSON and the image
+    types of ``formats`` (default: every one); for several ``images`` only JSON (raw bytes carry one image),
+    however much more the client likes an image type."""
     if requested_format is not None and requested_format not in MEDIA_TYPES:
         raise ValueError(f"unknown output format {requested_format!r}")
     if images != 1:
@@ -160,7 +163,10 @@ def negotiate_result(accept: str | None, requested_format: str | None, *, images
                 type="not_acceptable",
             )
         return Negotiated(raw=False, output_format=requested_format or DEFAULT_FORMAT)
-    offered = [JSON_MEDIA_TYPE, MEDIA_TYPES[requested_format]] if requested_format else RESULT_TYPES
+    if requested_format:
+        offered = [JSON_MEDIA_TYPE, MEDIA_TYPES[requested_format]]
+    else:
+        offered = [JSON_MEDIA_TYPE, *(t for f, t in MEDIA_TYPES.items() if formats is None or f in formats)]
     best = negotiate(accept, offered)
     if best is None:
         raise not_acceptable(offered)

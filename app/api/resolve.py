@@ -161,17 +161,21 @@ def check_attention(entry: ModelEntry, height: int, width: int, settings: Settin
 def output_format(submission: Submission, requested: str | None, width: int, height: int, images: int = 1) -> str:
     """The negotiated output format (406 when Accept allows no answer for this many ``images``), refused (422)
     when the result is larger than the format can hold: the encoder would fail on it (WebP: 16383 pixels a
-    side, JPEG: 65500)."""
+    side, JPEG: 65500). A format Accept chose (none requested) gives way to the next one Accept takes that
+    holds the result; 406 naming the header when there is none."""
     chosen = submission.negotiated(requested, images=images).output_format
     limit = OUTPUT_FORMATS[chosen].max_side
-    if max(width, height) > limit:
-        raise ApiError(
-            422,
-            ["body", "output_format"],
-            f"{chosen} holds at most {limit} pixels a side; the result would be {width}x{height}: choose png",
-            type="too_large_for_format",
-        )
-    return chosen
+    if max(width, height) <= limit:
+        return chosen
+    too_large = f"{chosen} holds at most {limit} pixels a side; the result would be {width}x{height}"
+    if requested is not None:
+        raise ApiError(422, ["body", "output_format"], f"{too_large}: choose png", type="too_large_for_format")
+    fits = [name for name, kind in OUTPUT_FORMATS.items() if max(width, height) <= kind.max_side]
+    try:
+        return submission.negotiated(None, images=images, formats=fits).output_format
+    except ApiError as exc:
+        msg = f"Accept chose {chosen}, and {too_large}: accept image/png or application/json"
+        raise ApiError(406, ["header", "accept"], msg, type="not_acceptable") from exc
 
 
 def check_pixels(pixels: int, settings: Settings, loc: list) -> None:

@@ -225,9 +225,11 @@ class Submission:
     def models(self) -> dict[str, ModelEntry]:
         return self.queue.models
 
-    def negotiated(self, requested_format: str | None, *, images: int = 1) -> Negotiated:
+    def negotiated(
+        self, requested_format: str | None, *, images: int = 1, formats: list[str] | None = None
+    ) -> Negotiated:
         """JSON or raw image bytes, and the output format (406 when Accept allows neither)."""
-        return negotiate_result(self.accept, requested_format, images=images)
+        return negotiate_result(self.accept, requested_format, images=images, formats=formats)
 
     request: Request | None = None
     drain: Drain | None = None

@@ -330,6 +330,18 @@ def test_an_image_too_wide_for_webp_is_422_before_any_work(client):
     assert ok.status_code == 200
 
 
+def test_a_format_accept_chose_that_cannot_hold_the_result_gives_way_or_is_406_naming_the_header(client):
+    """It was a 422 naming the body's output_format, which the client never sent."""
+    wide = {"file": ("w.png", png_bytes(np.full((8, 16384), 100, dtype=np.uint8)), "image/png")}
+    r = client.post("/v1/noise", files=wide, data={"sigma": "5"}, headers={"Accept": "image/webp"})
+    assert r.status_code == 406, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["header", "accept"] and "webp holds at most 16383" in detail["msg"]
+    r = client.post("/v1/noise", files=wide, data={"sigma": "5"}, headers={"Accept": "image/webp, image/png;q=0.5"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (16384, 8)
+
+
 @pytest.mark.parametrize("label", ["²", "9" * 5000, "٣٣٣٣٣٣٣٣٣٣"])
 def test_class_labels_that_only_look_numeric_are_422(client, label):
     r = client.post("/v1/generate", json={"model": "tiny-gen", "class_label": label})
