@@ -27,6 +27,14 @@ upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one
    OpenVINO's own per-node time by kind of node. OpenVINO is a bench-only probe here, not a dependency of
    the service; its CPU plugin crashed at the first inference with ``ONEDNN_MAX_CPU_ISA=AVX2`` set
    (OpenVINO 2026.4.1), so this part runs on the CPU's own instruction set.
+6. With ``--int8``: what 8-bit convolutions would buy and cost. Each layer of part 1 as PyTorch's quantized
+   convolution (its ``x86`` engine: per-channel int8 weights, uint8 activations) with the quantisation of
+   its input and the dequantisation of its output, against the float32 one, taking turns; then the
+   service's whole denoising path in float32 on held-out set 1 (σ given) with every convolution of the
+   network computing on quantised values (weights per output channel, activations per tensor with each
+   call's own range: a bound from above on what calibrated static quantisation keeps) against the same
+   path unquantised, PSNR photo by photo. PyTorch's quantized tensors are deprecated; this is a probe,
+   not a path of the service.
 """
 
 from __future__ import annotations
@@ -47,12 +55,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_denoise_speed import diffusers_modules, timed  # noqa: E402
 from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
-from eval_denoise import add_noise, run_ffdnet  # noqa: E402
+from eval_denoise import add_noise, run_ffdnet, run_ours, scores  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
 from app.engine.device import cpu_name  # noqa: E402
+from app.engine.runner import Runner  # noqa: E402
 from app.families.fused_resnet import FusedResnetBlock2D  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 
 TILES = (6, 208, 224)  # the service's plan for mate-LadyBird-x4: batch, height, width
@@ -201,6 +211,79 @@ def openvino_pass(network: torch.nn.Module, x, t, served: torch.nn.Module, turns
         print(f"| {kind} | {100 * spent / total:.1f}% |")
 
 
+def int8_rates(turns: int) -> None:
+    """Part 6, speed: PyTorch's quantized 3x3 convolution, its input quantised and its output dequantised
+    as a float32 network around it would need, against the float32 convolution, taking turns."""
+    torch.backends.quantized.engine = "x86"
+    print(
+        f"\n| 3x3 convolution (in turns, median of {turns}) | pixels | float32 ms | int8 ms, with (de)quantisation "
+        "| int8 / float32 |\n|---|---:|---:|---:|---:|"
+    )
+    for cin, cout, h, w in CONVS:
+        x = torch.randn(1, cin, h, w).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=torch.channels_last)
+        quantized = torch.ao.nn.quantized.Conv2d(cin, cout, 3, padding=1)
+        scales = conv.weight.detach().abs().amax(dim=(1, 2, 3)) / 127
+        weight = torch.quantize_per_channel(
+            conv.weight.detach(), scales, torch.zeros(cout, dtype=torch.long), 0, torch.qint8
+        )
+        quantized.set_weight_bias(weight, conv.bias.detach())
+        quantized.scale, quantized.zero_point = 0.05, 128
+        scale, zero = float(x.abs().max()) / 127, 128
+        with torch.no_grad():
+            (f, _), (q, _) = timed(
+                lambda conv=conv, x=x: conv(x),
+                lambda quantized=quantized, x=x, scale=scale: quantized(
+                    torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+                ).dequantize(),
+                repeats=turns,
+            )
+        print(f"| {cin} -> {cout} | {h}x{w} | {f * 1e3:.2f} | {q * 1e3:.2f} | {q / f:.2f} |")
+
+
+def quantised_inputs(module: torch.nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: the convolution's input rounded to uint8 over its own range (zero exact)."""
+    x = args[0]
+    low, high = x.min().clamp(max=0), x.max().clamp(min=0)
+    scale = ((high - low) / 255).clamp(min=1e-12)
+    zero = torch.round(-low / scale)
+    return ((torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale, *args[1:])
+
+
+def int8_quality(entry, sigma: float) -> None:
+    """Part 6, quality: the service's float32 path on set 1 with the network's convolutions quantised."""
+    settings = Settings(dtype="float32")
+    runner = Runner(torch.device("cpu"), torch.float32)
+    model = load_model(entry, torch.device("cpu"))
+    photos = load_photos("heldout")
+    noisy = {name: add_noise(clean, sigma, seed=int(sigma) * 100 + i) for i, (name, clean) in enumerate(photos.items())}
+
+    def psnr() -> dict[str, float]:
+        return {
+            name: scores(clean, run_ours(model, runner, settings, noisy[name], sigma=sigma, mode="mmse", seed=0))[0]
+            for name, clean in photos.items()
+        }
+
+    plain = psnr()
+    # diffusers' own ResNet blocks, so every convolution goes through its module (and its hook)
+    model.unet = without(model.unet, ())
+    kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    with torch.no_grad():
+        for conv in (m for m in model.unet.modules() if isinstance(m, kinds)):
+            out_axis = 0 if isinstance(conv, torch.nn.Conv2d) else 1
+            reduce = [d for d in range(conv.weight.dim()) if d != out_axis]
+            scale = (conv.weight.abs().amax(dim=reduce, keepdim=True) / 127).clamp(min=1e-12)
+            conv.weight.copy_(torch.clamp(torch.round(conv.weight / scale), -127, 127) * scale)
+            conv.register_forward_pre_hook(quantised_inputs)
+    quantised = psnr()
+    print(f"\n| set 1, σ {sigma:g}, the service's float32 path | float32 dB | int8 convolutions dB | difference |")
+    print("|---|---:|---:|---:|")
+    for name in photos:
+        print(f"| {name} | {plain[name]:.2f} | {quantised[name]:.2f} | {quantised[name] - plain[name]:+.3f} |")
+    mean = sum(plain.values()) / len(plain), sum(quantised.values()) / len(quantised)
+    print(f"| mean | {mean[0]:.4f} | {mean[1]:.4f} | {mean[1] - mean[0]:+.4f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=str(ROOT / "model_store"))
@@ -209,6 +292,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-bounds", action="store_true")
     parser.add_argument("--openvino", action="store_true", help="part 5 (needs `pip install openvino`)")
+    parser.add_argument("--int8", action="store_true", help="part 6: int8 convolutions, speed and PSNR")
+    parser.add_argument("--int8-sigma", type=float, default=15)
     args = parser.parse_args()
 
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, float32, channels-last")
@@ -228,6 +313,9 @@ def main() -> None:
             bounds(unet, network, x, t, 2 * args.repeats + 1)
     if args.openvino:
         openvino_pass(network(), x, t, unet, 2 * args.repeats + 1)
+    if args.int8:
+        int8_rates(2 * args.repeats + 1)
+        int8_quality(entry, args.int8_sigma)
     if args.no_compile:
         return
     import torch._inductor.config as inductor
