@@ -1343,3 +1343,33 @@ def test_consumers_that_hold_nothing_are_deleted_at_a_clean_stop_and_once_idle(s
         assert {c["name"].decode() for c in await redis.xinfo_consumers(stream, GROUP)} == {"died-holding", "alive"}
 
     on_redis(beat_then_restart)
+
+
+def test_a_webhook_retry_keeps_its_delivery_for_the_api_nodes_schedule_and_drops_one_that_is_gone(prefix):
+    """A worker wrote a delivery to expire by its own settings (2 days), before the API node's later attempts
+    were due: it vanished without a word. A retry on a delivery gone meanwhile wrote back a hash of its attempts
+    alone, which every later claim failed on (KeyError 'url'), holding back the rest of its batch."""
+    from app.queue.outbox import Delivery
+    from app.queue.redis.keys import Keys
+    from app.queue.redis.outbox import RedisOutbox
+
+    async def scenario(redis):
+        keys = Keys(prefix)
+        outbox = RedisOutbox(redis, keys, delivery_ttl_s=10**6)
+        fields = {"url": "https://example.com/hook", "event": "completed", "record": "{}", "attempts": 0}
+        for name in ("kept", "other"):
+            await redis.hset(keys.delivery(name), mapping=fields)
+            await redis.expire(keys.delivery(name), 2 * 24 * 3600)
+            await redis.zadd(keys.outbox, {name: 0})
+        await outbox.retry(Delivery("kept", fields["url"], "completed", "{}", 1), 5.0)
+        assert await redis.ttl(keys.delivery("kept")) > 2 * 24 * 3600
+        assert await redis.hget(keys.delivery("kept"), "attempts") == b"1"
+        await outbox.retry(Delivery("gone", fields["url"], "completed", "{}", 1), 0.0)  # finished elsewhere
+        assert not await redis.exists(keys.delivery("gone")) and await redis.zscore(keys.outbox, "gone") is None
+        await redis.hset(keys.delivery("half"), "attempts", 2)  # left half-written by a retry before this fix
+        await redis.zadd(keys.outbox, {"half": 0})
+        claimed = await outbox.claim(lease_s=30, limit=10)
+        assert [d.id for d in claimed] == ["other"]
+        assert not await redis.exists(keys.delivery("half")) and await redis.zscore(keys.outbox, "half") is None
+
+    on_redis(scenario)

@@ -147,7 +147,7 @@ class RedisJobQueue:
         self.records = RecordStore(redis, self.keys, settings.job_retention_s, settings.webhook_delivery_ttl_s)
         self._admit = redis.register_script(ADMIT)
         self._replace_claim = redis.register_script(REPLACE_CLAIM)
-        self.outbox = RedisOutbox(redis, self.keys)
+        self.outbox = RedisOutbox(redis, self.keys, settings.webhook_delivery_ttl_s)
         self.models: dict[str, ModelEntry] = {}
         self._watchers = Watchers()
         self._tasks: list[asyncio.Task] = []
