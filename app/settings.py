@@ -6,6 +6,7 @@ import base64
 import binascii
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -241,14 +242,24 @@ def get_settings() -> Settings:
 NOT_SETTINGS = frozenset({"DIFFUSION_BROWSER_TESTS"})
 
 
+# What Kubernetes sets in a pod for each Service of its namespace (service links): a Service named
+# diffusion-api gives DIFFUSION_API_SERVICE_HOST, DIFFUSION_API_PORT, DIFFUSION_API_PORT_8000_TCP_ADDR, ...
+_SERVICE_LINK = re.compile(r"(.+?)_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)?)")
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """The ``DIFFUSION_*`` environment variables no setting reads, each with the closest setting's name where
     one is close: pydantic-settings ignores them, so a misspelled one (``DIFFUSION_SHUTDOWN_GRACE``) would leave
-    its setting at the default without a word. The processes log them at start."""
+    its setting at the default without a word. The processes log them at start. Those Kubernetes sets for a
+    Service whose name begins with diffusion- (it sets ``<SERVICE>_SERVICE_HOST`` with them) are not settings
+    anyone wrote, and are not reported."""
     known = {f"DIFFUSION_{name.upper()}" for name in Settings.model_fields}
+    hosts = {key.upper() for key in environ if key.upper().endswith("_SERVICE_HOST")}
     said = []
     for key in sorted(environ):
         name = key.upper()
+        if (link := _SERVICE_LINK.fullmatch(name)) and f"{link.group(1)}_SERVICE_HOST" in hosts:
+            continue
         if name.startswith("DIFFUSION_") and name not in known and name not in NOT_SETTINGS:
             close = difflib.get_close_matches(name, known, n=1)
             said.append(key + (f" (did you mean {close[0]}?)" if close else ""))

@@ -233,6 +233,14 @@ def test_k8s_validation_catches_a_broken_manifest():
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
+def test_k8s_service_pods_get_no_variables_for_the_namespaces_services():
+    """Kubernetes' service links gave them DIFFUSION_REDIS_PORT and the like (the Services diffusion-redis and
+    diffusion-api), which read as settings; they find Redis by DIFFUSION_QUEUE_URL."""
+    deployments = _by_kind("Deployment")
+    for name in ("diffusion-api", "diffusion-worker"):
+        assert deployments[name]["spec"]["template"]["spec"]["enableServiceLinks"] is False, name
+
+
 def test_k8s_probes_grace_and_gpu():
     from app.background import CLOSE_MARGIN_S
 

@@ -85,3 +85,25 @@ def test_a_diffusion_variable_no_setting_reads_is_named_with_the_setting_meant()
         "DIFFUSION_NOTHING_LIKE_IT_AT_ALL_XYZ",
         "DIFFUSION_SHUTDOWN_GRACE (did you mean DIFFUSION_SHUTDOWN_GRACE_S?)",
     ]
+
+
+def test_the_variables_kubernetes_sets_for_the_namespaces_services_are_not_reported_as_misspelt_settings():
+    """A Service named diffusion-redis gave every pod DIFFUSION_REDIS_PORT and seven more, each logged at start
+    as a misspelt setting (DIFFUSION_REDIS_PORT: did you mean DIFFUSION_REDIS_PREFIX?), burying real typos."""
+    from app.settings import unknown_variables
+
+    environ = {"DIFFUSION_SHUTDOWN_GRACE": "5"}
+    for service, port in (("DIFFUSION_REDIS", 6379), ("DIFFUSION_API", 8000)):
+        environ |= {
+            f"{service}_SERVICE_HOST": "10.0.0.9",
+            f"{service}_SERVICE_PORT": str(port),
+            f"{service}_SERVICE_PORT_HTTP": str(port),
+            f"{service}_PORT": f"tcp://10.0.0.9:{port}",
+            f"{service}_PORT_{port}_TCP": f"tcp://10.0.0.9:{port}",
+            f"{service}_PORT_{port}_TCP_PROTO": "tcp",
+            f"{service}_PORT_{port}_TCP_PORT": str(port),
+            f"{service}_PORT_{port}_TCP_ADDR": "10.0.0.9",
+        }
+    assert unknown_variables(environ) == ["DIFFUSION_SHUTDOWN_GRACE (did you mean DIFFUSION_SHUTDOWN_GRACE_S?)"]
+    del environ["DIFFUSION_API_SERVICE_HOST"]  # without its Service, DIFFUSION_API_PORT is someone's typo
+    assert "DIFFUSION_API_PORT (did you mean DIFFUSION_PORT?)" in unknown_variables(environ)
