@@ -42,10 +42,16 @@ def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Set
     configure_logging(args.log_level, settings.log_format)
     for variable in unknown_variables(os.environ):
         logging.getLogger(__name__).warning("%s is not a setting: ignored", variable)
-    if settings.keep_freed_memory and (worker or settings.runs_embedded_worker):  # a process that runs an engine
-        from app.engine.allocator import keep_freed_memory
+    if worker or settings.runs_embedded_worker:  # a process that runs an engine
+        if settings.keep_freed_memory:
+            from app.engine.allocator import keep_freed_memory
 
-        keep_freed_memory()  # before any second thread allocates: glibc then fixes its arenas (allocator.py)
+            keep_freed_memory()  # before any second thread allocates: glibc then fixes its arenas (allocator.py)
+        from app.engine.device import device_problem  # torch: this process runs the network anyway
+
+        if (problem := device_problem(settings.device, settings.dtype)) is not None:  # before loading the models
+            print(f"{'diffusion-worker' if worker else 'diffusion-serve'}: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     return settings
 
 

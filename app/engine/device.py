@@ -41,9 +41,19 @@ def cpu_prefers_bf16() -> bool:
     return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
 
 
+def device_problem(device: str, dtype: str) -> str | None:
+    """Why an engine cannot run with these DIFFUSION_DEVICE and DIFFUSION_DTYPE settings on this machine
+    (None when it can): the processes check it before they load anything, and answer it in one line."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "DIFFUSION_DEVICE=cuda but no CUDA device is available"
+    if dtype == "float16" and pick_device(device).type != "cuda":
+        return "DIFFUSION_DTYPE=float16 needs a CUDA device"
+    return None
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DIFFUSION_DEVICE=cuda but no CUDA device is available")
+        raise RuntimeError(device_problem(choice, "auto"))
     if choice in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

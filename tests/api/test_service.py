@@ -200,11 +200,20 @@ def test_the_cli_exits_with_a_message_on_an_empty_store(tmp_path):
         (["serve"], {"DIFFUSION_LEASE_S": "900"}, "diffusion-serve: worker_forget_s must be longer than lease_s"),
         (["worker"], {"DIFFUSION_WEBHOOK_SECRET": "whsec_c2hvcnQtc2VjcmV0"}, "diffusion-worker: webhook_secret must"),
         (["serve"], {"DIFFUSION_API_KEYS_FILE": "/nonexistent/keys.json"}, "diffusion-serve: DIFFUSION_API_KEYS_FILE"),
+        # a traceback and exit 1 after the model scan, which crash-looped a worker on a node without a GPU
+        (["worker"], {"DIFFUSION_DEVICE": "cuda"}, "diffusion-worker: DIFFUSION_DEVICE=cuda but no CUDA device"),
+        (["serve"], {"DIFFUSION_DEVICE": "cuda"}, "diffusion-serve: DIFFUSION_DEVICE=cuda but no CUDA device"),
+        (["serve"], {"DIFFUSION_DTYPE": "float16"}, "diffusion-serve: DIFFUSION_DTYPE=float16 needs a CUDA device"),
     ],
 )
 def test_a_bad_setting_stops_the_cli_with_one_line_naming_it_and_never_its_value(tmp_path, command, env, said):
     """Pydantic's traceback (18 to 44 lines, exit 1) had echoed the start and end of the value, a secret's too;
     a keys file that does not read was found only after the models had loaded."""
+    if "CUDA" in said:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
     write_generator(tmp_path / "tiny-gen")
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", *command, "--model-store", str(tmp_path), "--queue-url", "redis://h:1/0"]
