@@ -247,6 +247,7 @@ class Engine:
                 block = self.scheduler.idle
                 if block:
                     self._turn_began = None  # waiting for work is not being stuck (_drain starts the clock)
+                    self._flush()  # a waiting job's retry above may have failed it: say so before sleeping
                 running = self._drain(block=block)
                 self._flush()
                 if not running:

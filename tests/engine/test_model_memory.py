@@ -4,6 +4,7 @@ whose model must wait for room runs once a model is idle; a model larger than th
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -291,5 +292,35 @@ def test_a_model_whose_weights_changed_on_disk_after_an_unload_is_refused_at_its
         outcome = h.outcome("a")
         assert outcome.type == "failed" and "does not match the card" in outcome.error
         assert h.engine.entries["gen-a"].status == "error"
+    finally:
+        h.close()
+
+
+def test_a_waiting_job_that_fails_when_retried_says_so_at_once(tmp_path):
+    """Its "failed" event waited in the engine, unpublished, until some other request woke it: on a quiet
+    server the job read queued for ever (here its model's weights changed on disk while it waited)."""
+    from app.store.hashing import sha256_file
+
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    for name in ("gen-a", "gen-b"):
+        folder = write_generator(tmp_path / name)
+        card = json.loads((folder / "model_card.json").read_text())
+        card["sha256"] = {weights: sha256_file(folder / weights)}
+        (folder / "model_card.json").write_text(json.dumps(card))
+    h = EngineHarness(tmp_path, model_memory_gb=budget_for(tmp_path, 1.5), preload="gen-a")
+    try:
+        h.submit("long", spec("gen-a", steps=100))
+        h.wait_for_step("long", 2)
+        h.submit("b", spec("gen-b"))  # waits: gen-a is busy, and the two do not fit together
+        deadline = time.monotonic() + 30
+        while [m.job_id for m in list(h.engine._deferred)] != ["b"]:
+            assert time.monotonic() < deadline, "b never waited for room"
+            time.sleep(0.01)
+        changed = bytearray((tmp_path / "gen-b" / weights).read_bytes())
+        changed[-1] ^= 1
+        (tmp_path / "gen-b" / weights).write_bytes(changed)
+        assert h.outcome("long").type == "succeeded"
+        outcome = h.outcome("b", timeout=30)  # nothing else is sent to the engine meanwhile
+        assert outcome.type == "failed" and "does not match the card" in outcome.error
     finally:
         h.close()
