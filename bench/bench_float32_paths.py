@@ -35,6 +35,11 @@ upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one
    call's own range: a bound from above on what calibrated static quantisation keeps) against the same
    path unquantised, PSNR photo by photo. PyTorch's quantized tensors are deprecated; this is a probe,
    not a path of the service.
+7. With ``--onnxruntime``: the network exported to ONNX (torch's exporter, dynamic batch and size) and run by
+   ONNX Runtime's CPU provider (its graph optimisations on, torch's thread count), against the eager pass
+   and FFDNet, taking turns, with the largest difference between the outputs. A bench-only probe
+   (``pip install onnxruntime onnx``); its kernels (MLAS) choose their instruction set themselves, so the
+   oneDNN variables above do not hold it to AVX2.
 """
 
 from __future__ import annotations
@@ -284,6 +289,57 @@ def int8_quality(entry, sigma: float) -> None:
     print(f"| mean | {mean[0]:.4f} | {mean[1]:.4f} | {mean[1] - mean[0]:+.4f} |")
 
 
+def onnxruntime_pass(network: torch.nn.Module, x, t, served: torch.nn.Module, turns: int) -> None:
+    """Part 7: the network as ONNX Runtime's CPU provider runs it, in turns with the eager pass and FFDNet."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    class Sample(torch.nn.Module):
+        def __init__(self, unet: torch.nn.Module) -> None:
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, x, t):
+            return self.unet(x, t).sample
+
+    planar = x.contiguous()
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        path = f"{folder}/unet.onnx"
+        dims = {0: "batch", 2: "height", 3: "width"}
+        torch.onnx.export(
+            Sample(without(network, ())),
+            (planar, t),
+            path,
+            input_names=["x", "t"],
+            output_names=["y"],
+            dynamic_axes={"x": dims, "t": {0: "batch"}, "y": dims},
+            dynamo=False,
+        )
+        sessions = {}
+        for spinning in ("0", "1"):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # with spinning (its default) its threads keep spinning after each run, taking the cores from
+            # the passes in turn with it: both are measured
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+            sessions[spinning] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    inputs = {"x": planar.numpy(), "t": t.numpy()}
+    noisy = add_noise(load_photos("heldout")["mate-LadyBird-x4"], 25, seed=0)
+    print(f"\nONNX Runtime {ort.__version__}")
+    for spinning, session in sessions.items():
+        with torch.inference_mode():
+            difference = float(abs(session.run(None, inputs)[0] - served(x, t).sample.numpy()).max())
+            passes = (lambda: run_ffdnet(noisy, 25), lambda: served(x, t), lambda s=session: s.run(None, inputs))
+            results = timed(*passes, repeats=turns)
+        print(f"\nthreads spinning: {spinning == '1'}; largest difference from the eager output {difference:.1e}")
+        print(f"\n| pass (in turns, median of {turns}) | seconds | x FFDNet's |\n|---|---:|---:|")
+        names = ["FFDNet (forward pass on the photo)", "ours, eager, as served", "ours, ONNX Runtime"]
+        for name, (seconds_, _) in zip(names, results):
+            print(f"| {name} | {seconds_:.3f} | {seconds_ / results[0][0]:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=str(ROOT / "model_store"))
@@ -293,6 +349,7 @@ def main() -> None:
     parser.add_argument("--no-bounds", action="store_true")
     parser.add_argument("--openvino", action="store_true", help="part 5 (needs `pip install openvino`)")
     parser.add_argument("--int8", action="store_true", help="part 6: int8 convolutions, speed and PSNR")
+    parser.add_argument("--onnxruntime", action="store_true", help="part 7 (needs `pip install onnxruntime onnx`)")
     parser.add_argument("--int8-sigma", type=float, default=15)
     args = parser.parse_args()
 
@@ -316,6 +373,8 @@ def main() -> None:
     if args.int8:
         int8_rates(2 * args.repeats + 1)
         int8_quality(entry, args.int8_sigma)
+    if args.onnxruntime:
+        onnxruntime_pass(network(), x, t, unet, 2 * args.repeats + 1)
     if args.no_compile:
         return
     import torch._inductor.config as inductor
