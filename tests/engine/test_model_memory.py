@@ -37,6 +37,20 @@ def spec(model, steps=4, seed=0):
     return GenerateSpec(model=model, steps=steps, sampler="ddim", seeds=[seed], class_label=0)
 
 
+def write_hashed_generators(root) -> str:
+    """gen-a and gen-b in ``root``, each card naming its weights' sha256 (checked before each load); the
+    weights file's path in a model folder."""
+    from app.store.hashing import sha256_file
+
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    for name in ("gen-a", "gen-b"):
+        folder = write_generator(root / name)
+        card = json.loads((folder / "model_card.json").read_text())
+        card["sha256"] = {weights: sha256_file(folder / weights)}
+        (folder / "model_card.json").write_text(json.dumps(card))
+    return weights
+
+
 def test_models_load_on_first_use_and_the_idle_one_makes_room(two_store):
     h = EngineHarness(two_store, model_memory_gb=budget_for(two_store, 1.5))
     try:
@@ -273,14 +287,7 @@ def test_idle_models_stay_loaded_when_unloading_them_would_not_make_room(tmp_pat
 def test_a_model_whose_weights_changed_on_disk_after_an_unload_is_refused_at_its_next_load(tmp_path):
     """The card's sha256 is checked before each load, not only at the scan: a model unloaded to make room
     loads again later, and its files may have been replaced meanwhile."""
-    from app.store.hashing import sha256_file
-
-    for name in ("gen-a", "gen-b"):
-        folder = write_generator(tmp_path / name)
-        card = json.loads((folder / "model_card.json").read_text())
-        weights = "unet/diffusion_pytorch_model.safetensors"
-        card["sha256"] = {weights: sha256_file(folder / weights)}
-        (folder / "model_card.json").write_text(json.dumps(card))
+    weights = write_hashed_generators(tmp_path)
     h = EngineHarness(tmp_path, model_memory_gb=budget_for(tmp_path, 1.5), preload="gen-a")
     try:
         h.submit("b", spec("gen-b"))
@@ -299,14 +306,7 @@ def test_a_model_whose_weights_changed_on_disk_after_an_unload_is_refused_at_its
 def test_a_waiting_job_that_fails_when_retried_says_so_at_once(tmp_path):
     """Its "failed" event waited in the engine, unpublished, until some other request woke it: on a quiet
     server the job read queued for ever (here its model's weights changed on disk while it waited)."""
-    from app.store.hashing import sha256_file
-
-    weights = "unet/diffusion_pytorch_model.safetensors"
-    for name in ("gen-a", "gen-b"):
-        folder = write_generator(tmp_path / name)
-        card = json.loads((folder / "model_card.json").read_text())
-        card["sha256"] = {weights: sha256_file(folder / weights)}
-        (folder / "model_card.json").write_text(json.dumps(card))
+    weights = write_hashed_generators(tmp_path)
     h = EngineHarness(tmp_path, model_memory_gb=budget_for(tmp_path, 1.5), preload="gen-a")
     try:
         h.submit("long", spec("gen-a", steps=100))
