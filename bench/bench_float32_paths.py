@@ -157,6 +157,17 @@ def bounds(served: torch.nn.Module, network: Callable[[], torch.nn.Module], x, t
         print(f"| {name} | {s:.3f} | {s / ffdnet:.2f} |")
 
 
+class Sample(torch.nn.Module):
+    """The network's output tensor alone (diffusers returns an output object), for the converters."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t):
+        return self.unet(x, t).sample
+
+
 def openvino_pass(network: torch.nn.Module, x, t, served: torch.nn.Module, turns: int) -> None:
     """Part 5: the network as OpenVINO's CPU plugin runs it, in turns with the eager pass and FFDNet."""
     import openvino as ov
@@ -167,14 +178,6 @@ def openvino_pass(network: torch.nn.Module, x, t, served: torch.nn.Module, turns
         groups, eps = (node.get_values_from_const_input(i) for i in (1, 4))
         made = ops.group_normalization(node.get_input(0), node.get_input(2), node.get_input(3), int(groups), eps)
         return [made.output(0)]
-
-    class Sample(torch.nn.Module):
-        def __init__(self, unet: torch.nn.Module) -> None:
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, x, t):
-            return self.unet(x, t).sample
 
     planar = x.contiguous()
     began = time.perf_counter()
@@ -294,14 +297,6 @@ def onnxruntime_pass(network: torch.nn.Module, x, t, served: torch.nn.Module, tu
     import tempfile
 
     import onnxruntime as ort
-
-    class Sample(torch.nn.Module):
-        def __init__(self, unet: torch.nn.Module) -> None:
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, x, t):
-            return self.unet(x, t).sample
 
     planar = x.contiguous()
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
