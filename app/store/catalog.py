@@ -180,11 +180,15 @@ class ModelEntry:
         sampler, 50 steps, and diffusers' default guidance (7.5 for Stable Diffusion, 4 for DiT; ours is
         that minus 1, see the README)."""
         if self.has_card or not self.spec.latent:
-            return self.card.defaults
-        guidance = 6.5 if self.spec.text else 3.0
-        return SamplingDefaults(
-            sampler=sampler_for_scheduler(self.scheduler_config) or "euler", steps=50, guidance_scale=guidance
-        )
+            defaults = self.card.defaults
+        else:
+            guidance = 6.5 if self.spec.text else 3.0
+            defaults = SamplingDefaults(
+                sampler=sampler_for_scheduler(self.scheduler_config) or "euler", steps=50, guidance_scale=guidance
+            )
+        if defaults.steps > self.train_timesteps:  # a default nobody wrote (a card's own is refused at scan)
+            defaults = defaults.model_copy(update={"steps": self.train_timesteps})
+        return defaults
 
     @property
     def parameters(self) -> list[str]:
@@ -508,6 +512,14 @@ def _check_sizes(entry: ModelEntry) -> None:
     if height % entry.size_multiple or width % entry.size_multiple:
         raise ModelRefused(
             f"the native size {width}x{height} is not in multiples of {entry.size_multiple}, which the model needs"
+        )
+    if entry.square_only and height != width:  # every job runs at the native size: each would fail inside it
+        raise ModelRefused(f"a {entry.spec.denoiser} takes square images only, but the native size is {width}x{height}")
+    steps = entry.card.defaults.steps
+    if entry.has_card and "steps" in entry.card.defaults.model_fields_set and steps > entry.train_timesteps:
+        raise ModelRefused(
+            f"the card's default steps are {steps}, more than the schedule's {entry.train_timesteps} timesteps: "
+            "every request that leaves steps out would be refused"
         )
     if entry.spec.latent and entry.card.channels:
         vae = int(entry.configs.get("vae", {}).get("out_channels", 3))

@@ -71,6 +71,30 @@ def test_space_to_depth_on_a_latent_model_is_refused(tmp_path):
     assert entry.status == "error" and "space_to_depth is for pixel models" in entry.error
 
 
+def test_a_dit_whose_card_gives_a_native_size_that_is_not_square_is_refused(tmp_path):
+    """It was ready, and every request failed inside diffusers' unpatchify (a 500): a DiT puts its patches back
+    together as a square, and generate runs at the native size."""
+    folder = write_dit(tmp_path / "dit")
+    (folder / "model_card.json").write_text(json.dumps({"tasks": ["generate"], "image_size": [16, 32]}))
+    entry = scan_store(tmp_path)["dit"]
+    assert entry.status == "error" and "square images only" in entry.error and "32x16" in entry.error
+    (folder / "model_card.json").write_text(json.dumps({"tasks": ["generate"], "image_size": [32, 32]}))
+    assert scan_store(tmp_path)["dit"].ready
+
+
+def test_default_steps_beyond_a_short_schedule_are_refused_on_a_card_and_capped_without_one(tmp_path):
+    """A schedule of 10 timesteps with the default 50 steps: every request that left steps out was a 422."""
+    for name, write in (("carded", write_generator), ("bare", write_bare)):
+        folder = write(tmp_path / name)
+        path = folder / "scheduler" / "scheduler_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "num_train_timesteps": 10}))
+    card = json.loads((tmp_path / "carded" / "model_card.json").read_text())
+    (tmp_path / "carded" / "model_card.json").write_text(json.dumps({**card, "defaults": {"steps": 50}}))
+    entries = scan_store(tmp_path)
+    assert entries["carded"].status == "error" and "default steps are 50" in entries["carded"].error
+    assert entries["bare"].ready and entries["bare"].defaults.steps == 10
+
+
 def test_pickle_weights_behind_a_linked_component_folder_are_refused_too(tmp_path):
     folder = write_bare(tmp_path / "store" / "m")
     (folder / "unet").rename(tmp_path / "unet-elsewhere")
