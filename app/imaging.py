@@ -107,6 +107,8 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         _check_png_complete(data)
     elif image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG, checked up to its first image's end
         _check_jpeg_data(data, *image.size)
+    elif image.format == "TIFF":
+        _check_tiff_tiles(image)
     # Not caught: a JPEG cut part way and closed with an EOI marker decodes with grey rows (libjpeg only warns,
     # and Pillow does not report its warnings). A JPEG simply cut short fails in ``load``.
     frames_dropped = _extra_frames(image)
@@ -233,8 +235,14 @@ _NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: markers with
 _SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
 
 
+# A progressive JPEG's scans: the standard scripts have about ten, libjpeg's most elaborate a few dozen.
+# Each costs the decoder a pass over the image's coefficients, so a file of repeated tiny scans took about
+# 1 ms a scan for a 4000x4000 image: 20,000 of them (under 1 MB) 20 s of a core, the body limit's worth minutes.
+MAX_JPEG_SCANS = 256
+
+
 def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
-    coded, huffman, at = 0, False, 2
+    coded, huffman, at, scans = 0, False, 2, 0
     for _ in range(_MAX_MARKERS):
         if at + 4 > len(data):
             break
@@ -253,6 +261,12 @@ def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
         huffman = huffman or marker in _HUFFMAN_FRAMES
         at += 2 + length
         if marker == 0xDA:  # a scan: coded bytes up to the next marker that is not a stuffed 0xFF or an RSTn
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageUndecodable(
+                    f"the JPEG has more than {MAX_JPEG_SCANS} scans: a real one has a few dozen at most, and each "
+                    "costs a pass over the whole image"
+                )
             end = _SCAN_END.search(data, at)
             start, at = at, (end.start() if end else len(data))
             coded += at - start
@@ -263,6 +277,25 @@ def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
         raise ImageUndecodable(
             f"image data is truncated: a {width}x{height} JPEG codes {blocks} blocks of 8x8 pixels in at least "
             f"{blocks} bits, and this one holds {coded * 8}"
+        )
+
+
+# A TIFF tile is decoded into a buffer of its declared size, whatever the image's: a 64x64 image declaring one
+# 16384x131056 tile (a 2 MB file) made the decoder allocate 2 GiB. Tiles are refused beyond 4 times the image,
+# or 1024x1024 pixels where that is more (a small image in the usual 256 or 512 tiles is fine).
+MIN_TILE_ALLOWANCE = 1024 * 1024
+
+
+def _check_tiff_tiles(image: Image.Image) -> None:
+    tags = getattr(image, "tag_v2", {})
+    tile_width, tile_length = tags.get(322), tags.get(323)  # TileWidth, TileLength
+    if not isinstance(tile_width, int) or not isinstance(tile_length, int):
+        return  # strips: libtiff sizes them by the rows the image has
+    width, height = image.size
+    if tile_width * tile_length > max(4 * width * height, MIN_TILE_ALLOWANCE):
+        raise ImageUndecodable(
+            f"the TIFF declares tiles of {tile_width}x{tile_length} pixels for a {width}x{height} image: "
+            "tiles that much larger than the image are not taken"
         )
 
 

@@ -6,6 +6,7 @@ Every image is built in memory, with Pillow or by hand (PNG chunks, patched TIFF
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -729,3 +730,48 @@ def test_a_broken_pnm_is_called_one_not_a_format_not_taken(data):
         decode_image(data, max_pixels=LIMIT)
     with pytest.raises(ImageUndecodable, match="not a decodable image of a format taken here"):
         decode_image(b"P9 is not a page of a PNM file", max_pixels=LIMIT)
+
+
+def tiled_tiff(width: int, height: int, tile: tuple[int, int], payload: bytes) -> bytes:
+    """A grey 8-bit TIFF of one uncompressed tile of ``tile`` (width, length) pixels, written by hand."""
+    entries = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (277, 3, 1),
+        (322, 4, tile[0]),
+        (323, 4, tile[1]),
+        (324, 4, None),
+        (325, 4, len(payload)),
+    ]
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_at if value is None else value
+        out += struct.pack("<HHI", tag, kind, 1) + (
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        )
+    return out + b"\x00\x00\x00\x00" + payload
+
+
+def test_a_tiff_whose_tiles_are_far_larger_than_the_image_is_refused_before_decoding():
+    """A 64x64 image declaring one 16384x131056 tile (a 2 MB file) made the decoder allocate 2 GiB."""
+    tile = np.arange(256 * 256, dtype=np.uint8).reshape(256, 256)
+    usual = tiled_tiff(64, 64, (256, 256), tile.tobytes())  # a small image in a usual tile: decoded
+    assert np.array_equal(decode_image(usual, max_pixels=LIMIT).pixels[:, :, 0], tile[:64, :64])
+    with pytest.raises(ImageUndecodable, match="tiles of 2048x2048 pixels for a 64x64 image"):
+        decode_image(tiled_tiff(64, 64, (2048, 2048), b"\x00" * 64), max_pixels=LIMIT)
+
+
+def test_a_jpeg_of_hundreds_of_scans_is_refused_before_decoding():
+    """Each scan costs a pass over the image: 20,000 repeated tiny scans (under 1 MB) took 20 s to decode."""
+    data = save(Image.fromarray(noise(64, 64)), "JPEG", progressive=True, quality=90)
+    assert decode_image(data, max_pixels=LIMIT).pixels.shape == (64, 64, 3)
+    scans = [m.start() for m in re.finditer(rb"\xff\xda", data)]
+    last = scans[-1]
+    end = data.rindex(b"\xff\xd9")
+    repeated = data[:end] + data[last:end] * 300 + data[end:]  # the last scan, again and again
+    with pytest.raises(ImageUndecodable, match="more than 256 scans"):
+        decode_image(repeated, max_pixels=LIMIT)
