@@ -168,9 +168,19 @@ _TURNS = {
 
 
 def _orientation(image: Image.Image) -> int:
-    """The EXIF orientation tag, 1 (as stored) when absent, unreadable or not one of the eight values."""
+    """The EXIF orientation tag, 1 (as stored) when absent, unreadable or not one of the eight values. From
+    the EXIF data only (a TIFF's own tags): Pillow's ``getexif`` falls back to an XMP ``tiff:Orientation``,
+    which browsers ignore, and an editor may leave a stale one on pixels it has already turned."""
     try:
-        value = image.getexif().get(0x0112, 1)
+        if image.format == "TIFF":
+            value = image.getexif().get(0x0112, 1)
+        else:
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(0x0112, 1)
     except _BROKEN:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1

@@ -775,3 +775,28 @@ def test_a_jpeg_of_hundreds_of_scans_is_refused_before_decoding():
     repeated = data[:end] + data[last:end] * 300 + data[end:]  # the last scan, again and again
     with pytest.raises(ImageUndecodable, match="more than 256 scans"):
         decode_image(repeated, max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_an_orientation_given_only_in_xmp_is_not_applied(fmt):
+    """Browsers turn a photo by its EXIF orientation only; an XMP tiff:Orientation (which an editor may leave
+    on pixels it has already turned) turned it here, and was reported as the EXIF orientation."""
+    from PIL import PngImagePlugin
+
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    image = Image.fromarray(noise(24, 16))
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        data = save(image, fmt, pnginfo=info)
+    else:
+        data = save(image, fmt, xmp=xmp.encode(), quality=100)
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert decoded.exif_orientation == 1 and decoded.pixels.shape == (24, 16, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = decode_image(save(image, fmt, exif=exif.tobytes(), quality=100), max_pixels=LIMIT)
+    assert turned.exif_orientation == 6 and turned.pixels.shape == (16, 24, 3)
