@@ -425,11 +425,11 @@ def _check(entry: ModelEntry) -> None:
         raise ModelRefused(
             f"{spec.denoiser} is a {kind}: a {spec.name} model needs {' or '.join(spec.denoiser_classes)}"
         )
-    entry.weights[spec.denoiser] = _weights(folder, spec.denoiser)
+    entry.weights[spec.denoiser] = _weights(folder, spec.denoiser, index)
     for component in spec.components:
         entry.configs[component] = _component_config(folder, component)
         if component != "tokenizer":
-            entry.weights[component] = _weights(folder, component)
+            entry.weights[component] = _weights(folder, component, index)
     for ignored in ("safety_checker", "feature_extractor"):
         named = index.get(ignored)
         if (folder / ignored).exists() or (isinstance(named, list) and named and named[0] is not None):
@@ -577,16 +577,23 @@ def _component_config(folder: Path, component: str) -> dict[str, Any]:
     """A component's config (its weights are checked by the caller: the tokenizer has files, not weights)."""
     if component == "tokenizer":
         config = _read_json(folder / component / "tokenizer_config.json")
-        if not any((folder / component / name).is_file() for name in ("vocab.json", "tokenizer.json")):
-            raise ModelRefused("missing tokenizer/vocab.json (or tokenizer.json)")
+        has = {name: (folder / component / name).is_file() for name in ("tokenizer.json", "vocab.json", "merges.txt")}
+        if not has["tokenizer.json"] and not (has["vocab.json"] and has["merges.txt"]):
+            raise ModelRefused("missing tokenizer/tokenizer.json, or tokenizer/vocab.json with merges.txt beside it")
         return config
     return _read_json(folder / component / "config.json")
 
 
-def _weights(folder: Path, component: str) -> Weights:
-    """The weights of ``component`` that are loaded (app/store/weights.py), a refusal naming what is wrong."""
+def _weights(folder: Path, component: str, index: dict[str, Any]) -> Weights:
+    """The weights of ``component`` that are loaded (app/store/weights.py), a refusal naming what is wrong:
+    under the file name of the library that loads it, as diffusers' pipelines read them (transformers'
+    ``model`` for a text encoder, or what model_index.json says is a transformers class; diffusers'
+    ``diffusion_pytorch_model`` for the rest). A file under the other library's name fails to load."""
+    named = index.get(component)
+    library = named[0] if isinstance(named, list) and named else None
+    transformers = library == "transformers" or (library is None and component == "text_encoder")
     try:
-        return find_weights(folder, component)
+        return find_weights(folder, component, ("model",) if transformers else ("diffusion_pytorch_model",))
     except WeightsRefused as exc:
         raise ModelRefused(str(exc)) from exc
 

@@ -71,12 +71,14 @@ def _variants(names: set[str]) -> list[str]:
     return preferred + sorted(found - set(preferred))
 
 
-def find_weights(folder: Path, component: str) -> Weights:
-    """The weights of ``folder/component`` that are loaded; refused, with what is there, if none can be."""
+def find_weights(folder: Path, component: str, stems: tuple[str, ...] = STEMS) -> Weights:
+    """The weights of ``folder/component`` that are loaded; refused, with what is there, if none can be.
+    ``stems``: the file names its library loads (diffusers' ``diffusion_pytorch_model``, transformers'
+    ``model``), the first found first."""
     where = folder / component
     names = {p.name for p in where.iterdir() if p.is_file()} if where.is_dir() else set()
     for variant in [None, *_variants(names)]:
-        for stem in STEMS:
+        for stem in stems:
             single, index = _name(stem, variant, index=False), _name(stem, variant, index=True)
             if single in names and index in names:
                 raise WeightsRefused(
@@ -90,7 +92,7 @@ def find_weights(folder: Path, component: str) -> Weights:
                 return Weights(index, variant, files, sum(float32_bytes(where / f) for f in files))
     present = sorted(n for n in names if ".safetensors" in n)
     found = f": found {', '.join(present[:3])}" if present else ""
-    wanted = " or ".join(_name(stem, None, index=False) for stem in STEMS)
+    wanted = " or ".join(_name(stem, None, index=False) for stem in stems)
     raise WeightsRefused(f"missing {component}/ safetensors weights ({wanted}, sharded or a variant){found}")
 
 

@@ -192,6 +192,30 @@ def test_a_component_without_weights_names_what_it_holds(tmp_path):
     entry = scan_store(tmp_path)["m"]
     assert not entry.ready
     assert entry.error == (
-        "missing unet/ safetensors weights (diffusion_pytorch_model.safetensors or model.safetensors, sharded "
-        "or a variant): found unet.safetensors"
+        "missing unet/ safetensors weights (diffusion_pytorch_model.safetensors, sharded or a variant): found "
+        "unet.safetensors"
     )
+
+
+@pytest.mark.parametrize(
+    ("component", "rename", "reason"),
+    [
+        ("vae", ("diffusion_pytorch_model.safetensors", "model.safetensors"), "missing vae/ safetensors weights"),
+        (
+            "text_encoder",
+            ("model.safetensors", "diffusion_pytorch_model.safetensors"),
+            "missing text_encoder/ safetensors weights (model.safetensors",
+        ),
+        ("tokenizer", ("tokenizer.json", "vocab.json"), "tokenizer/vocab.json with merges.txt beside it"),
+    ],
+)
+def test_files_under_a_name_their_library_does_not_load_are_refused_at_scan(tmp_path, component, rename, reason):
+    """A VAE under transformers' file name, a text encoder under diffusers', a tokenizer's vocab without its
+    merges: each was ready, and failed at its first load (a job's 500 where the model was not preloaded)."""
+    from tests.tiny_models import write_stable_diffusion
+
+    folder = write_stable_diffusion(tmp_path / "sd")
+    assert scan_store(tmp_path)["sd"].ready
+    (folder / component / rename[0]).rename(folder / component / rename[1])
+    entry = scan_store(tmp_path)["sd"]
+    assert not entry.ready and reason in entry.error, entry.error
