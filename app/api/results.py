@@ -74,12 +74,13 @@ RESPONSES: dict[int | str, dict] = {
 }
 
 
-def accepted(record: JobRecord) -> JSONResponse:
-    return JSONResponse(
-        {"job_id": record.id, "status": record.status.value},
-        status_code=202,
-        headers={"Location": job_url(record.id), "Preference-Applied": "respond-async"},
-    )
+def accepted(record: JobRecord, *, preferred: bool) -> JSONResponse:
+    """202 with the job's Location; ``Preference-Applied`` only where the client asked for it (``Prefer:
+    respond-async``, RFC 7240), not for a sync request answered so at its timeout or at a shutdown."""
+    headers = {"Location": job_url(record.id)}
+    if preferred:
+        headers["Preference-Applied"] = "respond-async"
+    return JSONResponse({"job_id": record.id, "status": record.status.value}, status_code=202, headers=headers)
 
 
 async def submit(
@@ -171,7 +172,7 @@ async def run_job(
     else a 503."""
     record = await submit(queue, spec, idempotency_key, fingerprint, caller, webhook)
     if prefer_async:
-        return accepted(record)
+        return accepted(record, preferred=True)
     job_id = record.id
     record, reason = await wait_for_result(queue, record, timeout, request, drain)
     if reason == "gone" and record is not None and not record.status.finished:
@@ -181,7 +182,7 @@ async def run_job(
         return Response(status_code=499)  # nobody is listening
     if reason == "draining" and record is not None and not record.status.finished:
         if queue.durable:
-            return accepted(record)
+            return accepted(record, preferred=False)
         raise ApiError(
             503,
             [],
@@ -199,7 +200,7 @@ async def run_job(
             headers={"Retry-After": "2"},
         )
     if not record.status.finished:
-        return accepted(record)  # still running after the sync timeout: poll it
+        return accepted(record, preferred=False)  # still running after the sync timeout: poll it
     if record.status == JobStatus.succeeded and raw:
         image = record.result.images[0]
         headers = {"X-Job-Id": record.id, "Location": job_url(record.id)}

@@ -119,6 +119,10 @@ def test_sync_request_still_running_after_the_timeout_gets_202(make_client):
     client = make_client(sync_timeout_s=0.05)
     r = client.post("/v1/generate", json={"class_label": 0, "steps": 1000})
     assert r.status_code == 202 and r.headers["location"].startswith("/v1/jobs/")
+    assert "preference-applied" not in r.headers  # the client preferred nothing (RFC 7240)
+    client.delete(r.headers["location"])
+    r = client.post("/v1/generate", json={"class_label": 0, "steps": 1000}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 202 and r.headers["preference-applied"] == "respond-async"
     client.delete(r.headers["location"])
 
 
