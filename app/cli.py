@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -29,16 +30,24 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse(prog: str, *lines: str) -> NoReturn:
+    """Stop before serving: each line, named by the program, and exit code 2 (a setting it cannot run with)."""
+    for line in lines:
+        print(f"{prog}: {line}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Settings:
+    prog = "diffusion-worker" if worker else "diffusion-serve"
     values = {"model_store": args.model_store, "queue_url": args.queue_url, **extra}
     try:
         settings = Settings(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:  # one line per setting, naming it; never the value (it may be a secret)
-        prog = "diffusion-worker" if worker else "diffusion-serve"
+        lines = []
         for error in exc.errors():
             where = f"DIFFUSION_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else ""
-            print(f"{prog}: {where}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        raise SystemExit(2) from None
+            lines.append(f"{where}{error['msg'].removeprefix('Value error, ')}")
+        _refuse(prog, *lines)
     configure_logging(args.log_level, settings.log_format)
     for variable in unknown_variables(os.environ):
         logging.getLogger(__name__).warning("%s is not a setting: ignored", variable)
@@ -50,8 +59,7 @@ def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Set
         from app.engine.device import device_problem  # torch: this process runs the network anyway
 
         if (problem := device_problem(settings.device, settings.dtype)) is not None:  # before loading the models
-            print(f"{'diffusion-worker' if worker else 'diffusion-serve'}: {problem}", file=sys.stderr)
-            raise SystemExit(2)
+            _refuse(prog, problem)
     return settings
 
 
@@ -77,15 +85,13 @@ def serve(argv: list[str] | None = None) -> None:
         try:
             load_keys(Path(settings.api_keys_file))
         except ValueError as exc:
-            print(f"diffusion-serve: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            _refuse("diffusion-serve", str(exc))
     try:
         backend = asyncio.run(open_queue(settings)) if settings.queue_url is None else None
         if settings.queue_url is not None:
             asyncio.run(_reach_queue(settings))  # Redis answers, or one line says why not
     except (NoModels, QueueUnreachable) as exc:  # fail fast, before binding the port, when nothing can be served
-        print(f"diffusion-serve: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _refuse("diffusion-serve", str(exc))
     # With Redis the backend holds connections bound to an event loop: it opens in uvicorn's lifespan.
     # On SIGTERM uvicorn stops accepting and lets waiting clients finish (up to the grace time); sync
     # requests still waiting then get an answer (app.api.results), and the process exits with 0.
@@ -107,8 +113,7 @@ def worker(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = _settings(args, worker=True)
     if settings.queue_url is None:
-        print("diffusion-worker: set DIFFUSION_QUEUE_URL (or --queue-url) to a redis:// URL", file=sys.stderr)
-        raise SystemExit(2)
+        _refuse("diffusion-worker", "set DIFFUSION_QUEUE_URL (or --queue-url) to a redis:// URL")
     raise SystemExit(asyncio.run(_run_worker(settings)))
 
 

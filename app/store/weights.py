@@ -71,7 +71,7 @@ def _variants(names: set[str]) -> list[str]:
     return preferred + sorted(found - set(preferred))
 
 
-def find_weights(folder: Path, component: str, stems: tuple[str, ...] = STEMS) -> Weights:
+def find_weights(folder: Path, component: str, stems: tuple[str, ...]) -> Weights:
     """The weights of ``folder/component`` that are loaded; refused, with what is there, if none can be.
     ``stems``: the file names its library loads (diffusers' ``diffusion_pytorch_model``, transformers'
     ``model``), the first found first."""
