@@ -367,6 +367,7 @@ class Engine:
                 row.release()
         self._jobs.pop(job_id, None)
         self._jobs_ended = True
+        ROWS_RUNNING.set(self.scheduler.running_cost)  # no pass may follow to set it: the last job may be gone
 
     def _cancel(self, job_id: str) -> None:
         waiting = [m for m in self._deferred if m.job_id == job_id]

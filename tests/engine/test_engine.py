@@ -357,3 +357,20 @@ def test_an_estimated_sigma_is_at_most_the_largest_a_request_may_give(store):
     finally:
         h.close()
     assert info["sigma_estimated"] == info["sigma"] == 255.0
+
+
+@pytest.mark.parametrize("ending", ["cancel", "fail"])
+def test_the_rows_running_gauge_falls_when_the_last_job_is_canceled_or_fails(harness, monkeypatch, ending):
+    """The gauge was set only after a pass: a job canceled or failed while it ran left its rows counted for as
+    long as no other pass came."""
+    from prometheus_client import REGISTRY
+
+    harness.submit("long", spec(steps=1000))
+    harness.wait_for_step("long", 2)
+    assert REGISTRY.get_sample_value("diffusion_rows_running") == 1
+    if ending == "cancel":
+        harness.engine.cancel("long")
+    else:
+        monkeypatch.setattr(harness.engine.runner, "step", lambda rows: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert harness.outcome("long").type == ("canceled" if ending == "cancel" else "failed")
+    assert REGISTRY.get_sample_value("diffusion_rows_running") == 0
