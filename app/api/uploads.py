@@ -111,11 +111,19 @@ async def upload_body_first(request: Request) -> AsyncIterator[None]:
             await body.form.close()
 
 
-def json_body_first(request: Request) -> None:
+async def json_body_first(request: Request) -> None:
     """The JSON routes' first dependency, before the key check counts the request: another content type is
-    415, not counted (the key check's 401 or 403 first)."""
-    if media_type(request) != "application/json":
-        raise refusal(request) or unsupported_media_type(media_type(request), "application/json")
+    415 and an empty body 422, neither counted (the key check's 401 or 403 first). FastAPI refuses a body that
+    is not JSON before any dependency, but passes an empty one on to be found missing after them."""
+    try:
+        found = media_type(request)
+    except ApiError as exc:  # Content-Type given twice
+        raise refusal(request) or exc from None
+    if found != "application/json":
+        raise refusal(request) or unsupported_media_type(found, "application/json")
+    if not await request.body():  # read by FastAPI already: no second read
+        missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+        raise refusal(request) or RequestValidationError([missing])
 
 
 async def read_image_request(

@@ -304,8 +304,9 @@ def test_keys_created_or_revoked_with_diffusion_keys_take_effect_without_a_resta
 
 def test_a_body_refused_before_it_is_read_is_not_counted_on_any_route(tmp_path, store):
     """The upload routes counted the request before reading their body, so a body that was not JSON, a cut-off
-    form or one over the size limit used up the key's minute there and not on /v1/generate; and a 415 was
-    counted everywhere."""
+    form or one over the size limit used up the key's minute there and not on /v1/generate; a 415 was counted
+    everywhere; and an empty body was counted on /v1/generate (FastAPI finds it missing after the key check)
+    and not on the upload routes."""
     keys = tmp_path / "keys.json"
     keys.write_text(
         json.dumps(
@@ -334,11 +335,21 @@ def test_a_body_refused_before_it_is_read_is_not_counted_on_any_route(tmp_path, 
         ("/v1/denoise", b"sigma=25", "text/plain", 415),
         ("/v1/generate", b"{}", "text/plain", 415),
         ("/v1/generate", b"{bad", "application/json", 422),
+        ("/v1/generate", b"", "application/json", 422),
+        ("/generate", b"", "application/json", 422),
+        ("/v1/denoise", b"", "application/json", 422),
     ]
     with TestClient(create_app(make_settings(store, api_keys_file=keys, max_body_bytes=4096))) as client:
         assert (
             client.post("/v1/denoise", content=b"{bad", headers={"content-type": "application/json"}).status_code == 401
         )
+        twice = [("content-type", "application/json"), ("content-type", "application/json")]
+        for path in ("/v1/generate", "/v1/denoise"):  # the key check's 401 first, before the header's 400
+            assert client.post(path, content=b"{}", headers=twice).status_code == 401
+        assert client.post("/v1/generate", content=b"{}", headers=[*twice, *erin.items()]).status_code == 400
+        empty = client.post("/v1/generate", content=b"", headers={**erin, "content-type": "application/json"})
+        assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body"]
+        assert empty.json()["detail"][0]["type"] == "missing"
         for path, body, content_type, status in refused:
             r = client.post(path, content=body, headers={**erin, "content-type": content_type})
             assert r.status_code == status, (path, r.text)
