@@ -142,10 +142,12 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
     # Each route's key check, by the id of the route object routing puts in the scope: for the error
     # handlers of bodies refused before the check runs (app.api.errors.refusal).
     app.state.key_checks = {}
+    app.state.route_templates = []  # each route's path template with its prefix, for app.api.metrics
 
     def include(router: APIRouter, first: list, scope: str | None, **options) -> None:
         key_check = require(scope)
         app.include_router(router, dependencies=[*first, Depends(key_check)], **options)
+        metrics.remember_templates(app, router, options.get("prefix", ""))
         # routing puts the router's own route objects in the scope, under every prefix it is included at
         app.state.key_checks.update({id(route): key_check.admits for route in router.routes})
 
@@ -153,6 +155,8 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
         include(router, first, scope, prefix=v1)
     app.include_router(health.router)
     app.include_router(page.router)  # the playground at /, open like /docs (it asks for a key when needed)
+    for router in (health.router, page.router, metrics.router):
+        metrics.remember_templates(app, router)
     app.mount("/ui", page.static_files(), name="ui")
     app.include_router(metrics.router, dependencies=[Depends(require(None))] if settings.metrics_require_key else [])
     # The names users know, answering exactly as their /v1 twins (documented once, under /v1).

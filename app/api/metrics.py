@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match, Mount, Route, compile_path
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.errors import METHODS
@@ -18,14 +20,37 @@ from app.metrics import HTTP_REQUESTS, HTTP_SECONDS, QUEUE_DEPTH
 router = APIRouter(tags=["health"])
 
 
-def route_label(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+def route_label(scope: Scope, asked: Scope | None = None) -> str:
+    """The template of the route that served the request. Only FastAPI's own routes put themselves in the
+    scope; for the others (``/openapi.json``, the ``/ui`` files) and for an answer given before routing (a 413
+    or 415 of the middlewares) the template is that of the route whose path matches the request as it was
+    ``asked`` (before a mount rewrote its scope). ``unmatched``: no route has the path (a 404)."""
+    path = getattr(scope.get("route"), "path", None)
+    if path is None and asked is not None:
+        path = _matching_template(asked)
     if path is None:
         return "unmatched"
     if scope["path"].startswith("/v1/") and not path.startswith("/v1"):
         return "/v1" + path  # a route of a router included under /v1
     return path
+
+
+def remember_templates(app: Any, router: APIRouter, prefix: str = "") -> None:
+    """Keep the path templates of a router included at ``prefix``, to label the requests answered before routing
+    (FastAPI's included routers match a path, but do not say through which route)."""
+    paths = [prefix + route.path for route in router.routes]
+    app.state.route_templates += [(compile_path(path)[0], path) for path in paths]
+
+
+def _matching_template(scope: Scope) -> str | None:
+    app = scope.get("app")
+    routes = [r for r in getattr(getattr(app, "router", None), "routes", []) if isinstance(r, (Route, Mount))]
+    for route in routes:  # the app's own routes and mounts (/openapi.json, /ui)
+        if route.matches(scope)[0] != Match.NONE:  # PARTIAL: the path, not the method (a 405)
+            return route.path + "/{path}" if isinstance(route, Mount) else route.path
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    templates = getattr(getattr(app, "state", None), "route_templates", [])
+    return next((template for regex, template in templates if regex.match(path)), None)
 
 
 def method_label(scope: Scope) -> str:
@@ -36,7 +61,7 @@ def method_label(scope: Scope) -> str:
 
 class HttpMetrics(HttpMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        began, status = time.perf_counter(), 500
+        began, status, asked = time.perf_counter(), 500, dict(scope)
 
         async def counted(message: Message) -> None:
             nonlocal status
@@ -47,7 +72,7 @@ class HttpMetrics(HttpMiddleware):
         try:
             await self.app(scope, receive, counted)
         finally:
-            route, method = route_label(scope), method_label(scope)
+            route, method = route_label(scope, asked), method_label(scope)
             HTTP_REQUESTS.labels(route, method, str(status)).inc()
             HTTP_SECONDS.labels(route, method).observe(time.perf_counter() - began)
 

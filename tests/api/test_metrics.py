@@ -155,3 +155,27 @@ def test_a_workers_port_serves_metrics_and_its_liveness_on_ipv4_and_ipv6(host):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_routes_outside_fastapis_own_and_answers_before_routing_are_counted_by_their_template(client):
+    """Only FastAPI's routes name themselves in the scope: /openapi.json and the /ui files were counted as
+    "unmatched", the label meant for paths no route has, and so were the middlewares' 413 and 415."""
+    before = samples(client)
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/ui/app.js").status_code == 200
+    assert client.get("/ui/style.css").status_code == 200
+    assert client.get("/v1/nope").status_code == 404
+    assert client.post("/v1/generate", content=b"{}", headers={"content-encoding": "gzip"}).status_code == 415
+    after = samples(client)
+
+    def moved(route, method, status):
+        labels = dict(route=route, method=method, status=status)
+        return value(after, "diffusion_http_requests_total", **labels) - value(
+            before, "diffusion_http_requests_total", **labels
+        )
+
+    assert moved("/openapi.json", "GET", "200") == 1
+    assert moved("/ui/{path}", "GET", "200") == 2
+    assert moved("/v1/generate", "POST", "415") == 1
+    assert moved("unmatched", "GET", "404") == 1
+    assert moved("unmatched", "GET", "200") == 0
