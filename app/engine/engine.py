@@ -357,7 +357,9 @@ class Engine:
         for row in plan.rows:
             self._rows[row.id] = row
         level = PRIORITY_LEVEL[spec.priority]
-        self.scheduler.add([Ticket(r.id, job_id, r.group, r.network_rows, r.pixels, level) for r in plan.rows])
+        # a job that waited for room in memory has waited with no row admitted: its rows age from then on
+        tickets = [Ticket(r.id, job_id, r.group, r.network_rows, r.pixels, level) for r in plan.rows]
+        self.scheduler.add(tickets, since=waiting_since)
 
     def _drop(self, job_id: str) -> None:
         """Forget a job and free its rows' tensors and its plan's canvases at once."""

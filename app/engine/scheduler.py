@@ -57,8 +57,9 @@ class Scheduler:
         return not self._waiting and not self._running
 
     # -- changes ------------------------------------------------------------------------------
-    def add(self, tickets: list[Ticket]) -> None:
-        now = self.clock()
+    def add(self, tickets: list[Ticket], since: float | None = None) -> None:
+        """Rows waiting their turn; ``since``: when their job began to wait, if before now (on this clock)."""
+        now = self.clock() if since is None else since
         for ticket in tickets:
             self._waiting.setdefault(ticket.job_id, deque()).append(ticket)
             self._arrived.setdefault(ticket.job_id, now)

@@ -224,6 +224,26 @@ def test_a_low_job_waiting_for_room_ages_past_a_stream_of_normal_ones(two_store)
         h.close()
 
 
+def test_a_job_that_aged_while_it_waited_for_room_keeps_its_age_in_the_scheduler(two_store):
+    """A low job that waited for room long enough to rank as high entered the scheduler at its own level with a
+    fresh aging clock, so normal jobs for its model that came after it ran first."""
+    h = EngineHarness(two_store, model_memory_gb=budget_for(two_store, 1.5), preload="gen-a", max_batch=1)
+    h.engine.scheduler.aging_s = 0.1
+    try:
+        h.submit("a0", spec("gen-a", steps=1000))
+        h.wait_for_step("a0", 2)
+        h.submit("b-low", spec("gen-b", seed=1).model_copy(update={"priority": "low"}))
+        time.sleep(0.35)  # over three aging periods: low ranks as high now
+        later = [f"b{i}" for i in range(4)]
+        for job in later:
+            h.submit(job, spec("gen-b", steps=10, seed=10 + len(job)))
+        h.engine.cancel("a0")  # gen-a goes idle: gen-b takes its place, and the jobs waiting for it come in
+        assert all(h.outcome(job).type == "succeeded" for job in ("b-low", *later))
+        assert all(event_at(h, "b-low", "started") < event_at(h, job, "started") for job in later)
+    finally:
+        h.close()
+
+
 @pytest.mark.parametrize(
     ("v2", "v1", "expected"),
     [
