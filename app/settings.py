@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="glibc: the engine's process keeps freed memory for the next forward pass instead of returning "
         "it to the OS (faster on CPUs; resident memory stays at its peak); false: glibc's defaults",
     )
+    cpu_row_groups: bool = Field(
+        True,
+        description="on the CPU, split each forward pass by rows into one group per thread, each computed by one "
+        "thread (no barrier between the cores after every operator); false: every operator across all threads",
+    )
     denoise_tile: int | None = Field(
         None,
         ge=32,

@@ -15,9 +15,11 @@ not; the default tiles (192 in bf16, 256 in float32) or one tile for the whole p
 pass, sigma given. Prints the median of ``--repeats`` timed runs after one warm-up, and each variant's PSNR,
 so a faster path that costs quality shows it. Last, FFDNet, the service's default path, that path with
 diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites, app/families/rewrites.py)
-and the default with ``DIFFUSION_DENOISE_TILE=1024`` run in turns, so the minutes in which a shared VM runs
-slow fall on all of them alike: those rows are the comparison the speed bar reads. The process keeps freed
-memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measures glibc's defaults).
+the default with ``DIFFUSION_DENOISE_TILE=1024`` and the default with ``DIFFUSION_CPU_ROW_GROUPS=false`` (every
+operator spread over all the threads, as before row groups: app/engine/runner.py) run in turns, so the minutes
+in which a shared VM runs slow fall on all of them alike: those rows are the comparison the speed bar reads.
+The process keeps freed memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measures
+glibc's defaults).
 
 bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as the service's
 ``DIFFUSION_DTYPE=auto`` does); elsewhere it is emulated, many times slower than float32, and the service
@@ -129,7 +131,7 @@ def main() -> None:
                 model = load_model(entry, device)
                 # the loader makes it channels-last; the other variant puts it back to the default layout
                 model.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                runner = Runner(device, dtype)
+                runner = Runner(device, dtype, row_groups=settings.cpu_row_groups)
                 name = (
                     f"ours mmse, tile {tile}, {'bf16' if dtype else 'fp32'}{', channels-last' if channels_last else ''}"
                 )
@@ -142,7 +144,8 @@ def main() -> None:
                 )
     # the service's default path and FFDNet taking turns, and the default path with diffusers' upsamplers
     settings = Settings()
-    runner = Runner(device, pick_dtype(settings.dtype, device))
+    runner = Runner(device, pick_dtype(settings.dtype, device), row_groups=settings.cpu_row_groups)
+    spread = Runner(device, runner.autocast_dtype, row_groups=False)
     phase = load_model(entry, device)
     plain, unfused = load_model(entry, device), load_model(entry, device)
     diffusers_modules(plain.unet, PhaseUpsample2D, Upsample2D)
@@ -154,15 +157,17 @@ def main() -> None:
         lambda: serve_ours(plain, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(unfused, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, runner, one_tile, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(phase, spread, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         repeats=args.turns,
     )
     precision = "bf16" if runner.autocast_dtype else "fp32"
     default = f"tile {denoise_tile(settings, runner)}, {precision}, channels-last"
-    add("FFDNet (forward pass), in turns with the next four", *turns[0])
+    add("FFDNet (forward pass), in turns with the next five", *turns[0])
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])
     add(f"ours, {default}, diffusers' ResnetBlock2D (before the fused forward), in turns", *turns[3])
     add(f"ours, DIFFUSION_DENOISE_TILE=1024 (one tile here), {precision}, channels-last, in turns", *turns[4])
+    add(f"ours, {default}, DIFFUSION_CPU_ROW_GROUPS=false (each operator on all threads), in turns", *turns[5])
     print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
     for name, seconds, psnr in rows:
         print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")

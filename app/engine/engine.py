@@ -89,7 +89,7 @@ class Engine:
         self.device = pick_device(settings.device)
         if settings.keep_freed_memory:  # the console scripts did so first, before any thread (allocator.py)
             keep_freed_memory()
-        self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device))
+        self.runner = Runner(self.device, pick_dtype(settings.dtype, self.device), row_groups=settings.cpu_row_groups)
         self.scheduler = Scheduler(settings.batch_cap(self.device.type), settings.batch_pixel_cap(self.device.type))
         self.pool = ModelPool(entries, self.device, memory_budget(self.device, settings.model_memory_gb))
         self._deferred: list[Submit] = []  # jobs whose model waits for room in memory
@@ -264,6 +264,7 @@ class Engine:
             log.critical("engine loop died:\n%s", traceback.format_exc())
         finally:
             self._alive = False
+            self.runner.groups.close()
 
     def _drain(self, *, block: bool) -> bool:
         """Take every message waiting; submissions are accepted together (their prompts encoded in one

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, NamedTuple
 
@@ -120,10 +122,82 @@ class Row:
         return torch.randn(self.x.shape, generator=self.generator).to(self.x.device)
 
 
+class RowGroups:
+    """On the CPU, a forward pass split by rows into one group per thread, each group computed by a thread of
+    its own with one intra-op thread, instead of every operator of one pass spread over all the threads (each
+    ending in a barrier of them). The groups' threads hold Python's lock only between operators, so this pays
+    where an operator's work is large beside that: rows of at least ``MIN_PIXELS`` pixels, two or more per
+    group. On 2 cores the photo denoiser's whole path took 0.91-0.97x the spread pass's time in float32 and
+    0.94-0.97x in bf16 (``bench/bench_denoise_speed.py``); one row per group, or rows of 28x28 (the digits),
+    took up to 1.10x and 1.32x (``bench/bench_row_groups.py``; both in docs/denoising.md).
+
+    Rows left over (fewer than one per group) run after the groups on all the threads. A row's output differs
+    from the spread pass's by float rounding only (operators split their work another way on one thread).
+    """
+
+    MIN_PIXELS = 128 * 128
+    MIN_ROWS = 2  # per group
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool: list[ThreadPoolExecutor] = []
+
+    def parts(self, rows: int, pixels: int) -> tuple[list[slice], slice | None]:
+        """The groups of ``rows`` rows of ``pixels`` pixels each, and the rows left over for the caller (all of
+        them, and no groups, where splitting would not pay; None when none are left over)."""
+        each = rows // self.threads if self.threads > 1 and pixels >= self.MIN_PIXELS else 0
+        if each < self.MIN_ROWS:
+            return [], slice(0, rows)
+        groups = [slice(i * each, (i + 1) * each) for i in range(self.threads)]
+        rest = rows - each * self.threads
+        return groups, slice(rows - rest, rows) if rest else None
+
+    def run(self, forward: Callable[[slice], torch.Tensor], rows: int, pixels: int) -> torch.Tensor:
+        """``forward`` of each group of rows, concatenated in row order."""
+        groups, rest = self.parts(rows, pixels)
+        if not groups:
+            return forward(slice(0, rows))
+        running = [thread.submit(forward, part) for thread, part in zip(self._threads(), groups)]
+        futures.wait(running)  # all of them, so that none still runs once a failure is raised
+        outputs = [future.result() for future in running]
+        if rest is not None:
+            outputs.append(forward(rest))
+        return torch.cat(outputs)
+
+    def _threads(self) -> list[ThreadPoolExecutor]:
+        """One thread per group (each its own executor, so no thread takes two groups while another idles)."""
+        if not self._pool:
+            # torch.set_num_threads sets the calling thread's OpenMP threads, and the count a thread started
+            # later takes at its first torch call: each group's thread takes one thread (after that first
+            # call, which would reset it), then the caller's count is put back for threads started later
+            threads = torch.get_num_threads()
+            self._pool = [
+                ThreadPoolExecutor(1, thread_name_prefix=f"diffusion-rows-{i}", initializer=_one_thread)
+                for i in range(self.threads)
+            ]
+            for started in [thread.submit(lambda: None) for thread in self._pool]:
+                started.result()
+            torch.set_num_threads(threads)
+        return self._pool
+
+    def close(self) -> None:
+        for thread in self._pool:
+            thread.shutdown(wait=False)
+        self._pool = []
+
+
+def _one_thread() -> None:
+    torch.get_num_threads()  # torch's first call in a thread sets its threads to the process's count
+    torch.set_num_threads(1)
+
+
 class Runner:
-    def __init__(self, device: torch.device, autocast_dtype: torch.dtype | None) -> None:
+    def __init__(self, device: torch.device, autocast_dtype: torch.dtype | None, *, row_groups: bool = False) -> None:
+        """``row_groups``: on the CPU, split each forward pass by rows over the cores (``RowGroups``)."""
         self.device = device
         self.autocast_dtype = autocast_dtype
+        threads = torch.get_num_threads() if row_groups and device.type == "cpu" else 1
+        self.groups = RowGroups(threads)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -145,8 +219,13 @@ class Runner:
             idx = torch.tensor(guided, device=self.device)
             x = torch.cat([x, x[idx]])
             t = torch.cat([t, t[idx]])
-        with self._autocast():
-            out = model.predict(x, t, conds).float()
+
+        @torch.no_grad()  # gradients' mode and autocast hold per thread: the groups' threads set their own
+        def forward(part: slice) -> torch.Tensor:
+            with self._autocast():
+                return model.predict(x[part], t[part], conds[part]).float()
+
+        out = self.groups.run(forward, len(x), x.shape[-2] * x.shape[-1])
         main = out[: len(rows)]
         if guided:
             idx = torch.tensor(guided, device=self.device)

@@ -1,0 +1,132 @@
+"""Row groups: on the CPU a forward pass split by rows over one thread per core (app/engine/runner.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from app.engine.plans import plan_generate
+from app.engine.runner import RowGroups, Runner
+from app.jobs import GenerateSpec
+from app.store.catalog import scan_store
+from app.store.loader import load_model
+
+
+BIG = RowGroups.MIN_PIXELS
+
+
+@pytest.mark.parametrize(
+    "threads, rows, pixels, groups, rest",
+    [
+        (2, 4, BIG, [slice(0, 2), slice(2, 4)], None),
+        (2, 5, BIG, [slice(0, 2), slice(2, 4)], slice(4, 5)),  # the odd row after the groups, on all threads
+        (3, 7, BIG, [slice(0, 2), slice(2, 4), slice(4, 6)], slice(6, 7)),
+        (2, 3, BIG, [], slice(0, 3)),  # fewer than two rows a group: not split
+        (2, 64, BIG - 1, [], slice(0, 64)),  # small rows (the digits' 28 x 28): not split
+        (1, 6, BIG, [], slice(0, 6)),  # one thread: no groups
+    ],
+)
+def test_large_rows_are_split_into_even_groups_and_a_rest(threads, rows, pixels, groups, rest):
+    assert RowGroups(threads).parts(rows, pixels) == (groups, rest)
+
+
+def test_each_group_runs_on_one_thread_of_its_own_and_the_rest_on_the_callers():
+    groups = RowGroups(2)
+    seen: dict[tuple[int, int], tuple[str, int]] = {}
+
+    def forward(part: slice) -> torch.Tensor:
+        seen[part.start, part.stop] = (threading.current_thread().name, torch.get_num_threads())
+        return torch.arange(part.start, part.stop)
+
+    try:
+        before = torch.get_num_threads()
+        assert groups.run(forward, 5, BIG).tolist() == [0, 1, 2, 3, 4]  # in row order
+        caller = threading.current_thread().name
+        assert seen[4, 5] == (caller, before)
+        assert {seen[0, 2][1], seen[2, 4][1]} == {1}
+        assert seen[0, 2][0] != seen[2, 4][0] and caller not in (seen[0, 2][0], seen[2, 4][0])
+        # the caller keeps its threads, and a thread started later takes the caller's count, not the groups' one
+        assert torch.get_num_threads() == before
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [before]
+    finally:
+        groups.close()
+
+
+def test_an_error_in_a_group_reaches_the_caller():
+    groups = RowGroups(2)
+
+    finished = []
+
+    def forward(part: slice) -> torch.Tensor:
+        if part.start == 0:
+            raise RuntimeError("out of memory in the first group")
+        time.sleep(0.2)
+        finished.append(part.start)
+        return torch.zeros(part.stop - part.start)
+
+    try:
+        with pytest.raises(RuntimeError, match="first group"):
+            groups.run(forward, 4, BIG)
+        assert finished == [2]  # the other group had ended: the caller's next pass runs alone
+        assert groups.run(lambda part: torch.ones(part.stop - part.start), 4, BIG).tolist() == [1, 1, 1, 1]
+    finally:
+        groups.close()
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_grouped_rows_give_the_outputs_of_one_pass_under_the_same_modes(store, monkeypatch, dtype):
+    """Gradients' mode and autocast hold per thread: each group's thread sets them as the caller does. Five
+    rows, two of them guided (seven network rows: two groups of three and one left over), split though small."""
+    monkeypatch.setattr(RowGroups, "MIN_PIXELS", 1)
+    model = load_model(scan_store(store)["tiny-gen"], torch.device("cpu"))
+    specs = [
+        GenerateSpec(
+            model="tiny-gen",
+            steps=4,
+            sampler="ddim",
+            seeds=[i],
+            class_label=i % 3,
+            guidance_scale=1.5 if i < 2 else 0.0,
+        )
+        for i in range(5)
+    ]
+    modes: list[tuple] = []
+    predict = model.predict
+
+    def recorded(x, t, conds):
+        modes.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), len(x)))
+        return predict(x, t, conds)
+
+    monkeypatch.setattr(model, "predict", recorded)
+    outputs = []
+    for row_groups in (False, True):
+        runner = Runner(torch.device("cpu"), dtype, row_groups=row_groups)
+        rows = [row for i, s in enumerate(specs) for row in plan_generate(f"j{i}", s, model).rows]
+        for row in rows:
+            row.begin(runner.device)
+        try:
+            outputs.append(runner.denoiser_output(rows))
+        finally:
+            runner.groups.close()
+    autocast = dtype is not None
+    assert modes[0] == (False, autocast, 7)
+    assert sorted(modes[1:]) == [(False, autocast, 1), (False, autocast, 3), (False, autocast, 3)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5 if dtype is None else 2e-2)
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_the_engine_splits_its_passes_on_the_cpu_unless_told_not_to(store, setting):
+    from tests.engine.harness import EngineHarness
+
+    h = EngineHarness(store, cpu_row_groups=setting)
+    try:
+        assert h.engine.runner.groups.threads == (torch.get_num_threads() if setting else 1)
+    finally:
+        h.close()
