@@ -449,6 +449,25 @@ def test_an_image_whose_attention_costs_past_the_limit_is_422_before_any_work(st
         assert r.status_code == 200, r.text  # it attends nowhere: only megapixel-steps price it
 
 
+def test_img2img_is_priced_and_previewed_on_the_steps_it_runs(store):
+    """img2img runs int(steps x strength) of its steps: it was priced and its previews counted on all of them,
+    so 100 steps at strength 0.1 (10 evaluations) was refused where 10 at strength 1 passed."""
+    photo = {"file": ("p.png", upload_png(a_photo(16, 24)), "image/png")}  # latents 8 x 12, guided: 192 a step
+    base = {"model": "tiny-sd", "prompt": "a", "seed": "1", "guidance_scale": "2"}
+    with TestClient(create_app(make_settings(store, max_job_megapixel_steps=0.002))) as c:
+        for steps, strength in (("10", "1"), ("100", "0.1")):  # 10 evaluations each: 0.00192 megapixel-steps
+            r = c.post("/v1/img2img", files=photo, data={**base, "steps": steps, "strength": strength})
+            assert r.status_code == 200, (steps, strength, r.text)
+        r = c.post("/v1/img2img", files=photo, data={**base, "steps": "100", "strength": "0.2"})  # 20 of them
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_expensive", r.text
+    with TestClient(create_app(make_settings(store))) as c:
+        r = c.post("/v1/img2img", files=photo, data={**base, "steps": "200", "strength": "0.25", "preview_every": "1"})
+        assert r.status_code == 200, r.text  # 50 steps run: 50 previews, the most a job may ask for
+        r = c.post("/v1/img2img", files=photo, data={**base, "steps": "200", "strength": "0.3", "preview_every": "1"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_many_previews", r.text
+        assert r.json()["detail"][0]["msg"].startswith("60 steps with a preview every 1")
+
+
 def test_the_finest_attention_is_read_as_diffusers_builds_the_network(store):
     """Block types a config leaves out are diffusers' defaults (UNet2DModel attends from its second level);
     a VAE's own attention blocks count where they are finer than its middle block."""

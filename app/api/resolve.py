@@ -304,20 +304,25 @@ def generate_spec(
             422, ["body", "guidance_scale"], "guidance needs a class_label to guide towards", type="unsupported"
         )
     steps = check_steps(entry, or_default(req.steps, defaults.steps), ["body", "steps"])
+    if image is not None and int(steps * req.strength) < 1:
+        raise ApiError(
+            422, ["body", "strength"], f"steps x strength must be at least 1 (steps {steps})", type="out_of_range"
+        )
+    run = steps if image is None else min(int(steps * req.strength), steps)  # img2img runs the last steps only
     height, width = image_size(req, entry, settings) if image is None else start_image_size(req, image, entry)
     sized = ["body", "file"] if image is not None else ["body", "width"] if (req.width or req.height) else None
     check_attention(entry, height, width, settings, sized)
     pixels = req.num_images * height * width
     evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
-    check_cost(evaluated * steps * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
+    check_cost(evaluated * run * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
     check_pixels(pixels, settings, ["body", "num_images"])
     check_plan(entry, or_default(req.sampler, defaults.sampler), steps)
-    if req.preview_every and steps // req.preview_every > MAX_PREVIEWS:
+    if req.preview_every and run // req.preview_every > MAX_PREVIEWS:
         raise ApiError(
             422,
             ["body", "preview_every"],
-            f"{steps} steps with a preview every {req.preview_every} make more than {MAX_PREVIEWS} previews: "
-            f"ask for one every {-(-steps // MAX_PREVIEWS)} steps or more",
+            f"{run} steps with a preview every {req.preview_every} make more than {MAX_PREVIEWS} previews: "
+            f"ask for one every {-(-run // MAX_PREVIEWS)} steps or more",
             type="too_many_previews",
         )
     fields = dict(
@@ -339,10 +344,6 @@ def generate_spec(
     )
     if image is None:
         return GenerateSpec(**fields)
-    if int(steps * req.strength) < 1:
-        raise ApiError(
-            422, ["body", "strength"], f"steps x strength must be at least 1 (steps {steps})", type="out_of_range"
-        )
     if mask is not None and (mask.width, mask.height) != (image.width, image.height):
         raise ApiError(
             422,
