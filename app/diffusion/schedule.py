@@ -99,6 +99,8 @@ class NoiseSchedule:
         if frac == 0 or hi == lo:
             return float(self.alphas_cumprod[lo])
         ab_lo, ab_hi = float(self.alphas_cumprod[lo]), float(self.alphas_cumprod[hi])
+        if ab_lo >= 1.0:  # sigma 0 at lo (a beta under float32's resolution): log(alpha_bar), which is finite
+            return math.exp((1 - frac) * math.log(ab_lo) + frac * math.log(ab_hi))
         log_sigma_lo, log_sigma_hi = (0.5 * math.log((1 - ab) / ab) for ab in (ab_lo, ab_hi))
         return 1.0 / (1.0 + math.exp(2 * ((1 - frac) * log_sigma_lo + frac * log_sigma_hi)))
 

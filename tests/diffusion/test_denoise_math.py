@@ -192,3 +192,13 @@ def test_a_restoration_chain_from_the_clean_end_does_not_repeat_a_timestep():
     schedule = NoiseSchedule.from_config({})
     plan = restoration_plan(schedule, 0.0, 5)
     assert len(plan) == 1 and plan[0].ab_prev == 1.0
+
+
+def test_a_first_beta_below_float32s_resolution_still_has_a_noise_level_between_grid_points():
+    """With beta_start 1e-8, alpha_bar at t = 0 rounds to 1 (sigma 0): log(sigma) has no value there, and every
+    restoration plan that crossed t in (0, 1) raised a math domain error."""
+    schedule = NoiseSchedule.from_config({"beta_start": 1e-8})
+    assert float(schedule.alphas_cumprod[0]) == 1.0
+    assert float(schedule.alphas_cumprod[1]) < schedule.alpha_bar(0.5) < 1.0
+    plan = restoration_plan(schedule, 2.034, 3)
+    assert all(0 < step.ab <= 1 for step in plan)
