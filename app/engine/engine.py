@@ -219,10 +219,12 @@ class Engine:
 
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
+            self.runner.groups.start()  # before any other torch work in the process (RowGroups.start)
             self._load()
         except Exception:  # a bug: each model's own failure is caught and marked on it
             log.critical("loading the models failed:\n%s", traceback.format_exc())
             self._alive = False
+            self.runner.groups.close()
             return
         finally:
             loaded.set()

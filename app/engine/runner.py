@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import queue
+import threading
 from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, NamedTuple
 
@@ -140,7 +142,7 @@ class RowGroups:
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
-        self._pool: list[ThreadPoolExecutor] = []
+        self._queues: list[queue.SimpleQueue] = []  # one per group's thread
 
     def parts(self, rows: int, pixels: int) -> tuple[list[slice], slice | None]:
         """The groups of ``rows`` rows of ``pixels`` pixels each, and the rows left over for the caller (all of
@@ -157,38 +159,51 @@ class RowGroups:
         groups, rest = self.parts(rows, pixels)
         if not groups:
             return forward(slice(0, rows))
-        running = [thread.submit(forward, part) for thread, part in zip(self._threads(), groups)]
+        self.start()
+        running = [Future() for _ in groups]
+        for inbox, part, future in zip(self._queues, groups, running):
+            inbox.put((forward, part, future))
         futures.wait(running)  # all of them, so that none still runs once a failure is raised
         outputs = [future.result() for future in running]
         if rest is not None:
             outputs.append(forward(rest))
         return torch.cat(outputs)
 
-    def _threads(self) -> list[ThreadPoolExecutor]:
-        """One thread per group (each its own executor, so no thread takes two groups while another idles)."""
-        if not self._pool:
-            # torch.set_num_threads sets the calling thread's OpenMP threads, and the count a thread started
-            # later takes at its first torch call: each group's thread takes one thread (after that first
-            # call, which would reset it), then the caller's count is put back for threads started later
-            threads = torch.get_num_threads()
-            self._pool = [
-                ThreadPoolExecutor(1, thread_name_prefix=f"diffusion-rows-{i}", initializer=_one_thread)
-                for i in range(self.threads)
-            ]
-            for started in [thread.submit(lambda: None) for thread in self._pool]:
-                started.result()
-            torch.set_num_threads(threads)
-        return self._pool
+    def start(self) -> None:
+        """Start the groups' threads (once; the engine does so on its thread before it loads anything).
+
+        torch.set_num_threads sets the calling thread's OpenMP threads and also the count a thread takes at its
+        first torch call: each group's thread sets one for itself, then the caller's count is put back, so
+        threads whose first torch call comes later take the caller's. Daemon threads, so that a pass still
+        running (or hung) in one does not hold the process at its exit, as the engine's own thread does not.
+        """
+        if self._queues or self.threads < 2:
+            return
+        threads = torch.get_num_threads()
+        ready = threading.Barrier(self.threads + 1)
+        self._queues = [queue.SimpleQueue() for _ in range(self.threads)]
+        for i, inbox in enumerate(self._queues):
+            name = f"diffusion-rows-{i}"
+            threading.Thread(target=_group_thread, args=(inbox, ready), name=name, daemon=True).start()
+        ready.wait()
+        torch.set_num_threads(threads)
 
     def close(self) -> None:
-        for thread in self._pool:
-            thread.shutdown(wait=False)
-        self._pool = []
+        for inbox in self._queues:
+            inbox.put(None)
+        self._queues = []
 
 
-def _one_thread() -> None:
+def _group_thread(inbox: queue.SimpleQueue, ready: threading.Barrier) -> None:
     torch.get_num_threads()  # torch's first call in a thread sets its threads to the process's count
     torch.set_num_threads(1)
+    ready.wait()
+    while (work := inbox.get()) is not None:
+        forward, part, future = work
+        try:
+            future.set_result(forward(part))
+        except BaseException as exc:  # the caller raises it
+            future.set_exception(exc)
 
 
 class Runner:

@@ -262,9 +262,24 @@ def test_finished_tiles_are_blended_in_row_order_whatever_order_they_finish_in(h
     assert np.array_equal(canvases[0], canvases[1])
 
 
-def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store):
+@pytest.mark.parametrize("split", [False, True])
+def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store, monkeypatch, split):
     """Non-square tiles with quarter-turned views run in two groups that finish in varying order; the blend
-    adds them in row order, so the image does not depend on what else runs."""
+    adds them in row order, so the image does not depend on what else runs. ``split``: every pass of two rows
+    or more split into row groups (app/engine/runner.py), whose tiles here are far below the size it takes."""
+    from app.engine.runner import RowGroups
+
+    split_passes = []
+    if split:
+        monkeypatch.setattr(RowGroups, "MIN_PIXELS", 1)
+        monkeypatch.setattr(RowGroups, "MIN_ROWS", 1)
+        parts = RowGroups.parts
+
+        def counted(self, *args):
+            split_passes.append(parts(self, *args)[0])
+            return parts(self, *args)
+
+        monkeypatch.setattr(RowGroups, "parts", counted)
     from app.jobs import DenoiseSpec, ImageData
     from tests.api.helpers import photo
 
@@ -273,7 +288,7 @@ def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store):
     job = DenoiseSpec(
         model="tiny-rgb", image=data, sigma=30.0, mode="sample", steps=4, sampler="ddpm", ensemble=4, seed=9
     )
-    h = EngineHarness(store, max_batch=3)
+    h = EngineHarness(store, max_batch=8 if split else 3)
     try:
         h.submit("alone", job)
         alone = h.outcome("alone").result.images[0].data
@@ -284,6 +299,7 @@ def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store):
     finally:
         h.close()
     assert alone == crowd
+    assert not split or sum(1 for groups in split_passes if groups) >= 10
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])

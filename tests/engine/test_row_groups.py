@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from app.engine.runner import RowGroups, Runner
 from app.jobs import GenerateSpec
 from app.store.catalog import scan_store
 from app.store.loader import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 BIG = RowGroups.MIN_PIXELS
@@ -57,6 +62,25 @@ def test_each_group_runs_on_one_thread_of_its_own_and_the_rest_on_the_callers():
         assert later == [before]
     finally:
         groups.close()
+
+
+def test_a_pass_still_running_in_a_group_does_not_hold_the_process_at_its_exit():
+    """The groups ran on executor threads, which Python waits for at exit even after a shutdown: a hung pass
+    (a stuck engine its worker gave up on) kept the process alive for good, where the engine's own thread is a
+    daemon and does not."""
+    code = """
+import threading, time, torch
+from app.engine.runner import RowGroups
+groups = RowGroups(2)
+def forward(part):
+    time.sleep(3600)  # hangs
+threading.Thread(target=lambda: groups.run(forward, 4, RowGroups.MIN_PIXELS), daemon=True).start()
+time.sleep(0.5)
+groups.close()
+print("main ends")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0 and "main ends" in done.stdout, done.stderr
 
 
 def test_an_error_in_a_group_reaches_the_caller():
