@@ -276,6 +276,10 @@ def test_models_describe_family_conditioning_and_parameters(client):
     )
     assert {"prompt", "negative_prompt", "width", "height"} <= set(sd["parameters"])
     assert (dit["family"], dit["conditioning"]) == ("dit", "class") and "prompt" not in dit["parameters"]
+    # what a page needs to offer a model: the labels a DiT without names takes, its null class, inpainting
+    assert (dit["class_names"], dit["class_count"], dit["null_class"]) == (None, 1000, 1000)
+    assert "class_count" not in sd and not sd["inpainting"] and not dit["inpainting"]
+    assert cards["tiny-sd-inpaint"]["inpainting"] and cards["tiny-gen"]["class_count"] == 3
 
 
 @pytest.mark.parametrize(

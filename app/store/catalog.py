@@ -384,7 +384,11 @@ class ModelEntry:
             defaults=self.defaults.model_dump(mode="json"),
             parameters=self.parameters,
             size_multiple=self.size_multiple,  # img2img takes any size of these multiples, on every model
+            # an inpainting network reads a mask and a masked image: it serves img2img with a mask, nothing else
+            inpainting=self.extra_channels > 0,
         )
+        if self.num_classes:  # the labels a request may give (0 .. class_count - 1), named or not, and the null
+            card.update(class_count=self.class_count, null_class=self.null_class)
         card["tasks"] = self.tasks
         unavailable = {t: self.refusal(t) for t in self.card.tasks if self.refusal(t)}
         if unavailable:

@@ -365,7 +365,8 @@ async function loadModels() {
     return;
   }
   if ([NO_MODELS_YET, NONE_READY].includes($("message").textContent)) showMessage("");
-  const generators = models.filter((m) => m.card.tasks.includes("generate"));
+  // an inpainting model needs an image and a mask (/v1/img2img): the Generate tab has neither to give it
+  const generators = models.filter((m) => m.card.tasks.includes("generate") && !m.card.inpainting);
   const select = $("gen-model");
   select.replaceChildren();
   generators.forEach((m) => option(select, m.name, m.name));
@@ -386,13 +387,15 @@ function fillModelFields() {
   const model = currentModel();
   if (!model) return;
   const card = model.card;
-  const classes = card.conditioning === "class" && card.class_names;
-  $("gen-class-field").hidden = !classes;
+  // a model without names for its classes (a DiT folder as DiTPipeline saves it) takes their numbers
+  const numbered = () => Array.from({ length: card.class_count || 0 }, (_, i) => String(i));
+  const classes = (card.conditioning === "class" && (card.class_names || numbered())) || [];
+  $("gen-class-field").hidden = !classes.length;
   $("gen-class").replaceChildren();
-  if (classes) {
+  if (classes.length) {
     if (card.null_class !== null && card.null_class !== undefined) option($("gen-class"), "", "any (unconditional)");
-    card.class_names.forEach((name, i) => option($("gen-class"), String(i), name));
-    $("gen-class").value = card.class_names.length > 7 ? "7" : "0";
+    classes.forEach((name, i) => option($("gen-class"), String(i), name));
+    $("gen-class").value = classes.length > 7 ? "7" : "0";
   }
   const text = card.conditioning === "text";
   $("gen-prompt-field").hidden = !text;

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.redis.helpers import free_port
-from tests.tiny_models import write_bare, write_generator
+from tests.tiny_models import write_bare, write_dit, write_generator, write_stable_diffusion
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -95,6 +95,19 @@ def browser():
 @pytest.fixture(scope="module")
 def server(web_store):
     server = Server(web_store)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def latent_server(tmp_path_factory):
+    """A DiT saved as DiTPipeline saves it (no names for its 1000 classes) and a Stable Diffusion inpainting
+    model, beside tiny-gen."""
+    root = tmp_path_factory.mktemp("web-latent-store")
+    write_generator(root / "tiny-gen", steps=30)
+    write_dit(root / "tiny-dit")
+    write_stable_diffusion(root / "tiny-sd-inpaint", inpainting=True)
+    server = Server(root)
     yield server
     server.close()
 

@@ -126,6 +126,31 @@ def test_any_class_generates_without_guidance(server, open_page):
     clean(watched)
 
 
+def test_a_dit_without_class_names_takes_numbered_classes_and_an_inpainting_model_is_not_offered(
+    latent_server, open_page
+):
+    """A DiT folder as DiTPipeline saves it names no class: the Class field was hidden, the default guidance was
+    sent without a class (a 422 at every click), and no class could be asked for. An inpainting model, which
+    needs an image and a mask, was offered for Generate, where the API refuses it for every value."""
+    watched = open_page(latent_server)
+    page = watched.page
+    tab = page.get_by_role("tabpanel", name="Generate")
+    models = tab.get_by_label("Model")
+    expect(models.locator("option")).to_have_text(["tiny-dit", "tiny-gen"])  # not tiny-sd-inpaint
+    models.select_option("tiny-dit")
+    classes = tab.get_by_label("Class")
+    expect(classes.locator("option")).to_have_count(1001)  # any (its null class), then 0 .. 999
+    expect(classes.locator("option").first).to_have_text("any (unconditional)")
+    classes.select_option(label="3")
+    tab.get_by_label("Seed", exact=True).fill("5")
+    tab.get_by_label("Steps").fill("2")
+    _, body = copied_curl(page)
+    assert body["model"] == "tiny-dit" and body["class_label"] == 3 and body["guidance_scale"] > 0
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 5").first).to_be_visible(timeout=60_000)
+    clean(watched)
+
+
 def test_a_63_bit_seed_is_shown_and_named_exactly(server, open_page):
     """JavaScript numbers round a seed this large (to ...726000): the page keeps its digits."""
     watched = open_page(server)
