@@ -56,10 +56,11 @@ def _settings(args: argparse.Namespace, *, worker: bool = False, **extra) -> Set
             from app.engine.allocator import keep_freed_memory
 
             keep_freed_memory()  # before any second thread allocates: glibc then fixes its arenas (allocator.py)
-        from app.engine.device import device_problem  # torch: this process runs the network anyway
+        from app.engine.device import device_problem, fit_threads_to_container  # torch: it runs the network anyway
 
         if (problem := device_problem(settings.device, settings.dtype)) is not None:  # before loading the models
             _refuse(prog, problem)
+        fit_threads_to_container()  # before the engine's threads take torch's count
     return settings
 
 

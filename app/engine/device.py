@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
+# cgroup v2's "quota period" (or "max period"); v1's quota (-1: none) and period
+CGROUP_CPU = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
 
 
 @lru_cache
@@ -39,6 +45,39 @@ def cpu_prefers_bf16() -> bool:
     runs it (a timed probe at start, tried first, chose differently on two workers that started together)."""
     flags = _cpuinfo().split()
     return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
+
+
+def container_cpu_limit() -> float | None:
+    """The CPUs this process's cgroup may use (its CPU quota over its period), None where no quota is set."""
+    v2, v1 = CGROUP_CPU
+    try:
+        quota, period = v2.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = v1.read_text().strip(), (v1.parent / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def fit_threads_to_container() -> int | None:
+    """torch takes a thread per core of the machine, whatever CPU quota its container has: on a 64-core node a
+    worker limited to 2 CPUs ran 32 threads, throttled for most of each period. Where a quota is set below
+    torch's count, torch's threads are set to the whole CPUs it allows (at least 1), unless OMP_NUM_THREADS
+    chose them. Returns the count set, None where it was left alone. Call it before any other torch work."""
+    limit = container_cpu_limit()
+    if limit is None or "OMP_NUM_THREADS" in os.environ:
+        return None
+    wanted, threads = max(1, int(limit)), torch.get_num_threads()
+    if wanted >= threads:
+        return None
+    log.info("the container's CPU quota is %.2f CPUs: torch runs %d threads, not %d", limit, wanted, threads)
+    torch.set_num_threads(wanted)
+    return wanted
 
 
 def device_problem(device: str, dtype: str) -> str | None:
