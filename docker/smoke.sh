@@ -103,9 +103,13 @@ scale() {
       -d "{\"class_label\": $((i % 10)), \"steps\": 300, \"seed\": $i}" | json 'd["job_id"]')")
   done
   echo "accepted ${#ids[@]} jobs"
-  for node in api_1 api_2; do
-    echo "$node took $(docker logs "diffusion-smoke_$node" 2>&1 | grep -c 'POST /v1/generate') of them"
+  # containers by service, not by name: docker-compose v1 names them <project>_api_1, v2 <project>-api-1
+  local node=0
+  for api in $($compose ps -q api); do
+    node=$((node + 1))
+    echo "api node $node took $(docker logs "$api" 2>&1 | grep -c 'POST /v1/generate') of them"
   done
+  [ "$node" = 2 ] || fail "expected 2 API nodes, found $node"
 
   step "an event stream through the load balancer (unbuffered: events arrive while the job runs)"
   curl -sN "localhost:$PORT/v1/jobs/${ids[19]}/events" | python3 -c "
@@ -122,8 +126,10 @@ assert kinds[-1] == 'succeeded' and stamps[0][0] < stamps[-1][0] - 1, stamps
 
   step "kill a worker (SIGKILL) and restart Redis, mid-run"
   sleep 2
-  local victim; victim=$(docker ps -q -f name=diffusion-smoke_worker-cpu_1)
-  docker kill "$victim" >/dev/null && echo "killed worker-cpu_1"
+  local victim; victim=$($compose ps -q worker-cpu | head -1)
+  [ -n "$victim" ] || fail "no worker-cpu container to kill"
+  docker kill "$victim" >/dev/null
+  echo "killed a worker-cpu container"
   $compose restart redis >/dev/null 2>&1
   echo "redis restarted"
 

@@ -435,3 +435,21 @@ def test_the_images_healthcheck_asks_the_port_the_service_listens_on(tmp_path):
         assert check({"DIFFUSION_PORT": str(free_port())}) != 0  # nothing listens there: unhealthy
     finally:
         server.shutdown()
+
+
+def test_the_load_balancer_replaces_the_nginx_images_own_default_server():
+    """nginx:stable ships conf.d/default.conf ("listen 80; server_name localhost"), read before a diffusion.conf
+    beside it: it took every request on port 80 and answered 404, whatever the Host."""
+    (mount,) = _compose("compose.scale.yaml")["services"]["lb"]["volumes"]
+    source, target, mode = mount.split(":")
+    assert (source, target, mode) == ("./nginx.conf", "/etc/nginx/conf.d/default.conf", "ro")
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    assert re.search(r"^\s*listen 80 default_server;", conf, re.M)
+
+
+def test_the_smoke_test_finds_containers_by_service_not_by_a_compose_versions_names():
+    """Compose v1 names containers diffusion-smoke_api_1, v2 diffusion-smoke-api-1: by name, the v2 run killed no
+    worker and still passed."""
+    smoke = (ROOT / "docker" / "smoke.sh").read_text()
+    assert "diffusion-smoke_" not in smoke
+    assert "$compose ps -q worker-cpu" in smoke and "$compose ps -q api" in smoke
