@@ -149,12 +149,12 @@ def scores(clean: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return float(psnr), float(ssim)
 
 
-def estimator_errors(photos: dict[str, np.ndarray], sigmas: list[float]) -> list[dict]:
+def estimator_errors(photos: dict[str, np.ndarray], sigmas: list[float], place: dict[str, int]) -> list[dict]:
     rows = []
     for sigma in sigmas:
         estimates = []
-        for i, clean in enumerate(photos.values()):
-            noisy = add_noise(clean, sigma, seed=1000 + i)
+        for name, clean in photos.items():
+            noisy = add_noise(clean, sigma, seed=1000 + place[name])
             x = image_to_unit(image_pixels(image_data(noisy)))
             estimates.append(estimate_sigma(x) * 127.5)
         err = np.array(estimates) - sigma
@@ -211,6 +211,9 @@ def main() -> None:
     args = parser.parse_args()
 
     photos = load_photos(args.split)
+    # each photo's noise is seeded by its place in the whole set, so a run on some of them (--photos) sees the
+    # inputs the whole set's run does
+    place = {name: i for i, name in enumerate(photos)}
     if args.photos:
         photos = {name: photos[name] for name in args.photos}
     settings = Settings()
@@ -222,7 +225,8 @@ def main() -> None:
     outputs: dict[tuple[str, float, str], np.ndarray] = {}
     results = []
     for sigma in args.sigmas:
-        for i, (name, clean) in enumerate(photos.items()):
+        for name, clean in photos.items():
+            i = place[name]
             noisy = add_noise(clean, sigma, seed=int(sigma) * 100 + i)
             for method in args.methods:
                 began = time.perf_counter()
@@ -282,7 +286,7 @@ def main() -> None:
             )
             print(f"| {sigma:g} | {method} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['seconds']:.2f} |{ahead}")
 
-    estimator = estimator_errors(photos, args.estimator_sigmas) if args.estimator_sigmas else []
+    estimator = estimator_errors(photos, args.estimator_sigmas, place) if args.estimator_sigmas else []
     if estimator:
         print(
             "\n| true sigma | mean estimate | mean error | mean abs error | max abs error |\n|---:|---:|---:|---:|---:|"
