@@ -1,5 +1,5 @@
 """A second, independent feature space for FID on digits: the 32-d latent of a small convolutional
-autoencoder, trained to reconstruct (no labels) on the first half of the training digits, where the
+autoencoder, trained to reconstruct (no labels) on half of each class of the training digits, where the
 classifier (bench/digits_classifier.py) learnt to label all of them. A different kind of network with a
 different objective on other data: a generator that fools one space is unlikely to fool both. Weights:
 bench/assets/digits_autoencoder.safetensors, from bench/train_digits_autoencoder.py.

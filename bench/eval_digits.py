@@ -1,7 +1,8 @@
 """Evaluate the digits model: classifier accuracy and FID per sampler, steps and guidance, against the
 held-out real digits, in two independent feature spaces (the classifier's penultimate layer, and the
 latent of an autoencoder trained without labels on other data: bench/digits_autoencoder.py), each with
-its real-vs-real floor at the same sample size. Judge by the worse of the two ratios to the floor.
+its real-vs-real floor at the same sample size and the same count per class as the samples (the mean of a
+few draws of training digits). Judge by the worse of the two ratios to the floor.
 
     python bench/eval_digits.py                                   # the table in docs/digits.md
     python bench/eval_digits.py --configs dpmpp_2m:20:1 --per-class 20
@@ -44,6 +45,11 @@ DEFAULT_CONFIGS = [
     "ddim:25:1",
     "ddim:50:1",
 ]
+
+
+def stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``per_class`` digits of each class, drawn at random."""
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
 
 
 def load(store: Path, name: str) -> LoadedModel:
@@ -100,6 +106,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help="sampler:steps:guidance")
     parser.add_argument("--ddpm-per-class", type=int, default=0, help="also ddpm 1000 steps with this many per class")
     parser.add_argument("--grid", type=Path, help="write a 10 classes x 10 seeds grid at the card's defaults")
+    parser.add_argument("--floor-draws", type=int, default=5, help="draws of training digits the floor averages")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -111,10 +118,23 @@ def main() -> None:
     real_ae = encode(autoencoder, data["heldout_x"])
     n = 10 * args.per_class
     rng = np.random.default_rng(0)
-    floor_pick = data["train_x"][rng.choice(len(data["train_x"]), n, replace=False)]
-    floor = frechet_distance(classify(net, floor_pick)[1], real)
-    floor_ae = frechet_distance(encode(autoencoder, floor_pick), real_ae)
-    print(f"real-vs-real floor (n={n}): FID {floor:.3f} (classifier), {floor_ae:.3f} (autoencoder)", flush=True)
+
+    def floors(per_class: int) -> tuple[float, float, float, float]:
+        """The real-vs-real floor in both spaces at ``per_class`` training digits of each class (as the samples
+        are drawn: the same count per class), the mean of ``--floor-draws`` draws, and their spreads."""
+        fids, fids_ae = [], []
+        for _ in range(args.floor_draws):
+            pick = data["train_x"][stratified(data["train_y"], per_class, rng)]
+            fids.append(frechet_distance(classify(net, pick)[1], real))
+            fids_ae.append(frechet_distance(encode(autoencoder, pick), real_ae))
+        return float(np.mean(fids)), float(np.mean(fids_ae)), float(np.std(fids)), float(np.std(fids_ae))
+
+    floor, floor_ae, floor_sd, floor_ae_sd = floors(args.per_class)
+    print(
+        f"real-vs-real floor (n={n}, {args.per_class} per class, mean of {args.floor_draws} draws): "
+        f"FID {floor:.3f} ± {floor_sd:.3f} (classifier), {floor_ae:.3f} ± {floor_ae_sd:.3f} (autoencoder)",
+        flush=True,
+    )
     rows = []
     configs = [c.split(":") for c in args.configs]
     if args.ddpm_per_class:
@@ -137,9 +157,7 @@ def main() -> None:
             "seconds": round(time.time() - began, 1),
         }
         if len(labels) != n:
-            sub = rng.choice(len(data["train_x"]), len(labels), replace=False)
-            row["floor_same_n"] = frechet_distance(classify(net, data["train_x"][sub])[1], real)
-            row["floor_ae_same_n"] = frechet_distance(encode(autoencoder, data["train_x"][sub]), real_ae)
+            row["floor_same_n"], row["floor_ae_same_n"], *_ = floors(per_class)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
@@ -165,7 +183,9 @@ def main() -> None:
         grid(images, 10, 10).save(args.grid)
         print(f"wrote {args.grid}")
     if args.json:
-        args.json.write_text(json.dumps({"floor": floor, "floor_ae": floor_ae, "n": n, "rows": rows}, indent=2))
+        spread = {"floor_sd": floor_sd, "floor_ae_sd": floor_ae_sd, "floor_draws": args.floor_draws}
+        record = {"floor": floor, "floor_ae": floor_ae, "n": n, **spread, "rows": rows}
+        args.json.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
