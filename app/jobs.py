@@ -79,6 +79,11 @@ class GenerateSpec(_Model):
         return len(self.seeds)
 
 
+def img2img_steps(steps: int, strength: float) -> int:
+    """The steps an img2img job runs: the last ``steps x strength`` of its chain, at least one (diffusers' rule)."""
+    return max(1, min(int(steps * strength), steps))
+
+
 class Img2ImgSpec(GenerateSpec):
     """Generation that starts from an image: its latent (or pixels) noised to the timestep ``strength`` of
     the way into the chain, then the rest of the chain. ``mask`` (white = repaint) keeps the rest of the
@@ -91,7 +96,7 @@ class Img2ImgSpec(GenerateSpec):
 
     @property
     def total_steps(self) -> int:
-        return max(1, min(int(self.steps * self.strength), self.steps))  # diffusers' rule
+        return img2img_steps(self.steps, self.strength)
 
 
 class DenoiseSpec(_Model):

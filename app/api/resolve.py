@@ -12,7 +12,7 @@ from app.api.errors import ApiError, brief
 from app.api.schemas import JOB_FIELDS, SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
 from app.diffusion.samplers import get_sampler
 from app.imaging import OUTPUT_FORMATS
-from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec
+from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec, img2img_steps
 from app.settings import Settings
 from app.store.catalog import ModelEntry
 
@@ -308,7 +308,7 @@ def generate_spec(
         raise ApiError(
             422, ["body", "strength"], f"steps x strength must be at least 1 (steps {steps})", type="out_of_range"
         )
-    run = steps if image is None else min(int(steps * req.strength), steps)  # img2img runs the last steps only
+    run = steps if image is None else img2img_steps(steps, req.strength)  # the steps the job runs
     height, width = image_size(req, entry, settings) if image is None else start_image_size(req, image, entry)
     sized = ["body", "file"] if image is not None else ["body", "width"] if (req.width or req.height) else None
     check_attention(entry, height, width, settings, sized)
