@@ -219,16 +219,18 @@ class Engine:
 
     def _run_thread(self, loaded: threading.Event) -> None:
         try:
-            self.runner.groups.start()  # before any other torch work in the process (RowGroups.start)
-            self._load()
-        except Exception:  # a bug: each model's own failure is caught and marked on it
-            log.critical("loading the models failed:\n%s", traceback.format_exc())
-            self._alive = False
-            self.runner.groups.close()
-            return
+            try:
+                self.runner.groups.start()  # before any other torch work in the process (RowGroups.start)
+                self._load()
+            except Exception:  # a bug: each model's own failure is caught and marked on it
+                log.critical("loading the models failed:\n%s", traceback.format_exc())
+                self._alive = False
+                return
+            finally:
+                loaded.set()
+            self._loop()
         finally:
-            loaded.set()
-        self._loop()
+            self.runner.groups.close()  # the engine's thread ends: its row groups' threads with it
 
     def _emit(self, event: EngineEvent) -> None:
         self._events.append(event)
@@ -266,7 +268,6 @@ class Engine:
             log.critical("engine loop died:\n%s", traceback.format_exc())
         finally:
             self._alive = False
-            self.runner.groups.close()
 
     def _drain(self, *, block: bool) -> bool:
         """Take every message waiting; submissions are accepted together (their prompts encoded in one

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.engine.engine import Engine
 from app.engine.plans import plan_generate
 from app.engine.runner import RowGroups, Runner
 from app.jobs import GenerateSpec
 from app.store.catalog import scan_store
 from app.store.loader import load_model
+from tests.helpers import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,3 +156,38 @@ def test_the_engine_splits_its_passes_on_the_cpu_unless_told_not_to(store, setti
         assert h.engine.runner.groups.threads == (torch.get_num_threads() if setting else 1)
     finally:
         h.close()
+
+
+def _group_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("diffusion-rows-"))
+
+
+@pytest.mark.parametrize("load_fails", [False, True])
+def test_the_engines_row_groups_end_with_its_thread(store, monkeypatch, load_fails):
+    """The engine starts its row groups' threads on its own thread and ends them when that thread ends: after
+    its loop, and when loading the models failed before the loop began."""
+    if load_fails:
+        monkeypatch.setattr(Engine, "_load", lambda self: (_ for _ in ()).throw(RuntimeError("a bug")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two groups, whatever this machine's count
+    before = _group_threads()
+    try:
+        engine = Engine(make_settings(store, cpu_row_groups=True), scan_store(store), lambda events: None)
+        try:
+            if load_fails:
+                with pytest.raises(RuntimeError, match="died while loading"):
+                    engine.start()
+            else:
+                engine.start()
+            assert engine.runner.groups.threads == 2
+            if not load_fails:
+                assert _group_threads() == before + 2  # running while the engine is
+        finally:
+            engine.stop()
+    finally:
+        torch.set_num_threads(threads)
+    deadline = time.monotonic() + 30
+    while _group_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _group_threads() == before
+    assert engine.runner.groups._queues == []
