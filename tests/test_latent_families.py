@@ -401,6 +401,17 @@ def test_img2img_on_a_pixel_model_stays_near_the_image_at_low_strength(client):
     assert np.abs(low - image).mean() < 25
 
 
+def test_img2img_reports_what_it_changed_in_the_upload_and_the_steps_it_ran(client):
+    """As a denoise does: an upload's alpha dropped is said in ``info``, with the int(steps x strength) steps run."""
+    rgba = np.dstack([a_photo(16, 24), np.full((16, 24), 128, dtype=np.uint8)])
+    data = {"model": "tiny-sd", "prompt": "a", "seed": "1", "steps": "10", "strength": "0.5"}
+    r = client.post("/v1/img2img", files={"file": ("p.png", upload_png(rgba), "image/png")}, data=data)
+    assert r.status_code == 200, r.text
+    assert r.json()["info"] == {"alpha_dropped": True, "steps_run": 5}
+    r = client.post("/v1/generate", json={"model": "tiny-sd", "prompt": "a", "steps": 2})
+    assert r.status_code == 200 and r.json()["info"] == {}  # nothing uploaded, nothing to say
+
+
 def test_img2img_refuses_what_it_cannot_do(client):
     files = {"file": ("p.png", upload_png(a_photo(17, 24)), "image/png")}  # 17: not a multiple of 2
     r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd", "prompt": "x"})

@@ -203,7 +203,11 @@ class JobOut(BaseModel):
     progress: ProgressOut
     timings: Timings
     images: list[ImageOut] | None = None
-    info: dict[str, Any] | None = Field(None, description="what the job found or changed (sigma, tiles, alpha_dropped)")
+    info: dict[str, Any] | None = Field(
+        None,
+        description="what the job found or changed: denoise sigma, tiles; an upload's alpha_dropped, "
+        "frames_dropped, exif_orientation; img2img steps_run",
+    )
     error: str | None = None
     request_id: str | None = Field(None, description="the X-Request-ID of the request that created the job")
 

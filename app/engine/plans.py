@@ -205,8 +205,11 @@ def plan_generate(job_id: str, spec: GenerateSpec, model: LoadedModel) -> Plan:
         require_finite(pixels)  # a VAE may overflow where the latents did not (float16 on CUDA)
         images[row.key] = result_image(row.key, spec.seeds[row.key], pixels, spec.output_format, upload)
 
+    # an upload's changes (alpha, frames, orientation: as a denoise reports them) and the steps run
+    info = {**upload_info(spec.image), "steps_run": len(plan)} if isinstance(spec, Img2ImgSpec) else {}
+
     def finish() -> JobResult:
-        return JobResult(images=[images[i] for i in range(len(spec.seeds))])
+        return JobResult(images=[images[i] for i in range(len(spec.seeds))], info=info)
 
     def preview(row: Row) -> ResultImage:
         """The row's clean-image estimate (latent models: through the VAE, at full size, then downscaled)."""
