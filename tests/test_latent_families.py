@@ -573,6 +573,13 @@ def test_inpainting_gives_the_inpaint_pipelines_image(client, store, model, samp
 def test_an_inpainting_model_needs_an_image_and_a_mask(client):
     r = client.post("/v1/generate", json={"model": "tiny-sd-inpaint", "prompt": "x"})
     assert r.status_code == 422 and "mask" in r.json()["detail"][0]["msg"]
+    assert r.json()["detail"][0]["loc"] == ["body", "model"] and "/v1/img2img" in r.json()["detail"][0]["msg"]
+    # on /v1/img2img with the image but no mask: the mask is what is missing, not the route
+    files = {"file": ("p.png", upload_png(a_photo(16, 24)), "image/png")}
+    r = client.post("/v1/img2img", files=files, data={"model": "tiny-sd-inpaint", "prompt": "x"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "mask"] and r.json()["detail"][0]["type"] == "missing"
+    assert "/v1/img2img" not in r.json()["detail"][0]["msg"]
 
 
 def test_a_latent_job_can_be_cancelled_and_a_failing_one_fails_alone(client):

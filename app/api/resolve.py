@@ -281,13 +281,11 @@ def generate_spec(
     check_parameters(req, entry, also=("strength",) if image is not None else ())
     priority = submission.caller.priority(req.priority)
     if entry.extra_channels and mask is None:
-        raise ApiError(
-            422,
-            ["body", "model"],
-            f"model {entry.name!r} is an inpainting model (its network reads a mask and a masked image): "
-            "send an image and a mask to /v1/img2img",
-            type="wrong_task",
-        )
+        what = f"model {entry.name!r} is an inpainting model (its network reads a mask and a masked image)"
+        if image is None:  # on /v1/generate
+            msg = f"{what}: send an image and a mask to /v1/img2img"
+            raise ApiError(422, ["body", "model"], msg, type="wrong_task")
+        raise ApiError(422, ["body", "mask"], f"{what}: send a mask (white = repaint) with the image", type="missing")
     defaults = entry.defaults
     label = class_index(entry, req.class_label)
     text = entry.conditioning == "text"
