@@ -18,7 +18,7 @@ import re
 import socket
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, get_args
 from urllib.parse import urlsplit
@@ -83,11 +83,14 @@ class Destination:
     """Where one attempt goes: ``url`` names the address the host was checked to resolve to, so the
     connection cannot reach another one (a name that resolves to a public address when checked and to an
     internal one a moment later: DNS rebinding); ``headers`` and ``extensions`` keep the name for the
-    receiver (``Host``) and for TLS (the server name sent and the certificate checked)."""
+    receiver (``Host``) and for TLS (the server name sent and the certificate checked). ``others``: the same
+    URL at the host's other checked addresses, in the resolver's order, tried in turn when one cannot be
+    connected to (an IPv6 address first on a network without IPv6 routes, one server of several down)."""
 
     url: str
     headers: dict[str, str]
     extensions: dict[str, str]
+    others: tuple[str, ...] = ()
 
 
 async def destination(url: str, allow_hosts: frozenset[str]) -> Destination:
@@ -129,12 +132,17 @@ async def destination(url: str, allow_hosts: frozenset[str]) -> Destination:
     if str(addresses[0]) == host:  # an address already
         return Destination(url, {}, {})
     name = host.encode("idna").decode("ascii")  # as the resolver took it (an internationalised name)
-    pinned = f"[{addresses[0]}]" if addresses[0].version == 6 else str(addresses[0])
     userinfo = parts.netloc.rpartition("@")[0]
-    netloc = (f"{userinfo}@" if userinfo else "") + (f"{pinned}:{parts.port}" if parts.port else pinned)
+
+    def at(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        pinned = f"[{ip}]" if ip.version == 6 else str(ip)
+        netloc = (f"{userinfo}@" if userinfo else "") + (f"{pinned}:{parts.port}" if parts.port else pinned)
+        return parts._replace(netloc=netloc).geturl()
+
+    first, *others = dict.fromkeys(addresses)  # each address once, in the resolver's order
     headers = {"host": f"{name}:{parts.port}" if parts.port else name}
     tls = {"sni_hostname": name} if parts.scheme == "https" else {}
-    return Destination(parts._replace(netloc=netloc).geturl(), headers, tls)
+    return Destination(at(first), headers, tls, tuple(at(ip) for ip in others))
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -349,7 +357,13 @@ class Dispatcher:
         try:  # the whole attempt within the timeout (a receiver that trickles its answer cannot hold it);
             # its body is not read: the status says it all
             async with asyncio.timeout(self.settings.webhook_timeout_s):  # (wait_for on 3.11 can eat a cancel)
-                status = await self._post(target, body, headers)
+                for i, url in enumerate((target.url, *target.others)):
+                    try:
+                        status = await self._post(replace(target, url=url), body, headers)
+                        break
+                    except httpx.ConnectError:  # nothing was sent: the host's next address, if it has one
+                        if i == len(target.others):
+                            raise
         except (httpx.TimeoutException, asyncio.TimeoutError):
             return f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:

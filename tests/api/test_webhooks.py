@@ -280,22 +280,18 @@ def test_ipv6_addresses_that_carry_an_internal_ipv4_address_are_refused():
     assert address_kind(ipaddress.ip_address("2606:4700:4700::1111")) is None
 
 
-def fake_dns(monkeypatch, names: dict[str, str]) -> list[str]:
-    """Resolve the given names to the given addresses (every other name as the system does); returns the
-    list of the names looked up, in order, as they are looked up."""
+def fake_dns(monkeypatch, names: dict[str, str | list[str]]) -> list[str]:
+    """Resolve the given names to the given address (or addresses, in that order; every other name as the
+    system does); returns the list of the names looked up, in order, as they are looked up."""
     real, asked = socket.getaddrinfo, []
 
     def getaddrinfo(host, port, *args, **kwargs):
         asked.append(host)
         if host in names:
+            addresses = [names[host]] if isinstance(names[host], str) else names[host]
             return [
-                (
-                    socket.AF_INET6 if ":" in names[host] else socket.AF_INET,
-                    socket.SOCK_STREAM,
-                    6,
-                    "",
-                    (names[host], port),
-                )
+                (socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+                for address in addresses
             ]
         return real(host, port, *args, **kwargs)
 
@@ -345,6 +341,31 @@ def test_a_delivery_connects_to_the_checked_address_and_does_not_look_the_name_u
     headers = {name.lower(): value for name, value in got["headers"].items()}
     assert headers["host"] == f"hook.example:{port}" and got["path"] == "/hook"
     assert asked.count("hook.example") == 2  # checked at submit and before the attempt; never by the connection
+
+
+def test_a_host_with_several_addresses_is_checked_at_each_and_reached_at_the_next_when_one_refuses(
+    make_client, monkeypatch
+):
+    """Only the first address the name resolved to was tried, so a host whose first address cannot be
+    connected to (an IPv6 one on a network without IPv6 routes; one of several servers down) was never
+    reached, in any attempt. Every address is checked at submit, and one that refuses to connect (nothing
+    sent) passes the attempt to the next."""
+    fake_dns(monkeypatch, {"two.example": ["93.184.216.34", "2606:2800:220:1::1", "93.184.216.34"]})
+    target = asyncio.run(destination("http://two.example:81/x", frozenset()))
+    assert target == Destination(
+        "http://93.184.216.34:81/x", {"host": "two.example:81"}, {}, ("http://[2606:2800:220:1::1]:81/x",)
+    )
+    fake_dns(monkeypatch, {"bad.example": ["93.184.216.34", "10.0.0.7"]})
+    with pytest.raises(Refused, match="10.0.0.7, a private address"):
+        asyncio.run(destination("http://bad.example/x", frozenset()))
+
+    # 127.0.0.2 stands for an address nothing listens on (the receiver binds 127.0.0.1 only)
+    fake_dns(monkeypatch, {"hook.example": ["127.0.0.2", "127.0.0.1"]})
+    monkeypatch.setattr(webhooks, "address_kind", lambda ip: None)  # loopback stands for public addresses
+    retried = deliveries("completed", "retried")
+    got, port = delivered_by_name(make_client(webhook_secret=SECRET, webhook_backoff_s=5.0, webhook_timeout_s=5.0))
+    assert {name.lower(): value for name, value in got["headers"].items()}["host"] == f"hook.example:{port}"
+    assert deliveries("completed", "retried") == retried  # in the first attempt: no retry after 5 s
 
 
 def test_a_host_that_does_not_resolve_for_a_moment_at_delivery_is_retried(make_client, monkeypatch):
