@@ -1373,3 +1373,119 @@ def test_a_webhook_retry_keeps_its_delivery_for_the_api_nodes_schedule_and_drops
         assert not await redis.exists(keys.delivery("half")) and await redis.zscore(keys.outbox, "half") is None
 
     on_redis(scenario)
+
+
+def test_a_final_write_refused_by_a_full_redis_leaves_the_entry_until_the_record_is_written(store, tmp_path):
+    """The records were written and the entries taken off in one pipeline, not one step: with Redis full
+    (maxmemory, noeviction) the record's write was refused but XACK and XDEL, which take no memory, ran. The
+    job then lived only in the worker's memory: stopped before Redis had room, it was lost, its record
+    queued for ever. Now the entry goes in the record's own step, and a job written on the retry is counted."""
+    import redis as sync_redis
+    from redis.asyncio import Redis
+    from redis.exceptions import OutOfMemoryError
+
+    from app.jobs import EngineEvent, JobResult, ResultImage
+    from app.queue.redis.keys import GROUP
+    from tests.redis.helpers import OwnRedis
+
+    server = OwnRedis(tmp_path, appendonly=False)
+    admin = sync_redis.Redis.from_url(server.url)
+
+    async def scenario():
+        redis = Redis.from_url(server.url)
+        try:
+            settings = make_settings(store, queue_url=server.url, redis_prefix="full", worker_jobs=4)
+            api = TestClient(create_app(settings.model_copy(update={"embedded_worker": False})))
+            worker = _worker_on(store, "full", redis, "filling")
+            worker.settings = settings
+            await worker._create_groups()
+            await worker._beat()
+            with api:
+                body = {"model": "tiny-gen", "class_label": 0}
+                jobs = [api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"] for _ in range(2)]
+            await worker._read_once()
+            assert set(worker.held) == set(jobs)
+            stream = worker.keys.stream("normal", "tiny-gen")
+            big = JobResult(images=[ResultImage(index=0, seed=0, media_type="image/png", data=b"x" * 3_000_000)])
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 10_000_000)  # for one
+            worker._events.put_nowait([EngineEvent(job_id=j, type="succeeded", result=big) for j in jobs])
+            before = finished("succeeded")
+            with pytest.raises(OutOfMemoryError):
+                await worker._write_once()
+            statuses = [(await worker.records.get(j)).status.value for j in jobs]
+            assert statuses == ["succeeded", "queued"]
+            assert await redis.xlen(stream) == 1  # the unwritten job's entry is still there
+            admin.config_set("maxmemory", 0)  # room again: the retry writes the second and counts both
+            await worker._write_once()
+            assert [(await worker.records.get(j)).status.value for j in jobs] == ["succeeded", "succeeded"]
+            assert await redis.xlen(stream) == 0 and (await redis.xpending(stream, GROUP))["pending"] == 0
+            assert finished("succeeded") == before + 2
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        admin.close()
+        server.stop()
+
+
+def test_a_pass_failing_unserved_jobs_cut_short_leaves_the_rest_for_the_next_pass(store, prefix, monkeypatch):
+    """The model left the set of models with queued jobs before its jobs were failed, so a pass cut short
+    (Redis away, the worker stopped) left the rest queued for ever: nothing looked at that model again."""
+    from app.queue.redis.worker import RedisWorker
+
+    _announce_tiny_gen(store, prefix)
+    with client_for(store, prefix, embedded_worker=False) as api:
+        body = {"model": "tiny-gen", "class_label": 0}
+        jobs = [api.post("/v1/generate", json=body, headers=ASYNC).json()["job_id"] for _ in range(3)]
+
+    async def scenario(redis):
+        judge = _worker_on(store, prefix, redis, "judge")
+        await redis.delete(judge.keys.catalogs, judge.keys.announced)  # nobody serves tiny-gen any more
+        retire, calls = RedisWorker._retire, []
+
+        async def cut_off(self, *args, **kwargs):
+            calls.append(args)
+            if len(calls) == 2:
+                raise ConnectionError("Redis went away")
+            return await retire(self, *args, **kwargs)
+
+        monkeypatch.setattr(RedisWorker, "_retire", cut_off)
+        with pytest.raises(ConnectionError):
+            await judge._fail_unserved(cutoff=time.time())
+        assert await redis.sismember(judge.keys.queued_models, "tiny-gen")
+        monkeypatch.setattr(RedisWorker, "_retire", retire)
+        await judge._fail_unserved(cutoff=time.time())
+        assert [(await judge.records.get(j)).status.value for j in jobs] == ["failed"] * 3
+        assert not await redis.sismember(judge.keys.queued_models, "tiny-gen")  # its streams are empty now
+
+    on_redis(scenario)
+
+
+def test_an_entry_is_not_taken_off_when_redis_is_away_as_its_job_is_failed(store, prefix):
+    """Failing an unusable entry's job swallowed every error, Redis away included, and took the entry off:
+    the job stayed queued for ever. Only an error of the record itself lets the entry go unfailed."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "failing")
+        stream = worker.keys.stream("normal", "tiny-gen")
+        ((entry_id, _),) = await redis.xrange(stream)
+        real = worker.records.get
+
+        async def away(job):
+            raise RedisDown("Redis went away")
+
+        worker.records.get = away
+        with pytest.raises(RedisDown):
+            await worker._fail_entry(stream, entry_id.decode(), job_id, "unusable job")
+        assert await redis.xlen(stream) == 1
+        worker.records.get = real
+        await worker._fail_entry(stream, entry_id.decode(), job_id, "unusable job")
+        assert (await worker.records.get(job_id)).status.value == "failed" and await redis.xlen(stream) == 0
+
+    on_redis(scenario)

@@ -137,14 +137,29 @@ end
 return deleted
 """
 
+# Take a model off the set of models with queued jobs once none of its streams holds an entry (checked and
+# removed in one step: a job queued meanwhile keeps it there). KEYS: the set, the model's streams. ARGV: the
+# model. Returns 1 if removed.
+FORGET_MODEL = """
+for i = 2, #KEYS do
+  if redis.call('XLEN', KEYS[i]) > 0 then return 0 end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+return 1
+"""
+
 # Change a record unless it is already final (so a late "succeeded" cannot undo a cancel, nor the
 # reverse), and queue the webhook deliveries the change fires in the same step (the rule of
 # app.jobs.webhook_events). KEYS: job hash, active hash, events channel, webhook outbox. ARGV: record JSON,
 # status, event JSON, retention seconds, job ID, delivery key prefix ("{p}:webhook:"), delivery TTL,
-# "1" if the job has started (its record has a ``started_at``) else "". The job hash's ``started`` field
-# records that ``started`` fired.
-# Returns 1 if changed, 0 if the record was already final, -1 if it is gone (expired, or lost by a Redis
-# restart without persistence).
+# "1" if the job has started (its record has a ``started_at``) else "", and optionally the consumer group and
+# the ID of the job's stream entry, with the stream as KEYS[5]. The job hash's ``started`` field records that
+# ``started`` fired. A final record takes its entry off the stream in the same step (XACK, XDEL after the
+# record's HSET: when Redis is full the script is refused at that first write, before them), so an entry is
+# never gone while the record it stood for was not written (a worker stopping then would lose the job).
+# Returns 1 if changed (or if the stored record is this very record: the same write run again, after a
+# reply lost or a batch retried, is counted by whoever sees its 1), 0 if the record was already final,
+# -1 if it is gone (expired, or lost by a Redis restart without persistence).
 # An Idempotency-Key's claim outlives its job's record by this much, so a retry finds the job while it is kept.
 CLAIM_MARGIN_S = 3600
 # ... and lasts this long while its job waits or runs (UPDATE_RECORD sets it as above once the job ends; this
@@ -162,14 +177,24 @@ local function fire(event)
   local now = redis.call('TIME')  -- due now, by the clock every node's claims read
   redis.call('ZADD', KEYS[4], now[1] + now[2] / 1e6, id)
 end
+local final = ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled'
+local function retire()  -- the job's stream entry, once its record is final
+  if final and ARGV[9] and ARGV[9] ~= '' then
+    redis.call('XACK', KEYS[5], ARGV[10], ARGV[9])
+    redis.call('XDEL', KEYS[5], ARGV[9])
+  end
+end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
   redis.call('HDEL', KEYS[2], ARGV[5])  -- the record is gone (expired, evicted): it holds nothing any more
   return -1
 end
-if current == 'succeeded' or current == 'failed' or current == 'canceled' then return 0 end
+if current == 'succeeded' or current == 'failed' or current == 'canceled' then
+  retire()
+  if redis.call('HGET', KEYS[1], 'record') == ARGV[1] then return 1 end  -- this write, run again
+  return 0
+end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2])
-local final = ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'canceled'
 -- once per job: a job a stopping worker handed back is queued again, and its next start fires nothing
 if current == 'queued' and ARGV[8] == '1' and redis.call('HSETNX', KEYS[1], 'started', 1) == 1 then
   fire('started')
@@ -181,6 +206,7 @@ if final then
   local claim = redis.call('HGET', KEYS[1], 'claim')  -- an Idempotency-Key's: it outlives the record
   if claim then redis.call('EXPIRE', claim, math.ceil(tonumber(ARGV[4])) + CLAIM_MARGIN_S) end
 end
+retire()
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
 """.replace("CLAIM_MARGIN_S", str(CLAIM_MARGIN_S))

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from app.jobs import JobRecord, event_payload
 from app.metrics import job_finished
-from app.queue.redis.keys import UPDATE_RECORD, Keys
+from app.queue.redis.keys import GROUP, UPDATE_RECORD, Keys
 
 
 class RecordStore:
@@ -20,10 +20,11 @@ class RecordStore:
         raw = await self.redis.hget(self.keys.job(job_id), "record")
         return None if raw is None else JobRecord.model_validate_json(raw)
 
-    async def update(self, record: JobRecord, pipe=None):
+    async def update(self, record: JobRecord, pipe=None, *, entry: tuple[str, str] | None = None):
         """Write ``record`` and announce it, unless the stored record is already final; queue the webhook
-        deliveries the change fires. Returns UPDATE_RECORD's answer; in a pipeline, once it runs, the caller
-        hands that answer to ``written``."""
+        deliveries the change fires; ``entry`` (stream, entry ID): the job's stream entry, taken off its stream
+        in the same step once the record is final. Returns UPDATE_RECORD's answer; in a pipeline, once it
+        runs, the caller hands that answer to ``written``."""
         kind, data = event_payload(record)
         message = json.dumps({"job_id": record.id, "kind": kind, "data": data})
         keys = [self.keys.job(record.id), self.keys.held, self.keys.events, self.keys.outbox]
@@ -37,6 +38,9 @@ class RecordStore:
             self.delivery_ttl_s,
             "1" if record.started_at is not None else "",
         ]
+        if entry is not None:
+            keys.append(entry[0])
+            args += [entry[1], GROUP]
         if pipe is not None:
             return await self._update(keys=keys, args=args, client=pipe)
         answer = await self._update(keys=keys, args=args, client=self.redis)

@@ -41,7 +41,17 @@ from app.jobs import (
 )
 from app.queue.protocol import NoModels, stuck_for
 from app.queue.redis.catalog import publish, unserved
-from app.queue.redis.keys import GROUP, HIGH_FIRST, NEXT_ENTRIES, PRUNE, PRUNE_CONSUMERS, PUT_BACK, RENEW, Keys
+from app.queue.redis.keys import (
+    FORGET_MODEL,
+    GROUP,
+    HIGH_FIRST,
+    NEXT_ENTRIES,
+    PRUNE,
+    PRUNE_CONSUMERS,
+    PUT_BACK,
+    RENEW,
+    Keys,
+)
 from app.queue.redis.queue import unavailable
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -95,6 +105,7 @@ class RedisWorker:
         self._put_back = redis.register_script(PUT_BACK)
         self._prune = redis.register_script(PRUNE)
         self._prune_consumers = redis.register_script(PRUNE_CONSUMERS)
+        self._forget_model = redis.register_script(FORGET_MODEL)
         self._up_since = time.time()  # a worker judges which models no worker serves only after worker_forget_s
         self.dead = asyncio.Event()  # set when the engine thread has died or is stuck: the process should exit
         self._loop_tick: float | None = None  # when this worker's event loop last ran its ticker (monotonic)
@@ -400,10 +411,14 @@ class RedisWorker:
 
     async def _fail_entry(self, stream: str, entry_id: str, job_id: str, error: str) -> None:
         """Fail the job of an entry that will not run, and take the entry off its stream."""
-        with contextlib.suppress(Exception):  # the record itself may be what is broken
+        try:
             record = await self.records.get(job_id) if job_id else None
             if record is not None:
                 await self._fail_record(record, error)
+        except Exception as exc:  # the record itself may be what is broken; Redis away is not that
+            if unavailable(exc):
+                raise  # the entry stays: failed on a later look, not taken off with its job still queued
+            log.warning("job %s: its record could not be failed (%s); its entry is taken off", job_id, exc)
         await self._retire(stream, entry_id, forget=job_id or None)
 
     async def _fail_record(self, record: JobRecord, error: str) -> None:
@@ -440,12 +455,9 @@ class RedisWorker:
                 kind, data = preview_payload(event)
                 pipe.publish(self.keys.events, json.dumps({"job_id": event.job_id, "kind": kind, "data": data}))
             updates = {}  # job ID -> the position of its record update's answer
-            for job_id, held in self._dirty.items():
+            for job_id, held in self._dirty.items():  # a final record takes its entry off in the same step
                 updates[job_id] = len(pipe.command_stack)
-                await self.records.update(held.record, pipe)
-                if held.record.status.finished:
-                    pipe.xack(held.stream, GROUP, held.entry_id)
-                    pipe.xdel(held.stream, held.entry_id)
+                await self.records.update(held.record, pipe, entry=(held.stream, held.entry_id))
             answers = await pipe.execute()
         vanished = [job_id for job_id, at in updates.items() if answers[at] == -1]
         for job_id in vanished:
@@ -586,23 +598,26 @@ class RedisWorker:
             if why is None:
                 why = f"every worker that served it has been gone for {self.settings.worker_forget_s:.0f} s"
             error = f"model {model!r} is not served by any worker: {why}"
-            await self.redis.srem(self.keys.queued_models, model)  # first: a job queued meanwhile adds it again
-            for priority in HIGH_FIRST:
-                stream = self.keys.stream(priority, model)
+            streams = [self.keys.stream(priority, model) for priority in HIGH_FIRST]
+            for stream in streams:
                 # a job that a live worker holds (its lease renewed) finishes there: that worker stopped
                 # serving the model after taking it (a reload), or is about to announce it
                 try:
                     pending = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=10_000)
-                except ResponseError:  # no such stream or group: nothing is held on it
+                except ResponseError as exc:  # no such stream or group: nothing is held on it
+                    if unavailable(exc):
+                        raise
                     pending = []
                 held = {p["message_id"] for p in pending if p["time_since_delivered"] < self.lease_ms}
                 for entry_id, fields in await self.redis.xrange(stream):
                     if entry_id in held:
-                        await self.redis.sadd(self.keys.queued_models, model)  # looked at again next time
-                        continue
+                        continue  # its entry keeps the model in the set: looked at again next time
                     job_id = fields.get(b"job", b"").decode()
                     await self._fail_entry(stream, entry_id.decode(), job_id, error)
                     log.warning("job %s failed: %s", job_id, error)
+            # last, and only once its streams are empty: a pass cut short (Redis away, the worker stopped)
+            # leaves the model in the set, so its jobs left on the streams are looked at again next time
+            await self._forget_model(keys=[self.keys.queued_models, *streams], args=[model])
 
     async def _beat_once(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
