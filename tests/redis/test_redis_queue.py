@@ -1489,3 +1489,34 @@ def test_an_entry_is_not_taken_off_when_redis_is_away_as_its_job_is_failed(store
         assert (await worker.records.get(job_id)).status.value == "failed" and await redis.xlen(stream) == 0
 
     on_redis(scenario)
+
+
+def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(store, prefix):
+    """XAUTOCLAIM looks at no more than 10 x COUNT pending entries a call, and a pass made one call with
+    COUNT the free places: with one free place and 200 live workers' entries ahead, the dead worker's jobs
+    waited 21 heartbeats (about 105 s, not a lease of 15)."""
+    from app.queue.redis.keys import GROUP
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "one-free-place")
+        worker.settings = worker.settings.model_copy(update={"worker_jobs": 1})
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        for i in range(200):
+            await redis.xadd(stream, {"job": f"live{i}"})
+        await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=200)  # renewed: idle about 0
+        dead = [await redis.xadd(stream, {"job": f"dead{i}"}) for i in range(5)]
+        await redis.xreadgroup(GROUP, "dead-worker", {stream: ">"}, count=5)
+        await redis.xclaim(stream, GROUP, "dead-worker", 0, dead, idle=120_000, justid=True)  # silent 2 min
+        taken = []
+
+        async def take(stream, entry_id, job_id, *, delivered):
+            taken.append(job_id)
+            worker.held[job_id] = None  # a place taken
+
+        worker._take = take
+        assert worker._free() == 1
+        await worker._reclaim()
+        return taken
+
+    assert on_redis(scenario) == ["dead0"]

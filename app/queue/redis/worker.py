@@ -60,6 +60,9 @@ from app.store.catalog import ModelEntry, scan_store
 
 log = logging.getLogger(__name__)
 SPEC = TypeAdapter(JobSpec)
+# XAUTOCLAIM calls a takeover pass makes on one stream at most (each looks at 10 x COUNT pending entries, at
+# least 10): ends a pass over a very long pending list, which the next heartbeat's pass goes on with
+RECLAIM_CALLS = 100
 
 
 @dataclass
@@ -341,29 +344,36 @@ class RedisWorker:
             await self._read({stream: ">" for _, stream in self.streams}, count=1, block=1000)
 
     async def _reclaim(self) -> None:
-        """Take over the entries whose worker has not renewed them for a lease (it died or hung)."""
+        """Take over the entries whose worker has not renewed them for a lease (it died or hung). XAUTOCLAIM
+        looks at no more than 10 x COUNT pending entries a call, COUNT being the free places (often 1 or 2), so
+        one call a heartbeat took minutes to reach a dead worker's entries behind live workers' ones: each pass
+        goes on from where the last call stopped until the stream's end, or until the free places are taken."""
         for _, stream in self.streams:
-            if self._free() == 0:
-                return
-            try:
-                cursor, claimed, *_ = await self.redis.xautoclaim(
-                    stream,
-                    GROUP,
-                    self.worker_id,
-                    min_idle_time=self.lease_ms,
-                    start_id=self._reclaim_cursors.get(stream, "0-0"),
-                    count=self._free(),
-                )
-            except ResponseError as exc:
-                await self._regroup("xautoclaim", exc)
-                return
-            self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-            for entry_id, fields in claimed:
-                entry_id = entry_id.decode()
-                pending = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
-                delivered = pending[0]["times_delivered"] if pending else 1
-                log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
-                await self._take(stream, entry_id, fields.get(b"job", b"").decode(), delivered=delivered)
+            for _ in range(RECLAIM_CALLS):
+                if self._free() == 0:
+                    return
+                try:
+                    cursor, claimed, *_ = await self.redis.xautoclaim(
+                        stream,
+                        GROUP,
+                        self.worker_id,
+                        min_idle_time=self.lease_ms,
+                        start_id=self._reclaim_cursors.get(stream, "0-0"),
+                        count=self._free(),
+                    )
+                except ResponseError as exc:
+                    await self._regroup("xautoclaim", exc)
+                    return
+                cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+                self._reclaim_cursors[stream] = cursor
+                for entry_id, fields in claimed:
+                    entry_id = entry_id.decode()
+                    pending = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                    delivered = pending[0]["times_delivered"] if pending else 1
+                    log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
+                    await self._take(stream, entry_id, fields.get(b"job", b"").decode(), delivered=delivered)
+                if cursor == "0-0":  # the whole pending list looked at
+                    break
 
     async def _take(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
         if job_id in self.held:  # our own entry, reclaimed while a renewal lagged: we still run it
