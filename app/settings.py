@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     max_finished_mb: float = Field(
         256.0, gt=0, description="in-process: megabytes of finished jobs' images kept at most (oldest forgotten)"
     )
+    finished_grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="in-process: a finished job is kept at least this long past the caps on finished jobs (not "
+        "past its retention), so a client polling after its 202 finds it however many results came after",
+    )
     header_timeout_s: float = Field(10.0, gt=0, description="a client must send a request's headers within this")
     body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next piece of a request body")
     host: str = "127.0.0.1"

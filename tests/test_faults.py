@@ -138,7 +138,7 @@ def test_slow_headers_are_cut_off_and_a_trickling_body_is_a_408(serve):
 
 def test_finished_jobs_are_capped_and_forgotten_on_a_timer(serve, tmp_path):
     # a retention longer than the five jobs take on a busy machine: only the cap forgets the first two
-    server = serve(DIFFUSION_MAX_FINISHED_JOBS="3", DIFFUSION_JOB_RETENTION_S="8")
+    server = serve(DIFFUSION_MAX_FINISHED_JOBS="3", DIFFUSION_JOB_RETENTION_S="8", DIFFUSION_FINISHED_GRACE_S="0")
     ids = [
         httpx.post(server.url + "/v1/generate", json={"class_label": 0, "steps": 2, "seed": i}, timeout=30).json()[
             "job_id"

@@ -83,9 +83,12 @@ class MemoryJobQueue:
     # -- keeping finished jobs ---------------------------------------------------------------------
     def _purge(self) -> None:
         """Forget finished jobs past their retention, then the oldest finished ones beyond the caps on their
-        number and on their images' bytes; never one that a client is waiting on or streaming (it is about
-        to be read)."""
-        horizon = time.time() - self.settings.job_retention_s
+        number and on their images' bytes, once they have been kept ``finished_grace_s``; never one that a
+        client is waiting on or streaming (it is about to be read). Without the grace a burst of large
+        results, or a cap below one result, forgot an async job before its client's first poll."""
+        now = time.time()
+        horizon = now - self.settings.job_retention_s
+        kept_since = now - min(self.settings.finished_grace_s, self.settings.job_retention_s)
         finished = sorted((r.finished_at, j) for j, r in self._records.items() if r.finished_at is not None)
         sizes = {j: _result_bytes(self._records[j]) for _, j in finished}
         held, cap_bytes = sum(sizes.values()), self.settings.max_finished_mb * 1e6
@@ -95,6 +98,8 @@ class MemoryJobQueue:
                 break
             if self._watchers.watching(job_id):
                 continue
+            if finished_at > kept_since:  # within its grace, as every job after it: the caps wait for it
+                break
             del self._records[job_id]
             count, held = count - 1, held - sizes[job_id]
         live = set(self._records)

@@ -115,6 +115,19 @@ def test_finished_jobs_are_forgotten_after_the_retention_time(make_client):
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404
 
 
+def test_a_finished_job_is_kept_its_grace_past_the_caps_so_its_first_poll_finds_it(make_client):
+    """With the bytes' cap below one result, an async job was forgotten the moment it finished: its client's
+    first poll was a 404, the accepted job lost (a burst of large results did the same to older ones)."""
+    client = make_client(max_finished_mb=1e-6, finished_grace_s=1.0)
+    first = submit(client, steps=2)
+    body = poll(client, first)
+    assert body["status"] == "succeeded" and client.get(body["images"][0]["url"]).status_code == 200
+    time.sleep(1.1)  # its grace is over: the next job's end applies the cap to it
+    second = submit(client, steps=2)
+    assert poll(client, second)["status"] == "succeeded"
+    assert client.get(f"/v1/jobs/{first}").status_code == 404
+
+
 def test_sync_request_still_running_after_the_timeout_gets_202(make_client):
     client = make_client(sync_timeout_s=0.05)
     r = client.post("/v1/generate", json={"class_label": 0, "steps": 1000})
