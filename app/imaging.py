@@ -28,6 +28,7 @@ class ImageFormat:
     media_type: str
     save: dict[str, Any]
     max_side: int = 2**31 - 1  # the largest width or height the format can hold
+    alpha: bool = True  # whether it holds an alpha channel (grey + alpha, RGBA)
 
 
 # The output formats, one entry each: the API's enum, content negotiation and encoding all read this.
@@ -41,7 +42,7 @@ OUTPUT_FORMATS: dict[str, ImageFormat] = {
     f.name: f
     for f in (
         ImageFormat("png", "image/png", {"format": "PNG", "compress_level": 1, "compress_type": zlib.Z_RLE}),
-        ImageFormat("jpeg", "image/jpeg", {"format": "JPEG", "quality": 95}, max_side=65500),
+        ImageFormat("jpeg", "image/jpeg", {"format": "JPEG", "quality": 95}, max_side=65500, alpha=False),
         ImageFormat("webp", "image/webp", {"format": "WEBP", "lossless": True}, max_side=16383),
     )
 }

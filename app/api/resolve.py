@@ -158,23 +158,42 @@ def check_attention(entry: ModelEntry, height: int, width: int, settings: Settin
     )
 
 
-def output_format(submission: Submission, requested: str | None, width: int, height: int, images: int = 1) -> str:
+def output_format(
+    submission: Submission,
+    requested: str | None,
+    width: int,
+    height: int,
+    images: int = 1,
+    *,
+    alpha: bool = False,
+) -> str:
     """The negotiated output format (406 when Accept allows no answer for this many ``images``), refused (422)
-    when the result is larger than the format can hold: the encoder would fail on it (WebP: 16383 pixels a
-    side, JPEG: 65500). A format Accept chose (none requested) gives way to the next one Accept takes that
-    holds the result; 406 naming the header when there is none."""
+    when the format cannot hold the result, which the encoder would fail on: larger than it holds (WebP:
+    16383 pixels a side, JPEG: 65500), or with an ``alpha`` channel it has no place for (JPEG). A format
+    Accept chose (none requested) gives way to the next one Accept takes that holds the result; 406 naming
+    the header when there is none."""
+
+    def holds(kind) -> bool:
+        return max(width, height) <= kind.max_side and (kind.alpha or not alpha)
+
     chosen = submission.negotiated(requested, images=images).output_format
-    limit = OUTPUT_FORMATS[chosen].max_side
-    if max(width, height) <= limit:
+    kind = OUTPUT_FORMATS[chosen]
+    if holds(kind):
         return chosen
-    too_large = f"{chosen} holds at most {limit} pixels a side; the result would be {width}x{height}"
+    if max(width, height) > kind.max_side:
+        why, kind_of = (
+            f"{chosen} holds at most {kind.max_side} pixels a side; the result would be {width}x{height}",
+            "too_large_for_format",
+        )
+    else:
+        why, kind_of = f"{chosen} has no alpha channel, and this model's images have one", "no_alpha_in_format"
     if requested is not None:
-        raise ApiError(422, ["body", "output_format"], f"{too_large}: choose png", type="too_large_for_format")
-    fits = [name for name, kind in OUTPUT_FORMATS.items() if max(width, height) <= kind.max_side]
+        raise ApiError(422, ["body", "output_format"], f"{why}: choose png", type=kind_of)
+    fits = [name for name, candidate in OUTPUT_FORMATS.items() if holds(candidate)]
     try:
         return submission.negotiated(None, images=images, formats=fits).output_format
     except ApiError as exc:
-        msg = f"Accept chose {chosen}, and {too_large}: accept image/png or application/json"
+        msg = f"Accept chose {chosen}, and {why}: accept image/png or application/json"
         raise ApiError(406, ["header", "accept"], msg, type="not_acceptable") from exc
 
 
@@ -335,7 +354,9 @@ def generate_spec(
         width=width if (req.width or req.height) else None,
         height=height if (req.width or req.height) else None,
         guidance_scale=guidance,
-        output_format=output_format(submission, req.output_format, width, height, images=req.num_images),
+        output_format=output_format(
+            submission, req.output_format, width, height, images=req.num_images, alpha=entry.channels in (2, 4)
+        ),
         pixels=pixels,
         priority=priority,
         preview_every=req.preview_every or 0,

@@ -410,3 +410,29 @@ def test_base64_images_are_taken_as_clients_write_them(client):
     ]:
         r = client.post("/v1/denoise", json={**body, "image": text})
         assert r.status_code == 422 and errors_at(r) == [["body", "image"]] and said in r.json()["detail"][0]["msg"]
+
+
+def test_models_with_alpha_refuse_jpeg_and_models_of_other_channel_counts_are_not_served(make_client, tmp_path):
+    """A 2- or 4-channel model (grey or RGB with alpha) answered a JPEG request with a failed job ("cannot
+    write mode RGBA as JPEG"), and a 6-channel one was served and failed every job: the format is now chosen
+    to hold the alpha (422 when asked for, the next acceptable one when negotiated), and a model whose
+    images are not 1-4 channels is not served."""
+    from tests.tiny_models import write_bare
+
+    for channels in (2, 4, 6):
+        write_bare(tmp_path / f"ch{channels}", channels=channels)
+    client = make_client(store=tmp_path)
+    for model, mode in (("ch2", "LA"), ("ch4", "RGBA")):
+        body = {"model": model, "steps": 2}
+        r = client.post("/v1/generate", json={**body, "output_format": "jpeg"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "no_alpha_in_format", r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "output_format"]
+        r = client.post("/v1/generate", json=body, headers={"Accept": "image/jpeg"})
+        assert r.status_code == 406 and "no alpha channel" in r.json()["detail"][0]["msg"], r.text
+        r = client.post("/v1/generate", json=body, headers={"Accept": "image/jpeg, image/webp;q=0.5"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/webp", r.text
+        assert Image.open(io.BytesIO(r.content)).mode in (mode, "RGBA")  # WebP holds grey + alpha as RGBA
+        r = client.post("/v1/generate", json=body, headers={"Accept": "image/png"})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).mode == mode
+    r = client.post("/v1/generate", json={"model": "ch6", "steps": 2})
+    assert 400 <= r.status_code < 500 and "6 image channels" in r.text, r.text
