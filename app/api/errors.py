@@ -55,6 +55,24 @@ class ApiError(Exception):
 JSON_FAILURES = (ValueError, RecursionError)
 
 
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, each name given once: Python's parser keeps the last of a repeated name, so
+    ``{"model": "a", "model": "b"}`` would run model b without a word (a multipart field given twice is
+    refused, as is a repeated header)."""
+    members = dict(pairs)
+    if len(members) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
+        times = sum(1 for name, _ in pairs if name == repeated)
+        raise ValueError(f"the name {brief(repeated)} is given {times} times in one object: give it once")
+    return members
+
+
+def parse_json(data: bytes | str) -> Any:
+    """A request's JSON document, each object's names given once (ValueError otherwise, as for bad syntax)."""
+    return json.loads(data, object_pairs_hook=_once_each)
+
+
 def invalid_json(exc: BaseException) -> ApiError:
     """422 for a JSON body that does not parse, with the parser's reason."""
     reason = "arrays or objects nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]

@@ -21,7 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json, refusal, single_header
+from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json, parse_json, refusal, single_header
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
 from app.jobs import DEFAULT_PRIORITY, ImageData
 
@@ -88,7 +88,7 @@ async def parse_upload_body(request: Request) -> UploadBody:
         return UploadBody(form=await _read_form(request))
     if content_type == "application/json":
         try:
-            return UploadBody(document=json.loads(await request.body()))
+            return UploadBody(document=parse_json(await request.body()))
         except JSON_FAILURES as exc:
             raise invalid_json(exc) from exc
     raise unsupported_media_type(content_type, "multipart/form-data (field 'file') or application/json (field 'image')")
@@ -121,9 +121,14 @@ async def json_body_first(request: Request) -> None:
         raise refusal(request) or exc from None
     if found != "application/json":
         raise refusal(request) or unsupported_media_type(found, "application/json")
-    if not await request.body():  # read by FastAPI already: no second read
+    body = await request.body()  # read by FastAPI already: no second read
+    if not body:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise refusal(request) or RequestValidationError([missing])
+    try:  # FastAPI parsed it already (a body that is not JSON never gets here), keeping a repeated name's last
+        parse_json(body)
+    except JSON_FAILURES as exc:
+        raise refusal(request) or invalid_json(exc) from None
 
 
 async def read_image_request(

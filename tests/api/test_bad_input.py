@@ -436,3 +436,29 @@ def test_models_with_alpha_refuse_jpeg_and_models_of_other_channel_counts_are_no
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).mode == mode
     r = client.post("/v1/generate", json={"model": "ch6", "steps": 2})
     assert 400 <= r.status_code < 500 and "6 image channels" in r.text, r.text
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/generate", b'{"model": "nope", "model": "tiny-rgb", "steps": 1}'),
+        ("/v1/generate", b'{"model": "tiny-rgb", "steps": 1, "x": {"a": 1, "a": 2}}'),
+        ("/v1/denoise", b'{"image": "AAAA", "sigma": -5, "model": "tiny-rgb", "image": "AAAA", "sigma": 10}'),
+    ],
+)
+def test_a_json_name_given_twice_in_one_object_is_refused_not_read_as_its_last(client, path, body):
+    """Python's parser keeps the last of a repeated name: the first body ran tiny-rgb without a word, where a
+    multipart field or a header given twice is refused."""
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid", r.text
+    assert "is given 2 times in one object" in r.json()["detail"][0]["msg"]
+
+
+def test_a_large_object_with_a_repeated_name_is_refused_naming_it(client):
+    """The repeated name is found in one pass over the object's names (counting each name's repeats would
+    take the square of their number: minutes for a body within the size limit)."""
+    members = ",".join(f'"k{i}": 0' for i in range(50_000))
+    body = ('{"model": "tiny-rgb", ' + members + ', "k0": 1}').encode()
+    r = client.post("/v1/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["detail"][0]["msg"] == "invalid JSON: the name 'k0' is given 2 times in one object: give it once"
