@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         description="in-process: a finished job is kept at least this long past the caps on finished jobs (not "
-        "past its retention), so a client polling after its 202 finds it however many results came after",
+        "past its retention, nor beyond twice a cap and one result), so a client polling after its 202 finds it",
     )
     header_timeout_s: float = Field(10.0, gt=0, description="a client must send a request's headers within this")
     body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next piece of a request body")

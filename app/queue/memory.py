@@ -83,8 +83,9 @@ class MemoryJobQueue:
     # -- keeping finished jobs ---------------------------------------------------------------------
     def _purge(self) -> None:
         """Forget finished jobs past their retention, then the oldest finished ones beyond the caps on their
-        number and on their images' bytes, once they have been kept ``finished_grace_s``; never one that a
-        client is waiting on or streaming (it is about to be read). Without the grace a burst of large
+        number and on their images' bytes, once they have been kept ``finished_grace_s`` (or at once beyond
+        twice a cap, not counting the newest: the grace bends the caps, it does not lift them); never one that
+        a client is waiting on or streaming (it is about to be read). Without the grace a burst of large
         results, or a cap below one result, forgot an async job before its client's first poll."""
         now = time.time()
         horizon = now - self.settings.job_retention_s
@@ -98,7 +99,11 @@ class MemoryJobQueue:
                 break
             if self._watchers.watching(job_id):
                 continue
-            if finished_at > kept_since:  # within its grace, as every job after it: the caps wait for it
+            # in its grace, as every job after it, the caps wait for it, unless the jobs after it alone reach
+            # twice a cap: kept past the caps are at most twice them and one result more
+            newer_count, newer_bytes = count - 1, held - sizes[job_id]
+            bent = newer_count < 2 * self.settings.max_finished_jobs and newer_bytes < 2 * cap_bytes
+            if finished_at > kept_since and bent:
                 break
             del self._records[job_id]
             count, held = count - 1, held - sizes[job_id]

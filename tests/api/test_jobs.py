@@ -128,6 +128,16 @@ def test_a_finished_job_is_kept_its_grace_past_the_caps_so_its_first_poll_finds_
     assert client.get(f"/v1/jobs/{first}").status_code == 404
 
 
+def test_the_grace_bends_the_caps_on_finished_jobs_but_never_past_twice_a_cap(make_client):
+    client = make_client(max_finished_jobs=2, finished_grace_s=600)
+    jobs = []
+    for i in range(5):
+        jobs.append(submit(client, steps=2))
+        poll(client, jobs[-1])
+    # in their grace, up to 4 (twice the cap) are kept; the fifth's end forgets the oldest
+    assert [client.get(f"/v1/jobs/{j}").status_code for j in jobs] == [404, 200, 200, 200, 200]
+
+
 def test_sync_request_still_running_after_the_timeout_gets_202(make_client):
     client = make_client(sync_timeout_s=0.05)
     r = client.post("/v1/generate", json={"class_label": 0, "steps": 1000})
