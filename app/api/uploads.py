@@ -111,6 +111,11 @@ async def upload_body_first(request: Request) -> AsyncIterator[None]:
             await body.form.close()
 
 
+# JSON bodies up to this size are checked for repeated names on the event loop (a job request's is about 200
+# bytes); larger ones in a thread
+PARSE_ON_LOOP_BYTES = 64 * 1024
+
+
 async def json_body_first(request: Request) -> None:
     """The JSON routes' first dependency, before the key check counts the request: another content type is
     415 and an empty body 422, neither counted (the key check's 401 or 403 first). FastAPI refuses a body that
@@ -126,7 +131,10 @@ async def json_body_first(request: Request) -> None:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise refusal(request) or RequestValidationError([missing])
     try:  # FastAPI parsed it already (a body that is not JSON never gets here), keeping a repeated name's last
-        parse_json(body)
+        if len(body) <= PARSE_ON_LOOP_BYTES:
+            parse_json(body)
+        else:  # a large body (a bogus one: a job request is small) would hold the event loop for seconds
+            await run_in_threadpool(parse_json, body)
     except JSON_FAILURES as exc:
         raise refusal(request) or invalid_json(exc) from None
 
