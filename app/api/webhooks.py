@@ -361,7 +361,7 @@ class Dispatcher:
                     try:
                         status = await self._post(replace(target, url=url), body, headers)
                         break
-                    except httpx.ConnectError:  # nothing was sent: the host's next address, if it has one
+                    except (httpx.ConnectError, httpx.ConnectTimeout):  # nothing sent: the next address, if any
                         if i == len(target.others):
                             raise
         except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -371,8 +371,12 @@ class Dispatcher:
         return None if 200 <= status < 300 else f"HTTP {status}"
 
     async def _post(self, target: Destination, body: str, headers: dict) -> int:
+        """POST to ``target.url``; a host's addresses share the attempt's time to connect (one that drops
+        connections silently leaves the others their part), the whole attempt keeps its limit."""
+        limit = self.settings.webhook_timeout_s
+        timeout = httpx.Timeout(limit, connect=limit / (1 + len(target.others)))
         request = self.client.build_request(
-            "POST", target.url, content=body.encode(), headers=headers, extensions=target.extensions
+            "POST", target.url, content=body.encode(), headers=headers, extensions=target.extensions, timeout=timeout
         )
         response = await self.client.send(request, stream=True)
         try:

@@ -504,3 +504,45 @@ def test_a_delivery_for_a_busy_receiver_is_put_back_for_about_as_long_as_its_att
     assert dispatcher._busy_for("http://dead:") == 30.0
     dispatcher._took("http://slow:", 4.0)
     assert dispatcher._busy_for("http://slow:") == 4.0
+
+
+def test_the_addresses_of_a_host_share_the_time_to_connect_and_a_silent_one_passes_to_the_next(tmp_path, monkeypatch):
+    """An address that drops connections silently took the attempt's whole time (httpx's ConnectTimeout is no
+    ConnectError), so the host's next address was never tried, in any attempt."""
+    import httpx
+
+    from app.api.webhooks import Dispatcher
+    from app.queue.outbox import Delivery, MemoryOutbox
+    from tests.helpers import make_settings
+
+    settings = make_settings(tmp_path, webhook_secret=SECRET, webhook_timeout_s=9.0)
+    target = Destination(
+        "http://93.184.216.34/hook", {"host": "two.example"}, {}, ("http://[2606:2800:220:1::1]/hook",)
+    )
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.extensions["timeout"]["connect"], request.headers["host"]))
+        if request.url.host == "93.184.216.34":
+            raise httpx.ConnectTimeout("no answer to the SYN", request=request)
+        return httpx.Response(204)
+
+    async def scenario() -> str | None:
+        dispatcher = Dispatcher(settings, MemoryOutbox())
+        dispatcher.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+        async def checked(url, allow):
+            return target
+
+        monkeypatch.setattr(webhooks, "destination", checked)
+        try:
+            record = JobRecord(id="a" * 32, kind="generate", model="m", status="succeeded")
+            message = Delivery.message_id(record.id, "completed")
+            return await dispatcher._send(
+                Delivery(message, "http://two.example/hook", "completed", record.model_dump_json())
+            )
+        finally:
+            await dispatcher.client.aclose()
+
+    assert asyncio.run(scenario()) is None  # delivered, at the second address
+    assert seen == [("93.184.216.34", 4.5, "two.example"), ("2606:2800:220:1::1", 4.5, "two.example")]
