@@ -118,8 +118,9 @@ PARSE_ON_LOOP_BYTES = 64 * 1024
 
 async def json_body_first(request: Request) -> None:
     """The JSON routes' first dependency, before the key check counts the request: another content type is
-    415 and an empty body 422, neither counted (the key check's 401 or 403 first). FastAPI refuses a body that
-    is not JSON before any dependency, but passes an empty one on to be found missing after them."""
+    415, an empty body or a name given twice in one object 422, none counted (the key check's 401 or 403
+    first). FastAPI refuses a body that is not JSON before any dependency, but passes an empty one on to be
+    found missing after them, and reads a repeated name as its last."""
     try:
         found = media_type(request)
     except ApiError as exc:  # Content-Type given twice

@@ -219,7 +219,7 @@ class ModelEntry:
         if task not in self.card.tasks:
             return f"its model card does not list {task}"
         if self.channels not in (1, 2, 3, 4):
-            return f"it has {self.channels} image channels: images have 1 (grey), 2 (grey, alpha), 3 or 4 (RGB(A))"
+            return f"it has {self.channels} image channels: images have 1 (grey), 2 (grey, alpha), 3 (RGB) or 4"
         if task == "denoise":
             if self.channels not in (1, 3):
                 return f"it has {self.channels} channels: denoising needs a grey or RGB model"
