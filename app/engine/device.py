@@ -1,4 +1,4 @@
-"""Pick the device and the network precision from settings."""
+"""Pick the device and the network precision from settings; what the CPU and the container give the engine."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-# cgroup v2's "quota period" (or "max period"); v1's quota (-1: none) and period
+# What a container gives the process, from its cgroup (v2, then v1). CPU: v2's "quota period" (or "max
+# period"); v1's quota (-1: none) and period. Memory: the limit past which the process is killed, whatever
+# the host has
 CGROUP_CPU = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 
 
 @lru_cache
@@ -62,6 +65,19 @@ def container_cpu_limit() -> float | None:
     except ValueError:  # "max": no quota
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def container_memory_limit() -> int | None:
+    """The memory limit of this process's cgroup, None where none is set ("max", or v1's huge default)."""
+    for path in CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+        return None
+    return None
 
 
 def fit_threads_to_container() -> int | None:

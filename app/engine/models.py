@@ -12,10 +12,10 @@ import gc
 import logging
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 
+from app.engine.device import container_memory_limit
 from app.metrics import MODELS_LOADED
 from app.store.catalog import ModelEntry, ModelRefused, check_hashes
 from app.store.loader import LoadedModel, load_model
@@ -26,10 +26,6 @@ GB = 1024**3
 
 def size(n: int) -> str:
     return f"{n / GB:.2f} GB" if n >= GB // 10 else f"{n / 1024**2:.2f} MB"
-
-
-# A container's memory limit (cgroup v2, then v1): the process is killed past it, whatever the host has
-CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 
 
 def memory_budget(device: torch.device, setting_gb: float | None) -> int:
@@ -46,19 +42,6 @@ def memory_budget(device: torch.device, setting_gb: float | None) -> int:
     if limit is not None:
         total = min(total, limit)
     return max(0, total - max(2 * GB, total // 4))
-
-
-def container_memory_limit() -> int | None:
-    """The memory limit of this process's cgroup, None where none is set ("max", or v1's huge default)."""
-    for path in CGROUP_LIMITS:
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-        return None
-    return None
 
 
 class ModelPool:

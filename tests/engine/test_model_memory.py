@@ -259,14 +259,14 @@ def test_the_cpu_budget_follows_a_containers_memory_limit(tmp_path, monkeypatch,
     for weights comes from the smaller of the two."""
     import torch
 
-    from app.engine import models
+    from app.engine import device, models
 
     files = (tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes")
     for path, text in zip(files, (v2, v1)):
         if text is not None:
             path.write_text(text)
-    monkeypatch.setattr(models, "CGROUP_LIMITS", files)
-    assert models.container_memory_limit() == expected
+    monkeypatch.setattr(device, "CGROUP_LIMITS", files)
+    assert device.container_memory_limit() == expected
     host = models.os.sysconf("SC_PAGE_SIZE") * models.os.sysconf("SC_PHYS_PAGES")
     ram = min(host, expected) if expected else host
     budget = models.memory_budget(torch.device("cpu"), None)
