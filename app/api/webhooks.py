@@ -43,18 +43,27 @@ CLOUD_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address(
 
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# RFC 8215's local-use NAT64 prefix: a network's own translators, not globally reachable (IANA's registry, and
+# Python's ipaddress from 3.12.4 on; 3.11's counts it global), whatever IPv4 address it carries
+NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291), still routed by some tunnels
 
 
 def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """What makes an address unfit for a webhook (None: a public address). An IPv6 address that carries an
-    IPv4 one (mapped, compatible, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches."""
+    IPv4 one (mapped, translated, compatible, NAT64 on the well-known prefix, 6to4, Teredo) is judged by the
+    IPv4 address it reaches; the local-use NAT64 prefix and site-local addresses are never public."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and (ip in NAT64 or (ip in IPV4_COMPATIBLE and int(ip) > 1)):  # not :: nor ::1
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is None and (ip in NAT64 or ip in IPV4_TRANSLATED or (ip in IPV4_COMPATIBLE and int(ip) > 1)):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # (IPv4-compatible: not :: nor ::1)
         if embedded is not None:
             return address_kind(embedded)
+        if ip in NAT64_LOCAL_USE:
+            return "private"
+        if ip.is_site_local:  # fec0::/10: deprecated, yet Python counts it global
+            return "site-local"
     for kind, test in (
         ("cloud-metadata", lambda: ip in CLOUD_METADATA),
         ("loopback", lambda: ip.is_loopback),

@@ -172,6 +172,9 @@ def test_multipart_requests_take_webhook_fields(make_client):
         ("http://224.0.0.251/", "multicast"),
         ("http://100.100.100.200/", "non-public"),
         ("http://0.0.0.0/", "unspecified"),
+        ("http://[64:ff9b:1::7f00:1]/", "private"),  # the local-use NAT64 prefix, here carrying 127.0.0.1
+        ("http://[::ffff:0:a9fe:a9fe]/", "cloud-metadata"),  # IPv4-translated (SIIT) 169.254.169.254
+        ("http://[fec0::1]/", "site-local"),
     ],
 )
 def test_webhooks_to_internal_addresses_are_refused_at_submit(make_client, url, kind):
@@ -275,9 +278,16 @@ def test_ipv6_addresses_that_carry_an_internal_ipv4_address_are_refused():
         ("::a9fe:a9fe", "cloud-metadata"),
         ("::1", "loopback"),
         ("::", "unspecified"),
+        ("::ffff:0:7f00:1", "loopback"),  # IPv4-translated (SIIT, RFC 2765) 127.0.0.1
+        # RFC 8215's local-use NAT64 prefix reaches whatever its network's translator does: never public
+        ("64:ff9b:1::7f00:1", "private"),
+        ("64:ff9b:1::808:808", "private"),
+        ("64:ff9b:1:ffff::a9fe:a9fe", "private"),
+        ("fec0::1", "site-local"),  # deprecated site-local, which Python 3.11 counts global
     ]:
         assert address_kind(ipaddress.ip_address(address)) == kind, address
-    assert address_kind(ipaddress.ip_address("2606:4700:4700::1111")) is None
+    for public in ("2606:4700:4700::1111", "64:ff9b::808:808", "::ffff:0:808:808", "::ffff:8.8.8.8"):
+        assert address_kind(ipaddress.ip_address(public)) is None, public
 
 
 def fake_dns(monkeypatch, names: dict[str, str | list[str]]) -> list[str]:
