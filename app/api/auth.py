@@ -32,7 +32,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from app.api.errors import ApiError
+from app.api.errors import ApiError, single_header
 from app.jobs import DEFAULT_PRIORITY, PRIORITY_LEVEL, Priority
 from app.metrics import QUOTA_REFUSALS
 from app.settings import Settings
@@ -198,8 +198,9 @@ class Gate:
         if self.keys is None:
             return None
         self.reload()
-        presented = request.headers.get("x-api-key", "").strip() or None  # an empty header is no key
-        authorization = request.headers.get("authorization", "")
+        # given twice (a proxy adding its own), which key is meant and billed is not guessed: 400
+        presented = (single_header(request, "X-API-Key") or "").strip() or None  # an empty header is no key
+        authorization = single_header(request, "Authorization") or ""
         if presented is None and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()
         if not presented:

@@ -70,6 +70,19 @@ def test_x_api_key_wins_over_a_bearer_key_a_proxy_may_add(keyed):
     assert r.status_code == 403 and "'bob'" in r.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize("name", ["Authorization", "X-API-Key"])
+def test_a_key_header_given_twice_is_400_whichever_order(keyed, name):
+    # a proxy that adds its own header beside the client's: which key is meant, and billed, is not guessed
+    value = {"Authorization": "Bearer {}", "X-API-Key": "{}"}[name]
+    body = {"model": "tiny-gen", "class_label": 0, "steps": 2}
+    for keys in (["nope", "key-alice"], ["key-alice", "nope"], ["key-alice", "key-alice"]):
+        r = keyed.post("/v1/generate", json=body, headers=[(name, value.format(k)) for k in keys])
+        assert r.status_code == 400, (keys, r.text)
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["header", name.lower()] and error["type"] == "duplicate_header"
+    assert keyed.post("/v1/generate", json=body, headers=[(name, value.format("key-alice"))]).status_code == 200
+
+
 @pytest.mark.parametrize("body", [b"{bad", b'{"seed": "\xff"}', b"[" * 100_000], ids=["syntax", "not-utf8", "too-deep"])
 def test_a_body_that_is_not_json_gets_the_key_checks_answer_first(keyed, body):
     bad = {"content-type": "application/json"}
