@@ -80,6 +80,11 @@ def serve(argv: list[str] | None = None) -> None:
 
     background.hold_sighup()  # a SIGHUP while the models load does not end the process
     background.exit_on_stop_while_starting()  # uvicorn installs its own handlers once it serves
+    if settings.metrics_require_key and settings.api_keys_file is None:  # no key could be shown: /metrics open
+        _refuse(
+            "diffusion-serve",
+            "DIFFUSION_METRICS_REQUIRE_KEY needs DIFFUSION_API_KEYS_FILE: without keys, /metrics would be open",
+        )
     if settings.api_keys_file is not None:  # before the models load: a bad keys file is found at once
         from app.api.auth import load_keys
 

@@ -200,6 +200,8 @@ def test_the_cli_exits_with_a_message_on_an_empty_store(tmp_path):
         (["serve"], {"DIFFUSION_LEASE_S": "900"}, "diffusion-serve: worker_forget_s must be longer than lease_s"),
         (["worker"], {"DIFFUSION_WEBHOOK_SECRET": "whsec_c2hvcnQtc2VjcmV0"}, "diffusion-worker: webhook_secret must"),
         (["serve"], {"DIFFUSION_API_KEYS_FILE": "/nonexistent/keys.json"}, "diffusion-serve: DIFFUSION_API_KEYS_FILE"),
+        # /metrics was served open, without a word, to an operator who asked for a key there
+        (["serve"], {"DIFFUSION_METRICS_REQUIRE_KEY": "true"}, "diffusion-serve: DIFFUSION_METRICS_REQUIRE_KEY needs"),
         # a traceback and exit 1 after the model scan, which crash-looped a worker on a node without a GPU
         (["worker"], {"DIFFUSION_DEVICE": "cuda"}, "diffusion-worker: DIFFUSION_DEVICE=cuda but no CUDA device"),
         (["serve"], {"DIFFUSION_DEVICE": "cuda"}, "diffusion-serve: DIFFUSION_DEVICE=cuda but no CUDA device"),
