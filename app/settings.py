@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(
         10.0, gt=0, description="first webhook retry after this; each later one waits 3 times longer"
     )
+    webhook_max_pending_mb: float = Field(
+        64.0,
+        gt=0,
+        description="in-process: megabytes of images undelivered webhook messages hold at most; a message past "
+        "it carries its images' URLs without their data",
+    )
     max_finished_jobs: int = Field(
         1000, ge=1, description="in-process: finished jobs kept at most (the oldest are forgotten first)"
     )

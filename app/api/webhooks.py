@@ -78,6 +78,14 @@ def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | Non
     return None
 
 
+def message_body(delivery: Delivery) -> str:
+    """The JSON a delivery sends: its job as GET /v1/jobs/{id} answers; where the outbox left the images' data
+    out, each image's ``data`` is null and its ``url`` gives it (while the job is kept)."""
+    record = JobRecord.model_validate_json(delivery.record)
+    job = JobOut.model_validate(job_body(record, include_data=delivery.images_inline))
+    return json.dumps(job.model_dump(mode="json"), separators=(",", ":"))
+
+
 class Refused(Exception):
     """A webhook URL that may not receive deliveries, with the reason."""
 
@@ -353,8 +361,12 @@ class Dispatcher:
             return str(exc)
         except Refused as exc:
             return f"refused: {exc}"
-        job = JobOut.model_validate(job_body(JobRecord.model_validate_json(delivery.record)))  # as GET answers
-        body = json.dumps(job.model_dump(mode="json"), separators=(",", ":"))
+        # a large record is read and written off the event loop (a 16 MP result: 0.4 s at each attempt)
+        body = (
+            await asyncio.to_thread(message_body, delivery)
+            if len(delivery.record) > 1 << 16
+            else message_body(delivery)
+        )
         now = datetime.now(timezone.utc)
         headers = {
             **target.headers,

@@ -40,7 +40,7 @@ class MemoryJobQueue:
         self._watchers = Watchers()
         self._idempotency: dict[str, tuple[str, str]] = {}  # key -> (job ID, request fingerprint)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.outbox = MemoryOutbox()  # webhook deliveries: as durable as this process
+        self.outbox = MemoryOutbox(settings.webhook_max_pending_mb * 1e6)  # as durable as this process
         self.durable = False
         self._janitor_task: asyncio.Task | None = None
         self._closing = False
@@ -73,7 +73,9 @@ class MemoryJobQueue:
         record = self._records.get(event.job_id)
         before = record.status if record is not None else None
         if record is not None and apply_event(record, event):
-            for delivery in deliveries_for(record, before):
+            # base64 takes 4 bytes for 3: a record's images past the outbox's room are sent by URL
+            room = self.outbox.has_room(4 * _result_bytes(record) // 3)
+            for delivery in deliveries_for(record, before, images=room):
                 self.outbox.add(delivery)
             if record.status.finished:
                 job_finished(record)

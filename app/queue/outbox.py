@@ -22,6 +22,7 @@ class Delivery:
     event: str
     record: str  # the job record's JSON at the moment of the event
     attempts: int = 0
+    images_inline: bool = True  # False: the record's images were left out (their data), sent by URL only
 
     @classmethod
     def message_id(cls, job_id: str, event: str) -> str:
@@ -32,14 +33,18 @@ class Delivery:
         return self.id.split("_")[1]
 
 
-def deliveries_for(record: JobRecord, before) -> list[Delivery]:
-    """The deliveries a record's change from status ``before`` fires, for the events its webhook asked for."""
-    if record.webhook is None:
+def deliveries_for(record: JobRecord, before, *, images: bool = True) -> list[Delivery]:
+    """The deliveries a record's change from status ``before`` fires, for the events its webhook asked for;
+    without ``images`` their records leave the images' data out (the body then gives each image's URL only)."""
+    events = [e for e in webhook_events(before, record) if e in record.webhook.events] if record.webhook else []
+    if not events:
         return []
+    if not images and record.result is not None:
+        kept = [image.model_copy(update={"data": b""}) for image in record.result.images]
+        record = record.model_copy(update={"result": record.result.model_copy(update={"images": kept})})
+    source = record.model_dump_json()
     return [
-        Delivery(Delivery.message_id(record.id, event), record.webhook.url, event, record.model_dump_json())
-        for event in webhook_events(before, record)
-        if event in record.webhook.events
+        Delivery(Delivery.message_id(record.id, e), record.webhook.url, e, source, images_inline=images) for e in events
     ]
 
 
@@ -55,13 +60,27 @@ class Outbox(Protocol):
 
 
 class MemoryOutbox:
-    """The in-process backend's outbox: deliveries live as long as the process does."""
+    """The in-process backend's outbox: deliveries live as long as the process does. Their records' JSON
+    counts against ``max_bytes``: a receiver that fails for its 20 minutes of retries, or never answers,
+    would otherwise hold a copy of every result sent to it, beyond the caps on finished jobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: float = float("inf")) -> None:
         self._due: dict[str, tuple[float, Delivery]] = {}
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+
+    def has_room(self, size: int) -> bool:
+        """Whether a record of ``size`` bytes of JSON may be added whole."""
+        return self.held_bytes + size <= self.max_bytes
 
     def add(self, delivery: Delivery) -> None:
+        self._forget(delivery.id)
         self._due[delivery.id] = (time.time(), delivery)
+        self.held_bytes += len(delivery.record)
+
+    def _forget(self, delivery_id: str) -> None:
+        if (kept := self._due.pop(delivery_id, None)) is not None:
+            self.held_bytes -= len(kept[1].record)
 
     def __len__(self) -> int:
         return len(self._due)
@@ -75,7 +94,7 @@ class MemoryOutbox:
         return claimed
 
     async def finish(self, delivery: Delivery) -> None:
-        self._due.pop(delivery.id, None)
+        self._forget(delivery.id)
 
     async def retry(self, delivery: Delivery, delay_s: float) -> None:
         self._due[delivery.id] = (time.time() + delay_s, delivery)

@@ -135,6 +135,46 @@ def test_a_delivery_is_given_up_after_its_attempts_and_redirects_are_not_followe
     assert "user" not in given_up and "s3cret" not in given_up and "t0ken" not in given_up
 
 
+def test_undelivered_messages_hold_images_up_to_their_cap_and_past_it_send_them_by_url(make_client):
+    # a receiver failing for its 20 minutes of retries held a copy of every result sent to it, past the caps
+    # on finished jobs (255 MB in 11 s of 16 MP noise jobs): now the images past the cap go by URL only
+    body = {"class_label": 1, "steps": 2, "seed": 4}
+    probe = make_client()
+    image = base64.b64decode(probe.post("/v1/generate", json=body).json()["images"][0]["data"])
+    room_mb = (4 * len(image) // 3) / 1e6  # one such image's base64, and no more
+    client = hooked(make_client, webhook_backoff_s=60.0, webhook_max_pending_mb=room_mb)
+    with WebhookReceiver(statuses=(500, 200)) as receiver:
+        first = client.post("/v1/generate", json={**body, "webhook": receiver.url}, headers=ASYNC).json()["job_id"]
+        receiver.wait_for(1)  # refused: due again in a minute, its message held meanwhile
+        second = client.post("/v1/generate", json={**body, "webhook": receiver.url}, headers=ASYNC).json()["job_id"]
+        got = receiver.wait_for(2)
+    held, by_url = (verified(r) for r in got)
+    assert held["job_id"] == first and base64.b64decode(held["images"][0]["data"]) == image
+    assert by_url["job_id"] == second and by_url["status"] == "succeeded"
+    (sent,) = by_url["images"]
+    assert sent["data"] is None and sent["url"] == f"/v1/jobs/{second}/images/0"
+    assert client.get(sent["url"]).content == image  # where the receiver finds it while the job is kept
+    assert {k: v for k, v in by_url.items() if k != "images"} == {
+        k: v for k, v in client.get(f"/v1/jobs/{second}").json().items() if k != "images"
+    }
+
+
+def test_the_outbox_counts_what_its_messages_hold_and_frees_it_when_each_is_done():
+    from app.queue.outbox import Delivery, MemoryOutbox
+
+    outbox = MemoryOutbox(max_bytes=100)
+    assert outbox.has_room(100) and not outbox.has_room(101)
+    outbox.add(Delivery("msg_a_completed", "http://x/", "completed", "r" * 60))
+    assert outbox.held_bytes == 60 and outbox.has_room(40) and not outbox.has_room(41)
+    outbox.add(Delivery("msg_a_completed", "http://x/", "completed", "r" * 70))  # the same message again
+    assert outbox.held_bytes == 70
+    (claimed,) = asyncio.run(outbox.claim(lease_s=10, limit=5))
+    asyncio.run(outbox.retry(claimed, 5))
+    assert outbox.held_bytes == 70  # held while it waits for its next attempt
+    asyncio.run(outbox.finish(claimed))
+    assert outbox.held_bytes == 0 and len(outbox) == 0 and outbox.has_room(100)
+
+
 def test_a_receiver_that_does_not_answer_in_time_is_retried(make_client):
     client = hooked(make_client, webhook_timeout_s=0.3)
     with WebhookReceiver(delay_s=1.0) as receiver:
