@@ -2,6 +2,8 @@
 
     python bench/bench_fairness.py                 # the shipped models: digits (generate) and photos (denoise)
     python bench/bench_fairness.py --side 2000     # a smaller denoise, for a quick look
+    DIFFUSION_DTYPE=float32 python bench/bench_fairness.py --side 256 --mode sample --samples 2 --uploads 0
+        # two 256x256 tiles that stay for a whole chain: the pixel cap of a pass, full for all its steps
 
 1. solo: a 20-step digits generate (sync) on an idle server, five times; the median.
 2. under load: a ``side`` x ``side`` RGB photo (16 Mpx at the default 4000) sent to /v1/denoise async, then,
@@ -91,6 +93,10 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=4000)
     parser.add_argument("--probes", type=int, default=5)
     parser.add_argument("--uploads", type=int, default=8, help="big uploads sent at once in the memory phase")
+    parser.add_argument(
+        "--mode", default="mmse", help="the denoise's mode: sample keeps its tiles running for a whole chain"
+    )
+    parser.add_argument("--samples", type=int, default=1, help="the denoise's samples (mode sample)")
     args = parser.parse_args()
     image = big_photo(args.side)
     print(
@@ -107,7 +113,7 @@ def main() -> None:
             r = http.post(
                 server.url + "/v1/denoise",
                 files={"file": ("big.jpg", image, "image/jpeg")},
-                data={"sigma": "25", "model": "photos"},
+                data={"sigma": "25", "model": "photos", "mode": args.mode, "samples": str(args.samples)},
                 headers={"Prefer": "respond-async"},
             )
             r.raise_for_status()
@@ -133,7 +139,8 @@ def main() -> None:
                 f"20-step generate while the denoise runs ({len(loaded)} sent): first {loaded[0]:.3f} s, "
                 f"median {under:.3f} s, max {max(loaded):.3f} s; median {under / solo:.1f}x solo"
             )
-            memory_phase(http, server, image, args.uploads)
+            if args.uploads:
+                memory_phase(http, server, image, args.uploads)
     finally:
         server.close()
 

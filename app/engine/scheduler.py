@@ -1,11 +1,15 @@
 """Continuous-batching scheduler: decides which rows run in the next forward pass. Never touches tensors.
 
-1. Admission. Waiting rows join the running set while it has room, in rows (``max_batch``; a guided row
-   costs two network rows: conditional and null label) and in pixels (``max_pixels``, the rows' image
-   area: a 256x256 tile weighs as much as 84 28x28 digits). The next row comes from the waiting job of
-   the highest priority (low, normal, high; a job that has had no row admitted for ``aging_s`` rises a
-   level per ``aging_s``, so no priority starves), then with the fewest rows running, the earliest on a
-   tie: a job of 300 tiles cannot hold the door shut on a job of one image that arrived after it.
+1. Admission. Waiting rows join the running set while their group (below) has room for its next pass, in
+   rows (``max_batch``; a guided row costs two network rows: conditional and null label) and in pixels
+   (``max_pixels``, the rows' image area: a 256x256 tile weighs as much as 84 28x28 digits), and while
+   the running set as a whole holds at most ``RUNNING_PASSES`` such passes (it holds the rows' tensors).
+   A full group does not hold the door shut on the others: two tiles sampling a 30-step chain fill their
+   group's pass for all its steps, and a digits row still joins beside them. The next row comes from the
+   waiting job of the highest priority (low, normal, high; a job that has had no row admitted for
+   ``aging_s`` rises a level per ``aging_s``, so no priority starves), then with the fewest rows running,
+   the earliest on a tie: a job of 300 tiles cannot hold the door shut on a job of one image that arrived
+   after it.
 2. The pass. Only rows of one group (same model, same image shape) can share a forward pass. Groups with
    running rows share the device by time (start-time fair queuing): the group that has had the least
    pass time runs next, ties in turn. A 20-step generate next to a huge denoise gets about half the
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from typing import Hashable
 
 from app.jobs import PRIORITY_AGING_S, aged_level
+
+RUNNING_PASSES = 8  # the running set holds at most this many passes' worth of rows, across its groups
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Scheduler:
         self._running_per_job: dict[str, int] = {}
         self.running_cost = 0  # network rows running, kept as rows come and go
         self.running_pixels = 0
+        self._group_load: dict[Hashable, tuple[int, int]] = {}  # group -> (network rows, pixels) running
         self._arrived: dict[str, float] = {}  # job -> since when it has waited without a row admitted (aging)
         self.aging_s, self.clock = aging_s, clock
         self._served: dict[Hashable, float] = {}  # group -> pass seconds, for the groups with running rows
@@ -75,16 +82,24 @@ class Scheduler:
         self._arrived.pop(job_id, None)
         return dropped
 
-    def _fits(self, ticket: Ticket, cost: int, pixels: int) -> bool:
+    def _within(self, cost: int, pixels: int, passes: int = 1) -> bool:
+        return cost <= passes * self.max_batch and (self.max_pixels is None or pixels <= passes * self.max_pixels)
+
+    def _fits(self, ticket: Ticket) -> str | None:
+        """None if the row may join now; "group" if its group's next pass is full (rows of other groups may
+        join); "full" if the running set is (none may: a smaller row does not overtake it)."""
         if not self._running:
-            return True  # a row larger than the caps still runs, alone
-        if cost + ticket.cost > self.max_batch:
-            return False
-        return self.max_pixels is None or pixels + ticket.pixels <= self.max_pixels
+            return None  # a row larger than the caps still runs, alone
+        if not self._within(self.running_cost + ticket.cost, self.running_pixels + ticket.pixels, RUNNING_PASSES):
+            return "full"
+        cost, pixels = self._group_load.get(ticket.group, (0, 0))
+        if cost and not self._within(cost + ticket.cost, pixels + ticket.pixels):
+            return "group"  # (a group's first row larger than a pass still runs, alone in its passes)
+        return None
 
     def _admit(self) -> list[Ticket]:
         admitted = []
-        cost, pixels = self.running_cost, self.running_pixels
+        full: set[Hashable] = set()  # groups whose next pass is full
         now = self.clock()
 
         def rank(job: str) -> tuple[int, int]:
@@ -94,12 +109,16 @@ class Scheduler:
             level = aged_level(self._waiting[job][0].priority, now - self._arrived[job], self.aging_s)
             return -level, self._running_per_job.get(job, 0)
 
-        while self._waiting:
-            job_id = min(self._waiting, key=rank)
+        while candidates := [job for job, rows in self._waiting.items() if rows[0].group not in full]:
+            job_id = min(candidates, key=rank)
             rows = self._waiting[job_id]
             ticket = rows[0]
-            if not self._fits(ticket, cost, pixels):
+            refused = self._fits(ticket)
+            if refused == "full":
                 break
+            if refused == "group":
+                full.add(ticket.group)
+                continue
             rows.popleft()
             if not rows:
                 del self._waiting[job_id]
@@ -107,15 +126,23 @@ class Scheduler:
             self._running_per_job[job_id] = self._running_per_job.get(job_id, 0) + 1
             self._arrived[job_id] = now  # served: its wait starts again
             admitted.append(ticket)
-            cost, pixels = cost + ticket.cost, pixels + ticket.pixels
-        self.running_cost, self.running_pixels = cost, pixels
+            self._charge(ticket, 1)
         return admitted
+
+    def _charge(self, ticket: Ticket, sign: int) -> None:
+        self.running_cost += sign * ticket.cost
+        self.running_pixels += sign * ticket.pixels
+        cost, pixels = self._group_load.get(ticket.group, (0, 0))
+        cost, pixels = cost + sign * ticket.cost, pixels + sign * ticket.pixels
+        if cost or pixels:
+            self._group_load[ticket.group] = (cost, pixels)
+        else:
+            self._group_load.pop(ticket.group, None)
 
     def _retire(self, row_id: int) -> Ticket | None:
         ticket = self._running.pop(row_id, None)
         if ticket is not None:
-            self.running_cost -= ticket.cost
-            self.running_pixels -= ticket.pixels
+            self._charge(ticket, -1)
         return ticket
 
     def _pick_group(self) -> Hashable:

@@ -134,3 +134,30 @@ def test_a_starved_low_priority_job_ages_up_and_runs():
         s.update([batch[0].row_id])
         now[0] += 6
     assert "low" in order and order[0] != "low"  # not first, but not starved either
+
+
+def test_a_group_whose_pass_is_full_does_not_hold_back_rows_of_other_groups():
+    # two 256² tiles sampling a whole chain filled the pixel cap of every pass: a digits row waited for them
+    s = Scheduler(max_batch=64, max_pixels=2 * 256 * 256)
+    s.add([Ticket(i, "denoise", "tiles", pixels=256 * 256) for i in range(4)])
+    batch, _ = s.schedule()
+    assert [t.row_id for t in batch] == [0, 1]  # its group's pass is full
+    s.add([Ticket(100, "digits", "digits", pixels=28 * 28)])
+    _, admitted = s.schedule()
+    assert [t.row_id for t in admitted] == [100]
+    passes = [s.schedule()[0] for _ in range(2)]
+    assert {t.group for t in passes[0]} != {t.group for t in passes[1]}  # the groups take turns
+    assert all(len(p) == 2 for p in passes if p[0].group == "tiles")  # a pass still within the cap
+
+
+def test_the_running_set_holds_at_most_a_few_passes_worth_of_rows_across_groups():
+    from app.engine.scheduler import RUNNING_PASSES
+
+    s = Scheduler(max_batch=1)
+    s.add([Ticket(i, f"job{i}", f"shape{i}") for i in range(RUNNING_PASSES + 2)])
+    _, admitted = s.schedule()
+    assert len(admitted) == RUNNING_PASSES  # one row per group, each its own pass, up to the bound
+    s.add([Ticket(99, "late-high", "shape99", priority=2)])
+    s.update([0])
+    _, admitted = s.schedule()
+    assert [t.job_id for t in admitted] == ["late-high"]  # a place freed goes by priority
