@@ -308,12 +308,25 @@ class Engine:
             log.error("reloading the model store failed:\n%s", traceback.format_exc())
             message.done.set_exception(exc)
             return
+        self._replan_unstarted()
         try:
             self._preload()  # before the answer: a model that fails to load is refused from then on, with why
         except Exception:  # a bug (a model's own failure is marked on it): they load on first use instead
             log.error("loading the models after a reload failed:\n%s", traceback.format_exc())
         self._jobs_ended = True  # waiting jobs are retried: their model may have come, gone or changed
         message.done.set_result(self.entries)
+
+    def _replan_unstarted(self) -> None:
+        """After a reload, the jobs accepted but not started (no row admitted yet) whose rows were planned on
+        a model that left the store fail as not served; those planned on weights whose folder changed are
+        planned again on the new files (they may wait for the old weights' running jobs to end)."""
+        for job in [j for j in self._jobs.values() if not j.started and j.plan.rows]:
+            entry = self.entries.get(job.spec.model)
+            if entry is not None and entry.ready and job.plan.rows[0].model.entry is entry:
+                continue  # planned on the weights served now
+            self._drop(job.id)
+            self._accept(job.id, job.spec)  # fails it as not served, or plans it on what is served now
+        self.pool.drop_stale(busy=self._busy_models())  # a changed model only unstarted jobs held
 
     def _accept_all(self, arrivals: list[Submit]) -> None:
         by_model: dict[str, list] = {}

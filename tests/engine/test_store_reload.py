@@ -115,6 +115,51 @@ def test_a_changed_model_finishes_its_running_job_on_the_old_weights_then_runs_t
         h.close()
 
 
+def test_a_job_not_started_when_its_model_is_removed_fails_as_not_served(tmp_path):
+    store = tmp_path / "store"
+    write_generator(store / "gen-a")
+    h = EngineHarness(store, max_batch=1)  # the second job waits for the first one's place
+    try:
+        h.submit("long", spec("gen-a", steps=60, seed=1))
+        h.wait_for_step("long", 2)
+        h.submit("queued", spec("gen-a", seed=5))
+        shutil.rmtree(store / "gen-a")
+        reload(h, store)
+        queued = h.outcome("queued")
+        assert queued.type == "failed" and "not served" in queued.error  # it had run on the removed model
+        assert "started" not in [e.type for e in h.events["queued"]]
+        assert h.outcome("long").type == "succeeded"  # begun: it finishes on the weights it began with
+        assert "gen-a" not in h.engine.models
+    finally:
+        h.close()
+
+
+def test_a_job_not_started_when_its_model_changes_runs_on_the_new_files(tmp_path):
+    store, new = tmp_path / "store", tmp_path / "new"
+    write_generator(store / "gen-a")
+    write_other_weights(new / "gen-a")
+    after = EngineHarness(new)
+    try:
+        after.submit("queued", spec("gen-a", seed=5))
+        new_queued = pixels(after.outcome("queued"))
+    finally:
+        after.close()
+    h = EngineHarness(store, max_batch=1)
+    try:
+        h.submit("long", spec("gen-a", steps=60, seed=1))
+        h.wait_for_step("long", 2)
+        h.submit("queued", spec("gen-a", seed=5))  # planned on the old weights, waiting for a place
+        shutil.rmtree(store / "gen-a")
+        shutil.copytree(new / "gen-a", store / "gen-a")
+        served = reload(h, store)
+        queued = h.outcome("queued")
+        assert queued.type == "succeeded" and np.array_equal(pixels(queued), new_queued)  # it ran on the old ones
+        assert h.outcome("long").type == "succeeded"
+        assert h.engine.pool.loaded["gen-a"].entry is served["gen-a"] and h.engine.pool.stale == set()
+    finally:
+        h.close()
+
+
 def test_models_added_or_changed_are_loaded_by_the_reload_or_when_the_old_weights_last_job_ends(tmp_path):
     """As at start (DIFFUSION_PRELOAD, by default every served model that fits), so the first job after a
     reload does not wait for its model to load."""
