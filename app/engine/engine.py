@@ -188,12 +188,16 @@ class Engine:
 
         A waiting job's turn must come: new jobs of its priority or lower for the models it waits on (busy, or
         idle but in the way) queue behind it, so those models drain and go idle (else a steady stream for a
-        loaded model would keep another out forever). A job of higher priority is not held behind it; priorities
-        age while jobs wait, as in the scheduler."""
+        loaded model would keep another out forever), and so do such jobs for a model not in memory, whose
+        load would take the room it waits for (else a stream cycling through other models would unload what
+        it counted on, pass after pass). A job of higher priority is not held behind it; priorities age while
+        jobs wait, as in the scheduler."""
         now = time.monotonic()
         since = now if waiting_since is None else waiting_since
         level = self._level(spec, now - since)
         held = self._draining.get(spec.model, -1) >= level
+        if not held and spec.model not in self.pool.loaded and self._deferred:
+            held = max(self._level(m.spec, now - m.waiting_since) for m in self._deferred) >= level
         busy = self._busy_models()
         model = None if held else self.pool.get(spec.model, busy=busy)
         if model is None:

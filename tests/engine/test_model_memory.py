@@ -344,3 +344,28 @@ def test_a_waiting_job_that_fails_when_retried_says_so_at_once(tmp_path):
         assert outcome.type == "failed" and "does not match the card" in outcome.error
     finally:
         h.close()
+
+
+def test_a_job_waiting_for_room_is_not_starved_by_jobs_for_models_not_in_memory(tmp_path):
+    """z needs the busy x and the idle y gone. Jobs of its priority or lower for a model not in memory (w)
+    were not held: each load of one unloaded what z counted on, and a stream cycling x, w, y kept z waiting
+    for as long as it lasted (a review: 9 of 9 low jobs sent after a high z started before it)."""
+    for name in ("gen-x", "gen-y", "gen-w"):
+        write_generator(tmp_path / name)
+    write_generator(tmp_path / "gen-z", classes=2000)  # more weights: fits only alone
+    sizes = {name: e.weights_bytes for name, e in scan_store(tmp_path).items()}
+    h = EngineHarness(tmp_path, model_memory_gb=sizes["gen-z"] / GB, preload="gen-x,gen-y")
+    try:
+        h.submit("j0", spec("gen-x", steps=60))
+        h.wait_for_step("j0", 2)
+        h.submit("z", spec("gen-z").model_copy(update={"priority": "high"}))
+        later = []
+        for k, model in enumerate(["gen-w", "gen-y", "gen-x", "gen-w", "gen-y"], start=1):
+            h.wait_for_step(later[-1] if later else "j0", 20)
+            later.append(f"j{k}")
+            h.submit(later[-1], spec(model, steps=60, seed=k).model_copy(update={"priority": "low"}))
+        assert h.outcome("z").type == "succeeded"
+        assert all(h.outcome(job).type == "succeeded" for job in later)
+        assert all(event_at(h, job, "started") > event_at(h, "z", "started") for job in later)
+    finally:
+        h.close()
