@@ -401,6 +401,28 @@ def test_img2img_on_a_pixel_model_stays_near_the_image_at_low_strength(client):
     assert np.abs(low - image).mean() < 25
 
 
+def test_img2img_on_a_model_with_alpha_keeps_the_colours_and_starts_opaque(make_client, tmp_path):
+    # an RGB upload to an RGBA model was averaged to one grey channel that broadcast over all four: the red
+    # came back grey and a third transparent; a grey upload to a grey-and-alpha model lost its alpha the same way
+    from tests.tiny_models import write_bare
+
+    write_bare(tmp_path / "rgba", channels=4)
+    write_bare(tmp_path / "la", channels=2)
+    client = make_client(store=tmp_path)
+    red = np.tile(np.array([230, 20, 20], dtype=np.uint8), (16, 16, 1))
+    data = {"strength": "0.02", "steps": "50", "sampler": "ddim", "seed": "1"}
+    for model, upload, expected in (("rgba", red, [230, 20, 20, 255]), ("la", red[..., 0], [230, 255])):
+        r = client.post(
+            "/v1/img2img",
+            files={"file": ("p.png", upload_png(upload), "image/png")},
+            data={**data, "model": model},
+            headers={"Accept": "image/png"},
+        )
+        assert r.status_code == 200, r.text
+        means = png(r).reshape(16 * 16, -1).mean(axis=0)
+        assert np.abs(means - expected).max() < 6, (model, means)
+
+
 def test_img2img_reports_what_it_changed_in_the_upload_and_the_steps_it_ran(client):
     """As a denoise does: an upload's alpha dropped is said in ``info``, with the int(steps x strength) steps run."""
     rgba = np.dstack([a_photo(16, 24), np.full((16, 24), 128, dtype=np.uint8)])

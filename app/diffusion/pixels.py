@@ -35,6 +35,16 @@ def image_to_unit(pixels: np.ndarray) -> torch.Tensor:
     return from_uint8(np.array(pixels)).permute(2, 0, 1)
 
 
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """An upload's [1 or 3, H, W] in [-1, 1] as a model of ``channels`` reads it: grey replicated for a colour
+    model, colour averaged for a grey one, and an opaque alpha (1) after them for a model with alpha (2 or 4
+    channels: an upload's own alpha is dropped when it is decoded, and its info says so)."""
+    colour = channels - 1 if channels in (2, 4) else channels
+    if x.shape[0] != colour:
+        x = x.expand(colour, -1, -1) if x.shape[0] == 1 else x.mean(0, keepdim=True)
+    return torch.cat([x, torch.ones_like(x[:1])]) if colour != channels else x
+
+
 def unit_to_image(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """[C, H, W] in [-1, 1] to an image's uint8 [H, W, C] pixels."""
     return to_uint8(torch.as_tensor(x).cpu()).permute(1, 2, 0).numpy()

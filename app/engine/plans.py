@@ -24,7 +24,14 @@ import torch
 from app.diffusion.forward import add_gaussian_noise, q_sample
 from app.diffusion.layout import DenoiseLayout
 from app.diffusion.noise_level import estimate_sigma
-from app.diffusion.pixels import apply_transform, image_to_unit, invert_transform, sigma_255_to_unit, unit_to_image
+from app.diffusion.pixels import (
+    apply_transform,
+    image_to_unit,
+    invert_transform,
+    sigma_255_to_unit,
+    to_channels,
+    unit_to_image,
+)
 from app.diffusion.samplers import Step, get_sampler
 from app.diffusion.schedule import NoiseSchedule, restoration_plan
 from app.diffusion.tiling import Box, Canvas, pad_to_multiple
@@ -115,10 +122,7 @@ class _from_image:
     """
 
     def __init__(self, spec: Img2ImgSpec, model: LoadedModel, ab: float, noise_scale: float) -> None:
-        pixels = image_to_unit(image_pixels(spec.image))
-        channels = model.entry.channels
-        if pixels.shape[0] != channels:  # grey for an RGB model: replicated; RGB for a grey model: averaged
-            pixels = pixels.expand(channels, -1, -1) if pixels.shape[0] == 1 else pixels.mean(0, keepdim=True)
+        pixels = to_channels(image_to_unit(image_pixels(spec.image)), model.entry.channels)
         self.pixels, self.model, self.ab, self.noise_scale = pixels[None].contiguous(), model, ab, noise_scale
         factor = model.entry.latent_factor
         self.latent_shape = (model.entry.latent_channels, spec.image.height // factor, spec.image.width // factor)
@@ -261,8 +265,7 @@ def _tile_start(padded: np.ndarray, layout: DenoiseLayout, key: tuple[int, int, 
         y, x, h, w = layout.boxes[box]
         part = image_to_unit(padded[y : y + h, x : x + w])
         part = part if layout.planes[plane] is None else part[layout.planes[plane]]
-        if part.shape[0] != channels:
-            part = part.expand(channels, -1, -1)  # grey image, RGB model
+        part = to_channels(part, channels)  # grey image, RGB model: replicated
         return (scale * apply_transform(part, layout.views[view]))[None]
 
     return start
