@@ -389,6 +389,8 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
         raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
     check_pixels(image.area, settings, ["body", "file"])
     defaults = entry.defaults
+    if options.mode == "sample":
+        check_sample_mode(or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta), options)
     spec = DenoiseSpec(
         model=entry.name,
         image=image,
@@ -411,6 +413,29 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
     )
     check_cost(layout.megapixel_steps(spec.total_steps), settings, "tiles x views x steps")
     return spec
+
+
+def check_sample_mode(sampler: str, eta: float, options: DenoiseParams) -> None:
+    """A denoise's chain starts at the image's own noise level: a sampler whose steps are spaced from pure
+    noise cannot walk it, and one that draws no noise on the way gives the same image for every seed."""
+    chosen = "" if options.sampler else " (the model card's default)"
+    if sampler == "dpmpp_2m_karras":
+        raise ApiError(
+            422,
+            ["body", "sampler"],
+            f"sampler 'dpmpp_2m_karras'{chosen} spaces its steps from pure noise (Karras sigmas); a denoise starts "
+            "at the image's noise level: use dpmpp_2m, the same solver on even steps",
+            type="unsupported",
+        )
+    if options.samples > 1 and not any(get_sampler(sampler).draws_noise(t, eta) for t in (1.0, 500.0)):
+        deterministic = f"sampler {sampler!r}{chosen}" + (" with eta 0" if sampler == "ddim" else "")
+        raise ApiError(
+            422,
+            ["body", "samples"],
+            f"{deterministic} draws no noise from the image on: each of {options.samples} samples would be the "
+            "same image; ask for samples 1, or a sampler that draws noise (ddpm, euler_a, ddim with eta > 0)",
+            type="conflict",
+        )
 
 
 # -- noise ---------------------------------------------------------------------------------------------

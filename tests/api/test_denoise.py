@@ -40,6 +40,31 @@ def test_denoise_sample_mode_walks_the_reverse_chain(client):
     assert r.json()["images"][0]["seed"] == 3
 
 
+def test_sample_mode_refuses_samplers_that_cannot_walk_from_the_images_noise_or_draw_no_noise(client):
+    # dpmpp_2m_karras ran as dpmpp_2m without a word, and samples 4 of a sampler that draws no noise were four
+    # identical images, averaged and priced as four
+    upload = {"file": ("p.png", png_bytes(photo()), "image/png")}
+    base = {"sigma": "30", "model": "tiny-rgb", "mode": "sample", "steps": "4", "seed": "1"}
+
+    def denoise(**fields):
+        return client.post("/v1/denoise", files=upload, data={**base, **fields})
+
+    r = denoise(sampler="dpmpp_2m_karras")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sampler"], r.text
+    assert "use dpmpp_2m" in r.json()["detail"][0]["msg"]
+    for fields in ({"sampler": "dpmpp_2m"}, {"sampler": "euler"}, {"sampler": "ddim", "eta": "0"}):
+        r = denoise(samples="4", **fields)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "samples"], (fields, r.text)
+        assert "same image" in r.json()["detail"][0]["msg"]
+        assert denoise(**fields).status_code == 200  # one deterministic sample is fine
+    for fields in ({"sampler": "ddpm"}, {"sampler": "euler_a"}, {"sampler": "ddim", "eta": "0.5"}):
+        one, two = denoise(**fields), denoise(samples="2", **fields)
+        assert one.status_code == two.status_code == 200, (fields, two.text)
+        assert not np.array_equal(
+            decode_b64(one.json()["images"][0]["data"]), decode_b64(two.json()["images"][0]["data"])
+        )
+
+
 def test_grey_input_stays_grey_and_alpha_is_dropped_and_said(client):
     grey = client.post(
         "/v1/denoise",
