@@ -33,6 +33,9 @@ def schedule_problem(config: dict[str, Any]) -> str | None:
         if not all(_beta(beta) for beta in trained):
             return "trained_betas must be numbers greater than 0 and less than 1"
         steps = len(trained)
+        declared = config.get("num_train_timesteps", 1000)  # diffusers' timesteps count on it (its default too)
+        if declared != steps:
+            return f"trained_betas has {steps} numbers, but num_train_timesteps is {declared!r}: they must agree"
     else:
         kind = config.get("beta_schedule", "linear")
         if kind not in BETA_SCHEDULES:

@@ -481,6 +481,12 @@ def _check(entry: ModelEntry) -> None:
                     f"the unet's {key} is {entry.denoiser_config.get(key)}, but {entry.channels}-channel images"
                     f"{fold} need {wanted}"
                 )
+        embed = entry.denoiser_config.get("class_embed_type")
+        if embed is not None:  # UNet2DModel embeds float labels with it, which no request gives: every job failed
+            raise ModelRefused(
+                f"unet has class_embed_type {embed!r}: the service conditions a pixel model on num_class_embeds "
+                "class labels only"
+            )
     if entry.card.null_class is not None and entry.card.null_class >= entry.num_classes:
         raise ModelRefused(f"null_class {entry.card.null_class} is not below num_class_embeds {entry.num_classes}")
     named = len(entry.card.class_names or [])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import os
 
 import pytest
@@ -300,6 +302,9 @@ def test_a_folder_name_that_is_not_utf8_is_listed_escaped_and_refused(tmp_path):
         ("scheduler", {"beta_start": float("nan")}, "beta_start must be a number"),
         ("scheduler", {"beta_end": "0.02"}, "beta_end must be a number"),
         ("scheduler", {"trained_betas": [0.001] * 9 + [float("inf")]}, "trained_betas must be numbers"),
+        # the schedule came from the list, the API's bounds from num_train_timesteps: 500s and other images
+        ("scheduler", {"trained_betas": [0.001] * 10, "num_train_timesteps": 1000}, "trained_betas has 10 numbers"),
+        ("scheduler", {"trained_betas": [0.001] * 1200}, "but num_train_timesteps is 1000"),
     ],
 )
 def test_sizes_and_schedules_the_model_cannot_serve_are_refused_at_scan_not_at_its_first_job(
@@ -321,6 +326,25 @@ def test_sizes_and_schedules_the_model_cannot_serve_are_refused_at_scan_not_at_i
         (folder / "model_card.json").write_text(json.dumps({"tasks": ["generate"]}))
         entry = scan_store(tmp_path)["m"]
         assert not entry.ready and reason in entry.error and entry.public()["card"]["image_size"] == [0, 0]
+
+
+@pytest.mark.parametrize("embed", ["timestep", "identity"])
+def test_a_pixel_unet_that_embeds_float_labels_is_refused_at_scan(tmp_path, embed):
+    # it was listed ready and unconditional, and every job failed inside diffusers asking for class labels
+    folder = write_bare(tmp_path / "m")
+    path = folder / "unet" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "class_embed_type": embed}))
+    entry = scan_store(tmp_path)["m"]
+    assert not entry.ready and f"class_embed_type {embed!r}" in entry.error, entry.error
+
+
+def test_trained_betas_as_many_as_the_train_timesteps_are_served_on_their_schedule(tmp_path):
+    folder = write_generator(tmp_path / "m")
+    path = folder / "scheduler" / "scheduler_config.json"
+    betas = [float(b) for b in np.linspace(0.0002, 0.03, 1000)]
+    path.write_text(json.dumps({**json.loads(path.read_text()), "trained_betas": betas}))
+    entry = scan_store(tmp_path)["m"]
+    assert entry.ready and entry.train_timesteps == 1000, entry.error
 
 
 def test_weights_are_counted_as_the_files_that_are_loaded(tmp_path):
