@@ -109,7 +109,7 @@ def serve_ours(
     tile = denoise_tile(settings, runner)  # as the service's engine picks it
     plan = plan_denoise("bench", spec, model, tile=tile, overlap=settings.denoise_overlap)
     run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
-    return plan.finish().images[0].data
+    return plan.finish().encode().images[0].data  # written as the service writes it
 
 
 def decoded(png: bytes, shape: tuple[int, ...]) -> np.ndarray:

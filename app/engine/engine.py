@@ -20,7 +20,7 @@ from typing import Callable
 
 from app.engine.allocator import keep_freed_memory
 from app.engine.device import pick_device, pick_dtype
-from app.engine.plans import Plan, denoise_tile, plan_denoise, plan_generate, require_finite, run_noise
+from app.engine.plans import Plan, Unencoded, denoise_tile, plan_denoise, plan_generate, require_finite, run_noise
 from app.engine.runner import Row, Runner
 from app.engine.scheduler import Scheduler, Ticket
 from app.jobs import (
@@ -28,6 +28,7 @@ from app.jobs import (
     DenoiseSpec,
     EngineEvent,
     GenerateSpec,
+    JobResult,
     JobSpec,
     NoiseSpec,
     Progress,
@@ -41,6 +42,7 @@ from app.store.loader import LoadedModel, schedule_of
 
 log = logging.getLogger(__name__)
 Publish = Callable[[list[EngineEvent]], None]
+ENCODE_ASIDE_PIXELS = 1 << 20  # a result larger than this is written on the encoder's thread, not the engine's
 
 
 # -- the inbox: what other threads can ask of the engine ------------------------------------------------
@@ -103,6 +105,9 @@ class Engine:
         self._rows: dict[int, Row] = {}
         self._thread: threading.Thread | None = None
         self._alive = False
+        # large results are written (PNG, JPEG, WebP: no torch) on a thread of their own, between passes' work
+        self._encodes: queue.SimpleQueue = queue.SimpleQueue()
+        self._encoder = threading.Thread(target=self._encode_aside, name="diffusion-encoder", daemon=True)
         self.passes = 0  # forward passes run; a figure for tests and benchmarks
         self._turn_began: float | None = None  # when the loop's current turn began work; None while it waits
 
@@ -115,6 +120,7 @@ class Engine:
         2 CPU cores (measured: 26 against 52 rows/s at batch 1).
         """
         self._alive = True
+        self._encoder.start()
         loaded = threading.Event()
         self._thread = threading.Thread(target=self._run_thread, args=(loaded,), name="diffusion-engine", daemon=True)
         self._thread.start()
@@ -137,9 +143,42 @@ class Engine:
         return done
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the engine thread, then let the encoder write the results it was handed (each one's event is
+        published: a finished job is not lost at a stop)."""
+        deadline = time.monotonic() + timeout
         self._inbox.put(Stop())
         if self._thread is not None:
             self._thread.join(timeout)
+        self._encodes.put(None)
+        if self._encoder.is_alive():
+            self._encoder.join(max(0.0, deadline - time.monotonic()))
+
+    def _encode_aside(self) -> None:
+        """The encoder's thread: write each large result handed to it and publish its job's final event."""
+        while (handed := self._encodes.get()) is not None:
+            job_id, unencoded, began = handed
+            self.publish([self._written(job_id, unencoded, began)])
+
+    @staticmethod
+    def _written(job_id: str, result: JobResult | Unencoded, began: float) -> EngineEvent:
+        """A finished job's final event: its result written (succeeded), or why it could not be (failed)."""
+        try:
+            if isinstance(result, Unencoded):
+                result = result.encode()
+        except Exception as exc:
+            log.error("job %s failed while writing its result: %s", job_id, exc)
+            return EngineEvent(job_id=job_id, type="failed", error=f"{type(exc).__name__}: {exc}")
+        result.run_ms = round((time.time() - began) * 1000, 2)
+        return EngineEvent(job_id=job_id, type="succeeded", result=result)
+
+    def _succeed(self, job_id: str, result: JobResult | Unencoded, began: float) -> None:
+        """A job's result: a large one is handed to the encoder's thread (after this turn's events so far, so
+        its "started" comes first), a small one is written here."""
+        if isinstance(result, Unencoded) and result.area > ENCODE_ASIDE_PIXELS and self._encoder.is_alive():
+            self._flush()
+            self._encodes.put((job_id, result, began))
+            return
+        self._emit(self._written(job_id, result, began))
 
     @property
     def alive(self) -> bool:
@@ -351,9 +390,7 @@ class Engine:
                 schedule = schedule_of(self.entries[spec.model]) if spec.model else None
                 began = time.time()
                 self._emit(EngineEvent(job_id=job_id, type="started"))
-                result = run_noise(spec, schedule)
-                result.run_ms = round((time.time() - began) * 1000, 2)
-                self._emit(EngineEvent(job_id=job_id, type="succeeded", result=result))
+                self._succeed(job_id, run_noise(spec, schedule), began)
                 return
             if spec.model not in self.entries or not self.entries[spec.model].ready:
                 raise ValueError(f"model {spec.model!r} is not served by this worker")
@@ -511,5 +548,4 @@ class Engine:
             log.error("job %s failed while assembling its result: %s", job.id, exc)
             self._emit(EngineEvent(job_id=job.id, type="failed", error=f"{type(exc).__name__}: {exc}"))
             return
-        result.run_ms = round((time.time() - job.began) * 1000, 2)
-        self._emit(EngineEvent(job_id=job.id, type="succeeded", result=result))
+        self._succeed(job.id, result, job.began)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -48,7 +48,7 @@ class Plan:
 
     rows: list[Row]
     collect: Callable[[Row], None]
-    finish: Callable[[], JobResult]
+    finish: Callable[[], JobResult | Unencoded]
     preview: Callable[[Row], ResultImage] | None = None  # a row's kept estimate as a small image
 
 
@@ -85,8 +85,40 @@ def result_image(
     index: int, seed: int | None, x: torch.Tensor | np.ndarray, fmt: str, upload: ImageData | None = None
 ) -> ResultImage:
     """A result encoded in ``fmt``, with the colour profile of the ``upload`` it was made from, if any."""
-    data = encode_image(unit_to_image(x), fmt, upload.icc_profile if upload is not None else None)
-    return ResultImage(index=index, seed=seed, media_type=MEDIA_TYPES[fmt], data=data)
+    return Unencoded.of(index, seed, x, fmt, upload).encode().images[0]
+
+
+@dataclass
+class Unencoded:
+    """A job's result as pixels, its files not written yet (no torch left in it): the engine writes a large
+    one off its thread (a 16 Mpx PNG takes about 1.8 s, which no forward pass should wait for)."""
+
+    images: list[tuple[int, int | None, np.ndarray]]  # (index, seed, uint8 [H, W, C])
+    fmt: str
+    icc_profile: bytes | None = None
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, index, seed, x, fmt: str, upload: ImageData | None = None, info: dict | None = None) -> "Unencoded":
+        """One image, x [C, H, W] in [-1, 1], with the colour profile of the ``upload`` it was made from."""
+        icc = upload.icc_profile if upload is not None else None
+        return cls([(index, seed, unit_to_image(x))], fmt, icc, info or {})
+
+    @property
+    def area(self) -> int:
+        return sum(pixels.shape[0] * pixels.shape[1] for _, _, pixels in self.images)
+
+    def encode(self) -> JobResult:
+        media_type = MEDIA_TYPES[self.fmt]
+        return JobResult(
+            images=[
+                ResultImage(
+                    index=i, seed=seed, media_type=media_type, data=encode_image(px, self.fmt, self.icc_profile)
+                )
+                for i, seed, px in self.images
+            ],
+            info=self.info,
+        )
 
 
 def preview_image(index: int, seed: int | None, x: torch.Tensor) -> ResultImage:
@@ -345,13 +377,13 @@ class _Blend:
             self.canvases[plane].add(tile, self.layout.boxes[box])
             self.next += 1
 
-    def result(self, info: dict) -> JobResult:
+    def result(self, info: dict) -> Unencoded:
         h, w = self.spec.image.height, self.spec.image.width
         image = np.concatenate([self.canvases[p].result()[:, :h, :w] for p in range(len(self.layout.planes))])
         if image.shape[0] == 3 and self.spec.image.channels == 1:
             image = image.mean(axis=0, keepdims=True)
         seed = self.spec.seed if self.spec.mode == "sample" else None
-        return JobResult(images=[result_image(0, seed, image, self.spec.output_format, self.spec.image)], info=info)
+        return Unencoded.of(0, seed, image, self.spec.output_format, self.spec.image, info)
 
 
 def denoise_tile(settings: Settings, runner: Runner) -> int:
@@ -392,7 +424,7 @@ def plan_denoise(job_id: str, spec: DenoiseSpec, model: LoadedModel, *, tile: in
 
 
 # -- noise (forward process) ----------------------------------------------------------------------------
-def run_noise(spec: NoiseSpec, schedule: NoiseSchedule | None) -> JobResult:
+def run_noise(spec: NoiseSpec, schedule: NoiseSchedule | None) -> Unencoded:
     image = image_to_unit(image_pixels(spec.image))
     noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(spec.seed))
     info = upload_info(spec.image)
@@ -405,4 +437,4 @@ def run_noise(spec: NoiseSpec, schedule: NoiseSchedule | None) -> JobResult:
     else:
         noisy = add_gaussian_noise(image, sigma=sigma_255_to_unit(spec.sigma), noise=noise)
         info.update(sigma=spec.sigma)
-    return JobResult(images=[result_image(0, spec.seed, noisy, spec.output_format, spec.image)], info=info)
+    return Unencoded.of(0, spec.seed, noisy, spec.output_format, spec.image, info)

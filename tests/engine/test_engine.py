@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 import pytest
 
@@ -390,3 +392,59 @@ def test_the_rows_running_gauge_falls_when_the_last_job_is_canceled_or_fails(har
         monkeypatch.setattr(harness.engine.runner, "step", lambda rows: (_ for _ in ()).throw(RuntimeError("boom")))
     assert harness.outcome("long").type == ("canceled" if ending == "cancel" else "failed")
     assert REGISTRY.get_sample_value("diffusion_rows_running") == 0
+
+
+def test_a_large_result_is_written_off_the_engines_thread_and_passes_go_on_meanwhile(harness, monkeypatch):
+    # a 16 Mpx noise job's PNG took 1.8 s on the engine's thread, and every running job waited for it
+    import threading
+
+    from app.engine import plans
+    from app.jobs import ImageData, NoiseSpec
+
+    writing, release = threading.Event(), threading.Event()
+    real = plans.Unencoded.encode
+
+    def slow(self):
+        if self.area > 1 << 20:
+            writing.set()
+            release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(plans.Unencoded, "encode", slow)
+    side = 1100  # 1.2 Mpx: past ENCODE_ASIDE_PIXELS
+    image = ImageData(width=side, height=side, channels=3, pixels=bytes(side * side * 3))
+    harness.submit("noise", NoiseSpec(image=image, sigma=25.0, seed=1))
+    assert writing.wait(30)
+    harness.submit("gen", GenerateSpec(model="tiny-gen", steps=4, sampler="ddim", seeds=[0], class_label=0))
+    assert harness.outcome("gen").type == "succeeded"  # while the noise job's file is still being written
+    assert not [e for e in harness.events["noise"] if e.type == "succeeded"]
+    release.set()
+    done = harness.outcome("noise")
+    assert done.type == "succeeded" and done.result.images[0].media_type == "image/png"
+    assert [e.type for e in harness.events["noise"]] == ["started", "succeeded"]
+    assert pixels(done).shape == (side, side, 3)
+
+
+def test_a_result_being_written_at_a_stop_is_still_published(store, monkeypatch):
+    import threading
+
+    from app.engine import plans
+    from app.jobs import ImageData, NoiseSpec
+
+    writing = threading.Event()
+    real = plans.Unencoded.encode
+
+    def slow(self):
+        writing.set()
+        time.sleep(0.5)
+        return real(self)
+
+    monkeypatch.setattr(plans.Unencoded, "encode", slow)
+    h = EngineHarness(store)
+    side = 1100
+    h.submit(
+        "noise", NoiseSpec(image=ImageData(width=side, height=side, channels=1, pixels=bytes(side * side)), sigma=9.0)
+    )
+    assert writing.wait(30)
+    h.close()  # the engine stops while the file is written
+    assert h.outcome("noise", timeout=1).type == "succeeded"
