@@ -157,7 +157,10 @@ class Engine:
         """The encoder's thread: write each large result handed to it and publish its job's final event."""
         while (handed := self._encodes.get()) is not None:
             job_id, unencoded, began = handed
-            self.publish([self._written(job_id, unencoded, began)])
+            try:
+                self.publish([self._written(job_id, unencoded, began)])
+            except Exception:  # the queue's loop closed meanwhile (a stop): the thread goes on for the others
+                log.error("job %s: its end could not be published:\n%s", job_id, traceback.format_exc())
 
     @staticmethod
     def _written(job_id: str, result: JobResult | Unencoded, began: float) -> EngineEvent:
