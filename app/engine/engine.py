@@ -149,6 +149,8 @@ class Engine:
         self._inbox.put(Stop())
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # still in a pass: it may hand the encoder more (a daemon: it goes on)
+                return
         self._encodes.put(None)
         if self._encoder.is_alive():
             self._encoder.join(max(0.0, deadline - time.monotonic()))
@@ -214,7 +216,7 @@ class Engine:
         Not while jobs wait for room in memory: what they wait for comes first, and a model loaded ahead of
         it would only be unloaded again to make that room. Each load is timed as one turn, as a load on first
         use is: several in a row are not one turn that looks stuck."""
-        if self._deferred:
+        if self._waiting_for_room():
             return
         names = self.settings.preload_names or [name for name, entry in self.entries.items() if entry.ready]
         busy = self._busy_models()
@@ -238,8 +240,8 @@ class Engine:
         since = now if waiting_since is None else waiting_since
         level = self._level(spec, now - since)
         held = self._draining.get(spec.model, -1) >= level
-        if not held and spec.model not in self.pool.loaded and self._deferred:
-            held = max(self._level(m.spec, now - m.waiting_since) for m in self._deferred) >= level
+        if not held and spec.model not in self.pool.loaded and (waiting := self._waiting_for_room()):
+            held = max(self._level(m.spec, now - m.waiting_since) for m in waiting) >= level
         busy = self._busy_models()
         model = None if held else self.pool.get(spec.model, busy=busy)
         if model is None:
@@ -249,6 +251,11 @@ class Engine:
                     self._draining[name] = max(self._draining.get(name, -1), level)
             self._deferred.append(Submit(job_id, spec, since))
         return model
+
+    def _waiting_for_room(self) -> list[Submit]:
+        """The waiting jobs that wait for room in memory: not those whose model's folder changed, which wait
+        for the jobs on its old weights to end, whatever the room."""
+        return [m for m in self._deferred if m.spec.model not in self.pool.stale]
 
     def _level(self, spec: JobSpec, waited_s: float) -> int:
         """A job's priority level, a level higher per ``aging_s`` it has waited for room (as the scheduler's
@@ -370,8 +377,9 @@ class Engine:
             entry = self.entries.get(job.spec.model)
             if entry is not None and entry.ready and job.plan.rows[0].model.entry is entry:
                 continue  # planned on the weights served now
+            since = self.scheduler.waiting_since(job.id)  # its age goes with it (its place among equals does not)
             self._drop(job.id)
-            self._accept(job.id, job.spec)  # fails it as not served, or plans it on what is served now
+            self._accept(job.id, job.spec, since)  # fails it as not served, or plans it on what is served now
         self.pool.drop_stale(busy=self._busy_models())  # a changed model only unstarted jobs held
 
     def _accept_all(self, arrivals: list[Submit]) -> None:

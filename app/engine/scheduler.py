@@ -63,6 +63,10 @@ class Scheduler:
     def idle(self) -> bool:
         return not self._waiting and not self._running
 
+    def waiting_since(self, job_id: str) -> float | None:
+        """Since when ``job_id`` has waited without a row admitted (on this clock), if it waits."""
+        return self._arrived.get(job_id)
+
     # -- changes ------------------------------------------------------------------------------
     def add(self, tickets: list[Ticket], since: float | None = None) -> None:
         """Rows waiting their turn; ``since``: when their job began to wait, if before now (on this clock)."""

@@ -160,6 +160,34 @@ def test_a_job_not_started_when_its_model_changes_runs_on_the_new_files(tmp_path
         h.close()
 
 
+def test_a_replanned_job_keeps_its_age_and_does_not_hold_back_a_model_the_same_reload_added(tmp_path):
+    # the job planned again waited for gen-a's old weights, and counted as one waiting for room in memory:
+    # the reload then loaded nothing it added, and jobs for models not in memory queued behind it
+    store, new = tmp_path / "store", tmp_path / "new"
+    write_generator(store / "gen-a")
+    write_other_weights(new / "gen-a")
+    h = EngineHarness(store, max_batch=1)
+    try:
+        h.submit("long", spec("gen-a", steps=200, seed=1))
+        h.wait_for_step("long", 2)
+        h.submit("queued", spec("gen-a", seed=5))
+        time.sleep(0.05)
+        since = h.engine.scheduler.waiting_since("queued")
+        assert since is not None
+        shutil.rmtree(store / "gen-a")
+        shutil.copytree(new / "gen-a", store / "gen-a")
+        write_generator(store / "gen-b")
+        reload(h, store)
+        assert "gen-b" in h.engine.models  # loaded by the reload, before it answered
+        h.submit("b", spec("gen-b", seed=2))
+        assert h.outcome("b").type == "succeeded"
+        assert not [e for e in h.events["long"] if e.type == "succeeded"]  # b did not wait for the old weights
+        assert [m.waiting_since for m in h.engine._deferred if m.job_id == "queued"] == [since]  # its age kept
+        assert h.outcome("queued").type == "succeeded" and h.outcome("long").type == "succeeded"
+    finally:
+        h.close()
+
+
 def test_models_added_or_changed_are_loaded_by_the_reload_or_when_the_old_weights_last_job_ends(tmp_path):
     """As at start (DIFFUSION_PRELOAD, by default every served model that fits), so the first job after a
     reload does not wait for its model to load."""
