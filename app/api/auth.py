@@ -198,11 +198,13 @@ class Gate:
         if self.keys is None:
             return None
         self.reload()
-        # given twice (a proxy adding its own), which key is meant and billed is not guessed: 400
+        # the header that decides, given twice (a proxy adding its own), is a 400: which key is meant and billed
+        # is not guessed; an Authorization beside an X-API-Key does not decide (it may be the proxy's own)
         presented = (single_header(request, "X-API-Key") or "").strip() or None  # an empty header is no key
-        authorization = single_header(request, "Authorization") or ""
-        if presented is None and authorization[:7].lower() == "bearer ":
-            presented = authorization[7:].strip()
+        if presented is None:
+            authorization = single_header(request, "Authorization") or ""
+            if authorization[:7].lower() == "bearer ":
+                presented = authorization[7:].strip()
         if not presented:
             raise ApiError(
                 401,

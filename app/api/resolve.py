@@ -390,7 +390,8 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
     check_pixels(image.area, settings, ["body", "file"])
     defaults = entry.defaults
     if options.mode == "sample":
-        check_sample_mode(or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta), options)
+        sampler, eta = or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta)
+        check_sample_mode(sampler, eta, or_default(options.steps, defaults.steps), options)
     spec = DenoiseSpec(
         model=entry.name,
         image=image,
@@ -415,7 +416,7 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
     return spec
 
 
-def check_sample_mode(sampler: str, eta: float, options: DenoiseParams) -> None:
+def check_sample_mode(sampler: str, eta: float, steps: int, options: DenoiseParams) -> None:
     """A denoise's chain starts at the image's own noise level: a sampler whose steps are spaced from pure
     noise cannot walk it, and one that draws no noise on the way gives the same image for every seed."""
     chosen = "" if options.sampler else " (the model card's default)"
@@ -426,6 +427,14 @@ def check_sample_mode(sampler: str, eta: float, options: DenoiseParams) -> None:
             f"sampler 'dpmpp_2m_karras'{chosen} spaces its steps from pure noise (Karras sigmas); a denoise starts "
             "at the image's noise level: use dpmpp_2m, the same solver on even steps",
             type="unsupported",
+        )
+    if options.samples > 1 and steps < 2:  # the one step lands on the clean image: its noise is scaled by 0
+        raise ApiError(
+            422,
+            ["body", "samples"],
+            f"a chain of {steps} step draws no noise on the way: each of {options.samples} samples would be the "
+            "same image; ask for samples 1, or 2 steps or more",
+            type="conflict",
         )
     if options.samples > 1 and not any(get_sampler(sampler).draws_noise(t, eta) for t in (1.0, 500.0)):
         deterministic = f"sampler {sampler!r}{chosen}" + (" with eta 0" if sampler == "ddim" else "")

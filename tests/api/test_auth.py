@@ -81,6 +81,9 @@ def test_a_key_header_given_twice_is_400_whichever_order(keyed, name):
         (error,) = r.json()["detail"]
         assert error["loc"] == ["header", name.lower()] and error["type"] == "duplicate_header"
     assert keyed.post("/v1/generate", json=body, headers=[(name, value.format("key-alice"))]).status_code == 200
+    if name == "Authorization":  # beside an X-API-Key, which decides, a proxy's added Authorization is no doubt
+        both = [("X-API-Key", "key-alice"), ("Authorization", "Bearer proxy"), ("Authorization", "Bearer other")]
+        assert keyed.post("/v1/generate", json=body, headers=both).status_code == 200
 
 
 @pytest.mark.parametrize("body", [b"{bad", b'{"seed": "\xff"}', b"[" * 100_000], ids=["syntax", "not-utf8", "too-deep"])

@@ -57,6 +57,8 @@ def test_sample_mode_refuses_samplers_that_cannot_walk_from_the_images_noise_or_
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "samples"], (fields, r.text)
         assert "same image" in r.json()["detail"][0]["msg"]
         assert denoise(**fields).status_code == 200  # one deterministic sample is fine
+    r = denoise(samples="2", sampler="ddpm", steps="1")  # its one step lands on the clean image: no noise drawn
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "samples"], r.text
     for fields in ({"sampler": "ddpm"}, {"sampler": "euler_a"}, {"sampler": "ddim", "eta": "0.5"}):
         one, two = denoise(**fields), denoise(samples="2", **fields)
         assert one.status_code == two.status_code == 200, (fields, two.text)
