@@ -97,4 +97,7 @@ class MemoryOutbox:
         self._forget(delivery.id)
 
     async def retry(self, delivery: Delivery, delay_s: float) -> None:
+        # counted again as it is put back (a lease that ran out mid-send: another attempt may have finished it)
+        self._forget(delivery.id)
         self._due[delivery.id] = (time.time() + delay_s, delivery)
+        self.held_bytes += len(delivery.record)

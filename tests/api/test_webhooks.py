@@ -173,6 +173,15 @@ def test_the_outbox_counts_what_its_messages_hold_and_frees_it_when_each_is_done
     assert outbox.held_bytes == 70  # held while it waits for its next attempt
     asyncio.run(outbox.finish(claimed))
     assert outbox.held_bytes == 0 and len(outbox) == 0 and outbox.has_room(100)
+    # a lease that ran out mid-send: one attempt finished it, the other puts it back; it is counted as it is held
+    outbox.add(Delivery("msg_b_completed", "http://x/", "completed", "r" * 50))
+    (first,) = asyncio.run(outbox.claim(lease_s=0, limit=5))
+    (second,) = asyncio.run(outbox.claim(lease_s=10, limit=5))
+    asyncio.run(outbox.finish(first))
+    asyncio.run(outbox.retry(second, 5))
+    assert outbox.held_bytes == 50 and len(outbox) == 1
+    asyncio.run(outbox.finish(second))
+    assert outbox.held_bytes == 0 and len(outbox) == 0
 
 
 def test_a_receiver_that_does_not_answer_in_time_is_retried(make_client):
