@@ -80,7 +80,9 @@ class GenerateRequest(_JobRequest):
     )
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp")
     priority: Priority | None = Field(
-        None, description="low, normal or high: who joins the batch first (default: normal, or the key's cap if lower)"
+        None,
+        description="low, normal or high: who joins the batch first, and twice the device time per level beside "
+        "other models or shapes (default: normal, or the key's cap if lower)",
     )
     preview_every: int | None = Field(
         None,
@@ -142,7 +144,9 @@ class DenoiseParams(_JobRequest):
     seed: Seed | None = None
     output_format: OutputFormat | None = None
     priority: Priority | None = Field(
-        None, description="low, normal or high: who joins the batch first (default: normal, or the key's cap if lower)"
+        None,
+        description="low, normal or high: who joins the batch first, and twice the device time per level beside "
+        "other models or shapes (default: normal, or the key's cap if lower)",
     )
 
 

@@ -13,7 +13,10 @@
 2. The pass. Only rows of one group (same model, same image shape) can share a forward pass. Groups with
    running rows share the device by time (start-time fair queuing): the group that has had the least
    pass time runs next, ties in turn. A 20-step generate next to a huge denoise gets about half the
-   device, not one pass in two: its cheap passes are not queued behind the expensive ones.
+   device, not one pass in two: its cheap passes are not queued behind the expensive ones. A group's
+   time counts at ``PRIORITY_SHARE`` to the power of the highest priority among its running rows less
+   one's, so a group running high rows gets twice the device time of one running normal rows only,
+   four times one running low rows only.
 3. Between two passes, new rows join and finished or cancelled rows leave.
 """
 
@@ -27,6 +30,7 @@ from typing import Hashable
 from app.jobs import PRIORITY_AGING_S, aged_level
 
 RUNNING_PASSES = 8  # the running set holds at most this many passes' worth of rows, across its groups
+PRIORITY_SHARE = 2  # a group's device time per priority level above another's
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,8 @@ class Scheduler:
     def update(self, finished: list[int], *, seconds: float = 0.0) -> None:
         """Retire rows that reached the end of their plan (or failed); charge the pass's time to its group."""
         if self._last_group in self._served:
-            self._served[self._last_group] += seconds
+            top = max((t.priority for t in self._running.values() if t.group == self._last_group), default=1)
+            self._served[self._last_group] += seconds / PRIORITY_SHARE ** (top - 1)
         for row_id in finished:
             ticket = self._retire(row_id)
             if ticket is not None:

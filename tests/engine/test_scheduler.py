@@ -161,3 +161,16 @@ def test_the_running_set_holds_at_most_a_few_passes_worth_of_rows_across_groups(
     s.update([0])
     _, admitted = s.schedule()
     assert [t.job_id for t in admitted] == ["late-high"]  # a place freed goes by priority
+
+
+def test_groups_share_the_device_by_the_priority_of_their_rows():
+    # groups' caps are per pass, so a low row of another group joins beside a high group whose pass is full:
+    # it gets a quarter of the high group's device time, not half of the device
+    s = Scheduler(max_batch=1)
+    s.add([Ticket(0, "high", "tiles", priority=2)] + [Ticket(1, "low", "digits", priority=0)])
+    seen = []
+    for _ in range(10):
+        batch, _ = s.schedule()
+        seen.append(batch[0].group)
+        s.update([], seconds=1.0)
+    assert seen.count("tiles") == 8 and seen.count("digits") == 2
