@@ -441,7 +441,7 @@ def check_sample_mode(sampler: str, eta: float, steps: int, options: DenoisePara
         raise ApiError(
             422,
             ["body", "samples"],
-            f"{deterministic} draws no noise from the image on: each of {options.samples} samples would be the "
+            f"{deterministic} draws no noise along the chain: each of {options.samples} samples would be the "
             "same image; ask for samples 1, or a sampler that draws noise (ddpm, euler_a, ddim with eta > 0)",
             type="conflict",
         )

@@ -13,10 +13,10 @@
 2. The pass. Only rows of one group (same model, same image shape) can share a forward pass. Groups with
    running rows share the device by time (start-time fair queuing): the group that has had the least
    pass time runs next, ties in turn. A 20-step generate next to a huge denoise gets about half the
-   device, not one pass in two: its cheap passes are not queued behind the expensive ones. A group's
-   time counts at ``PRIORITY_SHARE`` to the power of the highest priority among its running rows less
-   one's, so a group running high rows gets twice the device time of one running normal rows only,
-   four times one running low rows only.
+   device, not one pass in two: its cheap passes are not queued behind the expensive ones. A group's pass
+   time is counted ``PRIORITY_SHARE`` times less per level its highest running row stands above normal
+   (and as many times more per level below), so a group running high rows gets twice the device time of
+   one running normal rows only, four times that of one running low rows only.
 3. Between two passes, new rows join and finished or cancelled rows leave.
 """
 
