@@ -356,14 +356,14 @@ def test_a_job_waiting_for_room_is_not_starved_by_jobs_for_models_not_in_memory(
     sizes = {name: e.weights_bytes for name, e in scan_store(tmp_path).items()}
     h = EngineHarness(tmp_path, model_memory_gb=sizes["gen-z"] / GB, preload="gen-x,gen-y")
     try:
-        h.submit("j0", spec("gen-x", steps=60))
+        h.submit("j0", spec("gen-x", steps=30))
         h.wait_for_step("j0", 2)
         h.submit("z", spec("gen-z").model_copy(update={"priority": "high"}))
         later = []
         for k, model in enumerate(["gen-w", "gen-y", "gen-x", "gen-w", "gen-y"], start=1):
-            h.wait_for_step(later[-1] if later else "j0", 20)
+            h.wait_for_step(later[-1] if later else "j0", 10)
             later.append(f"j{k}")
-            h.submit(later[-1], spec(model, steps=60, seed=k).model_copy(update={"priority": "low"}))
+            h.submit(later[-1], spec(model, steps=30, seed=k).model_copy(update={"priority": "low"}))
         assert h.outcome("z").type == "succeeded"
         assert all(h.outcome(job).type == "succeeded" for job in later)
         assert all(event_at(h, job, "started") > event_at(h, "z", "started") for job in later)
