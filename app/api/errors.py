@@ -68,6 +68,11 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return members
 
 
+# JSON up to this size is parsed or written on the event loop (a job request's is about 200 bytes); larger
+# (a bogus request body, a job record with its images) in a thread, as it would hold the loop for seconds
+PARSE_ON_LOOP_BYTES = 64 * 1024
+
+
 def parse_json(data: bytes | str) -> Any:
     """A request's JSON document, each object's names given once (ValueError otherwise, as for bad syntax)."""
     return json.loads(data, object_pairs_hook=_once_each)

@@ -21,7 +21,16 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.api.errors import JSON_FAILURES, ApiError, brief, invalid_json, parse_json, refusal, single_header
+from app.api.errors import (
+    JSON_FAILURES,
+    PARSE_ON_LOOP_BYTES,
+    ApiError,
+    brief,
+    invalid_json,
+    parse_json,
+    refusal,
+    single_header,
+)
 from app.imaging import ImageTooLarge, ImageUndecodable, ImageUnsupported, decode_image
 from app.jobs import DEFAULT_PRIORITY, ImageData
 
@@ -109,11 +118,6 @@ async def upload_body_first(request: Request) -> AsyncIterator[None]:
     finally:
         if body.form is not None:
             await body.form.close()
-
-
-# JSON bodies up to this size are checked for repeated names on the event loop (a job request's is about 200
-# bytes); larger ones in a thread
-PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
 async def json_body_first(request: Request) -> None:

@@ -27,7 +27,7 @@ import httpx
 from standardwebhooks import Webhook as Signer
 
 from app import background
-from app.api.errors import ApiError, brief
+from app.api.errors import PARSE_ON_LOOP_BYTES, ApiError, brief
 from app.api.schemas import JobOut, job_body
 from app.jobs import JobRecord, Webhook, WebhookEvent
 from app.logs import url_for_log
@@ -364,7 +364,7 @@ class Dispatcher:
         # a large record is read and written off the event loop (a 16 MP result: 0.4 s at each attempt)
         body = (
             await asyncio.to_thread(message_body, delivery)
-            if len(delivery.record) > 1 << 16
+            if len(delivery.record) > PARSE_ON_LOOP_BYTES
             else message_body(delivery)
         )
         now = datetime.now(timezone.utc)

@@ -54,8 +54,6 @@ class Scheduler:
         self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()  # job -> its rows, in arrival order
         self._running: OrderedDict[int, Ticket] = OrderedDict()
         self._running_per_job: dict[str, int] = {}
-        self.running_cost = 0  # network rows running, kept as rows come and go
-        self.running_pixels = 0
         self._group_load: dict[Hashable, tuple[int, int]] = {}  # group -> (network rows, pixels) running
         self._arrived: dict[str, float] = {}  # job -> since when it has waited without a row admitted (aging)
         self.aging_s, self.clock = aging_s, clock
@@ -66,6 +64,15 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         return not self._waiting and not self._running
+
+    @property
+    def running_cost(self) -> int:
+        """Network rows running, across the groups."""
+        return sum(cost for cost, _ in self._group_load.values())
+
+    @property
+    def running_pixels(self) -> int:
+        return sum(pixels for _, pixels in self._group_load.values())
 
     def waiting_since(self, job_id: str) -> float | None:
         """Since when ``job_id`` has waited without a row admitted (on this clock), if it waits."""
@@ -138,8 +145,6 @@ class Scheduler:
         return admitted
 
     def _charge(self, ticket: Ticket, sign: int) -> None:
-        self.running_cost += sign * ticket.cost
-        self.running_pixels += sign * ticket.pixels
         cost, pixels = self._group_load.get(ticket.group, (0, 0))
         cost, pixels = cost + sign * ticket.cost, pixels + sign * ticket.pixels
         if cost or pixels:
