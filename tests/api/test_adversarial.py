@@ -358,3 +358,41 @@ def test_sampling_a_nearly_clean_photo_with_dpmpp_2m_stays_finite(client):
     assert r.status_code == 200, r.text
     out = decode_b64(r.json()["images"][0]["data"]).astype(float)
     assert np.abs(out - image).mean() < 10  # close to the input, not a black (NaN) image
+
+
+def test_a_large_json_upload_is_parsed_and_its_base64_decoded_off_the_event_loop(client, monkeypatch):
+    """The upload routes parsed any JSON body and decoded its base64 on the event loop: 19.5 MB of JSON held
+    every other request (the health probe included) for 3.3 s."""
+    import asyncio
+    import base64
+    import json
+
+    import app.api.uploads as uploads
+    from app.api.errors import PARSE_ON_LOOP_BYTES
+
+    def on_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    seen: dict[str, bool] = {}
+    real_parse, real_base64 = uploads.parse_json, uploads._base64
+
+    def parse(raw):
+        seen["parse"] = on_loop()
+        return real_parse(raw)
+
+    def decode64(text, field):
+        seen["base64"] = on_loop()
+        return real_base64(text, field)
+
+    monkeypatch.setattr(uploads, "parse_json", parse)
+    monkeypatch.setattr(uploads, "_base64", decode64)
+    encoded = base64.encodebytes(png_bytes(photo(64, 64))).decode()  # wrapped at 76 columns, as base64(1) writes
+    body = json.dumps({"image": encoded + " " * PARSE_ON_LOOP_BYTES, "sigma": 25})
+    r = client.post("/v1/denoise", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert decode_b64(r.json()["images"][0]["data"]).shape == (64, 64, 3)
+    assert seen == {"parse": False, "base64": False}
