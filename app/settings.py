@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
     max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) accepted")
+    decode_concurrency: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="uploads an API process decodes at once (each takes up to about 6 bytes a pixel: 100 MB at "
+        "the default max_pixels, from a 50 KB PNG); the others wait their turn",
+    )
     job_retention_s: float = Field(600.0, gt=0, description="how long finished jobs stay fetchable")
     sync_timeout_s: float = Field(300.0, gt=0, description="a sync request still running after this gets 202")
     default_generator: str | None = Field(None, description="model used by /v1/generate without 'model'")

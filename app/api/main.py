@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI
 
 from app import background
@@ -127,6 +128,9 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
     errors.install(app)
     docs.install(app)
     app.state.gate = Gate.from_settings(settings)  # API keys, scopes and quotas: one dependency per router
+    # Uploads decoded at once: a 50 KB PNG may decode to 100 MB, so the threadpool's 40 threads would let a
+    # few dozen small requests take gigabytes (app.api.uploads)
+    app.state.decode_slots = anyio.CapacityLimiter(settings.decode_concurrency)
     v1 = "/v1"
     # Each router's key check, after what refuses a body before it could be read (not counted against the
     # key's requests per minute: FastAPI parses a JSON body before any dependency, the upload routes parse

@@ -13,6 +13,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from anyio import to_thread
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -164,9 +165,13 @@ async def read_image_request(
         raise ApiError(422, loc, "the image is empty", type="missing")
     if raw_mask is not None and not raw_mask:  # given, but empty: not the same request as no mask
         raise ApiError(422, ["body", "mask"], "the mask is empty", type="missing")
-    # decoded on a worker thread: a large upload takes the event loop from no other request meanwhile
-    image = await run_in_threadpool(_decode, raw, loc, max_pixels)
-    mask = await run_in_threadpool(_decode, raw_mask, ["body", "mask"], max_pixels) if raw_mask is not None else None
+    # decoded on a worker thread (a large upload takes the event loop from no other request meanwhile), a few
+    # at a time (app.state.decode_slots: each may take 100 MB)
+    slots = request.app.state.decode_slots
+    image = await to_thread.run_sync(_decode, raw, loc, max_pixels, limiter=slots)
+    mask = None
+    if raw_mask is not None:
+        mask = await to_thread.run_sync(_decode, raw_mask, ["body", "mask"], max_pixels, limiter=slots)
     return ImageRequest(options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask)
 
 

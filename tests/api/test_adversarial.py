@@ -396,3 +396,34 @@ def test_a_large_json_upload_is_parsed_and_its_base64_decoded_off_the_event_loop
     assert r.status_code == 200, r.text
     assert decode_b64(r.json()["images"][0]["data"]).shape == (64, 64, 3)
     assert seen == {"parse": False, "base64": False}
+
+
+def test_uploads_are_decoded_a_few_at_a_time(make_client, monkeypatch):
+    """Decodes ran on the threadpool's 40 threads at once, and a 49 KB PNG decodes to about 96 MB: 8 such
+    uploads at once took the API process 1.08 GB up (its pod is limited to 2 GiB), though each was refused."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import app.api.uploads as uploads
+
+    client = make_client(decode_concurrency=2)
+    lock, now, most = threading.Lock(), [0], [0]
+    real = uploads._decode
+
+    def decode(*args):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
+            return real(*args)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(uploads, "_decode", decode)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda seed: upload(client, data={"sigma": "1", "seed": str(seed)}), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert most[0] == 2
