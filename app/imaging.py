@@ -506,6 +506,8 @@ def _palette_pixels(image: Image.Image) -> np.ndarray:
     if indices.ndim == 3:
         indices = indices[:, :, 0]
     palette = np.asarray(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)[:256]
+    if len(palette) == 0:  # a PNG of colour type 3 without its PLTE chunk, which libpng and browsers refuse too
+        raise ImageUndecodable("a palette image without its palette (no PLTE chunk): its colours are unknown")
     table = np.zeros((256, 3), dtype=np.uint8)  # indices past a short palette read black
     table[: len(palette)] = palette
     rgb = table[indices]

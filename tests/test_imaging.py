@@ -51,10 +51,12 @@ def chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def png(width: int, height: int, rows: bytes, *, colour_type: int = 0, depth: int = 8, interlace: int = 0) -> bytes:
+def png(
+    width: int, height: int, rows: bytes, *, colour_type: int = 0, depth: int = 8, interlace: int = 0, plte=True
+) -> bytes:
     """A PNG around already filtered scanlines, whatever their length (so it can claim more rows than it holds)."""
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
-    palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour_type == 3 else b""  # 256 entries
+    palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour_type == 3 and plte else b""  # 256 entries
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
@@ -467,6 +469,16 @@ def test_grey_palette_decodes_to_one_channel_and_colour_to_three():
     assert grey.pixels.shape == (8, 8, 1)
     colour = decode_image(save(Image.fromarray(noise()).quantize(16), "PNG"), max_pixels=LIMIT)
     assert colour.pixels.shape == (64, 64, 3)
+
+
+def test_a_palette_png_without_its_palette_is_undecodable_not_black():
+    """Colour type 3 without PLTE (which libpng and browsers refuse) decoded as an all-black image, and the job
+    ran on it."""
+    rows = b"".join(b"\x00" + bytes(range(100, 132)) for _ in range(32))  # filter byte 0, then 32 indices
+    with pytest.raises(ImageUndecodable, match="without its palette"):
+        decode_image(png(32, 32, rows, colour_type=3, plte=False), max_pixels=LIMIT)
+    with_palette = decode_image(png(32, 32, rows, colour_type=3), max_pixels=LIMIT).pixels
+    assert with_palette.shape == (32, 32, 3) and with_palette.min() == 44  # entry 100 is bytes 300..302 mod 256
 
 
 def test_opaque_rgb_reports_no_alpha_and_rgba_does():
