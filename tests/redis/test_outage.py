@@ -254,3 +254,41 @@ def test_a_stop_while_starting_ends_the_process_at_once_with_0(role, prefix, pro
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.proc.wait(20) == 0
     assert b"stopped by signal 15 while starting" in log.read_bytes()
+
+
+def test_a_frozen_redis_fails_commands_after_the_command_timeout_while_subscriptions_wait_on(tmp_path, monkeypatch):
+    """The client relied on redis-py's default command timeout, which only redis-py 8 sets (earlier ones, which
+    ``redis>=5`` allowed, wait for ever: a frozen Redis hung every API request instead of a 503). A subscription
+    must not time out while no message comes."""
+    from app.queue.redis import pubsub, queue
+
+    monkeypatch.setattr(queue, "COMMAND_TIMEOUT_S", 0.5)
+    server = OwnRedis(tmp_path, appendonly=False)
+
+    async def scenario() -> None:
+        client = queue.connect(server.url)
+        heard = asyncio.get_running_loop().create_future()
+
+        async def listen() -> None:
+            async for data in pubsub.messages(client, "news"):
+                heard.set_result(data)
+                return
+
+        listening = asyncio.create_task(listen())
+        await asyncio.sleep(1.5)  # three command timeouts without a message
+        assert await client.publish("news", "late") == 1
+        assert await asyncio.wait_for(heard, 5) == b"late"
+        await listening
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(redis.exceptions.TimeoutError) as failed:  # redis-py's, not wait_for's
+                await asyncio.wait_for(client.get("anything"), 4)
+            assert unavailable(failed.value)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()

@@ -62,15 +62,27 @@ UNAVAILABLE_REPLIES = frozenset(
 _WRAPPED_REPLY = re.compile(r"(?:of pipeline caused error|Transaction discarded because of): (\S+)")
 
 
+# A command unanswered this long fails (QueueUnavailable: 503), whichever redis-py's default is
+COMMAND_TIMEOUT_S = 5.0
+
+
 def connect(url: str) -> Redis:
-    """A client that gives up connecting after 2 s and notices a peer gone silent (a host that vanished
-    without closing its connections) by TCP keepalive within about 15 s. Commands themselves have no time
-    limit: blocking reads and subscriptions wait by design."""
+    """A client that gives up connecting after 2 s, gives up on a command unanswered for COMMAND_TIMEOUT_S (a
+    frozen server, a stalled fsync: the caller then answers 503 instead of hanging), and notices a peer gone
+    silent (a host that vanished without closing its connections) by TCP keepalive within about 15 s. Blocking
+    reads wait at most 1 s (the worker's XREADGROUP), and a subscription's wait for its next message has no
+    limit (redis-py 8 and later: earlier ones applied the command timeout to it too, hence ``redis>=8``)."""
     options = {}
     for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):
             options[getattr(socket, name)] = value
-    return Redis.from_url(url, socket_connect_timeout=2, socket_keepalive=True, socket_keepalive_options=options)
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_keepalive=True,
+        socket_keepalive_options=options,
+    )
 
 
 async def reach(redis: Redis, settings: Settings) -> None:
