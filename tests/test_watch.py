@@ -175,3 +175,54 @@ def test_a_stream_whose_record_vanishes_ends_with_a_failed_event_saying_the_job_
     seen = asyncio.run(asyncio.wait_for(scenario(), 5))
     assert [kind for kind, _ in seen] == ["progress", "failed"]
     assert seen[-1][1]["job_id"] == record.id and "vanished before it finished" in seen[-1][1]["error"]
+
+
+def test_a_wait_whose_first_look_finds_the_backend_away_waits_on_for_the_result(monkeypatch):
+    """The first read of a sync request's wait was not guarded: Redis away for a moment just after the submit
+    answered the client 503 without the job's ID, though the job was accepted and ran (and a retry ran it
+    twice). Only a record never read in the whole wait is QueueUnavailable."""
+    from app.queue.protocol import QueueUnavailable
+
+    monkeypatch.setattr(watch, "RECHECK_S", 0.05)
+    record = JobRecord(id="b" * 32, kind="generate", model="m")
+    looks = []
+
+    async def current():
+        looks.append(record.status)
+        if len(looks) <= 2:
+            raise QueueUnavailable("away for a moment")
+        return record
+
+    async def never():
+        raise QueueUnavailable("away for good")
+
+    async def scenario():
+        watchers = watch.Watchers()
+        waiting = asyncio.create_task(watchers.wait(record.id, current, timeout=5))
+        await asyncio.sleep(0.3)
+        record.status = JobStatus.succeeded
+        waited = await asyncio.wait_for(waiting, 2)
+        try:
+            await watchers.wait("c" * 32, never, timeout=0.2)
+        except QueueUnavailable as exc:
+            return waited, exc
+        return waited, None
+
+    waited, unreadable = asyncio.run(scenario())
+    assert waited.status == JobStatus.succeeded and len(looks) > 2
+    assert unreadable is not None and "could not be read" in str(unreadable)
+
+
+def test_a_sync_wait_that_never_reads_its_record_answers_with_the_record_as_submitted():
+    """Then the client gets a 202 with the job's Location (the job is accepted), not a 503 inviting a resend."""
+    from app.api.results import wait_for_result
+    from app.queue.protocol import QueueUnavailable
+
+    submitted = JobRecord(id="d" * 32, kind="generate", model="m")
+
+    class Away:
+        async def wait(self, job_id, timeout):
+            raise QueueUnavailable("away")
+
+    answer = asyncio.run(wait_for_result(Away(), submitted, 1.0, None, None))
+    assert answer == (submitted, "done")

@@ -145,7 +145,10 @@ async def wait_for_result(
     reasons = {waits[task] for task in finished}
     reason = "done" if "done" in reasons else reasons.pop()
     if reason == "done":
-        return next(t for t in finished if waits[t] == "done").result(), reason
+        try:
+            return next(t for t in finished if waits[t] == "done").result(), reason
+        except QueueUnavailable:  # not once read back since the submit: the job is accepted, say where it is
+            return record, reason
     try:
         return await queue.get(record.id), reason
     except QueueUnavailable:  # the backend is away: answer from the record as submitted

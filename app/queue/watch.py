@@ -19,6 +19,7 @@ from app.queue.protocol import QueueUnavailable
 
 Current = Callable[[], Awaitable[JobRecord | None]]
 RECHECK_S = 5.0
+_UNREAD = object()  # a wait that has not read its job's record yet
 KEPT_PREVIEWS = 256  # jobs whose latest preview is kept; past that the oldest is dropped
 ENDED_REMEMBERED = 1024  # jobs whose final event was seen, so a preview from their last pass is not kept
 
@@ -103,12 +104,16 @@ class Watchers:
             self._unregister(job_id, queue)
 
     async def wait(self, job_id: str, current: Current, timeout: float) -> JobRecord | None:
-        """The record once final, or as it stands after ``timeout`` seconds."""
+        """The record once final, or as it stands after ``timeout`` seconds. The backend away meanwhile is waited
+        out, even at the first look (just after the submit: the job is accepted, a 503 would have its client
+        send it again); QueueUnavailable only if the record could not be read once in ``timeout``."""
         queue = self._register(job_id)
         try:
-            record = await current()
             deadline = time.monotonic() + timeout
-            while record is not None and not record.status.finished:
+            record: JobRecord | None | object = _UNREAD
+            with contextlib.suppress(QueueUnavailable):
+                record = await current()
+            while record is _UNREAD or (record is not None and not record.status.finished):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -119,6 +124,8 @@ class Watchers:
                 if kind not in TRANSIENT_EVENTS:
                     with contextlib.suppress(QueueUnavailable):  # away: keep the last record, look again later
                         record = await current()
+            if record is _UNREAD:
+                raise QueueUnavailable(f"job {job_id}'s record could not be read for {timeout:g} s")
             return record
         finally:
             self._unregister(job_id, queue)
