@@ -1520,3 +1520,67 @@ def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(
         return taken
 
     assert on_redis(scenario) == ["dead0"]
+
+
+def test_after_finding_redis_away_a_worker_takes_nothing_over_until_a_lease_has_passed(store, prefix):
+    """Redis counts an entry's idle time on while it is down or stalled (its log keeps the last delivery's time
+    across a restart): after an outage longer than a lease every live worker's entries looked silent, and the
+    first worker to look took them over, restarting running jobs elsewhere and counting a crash against each."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app import background
+    from app.queue.redis.keys import GROUP
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "back-from-an-outage")
+        worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        entry = await redis.xadd(stream, {"job": "held-by-a-live-worker"})
+        await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=1)
+        await redis.xclaim(stream, GROUP, "live-worker", 0, [entry], idle=120_000, justid=True)  # as an outage
+        taken = []
+
+        async def take(stream, entry_id, job_id, *, delivered):
+            taken.append(job_id)
+
+        worker._take = take
+
+        async def redis_away():
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+        duty = worker._duty(redis_away)  # any duty of the worker's finding Redis away
+        await asyncio.sleep(0.05)
+        await background.stop([duty])
+        await worker._reclaim()
+        within_a_lease = list(taken)
+        await asyncio.sleep(0.35)
+        await worker._reclaim()  # the live worker has not renewed in a lease since: it is silent
+        return within_a_lease, taken
+
+    assert on_redis(scenario) == ([], ["held-by-a-live-worker"])
+
+
+def test_a_worker_renews_its_leases_as_soon_as_its_renewal_duty_runs_again(store, prefix):
+    """The renewal slept a heartbeat before renewing, so after Redis came back a worker's entries stayed idle
+    (as Redis counted them through the outage) for up to a heartbeat more: now it renews first, then sleeps."""
+    from app import background
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import _Held
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "renews-first")
+        worker.settings = worker.settings.model_copy(update={"lease_s": 60})  # a heartbeat of 20 s
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        entry = (await redis.xadd(stream, {"job": "mine"})).decode()
+        await redis.xreadgroup(GROUP, "renews-first", {stream: ">"}, count=1)
+        await redis.xclaim(stream, GROUP, "renews-first", 0, [entry], idle=120_000, justid=True)
+        worker.held["mine"] = _Held(stream, entry, JobRecord(id="mine", kind="generate", model="tiny-gen"))
+        duty = worker._duty(worker._renew_once)
+        await asyncio.sleep(0.3)
+        await background.stop([duty])
+        (pending,) = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
+        return pending["time_since_delivered"]
+
+    assert on_redis(scenario) < 60_000

@@ -103,6 +103,9 @@ class RedisWorker:
         self._previews: list[EngineEvent] = []  # preview events not yet published
         self._reclaim_cursors: dict[str, str] = {}  # stream -> where the next look for silent workers' entries starts
         self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
+        # monotonic time this worker last found Redis away: entries' idle times grew meanwhile for every worker
+        # (Redis counts them on through a restart or a stall), so none is judged silent until a lease after it
+        self._redis_away_at = -float("inf")
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
         self._put_back = redis.register_script(PUT_BACK)
@@ -130,7 +133,7 @@ class RedisWorker:
         from app.engine.engine import Engine  # torch lives behind this import
 
         self._loop = asyncio.get_running_loop()
-        self._tasks = [background.forever(self._tick_once)]  # from the start: liveness while models load
+        self._tasks = [self._duty(self._tick_once)]  # from the start: liveness while models load
         self.entries = scan_store(self.settings.model_store)
         if why := self.settings.unknown_models(set(self.entries), defaults=False):
             raise NoModels(why)
@@ -140,10 +143,9 @@ class RedisWorker:
         await self._create_groups()
         await self._beat()
         self._tasks += [
-            background.forever(step)
-            for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
+            self._duty(step) for step in (self._write_once, self._renew_once, self._listen_for_cancels, self._beat_once)
         ]
-        self._intake = [background.forever(self._read_once)]
+        self._intake = [self._duty(self._read_once)]
         log.info("worker %s serving %s", self.worker_id, self.served)
 
     async def reload_store(self) -> None:
@@ -172,6 +174,20 @@ class RedisWorker:
         await self._create_groups()
         await self._beat()
         log.info("model store read again: serving %s", self.served)
+
+    def _duty(self, step) -> asyncio.Task:
+        """``step`` run for ever (background.forever), noting when it finds Redis away."""
+
+        async def noted() -> None:
+            try:
+                await step()
+            except Exception as exc:
+                if unavailable(exc):
+                    self._redis_away_at = time.monotonic()
+                raise
+
+        noted.__name__ = step.__name__
+        return background.forever(noted)
 
     @property
     def served(self) -> list[str]:
@@ -347,7 +363,14 @@ class RedisWorker:
         """Take over the entries whose worker has not renewed them for a lease (it died or hung). XAUTOCLAIM
         looks at no more than 10 x COUNT pending entries a call, COUNT being the free places (often 1 or 2), so
         one call a heartbeat took minutes to reach a dead worker's entries behind live workers' ones: each pass
-        goes on from where the last call stopped until the stream's end, or until the free places are taken."""
+        goes on from where the last call stopped until the stream's end, or until the free places are taken.
+
+        Not within a lease of finding Redis away: Redis counts an entry's idle time on while it is down or
+        stalled (its log keeps the last delivery's time across a restart), so after an outage longer than a
+        lease every live worker's entries look silent until it renews them, which it does at once (_renew_once).
+        Taking them then restarted running jobs elsewhere and counted a crash against each."""
+        if time.monotonic() - self._redis_away_at < self.settings.lease_s:
+            return
         for _, stream in self.streams:
             for _ in range(RECLAIM_CALLS):
                 if self._free() == 0:
@@ -550,8 +573,12 @@ class RedisWorker:
         await asyncio.sleep(min(1.0, self.settings.heartbeat_s))
 
     async def _renew_once(self) -> None:
-        """Renew the leases of the jobs held here; stop those another worker has taken over meanwhile."""
+        """Renew the leases of the jobs held here, then wait a heartbeat; stop those another worker has taken
+        over meanwhile. Renewing first: after Redis was away (a failed renewal), the next comes at once."""
+        await self._renew_held()
         await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _renew_held(self) -> None:
         by_stream: dict[str, dict[str, str]] = {}  # stream -> entry ID -> job ID
         for job_id, held in self.held.items():
             by_stream.setdefault(held.stream, {})[held.entry_id] = job_id
