@@ -16,7 +16,7 @@ from standardwebhooks import Webhook as Verifier
 from app.api.main import create_app
 from tests.helpers import WebhookReceiver, make_settings
 from tests.redis.helpers import REDIS_URL, delete_keys, on_redis
-from app.jobs import JobRecord
+from app.jobs import JobRecord, JobStatus
 from app.store.catalog import scan_store
 from tests.tiny_models import write_bare, write_generator
 
@@ -1584,3 +1584,31 @@ def test_a_worker_renews_its_leases_as_soon_as_its_renewal_duty_runs_again(store
         return pending["time_since_delivered"]
 
     assert on_redis(scenario) < 60_000
+
+
+def test_a_worker_does_not_hand_back_a_job_another_worker_took_over(store, prefix):
+    """A stopping worker, cut off past its lease a moment before, wrote the record of a job another worker had
+    taken over back to queued, added a second entry for it and deleted the other worker's entry: that worker
+    then canceled the job as lost, and a third ran it."""
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.records import RecordStore
+    from app.queue.redis.worker import _Held
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "cut-off")
+        stream = worker.keys.stream("normal", "tiny-gen")
+        (_, [(entry, _)]), *_ = await redis.xreadgroup(GROUP, "cut-off", {stream: ">"}, count=1)
+        record = await RecordStore(redis, worker.keys, 600, 600).get(job_id)
+        worker.held[job_id] = _Held(stream, entry.decode(), record)
+        await redis.xclaim(stream, GROUP, "took-over", min_idle_time=0, message_ids=[entry])  # its takeover
+        runs_there = record.model_copy(update={"status": JobStatus.running})
+        await RecordStore(redis, worker.keys, 600, 600).update(runs_there)
+        await worker._hand_back(job_id, worker.held.pop(job_id))
+        pending = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
+        after = await RecordStore(redis, worker.keys, 600, 600).get(job_id)
+        return [p["consumer"] for p in pending], await redis.xlen(stream), after.status
+
+    owners, entries, status = on_redis(scenario)
+    assert owners == [b"took-over"] and entries == 1 and status == "running"

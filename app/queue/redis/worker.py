@@ -270,7 +270,12 @@ class RedisWorker:
 
     async def _hand_back(self, job_id: str, held: _Held) -> None:
         """Put a job this worker will not finish back on its stream, for the next worker, its record queued
-        again first (so no later write of this worker's can undo the next worker's)."""
+        again first (so no later write of this worker's can undo the next worker's). Only while this worker
+        still owns its entry, which the check renews (no takeover for a lease): one cut off past its lease
+        may have lost the job to another worker, which runs it now."""
+        if await self._renew(keys=[held.stream], args=[GROUP, self.worker_id, held.entry_id]):
+            log.warning("job %s: taken over by another worker while this one was cut off; not handed back", job_id)
+            return
         hand_back(held.record)
         written = await self.records.update(held.record)
         if written != 1:  # -1: its record is gone; 0: it is final (canceled while it ran here)
