@@ -1612,3 +1612,29 @@ def test_a_worker_does_not_hand_back_a_job_another_worker_took_over(store, prefi
 
     owners, entries, status = on_redis(scenario)
     assert owners == [b"took-over"] and entries == 1 and status == "running"
+
+
+def test_a_job_canceled_before_any_worker_read_it_leaves_its_stream(store, prefix):
+    """A job canceled while queued stayed on its stream until a worker with a free place read it: with every
+    worker busy, canceled jobs counted as work in the stream's length, which KEDA scales workers by. One a worker
+    has read stays for that worker to retire."""
+    import redis as redis_sync
+
+    from app.queue.redis.keys import GROUP, Keys
+
+    _announce_tiny_gen(store, prefix)
+    stream = Keys(prefix).stream("normal", "tiny-gen")
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    with client_for(store, prefix, embedded_worker=False) as api:
+        jobs = []
+        for seed in range(2):
+            r = api.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0, "seed": seed}, headers=ASYNC)
+            assert r.status_code == 202, r.text
+            jobs.append(r.json()["job_id"])
+        assert client.xlen(stream) == 2
+        client.xreadgroup(GROUP, "busy-worker", {stream: ">"}, count=1)  # a worker has read the first
+        for job_id in jobs:
+            assert api.delete(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+        left = [fields[b"job"].decode() for _, fields in client.xrange(stream)]
+    client.close()
+    assert left == [jobs[0]]

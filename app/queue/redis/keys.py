@@ -256,7 +256,8 @@ if held > 0 and held + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'queued', 'spec', ARGV[2], 'owner', ARGV[8])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[10], 'webhook_events', ARGV[11]) end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
-redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
+local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[3])
+redis.call('HSET', KEYS[1], 'stream', KEYS[3], 'entry', entry)  -- for DROP_UNREAD, should it be canceled unread
 if ARGV[12] ~= '' then redis.call('SADD', KEYS[4], ARGV[12]) end
 if ARGV[13] ~= '' then  -- its Idempotency-Key's claim lasts while the job does: set again once it ends
   redis.call('EXPIRE', ARGV[13], CLAIM_WHILE_KEPT_S)
@@ -264,6 +265,20 @@ if ARGV[13] ~= '' then  -- its Idempotency-Key's claim lasts while the job does:
 end
 return 1
 """.replace("CLAIM_WHILE_KEPT_S", str(CLAIM_WHILE_KEPT_S))
+
+
+# Take a canceled job's entry off its stream if no worker has read it yet (a read one is retired by its
+# worker): left there, it counted as work in the stream's length, which KEDA scales workers by, until a worker
+# with a free place read it. The entry is the one ADMIT wrote (a job put back on a stream since has another,
+# left for a worker to retire). KEYS: the job hash. ARGV: the consumer group. Returns 1 if taken off.
+DROP_UNREAD = """
+local found = redis.call('HMGET', KEYS[1], 'stream', 'entry')
+local stream, entry = found[1], found[2]
+if (not stream) or (not entry) then return 0 end
+local ok, pending = pcall(redis.call, 'XPENDING', stream, ARGV[1], entry, entry, 1)
+if ok and #pending > 0 then return 0 end  -- a worker has it
+return redis.call('XDEL', stream, entry)
+"""
 
 
 @dataclass(frozen=True)

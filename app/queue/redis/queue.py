@@ -24,7 +24,7 @@ from redis.exceptions import TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import background
-from app.jobs import TRANSIENT_EVENTS, EngineEvent, JobRecord, JobSpec, apply_event
+from app.jobs import TRANSIENT_EVENTS, EngineEvent, JobRecord, JobSpec, JobStatus, apply_event
 from app.logs import url_for_log
 from app.metrics import job_submitted
 from app.queue.protocol import (
@@ -36,7 +36,7 @@ from app.queue.protocol import (
     TooManyJobs,
 )
 from app.queue.redis.catalog import merge
-from app.queue.redis.keys import ADMIT, CLAIM_MARGIN_S, REPLACE_CLAIM, Keys
+from app.queue.redis.keys import ADMIT, CLAIM_MARGIN_S, DROP_UNREAD, GROUP, REPLACE_CLAIM, Keys
 from app.queue.redis.outbox import RedisOutbox
 from app.queue.redis import pubsub
 from app.queue.redis.records import RecordStore
@@ -159,6 +159,7 @@ class RedisJobQueue:
         self.records = RecordStore(redis, self.keys, settings.job_retention_s, settings.webhook_delivery_ttl_s)
         self._admit = redis.register_script(ADMIT)
         self._replace_claim = redis.register_script(REPLACE_CLAIM)
+        self._drop_unread = redis.register_script(DROP_UNREAD)
         self.outbox = RedisOutbox(redis, self.keys, settings.webhook_delivery_ttl_s)
         self.models: dict[str, ModelEntry] = {}
         self._watchers = Watchers()
@@ -302,9 +303,12 @@ class RedisJobQueue:
         record = await self.get(job_id)
         if record is None or record.status.finished:
             return record
+        was_queued = record.status == JobStatus.queued
         apply_event(record, EngineEvent(job_id=job_id, type="canceled"))  # the same rule as the worker's events
         await self.records.update(record)
         try:
+            if was_queued:  # its entry, unless a worker has read it, which retires it
+                await self._drop_unread(keys=[self.keys.job(job_id)], args=[GROUP])
             await self.redis.publish(self.keys.cancel, job_id)  # the worker holding it drops its rows
             return await self.records.get(job_id)
         except REDIS_DOWN:  # the cancel is written: the worker stops the job at its next write regardless
