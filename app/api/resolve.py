@@ -266,7 +266,12 @@ def image_size(req: GenerateRequest, entry: ModelEntry, settings: Settings) -> t
     return height, width
 
 
-def start_image_size(req: GenerateRequest, image: ImageData, entry: ModelEntry) -> tuple[int, int]:
+FORM_FILE = ("body", "file")  # an upload's place in a form; in a JSON body it is ("body", "image")
+
+
+def start_image_size(
+    req: GenerateRequest, image: ImageData, entry: ModelEntry, image_loc: tuple = FORM_FILE
+) -> tuple[int, int]:
     """img2img and inpainting work at the image's own size: a multiple of the model's factors."""
     for field in ("width", "height"):
         if getattr(req, field) is not None:
@@ -277,14 +282,14 @@ def start_image_size(req: GenerateRequest, image: ImageData, entry: ModelEntry) 
     if image.width % multiple or image.height % multiple:
         raise ApiError(
             422,
-            ["body", "file"],
+            list(image_loc),
             f"image is {image.width}x{image.height}; model {entry.name!r} needs both sides multiples of {multiple}",
             type="not_multiple",
         )
     if entry.square_only and image.width != image.height:
         raise ApiError(
             422,
-            ["body", "file"],
+            list(image_loc),
             f"image is {image.width}x{image.height}; model {entry.name!r} ({entry.family}) takes square images only",
             type="not_square",
         )
@@ -292,9 +297,15 @@ def start_image_size(req: GenerateRequest, image: ImageData, entry: ModelEntry) 
 
 
 def generate_spec(
-    req: GenerateRequest, submission: Submission, *, image: ImageData | None = None, mask: ImageData | None = None
+    req: GenerateRequest,
+    submission: Submission,
+    *,
+    image: ImageData | None = None,
+    mask: ImageData | None = None,
+    image_loc: tuple = FORM_FILE,
 ) -> GenerateSpec:
-    """A generate job, or with ``image`` an img2img job (``mask``: inpainting) from an Img2ImgParams."""
+    """A generate job, or with ``image`` an img2img job (``mask``: inpainting) from an Img2ImgParams;
+    ``image_loc``: where the image came, for the errors about it."""
     settings = submission.settings
     entry = pick_model(submission.models, req.model, task="generate", settings=settings)
     check_parameters(req, entry, also=("strength",) if image is not None else ())
@@ -326,13 +337,17 @@ def generate_spec(
             422, ["body", "strength"], f"steps x strength must be at least 1 (steps {steps})", type="out_of_range"
         )
     run = steps if image is None else img2img_steps(steps, req.strength)  # the steps the job runs
-    height, width = image_size(req, entry, settings) if image is None else start_image_size(req, image, entry)
-    sized = ["body", "file"] if image is not None else ["body", "width"] if (req.width or req.height) else None
+    if image is None:
+        height, width = image_size(req, entry, settings)
+    else:
+        height, width = start_image_size(req, image, entry, image_loc)
+    sized = list(image_loc) if image is not None else ["body", "width"] if (req.width or req.height) else None
     check_attention(entry, height, width, settings, sized)
     pixels = req.num_images * height * width
     evaluated = pixels // entry.latent_factor**2  # a latent model's network sees its latents
     check_cost(evaluated * run * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
-    check_pixels(pixels, settings, ["body", "num_images"])
+    # the images' count is to blame only when there are several; else the image, or the size asked for
+    check_pixels(pixels, settings, ["body", "num_images"] if req.num_images > 1 else sized or ["body", "width"])
     check_plan(entry, or_default(req.sampler, defaults.sampler), steps)
     if req.preview_every and run // req.preview_every > MAX_PREVIEWS:
         raise ApiError(
@@ -374,7 +389,9 @@ def generate_spec(
 
 
 # -- denoise -------------------------------------------------------------------------------------------
-def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submission) -> DenoiseSpec:
+def denoise_spec(
+    options: DenoiseParams, image: ImageData, submission: Submission, image_loc: tuple = FORM_FILE
+) -> DenoiseSpec:
     settings = submission.settings
     entry = pick_model(submission.models, options.model, task="denoise", settings=settings)
     priority = submission.caller.priority(options.priority)
@@ -387,7 +404,7 @@ def denoise_spec(options: DenoiseParams, image: ImageData, submission: Submissio
         )
     if isinstance(options.sigma, float) and not 0 < options.sigma <= 255:
         raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
-    check_pixels(image.area, settings, ["body", "file"])
+    check_pixels(image.area, settings, list(image_loc))
     defaults = entry.defaults
     if options.mode == "sample":
         sampler, eta = or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta)
@@ -448,10 +465,12 @@ def check_sample_mode(sampler: str, eta: float, steps: int, options: DenoisePara
 
 
 # -- noise ---------------------------------------------------------------------------------------------
-def noise_spec(options: NoiseParams, image: ImageData, submission: Submission) -> NoiseSpec:
+def noise_spec(
+    options: NoiseParams, image: ImageData, submission: Submission, image_loc: tuple = FORM_FILE
+) -> NoiseSpec:
     if (options.sigma is None) == (options.timestep is None):
         raise ApiError(422, ["body", "sigma"], "give exactly one of sigma and timestep", type="conflict")
-    check_pixels(image.area, submission.settings, ["body", "file"])
+    check_pixels(image.area, submission.settings, list(image_loc))
     model = None
     if options.timestep is not None:
         entry = pick_model(submission.models, options.model, task=None, settings=submission.settings)

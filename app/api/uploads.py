@@ -71,6 +71,7 @@ class ImageRequest(Generic[P]):
     image: ImageData
     fingerprint: str
     mask: ImageData | None = None  # inpainting: a second image (multipart ``mask``, JSON ``mask``)
+    loc: tuple = ("body", "file")  # where the image came: ("body", "file") in a form, ("body", "image") in JSON
 
 
 def _validate(model: type[P], data: dict, prefix: str) -> P:
@@ -172,7 +173,9 @@ async def read_image_request(
     mask = None
     if raw_mask is not None:
         mask = await to_thread.run_sync(_decode, raw_mask, ["body", "mask"], max_pixels, limiter=slots)
-    return ImageRequest(options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask)
+    return ImageRequest(
+        options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask, tuple(loc)
+    )
 
 
 class _WholeMultipart(MultiPartParser):

@@ -462,3 +462,26 @@ def test_a_large_object_with_a_repeated_name_is_refused_naming_it(client):
     r = client.post("/v1/generate", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text[:300]
     assert r.json()["detail"][0]["msg"] == "invalid JSON: the name 'k0' is given 2 times in one object: give it once"
+
+
+def test_errors_about_an_uploaded_image_name_the_field_it_came_in(make_client):
+    """Every error about the image named ["body", "file"], a field a JSON request does not have (it sends
+    "image"), and an img2img image over the queue's pixels blamed num_images though only one was asked for."""
+    import base64
+
+    client = make_client(queue_max_pixels=300)
+    multiple = client.get("/v1/models/tiny-gen").json()["card"]["size_multiple"]
+    odd = png_bytes(photo(multiple * 4 + 1, multiple * 4, channels=1))
+    body = {"model": "tiny-gen", "class_label": 0, "steps": 2, "image": base64.b64encode(odd).decode()}
+    r = client.post("/v1/img2img", json=body)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image"], r.text
+    r = client.post("/v1/img2img", files={"file": ("p.png", odd, "image/png")}, data={"model": "tiny-gen"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file"], r.text
+    large = base64.b64encode(png_bytes(photo(32, 32, channels=1))).decode()  # over the queue's 300 pixels
+    for path, extra in (
+        ("/v1/img2img", {"model": "tiny-gen", "class_label": 0}),
+        ("/v1/denoise", {"sigma": 10}),
+        ("/v1/noise", {"sigma": 10}),
+    ):
+        r = client.post(path, json={"image": large, **extra})
+        assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body", "image"], (path, r.text)

@@ -60,7 +60,7 @@ async def denoise(request: Request, submission: SubmissionDep):
     upload = await read_image_request(
         request, "denoise", DenoiseParams, DenoiseJSON, max_pixels=submission.settings.max_pixels
     )
-    spec = resolve.denoise_spec(upload.options, upload.image, submission)
+    spec = resolve.denoise_spec(upload.options, upload.image, submission, upload.loc)
     return await submission.run(spec, fingerprint=upload.fingerprint, options=upload.options)
 
 
@@ -71,7 +71,7 @@ async def noise(request: Request, submission: SubmissionDep):
     upload = await read_image_request(
         request, "noise", NoiseParams, NoiseJSON, max_pixels=submission.settings.max_pixels
     )
-    spec = resolve.noise_spec(upload.options, upload.image, submission)
+    spec = resolve.noise_spec(upload.options, upload.image, submission, upload.loc)
     return await submission.run(spec, fingerprint=upload.fingerprint, options=upload.options)
 
 
@@ -83,5 +83,5 @@ async def img2img(request: Request, submission: SubmissionDep):
     upload = await read_image_request(
         request, "img2img", Img2ImgParams, Img2ImgJSON, max_pixels=submission.settings.max_pixels
     )
-    spec = resolve.generate_spec(upload.options, submission, image=upload.image, mask=upload.mask)
+    spec = resolve.generate_spec(upload.options, submission, image=upload.image, mask=upload.mask, image_loc=upload.loc)
     return await submission.run(spec, fingerprint=upload.fingerprint, options=upload.options)
