@@ -80,6 +80,7 @@ class Caller:
     scopes: frozenset[str]
     max_concurrent_jobs: int | None = None
     max_priority: str = "high"
+    header: str = "authorization"  # the header its key came in (x-api-key or authorization), for the errors
 
     def priority(self, asked: str | None) -> str:
         """The priority a job runs at: the one asked for (403 above this key's cap), or when none is asked
@@ -182,13 +183,15 @@ class Gate:
         if self.keys is None:
             return OPEN
         key = self.authenticate(request)
-        check_scope(key, scope)
-        await self._count(key)
+        header = key_header(request)
+        check_scope(key, scope, header)
+        await self._count(key, header)
         return Caller(
             name=key.name,
             scopes=frozenset(key.scopes),
             max_concurrent_jobs=key.max_concurrent_jobs,
             max_priority=key.max_priority,
+            header=header,
         )
 
     def authenticate(self, request: Request) -> ApiKey | None:
@@ -215,10 +218,11 @@ class Gate:
             )
         key = self.find(presented)
         if key is None:
-            raise ApiError(401, ["header", "authorization"], "unknown API key", type="unauthorized", headers=CHALLENGE)
+            loc = ["header", key_header(request)]
+            raise ApiError(401, loc, "unknown API key", type="unauthorized", headers=CHALLENGE)
         return key
 
-    async def _count(self, key: ApiKey) -> None:
+    async def _count(self, key: ApiKey, header: str) -> None:
         if self.limiter is None or key.requests_per_minute is None:
             return
         item = RateLimitItemPerMinute(key.requests_per_minute)
@@ -242,18 +246,24 @@ class Gate:
                 wait = 60  # Redis went away between the two calls: the whole window, at most
             raise ApiError(
                 429,
-                ["header", "authorization"],
+                ["header", header],
                 f"key {key.name!r} is over its {key.requests_per_minute} requests per minute",
                 type="rate_limited",
                 headers={"Retry-After": str(wait)},
             )
 
 
-def check_scope(key: ApiKey | None, scope: str | None) -> None:
+def key_header(request: Request) -> str:
+    """The header a request's key came in, as the errors about it name it: X-API-Key when given (it decides),
+    else Authorization."""
+    return "x-api-key" if (request.headers.get("x-api-key") or "").strip() else "authorization"
+
+
+def check_scope(key: ApiKey | None, scope: str | None, header: str = "authorization") -> None:
     """403 unless ``key`` has ``scope`` (or admin); no key (an open service) may do everything."""
     if key is not None and scope is not None and not Caller(name=key.name, scopes=frozenset(key.scopes)).may(scope):
         msg = f"key {key.name!r} lacks the scope {scope!r}"
-        raise ApiError(403, ["header", "authorization"], msg, type="forbidden")
+        raise ApiError(403, ["header", header], msg, type="forbidden")
 
 
 def require(scope: str | None):
@@ -267,7 +277,7 @@ def require(scope: str | None):
     def admits(request: Request) -> None:
         """The same 401 and 403, without counting the request against a quota: for the error handlers of a
         body that could not be parsed, which FastAPI refuses before any dependency runs."""
-        check_scope(request.app.state.gate.authenticate(request), scope)
+        check_scope(request.app.state.gate.authenticate(request), scope, key_header(request))
 
     dependency.admits = admits  # type: ignore[attr-defined]
     return dependency

@@ -98,7 +98,7 @@ async def submit(
         QUOTA_REFUSALS.labels(caller.name or "", "max_concurrent_jobs").inc()
         raise ApiError(
             429,
-            ["header", "authorization"],
+            ["header", caller.header],
             f"key {caller.name!r} already has its {caller.max_concurrent_jobs} jobs queued or running",
             type="too_many_jobs",
             headers={"Retry-After": str(exc.retry_after)},

@@ -391,3 +391,18 @@ def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(keyed,
     assert parsed == []
     r = keyed.post("/v1/denoise", content=body, headers={"content-type": "application/json", **auth("bob")})
     assert r.status_code == 200 and parsed == [len(body)]
+
+
+def test_errors_about_a_key_name_the_header_it_came_in(keyed):
+    """A key sent as X-API-Key got its 401, 403 and 429 at ["header", "authorization"], a header the client may
+    never have sent."""
+    for header, value in (("X-API-Key", "key-bob"), ("Authorization", "Bearer key-bob")):
+        r = keyed.post("/v1/generate", json={"class_label": 0}, headers={header: value})  # bob may not generate
+        assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["header", header.lower()], r.text
+    r = keyed.get("/v1/models", headers={"X-API-Key": "nope"})
+    assert r.status_code == 401 and r.json()["detail"][0]["loc"] == ["header", "x-api-key"]
+    r = keyed.get("/v1/models")  # no key at all: the header to send it in
+    assert r.status_code == 401 and r.json()["detail"][0]["loc"] == ["header", "authorization"]
+    dana = {"X-API-Key": "key-dana"}  # two requests a minute
+    answers = [keyed.get("/v1/models", headers=dana) for _ in range(3)]
+    assert answers[-1].status_code == 429 and answers[-1].json()["detail"][0]["loc"] == ["header", "x-api-key"]
