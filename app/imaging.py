@@ -68,6 +68,7 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, [H, W, C] with C in (1, 3)
     alpha_dropped: bool
     source_mode: str
+    transparent: bool = False  # some pixel was not fully opaque (its alpha below 255) before the alpha was dropped
     frames_dropped: int = 0  # frames (or pages) after the first, not decoded: GIF/APNG/WebP animations, TIFF, MPO
     exif_orientation: int = 1  # the EXIF orientation (2-8) the pixels were turned by, as a viewer shows them
     icc_profile: bytes | None = None  # the upload's colour profile (a phone's Display P3, say), for its results
@@ -120,6 +121,7 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
     alpha_dropped = _has_alpha(image)
+    transparent = alpha_dropped and _transparent(image)
     if turned_on_load is not None:
         orientation = turned_on_load
     else:
@@ -130,6 +132,7 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         pixels=image_to_pixels(image),
         alpha_dropped=alpha_dropped,
         source_mode=image.mode,
+        transparent=transparent,
         frames_dropped=frames_dropped,
         exif_orientation=orientation,
         icc_profile=_icc_profile(image),
@@ -344,6 +347,13 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 def _has_alpha(image: Image.Image) -> bool:
     """Alpha band, or a transparent palette index / colour key (PNG tRNS, GIF): both are dropped."""
     return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def _transparent(image: Image.Image) -> bool:
+    """Whether some pixel of an image with alpha is not fully opaque (many tools write RGBA that is)."""
+    if image.mode not in _ALPHA_MODES:  # a transparent palette index or colour key (PNG tRNS, GIF)
+        image = image.convert("RGBA")
+    return image.getextrema()[-1][0] < 255  # the alpha band is the last
 
 
 # --- truncated PNG -------------------------------------------------------------------------------------------

@@ -316,6 +316,15 @@ def generate_spec(
             msg = f"{what}: send an image and a mask to /v1/img2img"
             raise ApiError(422, ["body", "model"], msg, type="wrong_task")
         raise ApiError(422, ["body", "mask"], f"{what}: send a mask (white = repaint) with the image", type="missing")
+    if mask is not None and mask.transparent:  # which convention it follows cannot be told from the file
+        raise ApiError(
+            422,
+            ["body", "mask"],
+            "the mask has transparent pixels, and its alpha is not read: send it opaque, white where the image is "
+            "repainted and black where it is kept (a mask whose transparent areas mark the repaint, as OpenAI's "
+            "image edits take, is not this service's)",
+            type="mask_transparent",
+        )
     defaults = entry.defaults
     label = class_index(entry, req.class_label)
     text = entry.conditioning == "text"

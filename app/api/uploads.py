@@ -307,6 +307,7 @@ def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
         channels=channels,
         pixels=decoded.pixels.tobytes(),
         alpha_dropped=decoded.alpha_dropped,
+        transparent=decoded.transparent,
         frames_dropped=decoded.frames_dropped,
         exif_orientation=decoded.exif_orientation,
         icc_profile=decoded.icc_profile,

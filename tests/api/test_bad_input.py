@@ -485,3 +485,20 @@ def test_errors_about_an_uploaded_image_name_the_field_it_came_in(make_client):
     ):
         r = client.post(path, json={"image": large, **extra})
         assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body", "image"], (path, r.text)
+
+
+def test_a_mask_with_transparent_pixels_is_422_and_an_opaque_rgba_one_is_read(client):
+    """The mask's alpha was dropped without a word: a mask in OpenAI's convention (transparent = edit here) was
+    read by its colours instead, and one all black repainted nothing while the job "succeeded"."""
+    image = png_bytes(photo(16, 16, channels=3))
+    form = {"model": "tiny-gen", "class_label": "0", "steps": "2"}
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[4:12, 4:12, 3] = 0  # edit here, as OpenAI reads it
+    for mask, status in ((rgba, 422), (np.where(rgba[..., 3:] == 0, 255, rgba).astype(np.uint8), 200)):
+        files = {"file": ("p.png", image, "image/png"), "mask": ("m.png", png_bytes(mask, "RGBA"), "image/png")}
+        r = client.post("/v1/img2img", files=files, data=form)
+        assert r.status_code == status, r.text
+    assert errors_at(
+        client.post("/v1/img2img", files=files | {"mask": ("m.png", png_bytes(rgba, "RGBA"))}, data=form)
+    ) == [["body", "mask"]]
