@@ -1638,3 +1638,24 @@ def test_a_job_canceled_before_any_worker_read_it_leaves_its_stream(store, prefi
         left = [fields[b"job"].decode() for _, fields in client.xrange(stream)]
     client.close()
     assert left == [jobs[0]]
+
+
+def test_a_worker_that_takes_back_its_own_entry_counts_no_crash_against_it(store, prefix):
+    """A worker whose renewal lagged past a lease took its own running job's entry back in its next takeover
+    pass, and that takeover counted a delivery: a later real crash then counted twice towards max_attempts."""
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import _Held
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "lagged")
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        entry = (await redis.xadd(stream, {"job": "mine"})).decode()
+        await redis.xreadgroup(GROUP, "lagged", {stream: ">"}, count=1)
+        await redis.xclaim(stream, GROUP, "lagged", 0, [entry], idle=120_000, justid=True)  # a lagged renewal
+        worker.held["mine"] = _Held(stream, entry, JobRecord(id="mine", kind="generate", model="tiny-gen"))
+        await worker._reclaim()
+        (pending,) = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10)
+        return pending["consumer"], pending["times_delivered"], list(worker.held)
+
+    assert on_redis(scenario) == (b"lagged", 1, ["mine"])

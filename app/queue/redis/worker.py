@@ -405,6 +405,10 @@ class RedisWorker:
 
     async def _take(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
         if job_id in self.held:  # our own entry, reclaimed while a renewal lagged: we still run it
+            if self.held[job_id].entry_id == entry_id and delivered > 1:  # the takeover counted no crash
+                await self.redis.xclaim(
+                    stream, GROUP, self.worker_id, 0, [entry_id], retrycount=delivered - 1, justid=True
+                )
             return
         try:
             await self._start(stream, entry_id, job_id, delivered=delivered)
