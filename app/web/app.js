@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "diffusion-api-key";
 const SAMPLES = ["cat", "coffee", "astronaut"];
-const FORWARD_STEPS = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000];
+const FORWARD_IMAGES = 11; // x_0, then ten timesteps to the schedule's last
 const FORWARD_CONCURRENCY = 3;
 
 // -- messages and the API --------------------------------------------------------------------------------
@@ -59,8 +59,15 @@ async function describe(response) {
     const wait = response.headers.get("Retry-After");
     return `The service is busy (503)${wait ? `: try again in ${wait} s` : ""}. ${detail}`;
   }
-  return `${response.status} ${response.statusText}: ${detail}`;
+  return `${response.status} ${response.statusText || STATUS_NAMES[response.status] || "error"}: ${detail}`;
 }
+
+// Over HTTP/2 a response has no status text: the names of those the API answers with
+const STATUS_NAMES = {
+  400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+  408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+  422: "Unprocessable Content", 500: "Internal Server Error", 502: "Bad Gateway", 504: "Gateway Timeout",
+};
 
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
@@ -92,11 +99,17 @@ async function finished(job, run) {
   if (job.status === "queued" || job.status === "running") {
     run.track(job.job_id); // Cancel (or leaving the page) cancels it on the server
     for await (const _ of jobEvents(job.job_id, run)); // to its final status
-    job = await apiJson(`/v1/jobs/${job.job_id}`, { signal: run.signal });
+    job = await readJob(job.job_id, run);
     run.jobs.delete(job.job_id); // it has ended: nothing to cancel
   }
   if (job.status !== "succeeded") throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
   return job;
+}
+
+// A job's record. Every /v1 request counts against a key's requests per minute, these reads too: one the quota
+// refuses (429) is asked for again after the server's wait, as the job runs on (it is not canceled for it).
+function readJob(jobId, run) {
+  return patiently(() => apiJson(`/v1/jobs/${jobId}`, { signal: run.signal }), run);
 }
 
 const TRANSIENT_EVENTS = new Set(["progress", "preview"]); // any other event is a job's final one
@@ -106,16 +119,22 @@ const STREAM_RETRIES = 6; // reconnections in a row (after 1, 2, 4, 8, 8, 8 s) b
 // deploy, a proxy's idle timeout, the network for a moment) is asked for again, and the server answers with
 // where the job stands now: the job runs on meanwhile, and is not canceled for a lost connection.
 async function* jobEvents(jobId, run) {
-  for (let failures = 0; ; ) {
+  for (let failures = 0, refusals = 0; ; ) {
     let error = null;
     try {
       for await (const item of events(`/v1/jobs/${jobId}/events`, run)) {
         failures = 0;
+        refusals = 0;
         yield item;
         if (!TRANSIENT_EVENTS.has(item.event)) return;
       }
     } catch (err) {
-      if (run.signal.aborted || !reconnectable(err)) throw err;
+      if (run.signal.aborted) throw err;
+      if (err instanceof ApiError && err.status === 429 && ++refusals < QUOTA_RETRIES) {
+        await pause(quotaWait(err), run.signal); // the key's quota: asked again after its wait
+        continue;
+      }
+      if (!reconnectable(err)) throw err;
       error = err;
     }
     if (++failures > STREAM_RETRIES) throw error || new ApiError("The job's progress stream kept ending early.");
@@ -264,7 +283,13 @@ if (localStorage.getItem(KEY_STORE)) $("key-open").hidden = false; // a saved ke
 
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  localStorage.setItem(KEY_STORE, $("api-key").value.trim());
+  const key = $("api-key").value.trim();
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    // an HTTP header carries no other characters: the browser would refuse every request made with it
+    $("key-status").textContent = "An API key is made of printable ASCII characters, without spaces: check what was pasted.";
+    return;
+  }
+  localStorage.setItem(KEY_STORE, key);
   $("api-key").value = "";
   $("key-panel").hidden = true;
   showMessage("");
@@ -343,6 +368,7 @@ const MODELS_AGAIN_S = 5;
 const NO_MODELS_YET = `No model is served yet (no worker has said what it serves): asking again every ${MODELS_AGAIN_S} s.`;
 const NONE_READY = `No model on this server is ready (GET /v1/models says why): asking again every ${MODELS_AGAIN_S} s.`;
 let modelLoads = 0; // a key saved again starts a new load: an older one's late answer is dropped
+let modelsMessage = ""; // what the page said while the models did not come: cleared once they do
 
 async function loadModels() {
   const load = ++modelLoads;
@@ -355,16 +381,23 @@ async function loadModels() {
     const sampler = spec.components.schemas.GenerateRequest.properties.sampler;
     samplers = (sampler.anyOf || [sampler]).flatMap((s) => s.enum || []);
   } catch (err) {
-    if (load === modelLoads) showMessage(err.message);
+    if (load !== modelLoads) return;
+    showMessage((modelsMessage = err.message));
+    // busy (503), over the key's quota (429), or not reached: asked again after the wait the server gives
+    if (err instanceof ApiError && [0, 429, 502, 503, 504].includes(err.status)) {
+      const wait = err.retryAfter || MODELS_AGAIN_S;
+      setTimeout(() => load === modelLoads && loadModels(), Math.min(wait, 60) * 1000);
+    }
     return;
   }
   if (!models.length) {
     // none served yet (API nodes up before any worker has said what it serves): asked for again until some are
-    showMessage(listed ? NONE_READY : NO_MODELS_YET);
+    showMessage((modelsMessage = listed ? NONE_READY : NO_MODELS_YET));
     setTimeout(() => load === modelLoads && loadModels(), MODELS_AGAIN_S * 1000);
     return;
   }
-  if ([NO_MODELS_YET, NONE_READY].includes($("message").textContent)) showMessage("");
+  if (modelsMessage && $("message").textContent === modelsMessage) showMessage(""); // said while they did not come
+  modelsMessage = "";
   // an inpainting model needs an image and a mask (/v1/img2img): the Generate tab has neither to give it
   const generators = models.filter((m) => m.card.tasks.includes("generate") && !m.card.inpainting);
   const select = $("gen-model");
@@ -423,15 +456,15 @@ $("gen-random").addEventListener("click", () => {
 function generateBody() {
   const model = currentModel();
   if (!model) throw new ApiError("Pick a model first.");
-  const steps = Number($("gen-steps").value);
   if (!$("gen-seed").value) $("gen-seed").value = randomSeed();
   const body = {
     model: model.name,
     seed: Number(seedDigits()), // exact for seeds below 2^53; the request and the curl copy keep the digits
-    steps,
     sampler: $("gen-sampler").value,
-    num_images: Number($("gen-count").value),
   };
+  // a field left empty is left out: the model's default (Number("") would send 0, which is refused)
+  if ($("gen-steps").value.trim() !== "") body.steps = Number($("gen-steps").value);
+  if ($("gen-count").value.trim() !== "") body.num_images = Number($("gen-count").value);
   const unconditional = !$("gen-class-field").hidden && $("gen-class").value === "";
   if (!$("gen-class-field").hidden && !unconditional) body.class_label = Number($("gen-class").value);
   // guidance steers towards a class: with "any (unconditional)" there is none to steer towards
@@ -479,7 +512,7 @@ $("gen-curl-copy").addEventListener("click", guard($("gen-curl-copy"), copyCurl)
 
 async function generate(run) {
   const body = generateBody();
-  body.preview_every = Math.max(1, Math.floor(body.steps / 10));
+  body.preview_every = Math.max(1, Math.floor((body.steps || currentModel().card.defaults.steps) / 10));
   const progress = $("gen-progress");
   $("gen-status").textContent = "sending…";
   // Not aborted by Cancel: the server may have taken the job already, and only its answer names it. A run
@@ -518,7 +551,7 @@ async function generate(run) {
       outcome = event;
     }
   }
-  const job = await apiJson(`/v1/jobs/${accepted.job_id}`, { signal: run.signal });
+  const job = await readJob(accepted.job_id, run);
   if (outcome !== "succeeded" || job.status !== "succeeded") {
     throw new ApiError(`The job ${job.status}${job.error ? `: ${job.error}` : ""}`);
   }
@@ -729,7 +762,18 @@ async function scoreAgainstOriginal(id, captionId, label) {
     return; // an original the browser cannot show (TIFF, PNM, TGA, QOI) has no pixels here to compare with
   }
   if (a.width !== b.width || a.height !== b.height) return;
+  if (!opaque(a)) {
+    // the server drops alpha, keeping each pixel's colour, which the browser's canvas does not keep where a
+    // pixel is transparent: the two would not be the same pixels
+    $(captionId).textContent = `${label} (no PSNR or SSIM: the original has transparent pixels)`;
+    return;
+  }
   $(captionId).textContent = `${label}: PSNR ${psnr(a, b).toFixed(2)} dB, SSIM ${ssim(a, b).toFixed(3)}`;
+}
+
+function opaque(image) {
+  for (let i = 3; i < image.data.length; i += 4) if (image.data[i] !== 255) return false;
+  return true;
 }
 
 function psnr(a, b) {
@@ -817,13 +861,18 @@ $("fw-image").addEventListener("change", () => {
 });
 
 // A request a key's quota refused (429) is sent again after the wait the server gives, a few times.
-async function patiently(send, run, waiting) {
+const QUOTA_RETRIES = 20;
+function quotaWait(err) {
+  return Math.min(Math.max(err.retryAfter, 1), 60);
+}
+
+async function patiently(send, run, waiting = () => {}) {
   for (let attempt = 1; ; attempt++) {
     try {
       return await send();
     } catch (err) {
-      if (!(err instanceof ApiError && err.status === 429) || attempt >= 20 || run.signal.aborted) throw err;
-      const wait = Math.min(Math.max(err.retryAfter, 1), 60);
+      if (!(err instanceof ApiError && err.status === 429) || attempt >= QUOTA_RETRIES || run.signal.aborted) throw err;
+      const wait = quotaWait(err);
       waiting(wait);
       await pause(wait, run.signal); // Cancel ends the wait
     }
@@ -833,54 +882,68 @@ async function patiently(send, run, waiting) {
 async function forward(run) {
   const model = models.find((m) => m.name === $("fw-model").value);
   if (!model) throw new ApiError("Pick a model for its noise schedule first.");
+  const seed = $("fw-seed").value.trim() || "0";
+  if (!/^\d+$/.test(seed)) throw new ApiError("The seed must be a whole number, 0 or more.");
   const image = forwardUpload || (await sample($("fw-image").value));
   run.signal.throwIfAborted(); // canceled while the sample came: the last strip stays
+  const steps = forwardSteps(model.card.train_timesteps);
   const last = model.card.train_timesteps - 1;
   const strip = $("fw-strip");
-  strip.querySelectorAll("img").forEach(forget);
-  strip.replaceChildren();
-  const seed = $("fw-seed").value || "0";
   // One /v1/noise call per timestep, all with the same seed: the same noise n at every t, growing as
-  // alpha_bar_t falls. t = 0 is x_0 itself; the last timestep of the schedule is T - 1.
-  const cells = FORWARD_STEPS.map((t) => {
-    const item = document.createElement("li");
-    strip.append(item);
-    return item;
-  });
+  // alpha_bar_t falls. t = 0 is x_0 itself; the last timestep of the schedule is T - 1. The new strip takes
+  // the last one's place once the server has given its first image: a refused request keeps the last strip.
+  const cells = steps.map(() => document.createElement("li"));
+  let shown = false;
+  const show = () => {
+    if (shown) return;
+    shown = true;
+    strip.querySelectorAll("img").forEach(forget);
+    strip.replaceChildren(...cells);
+  };
   let done = 0;
   // a few requests at a time: a key may hold only so many jobs at once (the README's example: 4)
-  await inTurns(
-    FORWARD_CONCURRENCY,
-    FORWARD_STEPS.map((t, i) => async (stopped) => {
-      let src;
-      const timestep = Math.min(t, last);
-      if (t === 0) {
-        src = URL.createObjectURL(image);
-      } else {
-        const form = new FormData();
-        form.append("file", image, "image");
-        form.append("timestep", String(timestep));
-        form.append("model", model.name);
-        form.append("seed", seed);
-        const send = () => apiJson("/v1/noise", { method: "POST", body: form, signal: run.signal });
-        const waiting = (wait) => {
-          $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length} images; the key's quota asks to wait ${wait} s`;
-        };
-        const job = await finished(await patiently(send, run, waiting), run);
-        if (stopped()) return; // another image failed: the strip says so, and stays as it was then
-        src = dataUrl(job.images[0]);
-      }
-      const label = t === 0 ? "t = 0 (x₀)" : timestep === t ? `t = ${t}` : `t = ${timestep} (T − 1)`;
-      const img = document.createElement("img");
-      img.src = src;
-      img.alt = `x at ${label}`;
-      const caption = document.createElement("span");
-      caption.textContent = label;
-      cells[i].append(img, caption);
-      done++;
-      $("fw-status").textContent = `${done} of ${FORWARD_STEPS.length} images`;
-    }),
-  );
+  try {
+    await inTurns(
+      FORWARD_CONCURRENCY,
+      steps.map((t, i) => async (stopped) => {
+        let src;
+        if (t === 0) {
+          src = URL.createObjectURL(image);
+        } else {
+          const form = new FormData();
+          form.append("file", image, "image");
+          form.append("timestep", String(t));
+          form.append("model", model.name);
+          form.append("seed", seed);
+          const send = () => apiJson("/v1/noise", { method: "POST", body: form, signal: run.signal });
+          const waiting = (wait) => {
+            $("fw-status").textContent = `${done} of ${steps.length} images; the key's quota asks to wait ${wait} s`;
+          };
+          const job = await finished(await patiently(send, run, waiting), run);
+          if (stopped()) return; // another image failed: the strip says so, and stays as it was then
+          src = dataUrl(job.images[0]);
+          show();
+        }
+        const label = t === 0 ? "t = 0 (x₀)" : t === last ? `t = ${t} (T − 1)` : `t = ${t}`;
+        const img = document.createElement("img");
+        img.src = src;
+        img.alt = `x at ${label}`;
+        const caption = document.createElement("span");
+        caption.textContent = label;
+        cells[i].append(img, caption);
+        done++;
+        $("fw-status").textContent = `${done} of ${steps.length} images`;
+      }),
+    );
+  } finally {
+    if (!shown) cells.forEach((cell) => cell.querySelectorAll("img").forEach(forget)); // x_0's, never shown
+  }
+}
+
+// x_0, then tenths of the schedule's T timesteps (0, 100, ..., 900 and T - 1 = 999 for T = 1000), each once
+function forwardSteps(T) {
+  const steps = Array.from({ length: FORWARD_IMAGES }, (_, k) => Math.min(Math.round((k * T) / (FORWARD_IMAGES - 1)), T - 1));
+  return [...new Set(steps)];
 }
 
 async function inTurns(limit, tasks) {

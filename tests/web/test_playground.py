@@ -682,6 +682,11 @@ def test_the_page_is_served_with_a_policy_that_keeps_it_on_this_server(server):
     assert r.headers["cache-control"] == script.headers["cache-control"] == "no-cache"
     again = httpx.get(server.url + "/ui/app.js", headers={"If-None-Match": script.headers["etag"]})
     assert again.status_code == 304
+    # the page under /ui too: without the policy (frame-ancestors 'none') another site could frame it
+    assert (
+        httpx.get(server.url + "/ui/index.html").headers["content-security-policy"]
+        == r.headers["content-security-policy"]
+    )
 
 
 @pytest.mark.parametrize("how", ["broken", "ended"])
@@ -738,3 +743,130 @@ def test_a_page_opened_before_any_model_is_served_asks_again_until_one_is(server
     expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value("tiny-gen")
     expect(page.get_by_role("alert")).to_have_count(0)
     assert len(asked) == 2
+
+
+@pytest.mark.parametrize("refused", ["events", "record"])
+def test_a_quota_refusal_of_a_jobs_progress_or_record_is_waited_out_and_the_job_kept(server, open_page, refused):
+    """Every /v1 request counts against a key's requests per minute, the reads of a job too: a 429 on its event
+    stream or its record had the page report a job that succeeded as failed, and cancel it."""
+    watched = open_page(server)
+    page = watched.page
+    deletes, seen = [], []
+    page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+    detail = {"detail": [{"loc": ["header", "authorization"], "msg": "over its requests", "type": "rate_limited"}]}
+
+    def first_refused(route):
+        seen.append(route.request.url)
+        if len(seen) == 1:
+            route.fulfill(status=429, json=detail, headers={"Retry-After": "1"})
+        else:
+            route.continue_()
+
+    page.route("**/v1/jobs/*/events" if refused == "events" else re.compile(r".*/v1/jobs/[0-9a-f]+$"), first_refused)
+    fill_generate(page, class_name="b", seed=5, steps=10)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 5")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert len(seen) == 2 and deletes == []
+
+
+def test_a_busy_model_list_at_load_is_asked_for_again_after_its_wait(server, open_page):
+    """A 503 (Redis away a moment) or 429 from /v1/models when the page opened left Generate disabled until a
+    reload."""
+    watched = open_page(server)
+    page = watched.page
+    asked = []
+
+    def busy_first(route):
+        asked.append(route.request.url)
+        if len(asked) == 1:
+            detail = {"detail": [{"loc": [], "msg": "the job queue is unreachable", "type": "queue_unavailable"}]}
+            route.fulfill(status=503, json=detail, headers={"Retry-After": "1"})
+        else:
+            route.continue_()
+
+    page.route("**/v1/models", busy_first)
+    page.reload()
+    expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value(
+        "tiny-gen", timeout=15_000
+    )
+    expect(page.locator("#gen-submit")).to_be_enabled()
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert len(asked) == 2
+
+
+def test_the_forward_strip_follows_the_schedules_length_and_a_refused_run_keeps_the_last_strip(server, open_page):
+    """The strip's timesteps were fixed for T = 1000: a schedule of 100 steps showed t = 100 ... 1000 all
+    clamped to 99. And a refused run (a bad seed, a 422) wiped the strip it was to replace."""
+    watched = open_page(server)
+    page = watched.page
+
+    def short_schedule(route):  # tiny-gen's card, as a model whose schedule has 100 timesteps
+        listed = route.fetch().json()
+        for model in listed["models"]:
+            if model["card"]:
+                model["card"]["train_timesteps"] = 100
+        route.fulfill(json=listed)
+
+    page.route("**/v1/models", short_schedule)
+    page.reload()
+    page.get_by_role("tab", name="Forward process").click()
+    panel = page.get_by_role("tabpanel", name="Forward process")
+    panel.get_by_label("Schedule of model").select_option("tiny-gen")
+    page.get_by_role("button", name="Show forward process").click()
+    strip = page.locator("#fw-strip img")
+    expect(page.locator("#fw-status")).to_have_text("11 of 11 images", timeout=60_000)
+    captions = page.locator("#fw-strip span").all_inner_texts()
+    assert captions == ["t = 0 (x₀)", *[f"t = {t}" for t in range(10, 100, 10)], "t = 99 (T − 1)"]
+    shown = strip.nth(5).get_attribute("src")
+    panel.get_by_label("Seed").fill("-1")
+    page.get_by_role("button", name="Show forward process").click()
+    expect(page.get_by_role("alert")).to_contain_text("The seed must be a whole number")
+    panel.get_by_label("Seed").fill("4")
+    detail = {"detail": [{"loc": ["body", "timestep"], "msg": "refused", "type": "out_of_range"}]}
+    page.route("**/v1/noise", lambda route: route.fulfill(status=422, json=detail))
+    page.get_by_role("button", name="Show forward process").click()
+    expect(page.get_by_role("alert")).to_contain_text("422")
+    expect(strip).to_have_count(11)
+    assert strip.nth(5).get_attribute("src") == shown
+
+
+def test_no_scores_are_given_against_an_original_with_transparent_pixels(server, open_page, tmp_path):
+    """The server drops alpha keeping each pixel's colour; the browser's canvas loses the colour where a pixel
+    is transparent: the page scored different pixels (PSNR 5.48 dB for noise of σ 25)."""
+    watched = open_page(server)
+    page = watched.page
+    rgba = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    path = tmp_path / "clear.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    page.get_by_role("tab", name="Denoise").click()
+    page.locator("#dn-file").set_input_files(str(path))
+    page.get_by_label("Noise σ (1–255)").fill("25")
+    page.get_by_role("button", name="Add noise", exact=True).click()
+    expect(page.locator("#dn-noisy-caption")).to_have_text(
+        "Noisy (σ 25) (no PSNR or SSIM: the original has transparent pixels)", timeout=30_000
+    )
+
+
+def test_an_empty_steps_field_takes_the_models_default(server, open_page):
+    """An empty Steps field sent steps 0, which the API refuses, instead of leaving the model's default."""
+    watched = open_page(server)
+    page = watched.page
+    sent = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/generate") else None)
+    tab = fill_generate(page, class_name="a", seed=9, steps=5)
+    tab.get_by_label("Steps").fill("")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_role("img", name="Generated image, seed 9")).to_be_visible(timeout=60_000)
+    assert "steps" not in sent[0] and sent[0]["preview_every"] == 3  # a tenth of tiny-gen's 30 default steps
+
+
+def test_a_key_no_http_header_can_carry_is_refused_when_saved(keyed_server, open_page):
+    """Saved, it made every request throw in the browser, which the page reported as a lost connection."""
+    watched = open_page(keyed_server)
+    page = watched.page
+    page.get_by_role("textbox", name="API key").fill("clé-secrète")
+    page.get_by_role("button", name="Save key").click()
+    expect(page.locator("#key-status")).to_contain_text("printable ASCII")
+    assert page.evaluate("localStorage.getItem('diffusion-api-key')") is None

@@ -25,11 +25,13 @@ async def page() -> FileResponse:
 
 class Revalidated(StaticFiles):
     """The page's script, styles and samples, revalidated at each load (their ETag makes that a 304), as
-    the page itself is: after an upgrade a browser never runs an old script under the new page."""
+    the page itself is: after an upgrade a browser never runs an old script under the new page. Under the
+    page's policy too: /ui/index.html is the page, and without it another site could frame it."""
 
     def file_response(self, *args, **kwargs):
         response = super().file_response(*args, **kwargs)
         response.headers["Cache-Control"] = "no-cache"
+        response.headers["Content-Security-Policy"] = CSP
         return response
 
 
