@@ -38,6 +38,20 @@ def held_by(page, held: list, count: int = 1, seconds: float = 30.0) -> None:
     assert len(held) >= count, f"{len(held)} of {count} requests reached the route"
 
 
+def first_answered(seen: list, **answer):
+    """A route handler that answers the first request it sees with ``answer`` (Route.fulfill's arguments) and
+    lets the others through, listing each request's URL in ``seen``."""
+
+    def handle(route):
+        seen.append(route.request.url)
+        if len(seen) == 1:
+            route.fulfill(**answer)
+        else:
+            route.continue_()
+
+    return handle
+
+
 def slow_cat_sample(page) -> list:
     """The Denoise tab, its "Sample: cat" clicked, the sample's request held (a slow network): the list
     that will hold its route."""
@@ -727,15 +741,7 @@ def test_a_page_opened_before_any_model_is_served_asks_again_until_one_is(server
     watched = open_page(server)
     page = watched.page
     asked = []
-
-    def empty_first(route):
-        asked.append(route.request.url)
-        if len(asked) == 1:
-            route.fulfill(status=200, headers={"content-type": "application/json"}, body='{"models": []}')
-        else:
-            route.continue_()
-
-    page.route("**/v1/models", empty_first)
+    page.route("**/v1/models", first_answered(asked, status=200, json={"models": []}))
     page.reload()
     expect(page.get_by_role("alert")).to_contain_text("No model is served yet")
     expect(page.locator("#gen-submit")).to_be_disabled()
@@ -755,14 +761,10 @@ def test_a_quota_refusal_of_a_jobs_progress_or_record_is_waited_out_and_the_job_
     page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
     detail = {"detail": [{"loc": ["header", "authorization"], "msg": "over its requests", "type": "rate_limited"}]}
 
-    def first_refused(route):
-        seen.append(route.request.url)
-        if len(seen) == 1:
-            route.fulfill(status=429, json=detail, headers={"Retry-After": "1"})
-        else:
-            route.continue_()
-
-    page.route("**/v1/jobs/*/events" if refused == "events" else re.compile(r".*/v1/jobs/[0-9a-f]+$"), first_refused)
+    page.route(
+        "**/v1/jobs/*/events" if refused == "events" else re.compile(r".*/v1/jobs/[0-9a-f]+$"),
+        first_answered(seen, status=429, json=detail, headers={"Retry-After": "1"}),
+    )
     fill_generate(page, class_name="b", seed=5, steps=10)
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.get_by_role("img", name="Generated image, seed 5")).to_be_visible(timeout=60_000)
@@ -776,16 +778,8 @@ def test_a_busy_model_list_at_load_is_asked_for_again_after_its_wait(server, ope
     watched = open_page(server)
     page = watched.page
     asked = []
-
-    def busy_first(route):
-        asked.append(route.request.url)
-        if len(asked) == 1:
-            detail = {"detail": [{"loc": [], "msg": "the job queue is unreachable", "type": "queue_unavailable"}]}
-            route.fulfill(status=503, json=detail, headers={"Retry-After": "1"})
-        else:
-            route.continue_()
-
-    page.route("**/v1/models", busy_first)
+    detail = {"detail": [{"loc": [], "msg": "the job queue is unreachable", "type": "queue_unavailable"}]}
+    page.route("**/v1/models", first_answered(asked, status=503, json=detail, headers={"Retry-After": "1"}))
     page.reload()
     expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value(
         "tiny-gen", timeout=15_000
