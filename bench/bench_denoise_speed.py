@@ -15,9 +15,11 @@ not; the default tiles (192 in bf16, 256 in float32) or one tile for the whole p
 pass, sigma given. Prints the median of ``--repeats`` timed runs after one warm-up, and each variant's PSNR,
 so a faster path that costs quality shows it. Last, FFDNet, the service's default path, that path with
 diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites, app/families/rewrites.py)
-the default with ``DIFFUSION_DENOISE_TILE=1024`` and the default with ``DIFFUSION_CPU_ROW_GROUPS=false`` (every
-operator spread over all the threads, as before row groups: app/engine/runner.py) run in turns, so the minutes
-in which a shared VM runs slow fall on all of them alike: those rows are the comparison the speed bar reads.
+the default with ``DIFFUSION_DENOISE_TILE=1024``, the default with ``DIFFUSION_CPU_ROW_GROUPS=false`` (every
+operator spread over all the threads, as before row groups: app/engine/runner.py) and the default with every
+tile in one pass (``DIFFUSION_MAX_BATCH_PIXELS`` raised: the service's passes hold 131,072 pixels on the CPU,
+two float32 tiles or five bf16 ones; before 2026-12-07 this bench ran every tile in one pass) run in turns,
+so the minutes in which a shared VM runs slow fall on all of them alike: those rows are the comparison the speed bar reads.
 The process keeps freed memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measures
 glibc's defaults).
 
@@ -62,6 +64,9 @@ from app.families.phase_upsample import PhaseUpsample2D  # noqa: E402
 from app.settings import DEFAULT_DENOISE_TILE, Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
+
+
+ONE_PASS_PIXELS = 1 << 22  # a pass's pixel cap that takes every tile of the photo (the CPU's default: 131,072)
 
 
 def timed(*fns, repeats: int) -> list[tuple[float, np.ndarray]]:
@@ -151,6 +156,7 @@ def main() -> None:
     diffusers_modules(plain.unet, PhaseUpsample2D, Upsample2D)
     diffusers_modules(unfused.unet, FusedResnetBlock2D, ResnetBlock2D)
     one_tile = Settings(denoise_tile=1024, denoise_overlap=0)  # what docs/denoising.md offers operators
+    one_pass = Settings(max_batch_pixels=ONE_PASS_PIXELS)  # every tile in one pass, as this bench ran before
     turns = timed(
         lambda: run_ffdnet(noisy, args.sigma),
         lambda: serve_ours(phase, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
@@ -158,16 +164,18 @@ def main() -> None:
         lambda: serve_ours(unfused, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, runner, one_tile, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, spread, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(phase, runner, one_pass, noisy, sigma=args.sigma, mode="mmse", seed=0),
         repeats=args.turns,
     )
     precision = "bf16" if runner.autocast_dtype else "fp32"
     default = f"tile {denoise_tile(settings, runner)}, {precision}, channels-last"
-    add("FFDNet (forward pass), in turns with the next five", *turns[0])
+    add("FFDNet (forward pass), in turns with the next six", *turns[0])
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])
     add(f"ours, {default}, diffusers' ResnetBlock2D (before the fused forward), in turns", *turns[3])
     add(f"ours, DIFFUSION_DENOISE_TILE=1024 (one tile here), {precision}, channels-last, in turns", *turns[4])
     add(f"ours, {default}, DIFFUSION_CPU_ROW_GROUPS=false (each operator on all threads), in turns", *turns[5])
+    add(f"ours, {default}, DIFFUSION_MAX_BATCH_PIXELS={ONE_PASS_PIXELS} (every tile in one pass), in turns", *turns[6])
     print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
     for name, seconds, psnr in rows:
         print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")

@@ -93,7 +93,9 @@ def serve_ours(
     seed: int,
     ensemble: int = 1,
 ) -> bytes:
-    """The service's path for one image: plan the tiles, run the rows to the end, blend, encode (the PNG)."""
+    """The service's path for one image: plan the tiles, run the rows to the end in the passes the engine's
+    scheduler makes for a job alone (DIFFUSION_MAX_BATCH and DIFFUSION_MAX_BATCH_PIXELS per pass), blend,
+    encode (the PNG)."""
     defaults = model.entry.card.defaults
     spec = DenoiseSpec(
         model=model.name,
@@ -108,7 +110,8 @@ def serve_ours(
     )
     tile = denoise_tile(settings, runner)  # as the service's engine picks it
     plan = plan_denoise("bench", spec, model, tile=tile, overlap=settings.denoise_overlap)
-    run_until_done(runner, plan.rows, settings.max_batch, on_done=plan.collect)
+    caps = settings.batch_cap(runner.device.type), settings.batch_pixel_cap(runner.device.type)
+    run_until_done(runner, plan.rows, caps[0], on_done=plan.collect, max_pixels=caps[1])  # the engine's passes
     return plan.finish().encode().images[0].data  # written as the service writes it
 
 

@@ -307,15 +307,27 @@ class Runner:
 
 
 def run_until_done(
-    runner: Runner, rows: list[Row], max_batch: int, on_done: Callable[[Row], None] | None = None
+    runner: Runner,
+    rows: list[Row],
+    max_batch: int | None,
+    on_done: Callable[[Row], None] | None = None,
+    *,
+    max_pixels: int | None = None,
 ) -> list[Row]:
-    """Walk ``rows`` to the end of their plans, at most ``max_batch`` at a time, with no scheduler, no
-    threads and no queue: the engine's step for scripts and benchmarks. ``on_done`` gets each row as it
-    finishes (a plan's ``collect``). Returns the rows."""
+    """Walk ``rows`` to the end of their plans with no scheduler, no threads and no queue: the engine's step
+    for scripts and benchmarks. A pass holds at most ``max_batch`` network rows and ``max_pixels`` pixels, as
+    the engine's scheduler fills one for a job alone (its first row runs whatever its size); None: no cap.
+    ``on_done`` gets each row as it finishes (a plan's ``collect``). Returns the rows."""
     pending = list(rows)
     while pending:
         group = pending[0].group  # rows of one model and shape share a pass, as in the engine
-        batch = [r for r in pending if r.group == group][:max_batch]
+        batch, cost, pixels = [], 0, 0
+        for row in (r for r in pending if r.group == group):
+            over_rows = max_batch is not None and cost + row.network_rows > max_batch
+            if batch and (over_rows or (max_pixels is not None and pixels + row.pixels > max_pixels)):
+                break
+            batch.append(row)
+            cost, pixels = cost + row.network_rows, pixels + row.pixels
         for row in batch:
             if row.x is None:
                 row.begin(runner.device)

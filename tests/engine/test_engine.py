@@ -264,6 +264,34 @@ def test_finished_tiles_are_blended_in_row_order_whatever_order_they_finish_in(h
     assert np.array_equal(canvases[0], canvases[1])
 
 
+def test_run_until_done_makes_the_passes_the_engine_makes_for_a_job_alone(harness):
+    """It ran every row of a group in one pass, ignoring DIFFUSION_MAX_BATCH_PIXELS, so the benchmarks that use
+    it (bench/eval_denoise.py's service path) timed passes the service never runs: a photo's 6 float32 tiles
+    in one pass, where the engine runs three of two."""
+    from app.engine.plans import plan_denoise
+    from app.engine.runner import run_until_done
+    from app.jobs import DenoiseSpec, ImageData
+    from tests.api.helpers import photo
+
+    data = ImageData(width=96, height=64, channels=3, pixels=photo(64, 96, seed=2).tobytes())
+    job = DenoiseSpec(model="tiny-rgb", image=data, sigma=30.0, mode="mmse")
+    model = harness.engine.models["tiny-rgb"]
+    runner = harness.engine.runner
+    passes = []
+    real = runner.step
+    runner.step = lambda batch: passes.append([row.pixels for row in batch]) or real(batch)
+    try:
+        for caps in ((64, None), (64, 2 * 32 * 32), (3, None), (64, 100)):
+            passes.clear()
+            plan = plan_denoise("d", job, model, tile=32, overlap=0)  # 6 tiles of 32 x 32
+            run_until_done(runner, plan.rows, caps[0], max_pixels=caps[1])
+            assert all(row.done for row in plan.rows)
+            sizes = [len(p) for p in passes]
+            assert sizes == {(64, None): [6], (64, 2048): [2, 2, 2], (3, None): [3, 3], (64, 100): [1] * 6}[caps]
+    finally:
+        runner.step = real
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_a_denoise_gives_the_same_bytes_alone_and_in_a_crowd(store, monkeypatch, split):
     """Non-square tiles with quarter-turned views run in two groups that finish in varying order; the blend
