@@ -20,8 +20,8 @@ operator spread over all the threads, as before row groups: app/engine/runner.py
 tile in one pass (``DIFFUSION_MAX_BATCH_PIXELS`` raised: the service's passes hold 131,072 pixels on the CPU,
 two float32 tiles or five bf16 ones; before 2026-12-07 this bench ran every tile in one pass) run in turns,
 so the minutes in which a shared VM runs slow fall on all of them alike: those rows are the comparison the
-speed bar reads. The process keeps freed memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measures
-glibc's defaults).
+speed bar reads. The process keeps freed memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``;
+``=false`` measures glibc's defaults).
 
 bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as the service's
 ``DIFFUSION_DTYPE=auto`` does); elsewhere it is emulated, many times slower than float32, and the service
