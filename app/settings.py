@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="network precision; auto: bfloat16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16, "
-        "AMX) where it pays (AMX, or AVX512-BF16 on AMD), float32 on other CPUs",
+        description="network precision; auto: bfloat16 autocast on CUDA (float16 on GPUs without bf16) and on a CPU "
+        "with native bf16 (AVX512-BF16, AMX) where it pays (AMX, or AVX512-BF16 on AMD), float32 on other CPUs",
     )
     max_batch: int | None = Field(None, ge=1, le=4096, description="rows per forward pass; default per device")
     max_batch_pixels: int | None = Field(
