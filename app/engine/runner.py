@@ -129,12 +129,12 @@ class RowGroups:
     its own with one intra-op thread, instead of every operator of one pass spread over all the threads (each
     ending in a barrier of them). The groups' threads hold Python's lock only between operators, so this pays
     where an operator's work is large beside that: rows of at least ``MIN_PIXELS`` pixels, two or more per
-    group. On 2 cores the photo denoiser's whole path took 0.91-0.97x the spread pass's time in float32 and
-    0.94-0.97x in bf16 (``bench/bench_denoise_speed.py``); one row per group, or rows of 28x28 (the digits),
-    took up to 1.10x and 1.32x (``bench/bench_row_groups.py``; both in docs/denoising.md).
-
-    Rows left over (fewer than one per group) run after the groups on all the threads. A row's output differs
-    from the spread pass's by float rounding only (operators split their work another way on one thread).
+    group, as many in each. On 2 cores a photo's 12 bf16 tiles in one pass took 0.94-0.97x the spread pass's
+    time; one row per group, or rows of 28x28 (the digits), took up to 1.10x and 1.32x
+    (``bench/bench_row_groups.py``). A pass whose rows do not split evenly is not split: its odd row, run
+    after the groups on all the threads, made the engine's passes of five bf16 tiles 9-12% slower than
+    spread ones (``bench/bench_denoise_speed.py``, two runs; docs/denoising.md). A row's output differs from
+    the spread pass's by float rounding only (operators split their work another way on one thread).
     """
 
     MIN_PIXELS = 128 * 128
@@ -144,19 +144,16 @@ class RowGroups:
         self.threads = threads
         self._queues: list[queue.SimpleQueue] = []  # one per group's thread
 
-    def parts(self, rows: int, pixels: int) -> tuple[list[slice], slice | None]:
-        """The groups of ``rows`` rows of ``pixels`` pixels each, and the rows left over for the caller (all of
-        them, and no groups, where splitting would not pay; None when none are left over)."""
+    def parts(self, rows: int, pixels: int) -> list[slice]:
+        """The groups of ``rows`` rows of ``pixels`` pixels each; none where splitting would not pay."""
         each = rows // self.threads if self.threads > 1 and pixels >= self.MIN_PIXELS else 0
-        if each < self.MIN_ROWS:
-            return [], slice(0, rows)
-        groups = [slice(i * each, (i + 1) * each) for i in range(self.threads)]
-        rest = rows - each * self.threads
-        return groups, slice(rows - rest, rows) if rest else None
+        if each < self.MIN_ROWS or rows % self.threads:
+            return []
+        return [slice(i * each, (i + 1) * each) for i in range(self.threads)]
 
     def run(self, forward: Callable[[slice], torch.Tensor], rows: int, pixels: int) -> torch.Tensor:
         """``forward`` of each group of rows, concatenated in row order."""
-        groups, rest = self.parts(rows, pixels)
+        groups = self.parts(rows, pixels)
         if not groups:
             return forward(slice(0, rows))
         self.start()
@@ -164,10 +161,7 @@ class RowGroups:
         for inbox, part, future in zip(self._queues, groups, running):
             inbox.put((forward, part, future))
         futures.wait(running)  # all of them, so that none still runs once a failure is raised
-        outputs = [future.result() for future in running]
-        if rest is not None:
-            outputs.append(forward(rest))
-        return torch.cat(outputs)
+        return torch.cat([future.result() for future in running])
 
     def start(self) -> None:
         """Start the groups' threads (once; the engine does so on its thread before it loads anything).

@@ -26,21 +26,24 @@ BIG = RowGroups.MIN_PIXELS
 
 
 @pytest.mark.parametrize(
-    "threads, rows, pixels, groups, rest",
+    "threads, rows, pixels, groups",
     [
-        (2, 4, BIG, [slice(0, 2), slice(2, 4)], None),
-        (2, 5, BIG, [slice(0, 2), slice(2, 4)], slice(4, 5)),  # the odd row after the groups, on all threads
-        (3, 7, BIG, [slice(0, 2), slice(2, 4), slice(4, 6)], slice(6, 7)),
-        (2, 3, BIG, [], slice(0, 3)),  # fewer than two rows a group: not split
-        (2, 64, BIG - 1, [], slice(0, 64)),  # small rows (the digits' 28 x 28): not split
-        (1, 6, BIG, [], slice(0, 6)),  # one thread: no groups
+        (2, 4, BIG, [slice(0, 2), slice(2, 4)]),
+        (3, 6, BIG, [slice(0, 2), slice(2, 4), slice(4, 6)]),
+        # rows that do not split evenly: not split (the odd row after the groups, on all the threads, made the
+        # engine's passes of five bf16 tiles 9-12% slower than spread ones)
+        (2, 5, BIG, []),
+        (3, 7, BIG, []),
+        (2, 2, BIG, []),  # fewer than two rows a group: not split
+        (2, 64, BIG - 1, []),  # small rows (the digits' 28 x 28): not split
+        (1, 6, BIG, []),  # one thread: no groups
     ],
 )
-def test_large_rows_are_split_into_even_groups_and_a_rest(threads, rows, pixels, groups, rest):
-    assert RowGroups(threads).parts(rows, pixels) == (groups, rest)
+def test_large_rows_are_split_into_even_groups_only(threads, rows, pixels, groups):
+    assert RowGroups(threads).parts(rows, pixels) == groups
 
 
-def test_each_group_runs_on_one_thread_of_its_own_and_the_rest_on_the_callers():
+def test_each_group_runs_on_one_thread_of_its_own_and_an_uneven_pass_on_the_callers():
     groups = RowGroups(2)
     seen: dict[tuple[int, int], tuple[str, int]] = {}
 
@@ -50,9 +53,10 @@ def test_each_group_runs_on_one_thread_of_its_own_and_the_rest_on_the_callers():
 
     try:
         before = torch.get_num_threads()
-        assert groups.run(forward, 5, BIG).tolist() == [0, 1, 2, 3, 4]  # in row order
+        assert groups.run(forward, 4, BIG).tolist() == [0, 1, 2, 3]  # in row order
         caller = threading.current_thread().name
-        assert seen[4, 5] == (caller, before)
+        assert groups.run(forward, 5, BIG).tolist() == [0, 1, 2, 3, 4]
+        assert seen[0, 5] == (caller, before)  # not split: all on the caller's threads
         assert {seen[0, 2][1], seen[2, 4][1]} == {1}
         assert seen[0, 2][0] != seen[2, 4][0] and caller not in (seen[0, 2][0], seen[2, 4][0])
         # the caller keeps its threads, and a thread started later takes the caller's count, not the groups' one
@@ -108,8 +112,8 @@ def test_an_error_in_a_group_reaches_the_caller():
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_grouped_rows_give_the_outputs_of_one_pass_under_the_same_modes(store, monkeypatch, dtype):
-    """Gradients' mode and autocast hold per thread: each group's thread sets them as the caller does. Five
-    rows, two of them guided (seven network rows: two groups of three and one left over), split though small."""
+    """Gradients' mode and autocast hold per thread: each group's thread sets them as the caller does. Four
+    rows, two of them guided (six network rows: two groups of three), split though small."""
     monkeypatch.setattr(RowGroups, "MIN_PIXELS", 1)
     model = load_model(scan_store(store)["tiny-gen"], torch.device("cpu"))
     specs = [
@@ -121,7 +125,7 @@ def test_grouped_rows_give_the_outputs_of_one_pass_under_the_same_modes(store, m
             class_label=i % 3,
             guidance_scale=1.5 if i < 2 else 0.0,
         )
-        for i in range(5)
+        for i in range(4)
     ]
     modes: list[tuple] = []
     predict = model.predict
@@ -142,8 +146,8 @@ def test_grouped_rows_give_the_outputs_of_one_pass_under_the_same_modes(store, m
         finally:
             runner.groups.close()
     autocast = dtype is not None
-    assert modes[0] == (False, autocast, 7)
-    assert sorted(modes[1:]) == [(False, autocast, 1), (False, autocast, 3), (False, autocast, 3)]
+    assert modes[0] == (False, autocast, 6)
+    assert sorted(modes[1:]) == [(False, autocast, 3), (False, autocast, 3)]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5 if dtype is None else 2e-2)
 
 
