@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from app.api.errors import ApiError, brief
 from app.api.schemas import JOB_FIELDS, SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
+from app.api.uploads import FORM_FILE
 from app.diffusion.samplers import get_sampler
 from app.imaging import OUTPUT_FORMATS
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec, img2img_steps
@@ -264,9 +265,6 @@ def image_size(req: GenerateRequest, entry: ModelEntry, settings: Settings) -> t
             type="too_many_pixels",
         )
     return height, width
-
-
-FORM_FILE = ("body", "file")  # an upload's place in a form; in a JSON body it is ("body", "image")
 
 
 def start_image_size(

@@ -37,6 +37,7 @@ from app.jobs import DEFAULT_PRIORITY, ImageData
 
 P = TypeVar("P", bound=BaseModel)
 MIN_SIDE = 8
+FORM_FILE = ("body", "file")  # an upload's place in a form, as errors name it; in a JSON body ("body", "image")
 
 
 def media_type(request: Request) -> str:
@@ -71,7 +72,7 @@ class ImageRequest(Generic[P]):
     image: ImageData
     fingerprint: str
     mask: ImageData | None = None  # inpainting: a second image (multipart ``mask``, JSON ``mask``)
-    loc: tuple = ("body", "file")  # where the image came: ("body", "file") in a form, ("body", "image") in JSON
+    loc: tuple = FORM_FILE  # where the image came, for the errors about it
 
 
 def _validate(model: type[P], data: dict, prefix: str) -> P:
