@@ -1659,3 +1659,22 @@ def test_a_worker_that_takes_back_its_own_entry_counts_no_crash_against_it(store
         return pending["consumer"], pending["times_delivered"], list(worker.held)
 
     assert on_redis(scenario) == (b"lagged", 1, ["mine"])
+
+
+def test_a_hand_back_after_redis_lost_its_data_does_not_end_the_stop(store, prefix):
+    """The ownership check of a hand-back asked the stream's consumer group, which a Redis restarted without its
+    data no longer has: its NOGROUP error ended the worker's stop there, leaving the other jobs unhanded."""
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import _Held
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "stopping")
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        entry = (await redis.xadd(stream, {"job": "gone"})).decode()
+        await redis.xreadgroup(GROUP, "stopping", {stream: ">"}, count=1)
+        await redis.delete(stream, worker.keys.job("gone"))  # as a restart without persistence leaves them
+        await worker._hand_back("gone", _Held(stream, entry, JobRecord(id="gone", kind="generate", model="tiny-gen")))
+        return await redis.exists(stream, worker.keys.job("gone"))
+
+    assert on_redis(scenario) == 0

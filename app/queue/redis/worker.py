@@ -273,7 +273,13 @@ class RedisWorker:
         again first (so no later write of this worker's can undo the next worker's). Only while this worker
         still owns its entry, which the check renews (no takeover for a lease): one cut off past its lease
         may have lost the job to another worker, which runs it now."""
-        if await self._renew(keys=[held.stream], args=[GROUP, self.worker_id, held.entry_id]):
+        try:
+            lost = await self._renew(keys=[held.stream], args=[GROUP, self.worker_id, held.entry_id])
+        except ResponseError as exc:  # NOGROUP: the stream or its group went (Redis lost its data): no owner
+            if unavailable(exc):
+                raise
+            lost = []
+        if lost:
             log.warning("job %s: taken over by another worker while this one was cut off; not handed back", job_id)
             return
         hand_back(held.record)
