@@ -1678,3 +1678,31 @@ def test_a_hand_back_after_redis_lost_its_data_does_not_end_the_stop(store, pref
         return await redis.exists(stream, worker.keys.job("gone"))
 
     assert on_redis(scenario) == 0
+
+
+def test_a_job_handed_back_and_then_canceled_before_any_worker_read_it_leaves_its_stream(store, prefix):
+    """A hand-back (or a move to its model's stream) writes the job a new entry, which the job hash did not
+    record: canceled before a worker read it, that entry stayed, counted as work by KEDA."""
+    import redis as redis_sync
+
+    from app.queue.redis.keys import GROUP, Keys
+    from app.queue.redis.records import RecordStore
+    from app.queue.redis.worker import _Held
+
+    job_id = _queued_for_tiny_gen(store, prefix)
+    stream = Keys(prefix).stream("normal", "tiny-gen")
+
+    async def hand_back(redis):
+        worker = _worker_on(store, prefix, redis, "stopping")
+        (_, [(entry, _)]), *_ = await redis.xreadgroup(GROUP, "stopping", {stream: ">"}, count=1)
+        record = await RecordStore(redis, worker.keys, 600, 600).get(job_id)
+        await worker._hand_back(job_id, _Held(stream, entry.decode(), record))
+
+    on_redis(hand_back)
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    assert [fields[b"job"].decode() for _, fields in client.xrange(stream)] == [job_id]  # its new entry
+    with client_for(store, prefix, embedded_worker=False) as api:
+        assert api.delete(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+    left = client.xlen(stream)
+    client.close()
+    assert left == 0

@@ -73,20 +73,51 @@ end
 return lost
 """
 
+# A job's entry written again (PUT_BACK, REQUEUE): its job hash, if it is still there, records it for
+# DROP_UNREAD. (Lua, prepended to the scripts that use it.)
+NOTE_ENTRY = """
+local function note_entry(job_key, stream, entry)
+  if redis.call('EXISTS', job_key) == 1 then redis.call('HSET', job_key, 'stream', stream, 'entry', entry) end
+end
+"""
+
 # Put an entry this consumer read but did not take back at the end of its stream as a new entry (its
 # delivery count starts again), in one step with the check that this consumer still owns it: one that another
-# worker took over meanwhile is that worker's. KEYS: the stream. ARGV: the group, the consumer, the entry ID.
-# Returns 1 when put back, 0 when not owned here, -1 when it was deleted already (acknowledged only).
-PUT_BACK = """
+# worker took over meanwhile is that worker's. KEYS: the stream. ARGV: the group, the consumer, the entry ID,
+# the job key prefix ("{p}:job:"). Returns 1 when put back, 0 when not owned here, -1 when it was deleted
+# already (acknowledged only).
+PUT_BACK = (
+    NOTE_ENTRY
+    + """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #pending == 0 then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if #entry == 0 then return -1 end
 redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+local fields = entry[1][2]
+local new = redis.call('XADD', KEYS[1], '*', unpack(fields))
+for i = 1, #fields, 2 do
+  if fields[i] == 'job' then note_entry(ARGV[4] .. fields[i + 1], KEYS[1], new) end
+end
 return 1
 """
+)
+
+# Queue a job again at the end of a stream, taking its entry off the one it was read from, in one step.
+# KEYS: the stream it leaves, the stream it joins, the job hash, the queued-models set. ARGV: the group, the
+# entry ID it leaves, the job ID, its model ('' for none: not added to the set). Returns the new entry's ID.
+REQUEUE = (
+    NOTE_ENTRY
+    + """
+local new = redis.call('XADD', KEYS[2], '*', 'job', ARGV[3])
+note_entry(KEYS[3], KEYS[2], new)
+if ARGV[4] ~= '' then redis.call('SADD', KEYS[4], ARGV[4]) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return new
+"""
+)
 
 # Forget the workers silent since before a cutoff: their heartbeats, and their catalogs (so the models only they
 # served leave the merged catalog). Checked and deleted in one step, so a worker beating again meanwhile is not
@@ -269,8 +300,8 @@ return 1
 
 # Take a canceled job's entry off its stream if no worker has read it yet (a read one is retired by its
 # worker): left there, it counted as work in the stream's length, which KEDA scales workers by, until a worker
-# with a free place read it. The entry is the one ADMIT wrote (a job put back on a stream since has another,
-# left for a worker to retire). KEYS: the job hash. ARGV: the consumer group. Returns 1 if taken off.
+# with a free place read it. The entry is the latest the job hash records (ADMIT's, or NOTE_ENTRY's for a job
+# put back on a stream since). KEYS: the job hash. ARGV: the consumer group. Returns 1 if taken off.
 DROP_UNREAD = """
 local found = redis.call('HMGET', KEYS[1], 'stream', 'entry')
 local stream, entry = found[1], found[2]

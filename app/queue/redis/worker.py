@@ -50,6 +50,7 @@ from app.queue.redis.keys import (
     PRUNE_CONSUMERS,
     PUT_BACK,
     RENEW,
+    REQUEUE,
     Keys,
 )
 from app.queue.redis.queue import unavailable
@@ -109,6 +110,7 @@ class RedisWorker:
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
         self._put_back = redis.register_script(PUT_BACK)
+        self._requeue_script = redis.register_script(REQUEUE)
         self._prune = redis.register_script(PRUNE)
         self._prune_consumers = redis.register_script(PRUNE_CONSUMERS)
         self._forget_model = redis.register_script(FORGET_MODEL)
@@ -265,7 +267,7 @@ class RedisWorker:
                 entry_id = entry["message_id"].decode()
                 if entry_id in taken or entry["times_delivered"] > 1:
                     continue
-                if await self._put_back(keys=[stream], args=[GROUP, self.worker_id, entry_id]) == 1:
+                if await self._put_back(keys=[stream], args=[GROUP, self.worker_id, entry_id, self.keys.job("")]) == 1:
                     log.info("put entry %s back on %s: read here but not taken before the stop", entry_id, stream)
 
     async def _hand_back(self, job_id: str, held: _Held) -> None:
@@ -292,14 +294,12 @@ class RedisWorker:
         log.info("handed job %s back to the queue", job_id)
 
     async def _requeue(self, job_id: str, stream: str, entry_id: str, *, to: str, model: str | None = None) -> None:
-        """Queue a job again at the end of stream ``to``, taking its entry off ``stream``, in one step."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(to, {"job": job_id})
-            if model is not None:
-                pipe.sadd(self.keys.queued_models, model)
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            await pipe.execute()
+        """Queue a job again at the end of stream ``to``, taking its entry off ``stream``, in one step (REQUEUE:
+        its job hash records the new entry, for a cancel before any worker reads it)."""
+        await self._requeue_script(
+            keys=[stream, to, self.keys.job(job_id), self.keys.queued_models],
+            args=[GROUP, entry_id, job_id, model or ""],
+        )
 
     # -- taking jobs --------------------------------------------------------------------------------
     def _free(self) -> int:
