@@ -201,13 +201,7 @@ class Gate:
         if self.keys is None:
             return None
         self.reload()
-        # the header that decides, given twice (a proxy adding its own), is a 400: which key is meant and billed
-        # is not guessed; an Authorization beside an X-API-Key does not decide (it may be the proxy's own)
-        presented = (single_header(request, "X-API-Key") or "").strip() or None  # an empty header is no key
-        if presented is None:
-            authorization = single_header(request, "Authorization") or ""
-            if authorization[:7].lower() == "bearer ":
-                presented = authorization[7:].strip()
+        header, presented = presented_key(request)
         if not presented:
             raise ApiError(
                 401,
@@ -218,8 +212,7 @@ class Gate:
             )
         key = self.find(presented)
         if key is None:
-            loc = ["header", key_header(request)]
-            raise ApiError(401, loc, "unknown API key", type="unauthorized", headers=CHALLENGE)
+            raise ApiError(401, ["header", header], "unknown API key", type="unauthorized", headers=CHALLENGE)
         return key
 
     async def _count(self, key: ApiKey, header: str) -> None:
@@ -253,10 +246,23 @@ class Gate:
             )
 
 
+def presented_key(request: Request) -> tuple[str, str | None]:
+    """The header that decides which key a request presents (as the errors about the key name it), and the key
+    in it (None: none). X-API-Key wins when given; an empty one is no key. The header that decides, given twice
+    (a proxy adding its own), is a 400: which key is meant and billed is not guessed; an Authorization beside
+    an X-API-Key does not decide (it may be the proxy's own)."""
+    key = (single_header(request, "X-API-Key") or "").strip()
+    if key:
+        return "x-api-key", key
+    authorization = single_header(request, "Authorization") or ""
+    if authorization[:7].lower() == "bearer ":
+        return "authorization", authorization[7:].strip() or None
+    return "authorization", None
+
+
 def key_header(request: Request) -> str:
-    """The header a request's key came in, as the errors about it name it: X-API-Key when given (it decides),
-    else Authorization."""
-    return "x-api-key" if (request.headers.get("x-api-key") or "").strip() else "authorization"
+    """The header a request's key came in (x-api-key or authorization), for the errors about it."""
+    return presented_key(request)[0]
 
 
 def check_scope(key: ApiKey | None, scope: str | None, header: str = "authorization") -> None:
