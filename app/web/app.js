@@ -383,8 +383,10 @@ async function loadModels() {
   } catch (err) {
     if (load !== modelLoads) return;
     showMessage((modelsMessage = err.message));
-    // busy (503), over the key's quota (429), or not reached: asked again after the wait the server gives
-    if (err instanceof ApiError && [0, 429, 502, 503, 504].includes(err.status)) {
+    // busy (503), over the key's quota (429), not reached, or a proxy's page instead of the API document:
+    // asked again after the wait the server gives
+    const refused = err instanceof ApiError && err.status === 429;
+    if (reconnectable(err) || refused || err instanceof SyntaxError) {
       const wait = err.retryAfter || MODELS_AGAIN_S;
       setTimeout(() => load === modelLoads && loadModels(), Math.min(wait, 60) * 1000);
     }

@@ -857,10 +857,35 @@ def test_an_empty_steps_field_takes_the_models_default(server, open_page):
 
 
 def test_a_key_no_http_header_can_carry_is_refused_when_saved(keyed_server, open_page):
-    """Saved, it made every request throw in the browser, which the page reported as a lost connection."""
+    """Saved, it made every request throw in the browser (a character above U+00FF, as the euro sign), which the
+    page reported as a lost connection."""
     watched = open_page(keyed_server)
     page = watched.page
-    page.get_by_role("textbox", name="API key").fill("clé-secrète")
+    page.get_by_role("textbox", name="API key").fill("key-€")
     page.get_by_role("button", name="Save key").click()
     expect(page.locator("#key-status")).to_contain_text("printable ASCII")
     assert page.evaluate("localStorage.getItem('diffusion-api-key')") is None
+
+
+def test_an_api_document_not_reached_at_load_is_asked_for_again(server, open_page):
+    """The page reads the samplers from /openapi.json beside the model list: a network error there (not an
+    answer of the API's) was not asked again, so Generate stayed disabled until a reload."""
+    watched = open_page(server)
+    page = watched.page
+    documents = []
+
+    def unreached_first(route):
+        documents.append(route.request.url)
+        if len(documents) == 1:
+            route.abort("failed")
+        else:
+            route.continue_()
+
+    page.route("**/openapi.json", unreached_first)
+    page.reload()
+    expect(page.get_by_role("tabpanel", name="Generate").get_by_label("Model")).to_have_value(
+        "tiny-gen", timeout=15_000
+    )
+    expect(page.locator("#gen-submit")).to_be_enabled()
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert len(documents) == 2
