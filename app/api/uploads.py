@@ -24,11 +24,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.errors import (
     JSON_FAILURES,
-    PARSE_ON_LOOP_BYTES,
     ApiError,
     brief,
     invalid_json,
-    parse_json,
+    parse_json_aside,
     refusal,
     single_header,
 )
@@ -99,10 +98,8 @@ async def parse_upload_body(request: Request) -> UploadBody:
     if content_type == "multipart/form-data":
         return UploadBody(form=await _read_form(request))
     if content_type == "application/json":
-        raw = await request.body()
-        try:  # a large body (a photo in base64, or a bogus one) would hold the event loop: parsed in a thread
-            document = parse_json(raw) if len(raw) <= PARSE_ON_LOOP_BYTES else await run_in_threadpool(parse_json, raw)
-            return UploadBody(document=document)
+        try:
+            return UploadBody(document=await parse_json_aside(await request.body()))
         except JSON_FAILURES as exc:
             raise invalid_json(exc) from exc
     raise unsupported_media_type(content_type, "multipart/form-data (field 'file') or application/json (field 'image')")
@@ -142,10 +139,7 @@ async def json_body_first(request: Request) -> None:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise refusal(request) or RequestValidationError([missing])
     try:  # FastAPI parsed it already (a body that is not JSON never gets here), keeping a repeated name's last
-        if len(body) <= PARSE_ON_LOOP_BYTES:
-            parse_json(body)
-        else:  # a large body (a bogus one: a job request is small) would hold the event loop for seconds
-            await run_in_threadpool(parse_json, body)
+        await parse_json_aside(body)
     except JSON_FAILURES as exc:
         raise refusal(request) or invalid_json(exc) from None
 

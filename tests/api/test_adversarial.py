@@ -367,6 +367,7 @@ def test_a_large_json_upload_is_parsed_and_its_base64_decoded_off_the_event_loop
     import base64
     import json
 
+    import app.api.errors as errors
     import app.api.uploads as uploads
     from app.api.errors import PARSE_ON_LOOP_BYTES
 
@@ -378,7 +379,7 @@ def test_a_large_json_upload_is_parsed_and_its_base64_decoded_off_the_event_loop
         return True
 
     seen: dict[str, bool] = {}
-    real_parse, real_base64 = uploads.parse_json, uploads._base64
+    real_parse, real_base64 = errors.parse_json, uploads._base64
 
     def parse(raw):
         seen["parse"] = on_loop()
@@ -388,7 +389,7 @@ def test_a_large_json_upload_is_parsed_and_its_base64_decoded_off_the_event_loop
         seen["base64"] = on_loop()
         return real_base64(text, field)
 
-    monkeypatch.setattr(uploads, "parse_json", parse)
+    monkeypatch.setattr(errors, "parse_json", parse)
     monkeypatch.setattr(uploads, "_base64", decode64)
     encoded = base64.encodebytes(png_bytes(photo(64, 64))).decode()  # wrapped at 76 columns, as base64(1) writes
     body = json.dumps({"image": encoded + " " * PARSE_ON_LOOP_BYTES, "sigma": 25})

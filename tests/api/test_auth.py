@@ -379,11 +379,11 @@ def test_a_body_refused_before_it_is_read_is_not_counted_on_any_route(tmp_path, 
 def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(keyed, monkeypatch):
     """The upload routes read and parsed their body before the key check: 19.5 MB of JSON sent with no key held
     the event loop 2.6 s before its 401 (liveness probes time out at 3 s)."""
-    import app.api.uploads as uploads
+    import app.api.errors as errors
 
     parsed = []
-    real = uploads.parse_json
-    monkeypatch.setattr(uploads, "parse_json", lambda raw: parsed.append(len(raw)) or real(raw))
+    real = errors.parse_json
+    monkeypatch.setattr(errors, "parse_json", lambda raw: parsed.append(len(raw)) or real(raw))
     body = json.dumps({"image": base64.b64encode(png_bytes(photo())).decode(), "sigma": 25})
     for headers in ({}, {"X-API-Key": "nope"}, auth("alice")):  # alice may generate, not denoise
         r = keyed.post("/v1/denoise", content=body, headers={"content-type": "application/json", **headers})
