@@ -1640,6 +1640,17 @@ def test_a_job_canceled_before_any_worker_read_it_leaves_its_stream(store, prefi
     assert left == [jobs[0]]
 
 
+async def _entry_read_by(worker, redis, consumer: str, job: str) -> tuple[str, str]:
+    """(stream, entry ID) of a new entry of ``job`` on ``worker``'s tiny-gen stream, read by ``consumer``."""
+    from app.queue.redis.keys import GROUP
+
+    stream = worker.keys.stream("normal", "tiny-gen")
+    await worker._create_groups()
+    entry = (await redis.xadd(stream, {"job": job})).decode()
+    await redis.xreadgroup(GROUP, consumer, {stream: ">"}, count=1)
+    return stream, entry
+
+
 def test_a_worker_that_takes_back_its_own_entry_counts_no_crash_against_it(store, prefix):
     """A worker whose renewal lagged past a lease took its own running job's entry back in its next takeover
     pass, and that takeover counted a delivery: a later real crash then counted twice towards max_attempts."""
@@ -1648,10 +1659,7 @@ def test_a_worker_that_takes_back_its_own_entry_counts_no_crash_against_it(store
 
     async def scenario(redis):
         worker = _worker_on(store, prefix, redis, "lagged")
-        stream = worker.keys.stream("normal", "tiny-gen")
-        await worker._create_groups()
-        entry = (await redis.xadd(stream, {"job": "mine"})).decode()
-        await redis.xreadgroup(GROUP, "lagged", {stream: ">"}, count=1)
+        stream, entry = await _entry_read_by(worker, redis, "lagged", "mine")
         await redis.xclaim(stream, GROUP, "lagged", 0, [entry], idle=120_000, justid=True)  # a lagged renewal
         worker.held["mine"] = _Held(stream, entry, JobRecord(id="mine", kind="generate", model="tiny-gen"))
         await worker._reclaim()
@@ -1664,15 +1672,11 @@ def test_a_worker_that_takes_back_its_own_entry_counts_no_crash_against_it(store
 def test_a_hand_back_after_redis_lost_its_data_does_not_end_the_stop(store, prefix):
     """The ownership check of a hand-back asked the stream's consumer group, which a Redis restarted without its
     data no longer has: its NOGROUP error ended the worker's stop there, leaving the other jobs unhanded."""
-    from app.queue.redis.keys import GROUP
     from app.queue.redis.worker import _Held
 
     async def scenario(redis):
         worker = _worker_on(store, prefix, redis, "stopping")
-        stream = worker.keys.stream("normal", "tiny-gen")
-        await worker._create_groups()
-        entry = (await redis.xadd(stream, {"job": "gone"})).decode()
-        await redis.xreadgroup(GROUP, "stopping", {stream: ">"}, count=1)
+        stream, entry = await _entry_read_by(worker, redis, "stopping", "gone")
         await redis.delete(stream, worker.keys.job("gone"))  # as a restart without persistence leaves them
         await worker._hand_back("gone", _Held(stream, entry, JobRecord(id="gone", kind="generate", model="tiny-gen")))
         return await redis.exists(stream, worker.keys.job("gone"))
