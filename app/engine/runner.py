@@ -16,6 +16,7 @@ from typing import Any, Callable, Hashable, NamedTuple
 import torch
 
 from app.diffusion.samplers import Sampler, Step, cfg_combine
+from app.engine.scheduler import within_passes
 from app.store.loader import LoadedModel
 
 
@@ -317,11 +318,11 @@ def run_until_done(
         group = pending[0].group  # rows of one model and shape share a pass, as in the engine
         batch, cost, pixels = [], 0, 0
         for row in (r for r in pending if r.group == group):
-            over_rows = max_batch is not None and cost + row.network_rows > max_batch
-            if batch and (over_rows or (max_pixels is not None and pixels + row.pixels > max_pixels)):
+            with_row = cost + row.network_rows, pixels + row.pixels
+            if batch and not within_passes(*with_row, max_batch, max_pixels):
                 break
             batch.append(row)
-            cost, pixels = cost + row.network_rows, pixels + row.pixels
+            cost, pixels = with_row
         for row in batch:
             if row.x is None:
                 row.begin(runner.device)

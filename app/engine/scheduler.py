@@ -30,6 +30,15 @@ from typing import Hashable
 from app.jobs import PRIORITY_AGING_S, aged_level
 
 RUNNING_PASSES = 8  # the running set holds at most this many passes' worth of rows, across its groups
+
+
+def within_passes(cost: int, pixels: int, max_batch: int | None, max_pixels: int | None, passes: int = 1) -> bool:
+    """Whether ``cost`` network rows of ``pixels`` pixels fit ``passes`` forward passes' caps (None: no such
+    cap). A pass's first row runs whatever its size: callers check this only past it."""
+    rows_fit = max_batch is None or cost <= passes * max_batch
+    return rows_fit and (max_pixels is None or pixels <= passes * max_pixels)
+
+
 PRIORITY_SHARE = 2  # a group's device time per priority level above another's
 
 
@@ -98,7 +107,7 @@ class Scheduler:
         return dropped
 
     def _within(self, cost: int, pixels: int, passes: int = 1) -> bool:
-        return cost <= passes * self.max_batch and (self.max_pixels is None or pixels <= passes * self.max_pixels)
+        return within_passes(cost, pixels, self.max_batch, self.max_pixels, passes)
 
     def _fits(self, ticket: Ticket) -> str | None:
         """None if the row may join now; "group" if its group's next pass is full (rows of other groups may
