@@ -68,7 +68,7 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, [H, W, C] with C in (1, 3)
     alpha_dropped: bool
     source_mode: str
-    transparent: bool = False  # some pixel was not fully opaque (its alpha below 255) before the alpha was dropped
+    transparent: bool = False  # some pixel's alpha was below 255 (only looked for with ``transparency=True``)
     frames_dropped: int = 0  # frames (or pages) after the first, not decoded: GIF/APNG/WebP animations, TIFF, MPO
     exif_orientation: int = 1  # the EXIF orientation (2-8) the pixels were turned by, as a viewer shows them
     icc_profile: bytes | None = None  # the upload's colour profile (a phone's Display P3, say), for its results
@@ -86,15 +86,17 @@ ACCEPTED = ("PNG", "JPEG", "WebP", "AVIF", "GIF", "BMP", "TIFF", "PNM", "TGA", "
 _BROKEN = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int, transparency: bool = False) -> DecodedImage:
     """Decode an upload to grey or RGB uint8; refuse images over ``max_pixels`` before decoding them.
+    ``transparency``: also look whether a pixel is not fully opaque (a mask's; a pass over the alpha, and a
+    conversion of a palette image with a transparent index, which no other upload needs).
 
     Only the first frame of an animation (or page of a multi-page file) is decoded; the others are counted in
     ``frames_dropped`` (up to MAX_FRAMES_COUNTED). Raises ImageTooLarge, ImageUndecodable (truncated or
     corrupt data) or its subclass ImageUnsupported (a mode such as 32-bit float, see ``image_to_pixels``).
     """
     try:
-        return _decode(data, max_pixels)
+        return _decode(data, max_pixels, transparency)
     except (ImageTooLarge, ImageUndecodable, MemoryError):
         raise
     except Exception as exc:  # Pillow's parsers raise TypeError, IndexError, KeyError ... on malformed files too
@@ -103,7 +105,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise ImageUndecodable(f"image could not be decoded: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode(data: bytes, max_pixels: int, transparency: bool) -> DecodedImage:
     image = _open(data, max_pixels)
     if image.format == "PNG":
         _check_png_complete(data)
@@ -121,7 +123,7 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     except _BROKEN as exc:
         raise ImageUndecodable(f"image could not be decoded: {exc}") from exc
     alpha_dropped = _has_alpha(image)
-    transparent = alpha_dropped and _transparent(image)
+    transparent = transparency and alpha_dropped and _transparent(image)
     if turned_on_load is not None:
         orientation = turned_on_load
     else:

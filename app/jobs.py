@@ -43,7 +43,9 @@ class ImageData(_Model):
     channels: Literal[1, 3]
     pixels: bytes
     alpha_dropped: bool = False
-    transparent: bool = Field(False, description="some pixel was not fully opaque before the alpha was dropped")
+    transparent: bool = Field(
+        False, description="a mask's: some pixel was not fully opaque before the alpha was dropped"
+    )
     frames_dropped: int = Field(0, ge=0, description="frames of an animation beyond the first, ignored")
     exif_orientation: int = Field(1, ge=1, le=8, description="the EXIF orientation the pixels were turned by")
     icc_profile: bytes | None = Field(None, description="the upload's ICC colour profile, given back with its results")

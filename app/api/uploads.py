@@ -167,7 +167,7 @@ async def read_image_request(
     image = await to_thread.run_sync(_decode, raw, loc, max_pixels, limiter=slots)
     mask = None
     if raw_mask is not None:
-        mask = await to_thread.run_sync(_decode, raw_mask, ["body", "mask"], max_pixels, limiter=slots)
+        mask = await to_thread.run_sync(_decode, raw_mask, ["body", "mask"], max_pixels, True, limiter=slots)
     return ImageRequest(
         options, image, fingerprint(kind, options, raw + b"|mask|" + (raw_mask or b"")), mask, tuple(loc)
     )
@@ -282,9 +282,10 @@ def _from_json(body: Any, params: type[P], json_model: type[BaseModel]) -> tuple
     return options, _base64(full.image, "image"), ["body", "image"], None if mask is None else _base64(mask, "mask")
 
 
-def _decode(raw: bytes, loc: list, max_pixels: int) -> ImageData:
+def _decode(raw: bytes, loc: list, max_pixels: int, mask: bool = False) -> ImageData:
+    """An upload decoded (``mask``: whether it has transparent pixels is looked at too), or a 4xx saying why not."""
     try:
-        decoded = decode_image(raw, max_pixels=max_pixels)
+        decoded = decode_image(raw, max_pixels=max_pixels, transparency=mask)
     except ImageTooLarge as exc:
         raise ApiError(413, loc, str(exc), type="too_many_pixels") from exc
     except ImageUnsupported as exc:
