@@ -182,8 +182,7 @@ class Gate:
         refused request is not)."""
         if self.keys is None:
             return OPEN
-        key = self.authenticate(request)
-        header = key_header(request)
+        key, header = self.authenticate(request)
         check_scope(key, scope, header)
         await self._count(key, header)
         return Caller(
@@ -194,12 +193,13 @@ class Gate:
             header=header,
         )
 
-    def authenticate(self, request: Request) -> ApiKey | None:
-        """The key the request presents (None on an open service), 401 for none or an unknown one.
-        ``X-API-Key`` wins over a bearer key: a proxy in front (an identity-aware one, say) may send its
-        own ``Authorization`` with the client's key in ``X-API-Key``."""
+    def authenticate(self, request: Request) -> tuple[ApiKey | None, str]:
+        """The key the request presents (None on an open service) and the header it came in (as the errors
+        about it name it), 401 for none or an unknown one. ``X-API-Key`` wins over a bearer key: a proxy in
+        front (an identity-aware one, say) may send its own ``Authorization`` with the client's key in
+        ``X-API-Key``."""
         if self.keys is None:
-            return None
+            return None, "authorization"
         self.reload()
         header, presented = presented_key(request)
         if not presented:
@@ -213,7 +213,7 @@ class Gate:
         key = self.find(presented)
         if key is None:
             raise ApiError(401, ["header", header], "unknown API key", type="unauthorized", headers=CHALLENGE)
-        return key
+        return key, header
 
     async def _count(self, key: ApiKey, header: str) -> None:
         if self.limiter is None or key.requests_per_minute is None:
@@ -260,11 +260,6 @@ def presented_key(request: Request) -> tuple[str, str | None]:
     return "authorization", None
 
 
-def key_header(request: Request) -> str:
-    """The header a request's key came in (x-api-key or authorization), for the errors about it."""
-    return presented_key(request)[0]
-
-
 def check_scope(key: ApiKey | None, scope: str | None, header: str = "authorization") -> None:
     """403 unless ``key`` has ``scope`` (or admin); no key (an open service) may do everything."""
     if key is not None and scope is not None and not Caller(name=key.name, scopes=frozenset(key.scopes)).may(scope):
@@ -283,7 +278,8 @@ def require(scope: str | None):
     def admits(request: Request) -> None:
         """The same 401 and 403, without counting the request against a quota: for the error handlers of a
         body that could not be parsed, which FastAPI refuses before any dependency runs."""
-        check_scope(request.app.state.gate.authenticate(request), scope, key_header(request))
+        key, header = request.app.state.gate.authenticate(request)
+        check_scope(key, scope, header)
 
     dependency.admits = admits  # type: ignore[attr-defined]
     return dependency
