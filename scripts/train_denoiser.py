@@ -75,10 +75,14 @@ LOSS_FLOOR_255 = 5.0
 
 
 def build_unet(
-    channels: tuple[int, ...], layers_per_block: int, in_channels: int = 3, time_embedding_dim: int | None = None
+    channels: tuple[int, ...],
+    layers_per_block: int,
+    in_channels: int = 3,
+    time_embedding_dim: int | None = None,
+    act_fn: str = "silu",
 ) -> UNet2DModel:
     """The photo denoiser's network; ``in_channels`` 12 is the space-to-depth form (RGB folded 2x2 into
-    channels, ``--space-to-depth``)."""
+    channels, ``--space-to-depth``); ``act_fn`` one of diffusers' activations (``--act-fn``)."""
     return UNet2DModel(
         sample_size=64,
         in_channels=in_channels,
@@ -90,6 +94,7 @@ def build_unet(
         up_block_types=("UpBlock2D",) * len(channels),
         add_attention=False,
         norm_num_groups=8,
+        act_fn=act_fn,
     )
 
 
@@ -257,21 +262,25 @@ def start_network(args: argparse.Namespace) -> tuple[UNet2DModel, dict | None]:
 
     With ``--init-from``, the released model's channels are kept (``--channels`` is ignored): a plain copy,
     a deepened copy (a larger ``--layers-per-block``), or with ``--space-to-depth 2`` from a full-resolution
-    model, its levels from the second on (``fold_from``)."""
+    model, its levels from the second on (``fold_from``). ``--act-fn`` (default: the released model's, or
+    SiLU) may differ from the released model's: its weights then start a network with that activation, which
+    computes another function until trained (how a ReLU network, cheaper in float32, starts from the SiLU one)."""
     fold = args.space_to_depth
     if not args.init_from:
-        return build_unet(tuple(args.channels), args.layers_per_block, 3 * fold * fold), None
+        args.act_fn = args.act_fn or "silu"
+        return build_unet(tuple(args.channels), args.layers_per_block, 3 * fold * fold, act_fn=args.act_fn), None
     released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
+    args.act_fn = args.act_fn or released.config.act_fn
     card = json.loads((Path(args.init_from) / CARD_FILE).read_text())
     released_fold = ModelCard.model_validate(card).space_to_depth
     have, width = list(released.config.block_out_channels), released.config.time_embedding_dim
     if fold == released_fold:
         args.channels = have
-        unet = build_unet(tuple(have), args.layers_per_block, 3 * fold * fold, width)
+        unet = build_unet(tuple(have), args.layers_per_block, 3 * fold * fold, width, args.act_fn)
         deepen(released, unet)  # a plain copy when --layers-per-block is the released model's
     elif (released_fold, fold) == (1, 2):
         args.channels, args.layers_per_block = have[1:], released.config.layers_per_block
-        unet = build_unet(tuple(have[1:]), args.layers_per_block, 12, width or 4 * have[0])
+        unet = build_unet(tuple(have[1:]), args.layers_per_block, 12, width or 4 * have[0], args.act_fn)
         print(f"folded {args.init_from}; newly initialised: {', '.join(fold_from(released, unet))}")
     else:
         raise SystemExit(f"--space-to-depth {fold} cannot start from a model folded {released_fold}x{released_fold}")
@@ -356,6 +365,7 @@ def train(args: argparse.Namespace) -> Path:
             upload_frac=args.upload_frac,
             uniform_sigma=list(args.uniform_sigma),
             space_to_depth=fold,
+            act_fn=args.act_fn,
             **distilled,
         ),
     )
@@ -411,6 +421,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fold each K x K block of pixels into channels before the network (2: nothing runs at full "
         "resolution, the float32 cost of FFDNet's design); with --init-from a full-resolution model, the "
         "network is that model's levels from the second on (fold_from)",
+    )
+    parser.add_argument(
+        "--act-fn",
+        choices=("silu", "relu"),
+        default=None,
+        help="the network's activation (default: the --init-from model's, or silu): relu costs less than "
+        'silu\'s exponential in float32 on the CPU (docs/denoising.md, "A ReLU network")',
     )
     parser.add_argument(
         "--distill-from",

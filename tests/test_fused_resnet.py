@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from diffusers import UNet2DModel
 from diffusers.models.resnet import ResnetBlock2D
 
 from app.families import fused_resnet
@@ -49,8 +50,9 @@ def conv_adds(monkeypatch):
 @pytest.mark.parametrize("in_channels", [8, 4])  # the same channels: identity shortcut; else a 1x1 convolution
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("same_temb", [True, False])  # one embedding for the batch (a bias) or one per row
-def test_the_fused_block_matches_diffusers(in_channels, channels_last, same_temb, conv_adds):
-    block = _block(in_channels=in_channels)
+@pytest.mark.parametrize("act", ["silu", "relu"])
+def test_the_fused_block_matches_diffusers(in_channels, channels_last, same_temb, act, conv_adds):
+    block = _block(in_channels=in_channels, non_linearity=act)
     fast = _fused(block)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, in_channels, 10, 14, generator=g)
@@ -59,7 +61,7 @@ def test_the_fused_block_matches_diffusers(in_channels, channels_last, same_temb
     temb = torch.randn(1 if same_temb else 3, 12, generator=g).expand(3, 12)
     with torch.inference_mode():
         expected, got = block(x, temb), fast(x, temb)
-    assert conv_adds == [1]
+    assert conv_adds == [1] and type(fast.nonlinearity) is type(block.nonlinearity)
     assert got.shape == expected.shape == (3, 8, 10, 14)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -97,6 +99,7 @@ def test_only_blocks_computing_the_plain_function_are_replaced():
         _block(time_embedding_norm="scale_shift"),
         _block(output_scale_factor=2.0),
         _block(non_linearity="mish"),
+        _block(non_linearity="gelu"),
         type("Subclass", (ResnetBlock2D,), {})(in_channels=8, out_channels=8, temb_channels=12, groups=4),
     ]
     model = torch.nn.Sequential(*untouched, _block())
@@ -113,10 +116,15 @@ def test_the_state_dict_keeps_diffusers_names_and_weights():
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_unet_predicts_the_same_with_fused_blocks(conv_adds):
-    unet = _jiggled(tiny_unet(channels=3)).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("act_fn", ["silu", "relu"])
+def test_unet_predicts_the_same_with_fused_blocks(conv_adds, act_fn):
+    silu = tiny_unet(channels=3)
+    unet = UNet2DModel.from_config({**silu.config, "act_fn": act_fn}).eval()
+    unet.load_state_dict(silu.state_dict())
+    unet = _jiggled(unet).to(memory_format=torch.channels_last)
     fast = copy.deepcopy(unet)
     count = fuse_resnets(fast)
+    assert count == 8
     x = torch.randn(4, 3, 24, 40).contiguous(memory_format=torch.channels_last)
     for t in (torch.tensor([700.0] * 4), torch.tensor([10.0, 700.0, 700.0, 3.0])):
         with torch.inference_mode():

@@ -3,6 +3,7 @@ tiny denoiser run that trains, saves a model the store accepts, and resumes into
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -241,6 +242,34 @@ def test_a_space_to_depth_run_folds_a_released_model_and_continues_as_one(tmp_pa
     assert (again["channels"], again["space_to_depth"]) == ([16, 32], 2)
     with pytest.raises(SystemExit, match="cannot start from a model folded 2x2"):
         _run(tmp_path / "back", "--iters", "1", "--init-from", str(tmp_path / "folded"), "--fresh")
+
+
+def test_a_run_may_start_a_relu_network_from_a_silu_model_and_later_runs_keep_its_activation(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "1", "--fresh")
+    released = tmp_path / "released"
+    (tmp_path / "store" / "photos").rename(released)
+    started = []  # each run's network as it starts, before training moves its weights
+    real_start = train_denoiser.start_network
+
+    def start_seen(args):
+        unet, before = real_start(args)
+        started.append(copy.deepcopy(unet))
+        return unet, before
+
+    monkeypatch.setattr(train_denoiser, "start_network", start_seen)
+    record = _run(tmp_path / "relu", "--iters", "1", "--init-from", str(released), "--act-fn", "relu", "--fresh")
+    silu, relu = UNet2DModel.from_pretrained(released / "unet"), started[-1]
+    assert (silu.config.act_fn, relu.config.act_fn, record["act_fn"]) == ("silu", "relu", "relu")
+    assert all(torch.equal(relu.state_dict()[k], v) for k, v in silu.state_dict().items())  # the released weights
+    resnets = [m for m in relu.modules() if type(m).__name__ == "ResnetBlock2D"]
+    assert resnets and all(isinstance(m.nonlinearity, torch.nn.ReLU) for m in resnets)  # diffusers' act_fn: the resnets
+    entry = scan_store(tmp_path / "relu" / "store")["photos"]
+    assert entry.status == "ready" and UNet2DModel.from_pretrained(entry.path / "unet").config.act_fn == "relu"
+    (tmp_path / "relu" / "store" / "photos").rename(tmp_path / "relu-released")
+    again = _run(tmp_path / "on", "--iters", "1", "--init-from", str(tmp_path / "relu-released"), "--fresh")
+    assert again["act_fn"] == "relu"  # a continuation keeps the released activation unless told otherwise
+    assert _run(tmp_path / "new", "--iters", "1", "--fresh")["act_fn"] == "silu"
 
 
 @pytest.mark.parametrize("weight", [1.0, 0.0])

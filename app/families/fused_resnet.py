@@ -1,6 +1,6 @@
 """diffusers' ``ResnetBlock2D`` in float32 on the CPU with fewer passes over its activations, the same function.
 
-The block computes ``x + conv2(silu(norm2(conv1(silu(norm1(x))) + temb)))`` (the shortcut a 1x1
+The block computes ``x + conv2(act(norm2(conv1(act(norm1(x))) + temb)))``, ``act`` SiLU or ReLU (the shortcut a 1x1
 convolution where the channels change), then divides by ``output_scale_factor``, 1 in every model served
 here. On 2 CPU cores a float32 pass of the photo denoiser spends about a quarter of its time outside the
 convolutions, in such element-wise passes over tensors of many MB (``bench/bench_float32_paths.py``). This
@@ -11,7 +11,7 @@ forward, used where the pass runs float32 on the CPU without autograd:
   and skips the division by 1;
 - adds the time embedding in place (not as the first convolution's bias where the batch shares one: that
   rounds otherwise, so a row's result would depend on the rest of its batch);
-- computes SiLU in place.
+- computes the activation in place.
 
 Anything else (bf16 autocast, CUDA, gradients, training mode) runs diffusers' own forward. Measured on the
 photo network: docs/denoising.md, "Faster passes".
@@ -34,6 +34,9 @@ def _conv_add_op():
 
 
 _CONV_ADD = _conv_add_op()
+
+# diffusers' activation modules the fused forward computes in place, by the module's class
+_IN_PLACE = {nn.SiLU: F.silu, nn.ReLU: F.relu}
 
 
 def _plain_3x3(conv: nn.Module) -> bool:
@@ -65,10 +68,11 @@ class FusedResnetBlock2D(ResnetBlock2D):
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or not self._fused(input_tensor):
             return super().forward(input_tensor, temb, *args, **kwargs)
-        h = self.conv1(F.silu(self.norm1(input_tensor), inplace=True))
+        act = _IN_PLACE[type(self.nonlinearity)]
+        h = self.conv1(act(self.norm1(input_tensor), inplace=True))
         if self.time_emb_proj is not None and temb is not None:
             h += self.time_emb_proj(temb if self.skip_time_act else self.nonlinearity(temb))[:, :, None, None]
-        h = F.silu(self.norm2(h), inplace=True)  # dropout: none outside training
+        h = act(self.norm2(h), inplace=True)  # dropout: none outside training
         shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
         conv2 = self.conv2
         return _CONV_ADD(
@@ -86,7 +90,7 @@ def _fits(module: nn.Module) -> bool:
         and module.downsample is None
         and module.time_embedding_norm == "default"
         and module.output_scale_factor == 1.0
-        and isinstance(module.nonlinearity, nn.SiLU)
+        and type(module.nonlinearity) in _IN_PLACE
         and isinstance(module.norm1, nn.GroupNorm)
         and isinstance(module.norm2, nn.GroupNorm)
         and _plain_3x3(module.conv1)
