@@ -7,6 +7,8 @@
                     # PyTorch's own kernels (GroupNorm, SiLU, ...) held to AVX2 (the clock and caches
                     # stay this CPU's)
     python bench/bench_denoise_speed.py --store /tmp/s2d   # another store's photos model (a candidate)
+    python bench/bench_denoise_speed.py --store /tmp/relu --versus model_store
+                    # and the shipped model's default path in the same turns
 
 The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and clipped,
 as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows, blend, PNG out;
@@ -18,7 +20,8 @@ diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites
 the default with ``DIFFUSION_DENOISE_TILE=1024``, the default with ``DIFFUSION_CPU_ROW_GROUPS=false`` (every
 operator spread over all the threads, as before row groups: app/engine/runner.py) and the default with every
 tile in one pass (``DIFFUSION_MAX_BATCH_PIXELS`` raised: the service's passes hold 131,072 pixels on the CPU,
-two float32 tiles or five bf16 ones; before 2026-12-07 this bench ran every tile in one pass) run in turns,
+two float32 tiles or five bf16 ones; before 2026-12-07 this bench ran every tile in one pass) and, with
+``--versus STORE``, that store's photos model on the default path run in turns,
 so the minutes in which a shared VM runs slow fall on all of them alike: those rows are the comparison the
 speed bar reads. The process keeps freed memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``;
 ``=false`` measures glibc's defaults).
@@ -103,6 +106,13 @@ def main() -> None:
         help="run as on a CPU without native bf16 (no bf16 rows; with ONEDNN_MAX_CPU_ISA=AVX2 and "
         "DIFFUSION_DTYPE=float32, an emulation of such a CPU)",
     )
+    parser.add_argument(
+        "--versus",
+        default=None,
+        metavar="STORE",
+        help="also run this store's photos model on the default path in the in-turns block (a candidate against "
+        "the shipped model, in the same turns)",
+    )
     parser.add_argument("--card", action="store_true", help="also write the table into the card (metrics.speed)")
     args = parser.parse_args()
     # as the service's process does (DIFFUSION_KEEP_FREED_MEMORY, app/engine/allocator.py); FFDNet runs in this
@@ -157,6 +167,7 @@ def main() -> None:
     diffusers_modules(unfused.unet, FusedResnetBlock2D, ResnetBlock2D)
     one_tile = Settings(denoise_tile=1024, denoise_overlap=0)  # what docs/denoising.md offers operators
     one_pass = Settings(max_batch_pixels=ONE_PASS_PIXELS)  # every tile in one pass, as this bench ran before
+    versus = [load_model(scan_store(Path(args.versus))["photos"], device)] if args.versus else []
     turns = timed(
         lambda: run_ffdnet(noisy, args.sigma),
         lambda: serve_ours(phase, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
@@ -165,17 +176,20 @@ def main() -> None:
         lambda: serve_ours(phase, runner, one_tile, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, spread, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, runner, one_pass, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        *[lambda m=m: serve_ours(m, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0) for m in versus],
         repeats=args.turns,
     )
     precision = "bf16" if runner.autocast_dtype else "fp32"
     default = f"tile {denoise_tile(settings, runner)}, {precision}, channels-last"
-    add("FFDNet (forward pass), in turns with the next six", *turns[0])
+    add(f"FFDNet (forward pass), in turns with the next {len(turns) - 1}", *turns[0])
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])
     add(f"ours, {default}, diffusers' ResnetBlock2D (before the fused forward), in turns", *turns[3])
     add(f"ours, DIFFUSION_DENOISE_TILE=1024 (one tile here), {precision}, channels-last, in turns", *turns[4])
     add(f"ours, {default}, DIFFUSION_CPU_ROW_GROUPS=false (each operator on all threads), in turns", *turns[5])
     add(f"ours, {default}, DIFFUSION_MAX_BATCH_PIXELS={ONE_PASS_PIXELS} (every tile in one pass), in turns", *turns[6])
+    if versus:
+        add(f"{args.versus}'s photos model, the service's default ({default}), in turns", *turns[7])
     print("\n| path | seconds (median) | PSNR (dB) |\n|---|---:|---:|")
     for name, seconds, psnr in rows:
         print(f"| {name} | {seconds:.3f} | {psnr:.2f} |")
