@@ -28,6 +28,10 @@ areas and biases their noisy mean; a model trained only on Gaussian noise lost 3
 the network is first grown so that it computes exactly what the released one did (``deepen``), and the
 run trains the added resnets from there (how the shipped model went from one resnet per block to two).
 
+``--act-fn relu`` trains a network with ReLU in its ResNets instead of SiLU (cheaper in float32 on the CPU);
+with ``--init-from`` a SiLU model, it starts from that model's weights, and ``--distill-from`` the same model
+teaches it the function it had (docs/denoising.md, "A ReLU network").
+
 ``--space-to-depth 2`` trains a network that sees each 2x2 block of pixels as 12 channels (the card says so,
 and the service folds around it), so that nothing runs at full resolution: cheaper in float32 (docs/
 denoising.md, "Which one"). With ``--init-from`` a full-resolution model, it starts as that model's levels
