@@ -30,6 +30,7 @@ from typing import Hashable
 from app.jobs import PRIORITY_AGING_S, aged_level
 
 RUNNING_PASSES = 8  # the running set holds at most this many passes' worth of rows, across its groups
+PRIORITY_SHARE = 2  # a group's device time per priority level above another's
 
 
 def within_passes(cost: int, pixels: int, max_batch: int | None, max_pixels: int | None, passes: int = 1) -> bool:
@@ -37,9 +38,6 @@ def within_passes(cost: int, pixels: int, max_batch: int | None, max_pixels: int
     cap). A pass's first row runs whatever its size: callers check this only past it."""
     rows_fit = max_batch is None or cost <= passes * max_batch
     return rows_fit and (max_pixels is None or pixels <= passes * max_pixels)
-
-
-PRIORITY_SHARE = 2  # a group's device time per priority level above another's
 
 
 @dataclass(frozen=True)
