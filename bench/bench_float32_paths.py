@@ -40,6 +40,12 @@ upsamplers, on the service's tiles of a 640x400 photo (6 tiles of 224x208 in one
    and FFDNet, taking turns, with the largest difference between the outputs. A bench-only probe
    (``pip install onnxruntime onnx``); its kernels (MLAS) choose their instruction set themselves, so the
    oneDNN variables above do not hold it to AVX2.
+8. With ``--nnpack-pass``: NNPACK against oneDNN on every 3x3 convolution of the network (stride 1) at the
+   shapes of one of the engine's float32 passes (2 tiles of 224x208, ``PASS``), not a whole photo's planes:
+   oneDNN as served (channels-last) against NNPACK's inference path one row at a time with the layout
+   changes it needs (to planar and back), taking turns, with the largest difference between the outputs.
+   Part 1's single large planes favour Winograd more than these small ones do. (NNPACK must be initialised
+   by ``torch.backends.nnpack.is_available()`` before its first convolution, which otherwise fails.)
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ from app.settings import Settings  # noqa: E402
 from app.store.loader import load_model  # noqa: E402
 
 TILES = (6, 208, 224)  # the service's plan for mate-LadyBird-x4: batch, height, width
+PASS = (2, 208, 224)  # one of the engine's float32 passes of that plan (at most 131,072 pixels a pass)
 CONVS = [  # (in, out, height, width): the network's levels, then FFDNet's body at half resolution
     (3, 16, 400, 640),
     (16, 16, 400, 640),
@@ -108,6 +115,56 @@ def conv_rates(repeats: int) -> None:
             else:
                 row += " (no NNPACK) | |"
         print(row)
+
+
+def nnpack_pass(unet: torch.nn.Module, turns: int) -> None:
+    """Part 8: each 3x3 convolution of stride 1 at one engine pass's shapes, oneDNN against NNPACK per row."""
+    if not torch.backends.nnpack.is_available():  # (this call also initialises NNPACK)
+        print("\nNNPACK: not in this torch build")
+        return
+    diffusers_modules(unet, FusedResnetBlock2D, ResnetBlock2D)  # every convolution called as its module
+    seen: dict[tuple, list] = {}  # (in, out, input shape) -> [the module, how many calls a pass]
+
+    def record(module, inputs, _output):
+        key = (module.in_channels, module.out_channels, tuple(inputs[0].shape))
+        seen.setdefault(key, [module, 0])[1] += 1
+
+    convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    hooks = [m.register_forward_hook(record) for m in convs if m.stride == (1, 1)]
+    x = torch.randn(*PASS[:1], 3, *PASS[1:]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        unet(x, torch.full((PASS[0],), 50))
+    for hook in hooks:
+        hook.remove()
+    print(
+        f"\n| 3x3 convolution, one pass of {PASS[0]} tiles of {PASS[2]}x{PASS[1]} | input | calls a pass "
+        "| oneDNN ms | NNPACK per row ms | NNPACK / oneDNN | largest difference |\n|---|---|---:|---:|---:|---:|---:|"
+    )
+    totals = [0.0, 0.0, 0.0]  # oneDNN, NNPACK, the faster of the two; per pass
+    for (cin, cout, shape), (conv, calls) in seen.items():
+        inp = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        weight, padding = conv.weight.detach().contiguous(), list(conv.padding)
+
+        def by_rows(conv=conv, inp=inp, weight=weight, padding=padding):
+            planar = inp.contiguous()
+            rows = [
+                torch._nnpack_spatial_convolution(planar[i : i + 1], weight, conv.bias, padding)
+                for i in range(len(planar))
+            ]
+            return torch.cat(rows).contiguous(memory_format=torch.channels_last)
+
+        with torch.inference_mode():
+            (d, direct), (n, winograd) = timed(lambda conv=conv, inp=inp: conv(inp), by_rows, repeats=turns)
+        difference = float((direct - winograd).abs().max())
+        totals = [totals[0] + calls * d, totals[1] + calls * n, totals[2] + calls * min(d, n)]
+        print(
+            f"| {cin} -> {cout} | {'x'.join(map(str, shape))} | {calls} | {d * 1e3:.2f} | {n * 1e3:.2f} "
+            f"| {n / d:.2f} | {difference:.1e} |"
+        )
+    print(
+        f"\nper pass: oneDNN {totals[0] * 1e3:.1f} ms, NNPACK on every layer {totals[1] * 1e3:.1f} ms, "
+        f"the faster of the two on each layer {totals[2] * 1e3:.1f} ms"
+    )
 
 
 def profile(unet, x, t, rows: int = 8) -> None:
@@ -345,6 +402,7 @@ def main() -> None:
     parser.add_argument("--openvino", action="store_true", help="part 5 (needs `pip install openvino`)")
     parser.add_argument("--int8", action="store_true", help="part 6: int8 convolutions, speed and PSNR")
     parser.add_argument("--onnxruntime", action="store_true", help="part 7 (needs `pip install onnxruntime onnx`)")
+    parser.add_argument("--nnpack-pass", action="store_true", help="part 8: NNPACK at one engine pass's shapes")
     parser.add_argument("--int8-sigma", type=float, default=15)
     args = parser.parse_args()
 
@@ -370,6 +428,8 @@ def main() -> None:
         int8_quality(entry, args.int8_sigma)
     if args.onnxruntime:
         onnxruntime_pass(network(), x, t, unet, 2 * args.repeats + 1)
+    if args.nnpack_pass:
+        nnpack_pass(network(), 2 * args.repeats + 1)
     if args.no_compile:
         return
     import torch._inductor.config as inductor
