@@ -154,6 +154,21 @@ def worker_pids_holding(prefix: str) -> dict[int, int]:
         client.close()
 
 
+def worker_pids_holding_job(prefix: str, job_id: str) -> set[int]:
+    """The pids of the workers that hold an entry of ``job_id``."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        pids = set()
+        for stream in job_streams(client, prefix):
+            for entry_id, fields in client.xrange(stream):
+                if fields.get(b"job", b"").decode() == job_id:
+                    for pending in client.xpending_range(stream, "workers", min=entry_id, max=entry_id, count=1):
+                        pids.add(int(pending["consumer"].decode().split("-")[-2]))
+        return pids
+    finally:
+        client.close()
+
+
 def poll(url: str, job_id: str, *, until=("succeeded", "failed", "canceled"), timeout=120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

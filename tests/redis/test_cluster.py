@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.redis.helpers import REDIS_URL, poll, submit, worker_pids_holding
+from tests.redis.helpers import REDIS_URL, poll, submit, worker_pids_holding, worker_pids_holding_job
 from tests.tiny_models import write_bare, write_generator
 
 
@@ -83,24 +83,33 @@ def test_results_survive_an_api_node_restart(prefix, procs, store):
     assert after["status"] == "succeeded" and after["images"] == before["images"]
 
 
-def test_a_job_that_keeps_crashing_workers_is_failed(prefix, procs, store):
-    api = procs("serve", prefix, store, DIFFUSION_MAX_ATTEMPTS=2)
-    api_ready = False
-    job_id = None
-    for attempt in range(2):
-        worker = procs("worker", prefix, store, DIFFUSION_MAX_ATTEMPTS=2)
-        if not api_ready:
-            api.wait_ready()
-            api_ready = True
-            job_id = submit(api.url, steps=1000, seed=1)
-        deadline = time.monotonic() + 60
-        while worker_pids_holding(prefix).get(worker.proc.pid, 0) == 0:
-            assert time.monotonic() < deadline, "the worker never took the job"
-            time.sleep(0.05)
-        worker.kill()  # the job "crashes" this worker
-    procs("worker", prefix, store, DIFFUSION_MAX_ATTEMPTS=2)
-    body = poll(api.url, job_id, timeout=60)
+def test_a_job_that_keeps_crashing_workers_does_not_take_the_jobs_beside_it_down(prefix, procs, store):
+    """A takeover counts a crash against every job taken. Taken over together, a job that kills every worker it
+    runs on took the jobs beside it down with it: they reached max_attempts with it and were failed. A job taken
+    over from a dead worker now runs alone, so only the killer's crashes count on."""
+    limit = {"DIFFUSION_MAX_ATTEMPTS": 2}
+    api = procs("serve", prefix, store, **limit)
+    worker = procs("worker", prefix, store, **limit)
+    api.wait_ready()
+    killer = submit(api.url, steps=1000, seed=1)
+    others = [submit(api.url, steps=150, seed=seed) for seed in (2, 3)]
+    deadline = time.monotonic() + 60
+    while worker_pids_holding(prefix).get(worker.proc.pid, 0) < 3:
+        assert time.monotonic() < deadline, "the worker never held the three jobs"
+        time.sleep(0.02)
+    worker.kill()  # the first crash, counted against all three
+    worker = procs("worker", prefix, store, **limit)
+    deadline = time.monotonic() + 60
+    while worker.proc.pid not in worker_pids_holding_job(prefix, killer):
+        assert time.monotonic() < deadline, "the next worker never took the killer over"
+        time.sleep(0.02)
+    held_beside_it = worker_pids_holding(prefix).get(worker.proc.pid, 0) - 1
+    worker.kill()  # "crashed" by the killer again: its second crash
+    procs("worker", prefix, store, **limit)
+    body = poll(api.url, killer, timeout=60)
     assert body["status"] == "failed" and "crashed workers 2 times" in body["error"]
+    assert held_beside_it == 0
+    assert [poll(api.url, job, timeout=120)["status"] for job in others] == ["succeeded", "succeeded"]
 
 
 def test_cancel_from_another_node_and_idempotency_across_nodes(prefix, procs, store):

@@ -1522,6 +1522,108 @@ def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(
     assert on_redis(scenario) == ["dead0"]
 
 
+def _dead_workers_entries(redis, stream: str, jobs: list[str]) -> list[str]:
+    """Entries of ``jobs`` read by a worker that has been silent for two minutes (it died holding them)."""
+    from app.queue.redis.keys import GROUP
+
+    async def add():
+        entries = [(await redis.xadd(stream, {"job": job})).decode() for job in jobs]
+        await redis.xreadgroup(GROUP, "dead-worker", {stream: ">"}, count=len(jobs))
+        await redis.xclaim(stream, GROUP, "dead-worker", 0, entries, idle=120_000, justid=True)
+        return entries
+
+    return add()
+
+
+def _taking(worker, taken: list[str]):
+    """Make ``worker`` hold each job it takes (a stub ``_take``), recording the job IDs in ``taken``."""
+    from app.queue.redis.worker import _Held
+
+    async def take(stream, entry_id, job_id, *, delivered):
+        taken.append(job_id)
+        worker.held[job_id] = _Held(stream, entry_id, JobRecord(id=job_id, kind="generate", model="tiny-gen"))
+
+    worker._take = take
+
+
+def test_a_job_taken_over_from_a_silent_worker_runs_alone(store, prefix):
+    """A takeover counts a crash against every job taken, and which of a dead worker's jobs killed it is not
+    known: a worker took over as many as it had free places and ran them together, so a job that crashes every
+    worker took the others with it, each failed after max_attempts crashes. Now one is taken at a time, by a
+    worker that holds nothing, and nothing joins it: its worker's death counts against it only."""
+    from app.queue.redis.keys import GROUP
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "takes-over")  # 4 places
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        await _dead_workers_entries(redis, stream, ["dead0", "dead1"])
+        await redis.xadd(stream, {"job": "new"})
+        taken = []
+        _taking(worker, taken)
+        await worker._reclaim()
+        first = (list(taken), worker._free())
+        mine = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10, consumername="takes-over")
+        worker.held.clear()  # the job finished
+        await worker._reclaim()
+        second = (list(taken), worker._free())
+        worker.held.clear()
+        await worker._reclaim()  # none of the dead worker's left: places for new jobs again
+        return first, len(mine), second, (list(taken), worker._free(), worker._silent_waiting)
+
+    first, pending_mine, second, last = on_redis(scenario)
+    assert first == (["dead0"], 0)
+    assert pending_mine == 1  # the only entry a crash of this worker would count against
+    assert second == (["dead0", "dead1"], 0)
+    assert last == (["dead0", "dead1"], 4, False)
+
+
+def test_a_worker_holding_jobs_reads_no_new_ones_while_a_silent_workers_entries_wait(store, prefix):
+    """Only a worker that holds nothing takes a silent worker's entry over (to run it alone): a worker that went
+    on reading new jobs would never empty under a steady load, and the dead worker's jobs would wait for ever.
+    Once it empties, it looks at once, not a heartbeat later."""
+    from app.queue.redis.keys import GROUP
+    from app.queue.redis.worker import _Held
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "busy")
+        worker.settings = worker.settings.model_copy(update={"lease_s": 60})  # a heartbeat of 20 s
+        stream, mine = await _entry_read_by(worker, redis, "busy", "mine")
+        worker.held["mine"] = _Held(stream, mine, JobRecord(id="mine", kind="generate", model="tiny-gen"))
+        await _dead_workers_entries(redis, stream, ["dead0"])
+        await redis.xadd(stream, {"job": "new"})
+        taken = []
+        _taking(worker, taken)
+
+        async def finished(job_id):
+            held = worker.held.pop(job_id)
+            await redis.xack(stream, GROUP, held.entry_id)
+            worker._room.set()
+
+        async def reads_until(job_id) -> int:
+            calls = 0
+            while job_id not in taken:
+                await worker._read_once()
+                calls += 1
+            return calls
+
+        with pytest.raises(asyncio.TimeoutError):  # it looks (the first look is due), then waits for room
+            await asyncio.wait_for(worker._read_once(), 0.5)
+        while_busy = list(taken)
+        await finished("mine")
+        calls = await asyncio.wait_for(reads_until("dead0"), 10)  # the next look is 20 s away
+        alone = (list(taken), worker._free())
+        await finished("dead0")
+        await asyncio.wait_for(reads_until("new"), 10)
+        return while_busy, calls, alone, taken
+
+    while_busy, calls, alone, taken = on_redis(scenario)
+    assert while_busy == []
+    assert calls == 2  # one finds the worker empty, the next takes the entry over
+    assert alone == (["dead0"], 0)
+    assert taken == ["dead0", "new"]
+
+
 def test_after_finding_redis_away_a_worker_takes_nothing_over_until_a_lease_has_passed(store, prefix):
     """Redis counts an entry's idle time on while it is down or stalled (its log keeps the last delivery's time
     across a restart): after an outage longer than a lease every live worker's entries looked silent, and the

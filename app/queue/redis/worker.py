@@ -5,10 +5,10 @@ catalog with its heartbeat (app.queue.redis.catalog), and reads only its own mod
 
 Leases: every entry a worker holds stays in the group's pending list; the worker renews it (XCLAIM to
 itself, which resets its idle time) three times per lease. Entries idle longer than a lease belong to a
-dead worker and are taken over (XAUTOCLAIM) by live ones; the seed is in the spec, so the re-run draws
-the same image. A job delivered more than ``max_attempts`` times has crashed that many workers and is
-failed instead. On SIGTERM a worker stops reading, finishes what it holds within the grace time, and
-puts the rest back on the stream.
+dead worker and are taken over (XAUTOCLAIM) by live ones, one at a time, each run alone (``_reclaim``); the
+seed is in the spec, so the re-run draws the same image. A job delivered more than ``max_attempts`` times
+has crashed that many workers and is failed instead. On SIGTERM a worker stops reading, finishes what it
+holds within the grace time, and puts the rest back on the stream.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ class RedisWorker:
         self._dirty: dict[str, _Held] = {}  # records changed by engine events, not yet written
         self._previews: list[EngineEvent] = []  # preview events not yet published
         self._reclaim_cursors: dict[str, str] = {}  # stream -> where the next look for silent workers' entries starts
+        self._alone: _Held | None = None  # the job taken over from a silent worker, which runs alone here
+        self._silent_waiting = False  # silent workers' entries wait: take nothing new until this worker is empty
         self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
         # monotonic time this worker last found Redis away: entries' idle times grew meanwhile for every worker
         # (Redis counts them on through a restart or a stall), so none is judged silent until a lease after it
@@ -303,6 +305,9 @@ class RedisWorker:
 
     # -- taking jobs --------------------------------------------------------------------------------
     def _free(self) -> int:
+        alone = self._alone
+        if alone is not None and self.held.get(alone.record.id) is alone:  # taken over: it runs alone (_reclaim)
+            return 0
         return max(0, self.capacity - len(self.held))
 
     async def _wait_for_room(self) -> None:
@@ -353,8 +358,9 @@ class RedisWorker:
         return taken
 
     async def _read_once(self) -> None:
-        """Fill the free places: first with the jobs of workers gone silent (they have waited longest), then
-        from the streams in priority order; when none has anything, wait on all."""
+        """Fill the free places: first the jobs of workers gone silent (they have waited longest), each alone
+        once this worker holds nothing (``_reclaim``); while they wait, nothing new is read. Then from the streams
+        in priority order; when none has anything, wait on all."""
         if not self._engine_alive():  # it would hold them until their lease ran out: leave them to live workers
             await asyncio.sleep(self.settings.heartbeat_s)
             return
@@ -362,6 +368,16 @@ class RedisWorker:
         if time.monotonic() >= self._next_reclaim:  # an entry goes silent after a lease: look once a heartbeat
             self._next_reclaim = time.monotonic() + self.settings.heartbeat_s
             await self._reclaim()
+        if self._free() == 0:  # a job taken over, which runs alone
+            return
+        if self._silent_waiting:  # let what is held finish, then take one of them over (alone), at once
+            if not self.held:
+                self._next_reclaim = 0.0
+                return
+            self._room.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self.settings.heartbeat_s)
+            return
         taken = 0
         for stream in await self.stream_order():
             if self._free() == 0:
@@ -371,21 +387,29 @@ class RedisWorker:
             await self._read({stream: ">" for _, stream in self.streams}, count=1, block=1000)
 
     async def _reclaim(self) -> None:
-        """Take over the entries whose worker has not renewed them for a lease (it died or hung). XAUTOCLAIM
-        looks at no more than 10 x COUNT pending entries a call, COUNT being the free places (often 1 or 2), so
-        one call a heartbeat took minutes to reach a dead worker's entries behind live workers' ones: each pass
-        goes on from where the last call stopped until the stream's end, or until the free places are taken.
+        """Take over an entry whose worker has not renewed it for a lease (it died or hung), to run alone: only
+        when this worker holds nothing, and it takes nothing else until that job is done (``_free``). Which of
+        a dead worker's jobs killed it is not known, and a takeover counts a crash against each job taken; run
+        together, a job that crashes every worker took the jobs beside it down with it, failing them after
+        ``max_attempts`` crashes too. Run alone, a crash counts against that job only. While such entries
+        wait, a worker that holds jobs reads no new ones (``_read_once``), so that it empties and takes them.
+
+        XAUTOCLAIM looks at no more than 10 x COUNT pending entries a call, so one call a heartbeat took minutes
+        to reach a dead worker's entries behind live workers' ones: each pass goes on from where the last call
+        stopped until the stream's end, or until an entry is taken.
 
         Not within a lease of finding Redis away: Redis counts an entry's idle time on while it is down or
         stalled (its log keeps the last delivery's time across a restart), so after an outage longer than a
         lease every live worker's entries look silent until it renews them, which it does at once (_renew_once).
         Taking them then restarted running jobs elsewhere and counted a crash against each."""
+        self._silent_waiting = False
         if time.monotonic() - self._redis_away_at < self.settings.lease_s:
+            return
+        if self.held:
+            self._silent_waiting = await self._silent_entries_wait()
             return
         for _, stream in self.streams:
             for _ in range(RECLAIM_CALLS):
-                if self._free() == 0:
-                    return
                 try:
                     cursor, claimed, *_ = await self.redis.xautoclaim(
                         stream,
@@ -393,7 +417,7 @@ class RedisWorker:
                         self.worker_id,
                         min_idle_time=self.lease_ms,
                         start_id=self._reclaim_cursors.get(stream, "0-0"),
-                        count=self._free(),
+                        count=1,
                     )
                 except ResponseError as exc:
                     await self._regroup("xautoclaim", exc)
@@ -405,17 +429,31 @@ class RedisWorker:
                     pending = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
                     delivered = pending[0]["times_delivered"] if pending else 1
                     log.warning("took over job entry %s (delivery %d) from a silent worker", entry_id, delivered)
-                    await self._take(stream, entry_id, fields.get(b"job", b"").decode(), delivered=delivered)
+                    job_id = fields.get(b"job", b"").decode()
+                    await self._take(stream, entry_id, job_id, delivered=delivered)
+                    if job_id in self.held:  # it runs alone; others that wait are looked for once it is done
+                        self._alone, self._silent_waiting = self.held[job_id], True
+                        return
                 if cursor == "0-0":  # the whole pending list looked at
                     break
 
-    async def _take(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
-        if job_id in self.held:  # our own entry, reclaimed while a renewal lagged: we still run it
-            if self.held[job_id].entry_id == entry_id and delivered > 1:  # the takeover counted no crash
-                await self.redis.xclaim(
-                    stream, GROUP, self.worker_id, 0, [entry_id], retrycount=delivered - 1, justid=True
+    async def _silent_entries_wait(self) -> bool:
+        """Whether an entry of another worker on this worker's streams has not been renewed for a lease."""
+        for _, stream in self.streams:
+            try:  # this worker's own entries (a renewal late) among the first at most: one more than it holds
+                idle = await self.redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=len(self.held) + 1, idle=self.lease_ms
                 )
-            return
+            except ResponseError as exc:
+                await self._regroup("xpending", exc)
+                return False
+            if any(entry["consumer"].decode() != self.worker_id for entry in idle):
+                return True
+        return False
+
+    async def _take(self, stream: str, entry_id: str, job_id: str, *, delivered: int) -> None:
+        if job_id in self.held:  # a job this worker runs already is not started twice (a takeover, which could
+            return  # take back an entry of its own whose renewal lagged, is made only by a worker holding nothing)
         try:
             await self._start(stream, entry_id, job_id, delivered=delivered)
         except Exception as exc:  # a malformed entry or record must not crash every worker in turn
