@@ -801,13 +801,16 @@ def other_store(tmp_path_factory):
     return root
 
 
-def _worker_on(folder, prefix, redis, name="a-worker"):
-    """A worker serving ``folder``'s models with a stub engine: only its Redis side runs."""
+def _worker_on(folder, prefix, redis, name="a-worker", *, just_started=False):
+    """A worker serving ``folder``'s models with a stub engine: only its Redis side runs. Up for a while (it
+    takes silent workers' entries over at once), unless ``just_started`` (not within a lease of its start)."""
     from app.queue.redis.worker import RedisWorker
 
     settings = make_settings(folder, queue_url=REDIS_URL, redis_prefix=prefix, worker_jobs=4)
     worker = RedisWorker(settings, redis, worker_id=name)
     worker.entries, worker.engine = scan_store(folder), StubEngine()
+    if not just_started:
+        worker._redis_away_at = -float("inf")
     return worker
 
 
@@ -1654,6 +1657,31 @@ def test_after_finding_redis_away_a_worker_takes_nothing_over_until_a_lease_has_
         duty = worker._duty(redis_away)  # any duty of the worker's finding Redis away
         await asyncio.sleep(0.05)
         await background.stop([duty])
+        await worker._reclaim()
+        within_a_lease = list(taken)
+        await asyncio.sleep(0.35)
+        await worker._reclaim()  # the live worker has not renewed in a lease since: it is silent
+        return within_a_lease, taken
+
+    assert on_redis(scenario) == ([], ["held-by-a-live-worker"])
+
+
+def test_a_worker_just_started_takes_nothing_over_until_a_lease_has_passed(store, prefix):
+    """A worker starting right after Redis was away (both restarted, or an outage while it started) did not know
+    of the outage: every live worker's entries looked silent to it, and it took running jobs over, restarting
+    them and counting a crash against each. It now waits a lease, within which live workers renew theirs."""
+    from app.queue.redis.keys import GROUP
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "just-started", just_started=True)
+        worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})
+        stream = worker.keys.stream("normal", "tiny-gen")
+        await worker._create_groups()
+        entry = await redis.xadd(stream, {"job": "held-by-a-live-worker"})
+        await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=1)
+        await redis.xclaim(stream, GROUP, "live-worker", 0, [entry], idle=120_000, justid=True)  # as an outage
+        taken = []
+        _taking(worker, taken)
         await worker._reclaim()
         within_a_lease = list(taken)
         await asyncio.sleep(0.35)

@@ -107,8 +107,10 @@ class RedisWorker:
         self._silent_waiting = False  # silent workers' entries wait: take nothing new until this worker is empty
         self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
         # monotonic time this worker last found Redis away: entries' idle times grew meanwhile for every worker
-        # (Redis counts them on through a restart or a stall), so none is judged silent until a lease after it
-        self._redis_away_at = -float("inf")
+        # (Redis counts them on through a restart or a stall), so none is judged silent until a lease after it.
+        # A worker starting cannot tell whether Redis was away just before (both restarted, or an outage while it
+        # started): it starts as if it had just found Redis away, and live workers renew within that lease.
+        self._redis_away_at = time.monotonic()
         self._next_entries = redis.register_script(NEXT_ENTRIES)
         self._renew = redis.register_script(RENEW)
         self._put_back = redis.register_script(PUT_BACK)
