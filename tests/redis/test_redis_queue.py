@@ -1494,6 +1494,26 @@ def test_an_entry_is_not_taken_off_when_redis_is_away_as_its_job_is_failed(store
     on_redis(scenario)
 
 
+async def _entries_idle_for_minutes(redis, stream: str, jobs: list[str], consumer: str = "dead-worker") -> None:
+    """Entries of ``jobs`` read by ``consumer``, idle for two minutes: it died holding them, or Redis was away."""
+    from app.queue.redis.keys import GROUP
+
+    entries = [(await redis.xadd(stream, {"job": job})).decode() for job in jobs]
+    await redis.xreadgroup(GROUP, consumer, {stream: ">"}, count=len(jobs))
+    await redis.xclaim(stream, GROUP, consumer, 0, entries, idle=120_000, justid=True)
+
+
+def _taking(worker, taken: list[str]):
+    """Make ``worker`` hold each job it takes (a stub ``_take``), recording the job IDs in ``taken``."""
+    from app.queue.redis.worker import _Held
+
+    async def take(stream, entry_id, job_id, *, delivered):
+        taken.append(job_id)
+        worker.held[job_id] = _Held(stream, entry_id, JobRecord(id=job_id, kind="generate", model="tiny-gen"))
+
+    worker._take = take
+
+
 def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(store, prefix):
     """XAUTOCLAIM looks at no more than 10 x COUNT pending entries a call, and a pass made one call with
     COUNT the free places: with one free place and 200 live workers' entries ahead, the dead worker's jobs
@@ -1508,9 +1528,7 @@ def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(
         for i in range(200):
             await redis.xadd(stream, {"job": f"live{i}"})
         await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=200)  # renewed: idle about 0
-        dead = [await redis.xadd(stream, {"job": f"dead{i}"}) for i in range(5)]
-        await redis.xreadgroup(GROUP, "dead-worker", {stream: ">"}, count=5)
-        await redis.xclaim(stream, GROUP, "dead-worker", 0, dead, idle=120_000, justid=True)  # silent 2 min
+        await _entries_idle_for_minutes(redis, stream, [f"dead{i}" for i in range(5)])  # silent 2 min
         taken = []
 
         async def take(stream, entry_id, job_id, *, delivered):
@@ -1525,30 +1543,6 @@ def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(
     assert on_redis(scenario) == ["dead0"]
 
 
-def _dead_workers_entries(redis, stream: str, jobs: list[str]) -> list[str]:
-    """Entries of ``jobs`` read by a worker that has been silent for two minutes (it died holding them)."""
-    from app.queue.redis.keys import GROUP
-
-    async def add():
-        entries = [(await redis.xadd(stream, {"job": job})).decode() for job in jobs]
-        await redis.xreadgroup(GROUP, "dead-worker", {stream: ">"}, count=len(jobs))
-        await redis.xclaim(stream, GROUP, "dead-worker", 0, entries, idle=120_000, justid=True)
-        return entries
-
-    return add()
-
-
-def _taking(worker, taken: list[str]):
-    """Make ``worker`` hold each job it takes (a stub ``_take``), recording the job IDs in ``taken``."""
-    from app.queue.redis.worker import _Held
-
-    async def take(stream, entry_id, job_id, *, delivered):
-        taken.append(job_id)
-        worker.held[job_id] = _Held(stream, entry_id, JobRecord(id=job_id, kind="generate", model="tiny-gen"))
-
-    worker._take = take
-
-
 def test_a_job_taken_over_from_a_silent_worker_runs_alone(store, prefix):
     """A takeover counts a crash against every job taken, and which of a dead worker's jobs killed it is not
     known: a worker took over as many as it had free places and ran them together, so a job that crashes every
@@ -1560,7 +1554,7 @@ def test_a_job_taken_over_from_a_silent_worker_runs_alone(store, prefix):
         worker = _worker_on(store, prefix, redis, "takes-over")  # 4 places
         stream = worker.keys.stream("normal", "tiny-gen")
         await worker._create_groups()
-        await _dead_workers_entries(redis, stream, ["dead0", "dead1"])
+        await _entries_idle_for_minutes(redis, stream, ["dead0", "dead1"])
         await redis.xadd(stream, {"job": "new"})
         taken = []
         _taking(worker, taken)
@@ -1593,7 +1587,7 @@ def test_a_worker_holding_jobs_reads_no_new_ones_while_a_silent_workers_entries_
         worker.settings = worker.settings.model_copy(update={"lease_s": 60})  # a heartbeat of 20 s
         stream, mine = await _entry_read_by(worker, redis, "busy", "mine")
         worker.held["mine"] = _Held(stream, mine, JobRecord(id="mine", kind="generate", model="tiny-gen"))
-        await _dead_workers_entries(redis, stream, ["dead0"])
+        await _entries_idle_for_minutes(redis, stream, ["dead0"])
         await redis.xadd(stream, {"job": "new"})
         taken = []
         _taking(worker, taken)
@@ -1634,16 +1628,13 @@ def test_after_finding_redis_away_a_worker_takes_nothing_over_until_a_lease_has_
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from app import background
-    from app.queue.redis.keys import GROUP
 
     async def scenario(redis):
         worker = _worker_on(store, prefix, redis, "back-from-an-outage")
         worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})
         stream = worker.keys.stream("normal", "tiny-gen")
         await worker._create_groups()
-        entry = await redis.xadd(stream, {"job": "held-by-a-live-worker"})
-        await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=1)
-        await redis.xclaim(stream, GROUP, "live-worker", 0, [entry], idle=120_000, justid=True)  # as an outage
+        await _entries_idle_for_minutes(redis, stream, ["held-by-a-live-worker"], "live-worker")  # as an outage
         taken = []
 
         async def take(stream, entry_id, job_id, *, delivered):
@@ -1670,16 +1661,13 @@ def test_a_worker_just_started_takes_nothing_over_until_a_lease_has_passed(store
     """A worker starting right after Redis was away (both restarted, or an outage while it started) did not know
     of the outage: every live worker's entries looked silent to it, and it took running jobs over, restarting
     them and counting a crash against each. It now waits a lease, within which live workers renew theirs."""
-    from app.queue.redis.keys import GROUP
 
     async def scenario(redis):
         worker = _worker_on(store, prefix, redis, "just-started", just_started=True)
         worker.settings = worker.settings.model_copy(update={"lease_s": 0.3})
         stream = worker.keys.stream("normal", "tiny-gen")
         await worker._create_groups()
-        entry = await redis.xadd(stream, {"job": "held-by-a-live-worker"})
-        await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=1)
-        await redis.xclaim(stream, GROUP, "live-worker", 0, [entry], idle=120_000, justid=True)  # as an outage
+        await _entries_idle_for_minutes(redis, stream, ["held-by-a-live-worker"], "live-worker")  # as an outage
         taken = []
         _taking(worker, taken)
         await worker._reclaim()
