@@ -1657,6 +1657,25 @@ def test_after_finding_redis_away_a_worker_takes_nothing_over_until_a_lease_has_
     assert on_redis(scenario) == ([], ["held-by-a-live-worker"])
 
 
+def test_a_worker_that_stops_reading_for_a_silent_workers_jobs_logs_it_once(store, prefix, caplog):
+    """An operator sees why a busy worker reads no new jobs after another died: said once, not each heartbeat."""
+    from app.queue.redis.worker import _Held
+
+    async def scenario(redis):
+        worker = _worker_on(store, prefix, redis, "busy")
+        stream, mine = await _entry_read_by(worker, redis, "busy", "mine")
+        worker.held["mine"] = _Held(stream, mine, JobRecord(id="mine", kind="generate", model="tiny-gen"))
+        await _entries_idle_for_minutes(redis, stream, ["dead0"])
+        for _ in range(3):
+            await worker._reclaim()
+        return worker._silent_waiting
+
+    with caplog.at_level("INFO", logger="app.queue.redis.worker"):
+        assert on_redis(scenario) is True
+    said = [r.getMessage() for r in caplog.records if "no new jobs read" in r.getMessage()]
+    assert said == ["silent workers' jobs wait: no new jobs read until the 1 held here are done"]
+
+
 def test_a_worker_just_started_takes_nothing_over_until_a_lease_has_passed(store, prefix):
     """A worker starting right after Redis was away (both restarted, or an outage while it started) did not know
     of the outage: every live worker's entries looked silent to it, and it took running jobs over, restarting

@@ -404,11 +404,13 @@ class RedisWorker:
         stalled (its log keeps the last delivery's time across a restart), so after an outage longer than a
         lease every live worker's entries look silent until it renews them, which it does at once (_renew_once).
         Taking them then restarted running jobs elsewhere and counted a crash against each."""
-        self._silent_waiting = False
+        was_waiting, self._silent_waiting = self._silent_waiting, False
         if time.monotonic() - self._redis_away_at < self.settings.lease_s:
             return
         if self.held:
             self._silent_waiting = await self._silent_entries_wait()
+            if self._silent_waiting and not was_waiting:
+                log.info("silent workers' jobs wait: no new jobs read until the %d held here are done", len(self.held))
             return
         for _, stream in self.streams:
             for _ in range(RECLAIM_CALLS):
