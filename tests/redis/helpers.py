@@ -140,6 +140,11 @@ def job_streams(client: redis.Redis, prefix: str) -> list[bytes]:
     return [key for key in client.scan_iter(match=f"{prefix}:*jobs*") if client.type(key) == b"stream"]
 
 
+def _pid(consumer: bytes) -> int:
+    """The pid in a worker's consumer name (host-pid-suffix)."""
+    return int(consumer.decode().split("-")[-2])
+
+
 def worker_pids_holding(prefix: str) -> dict[int, int]:
     """pid -> pending entries, for the workers that hold entries of the job streams."""
     client = redis.Redis.from_url(REDIS_URL)
@@ -147,7 +152,7 @@ def worker_pids_holding(prefix: str) -> dict[int, int]:
         held: dict[int, int] = {}
         for stream in job_streams(client, prefix):
             for consumer in client.xpending(stream, "workers").get("consumers") or []:
-                pid = int(consumer["name"].decode().split("-")[-2])
+                pid = _pid(consumer["name"])
                 held[pid] = held.get(pid, 0) + int(consumer["pending"])
         return held
     finally:
@@ -163,7 +168,7 @@ def worker_pids_holding_job(prefix: str, job_id: str) -> set[int]:
             for entry_id, fields in client.xrange(stream):
                 if fields.get(b"job", b"").decode() == job_id:
                     for pending in client.xpending_range(stream, "workers", min=entry_id, max=entry_id, count=1):
-                        pids.add(int(pending["consumer"].decode().split("-")[-2]))
+                        pids.add(_pid(pending["consumer"]))
         return pids
     finally:
         client.close()

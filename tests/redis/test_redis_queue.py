@@ -1530,12 +1530,7 @@ def test_one_takeover_pass_reaches_a_dead_workers_entries_behind_many_live_ones(
         await redis.xreadgroup(GROUP, "live-worker", {stream: ">"}, count=200)  # renewed: idle about 0
         await _entries_idle_for_minutes(redis, stream, [f"dead{i}" for i in range(5)])  # silent 2 min
         taken = []
-
-        async def take(stream, entry_id, job_id, *, delivered):
-            taken.append(job_id)
-            worker.held[job_id] = None  # a place taken
-
-        worker._take = take
+        _taking(worker, taken)
         assert worker._free() == 1
         await worker._reclaim()
         return taken

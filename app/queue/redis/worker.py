@@ -71,6 +71,7 @@ class _Held:
     stream: str
     entry_id: str
     record: JobRecord
+    alone: bool = False  # taken over from a silent worker: it runs alone here (_reclaim)
 
 
 @contextlib.contextmanager
@@ -103,7 +104,6 @@ class RedisWorker:
         self._dirty: dict[str, _Held] = {}  # records changed by engine events, not yet written
         self._previews: list[EngineEvent] = []  # preview events not yet published
         self._reclaim_cursors: dict[str, str] = {}  # stream -> where the next look for silent workers' entries starts
-        self._alone: _Held | None = None  # the job taken over from a silent worker, which runs alone here
         self._silent_waiting = False  # silent workers' entries wait: take nothing new until this worker is empty
         self._next_reclaim = 0.0  # monotonic time of the next look for silent workers' entries
         # monotonic time this worker last found Redis away: entries' idle times grew meanwhile for every worker
@@ -307,8 +307,7 @@ class RedisWorker:
 
     # -- taking jobs --------------------------------------------------------------------------------
     def _free(self) -> int:
-        alone = self._alone
-        if alone is not None and self.held.get(alone.record.id) is alone:  # taken over: it runs alone (_reclaim)
+        if any(held.alone for held in self.held.values()):  # a job taken over runs alone (_reclaim)
             return 0
         return max(0, self.capacity - len(self.held))
 
@@ -436,7 +435,7 @@ class RedisWorker:
                     job_id = fields.get(b"job", b"").decode()
                     await self._take(stream, entry_id, job_id, delivered=delivered)
                     if job_id in self.held:  # it runs alone; others that wait are looked for once it is done
-                        self._alone, self._silent_waiting = self.held[job_id], True
+                        self.held[job_id].alone, self._silent_waiting = True, True
                         return
                 if cursor == "0-0":  # the whole pending list looked at
                     break
