@@ -40,6 +40,12 @@ from the second on (``fold_from``). ``--distill-from`` a model makes that model'
 the drawn noise; with ``--distill-views K`` the target is that model's prediction averaged over K
 flips/rotations (the service's ``ensemble``), a better target than its single pass (distilled into the
 shipped weights themselves, it did not help them: docs/denoising.md, continuation 11).
+
+``--add-levels 1`` gives the network one more level below its deepest, as wide (s2d 32/64/128/128 from the
+shipped model folded: the candidate for a GPU, docs/denoising.md, "Capacity where it costs little"); with
+``--init-from``, the released levels are carried over (``carry_levels``). ``--stop-after SECONDS`` ends a run
+on a machine whose speed is not known beforehand (a lent GPU) at that wall time, with the learning rate's
+decay following the clock so that it ends at its floor (``scripts/device_train.sh``).
 """
 
 from __future__ import annotations
@@ -138,29 +144,48 @@ def fold_from(released: UNet2DModel, unet: UNet2DModel) -> list[str]:
     resolutions, same skips), and the time embedding is carried over exactly (the wider sinusoids hold
     the narrower ones' frequencies at even indices; ``unet`` keeps the released embedding width). What has
     no counterpart starts as initialised: the input and output convolutions, the first resnet's input side
-    (it read the full-resolution level's channels) and the last up resnet's (its skip was that level's).
-    Returns those entries' names."""
+    (it read the full-resolution level's channels) and the last up resnet's (its skip was that level's);
+    levels ``unet`` has below the released ones too (``carry_levels``). Returns those entries' names."""
     have, config = tuple(released.config.block_out_channels), released.config
-    if tuple(unet.config.block_out_channels) != have[1:] or unet.config.layers_per_block != config.layers_per_block:
-        raise ValueError(f"folding {list(have)} needs channels {list(have[1:])} and the same layers per block")
     widths = (released.time_embedding.linear_1.out_features, unet.time_embedding.linear_1.out_features)
     if have[1] != 2 * have[0] or config.freq_shift != 0 or unet.config.freq_shift != 0 or widths[0] != widths[1]:
         raise ValueError(
             "the time embedding carries over when the second level is twice as wide, freq_shift is 0 and the "
             "embedding width is the released one"
         )
+    return carry_levels(released, unet, drop=1)
+
+
+def carry_levels(released: UNet2DModel, unet: UNet2DModel, drop: int = 0) -> list[str]:
+    """Load the released network's levels from ``drop`` on into ``unet``'s first levels, which have their
+    channels and resnets: the released levels ``drop``.. become ``unet``'s levels 0.., each down and up block
+    reading the same skips as before, and the middle block is carried over. ``unet`` may have more levels
+    below them (``--add-levels``): those blocks, the downsampler the released deepest level lacked, and the
+    middle block where its width differs start as initialised, so the network no longer computes exactly
+    what the released one did (a deeper level changes what the middle block sees) and training adapts it.
+    With ``drop`` 1 (``fold_from``) the input and output layers and the first level's entries that read the
+    dropped level are not carried, and the time embedding is widened. Returns the names not carried."""
+    have, want = list(released.config.block_out_channels), list(unet.config.block_out_channels)
+    kept = have[drop:]
+    added = len(want) - len(kept)
+    if added < 0 or want[: len(kept)] != kept or unet.config.layers_per_block != released.config.layers_per_block:
+        raise ValueError(
+            f"carrying {have} into {want} needs channels {kept} (then any deeper levels) and the same layers per block"
+        )
     state, copied = unet.state_dict(), set()
     for key, value in released.state_dict().items():
         parts = key.split(".")
         if parts[0] == "down_blocks":
-            if parts[1] == "0":
+            if int(parts[1]) < drop:
                 continue
-            parts[1] = str(int(parts[1]) - 1)
-        elif key == "time_embedding.linear_1.weight":  # [emb, half cos | half sin] -> the even columns
+            parts[1] = str(int(parts[1]) - drop)
+        elif parts[0] == "up_blocks":  # numbered from the deepest level: added levels come first
+            parts[1] = str(int(parts[1]) + added)
+        elif drop and key == "time_embedding.linear_1.weight":  # [emb, half cos | half sin] -> the even columns
             half, wide = value.shape[1] // 2, state[key].clone().zero_()
             wide[:, 0 : 2 * half : 2], wide[:, 2 * half :: 2] = value[:, :half], value[:, half:]
             value = wide
-        elif parts[0] in ("conv_in", "conv_out", "conv_norm_out"):
+        elif drop and parts[0] in ("conv_in", "conv_out", "conv_norm_out"):
             continue
         name = ".".join(parts)
         if name in state and state[name].shape == value.shape:
@@ -266,25 +291,32 @@ def start_network(args: argparse.Namespace) -> tuple[UNet2DModel, dict | None]:
 
     With ``--init-from``, the released model's channels are kept (``--channels`` is ignored): a plain copy,
     a deepened copy (a larger ``--layers-per-block``), or with ``--space-to-depth 2`` from a full-resolution
-    model, its levels from the second on (``fold_from``). ``--act-fn`` (default: the released model's, or
+    model, its levels from the second on (``fold_from``); with ``--add-levels``, the released (or folded) levels
+    and their resnets per block over new deeper ones (``carry_levels``). ``--act-fn`` (default: the released model's, or
     SiLU) may differ from the released model's: its weights then start a network with that activation, which
     computes another function until trained (how a ReLU network, cheaper in float32, starts from the SiLU one)."""
     fold = args.space_to_depth
     if not args.init_from:
         args.act_fn = args.act_fn or "silu"
+        args.channels = list(args.channels) + [args.channels[-1]] * args.add_levels
         return build_unet(tuple(args.channels), args.layers_per_block, 3 * fold * fold, act_fn=args.act_fn), None
     released = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
     args.act_fn = args.act_fn or released.config.act_fn
     card = json.loads((Path(args.init_from) / CARD_FILE).read_text())
     released_fold = ModelCard.model_validate(card).space_to_depth
     have, width = list(released.config.block_out_channels), released.config.time_embedding_dim
-    if fold == released_fold:
+    deeper = [have[-1]] * args.add_levels  # --add-levels: more levels below, as wide as the deepest
+    if fold == released_fold and not deeper:
         args.channels = have
         unet = build_unet(tuple(have), args.layers_per_block, 3 * fold * fold, width, args.act_fn)
         deepen(released, unet)  # a plain copy when --layers-per-block is the released model's
+    elif fold == released_fold:
+        args.channels, args.layers_per_block = have + deeper, released.config.layers_per_block
+        unet = build_unet(tuple(args.channels), args.layers_per_block, 3 * fold * fold, width, args.act_fn)
+        print(f"deepened {args.init_from}; newly initialised: {', '.join(carry_levels(released, unet))}")
     elif (released_fold, fold) == (1, 2):
-        args.channels, args.layers_per_block = have[1:], released.config.layers_per_block
-        unet = build_unet(tuple(have[1:]), args.layers_per_block, 12, width or 4 * have[0], args.act_fn)
+        args.channels, args.layers_per_block = have[1:] + deeper, released.config.layers_per_block
+        unet = build_unet(tuple(args.channels), args.layers_per_block, 12, width or 4 * have[0], args.act_fn)
         print(f"folded {args.init_from}; newly initialised: {', '.join(fold_from(released, unet))}")
     else:
         raise SystemExit(f"--space-to-depth {fold} cannot start from a model folded {released_fold}x{released_fold}")
@@ -326,14 +358,16 @@ def train(args: argparse.Namespace) -> Path:
     for step in loop.steps("train denoiser"):
         x0, grey = sampler.batch(args.batch)
         t, ab, by_sigma = draw_timesteps(schedule, args.batch, loop.rng, tuple(args.uniform_sigma))
+        # the noise is drawn where the network runs (on a GPU, the host would be the bottleneck otherwise)
+        x0, grey, t, ab, by_sigma = (v.to(device) for v in (x0, grey, t, ab, by_sigma))
         noise = torch.randn_like(x0)
         noise[grey] = noise[grey][:, :1].expand(-1, 3, -1, -1)  # a grey upload's noise is the same in each channel
         abc = ab.view(-1, 1, 1, 1)
         x_t = abc.sqrt() * x0 + (1 - abc).sqrt() * noise
         if step >= args.upload_from:
-            upload = by_sigma & torch.from_numpy(loop.rng.random(args.batch) < args.upload_frac)
+            upload = by_sigma & torch.from_numpy(loop.rng.random(args.batch) < args.upload_frac).to(device)
             x_t[upload], noise[upload] = as_upload(x0[upload], noise[upload], ab[upload])
-        x_t, noise, t, weights = x_t.to(device), noise.to(device), t.to(device), loss_weights(ab).to(device)
+        weights = loss_weights(ab)
         if teacher is not None:  # its prediction for the same x_t: the posterior mean, without the draw's noise
             with torch.no_grad(), loop.autocast():
                 target = taught(teacher, x_t, t, args.distill_views)
@@ -369,6 +403,7 @@ def train(args: argparse.Namespace) -> Path:
             upload_frac=args.upload_frac,
             uniform_sigma=list(args.uniform_sigma),
             space_to_depth=fold,
+            add_levels=args.add_levels,
             act_fn=args.act_fn,
             **distilled,
         ),
@@ -425,6 +460,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fold each K x K block of pixels into channels before the network (2: nothing runs at full "
         "resolution, the float32 cost of FFDNet's design); with --init-from a full-resolution model, the "
         "network is that model's levels from the second on (fold_from)",
+    )
+    parser.add_argument(
+        "--add-levels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more levels below the deepest, each as wide as it (one more halving of the resolution each: a "
+        "larger receptive field for little compute); with --init-from, the released levels are carried over "
+        "(carry_levels) and the new ones start as initialised",
     )
     parser.add_argument(
         "--act-fn",

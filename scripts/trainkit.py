@@ -44,8 +44,12 @@ def lr_at(step: int, *, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up to ``peak``, then cosine decay to 10% of it at ``total``, and 10% from there on."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return decayed(min(1.0, (step - warmup) / max(1, total - warmup)), peak)
+
+
+def decayed(progress: float, peak: float) -> float:
+    """The cosine decay from ``peak`` (``progress`` 0) to 10% of it (``progress`` 1)."""
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 class Checkpoints:
@@ -97,6 +101,15 @@ def add_training_args(
     parser.add_argument("--channels", type=int, nargs="+", default=channels)
     parser.add_argument("--layers-per-block", type=int, default=layers_per_block)
     parser.add_argument("--ckpt-every", type=int, default=250)
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="end the run, checkpointed, once its wall time (resumed parts included) reaches this, --iters "
+        "being then at most; after the warm-up the cosine decay follows the clock and reaches its floor at "
+        "that time (for a machine whose speed is not known beforehand, such as a lent GPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--precision",
@@ -118,7 +131,7 @@ class TrainLoop:
         self.unet, self.args, self.device = unet, args, device
         self.precision = resolve_precision(args.precision, device)
         self.decay_iters = args.decay_iters or args.iters
-        self.ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3, foreach=True)
         self.optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
         self.checkpoints = Checkpoints(args.ckpt_dir)
         self.rng = np.random.default_rng(args.seed)
@@ -133,6 +146,7 @@ class TrainLoop:
             torch.manual_seed(args.seed + self.start)
             print(f"resumed from {self.checkpoints.latest} at step {self.start}")
         self.ema.to(device)
+        self.done = self.start  # iterations run, the resumed ones included
         self.began = time.time()
         self.bar = None
         self.wall_clock = self.elapsed_before
@@ -142,15 +156,28 @@ class TrainLoop:
         return self.elapsed_before + time.time() - self.began
 
     def steps(self, desc: str) -> Iterator[int]:
-        """The iterations still to run, each with its learning rate set; call ``update`` once in each."""
+        """The iterations still to run, each with its learning rate set; call ``update`` once in each. With
+        ``--stop-after``, they end (checkpointed) once the run's wall time reaches it."""
         args = self.args
         self.began = time.time()
         self.bar = tqdm(range(self.start, args.iters), initial=self.start, total=args.iters, desc=desc)
         for step in self.bar:
+            if args.stop_after and self.elapsed >= args.stop_after:
+                if self.done > self.start:
+                    self._save()
+                print(f"stopped at iteration {step} after {self.elapsed:.0f} s (--stop-after {args.stop_after:g})")
+                break
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(step, total=self.decay_iters, peak=args.lr, warmup=args.warmup)
+                group["lr"] = self.lr(step)
             yield step
         self.wall_clock = self.elapsed
+
+    def lr(self, step: int) -> float:
+        """The learning rate of ``step``: by iterations, or after the warm-up by the clock (``--stop-after``)."""
+        args = self.args
+        if args.stop_after and step >= args.warmup:
+            return decayed(self.elapsed / args.stop_after, args.lr)
+        return lr_at(step, total=self.decay_iters, peak=args.lr, warmup=args.warmup)
 
     def autocast(self):
         """The forward pass's autocast context (see ``--precision``)."""
@@ -163,18 +190,22 @@ class TrainLoop:
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
         self.optimizer.step()
         self.ema.step(self.unet.parameters())
-        self.bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % self.args.ckpt_every == 0 or done == self.args.iters:
-            self.checkpoints.save(
-                {
-                    "unet": self.unet.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "ema": self.ema.state_dict(),
-                    "step": done,
-                    "elapsed_s": self.elapsed,
-                }
-            )
+        self.done = step + 1
+        if self.done % 10 == 0 or self.done == self.args.iters:  # reading the loss waits for the GPU: not every step
+            self.bar.set_postfix(loss=f"{loss.item():.4f}")
+        if self.done % self.args.ckpt_every == 0 or self.done == self.args.iters:
+            self._save()
+
+    def _save(self) -> None:
+        self.checkpoints.save(
+            {
+                "unet": self.unet.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict(),
+                "step": self.done,
+                "elapsed_s": self.elapsed,
+            }
+        )
 
     def finish(self) -> torch.nn.Module:
         """The network with its EMA weights, on the CPU, in eval mode."""
@@ -186,8 +217,8 @@ class TrainLoop:
         args, device = self.args, self.device
         return {
             **extra,
-            "iters": args.iters,
-            "decay_iters": self.decay_iters,
+            "iters": self.done,
+            **({"stop_after_s": args.stop_after} if args.stop_after else {"decay_iters": self.decay_iters}),
             "batch": args.batch,
             "lr": args.lr,
             "ema_decay": args.ema_decay,

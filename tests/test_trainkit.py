@@ -3,6 +3,7 @@ tiny denoiser run that trains, saves a model the store accepts, and resumes into
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 from pathlib import Path
@@ -218,6 +219,113 @@ def test_a_folded_network_starts_as_the_released_levels_below_the_first():
         assert torch.equal(folded.mid_block(m, temb), released.mid_block(m, temb))
         skips = (torch.randn(2, 16, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4))
         assert torch.equal(folded.up_blocks[0](m, skips, temb), released.up_blocks[0](m, skips, temb))
+
+
+def _random_unet(channels: tuple[int, ...], in_channels: int = 3) -> UNet2DModel:
+    torch.manual_seed(0)
+    unet = train_denoiser.build_unet(channels, 2, in_channels)
+    for p in unet.parameters():  # away from diffusers' zero-initialised layers, so every path counts
+        p.data.normal_(0, 0.1)
+    return unet
+
+
+def _fresh(prefix: str, module: torch.nn.Module) -> set[str]:
+    return {f"{prefix}.{name}" for name in module.state_dict()}
+
+
+def test_a_deeper_network_starts_as_the_released_levels_over_a_new_one():
+    released = _random_unet((8, 16, 16))
+    deeper = train_denoiser.build_unet((8, 16, 16, 16), 2)
+    fresh = train_denoiser.carry_levels(released, deeper)
+    assert set(fresh) == {
+        *_fresh("down_blocks.2.downsamplers", deeper.down_blocks[2].downsamplers),  # the released deepest had none
+        *_fresh("down_blocks.3", deeper.down_blocks[3]),
+        *_fresh("up_blocks.0", deeper.up_blocks[0]),
+    }
+    t = torch.tensor([3.0, 700.5])
+    with torch.no_grad():
+        temb = released.time_embedding(released.time_proj(t))
+        assert torch.equal(deeper.time_embedding(deeper.time_proj(t)), temb)
+        x = torch.randn(2, 3, 16, 16)
+        assert torch.equal(deeper.conv_in(x), released.conv_in(x))
+        for k, shape in enumerate(((2, 8, 16, 16), (2, 16, 8, 8), (2, 16, 4, 4))):
+            h = torch.randn(shape)
+            assert torch.equal(deeper.down_blocks[k].resnets[1](h, temb), released.down_blocks[k].resnets[1](h, temb))
+        m = torch.randn(2, 16, 4, 4)
+        assert torch.equal(deeper.mid_block(m, temb), released.mid_block(m, temb))
+        skips = (torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4))
+        # released up block k is the deeper network's k + 1: the same skips, the same upsampler
+        assert torch.equal(deeper.up_blocks[1](m, skips, temb), released.up_blocks[0](m, skips, temb))
+        assert torch.equal(deeper.conv_out(m[:, :8]), released.conv_out(m[:, :8]))
+
+
+def test_a_folded_network_may_have_a_new_level_below_the_released_ones():
+    released = _random_unet((8, 16, 32))
+    width = released.time_embedding.linear_1.out_features
+    folded = train_denoiser.build_unet((16, 32, 32), 2, 12, width)
+    fresh = set(train_denoiser.fold_from(released, folded))
+    assert _fresh("down_blocks.2", folded.down_blocks[2]) | _fresh("up_blocks.0", folded.up_blocks[0]) <= fresh
+    assert "down_blocks.1.downsamplers.0.conv.weight" in fresh and "conv_in.weight" in fresh
+    assert "mid_block.resnets.0.conv1.weight" not in fresh
+    t = torch.tensor([3.0, 700.5])
+    with torch.no_grad():
+        temb = released.time_embedding(released.time_proj(t))
+        m = torch.randn(2, 32, 4, 4)
+        skips = (torch.randn(2, 16, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4))
+        assert torch.equal(folded.up_blocks[1](m, skips, temb), released.up_blocks[0](m, skips, temb))
+    with pytest.raises(ValueError, match="needs channels"):
+        train_denoiser.carry_levels(released, train_denoiser.build_unet((8, 32, 32), 2))
+
+
+def test_a_run_with_an_added_level_records_it_and_the_store_serves_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_denoiser, "load_photos", lambda split: _photos())
+    _run(tmp_path, "--iters", "1", "--fresh")
+    released = tmp_path / "released"
+    (tmp_path / "store" / "photos").rename(released)
+    record = _run(tmp_path / "deeper", "--iters", "1", "--init-from", str(released), "--add-levels", "1", "--fresh")
+    assert (record["channels"], record["add_levels"], record["init_from"]["channels"]) == ([8, 16, 16], 1, [8, 16])
+    folded = _run(tmp_path / "s2d", "--iters", "1", "--init-from", str(released), "--space-to-depth", "2")
+    assert (folded["channels"], folded["add_levels"]) == ([16], 0)
+    entry = scan_store(tmp_path / "deeper" / "store")["photos"]
+    assert entry.status == "ready" and entry.channels == 3
+    assert UNet2DModel.from_pretrained(entry.path / "unet").config.block_out_channels == [8, 16, 16]
+
+
+class _Clock:
+    """time.time for trainkit: one second later at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def _loop(tmp_path: Path, *extra: str) -> tuple[trainkit.TrainLoop, torch.nn.Linear]:
+    parser = argparse.ArgumentParser()
+    trainkit.add_training_args(parser, name="probe", iters=1000, batch=1, lr=1.0, channels=[8])
+    args = parser.parse_args(["--ckpt-dir", str(tmp_path / "ckpt"), "--warmup", "2", *extra])
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 1)
+    return trainkit.TrainLoop(layer, args, CPU), layer
+
+
+def test_a_run_stops_at_its_wall_time_checkpointed_with_the_decay_at_its_floor(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainkit, "time", _Clock())
+    loop, layer = _loop(tmp_path, "--stop-after", "40")
+    rates = []
+    for step in loop.steps("probe"):
+        rates.append(loop.optimizer.param_groups[0]["lr"])
+        loop.update(step, layer(torch.ones(1, 2)).pow(2).sum())
+    assert 2 < loop.done < 1000  # stopped by the clock, not by --iters
+    assert rates[:2] == [0.5, 1.0]  # the warm-up counts iterations
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] < 0.2  # the decay follows the clock
+    assert torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)["step"] == loop.done
+    assert loop.record()["iters"] == loop.done and loop.record()["stop_after_s"] == 40
+    assert "decay_iters" not in loop.record()  # the decay followed the clock
+    again, _ = _loop(tmp_path, "--stop-after", "40")  # resumed: its time is already spent
+    assert list(again.steps("probe")) == [] and again.done == loop.done
 
 
 def test_folding_refuses_other_channels():
