@@ -1,5 +1,6 @@
 """What kind of error a candidate photo denoiser makes where it falls behind the shipped one:
 
+    git checkout 23c6ec0 -- checkpoints/photos-s2d      # the unserved checkpoint, from the history
     python bench/eval_denoise_errors.py --candidate checkpoints/photos-s2d            # set 1, sigma 15
     python bench/eval_denoise_errors.py --candidate checkpoints/photos-s2d --sigma 25
 

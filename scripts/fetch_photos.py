@@ -274,11 +274,14 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
 
 
 def load(split: str, out: Path = DEFAULT_OUT) -> dict[str, np.ndarray]:
-    """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split (train, heldout, heldout2), by name."""
+    """uint8 arrays [H, W] (grey) or [H, W, 3] (colour) of one split (train, heldout, heldout2), by name: the
+    PNG files this script writes, or lossless WebP ones in their place (the smaller copy that travels to a lent
+    GPU, ``scripts/device_stage.py``)."""
     if split == "train":
         fetch_opencv(fetch_lomiri(fetch(out)))
     folder = (fetch_heldout2(out) if split == "heldout2" else fetch(out)) / split
-    return {path.stem: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
+    paths = sorted([*folder.glob("*.png"), *folder.glob("*.webp")], key=lambda path: path.stem)
+    return {path.stem: np.asarray(Image.open(path)) for path in paths}
 
 
 def main() -> None:
