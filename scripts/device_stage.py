@@ -1,7 +1,7 @@
 """Stage what a lent GPU needs to train the photo denoiser (``scripts/device_train.sh``), and check that it fits.
 
     python scripts/device_stage.py                      # writes .device/ (.gitignore'd), prints what travels
-    python scripts/device_stage.py --python-version 3.11 --out /tmp/dry/.device   # for a dry run on this machine
+    python scripts/device_stage.py --python-version 3.11 --out /tmp/dry/.device   # a dry run's, for this machine
 
 The device tool copies the working tree to the GPU machine with the paths a call names in ``carry``, at most
 64 MiB in all, and nothing there can be downloaded. Its image has torch, numpy, Pillow, safetensors,
@@ -11,7 +11,8 @@ huggingface_hub and tqdm, but neither diffusers nor pydantic. So ``.device/`` ho
   WebP (31 MB instead of 42 MB of PNG; the same pixels, checked, and ``fetch_photos.load`` reads either), with
   the markers that tell ``fetch_photos`` nothing is left to fetch;
 - ``site.tar.xz``: diffusers, pydantic and what they need that the image lacks, unpacked for the device's
-  Python (3.12 there) and packed with xz: 4 MB, against 9 MB as wheels. The versions are this environment's.
+  Python (3.12 there; 3.13 too, should the image move) and packed with xz: 6 MB, against 9 MB as wheels for
+  one Python. The versions are this environment's.
 
 Encoding the photos takes minutes (lossless WebP at its smallest); a second run reuses them.
 """
@@ -73,18 +74,22 @@ def stage_photos(out: Path, source: Path = DEFAULT_OUT) -> int:
     return len(photos)
 
 
-def stage_site(out: Path, python_version: str) -> list[str]:
-    """``out`` (a .tar.xz) holding PACKAGES installed for ``python_version`` on x86-64 Linux; returns them."""
+def stage_site(out: Path, python_versions: list[str]) -> list[str]:
+    """``out`` (a .tar.xz) holding PACKAGES installed for x86-64 Linux, for each of ``python_versions``: their
+    pure-Python files are the same, and pydantic_core's compiled module is named by the Python it is for, so one
+    archive serves all of them. Returns the packages as pinned."""
     pinned = [f"{name}=={version(name)}" for name in PACKAGES]
     platform = ["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
-    wanted = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp", *platform]
+    pip = [sys.executable, "-m", "pip", "-q"]
     with tempfile.TemporaryDirectory() as tmp:
-        wheels, site = Path(tmp) / "wheels", Path(tmp) / "site"
-        pip = [sys.executable, "-m", "pip", "-q"]
-        subprocess.run([*pip, "download", "--no-deps", *wanted, "-d", str(wheels), *pinned], check=True)
-        files = sorted(str(p) for p in wheels.glob("*.whl"))
-        install = [*pip, "install", "--no-deps", "--no-compile", *wanted, "--target", str(site)]
-        subprocess.run([*install, *files], check=True)
+        site = Path(tmp) / "site"
+        for python in python_versions:
+            wanted = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp", *platform]
+            wheels, installed = Path(tmp) / f"wheels-{python}", Path(tmp) / f"site-{python}"
+            subprocess.run([*pip, "download", "--no-deps", *wanted, "-d", str(wheels), *pinned], check=True)
+            install = [*pip, "install", "--no-deps", "--no-compile", *wanted, "--target", str(installed)]
+            subprocess.run([*install, *sorted(str(p) for p in wheels.glob("*.whl"))], check=True)
+            shutil.copytree(installed, site, dirs_exist_ok=True)
         with tarfile.open(out, "w:xz") as archive:
             for path in sorted(site.iterdir()):
                 archive.add(path, arcname=path.name)
@@ -106,7 +111,12 @@ def travelling_bytes(root: Path, carried: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".device")
-    parser.add_argument("--python-version", default="3.12", help="the device image's Python (3.12 on 2026-11-17)")
+    parser.add_argument(
+        "--python-version",
+        nargs="+",
+        default=["3.12", "3.13"],
+        help="the Pythons the archive serves: the device image's (3.12 on 2026-11-17), and the next in case it moves",
+    )
     args = parser.parse_args()
     count = stage_photos(args.out / "photos")
     pinned = stage_site(args.out / "site.tar.xz", args.python_version)
