@@ -11,8 +11,8 @@ huggingface_hub and tqdm, but neither diffusers nor pydantic. So ``.device/`` ho
   WebP (31 MB instead of 42 MB of PNG; the same pixels, checked, and ``fetch_photos.load`` reads either), with
   the markers that tell ``fetch_photos`` nothing is left to fetch;
 - ``site.tar.xz``: diffusers, pydantic and what they need that the image lacks, unpacked for the device's
-  Python (3.12 there; 3.13 too, should the image move) and packed with xz: 6 MB, against 9 MB as wheels for
-  one Python. The versions are this environment's.
+  Python (3.12 there; 3.13 too, should the image move) and packed with xz: 4.4 MB, against 9.2 MB as wheels
+  for one Python. The versions are this environment's.
 
 Encoding the photos takes minutes (lossless WebP at its smallest); a second run reuses them.
 """
@@ -45,7 +45,7 @@ PACKAGES = ("diffusers", "pydantic", "pydantic_core", "annotated_types", "typing
 MARKERS = ("manifest.json", "lomiri.done", "opencv.done")
 
 
-def stage_photos(out: Path, source: Path = DEFAULT_OUT) -> int:
+def stage_photos(out: Path, source: Path = ROOT / DEFAULT_OUT) -> int:
     """The train split under ``out/train``, colour photos as lossless WebP, checked to decode to the same
     pixels, grey ones as their PNG (WebP has no grey: it would decode them as RGB, and the training treats
     a grey photo as a grey upload); photos already there are kept. The markers beside. Returns the count."""

@@ -4,17 +4,18 @@
 #   python scripts/device_stage.py          # here, once: writes .device/ and checks that the call fits
 #   device tool: run(command="bash scripts/device_train.sh", carry=[".device"], timeout_s=560)
 #
-# On the GPU machine: unpacks .device/site.tar.xz (diffusers, pydantic) for its Python, puts the staged photos
-# where scripts/fetch_photos.py looks, trains for TRAIN_SECONDS of wall time (default 400: a call has at most
-# 10 minutes, a session 15 minutes of device time, the machine's start included), and writes under $OUT the
-# log and the trained model folder as a tar in parts of at most 15 MiB (files come back up to 16 MiB each):
+# On the GPU machine: unpacks .device/site.tar.xz (diffusers, pydantic) for its Python, points
+# scripts/fetch_photos.py at the staged photos (PHOTOS_DIR), trains for TRAIN_SECONDS of wall time (default
+# 400: a call has at most 10 minutes, a session 15 minutes of device time, the machine's start included), and
+# writes under $OUT the log and the trained model folder as a tar in parts of at most 15 MiB (files come back
+# up to 16 MiB each):
 #
 #   cat <files_at>/photos-next.tar.part-* | tar -x -C <folder>     # here: <folder>/photos, a model folder
 #
-# The run is the candidate of docs/denoising.md ("Capacity where it costs little", "On a lent GPU"): the
-# shipped network folded 2x2 with one more level (s2d 32/64/128/128), cheaper in float32 on the CPU, taught
-# half by the shipped model and half by the drawn noise (so it can pass its teacher). TRAIN_ARGS replaces its
-# options; OUT and TRAIN_SECONDS may be set for a dry run on a CPU (python3 must then have torch).
+# The run is the candidate of docs/denoising.md ("Capacity where it costs little", "Prepared for a lent
+# GPU"): the shipped network folded 2x2 with one more level (s2d 32/64/128/128), cheaper in float32 on the
+# CPU, taught half by the shipped model and half by the drawn noise (so it can pass its teacher). TRAIN_ARGS
+# replaces its options; OUT and TRAIN_SECONDS may be set for a dry run on a CPU (python3 must then have torch).
 set -euo pipefail
 : "${OUT:?set OUT: the folder whose files come back (the device tool sets it)}"
 TRAIN_SECONDS="${TRAIN_SECONDS:-400}"
@@ -23,11 +24,10 @@ TRAIN_ARGS="${TRAIN_ARGS:---space-to-depth 2 --add-levels 1 --distill-from model
 cd "$(dirname "$0")/.."
 log="$OUT/train.log"
 site="$(mktemp -d)"
-python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' .device/site.tar.xz "$site"
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+    .device/site.tar.xz "$site"
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
-mkdir -p .cache/data
-rm -rf .cache/data/photos
-cp -r .device/photos .cache/data/photos
+export PHOTOS_DIR=.device/photos  # scripts/fetch_photos.py reads the staged photos there
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU: a dry run"; } | tee "$log"
 python3 -c "import torch, diffusers, pydantic; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" \
     | tee -a "$log"

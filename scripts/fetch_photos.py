@@ -26,6 +26,9 @@ no recipe or setting is chosen on it.
 
     python scripts/fetch_photos.py        # writes .cache/data/photos/{train,heldout,heldout2}/*.png + manifest.json
 
+``PHOTOS_DIR`` names another folder (the training script reads the photos from there too: on a lent GPU, the
+staged copy, ``scripts/device_train.sh``).
+
 Needs the ``train`` extra: ``pip install -e '.[train]'``.
 """
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -41,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEFAULT_OUT = Path(".cache/data/photos")
+DEFAULT_OUT = Path(os.environ.get("PHOTOS_DIR", ".cache/data/photos"))
 DEB_PACKAGE = "mate-backgrounds"
 MATE_NATURE = "usr/share/backgrounds/mate/nature"
 
