@@ -157,12 +157,19 @@ def test_a_denoiser_run_can_start_from_a_released_model(tmp_path, monkeypatch):
     assert record["iters"] == 1
 
 
+def _random_unet(channels: tuple[int, ...], layers: int = 2) -> UNet2DModel:
+    """A released network with every weight drawn away from diffusers' zero-initialised layers, so that every
+    path counts in a comparison."""
+    torch.manual_seed(0)
+    unet = train_denoiser.build_unet(channels, layers)
+    for p in unet.parameters():
+        p.data.normal_(0, 0.1)
+    return unet
+
+
 @pytest.mark.parametrize(("before", "after"), [(1, 2), (1, 3), (2, 3)])
 def test_a_deepened_denoiser_computes_exactly_what_the_released_one_did(before, after):
-    torch.manual_seed(0)
-    released = train_denoiser.build_unet((8, 16, 16), before)
-    for p in released.parameters():  # away from diffusers' zero-initialised layers, so every path counts
-        p.data.normal_(0, 0.1)
+    released = _random_unet((8, 16, 16), before)
     grown = train_denoiser.build_unet((8, 16, 16), after)
     train_denoiser.deepen(released, grown)
     x, t = torch.randn(2, 3, 24, 32), torch.tensor([3.0, 700.0])
@@ -196,10 +203,7 @@ def test_a_run_with_more_resnets_per_block_starts_from_the_grown_released_model(
 
 
 def test_a_folded_network_starts_as_the_released_levels_below_the_first():
-    torch.manual_seed(0)
-    released = train_denoiser.build_unet((8, 16, 32), 2)
-    for p in released.parameters():  # away from diffusers' zero-initialised layers, so every path counts
-        p.data.normal_(0, 0.1)
+    released = _random_unet((8, 16, 32))
     folded = train_denoiser.build_unet((16, 32), 2, 12, released.time_embedding.linear_1.out_features)
     fresh = train_denoiser.fold_from(released, folded)
     resnet_in, resnet_out = "down_blocks.0.resnets.0.", "up_blocks.1.resnets.2."
@@ -219,14 +223,6 @@ def test_a_folded_network_starts_as_the_released_levels_below_the_first():
         assert torch.equal(folded.mid_block(m, temb), released.mid_block(m, temb))
         skips = (torch.randn(2, 16, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4))
         assert torch.equal(folded.up_blocks[0](m, skips, temb), released.up_blocks[0](m, skips, temb))
-
-
-def _random_unet(channels: tuple[int, ...], in_channels: int = 3) -> UNet2DModel:
-    torch.manual_seed(0)
-    unet = train_denoiser.build_unet(channels, 2, in_channels)
-    for p in unet.parameters():  # away from diffusers' zero-initialised layers, so every path counts
-        p.data.normal_(0, 0.1)
-    return unet
 
 
 def _fresh(prefix: str, module: torch.nn.Module) -> set[str]:
