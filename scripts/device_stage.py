@@ -36,13 +36,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from fetch_photos import DEFAULT_OUT, load  # noqa: E402
+from fetch_photos import DEFAULT_OUT, TRAIN_MARKERS, load  # noqa: E402
 
 LIMIT = 64 * 2**20  # what one call may carry, the working tree included
 # What the training imports that the device's image does not hold (its package list: the device tool's
 # KINDS.md); huggingface_hub is there, at a version diffusers accepts.
 PACKAGES = ("diffusers", "pydantic", "pydantic_core", "annotated_types", "typing_inspection", "typing_extensions")
-MARKERS = ("manifest.json", "lomiri.done", "opencv.done")
 
 
 def stage_photos(out: Path, source: Path = ROOT / DEFAULT_OUT) -> int:
@@ -66,7 +65,7 @@ def stage_photos(out: Path, source: Path = ROOT / DEFAULT_OUT) -> int:
             path.write_bytes(buffer.getvalue())
         if not np.array_equal(np.asarray(Image.open(path)), pixels):
             raise SystemExit(f"{path} does not decode to the photo's pixels")
-    for name in MARKERS:
+    for name in TRAIN_MARKERS:
         shutil.copy(source / name, out / name)
     for stale in folder.iterdir():
         if stale.name not in kept:

@@ -46,6 +46,10 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_OUT = Path(os.environ.get("PHOTOS_DIR", ".cache/data/photos"))
+MANIFEST = "manifest.json"
+ADDED = ("lomiri", "opencv")  # sources added to the train split after the first fetch, each with a marker file
+# The files that say the train split is complete: with them in a folder, nothing is fetched (device_stage copies them)
+TRAIN_MARKERS = (MANIFEST, *(f"{source}.done" for source in ADDED))
 DEB_PACKAGE = "mate-backgrounds"
 MATE_NATURE = "usr/share/backgrounds/mate/nature"
 
@@ -226,12 +230,12 @@ def _add_to_training(out: Path, source: str, photos: Callable[[Path], dict[str, 
 
 def fetch_lomiri(out: Path = DEFAULT_OUT) -> Path:
     """The Lomiri photos (issue 15)."""
-    return _add_to_training(out, "lomiri", _lomiri_photos)
+    return _add_to_training(out, ADDED[0], _lomiri_photos)
 
 
 def fetch_opencv(out: Path = DEFAULT_OUT) -> Path:
     """OpenCV's sample photos (2026-12-05)."""
-    return _add_to_training(out, "opencv", _opencv_photos)
+    return _add_to_training(out, ADDED[1], _opencv_photos)
 
 
 def fetch_heldout2(out: Path = DEFAULT_OUT) -> Path:
@@ -257,7 +261,7 @@ def _normalise(image: Image.Image) -> Image.Image:
 
 
 def fetch(out: Path = DEFAULT_OUT) -> Path:
-    manifest = out / "manifest.json"
+    manifest = out / MANIFEST
     if manifest.exists():
         return out
     with tempfile.TemporaryDirectory() as tmp:

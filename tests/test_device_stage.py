@@ -29,7 +29,7 @@ def _fetched(folder: Path) -> dict[str, np.ndarray]:
     (folder / "train").mkdir(parents=True)
     for name, pixels in photos.items():
         Image.fromarray(pixels).save(folder / "train" / f"{name}.png")
-    for marker in device_stage.MARKERS:
+    for marker in fetch_photos.TRAIN_MARKERS:
         (folder / marker).write_text("{}\n")
     return photos
 
@@ -41,7 +41,7 @@ def test_staged_photos_are_the_same_pixels_colour_as_webp_and_grey_as_png(tmp_pa
     (staged / "train" / "gone.webp").write_bytes(b"a photo no longer in the split")
     assert device_stage.stage_photos(staged, tmp_path / "fetched") == 2
     assert sorted(p.name for p in (staged / "train").iterdir()) == ["colour.webp", "grey.png"]
-    assert all((staged / marker).exists() for marker in device_stage.MARKERS)
+    assert all((staged / marker).exists() for marker in fetch_photos.TRAIN_MARKERS)
     loaded = fetch_photos.load("train", staged)
     assert loaded.keys() == photos.keys()
     for name, pixels in photos.items():
