@@ -81,8 +81,11 @@ def web_store(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium, for one test module: Playwright's sync API keeps an asyncio loop running on the main thread
+    while it is open, and every later test that calls asyncio.run would fail under it (they did wherever a
+    browser test ran before them, as with pytest-xdist's --dist loadfile)."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
