@@ -12,6 +12,7 @@ from app import background
 from app.api import docs, errors
 
 from app.api.auth import Gate, require
+from app.api.deps import no_unknown_query
 from app.api.uploads import json_body_first, upload_body_first
 from app.api import metrics
 from app.api.metrics import HttpMetrics
@@ -150,7 +151,7 @@ def create_app(settings: Settings | None = None, *, queue=None, drain: Drain | N
 
     def include(router: APIRouter, first: list, scope: str | None, **options) -> None:
         key_check = require(scope)
-        app.include_router(router, dependencies=[*first, Depends(key_check)], **options)
+        app.include_router(router, dependencies=[*first, Depends(key_check), Depends(no_unknown_query)], **options)
         metrics.remember_templates(app, router, options.get("prefix", ""))
         # routing puts the router's own route objects in the scope, under every prefix it is included at
         app.state.key_checks.update({id(route): key_check.admits for route in router.routes})

@@ -54,6 +54,12 @@ def test_no_key_or_an_unknown_key_is_401_with_a_bearer_challenge(keyed):
     assert keyed.get("/v1/models").status_code == 401
 
 
+def test_a_request_without_a_key_is_401_before_its_query_string_is_judged(keyed):
+    assert keyed.post("/v1/generate?steps=3", json={"class_label": 0}).status_code == 401
+    r = keyed.post("/v1/generate?steps=3", json={"model": "tiny-gen", "class_label": 0}, headers=auth("alice"))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "steps"]
+
+
 def test_a_key_works_as_bearer_or_x_api_key(keyed):
     assert generate(keyed, "alice").status_code == 200
     r = keyed.post("/v1/generate", json={"model": "tiny-gen", "class_label": 0}, headers={"X-API-Key": "key-alice"})

@@ -502,3 +502,48 @@ def test_a_mask_with_transparent_pixels_is_422_and_an_opaque_rgba_one_is_read(cl
     assert errors_at(
         client.post("/v1/img2img", files=files | {"mask": ("m.png", png_bytes(rgba, "RGBA"))}, data=form)
     ) == [["body", "mask"]]
+
+
+JOB = "0" * 32
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/v1/generate"),
+        ("POST", "/generate"),
+        ("POST", "/v1/denoise"),
+        ("POST", "/denoise"),
+        ("POST", "/v1/noise"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/tiny-gen"),
+        ("GET", f"/v1/jobs/{JOB}"),
+        ("GET", f"/v1/jobs/{JOB}/events"),
+        ("GET", f"/v1/jobs/{JOB}/images/0"),
+        ("DELETE", f"/v1/jobs/{JOB}"),
+    ],
+)
+def test_a_query_parameter_the_api_does_not_read_is_422_naming_it_not_ignored(client, method, path):
+    # POST /v1/denoise?sigma=50 had run at the default sigma without a word; no route reads a query string
+    upload = {"files": {"file": ("p.png", png_bytes(photo()), "image/png")}, "data": {"model": "tiny-rgb"}}
+    body = {"json": {"class_label": 0, "steps": 2}} if "generate" in path else upload if method == "POST" else {}
+    if path == "/v1/noise":
+        body["data"] = {"sigma": "5"}
+    r = client.request(method, f"{path}?sigma=50&steps=3", **body)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["query", "sigma"] and error["type"] == "extra_forbidden"
+    assert error["msg"].startswith("unknown query parameter 'sigma' (and 1 more): this endpoint reads none")
+
+
+def test_an_empty_query_string_is_no_parameter_and_the_request_runs(client):
+    upload = {"file": ("p.png", png_bytes(photo()), "image/png")}
+    assert client.post("/v1/generate?", json={"class_label": 0, "steps": 2}).status_code == 200
+    assert client.post("/v1/denoise?", files=upload, data={"model": "tiny-rgb", "sigma": "5"}).status_code == 200
+    assert client.get("/v1/models?").status_code == 200
+
+
+def test_pages_and_probes_outside_the_api_take_any_query_string(client):
+    # a link with tracking parameters, a probe or a scraper that adds its own: none of these read options
+    for path in ("/?utm_source=x", "/healthz?probe=1", "/readyz?probe=1", "/metrics?name[]=x", "/docs?x=1"):
+        assert client.get(path).status_code == 200, path
