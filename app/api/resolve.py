@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 from app.api.errors import ApiError, brief
 from app.api.schemas import JOB_FIELDS, SEED_MAX, DenoiseParams, GenerateRequest, NoiseParams
 from app.api.uploads import FORM_FILE
-from app.diffusion.samplers import get_sampler
+from app.diffusion.samplers import SAMPLERS, get_sampler
 from app.imaging import OUTPUT_FORMATS
 from app.jobs import DenoiseSpec, GenerateSpec, ImageData, Img2ImgSpec, NoiseSpec, img2img_steps
 from app.settings import Settings
@@ -356,6 +356,7 @@ def generate_spec(
     # the images' count is to blame only when there are several; else the image, or the size asked for
     check_pixels(pixels, settings, ["body", "num_images"] if req.num_images > 1 else sized or ["body", "width"])
     check_plan(entry, or_default(req.sampler, defaults.sampler), steps)
+    check_eta(or_default(req.sampler, defaults.sampler), req.eta, chosen=req.sampler is not None)
     if req.preview_every and run // req.preview_every > MAX_PREVIEWS:
         raise ApiError(
             422,
@@ -415,6 +416,7 @@ def denoise_spec(
     defaults = entry.defaults
     if options.mode == "sample":
         sampler, eta = or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta)
+        check_eta(sampler, options.eta, chosen=options.sampler is not None)
         check_sample_mode(sampler, eta, or_default(options.steps, defaults.steps), options)
     spec = DenoiseSpec(
         model=entry.name,
@@ -438,6 +440,23 @@ def denoise_spec(
     )
     check_cost(layout.megapixel_steps(spec.total_steps), settings, "tiles x views x steps")
     return spec
+
+
+def check_eta(sampler: str, eta: float | None, *, chosen: bool) -> None:
+    """An ``eta`` given for a sampler that does not read it (only DDIM scales its noise by eta) would be
+    ignored without a word, as diffusers' pipelines ignore it: refused instead (``chosen``: the request named
+    the sampler, else it is the model card's default)."""
+    if eta is None or get_sampler(sampler).reads_eta:
+        return
+    readers = ", ".join(repr(s.name) for s in SAMPLERS.values() if s.reads_eta)
+    default = "" if chosen else " (the model card's default)"
+    raise ApiError(
+        422,
+        ["body", "eta"],
+        f"eta is DDIM's noise scale and sampler {sampler!r}{default} does not read it: leave eta out, or ask "
+        f"for sampler {readers}",
+        type="conflict",
+    )
 
 
 def check_sample_mode(sampler: str, eta: float, steps: int, options: DenoiseParams) -> None:

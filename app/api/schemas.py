@@ -64,7 +64,9 @@ class GenerateRequest(_JobRequest):
     num_images: int = Field(1, ge=1, le=16)
     steps: int | None = Field(None, ge=1, le=1000, description="default: the model card's")
     sampler: SamplerName | None = Field(None, description="default: the model card's")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM noise scale (0: deterministic)")
+    eta: float | None = Field(
+        None, ge=0.0, le=1.0, description="DDIM noise scale (0: deterministic); sampler ddim only, else a 422"
+    )
     seed: Seed | None = Field(None, description="image i uses seed + i; default: random")
     class_label: int | str | None = Field(
         None, description="class index or class name; omitted on a model with a null class: unconditional"
@@ -129,7 +131,7 @@ class DenoiseParams(_JobRequest):
     )
     sampler: SamplerName | None = Field(None, description="sample mode sampler; default: the model card's")
     eta: float | None = Field(
-        None, ge=0.0, le=1.0, description="sample mode, DDIM noise scale; default: the model card's"
+        None, ge=0.0, le=1.0, description="sample mode, DDIM noise scale (sampler ddim only); default: the card's"
     )
     samples: int = Field(
         1, ge=1, le=16, description="sample mode: average this many reverse-diffusion samples (seeds seed, seed+1, ...)"

@@ -360,6 +360,7 @@ class Sampler:
     draws_noise: Callable[[float, float], bool]
     keeps_history: bool = False
     description: str = ""
+    reads_eta: bool = False  # eta scales its noise (DDIM's); the API refuses an eta given to any other
     noise_scale_fn: Callable[[NoiseSchedule, list[Step]], float] = lambda schedule, plan: 1.0
     # The grid of training timesteps the plan evaluates, from (T, steps, spacing, steps_offset), so a request
     # can be checked without torch; None when the grid comes from sigmas and is always inside [0, T).
@@ -405,7 +406,9 @@ SAMPLERS: dict[str, Sampler] = {
         # Ho et al. 2020; noise at every step but the last (t > 0), as diffusers
         Sampler("ddpm", ddpm_plan, _ddpm, lambda t, eta: t > 0, description="DDPM ancestral sampling"),
         # Song et al. 2021; noise only when eta > 0
-        Sampler("ddim", ddim_plan, _ddim, lambda t, eta: eta > 0, description="DDIM (eta: noise scale)"),
+        Sampler(
+            "ddim", ddim_plan, _ddim, lambda t, eta: eta > 0, description="DDIM (eta: noise scale)", reads_eta=True
+        ),
         Sampler(
             "dpmpp_2m",
             dpmpp_2m_plan,

@@ -67,6 +67,17 @@ def test_sample_mode_refuses_samplers_that_cannot_walk_from_the_images_noise_or_
         )
 
 
+def test_sample_mode_refuses_an_eta_its_sampler_does_not_read(client):
+    upload = {"file": ("p.png", png_bytes(photo()), "image/png")}
+    base = {"sigma": "30", "model": "tiny-rgb", "mode": "sample", "steps": "4", "eta": "0.5"}
+    for sampler in ("ddpm", "euler", "euler_a", "dpmpp_2m"):
+        r = client.post("/v1/denoise", files=upload, data={**base, "sampler": sampler})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "eta"], (sampler, r.text)
+        assert f"sampler {sampler!r} does not read it" in r.json()["detail"][0]["msg"]
+    assert client.post("/v1/denoise", files=upload, data={**base, "sampler": "ddim"}).status_code == 200
+    assert client.post("/v1/denoise", files=upload, data=base).status_code == 200  # the card's default: ddim
+
+
 def test_grey_input_stays_grey_and_alpha_is_dropped_and_said(client):
     grey = client.post(
         "/v1/denoise",

@@ -44,10 +44,26 @@ def test_output_formats(client, fmt, magic):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
 def test_every_sampler_and_guidance(client, sampler):
+    eta = {"eta": 0.3} if sampler == "ddim" else {}
     r = client.post(
-        "/v1/generate", json={"class_label": "c", "sampler": sampler, "steps": 6, "guidance_scale": 2.0, "eta": 0.3}
+        "/v1/generate", json={"class_label": "c", "sampler": sampler, "steps": 6, "guidance_scale": 2.0, **eta}
     )
     assert r.status_code == 200 and r.json()["progress"] == {"step": 6, "total": 6}
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m", "euler", "euler_a"])
+def test_an_eta_for_a_sampler_that_does_not_read_it_is_422_not_ignored(client, sampler):
+    def generate(**fields):
+        return client.post("/v1/generate", json={"class_label": 0, "steps": 4, **fields})
+
+    r = generate(sampler=sampler, eta=0.5)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "eta"] and error["type"] == "conflict"
+    assert f"sampler {sampler!r} does not read it" in error["msg"] and "'ddim'" in error["msg"]
+    assert generate(sampler=sampler, eta=0).status_code == 422  # eta 0 too: the sampler reads no eta at all
+    assert generate(sampler="ddim", eta=0.5).status_code == 200
+    assert generate(sampler=sampler).status_code == 200
 
 
 def test_unconditional_generation_on_a_model_without_classes(client):
