@@ -174,6 +174,36 @@ def test_a_held_job_whose_record_is_gone_no_longer_counts(store, prefix):
             assert r.status_code == 202
 
 
+def test_an_admission_sent_again_after_its_reply_was_lost_queues_the_job_once(store, prefix):
+    # redis-py sends a command again when its reply is lost (a dropped connection, a timeout): ADMIT ran twice
+    # and put the job on its stream twice, so it ran twice
+    import redis as sync_redis
+
+    with client_for(store, prefix, embedded_worker=True) as node:
+        node.app.state.queue.embedded.engine.stop()  # nothing reads the streams: what ADMIT wrote stays
+        with client_for(store, prefix, embedded_worker=False) as api:
+            queue = api.app.state.queue
+            admit = queue._admit
+            answers = []
+
+            async def twice(**kwargs):
+                answers.append(await admit(**kwargs))  # executed, its reply lost
+                answers.append(await admit(**kwargs))  # the client's retry
+                return answers[-1]
+
+            queue._admit = twice
+            r = api.post("/v1/generate", json={"class_label": 0, "steps": 3}, headers={"Prefer": "respond-async"})
+            assert r.status_code == 202 and answers == [1, 1]
+            check = sync_redis.Redis.from_url(REDIS_URL)
+            try:
+                streams = list(check.scan_iter(match=f"{prefix}:model:*", _type="stream"))
+                entries = [e for key in streams for _, e in check.xrange(key)]
+                assert [e[b"job"].decode() for e in entries] == [r.json()["job_id"]]
+                assert check.hkeys(f"{prefix}:held") == [r.json()["job_id"].encode()]
+            finally:
+                check.close()
+
+
 def test_keys_own_their_jobs_and_their_job_cap_holds_across_nodes(store, prefix, tmp_path):
     import json
 
