@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.errors import ApiError, brief
-
 from app.queue.protocol import JobQueue
 from app.settings import Settings
 
