@@ -204,28 +204,6 @@ def test_an_admission_sent_again_after_its_reply_was_lost_queues_the_job_once(st
                 check.close()
 
 
-def test_a_requeue_sent_again_after_its_reply_was_lost_queues_the_job_once(prefix):
-    import redis as sync_redis
-
-    from app.queue.redis.keys import GROUP, REQUEUE
-
-    check = sync_redis.Redis.from_url(REDIS_URL)
-    try:
-        leaves, joins, job = f"{prefix}:model:a:jobs", f"{prefix}:model:b:jobs", f"{prefix}:job:j1"
-        check.xgroup_create(leaves, GROUP, id="0", mkstream=True)
-        entry = check.xadd(leaves, {"job": "j1"})
-        check.hset(job, mapping={"status": "queued", "stream": leaves, "entry": entry})
-        check.xreadgroup(GROUP, "w1", {leaves: ">"})  # read by a worker, which queues it again
-        requeue = check.register_script(REQUEUE)
-        args = dict(keys=[leaves, joins, job, f"{prefix}:queued-models"], args=[GROUP, entry, "j1", "b"])
-        first = requeue(**args)  # its reply lost ...
-        again = requeue(**args)  # ... and sent again
-        assert [fields for _, fields in check.xrange(joins)] == [{b"job": b"j1"}]
-        assert again == first == check.hget(job, "entry") and check.xlen(leaves) == 0
-    finally:
-        check.close()
-
-
 def test_keys_own_their_jobs_and_their_job_cap_holds_across_nodes(store, prefix, tmp_path):
     import json
 

@@ -107,12 +107,9 @@ return 1
 # Queue a job again at the end of a stream, taking its entry off the one it was read from, in one step.
 # KEYS: the stream it leaves, the stream it joins, the job hash, the queued-models set. ARGV: the group, the
 # entry ID it leaves, the job ID, its model ('' for none: not added to the set). Returns the new entry's ID.
-# The entry it leaves gone says this step ran already (its reply lost, and redis-py sent it again: as ADMIT):
-# nothing is added, and the entry the job hash records is returned ('' without the hash).
 REQUEUE = (
     NOTE_ENTRY
     + """
-if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then return redis.call('HGET', KEYS[3], 'entry') or '' end
 local new = redis.call('XADD', KEYS[2], '*', 'job', ARGV[3])
 note_entry(KEYS[3], KEYS[2], new)
 if ARGV[4] ~= '' then redis.call('SADD', KEYS[4], ARGV[4]) end
