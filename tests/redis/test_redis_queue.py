@@ -174,10 +174,11 @@ def test_a_held_job_whose_record_is_gone_no_longer_counts(store, prefix):
             assert r.status_code == 202
 
 
-def test_an_admission_sent_again_after_its_reply_was_lost_queues_the_job_once(store, prefix):
-    # redis-py sends a command again when its reply is lost (a dropped connection, a timeout): ADMIT ran twice
-    # and put the job on its stream twice, so it ran twice
+def test_an_admission_whose_reply_was_lost_is_sent_again_and_queues_the_job_once(store, prefix):
+    # the connection dropped after Redis ran ADMIT: the API answered 503 while the job was queued and ran unseen
+    # (sent again by its client, it ran twice); now the node sends ADMIT again, which runs once per job ID
     import redis as sync_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     with client_for(store, prefix, embedded_worker=True) as node:
         node.app.state.queue.embedded.engine.stop()  # nothing reads the streams: what ADMIT wrote stays
@@ -186,14 +187,16 @@ def test_an_admission_sent_again_after_its_reply_was_lost_queues_the_job_once(st
             admit = queue._admit
             answers = []
 
-            async def twice(**kwargs):
-                answers.append(await admit(**kwargs))  # executed, its reply lost
-                answers.append(await admit(**kwargs))  # the client's retry
+            async def reply_lost_once(**kwargs):
+                answers.append(await admit(**kwargs))
+                if len(answers) == 1:
+                    raise RedisConnectionError("Connection closed by server.")  # Redis ran it; its reply is lost
                 return answers[-1]
 
-            queue._admit = twice
+            queue._admit = reply_lost_once
             r = api.post("/v1/generate", json={"class_label": 0, "steps": 3}, headers={"Prefer": "respond-async"})
-            assert r.status_code == 202 and answers == [1, 1]
+            assert r.status_code == 202, r.text
+            assert answers == [1, 1]
             check = sync_redis.Redis.from_url(REDIS_URL)
             try:
                 streams = list(check.scan_iter(match=f"{prefix}:model:*", _type="stream"))
@@ -202,6 +205,13 @@ def test_an_admission_sent_again_after_its_reply_was_lost_queues_the_job_once(st
                 assert check.hkeys(f"{prefix}:held") == [r.json()["job_id"].encode()]
             finally:
                 check.close()
+
+            async def always_lost(**kwargs):
+                raise RedisConnectionError("Connection closed by server.")
+
+            queue._admit = always_lost  # a connection that drops again: 503, as with Redis away
+            r = api.post("/v1/generate", json={"class_label": 0, "steps": 3}, headers={"Prefer": "respond-async"})
+            assert r.status_code == 503 and r.json()["detail"][0]["type"] == "queue_unavailable"
 
 
 def test_keys_own_their_jobs_and_their_job_cap_holds_across_nodes(store, prefix, tmp_path):

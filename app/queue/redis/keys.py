@@ -262,8 +262,8 @@ return 1
 # Idempotency-Key's claim ('' for none). Returns 1 if
 # admitted, 0 when the queue is full, -1 when the owner holds its cap. Entries whose record is gone or final
 # are swept first. A job hash that exists already says this very call ran before (a job ID is new for each
-# request): redis-py sends a command again when its reply was lost (a dropped connection, a timeout), and
-# a second run would have put the job on its stream twice, so two workers ran it. That call answers 1.
+# request): the API node sends ADMIT once more when the connection dropped before its reply came
+# (RedisJobQueue._admit_once), and a second run would put the job on its stream twice. That call answers 1.
 # (Keys read through ARGV[7] are in the same deployment prefix; a Redis Cluster would need hash tags.)
 ADMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end

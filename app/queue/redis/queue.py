@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CATALOG_REFRESH_S = 1.0
 READY_TIMEOUT_S = 1.0
 CLAIM_WRITE_S = 2.0  # an Idempotency-Key claimed this recently may still be writing its job's record
+ADMIT_TRIES, ADMIT_AGAIN_S = 2, 0.05  # a job's admission whose connection dropped is sent once more, at once
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
 # errors Redis answers while it cannot take writes: a replica after a failover, maxmemory, a lost master.
 # redis-py raises most as classes of their own and cuts the code from the message ("OOM command not
@@ -226,7 +227,7 @@ class RedisJobQueue:
             existing = await self._claim(key, f"{record.id}:{admission.fingerprint}", admission.fingerprint)
             if existing is not None:
                 return existing
-        admitted = await self._admit(
+        admitted = await self._admit_once(
             keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec), self.keys.queued_models],
             args=[
                 record.model_dump_json(),
@@ -252,6 +253,22 @@ class RedisJobQueue:
             raise QueueFull(retry_after=max(1, int(self.settings.heartbeat_s)))
         job_submitted(record)
         return record
+
+    async def _admit_once(self, keys: list[str], args: list) -> int:
+        """ADMIT, sent once more when the connection dropped before its reply came: Redis may have run it, and
+        the API would have answered 503 while the job was queued and ran unseen (a client sending the request
+        again then ran it twice). A second run of ADMIT for the same job ID answers 1 and writes nothing. A
+        timeout is not sent again (a frozen Redis would hold the request for another timeout before its 503);
+        an Idempotency-Key covers that case."""
+        for attempt in range(ADMIT_TRIES):
+            try:
+                return await self._admit(keys=keys, args=args)
+            except RedisConnectionError:
+                if attempt == ADMIT_TRIES - 1:
+                    raise
+                log.warning("the job queue's connection dropped while admitting job %s; sending it again", args[2])
+                await asyncio.sleep(ADMIT_AGAIN_S)
+        raise AssertionError("unreachable")
 
     @property
     def _claim_ttl(self) -> int:
