@@ -44,7 +44,7 @@ def lr_at(step: int, *, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up to ``peak``, then cosine decay to 10% of it at ``total``, and 10% from there on."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    return decayed(min(1.0, (step - warmup) / max(1, total - warmup)), peak)
+    return decayed((step - warmup) / max(1, total - warmup), peak)
 
 
 def decayed(progress: float, peak: float) -> float:

@@ -355,8 +355,9 @@ def generate_spec(
     check_cost(evaluated * run * (2 if guidance > 0 else 1) / 1e6, settings, "num_images x steps x image size")
     # the images' count is to blame only when there are several; else the image, or the size asked for
     check_pixels(pixels, settings, ["body", "num_images"] if req.num_images > 1 else sized or ["body", "width"])
-    check_plan(entry, or_default(req.sampler, defaults.sampler), steps)
-    check_eta(or_default(req.sampler, defaults.sampler), req.eta, chosen=req.sampler is not None)
+    sampler = or_default(req.sampler, defaults.sampler)
+    check_plan(entry, sampler, steps)
+    check_eta(sampler, req.eta, chosen=req.sampler is not None)
     if req.preview_every and run // req.preview_every > MAX_PREVIEWS:
         raise ApiError(
             422,
@@ -368,7 +369,7 @@ def generate_spec(
     fields = dict(
         model=entry.name,
         steps=steps,
-        sampler=or_default(req.sampler, defaults.sampler),
+        sampler=sampler,
         eta=or_default(req.eta, defaults.eta),
         seeds=seeds_for(req.seed, req.num_images),
         class_label=label,
