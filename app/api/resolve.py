@@ -415,18 +415,19 @@ def denoise_spec(
         raise ApiError(422, ["body", "sigma"], "sigma must be in (0, 255] or 'auto'", type="out_of_range")
     check_pixels(image.area, settings, list(image_loc))
     defaults = entry.defaults
+    sampler, eta = or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta)
+    steps = or_default(options.steps, defaults.steps)
     if options.mode == "sample":
-        sampler, eta = or_default(options.sampler, defaults.sampler), or_default(options.eta, defaults.eta)
         check_eta(sampler, options.eta, chosen=options.sampler is not None)
-        check_sample_mode(sampler, eta, or_default(options.steps, defaults.steps), options)
+        check_sample_mode(sampler, eta, steps, options)
     spec = DenoiseSpec(
         model=entry.name,
         image=image,
         sigma=None if options.sigma == "auto" else options.sigma,
         mode=options.mode,
-        steps=check_steps(entry, or_default(options.steps, defaults.steps), ["body", "steps"]),
-        sampler=or_default(options.sampler, defaults.sampler),
-        eta=or_default(options.eta, defaults.eta),
+        steps=check_steps(entry, steps, ["body", "steps"]),
+        sampler=sampler,
+        eta=eta,
         samples=options.samples,
         ensemble=options.ensemble,
         seed=or_default(options.seed, random_seed()),
