@@ -266,7 +266,7 @@ def test_finished_tiles_are_blended_in_row_order_whatever_order_they_finish_in(h
 
 def test_run_until_done_makes_the_passes_the_engine_makes_for_a_job_alone(harness):
     """It ran every row of a group in one pass, ignoring DIFFUSION_MAX_BATCH_PIXELS, so the benchmarks that use
-    it (bench/eval_denoise.py's service path) timed passes the service never runs: a photo's 6 float32 tiles
+    it (bench/eval_denoise.py's service path) timed passes the service never runs: a photo's 6 tiles of 256
     in one pass, where the engine runs three of two."""
     from app.engine.plans import plan_denoise
     from app.engine.runner import run_until_done
