@@ -10,21 +10,21 @@
     python bench/bench_denoise_speed.py --store /tmp/relu --versus model_store
                     # and the shipped model's default path in the same turns
 
-The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and clipped,
-as an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows, blend, PNG out;
-the client's decoding of the PNG is not timed) with: float32 or bfloat16 autocast; channels-last memory or
-not; the default tiles (192 in bf16, 256 in float32) or one tile for the whole photo. FFDNet: its forward
-pass, sigma given. Prints the median of ``--repeats`` timed runs after one warm-up, and each variant's PSNR,
-so a faster path that costs quality shows it. Last, FFDNet, the service's default path, that path with
-diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites, app/families/rewrites.py)
-the default with ``DIFFUSION_DENOISE_TILE=1024``, the default with ``DIFFUSION_CPU_ROW_GROUPS=false`` (every
-operator spread over all the threads, as before row groups: app/engine/runner.py) and the default with every
-tile in one pass (``DIFFUSION_MAX_BATCH_PIXELS`` raised: the service's passes hold 131,072 pixels on the CPU,
-two float32 tiles or five bf16 ones; before 2026-12-07 this bench ran every tile in one pass) and, with
-``--versus STORE``, that store's photos model on the default path run in turns,
-so the minutes in which a shared VM runs slow fall on all of them alike: those rows are the comparison the
-speed bar reads. The process keeps freed memory as the service's does (``DIFFUSION_KEEP_FREED_MEMORY``;
-``=false`` measures glibc's defaults).
+The photo is the held-out ``mate-LadyBird-x4`` (640x400 = 0.256 Mpx), noised at sigma 25 (rounded and clipped, as
+an upload is). Each variant of ours runs the service's path (plan the tiles, run the rows, blend, PNG out; the
+client's decoding of the PNG is not timed) with: float32 or bfloat16 autocast; channels-last memory or not; the
+default tiles (192 in bf16; 640 in float32, one tile for this photo) or one tile for the whole photo. FFDNet: its
+forward pass, sigma given. Prints the median of ``--repeats`` timed runs after one warm-up, and each variant's
+PSNR, so a faster path that costs quality shows it. Last, FFDNet, the service's default path, that path with
+diffusers' own ``Upsample2D`` or ``ResnetBlock2D`` (before the loader's rewrites, app/families/rewrites.py), the
+default with ``DIFFUSION_DENOISE_TILE=1024`` (one tile; where the default already is one, as in float32, tiles of
+192 instead), the default with ``DIFFUSION_CPU_ROW_GROUPS=false`` (every operator spread over all the threads, as
+before row groups: app/engine/runner.py) and the default with every tile in one pass
+(``DIFFUSION_MAX_BATCH_PIXELS`` raised: the service's passes hold 131,072 pixels on the CPU, five bf16 tiles, and
+a larger tile runs alone; before 2026-12-07 this bench ran every tile in one pass) and, with ``--versus STORE``,
+that store's photos model on the default path run in turns, so the minutes in which a shared VM runs slow fall on
+all of them alike: those rows are the comparison the speed bar reads. The process keeps freed memory as the
+service's does (``DIFFUSION_KEEP_FREED_MEMORY``; ``=false`` measures glibc's defaults).
 
 bfloat16 runs only where the CPU computes it natively (AVX512-BF16 or AMX, as the service's
 ``DIFFUSION_DTYPE=auto`` does); elsewhere it is emulated, many times slower than float32, and the service
@@ -165,7 +165,14 @@ def main() -> None:
     plain, unfused = load_model(entry, device), load_model(entry, device)
     diffusers_modules(plain.unet, PhaseUpsample2D, Upsample2D)
     diffusers_modules(unfused.unet, FusedResnetBlock2D, ResnetBlock2D)
-    one_tile = Settings(denoise_tile=1024, denoise_overlap=0)  # what docs/denoising.md offers operators
+    # the other plan: one tile (what docs/denoising.md offers operators), or where the default already is one
+    # (float32), the tiles bf16 runs with
+    if denoise_tile(settings, runner) >= max(noisy.shape[:2]):
+        small = DEFAULT_DENOISE_TILE["reduced"]
+        other, other_name = Settings(denoise_tile=small), f"DIFFUSION_DENOISE_TILE={small}"
+    else:
+        other = Settings(denoise_tile=1024, denoise_overlap=0)
+        other_name = "DIFFUSION_DENOISE_TILE=1024 (one tile here)"
     one_pass = Settings(max_batch_pixels=ONE_PASS_PIXELS)  # every tile in one pass, as this bench ran before
     versus = [load_model(scan_store(Path(args.versus))["photos"], device)] if args.versus else []
     turns = timed(
@@ -173,7 +180,7 @@ def main() -> None:
         lambda: serve_ours(phase, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(plain, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(unfused, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
-        lambda: serve_ours(phase, runner, one_tile, noisy, sigma=args.sigma, mode="mmse", seed=0),
+        lambda: serve_ours(phase, runner, other, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, spread, settings, noisy, sigma=args.sigma, mode="mmse", seed=0),
         lambda: serve_ours(phase, runner, one_pass, noisy, sigma=args.sigma, mode="mmse", seed=0),
         *[lambda m=m: serve_ours(m, runner, settings, noisy, sigma=args.sigma, mode="mmse", seed=0) for m in versus],
@@ -185,7 +192,7 @@ def main() -> None:
     add(f"ours, the service's default ({default}), in turns", *turns[1])
     add(f"ours, {default}, diffusers' Upsample2D (before the phase rewrite), in turns", *turns[2])
     add(f"ours, {default}, diffusers' ResnetBlock2D (before the fused forward), in turns", *turns[3])
-    add(f"ours, DIFFUSION_DENOISE_TILE=1024 (one tile here), {precision}, channels-last, in turns", *turns[4])
+    add(f"ours, {other_name}, {precision}, channels-last, in turns", *turns[4])
     add(f"ours, {default}, DIFFUSION_CPU_ROW_GROUPS=false (each operator on all threads), in turns", *turns[5])
     add(f"ours, {default}, DIFFUSION_MAX_BATCH_PIXELS={ONE_PASS_PIXELS} (every tile in one pass), in turns", *turns[6])
     if versus:

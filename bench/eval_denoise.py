@@ -209,7 +209,8 @@ def main() -> None:
     parser.add_argument(
         "--card",
         action="store_true",
-        help="also write the summary and the estimator's errors into the model's card, under metrics.<split>",
+        help="also write the summary and the estimator's errors into the model's card, under metrics.<split> "
+        "(metrics.<split>_float32 where the network computes float32)",
     )
     args = parser.parse_args()
 
@@ -321,7 +322,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({**record, "per_photo": results}, indent=2) + "\n")
     if args.card:
-        record_metrics(args.store, args.model, args.split, record)
+        # the precision the worker runs here: the split's key in bf16 or float16, <split>_float32 in float32
+        record_metrics(args.store, args.model, args.split + ("" if runner.autocast_dtype else "_float32"), record)
 
 
 if __name__ == "__main__":
