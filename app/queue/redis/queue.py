@@ -228,6 +228,7 @@ class RedisJobQueue:
             if existing is not None:
                 return existing
         admitted = await self._admit_once(
+            record.id,
             keys=[self.keys.job(record.id), self.keys.held, self.keys.job_stream(spec), self.keys.queued_models],
             args=[
                 record.model_dump_json(),
@@ -254,7 +255,7 @@ class RedisJobQueue:
         job_submitted(record)
         return record
 
-    async def _admit_once(self, keys: list[str], args: list) -> int:
+    async def _admit_once(self, job_id: str, keys: list[str], args: list) -> int:
         """ADMIT, sent once more when the connection dropped before its reply came: Redis may have run it, and
         the API would have answered 503 while the job was queued and ran unseen (a client sending the request
         again then ran it twice). A second run of ADMIT for the same job ID answers 1 and writes nothing. A
@@ -264,7 +265,7 @@ class RedisJobQueue:
             try:
                 return await self._admit(keys=keys, args=args)
             except RedisConnectionError:
-                log.warning("the job queue's connection dropped while admitting job %s; sending it again", args[2])
+                log.warning("the job queue's connection dropped while admitting job %s; sending it again", job_id)
                 await asyncio.sleep(ADMIT_AGAIN_S)
         return await self._admit(keys=keys, args=args)
 
