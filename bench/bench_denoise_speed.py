@@ -37,7 +37,6 @@ each kind of CPU; the record names the ``ONEDNN_*``, ``ATEN_*`` and ``DIFFUSION_
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -51,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from cards import record_metrics  # noqa: E402
+from cards import record_metrics, run_environment  # noqa: E402
 from eval_denoise import add_noise, decoded, run_ffdnet, scores, serve_ours  # noqa: E402
 from fetch_photos import load as load_photos  # noqa: E402
 
@@ -203,7 +202,7 @@ def main() -> None:
     if args.card:
         record = {
             "command": " ".join(sys.argv),
-            "environment": {k: v for k, v in os.environ.items() if k.startswith(("ONEDNN_", "ATEN_", "DIFFUSION_"))},
+            "environment": run_environment(),
             "photo": args.photo,
             "sigma": args.sigma,
             "threads": torch.get_num_threads(),

@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from app.diffusion.noise_level import estimate_sigma  # noqa: E402
 from app.diffusion.pixels import image_to_unit  # noqa: E402
 from app.engine.plans import denoise_tile, image_pixels, plan_denoise  # noqa: E402
-from app.engine.device import pick_dtype  # noqa: E402
+from app.engine.device import cpu_name, pick_dtype  # noqa: E402
 from app.engine.runner import Runner, run_until_done  # noqa: E402
 from app.jobs import DenoiseSpec, ImageData  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.catalog import scan_store  # noqa: E402
 from app.store.loader import LoadedModel, load_model  # noqa: E402
-from cards import record_metrics  # noqa: E402  (bench/, the script's own folder)
+from cards import record_metrics, run_environment  # noqa: E402  (bench/, the script's own folder)
 from fetch_photos import load as load_photos  # noqa: E402
 
 METHODS = ["noisy", "nlmeans", "bm3d", "ffdnet", "ours_mmse", "ours_mmse_auto", "ours_mmse_x8", "ours_sample"]
@@ -311,6 +311,8 @@ def main() -> None:
 
     record = {
         "command": " ".join(sys.argv),
+        "environment": run_environment(),
+        "cpu": cpu_name(),
         "photos": list(photos),
         "tile": denoise_tile(settings, runner),
         "overlap": settings.denoise_overlap,
